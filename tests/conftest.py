@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny synthetic datasets and a runner for the bin/ entry points.
+
+Entry points run as subprocesses, because the graph runner's TF1 process setup and
+the eager runner's Keras 3 must never share a process (this one included).
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# A dataset small enough for 2-core CI: 4 classes, 16 training and 4 validation
+# images per class; runs use 32-pixel images.
+TINY = dict(num_classes=4, train_per_class=16, val_per_class=4, num_shards=2, seed=0)
+TINY_IMAGE_SIZE = 32
+
+
+def run_entry(name, *args, env=None, timeout=600):
+  """Runs bin/<name> with `args`; returns the CompletedProcess (text output)."""
+  full_env = dict(os.environ)
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, os.path.join(REPO, 'bin', name), *args],
+                        capture_output=True, text=True, env=full_env, timeout=timeout,
+                        check=False)
+
+
+def run_python(code, *args, env=None, timeout=600):
+  """Runs a Python snippet in a fresh interpreter with the repository importable."""
+  full_env = dict(os.environ)
+  full_env['PYTHONPATH'] = REPO + os.pathsep + full_env.get('PYTHONPATH', '')
+  full_env.update(env or {})
+  return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True,
+                        env=full_env, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory):
+  """A tiny synthetic dataset written once per test session."""
+  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp('tiny_data'))
+  records.write_synthetic(out, **TINY)
+  return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+  """Keeps the embedded-dataset cache of the tests away from the user's."""
+  monkeypatch.setenv('TF1COMPAT_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))

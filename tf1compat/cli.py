@@ -1,0 +1,109 @@
+"""The exit-code contract of every entry point (DESIGN.md) and the absl wrapper that keeps it.
+
+0 success; 1 parity FAIL; 2 usage or input-data error, one clear line on stderr and no
+traceback; 3 numeric fault; 130/143 interrupted by SIGINT/SIGTERM after a checkpoint.
+Library code raises the exceptions below; `run_main` turns them into exit codes.
+"""
+
+import os
+import signal
+import sys
+
+from absl import app
+from absl import flags
+
+EXIT_OK = 0
+EXIT_PARITY_FAIL = 1
+EXIT_USAGE = 2
+EXIT_NUMERIC = 3
+
+
+class UsageError(Exception):
+  """A mistake the user can fix (a flag, a file, the data): exit 2 with the message."""
+
+
+class NumericFault(Exception):
+  """A NaN or Inf loss: exit 3; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM arrived and a checkpoint was written: exit 128 + signal number."""
+
+  def __init__(self, signum, message):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+def quiet_tensorflow_logs():
+  """Silences TensorFlow's C++ INFO/WARNING lines unless the user asked for them."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _program():
+  return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'tf1compat'
+
+
+def fail(exit_code, message):
+  """Writes `message` as one line on stderr, prefixed by the program, and exits."""
+  line = ' '.join(str(message).split())
+  sys.stderr.write(f'{_program()}: {line}\n')
+  sys.stderr.flush()
+  sys.exit(exit_code)
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(EXIT_USAGE, f'{e} (see --helpfull)')
+
+
+def run_main(main):
+  """Runs `main(argv)` under absl with the exit-code contract.
+
+  `main` returns an exit code (or None for 0); UsageError, NumericFault and
+  Interrupted become one line on stderr and exit codes 2, 3 and 128 + signal.
+  """
+
+  def guarded(argv):
+    try:
+      return main(argv) or EXIT_OK
+    except UsageError as e:
+      fail(EXIT_USAGE, e)
+    except NumericFault as e:
+      fail(EXIT_NUMERIC, e)
+    except Interrupted as e:
+      fail(e.exit_code, e)
+
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+class SignalCatcher:
+  """Turns SIGINT/SIGTERM into a flag the training loop polls between steps.
+
+  A step in flight finishes, the loop writes a checkpoint, then raises Interrupted.
+  A second signal while that is happening is ignored, so the checkpoint completes.
+  """
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+      self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is None:
+      self.signum = signum
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    return False
+
+  @property
+  def caught(self):
+    return self.signum is not None

@@ -1,0 +1,126 @@
+"""absl flag definitions shared by the entry points (DESIGN.md, command-line contract).
+
+Each entry point calls the `define_*_flags` functions it needs at import of its `bin/`
+script; library code receives the parsed `flags.FLAGS` object (or any object with the
+same attributes) and never reads flags on its own.
+"""
+
+from absl import flags
+
+from tf1compat import model
+
+LOSSES = ('softmax_cross_entropy', 'keras_categorical')
+FINAL_ACTIVATIONS = ('none', 'softmax')
+DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
+
+
+def _int_list_validator(name):
+  def check(values):
+    try:
+      return all(int(v) >= 0 for v in values)
+    except ValueError:
+      return False
+  flags.register_validator(name, check, message=f'--{name} takes non-negative integers '
+                           'separated by commas, e.g. 0,1,2,5,10')
+
+
+def define_data_flags():
+  """Flags that select and shape the data: both runners, check_parity and benchmark."""
+  flags.DEFINE_string('data_dir', None,
+                      'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
+                      '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
+                      'generated once into a cache folder ($TF1COMPAT_CACHE or ~/.cache/tf1compat).')
+  flags.DEFINE_integer('num_classes', None,
+                       'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
+                       lower_bound=2)
+  flags.DEFINE_integer('image_size', 224, 'Side of the square input images.',
+                       lower_bound=model.MIN_IMAGE_SIZE)
+  flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'Seeds every random op, shuffles included.', lower_bound=0)
+  flags.DEFINE_integer('shuffle_buffer', 10000, 'Records in the shuffle buffer.', lower_bound=1)
+
+
+def define_training_flags(runner):
+  """Flags common to the graph and eager runners; `runner` names the default run dir."""
+  flags.DEFINE_string('model_dir', f'runs/{runner}', 'The run directory.')
+  flags.DEFINE_integer('epochs', 3, 'Epochs to train.', lower_bound=1)
+  flags.DEFINE_integer('steps_per_epoch', 1000, 'Training steps per epoch.', lower_bound=1)
+  flags.DEFINE_float('learning_rate', 0.001, 'Adam learning rate.', lower_bound=0.0)
+  flags.DEFINE_float('adam_beta1', 0.9, 'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('adam_beta2', 0.999, 'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('adam_epsilon', None,
+                     "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
+                     lower_bound=0.0)
+  flags.DEFINE_enum('loss', 'softmax_cross_entropy', LOSSES,
+                    'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
+                    "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
+                    "seed's fix.")
+  flags.DEFINE_enum('final_activation', 'none', FINAL_ACTIVATIONS,
+                    'Activation of the last Dense layer. The losses take logits, so softmax here '
+                    'reproduces the double-softmax mistake.')
+  flags.DEFINE_bool('batch_norm', False, 'Add BatchNormalization after each convolution.')
+  flags.DEFINE_float('dropout', 0.0, 'Dropout rate before the logits (0: no Dropout layer).',
+                     lower_bound=0.0, upper_bound=0.99)
+  flags.DEFINE_string('init_weights', None,
+                      '.npz of initial weights (keys as in weight snapshots).')
+  flags.DEFINE_string('save_init_weights', None,
+                      'Write the initial weights to this .npz and exit without training.')
+  flags.DEFINE_list('snapshot_steps', list(DEFAULT_SNAPSHOT_STEPS),
+                    'Steps after which all weights are saved (0: initial); the last step is '
+                    'always saved.')
+  _int_list_validator('snapshot_steps')
+  flags.DEFINE_bool('deterministic', True, 'Deterministic ops (same flags, same numbers).')
+  flags.DEFINE_bool('overwrite', False,
+                    'Replace a completed run directory (an interrupted one is resumed).')
+  flags.DEFINE_integer('log_every', 100,
+                       'Without a terminal, log progress every this many steps.', lower_bound=1)
+  flags.DEFINE_integer('checkpoint_every', 500,
+                       'Write a checkpoint every this many steps (and at every epoch end).',
+                       lower_bound=1)
+
+
+def define_graph_flags():
+  """Graph-runner switches; each non-default value reproduces a known legacy mistake."""
+  flags.DEFINE_enum('wiring', 'input_tensor', ('input_tensor', 'model_call'),
+                    'input_tensor: Input(tensor=features); model_call: the seed\'s '
+                    'model(features), which leaves layer updates out of model.updates.')
+  flags.DEFINE_bool('update_ops', True,
+                    'Run model.updates (BatchNormalization statistics) with the train op.')
+  flags.DEFINE_enum('reset_metrics', 'epoch', ('epoch', 'never'),
+                    'epoch: reset tf.metrics local variables at each epoch start and before '
+                    'evaluation; never: the seed\'s loop.')
+  flags.DEFINE_bool('feed_learning_phase', True,
+                    'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
+                    'in training).')
+
+
+def snapshot_steps(flags_obj, total_steps):
+  """The sorted set of snapshot steps within the run, the last step included."""
+  steps = {int(s) for s in flags_obj.snapshot_steps if int(s) <= total_steps}
+  steps.add(total_steps)
+  return sorted(steps)
+
+
+def define_records_flags():
+  """Flags of bin/make_records."""
+  flags.DEFINE_string('output_dir', None, 'Folder to write the shards and dataset.json into.')
+  flags.DEFINE_string('image_dir', None,
+                      'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
+                      '001.ak47/001_0001.jpg) to convert.')
+  flags.DEFINE_bool('synthetic', False, 'Write the embedded synthetic dataset instead.')
+  flags.DEFINE_float('val_fraction', 0.1, 'Share of each class written to val-* shards.',
+                     lower_bound=0.0, upper_bound=0.9)
+  flags.DEFINE_integer('num_shards', 4, 'Shards per split.', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'Seed of the validation split and the synthetic images.',
+                       lower_bound=0)
+  flags.DEFINE_integer('synthetic_classes', 10, 'Classes of the synthetic dataset.',
+                       lower_bound=2)
+  flags.DEFINE_integer('synthetic_train_per_class', 64, 'Synthetic training images per class.',
+                       lower_bound=1)
+  flags.DEFINE_integer('synthetic_val_per_class', 16, 'Synthetic validation images per class.',
+                       lower_bound=0)
+  flags.DEFINE_bool('overwrite', False, 'Replace records already in --output_dir.')
+  flags.mark_flag_as_required('output_dir')
+  flags.register_multi_flags_validator(
+      ['image_dir', 'synthetic'], lambda v: bool(v['image_dir']) != bool(v['synthetic']),
+      message='pass exactly one of --image_dir=FOLDER or --synthetic')

@@ -1,0 +1,76 @@
+"""The seed's ConvNet, built with whichever Keras the calling process uses.
+
+The graph runner passes tf-keras (Keras 2, `TF_USE_LEGACY_KERAS=1`), the eager runner
+Keras 3. Layer names are fixed here so both models name their weights identically:
+the weight key of a variable is "<layer name>/<variable name>", e.g. "conv1/kernel",
+"bn1/moving_variance", "logits/bias".
+"""
+
+CONV_FILTERS = (64, 64, 128, 256)
+MIN_IMAGE_SIZE = 31  # Four valid 3x3 convolutions with stride 2 need at least 31 pixels.
+
+
+def conv_output_size(image_size):
+  """Side of the last feature map for a square input of `image_size` pixels."""
+  size = image_size
+  for _ in CONV_FILTERS:
+    size = (size - 3) // 2 + 1
+  return size
+
+
+def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0,
+                final_activation=None, input_tensor=None):
+  """Builds the seed's 4-layer ConvNet + global average pooling + Dense logits.
+
+  Args:
+    keras: the Keras module of the calling process (`tf.keras` under legacy Keras in
+      the graph runner, `keras` 3 in the eager runner).
+    num_classes: width of the last Dense layer.
+    image_size: side of the square RGB input.
+    batch_norm: insert BatchNormalization between each convolution and its ReLU.
+    dropout: rate of a Dropout layer before the logits (0 for none).
+    final_activation: None for logits (the seed's low-level loop), 'softmax' for the
+      seed's model.fit variant.
+    input_tensor: a graph tensor to build the input layer on (`Input(tensor=...)`,
+      tf-keras only), so that layer updates such as BatchNormalization's are part of
+      `model.updates` for the tensors actually trained on.
+
+  Returns:
+    A functional `Model` named 'convnet'.
+  """
+  if input_tensor is not None:
+    inputs = keras.layers.Input(tensor=input_tensor, name='images')
+  else:
+    inputs = keras.layers.Input(shape=(image_size, image_size, 3), name='images')
+  x = inputs
+  for index, filters in enumerate(CONV_FILTERS, start=1):
+    x = keras.layers.Conv2D(
+        filters, (3, 3), strides=(2, 2), kernel_initializer='he_normal',
+        activation=None if batch_norm else 'relu', name=f'conv{index}')(x)
+    if batch_norm:
+      x = keras.layers.BatchNormalization(name=f'bn{index}')(x)
+      x = keras.layers.Activation('relu', name=f'relu{index}')(x)
+  x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
+  if dropout > 0:
+    x = keras.layers.Dropout(dropout, name='dropout')(x)
+  outputs = keras.layers.Dense(num_classes, activation=final_activation,
+                               kernel_initializer='he_normal', name='logits')(x)
+  return keras.Model(inputs, outputs, name='convnet')
+
+
+def weight_key(layer, variable):
+  """The snapshot key of `variable` owned by `layer`: "<layer name>/<variable name>".
+
+  tf-keras names variables "conv1/kernel:0", Keras 3 "kernel": both give "conv1/kernel".
+  """
+  short_name = variable.name.split('/')[-1].split(':')[0]
+  return f'{layer.name}/{short_name}'
+
+
+def weight_items(model):
+  """[(key, variable)] for every weight of `model`, in `model.weights` order."""
+  key_of = {}
+  for layer in model.layers:
+    for variable in layer.weights:
+      key_of[id(variable)] = weight_key(layer, variable)
+  return [(key_of[id(v)], v) for v in model.weights]

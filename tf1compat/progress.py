@@ -1,0 +1,53 @@
+"""Training progress for people and for batch logs.
+
+On a terminal: one tqdm bar per epoch with loss and accuracy in the postfix, as the
+seed's loop shows them. Without one (batch jobs): an absl.logging line every
+`log_every` steps and at the end of each epoch, so logs stay readable and small.
+"""
+
+import sys
+
+from absl import logging
+from tqdm import tqdm
+
+
+def on_terminal():
+  """True when stdout is an interactive terminal."""
+  return sys.stdout.isatty()
+
+
+class EpochProgress:
+  """Progress of one epoch of `total` steps, starting after `initial` done steps."""
+
+  def __init__(self, epoch, epochs, total, initial=0, log_every=100, use_bar=None):
+    self._desc = f'Epoch {epoch}/{epochs}'
+    self._total = total
+    self._done = initial
+    self._log_every = log_every
+    self._bar = None
+    if on_terminal() if use_bar is None else use_bar:
+      self._bar = tqdm(total=total, initial=initial, desc=self._desc, file=sys.stdout,
+                       dynamic_ncols=True)
+
+  @property
+  def wants_values(self):
+    """Whether the next `update` will show its metrics (the caller may skip fetching)."""
+    if self._bar is not None:
+      return True
+    step = self._done + 1
+    return step % self._log_every == 0 or step == self._total
+
+  def update(self, **metrics):
+    """Advances one step; `metrics` (name -> float) are shown when they are given."""
+    self._done += 1
+    if self._bar is not None:
+      if metrics:
+        self._bar.set_postfix({k: f'{v:.4f}' for k, v in metrics.items()}, refresh=False)
+      self._bar.update(1)
+    elif metrics and (self._done % self._log_every == 0 or self._done == self._total):
+      shown = ' '.join(f'{k}={v:.4f}' for k, v in metrics.items())
+      logging.info('%s step %d/%d %s', self._desc, self._done, self._total, shown)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()

@@ -1,0 +1,301 @@
+"""Writing TFRecords in the seed's schema: an image-folder converter and a synthetic dataset.
+
+Both write `train-NNNNN-of-NNNNN.tfrecord` and `val-NNNNN-of-NNNNN.tfrecord` shards and a
+`dataset.json` (classes, label names, counts, skipped files, fingerprint) that the
+runners read for `--num_classes` and the run manifest's data fingerprint. Shards are
+written under temporary names and renamed when complete, and `dataset.json` comes
+last, so a folder with a `dataset.json` is never half-written.
+"""
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tf1compat import data
+
+DATASET_FORMAT = 'tf1compat-records/1'
+# Bump when the synthetic generator changes, so stale caches are not reused.
+SYNTHETIC_VERSION = 1
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
+_JPEG_QUALITY = 95
+
+
+def _bytes_feature(value):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def serialize_example(jpeg_bytes, filename, label):
+  """One tf.Example in the seed's schema (`image`, `filename`, `label`)."""
+  example = tf.train.Example(features=tf.train.Features(feature={
+      'image': _bytes_feature(jpeg_bytes),
+      'filename': _bytes_feature(filename.encode()),
+      'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+  }))
+  return example.SerializeToString()
+
+
+def jpeg_components(blob):
+  """Number of colour components of a baseline/progressive JPEG, or None if not a JPEG.
+
+  TensorFlow decodes CMYK JPEGs to RGB silently, so the component count in the
+  start-of-frame header is the only way to tell a CMYK or grey JPEG from an RGB one.
+  """
+  if blob[:2] != b'\xff\xd8':
+    return None
+  pos = 2
+  while pos + 4 <= len(blob):
+    if blob[pos] != 0xFF:
+      return None
+    marker = blob[pos + 1]
+    if marker == 0xFF:
+      pos += 1
+      continue
+    length = int.from_bytes(blob[pos + 2:pos + 4], 'big')
+    # SOF0..SOF15 carry the frame header; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+      return blob[pos + 9] if pos + 9 < len(blob) else None
+    pos += 2 + length
+  return None
+
+
+def to_rgb_jpeg(blob):
+  """Returns `blob` as RGB JPEG bytes: RGB JPEGs unchanged, anything else re-encoded.
+
+  Grey and CMYK JPEGs, PNG, GIF, BMP and WebP are decoded to 3 channels and encoded as
+  JPEG. Raises tf.errors.InvalidArgumentError for bytes that are not a decodable image.
+  """
+  if jpeg_components(blob) == 3:
+    tf.io.decode_jpeg(blob, channels=3)  # Rejects truncated or corrupt JPEGs.
+    return blob
+  image = tf.io.decode_image(blob, channels=3, expand_animations=False)
+  return tf.io.encode_jpeg(image, quality=_JPEG_QUALITY).numpy()
+
+
+class ShardedWriter:
+  """Writes serialized examples round-robin into `num_shards` files of one split."""
+
+  def __init__(self, out_dir, split, num_shards):
+    self._paths = [os.path.join(out_dir, f'{split}-{i:05d}-of-{num_shards:05d}.tfrecord')
+                   for i in range(num_shards)]
+    self._writers = [tf.io.TFRecordWriter(p + '.tmp') for p in self._paths]
+    self._count = 0
+
+  def write(self, serialized):
+    self._writers[self._count % len(self._writers)].write(serialized)
+    self._count += 1
+
+  def close(self):
+    """Closes every shard and moves it to its final name; returns the paths."""
+    for writer, path in zip(self._writers, self._paths):
+      writer.close()
+      os.replace(path + '.tmp', path)
+    return self._paths
+
+
+def _split_names(class_dir_names):
+  """Caltech256 folders are `001.ak47`: the label name is the part after the number."""
+  names = []
+  for folder in class_dir_names:
+    prefix, dot, rest = folder.partition('.')
+    names.append(rest if dot and prefix.isdigit() and rest else folder)
+  return names
+
+
+def _write_dataset_json(out_dir, summary):
+  record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
+  summary['fingerprint'] = data.fingerprint(record_files)
+  tmp = os.path.join(out_dir, data.DATASET_JSON + '.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(out_dir, data.DATASET_JSON))
+  return summary
+
+
+def _write_splits(out_dir, examples_by_split, num_shards):
+  """Writes {'train': [(bytes, filename, label)], 'val': [...]} as shards."""
+  os.makedirs(out_dir, exist_ok=True)
+  for split, examples in examples_by_split.items():
+    if not examples:
+      continue
+    writer = ShardedWriter(out_dir, split, max(1, min(num_shards, len(examples))))
+    for jpeg, filename, label in examples:
+      writer.write(serialize_example(jpeg, filename, label))
+    writer.close()
+
+
+def _class_counts(examples, num_classes):
+  counts = np.zeros(num_classes, np.int64)
+  for _, _, label in examples:
+    counts[label] += 1
+  return counts.tolist()
+
+
+def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, seed=0):
+  """Converts a Caltech256-layout folder into sharded TFRecords and `dataset.json`.
+
+  Each sub-folder of `src_dir` is a class; labels are the 0-based index of the
+  sorted sub-folder names. Per class, a seeded `val_fraction` of the images goes to
+  the `val-*` shards. Non-RGB-JPEG images are re-encoded as RGB JPEG; files that are
+  not decodable images are logged, skipped and counted. Returns the summary that is
+  also written to `dataset.json`.
+  """
+  if not os.path.isdir(src_dir):
+    raise data.DataError(f'{src_dir}: no such directory; pass a folder with one sub-folder '
+                         'of images per class (Caltech256 layout)')
+  class_dirs = sorted(d for d in os.listdir(src_dir)
+                      if os.path.isdir(os.path.join(src_dir, d)))
+  if not class_dirs:
+    raise data.DataError(f'{src_dir}: no class sub-folders; expected e.g. 001.ak47/001_0001.jpg')
+  rng = np.random.default_rng(seed)
+  splits = {'train': [], 'val': []}
+  skipped = []
+  for label, class_dir in enumerate(class_dirs):
+    files = sorted(f for f in os.listdir(os.path.join(src_dir, class_dir))
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    converted = []
+    for name in files:
+      rel = f'{class_dir}/{name}'
+      with open(os.path.join(src_dir, class_dir, name), 'rb') as f:
+        blob = f.read()
+      try:
+        converted.append((to_rgb_jpeg(blob), rel, label))
+      except tf.errors.InvalidArgumentError as e:
+        reason = e.message.splitlines()[0] if e.message else 'not a decodable image'
+        logging.warning('skipping %s: %s', rel, reason)
+        skipped.append({'file': rel, 'reason': reason})
+    order = rng.permutation(len(converted))
+    num_val = int(round(val_fraction * len(converted)))
+    splits['val'].extend(converted[i] for i in sorted(order[:num_val]))
+    splits['train'].extend(converted[i] for i in sorted(order[num_val:]))
+  _write_splits(out_dir, splits, num_shards)
+  num_classes = len(class_dirs)
+  return _write_dataset_json(out_dir, {
+      'format': DATASET_FORMAT,
+      'source': os.path.abspath(src_dir),
+      'num_classes': num_classes,
+      'label_names': _split_names(class_dirs),
+      'counts': {split: len(examples) for split, examples in splits.items()},
+      'class_counts': {split: _class_counts(examples, num_classes)
+                       for split, examples in splits.items()},
+      'num_skipped': len(skipped),
+      'skipped': skipped,
+      'seed': seed,
+  })
+
+
+def synthetic_image(rng, label, num_classes, grey):
+  """A class-dependent pattern: an oriented grating whose angle and frequency depend
+  on the class, with a random phase, size, tint and noise. Returns uint8 [H, W, C]."""
+  height, width = rng.integers(40, 97, size=2)
+  angle = np.pi * label / num_classes
+  frequency = 0.15 + 0.25 * (label % 3) / 2
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+  phase = rng.uniform(0, 2 * np.pi)
+  wave = np.sin(frequency * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+  tint = 0.5 + 0.5 * rng.uniform(size=3)
+  image = 127.5 + 60 * wave[..., None] * tint + rng.normal(0, 45, size=(height, width, 3))
+  image = np.clip(image, 0, 255).astype(np.uint8)
+  if grey:
+    image = image.mean(axis=-1, keepdims=True).astype(np.uint8)
+  return image
+
+
+def write_synthetic(out_dir, *, num_classes=10, train_per_class=64, val_per_class=16,
+                    grey_fraction=0.1, num_shards=4, seed=0):
+  """Writes the embedded synthetic dataset (real JPEG bytes) and its `dataset.json`.
+
+  Deterministic: the same arguments give the same bytes. Some images are written as
+  single-channel JPEGs, as Caltech256 has them, to exercise the 3-channel decode.
+  """
+  rng = np.random.default_rng(seed)
+  splits = {'train': [], 'val': []}
+  for split, per_class in (('train', train_per_class), ('val', val_per_class)):
+    for index in range(per_class * num_classes):
+      label = index % num_classes
+      grey = rng.uniform() < grey_fraction
+      image = synthetic_image(rng, label, num_classes, grey)
+      jpeg = tf.io.encode_jpeg(image, quality=_JPEG_QUALITY).numpy()
+      splits[split].append((jpeg, f'{split}/{label:03d}_{index:05d}.jpg', label))
+  _write_splits(out_dir, splits, num_shards)
+  return _write_dataset_json(out_dir, {
+      'format': DATASET_FORMAT,
+      'source': 'synthetic',
+      'synthetic_version': SYNTHETIC_VERSION,
+      'num_classes': num_classes,
+      'label_names': [f'pattern_{k:03d}' for k in range(num_classes)],
+      'counts': {split: len(examples) for split, examples in splits.items()},
+      'class_counts': {split: _class_counts(examples, num_classes)
+                       for split, examples in splits.items()},
+      'num_skipped': 0,
+      'skipped': [],
+      'seed': seed,
+  })
+
+
+def cache_dir():
+  """Where the embedded dataset is cached: $TF1COMPAT_CACHE, else ~/.cache/tf1compat."""
+  return os.environ.get('TF1COMPAT_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'tf1compat')
+
+
+def embedded_data_dir(seed=0):
+  """Returns the folder of the embedded synthetic dataset, generating it once.
+
+  Generation happens in a temporary folder that is renamed into place, so runners
+  started side by side never read a half-written dataset.
+  """
+  target = os.path.join(cache_dir(), f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}')
+  if os.path.exists(os.path.join(target, data.DATASET_JSON)):
+    return target
+  os.makedirs(cache_dir(), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix='.synthetic-', dir=cache_dir())
+  try:
+    write_synthetic(tmp, seed=seed)
+    os.replace(tmp, target)
+  except OSError:
+    # Another process renamed its copy into place first; theirs is as good as ours.
+    if not os.path.exists(os.path.join(target, data.DATASET_JSON)):
+      raise
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  logging.info('embedded synthetic dataset written to %s', target)
+  return target
+
+
+def run(flags_obj):
+  """bin/make_records: converts --image_dir or writes --synthetic into --output_dir.
+
+  Returns the dataset summary (the content of dataset.json).
+  """
+  out_dir = flags_obj.output_dir
+  existing = glob_records(out_dir) if os.path.isdir(out_dir) else []
+  if existing and not flags_obj.overwrite:
+    raise data.DataError(f'--output_dir={out_dir} already holds TFRecords; pass --overwrite '
+                         'to replace them or choose another folder')
+  for path in existing:
+    os.remove(path)
+  if flags_obj.synthetic:
+    summary = write_synthetic(
+        out_dir, num_classes=flags_obj.synthetic_classes,
+        train_per_class=flags_obj.synthetic_train_per_class,
+        val_per_class=flags_obj.synthetic_val_per_class,
+        num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+  else:
+    summary = convert_image_folder(flags_obj.image_dir, out_dir,
+                                   val_fraction=flags_obj.val_fraction,
+                                   num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+  logging.info('wrote %d training and %d validation records of %d classes to %s '
+               '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
+               summary['num_classes'], out_dir, summary['num_skipped'])
+  return summary
+
+
+def glob_records(folder):
+  """Every *.tfrecord file directly in `folder`."""
+  return sorted(glob.glob(os.path.join(folder, data.ALL_PATTERN)))

@@ -1,0 +1,297 @@
+"""The run-directory contract (DESIGN.md): what every runner writes and compare_runs reads.
+
+    MODEL_DIR/run.json                 manifest, written atomically
+    MODEL_DIR/steps.csv                one row per training step
+    MODEL_DIR/epochs.csv               one row per epoch
+    MODEL_DIR/weights/step-NNNNNN.npz  all weights after that step (0 = initial)
+    MODEL_DIR/checkpoints/             framework checkpoints (the runners' own)
+    MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
+    MODEL_DIR/export/                  SavedModel (the runners' own)
+
+This module is TensorFlow-free so that the parity harness can read runs cheaply.
+"""
+
+import csv
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+
+import numpy as np
+
+from tf1compat import cli
+
+RUN_JSON = 'run.json'
+STEPS_CSV = 'steps.csv'
+EPOCHS_CSV = 'epochs.csv'
+WEIGHTS_DIR = 'weights'
+CHECKPOINTS_DIR = 'checkpoints'
+EXPORT_DIR = 'export'
+
+STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
+                'learning_rate', 'seconds')
+EPOCH_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'seconds')
+
+STATUS_RUNNING = 'running'
+STATUS_COMPLETE = 'complete'
+STATUS_INTERRUPTED = 'interrupted'
+STATUS_FAILED = 'failed'
+
+# Flags that do not change what a run computes: a run directory may be resumed with
+# different values of these.
+OPERATIONAL_FLAGS = frozenset({
+    'model_dir', 'overwrite', 'log_every', 'checkpoint_every', 'save_init_weights',
+})
+
+
+def now():
+  """UTC time stamp as written into manifests."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+
+
+def atomic_write_text(path, text):
+  """Writes `text` to `path` through a temporary file and a rename: never half-written."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+  """`atomic_write_text` of `obj` as indented, key-sorted JSON."""
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
+
+
+def _json_default(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  raise TypeError(f'not JSON serializable: {type(value).__name__}')
+
+
+def file_sha256(path):
+  """sha256 hex digest of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def snapshot_path(model_dir, step):
+  """Path of the weight snapshot taken after `step`."""
+  return os.path.join(model_dir, WEIGHTS_DIR, f'step-{step:06d}.npz')
+
+
+def snapshot_steps_in(model_dir):
+  """Steps that have a weight snapshot in `model_dir`, sorted."""
+  folder = os.path.join(model_dir, WEIGHTS_DIR)
+  if not os.path.isdir(folder):
+    return []
+  steps = []
+  for name in os.listdir(folder):
+    if name.startswith('step-') and name.endswith('.npz'):
+      steps.append(int(name[len('step-'):-len('.npz')]))
+  return sorted(steps)
+
+
+def save_weights(path, weights):
+  """Writes {key: array} as .npz through a temporary file and a rename."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = f'{path}.tmp{os.getpid()}.npz'
+  np.savez(tmp, **weights)
+  os.replace(tmp, path)
+
+
+def load_weights(path, expected_shapes=None):
+  """Reads a weights .npz as {key: array}, checked against {key: shape} when given.
+
+  Raises cli.UsageError naming the file and the first mismatch (missing or extra
+  key, wrong shape), so a file from a different model never loads half-way.
+  """
+  if not os.path.exists(path):
+    raise cli.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
+  try:
+    with np.load(path) as npz:
+      weights = {key: npz[key] for key in npz.files}
+  except (OSError, ValueError) as e:
+    raise cli.UsageError(f'{path}: not a readable .npz weights file ({e})') from e
+  if expected_shapes is not None:
+    missing = sorted(set(expected_shapes) - set(weights))
+    extra = sorted(set(weights) - set(expected_shapes))
+    if missing or extra:
+      raise cli.UsageError(
+          f'{path}: weights do not fit this model (missing {missing[:3]}, unexpected '
+          f'{extra[:3]}); check --batch_norm, --dropout and --num_classes')
+    for key, shape in expected_shapes.items():
+      if tuple(weights[key].shape) != tuple(shape):
+        raise cli.UsageError(
+            f'{path}: {key} has shape {tuple(weights[key].shape)}, the model expects '
+            f'{tuple(shape)}; check --num_classes and the model flags')
+  return weights
+
+
+def read_csv(path):
+  """Rows of a steps/epochs CSV as a dict of float numpy columns (empty when absent)."""
+  if not os.path.exists(path):
+    return {}
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  if not rows:
+    return {}
+  return {name: np.array([float(r[name]) if r[name] != '' else np.nan for r in rows])
+          for name in rows[0]}
+
+
+def read_manifest(model_dir):
+  """run.json of `model_dir` as a dict, or None when there is none."""
+  path = os.path.join(model_dir, RUN_JSON)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _format(value):
+  if isinstance(value, float) or isinstance(value, np.floating):
+    return repr(float(value))
+  return str(value)
+
+
+def versions(keras_version, tf_version):
+  """The versions block of the manifest."""
+  return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
+
+
+def flag_values(flags_obj, names):
+  """{name: value} of the named flags, the values JSON-ready."""
+  values = {}
+  for name in names:
+    value = getattr(flags_obj, name)
+    values[name] = list(value) if isinstance(value, (list, tuple)) else value
+  return values
+
+
+class RunLog:
+  """Writes one run directory; resumes it when it holds the same, unfinished run.
+
+  Typical use by a runner:
+    log = RunLog(model_dir, 'graph', flags_dict, overwrite=...)
+    log.open()                       # raises UsageError for a complete or foreign run
+    ...restore checkpoint -> step...
+    log.truncate_after(step, steps_per_epoch)
+    log.append_step({...}); log.append_epoch({...}); log.save_snapshot(step, weights)
+    log.update(status='complete', ...)
+  """
+
+  def __init__(self, model_dir, runner, flags_dict, overwrite=False):
+    self.model_dir = model_dir
+    self.runner = runner
+    self.flags = dict(flags_dict)
+    self.overwrite = overwrite
+    self.manifest = {}
+    self.resuming = False
+
+  def path(self, *parts):
+    return os.path.join(self.model_dir, *parts)
+
+  def open(self):
+    """Checks the directory, then starts a new manifest or resumes the existing one.
+
+    A complete run is replaced only with `overwrite`; an unfinished run of the same
+    runner and flags is resumed; anything else is a UsageError naming the difference.
+    Returns True when resuming.
+    """
+    previous = read_manifest(self.model_dir)
+    if previous is not None and self.overwrite:
+      self._clear()
+      previous = None
+    elif previous is None and os.path.isdir(self.model_dir) and os.listdir(self.model_dir):
+      if not self.overwrite:
+        raise cli.UsageError(
+            f'--model_dir={self.model_dir} is not empty and holds no run.json; choose another '
+            'folder or pass --overwrite to replace its content')
+      self._clear()
+    if previous is not None:
+      self._check_same_run(previous)
+      self.manifest = previous
+      self.resuming = True
+    else:
+      self.manifest = {'runner': self.runner, 'flags': self.flags, 'started': now(),
+                       'global_step': 0}
+    os.makedirs(self.path(WEIGHTS_DIR), exist_ok=True)
+    os.makedirs(self.path(CHECKPOINTS_DIR), exist_ok=True)
+    self.update(status=STATUS_RUNNING)
+    return self.resuming
+
+  def _clear(self):
+    for name in os.listdir(self.model_dir):
+      full = os.path.join(self.model_dir, name)
+      if os.path.isdir(full) and not os.path.islink(full):
+        shutil.rmtree(full)
+      else:
+        os.remove(full)
+
+  def _check_same_run(self, previous):
+    where = f'--model_dir={self.model_dir}'
+    if previous.get('status') == STATUS_COMPLETE:
+      raise cli.UsageError(f'{where} holds a complete {previous.get("runner")} run; pass '
+                           '--overwrite to replace it or choose another --model_dir')
+    if previous.get('runner') != self.runner:
+      raise cli.UsageError(f'{where} holds a {previous.get("runner")} run, not a {self.runner} '
+                           'run; choose another --model_dir or pass --overwrite')
+    old_flags = previous.get('flags', {})
+    for name in sorted(set(old_flags) | set(self.flags)):
+      if name in OPERATIONAL_FLAGS:
+        continue
+      if old_flags.get(name) != self.flags.get(name):
+        raise cli.UsageError(
+            f'{where} holds a different run (--{name} was {old_flags.get(name)!r}, now '
+            f'{self.flags.get(name)!r}); rerun with the same flags to resume, or pass --overwrite')
+
+  def update(self, **fields):
+    """Merges `fields` into run.json and rewrites it atomically."""
+    self.manifest.update(fields)
+    self.manifest['updated'] = now()
+    atomic_write_json(self.path(RUN_JSON), self.manifest)
+
+  def truncate_after(self, step, steps_per_epoch):
+    """Drops rows a restored checkpoint at `step` has not seen (they will be redone)."""
+    self._truncate(STEPS_CSV, STEP_COLUMNS, lambda row: int(row['step']) <= step)
+    done_epochs = step // steps_per_epoch
+    self._truncate(EPOCHS_CSV, EPOCH_COLUMNS, lambda row: int(row['epoch']) <= done_epochs)
+    for old in snapshot_steps_in(self.model_dir):
+      if old > step:
+        os.remove(snapshot_path(self.model_dir, old))
+
+  def _truncate(self, name, columns, keep):
+    path = self.path(name)
+    if not os.path.exists(path):
+      return
+    with open(path, newline='') as f:
+      rows = [row for row in csv.DictReader(f) if keep(row)]
+    lines = [','.join(columns)] + [','.join(row[c] for c in columns) for row in rows]
+    atomic_write_text(path, '\n'.join(lines) + '\n')
+
+  def _append(self, name, columns, row):
+    path = self.path(name)
+    new = not os.path.exists(path)
+    with open(path, 'a') as f:
+      if new:
+        f.write(','.join(columns) + '\n')
+      f.write(','.join(_format(row[c]) for c in columns) + '\n')
+
+  def append_step(self, row):
+    """Appends one steps.csv row; `row` has every STEP_COLUMNS key."""
+    self._append(STEPS_CSV, STEP_COLUMNS, row)
+
+  def append_epoch(self, row):
+    """Appends one epochs.csv row; `row` has every EPOCH_COLUMNS key (NaN for no val)."""
+    self._append(EPOCHS_CSV, EPOCH_COLUMNS, row)
+
+  def save_snapshot(self, step, weights):
+    """Writes weights/step-NNNNNN.npz with {key: array}."""
+    save_weights(snapshot_path(self.model_dir, step), weights)
