@@ -124,3 +124,11 @@ def define_records_flags():
   flags.register_multi_flags_validator(
       ['image_dir', 'synthetic'], lambda v: bool(v['image_dir']) != bool(v['synthetic']),
       message='pass exactly one of --image_dir=FOLDER or --synthetic')
+
+
+def flag_values(flags_obj):
+  """{name: value} of every flag defined here (absl's own flags left out), JSON-ready."""
+  values = {}
+  for flag in flags_obj.get_flags_for_module(__name__):
+    values[flag.name] = list(flag.value) if isinstance(flag.value, (list, tuple)) else flag.value
+  return dict(sorted(values.items()))

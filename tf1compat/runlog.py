@@ -166,15 +166,6 @@ def versions(keras_version, tf_version):
   return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
 
 
-def flag_values(flags_obj, names):
-  """{name: value} of the named flags, the values JSON-ready."""
-  values = {}
-  for name in names:
-    value = getattr(flags_obj, name)
-    values[name] = list(value) if isinstance(value, (list, tuple)) else value
-  return values
-
-
 class RunLog:
   """Writes one run directory; resumes it when it holds the same, unfinished run.
 

@@ -1,0 +1,255 @@
+"""The framework-neutral part of a training run, shared by the graph and eager runners.
+
+A runner owns the TensorFlow side (a Session or a tf.function step, metrics, a
+checkpoint saver) and exposes it as a `Backend`; `train` drives it through epochs and
+steps with the same bookkeeping everywhere: run-directory rows, weight snapshots,
+checkpoint cadence, progress, NaN/Inf detection, SIGINT/SIGTERM handling and the
+final manifest. Keras `model.fit` drives its own loop and uses `Recorder` from a callback.
+"""
+
+import dataclasses
+import math
+import time
+
+from absl import logging
+
+from tf1compat import cli
+from tf1compat import data
+from tf1compat import flags as tf1compat_flags
+from tf1compat import progress
+from tf1compat import records
+from tf1compat import runlog
+
+
+@dataclasses.dataclass
+class StepResult:
+  """What one training step reports, as Python floats.
+
+  loss / batch_accuracy: of this batch; mean_loss / accuracy: the running metrics the
+  user is shown (since the last reset).
+  """
+  loss: float
+  batch_accuracy: float
+  mean_loss: float
+  accuracy: float
+
+
+class Backend:
+  """The framework side of a run. Runners subclass it; every method is required."""
+
+  def restore(self):
+    """Restores the latest checkpoint if there is one; returns its global step (0 if none)."""
+    raise NotImplementedError
+
+  def train_step(self):
+    """Runs one step on the next batch; returns a StepResult."""
+    raise NotImplementedError
+
+  def reset_metrics(self):
+    """Resets the running training metrics."""
+    raise NotImplementedError
+
+  def evaluate(self):
+    """One pass over the validation set: (val_loss, val_accuracy), or None without one."""
+    raise NotImplementedError
+
+  def weights(self):
+    """{weight key: numpy array} of every model weight."""
+    raise NotImplementedError
+
+  def save_checkpoint(self, step):
+    """Writes a checkpoint (weights, optimizer, step, iterator, metrics); returns its path."""
+    raise NotImplementedError
+
+  def write_scalars(self, step, scalars):
+    """Writes {tag: float} to the run's TensorBoard events at `step`."""
+    raise NotImplementedError
+
+  def export(self, export_dir):
+    """Writes the trained model (SavedModel) to `export_dir`."""
+    raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Schedule:
+  """How long to train and when to snapshot, checkpoint and log."""
+  epochs: int
+  steps_per_epoch: int
+  snapshot_steps: tuple
+  checkpoint_every: int
+  log_every: int
+  learning_rate: float
+  reset_metrics: bool = True
+
+  @property
+  def total_steps(self):
+    return self.epochs * self.steps_per_epoch
+
+
+class Recorder:
+  """Writes a run's per-step and per-epoch records, snapshots, and failure states."""
+
+  def __init__(self, log, schedule, weights_fn):
+    self.log = log
+    self.schedule = schedule
+    self._weights_fn = weights_fn
+    self.last_checkpoint = None
+    self._step_started = time.perf_counter()
+
+  def start_step(self):
+    self._step_started = time.perf_counter()
+
+  def record_step(self, step, result, scalars_fn=None):
+    """Appends the steps.csv row of `step`, snapshots the weights when scheduled.
+
+    Raises cli.NumericFault for a NaN or Inf loss, after marking the run failed.
+    """
+    seconds = time.perf_counter() - self._step_started
+    if not math.isfinite(result.loss):
+      self.log.update(status=runlog.STATUS_FAILED, global_step=step - 1,
+                      failure=f'loss {result.loss} at step {step}',
+                      last_checkpoint=self.last_checkpoint)
+      where = self.last_checkpoint or 'none written yet'
+      raise cli.NumericFault(f'loss is {result.loss} at step {step}; stopped. Last good '
+                             f'checkpoint: {where}. Lower --learning_rate or check the data.')
+    epoch = (step - 1) // self.schedule.steps_per_epoch + 1
+    self.log.append_step({
+        'step': step, 'epoch': epoch, 'loss': result.loss,
+        'batch_accuracy': result.batch_accuracy, 'mean_loss': result.mean_loss,
+        'accuracy': result.accuracy, 'learning_rate': self.schedule.learning_rate,
+        'seconds': seconds})
+    if scalars_fn is not None:
+      scalars_fn(step, {'train/batch_loss': result.loss, 'train/mean_loss': result.mean_loss,
+                        'train/accuracy': result.accuracy})
+    if step in self.schedule.snapshot_steps:
+      self.log.save_snapshot(step, self._weights_fn())
+
+  def record_epoch(self, epoch, train_loss, train_accuracy, evaluation, seconds,
+                   scalars_fn=None):
+    """Appends the epochs.csv row of `epoch`; `evaluation` is (loss, acc) or None."""
+    val_loss, val_accuracy = evaluation if evaluation is not None else (math.nan, math.nan)
+    self.log.append_epoch({'epoch': epoch, 'train_loss': train_loss,
+                           'train_accuracy': train_accuracy, 'val_loss': val_loss,
+                           'val_accuracy': val_accuracy, 'seconds': seconds})
+    if scalars_fn is not None:
+      scalars = {'epoch/train_loss': train_loss, 'epoch/train_accuracy': train_accuracy}
+      if evaluation is not None:
+        scalars.update({'epoch/val_loss': val_loss, 'epoch/val_accuracy': val_accuracy})
+      scalars_fn(epoch * self.schedule.steps_per_epoch, scalars)
+    logging.info('epoch %d: train_loss=%.4f train_accuracy=%.4f val_loss=%.4f '
+                 'val_accuracy=%.4f (%.1fs)', epoch, train_loss, train_accuracy, val_loss,
+                 val_accuracy, seconds)
+    return {'train_loss': train_loss, 'train_accuracy': train_accuracy,
+            'val_loss': val_loss, 'val_accuracy': val_accuracy}
+
+  def interrupted(self, signum, step, checkpoint):
+    """Marks the run interrupted at `step` and returns the exception to raise."""
+    self.last_checkpoint = checkpoint
+    self.log.update(status=runlog.STATUS_INTERRUPTED, global_step=step,
+                    last_checkpoint=checkpoint)
+    return cli.Interrupted(signum, f'interrupted at step {step}; checkpoint {checkpoint} '
+                           'written. Rerun the same command to resume.')
+
+  def complete(self, step, final_metrics, export_dir, started):
+    """Marks the run complete with its final metrics."""
+    self.log.update(status=runlog.STATUS_COMPLETE, global_step=step,
+                    final_metrics=final_metrics, last_checkpoint=self.last_checkpoint,
+                    export_dir=export_dir, finished=runlog.now(),
+                    seconds=round(time.time() - started, 3))
+
+
+def _last_epoch_metrics(log):
+  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
+  if not epochs:
+    return {}
+  return {name: float(epochs[name][-1])
+          for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
+
+
+def schedule_from_flags(flags_obj, reset_metrics=True):
+  """The Schedule of a runner's flags."""
+  total = flags_obj.epochs * flags_obj.steps_per_epoch
+  return Schedule(epochs=flags_obj.epochs, steps_per_epoch=flags_obj.steps_per_epoch,
+                  snapshot_steps=tuple(tf1compat_flags.snapshot_steps(flags_obj, total)),
+                  checkpoint_every=flags_obj.checkpoint_every, log_every=flags_obj.log_every,
+                  learning_rate=flags_obj.learning_rate, reset_metrics=reset_metrics)
+
+
+def resolve_data(flags_obj):
+  """The DataSpec of --data_dir, or of the embedded dataset when it is unset."""
+  data_dir = flags_obj.data_dir or records.embedded_data_dir()
+  return data.describe(data_dir, flags_obj.num_classes)
+
+
+def common_manifest(flags_obj, spec, *, optimizer_name, epsilon, versions, device):
+  """The run.json fields every runner writes at start (the config lint compares them)."""
+  return {
+      'versions': versions,
+      'device': device,
+      'optimizer': {'name': optimizer_name, 'learning_rate': flags_obj.learning_rate,
+                    'beta_1': flags_obj.adam_beta1, 'beta_2': flags_obj.adam_beta2,
+                    'epsilon': epsilon},
+      'loss': flags_obj.loss,
+      'from_logits': True,
+      'final_activation': flags_obj.final_activation,
+      'batch_size': flags_obj.batch_size,
+      'image_size': flags_obj.image_size,
+      'seed': flags_obj.seed,
+      'deterministic': flags_obj.deterministic,
+      'data': spec.manifest(),
+      'init_weights_sha256': (runlog.file_sha256(flags_obj.init_weights)
+                              if flags_obj.init_weights else None),
+  }
+
+
+def train(backend, log, schedule):
+  """Trains `backend` from its latest checkpoint (or step 0) to the schedule's end.
+
+  Returns the stats dict (global_step, final metrics, model_dir). Raises
+  cli.NumericFault on a NaN/Inf loss and cli.Interrupted after SIGINT/SIGTERM, each
+  after the run directory says so.
+  """
+  started = time.time()
+  recorder = Recorder(log, schedule, backend.weights)
+  step = backend.restore()
+  log.truncate_after(step, schedule.steps_per_epoch)
+  if step:
+    logging.info('resuming %s from step %d', log.model_dir, step)
+  elif 0 in schedule.snapshot_steps:
+    log.save_snapshot(0, backend.weights())
+  final_metrics = _last_epoch_metrics(log)
+  spe = schedule.steps_per_epoch
+  with cli.SignalCatcher() as signals:
+    for epoch in range(step // spe + 1, schedule.epochs + 1):
+      done_in_epoch = step - (epoch - 1) * spe
+      if done_in_epoch == 0 and schedule.reset_metrics:
+        backend.reset_metrics()
+      bar = progress.EpochProgress(epoch, schedule.epochs, spe, initial=done_in_epoch,
+                                   log_every=schedule.log_every)
+      epoch_started = time.perf_counter()
+      result = None
+      try:
+        while step < epoch * spe:
+          recorder.start_step()
+          result = backend.train_step()
+          step += 1
+          recorder.record_step(step, result, backend.write_scalars)
+          bar.update(loss=result.mean_loss, accuracy=result.accuracy)
+          if signals.caught:
+            raise recorder.interrupted(signals.signum, step, backend.save_checkpoint(step))
+          if step % schedule.checkpoint_every == 0 and step % spe:
+            recorder.last_checkpoint = backend.save_checkpoint(step)
+      finally:
+        bar.close()
+      if result is None:
+        continue
+      final_metrics = recorder.record_epoch(
+          epoch, result.mean_loss, result.accuracy, backend.evaluate(),
+          time.perf_counter() - epoch_started, backend.write_scalars)
+      recorder.last_checkpoint = backend.save_checkpoint(step)
+      if signals.caught:
+        raise recorder.interrupted(signals.signum, step, recorder.last_checkpoint)
+  export_dir = log.path(runlog.EXPORT_DIR)
+  backend.export(export_dir)
+  recorder.complete(step, final_metrics, export_dir, started)
+  return {'global_step': step, 'model_dir': log.model_dir, **final_metrics}
