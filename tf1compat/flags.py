@@ -8,6 +8,7 @@ same attributes) and never reads flags on its own.
 from absl import flags
 
 from tf1compat import model
+from tf1compat import parity
 
 LOSSES = ('softmax_cross_entropy', 'keras_categorical')
 FINAL_ACTIVATIONS = ('none', 'softmax')
@@ -132,3 +133,27 @@ def flag_values(flags_obj):
   for flag in flags_obj.get_flags_for_module(__name__):
     values[flag.name] = list(flag.value) if isinstance(flag.value, (list, tuple)) else flag.value
   return dict(sorted(values.items()))
+
+
+def define_parity_flags():
+  """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances)."""
+  defaults = parity.Tolerances()
+  flags.DEFINE_string('output_dir', None, 'Folder for parity.md, parity.json and parity.png.')
+  flags.DEFINE_integer('parity_steps', defaults.parity_steps,
+                       'Steps whose batch loss the step tier compares.', lower_bound=1)
+  flags.DEFINE_float('step_rtol', defaults.step_rtol,
+                     'Step tier: relative tolerance of the batch loss.', lower_bound=0.0)
+  flags.DEFINE_float('weight_rtol', defaults.weight_rtol,
+                     'Step tier: max |a-b| / max|a| per variable at each common snapshot.',
+                     lower_bound=0.0)
+  flags.DEFINE_float('curve_rtol', defaults.curve_rtol,
+                     'Curve tier: relative tolerance of per-epoch losses.', lower_bound=0.0)
+  flags.DEFINE_float('accuracy_atol', defaults.accuracy_atol,
+                     'Curve tier: absolute tolerance of per-epoch accuracies.', lower_bound=0.0)
+
+
+def tolerances(flags_obj):
+  """parity.Tolerances from the parity flags."""
+  return parity.Tolerances(parity_steps=flags_obj.parity_steps, step_rtol=flags_obj.step_rtol,
+                           weight_rtol=flags_obj.weight_rtol, curve_rtol=flags_obj.curve_rtol,
+                           accuracy_atol=flags_obj.accuracy_atol)

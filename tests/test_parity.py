@@ -1,0 +1,213 @@
+"""compare_runs on hand-made run directories, with numpy as the oracle."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_entry
+from tf1compat import parity
+from tf1compat import runlog
+
+STEPS_PER_EPOCH = 4
+EPOCHS = 2
+KEYS_SHAPES = {'conv1/kernel': (3, 3, 3, 4), 'conv1/bias': (4,), 'bn1/moving_mean': (4,),
+               'bn1/moving_variance': (4,), 'logits/kernel': (4, 3), 'logits/bias': (3,)}
+
+
+def _losses(seed=0):
+  rng = np.random.default_rng(seed)
+  return 2.0 * np.exp(-0.1 * np.arange(EPOCHS * STEPS_PER_EPOCH)) + rng.uniform(
+      0, 0.05, EPOCHS * STEPS_PER_EPOCH)
+
+
+def make_run(path, *, runner='graph', losses=None, accuracies=None, reset='epoch',
+             snapshot_steps=(0, 1, 2, 8), weight_offsets=None, bn_moves=True, epsilon=1e-8,
+             status='complete', flags_extra=None, manifest_extra=None):
+  """Writes a run directory as a runner would, from per-step losses and accuracies."""
+  os.makedirs(path)
+  losses = _losses() if losses is None else np.asarray(losses)
+  accuracies = (np.linspace(0.1, 0.9, len(losses)).round(3) if accuracies is None
+                else np.asarray(accuracies))
+  log = runlog.RunLog(path, runner, {'batch_norm': True, 'dropout': 0.0, 'image_size': 32,
+                                     'batch_size': 8, 'reset_metrics': reset,
+                                     **(flags_extra or {})})
+  log.open()
+  for i, (loss, acc) in enumerate(zip(losses, accuracies)):
+    step = i + 1
+    epoch = i // STEPS_PER_EPOCH + 1
+    start = 0 if reset == 'never' else (epoch - 1) * STEPS_PER_EPOCH
+    log.append_step({'step': step, 'epoch': epoch, 'loss': loss, 'batch_accuracy': acc,
+                     'mean_loss': np.mean(losses[start:step]),
+                     'accuracy': np.mean(accuracies[start:step]), 'learning_rate': 0.001,
+                     'seconds': 0.01})
+  for epoch in range(1, EPOCHS + 1):
+    end = epoch * STEPS_PER_EPOCH
+    log.append_epoch({'epoch': epoch, 'train_loss': np.mean(losses[end - STEPS_PER_EPOCH:end]),
+                      'train_accuracy': np.mean(accuracies[end - STEPS_PER_EPOCH:end]),
+                      'val_loss': losses[end - 1], 'val_accuracy': accuracies[end - 1],
+                      'seconds': 1.0})
+  rng = np.random.default_rng(1)
+  base = {k: rng.normal(size=s).astype(np.float32) for k, s in KEYS_SHAPES.items()}
+  for step in snapshot_steps:
+    weights = {k: v + 0.01 * step for k, v in base.items()}
+    weights['bn1/moving_mean'] = np.zeros(4, np.float32) + (0.01 * step if bn_moves else 0)
+    weights['bn1/moving_variance'] = np.ones(4, np.float32) + (0.01 * step if bn_moves else 0)
+    for (key, at_step), offset in (weight_offsets or {}).items():
+      if step >= at_step:
+        weights[key] = weights[key] + offset
+    log.save_snapshot(step, weights)
+  manifest = {'status': status, 'batch_size': 8, 'image_size': 32, 'seed': 0,
+              'loss': 'softmax_cross_entropy', 'final_activation': 'none',
+              'optimizer': {'learning_rate': 0.001, 'beta_1': 0.9, 'beta_2': 0.999,
+                            'epsilon': epsilon}}
+  log.update(**{**manifest, **(manifest_extra or {})})
+  return path
+
+
+def _compare(*paths, **tol):
+  return parity.compare(list(paths), parity.Tolerances(**tol))
+
+
+def test_identical_runs_pass(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), runner='eager')
+  report = _compare(a, b)
+  pair = report['pairs'][0]
+  assert report['verdict'] == 'PASS'
+  assert pair['step_tier']['max_relative_difference'] == 0.0
+  assert pair['weight_tier']['common_steps'] == [0, 1, 2, 8]
+  assert pair['lint'] == []
+  assert report['pitfalls'] == []
+
+
+def test_step_tier_matches_numpy_oracle(tmp_path):
+  losses = _losses()
+  noisy = losses * (1 + np.array([0, 1e-7, -2e-7, 5e-3, 0, 0, 0, 0]))
+  a = make_run(str(tmp_path / 'a'), losses=losses)
+  b = make_run(str(tmp_path / 'b'), losses=noisy)
+  steps = _compare(a, b, parity_steps=6)['pairs'][0]['step_tier']
+  expected = np.abs(losses[:6] - noisy[:6]) / np.abs(losses[:6])
+  np.testing.assert_allclose(steps['relative_difference'], expected, rtol=1e-12)
+  assert steps['steps'] == 6
+  assert steps['first_step_over'] == 4
+  assert not steps['passed']
+  assert _compare(a, b, parity_steps=3)['verdict'] == 'PASS'
+
+
+def test_weight_tier_names_first_variable_and_step(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), weight_offsets={('logits/kernel', 2): 0.5,
+                                                    ('conv1/bias', 8): 0.5})
+  weights = _compare(a, b)['pairs'][0]['weight_tier']
+  assert weights['first_over']['step'] == 2
+  assert weights['first_over']['variable'] == 'logits/kernel'
+  ra = runlog.load_weights(runlog.snapshot_path(a, 2))['logits/kernel']
+  rb = runlog.load_weights(runlog.snapshot_path(b, 2))['logits/kernel']
+  expected = np.max(np.abs(ra - rb)) / max(np.max(np.abs(ra)), np.max(np.abs(rb)))
+  assert weights['first_over']['relative_difference'] == pytest.approx(expected)
+  assert not weights['passed']
+
+
+def test_no_common_snapshot_steps(tmp_path):
+  a = make_run(str(tmp_path / 'a'), snapshot_steps=(0, 2))
+  b = make_run(str(tmp_path / 'b'), snapshot_steps=(1, 8))
+  report = _compare(a, b)
+  pair = report['pairs'][0]
+  assert pair['weight_tier']['common_steps'] == []
+  assert pair['weight_tier']['per_step'] == []
+  assert report['verdict'] == 'PASS'  # losses still decide
+  paths = parity.write_report(report, str(tmp_path / 'out'))
+  with open(paths['md']) as f:
+    assert 'no common snapshot step' in f.read()
+
+
+def test_metric_semantics_classification(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  never = make_run(str(tmp_path / 'never'), reset='never')
+  assert {m['kind'] for m in parity.metric_semantics(parity.load_run(a)).values()} == {
+      parity.METRICS_PER_EPOCH}
+  semantics = parity.metric_semantics(parity.load_run(never))
+  assert {m['kind'] for m in semantics.values()} == {parity.METRICS_SINCE_START}
+  report = _compare(a, never)
+  assert report['verdict'] == 'FAIL'
+  assert report['pairs'][0]['step_tier']['passed']
+  assert report['pitfalls'][0] == 'metrics_never_reset'
+
+
+def test_epsilon_lint_and_pitfall(tmp_path):
+  losses = _losses()
+  a = make_run(str(tmp_path / 'a'), losses=losses)
+  b = make_run(str(tmp_path / 'b'), losses=losses * np.r_[1, np.full(7, 1 + 1e-3)],
+               epsilon=1e-7)
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['lint'] == [{'field': 'optimizer epsilon', 'reference': 1e-8, 'other': 1e-7,
+                           'equivalent': False}]
+  assert pair['pitfalls'][0]['name'] == 'adam_epsilon'
+  assert 'step 2' in pair['pitfalls'][0]['evidence']
+
+
+def test_frozen_batch_norm_statistics(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), bn_moves=False, flags_extra={'update_ops': False})
+  report = _compare(a, b)
+  assert report['verdict'] == 'FAIL'
+  assert report['pitfalls'][0] == 'skip_update_ops'
+  c = make_run(str(tmp_path / 'c'), bn_moves=False, flags_extra={'wiring': 'model_call'})
+  assert _compare(a, c)['pitfalls'][0] == 'model_call_wiring'
+
+
+def test_equivalent_losses_are_listed_not_failed(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), manifest_extra={'loss': 'keras_categorical'})
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['verdict'] == 'PASS'
+  assert pair['lint'][0]['field'] == 'loss' and pair['lint'][0]['equivalent']
+  assert pair['lint_mismatches'] == 0
+
+
+def test_bn_moving_variance_is_a_framework_difference(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), runner='eager',
+               weight_offsets={('bn1/moving_variance', 1): 1e-2})
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['verdict'] == 'PASS'
+  difference = pair['framework_differences']['bn_moving_variance']
+  # 32-pixel images: bn1 sees 15x15 maps, so n = 8 * 225 per batch.
+  assert difference['predicted_factor_first_layer'] == pytest.approx(1800 / 1799)
+  assert difference['measured']['max_relative_difference'] > 1e-3
+  assert pair['weight_tier']['excluded'] == ['bn1/moving_variance']
+
+
+def test_compare_runs_command(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), runner='eager')
+  out = str(tmp_path / 'report')
+  result = run_entry('compare_runs', a, b, f'--output_dir={out}')
+  assert result.returncode == 0, result.stderr
+  assert 'VERDICT: PASS' in result.stdout
+  with open(os.path.join(out, 'parity.json')) as f:
+    assert json.load(f)['verdict'] == 'PASS'
+  with open(os.path.join(out, 'parity.png'), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(os.path.join(out, 'parity.md')) as f:
+    assert 'Verdict: PASS' in f.read()
+
+  never = make_run(str(tmp_path / 'never'), reset='never')
+  failed = run_entry('compare_runs', a, never, f'--output_dir={out}')
+  assert failed.returncode == 1
+  assert 'pitfall metrics_never_reset' in failed.stdout
+
+
+def test_compare_runs_rejects_missing_and_unfinished_runs(tmp_path):
+  a = make_run(str(tmp_path / 'a'))
+  unfinished = make_run(str(tmp_path / 'b'), status='interrupted')
+  for args, message in (([a, str(tmp_path / 'nope')], 'no such run directory'),
+                        ([a, unfinished], 'interrupted, not complete'),
+                        ([a], 'at least two run directories'),
+                        ([a, str(tmp_path)], 'no run.json')):
+    result = run_entry('compare_runs', *args, f'--output_dir={tmp_path / "out"}')
+    assert result.returncode == 2, (args, result.stderr)
+    assert message in result.stderr
+    assert 'Traceback' not in result.stderr
