@@ -12,7 +12,17 @@ from tf1compat import parity
 
 LOSSES = ('softmax_cross_entropy', 'keras_categorical')
 FINAL_ACTIVATIONS = ('none', 'softmax')
+# Flags of define_data_flags and define_training_flags: what check_parity forwards to
+# every runner (tests check this list against the definitions).
+COMMON_FLAGS = (
+    'data_dir', 'num_classes', 'image_size', 'batch_size', 'seed', 'shuffle_buffer',
+    'model_dir', 'epochs', 'steps_per_epoch', 'learning_rate', 'adam_beta1', 'adam_beta2',
+    'adam_epsilon', 'loss', 'final_activation', 'batch_norm', 'dropout', 'init_weights',
+    'save_init_weights', 'snapshot_steps', 'deterministic', 'overwrite', 'log_every',
+    'checkpoint_every')
 DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
+LOOPS = ('custom', 'fit')
+STRATEGIES = ('default',)
 
 
 def _int_list_validator(name):
@@ -41,9 +51,14 @@ def define_data_flags():
   flags.DEFINE_integer('shuffle_buffer', 10000, 'Records in the shuffle buffer.', lower_bound=1)
 
 
-def define_training_flags(runner):
-  """Flags common to the graph and eager runners; `runner` names the default run dir."""
-  flags.DEFINE_string('model_dir', f'runs/{runner}', 'The run directory.')
+def define_training_flags(runner=None):
+  """Flags common to the graph and eager runners; `runner` names the default run dir.
+
+  check_parity passes no runner: it defines the flags to forward them, and names the
+  runners' directories itself.
+  """
+  if runner is not None:
+    flags.DEFINE_string('model_dir', f'runs/{runner}', 'The run directory.')
   flags.DEFINE_integer('epochs', 3, 'Epochs to train.', lower_bound=1)
   flags.DEFINE_integer('steps_per_epoch', 1000, 'Training steps per epoch.', lower_bound=1)
   flags.DEFINE_float('learning_rate', 0.001, 'Adam learning rate.', lower_bound=0.0)
@@ -93,6 +108,24 @@ def define_graph_flags():
   flags.DEFINE_bool('feed_learning_phase', True,
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
+
+
+def define_eager_flags():
+  """TF2-runner switches (bin/train_eager)."""
+  flags.DEFINE_enum('loop', 'custom', LOOPS,
+                    'custom: a tf.function train step with GradientTape; fit: Keras model.fit.')
+  flags.DEFINE_bool('jit_compile', False, 'Compile the train and eval steps with XLA.')
+  flags.DEFINE_bool('mixed_precision', False,
+                    'mixed_float16 policy (float32 logits and variables) with loss scaling.')
+  # Only the default strategy exists so far; mirrored and multi_worker are planned
+  # (DESIGN.md) and join this enum when they are implemented.
+  flags.DEFINE_enum('strategy', 'default', STRATEGIES,
+                    'tf.distribute strategy; only the default (one device) is implemented.')
+  flags.DEFINE_bool('tf1_bn_variance', False,
+                    "Update BatchNormalization's moving variance with the Bessel-corrected "
+                    'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '
+                    'comparison with the graph runner can be exact. Normalization still uses '
+                    'the biased batch variance, as in TF1.')
 
 
 def snapshot_steps(flags_obj, total_steps):
@@ -157,3 +190,19 @@ def tolerances(flags_obj):
   return parity.Tolerances(parity_steps=flags_obj.parity_steps, step_rtol=flags_obj.step_rtol,
                            weight_rtol=flags_obj.weight_rtol, curve_rtol=flags_obj.curve_rtol,
                            accuracy_atol=flags_obj.accuracy_atol)
+
+
+def define_check_parity_flags():
+  """Flags of bin/check_parity, and its own defaults: a no-flag run takes minutes on 2 cores."""
+  flags.DEFINE_bool('with_fit', False, 'Also run the Keras model.fit loop.')
+  flags.DEFINE_enum('pitfall', None, sorted(parity.PITFALLS),
+                    'Inject one catalogued migration mistake into the runner that makes it.')
+  flags.FLAGS.set_default('output_dir', 'runs/check_parity')
+  for name, value in CHECK_PARITY_DEFAULTS.items():
+    flags.FLAGS.set_default(name, value)
+
+
+# Small enough for a 2-core machine in under 3 minutes, large enough that the curves
+# mean something: 3 epochs of 40 steps of 64-pixel images.
+CHECK_PARITY_DEFAULTS = {'image_size': 64, 'epochs': 3, 'steps_per_epoch': 40,
+                         'log_every': 20}
