@@ -7,6 +7,7 @@ catalogued mistake into the runner where teams make it.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -27,6 +28,9 @@ LEGACY_ADAM_EPSILON = 1e-8
 # Flags check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'overwrite',
                             'adam_epsilon', 'data_dir'})
+
+# What the initial weights depend on (the data_dir only through num_classes).
+_INIT_FLAGS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,18 @@ def _complete(model_dir):
   return manifest is not None and manifest.get('status') == runlog.STATUS_COMPLETE
 
 
+def _make_init_weights(flags_obj, output_dir, common):
+  """One initial-weights file per model shape and seed, written by the legacy runner."""
+  shape = {name: getattr(flags_obj, name) for name in _INIT_FLAGS}
+  digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+  path = os.path.join(output_dir, f'init_weights-{digest}.npz')
+  if not os.path.exists(path):
+    code = _run('train_graph', common + [f'--save_init_weights={path}'])
+    if code:
+      _raise_for('train_graph', code)
+  return path
+
+
 def _read_state(path):
   if not os.path.exists(path):
     return {}
@@ -131,12 +147,7 @@ def run(flags_obj):
   os.makedirs(output_dir, exist_ok=True)
   data_dir = flags_obj.data_dir or records.embedded_data_dir()
   common = forwarded_args(flags_obj) + [f'--data_dir={data_dir}']
-  init_weights = flags_obj.init_weights
-  if not init_weights:
-    init_weights = os.path.join(output_dir, 'init_weights.npz')
-    code = _run('train_graph', common + [f'--save_init_weights={init_weights}'])
-    if code:
-      _raise_for('train_graph', code)
+  init_weights = flags_obj.init_weights or _make_init_weights(flags_obj, output_dir, common)
   # The exact arguments of each finished or started runner: a rerun of check_parity
   # reuses a complete run with the same arguments and resumes an unfinished one.
   state_path = os.path.join(output_dir, STATE_JSON)
