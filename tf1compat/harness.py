@@ -18,7 +18,6 @@ from absl import logging
 from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
 from tf1compat import parity
-from tf1compat import records
 from tf1compat import runlog
 
 STATE_JSON = 'check_parity.json'
@@ -27,7 +26,7 @@ BIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LEGACY_ADAM_EPSILON = 1e-8
 # Flags check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'overwrite',
-                            'adam_epsilon', 'data_dir'})
+                            'adam_epsilon'})
 
 # What the initial weights depend on (the data_dir only through num_classes).
 _INIT_FLAGS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
@@ -145,8 +144,9 @@ def run(flags_obj):
   check_pitfall_requirements(flags_obj)
   output_dir = flags_obj.output_dir
   os.makedirs(output_dir, exist_ok=True)
-  data_dir = flags_obj.data_dir or records.embedded_data_dir()
-  common = forwarded_args(flags_obj) + [f'--data_dir={data_dir}']
+  # Without --data_dir the first runner generates the embedded dataset's cache and the
+  # others reuse it; this process never imports TensorFlow.
+  common = forwarded_args(flags_obj)
   init_weights = flags_obj.init_weights or _make_init_weights(flags_obj, output_dir, common)
   # The exact arguments of each finished or started runner: a rerun of check_parity
   # reuses a complete run with the same arguments and resumes an unfinished one.
