@@ -1,0 +1,425 @@
+"""The legacy TF1 graph-mode training loop (DESIGN.md), written the way TF1 teams wrote it.
+
+One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
+seed's ConvNet wired onto its output with `Input(tensor=features)`, the loss, a
+`tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
+`tf.compat.v1.metrics` running metrics in a `metrics` variable scope, a validation
+pipeline with its own initializable iterator, and a `tf.compat.v1.train.Saver` that
+checkpoints the weights, the optimizer slots, the global step, the training
+iterator's position and the running metrics, so a rerun resumes exactly where the
+last one stopped (Dropout masks excepted: TF1's stateful random ops keep their position
+outside any checkpoint). `GraphBackend` exposes that graph and its Session to the
+shared driver in `training.py`.
+
+Process setup is the caller's job and must happen before TensorFlow is imported
+(`bin/train_graph` does it): `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2
+from `tf-keras` (`Input(tensor=...)`, `learning_phase()`, `model.updates`), then
+`tf.compat.v1.disable_v2_behavior()`. Importing this module does nothing else.
+
+The graph switches of `define_graph_flags` reproduce the legacy mistakes on request:
+`--wiring=model_call`, `--update_ops=false`, `--reset_metrics=never`,
+`--feed_learning_phase=false`.
+"""
+
+import os
+import shutil
+
+from absl import logging
+import tensorflow as tf
+import tf_keras
+
+from tf1compat import data
+from tf1compat import flags as tf1compat_flags
+from tf1compat import model
+from tf1compat import runlog
+from tf1compat import training
+
+RUNNER = 'graph'
+OPTIMIZER_NAME = 'tf.compat.v1.train.AdamOptimizer'
+# tf.compat.v1.train.AdamOptimizer's own default; Keras' Adam uses 1e-7.
+DEFAULT_ADAM_EPSILON = 1e-8
+CHECKPOINT_PREFIX = 'model.ckpt'
+# Checkpoints hold the input iterator's shuffle and prefetch buffers, which can be large;
+# resuming needs only the latest, the one before is kept in case the latest is damaged.
+CHECKPOINTS_KEPT = 2
+SERVING_SIGNATURE = 'serving_default'
+
+
+def adam_epsilon(flags_obj):
+  """The epsilon the optimizer really uses: the flag, else AdamOptimizer's default."""
+  return DEFAULT_ADAM_EPSILON if flags_obj.adam_epsilon is None else flags_obj.adam_epsilon
+
+
+def device_description():
+  """What the run computes on, for the manifest: 'CPU', or 'GPU (name)' and ' xN' for N > 1."""
+  gpus = tf.config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
+  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
+
+
+def _final_activation(flags_obj):
+  return None if flags_obj.final_activation == 'none' else flags_obj.final_activation
+
+
+def _per_example_loss(labels, logits, loss_name):
+  """Cross-entropy of each example, as the seed wrote it (`--loss` picks which)."""
+  if loss_name == 'keras_categorical':
+    # The seed's "fix"; numerically the same as the default on logits.
+    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits, from_logits=True)
+  return tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2(
+      labels=tf.stop_gradient(labels), logits=logits)
+
+
+def _classes(labels, logits):
+  """(label classes, predicted classes) of a batch, as int64."""
+  return (tf.argmax(labels, axis=-1, output_type=tf.int64),
+          tf.argmax(logits, axis=-1, output_type=tf.int64))
+
+
+def _running_metrics(scope_name, losses, label_classes, predicted_classes):
+  """tf.compat.v1.metrics mean loss and accuracy in their own variable scope.
+
+  Returns (mean_loss value, mean_loss update, accuracy value, accuracy update, the
+  scope's local variables, their reset op). Each update op returns the metric's value
+  after the update, so fetching it shows this step's batch included.
+  """
+  with tf.compat.v1.variable_scope(scope_name) as scope:
+    mean_loss, mean_loss_update = tf.compat.v1.metrics.mean(losses)
+    accuracy, accuracy_update = tf.compat.v1.metrics.accuracy(
+        labels=label_classes, predictions=predicted_classes)
+    local_variables = tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.LOCAL_VARIABLES, scope=scope.name + '/')
+    reset = tf.compat.v1.variables_initializer(var_list=local_variables)
+  return mean_loss, mean_loss_update, accuracy, accuracy_update, local_variables, reset
+
+
+def _pipeline_error_message(error):
+  """The line of a TensorFlow runtime error that names the problem, without the traceback.
+
+  Graph-mode errors carry "Graph execution error", the Python stack of the failing
+  op and "[[{{node ...}}]]" lines around the kernel's own message.
+  """
+  for line in error.message.splitlines():
+    line = line.strip()
+    if (not line or line.startswith(('Graph execution error', 'Detected at node', 'File "',
+                                     '[[', 'Node:', 'Traceback'))
+        or line.endswith('(most recent call last):')):
+      continue
+    return line
+  return type(error).__name__
+
+
+class GraphBackend(training.Backend):
+  """The TF1 graph, its Session and its run-directory outputs, for `training.train`.
+
+  The constructor builds the whole graph, finalizes it, starts a Session, initializes
+  every variable and loads `--init_weights`; `attach(model_dir)` then adds the
+  TensorBoard writer once the run directory is open. `close()` ends the Session.
+  """
+
+  def __init__(self, flags_obj, spec):
+    self._flags = flags_obj
+    self._spec = spec
+    self._checkpoint_dir = None
+    self._writer = None
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      # The graph-level seed fixes every op seed that is not given explicitly (weight
+      # initializers, Dropout masks) from the order the ops are built in, so the build
+      # order below is part of what makes two runs with the same flags identical.
+      tf.compat.v1.set_random_seed(flags_obj.seed)
+      self._build_training()
+      self._build_evaluation()
+      self._saver = tf.compat.v1.train.Saver(
+          var_list=(tf.compat.v1.global_variables() + self._train_metric_variables
+                    + [self._iterator_saveable]),
+          max_to_keep=CHECKPOINTS_KEPT)
+      self._build_weight_loader()
+      initialize = tf.group(tf.compat.v1.global_variables_initializer(),
+                            tf.compat.v1.local_variables_initializer())
+    # Nothing may add ops once training runs: a graph that grows each step is the
+    # classic TF1 leak, and finalize() turns it into an immediate error.
+    self.graph.finalize()
+    config = tf.compat.v1.ConfigProto()
+    config.gpu_options.allow_growth = True
+    self._sess = tf.compat.v1.Session(graph=self.graph, config=config)
+    self._sess.run(initialize)
+    if flags_obj.init_weights:
+      self._load_weights(flags_obj.init_weights)
+
+  def _build_training(self):
+    flags_obj = self._flags
+    dataset = data.make_dataset(
+        self._spec.train_files, image_size=flags_obj.image_size,
+        num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
+        seed=flags_obj.seed, training=True, shuffle_buffer=flags_obj.shuffle_buffer)
+    iterator = tf.compat.v1.data.make_one_shot_iterator(dataset)
+    # The iterator's position (shuffle buffer, RNG state, files read) goes into every
+    # checkpoint, so a resumed run sees the batches an uninterrupted one would have.
+    self._iterator_saveable = tf.compat.v1.data.experimental.make_saveable_from_iterator(
+        iterator)
+    features, labels = iterator.get_next()
+    build = dict(num_classes=self._spec.num_classes, image_size=flags_obj.image_size,
+                 batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
+                 final_activation=_final_activation(flags_obj))
+    if flags_obj.wiring == 'input_tensor':
+      # The input layer sits on the iterator's tensor, so model.updates are the update
+      # ops of the very batch being trained on.
+      self.model = model.build_model(tf.keras, input_tensor=features, **build)
+      logits = self.model.output
+      model_updates = list(self.model.updates)
+      update_ops = model_updates
+    else:
+      # The seed's wiring: the model is built on its own Input placeholder and then
+      # called on the batch. model.updates now also holds updates bound to that
+      # placeholder, which cannot run without feeding it ("You must feed a value for
+      # placeholder tensor 'images'"), so legacy code fell back on the tf.layers idiom,
+      # the UPDATE_OPS collection, which Keras layers never fill: no update op runs.
+      self.model = model.build_model(tf.keras, **build)
+      logits = self.model(features)
+      model_updates = list(self.model.updates)
+      update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    if not flags_obj.update_ops:
+      update_ops = []
+    self._model_updates = len(model_updates)
+    self._update_ops_run = len(update_ops)
+    self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
+
+    self._loss = tf.reduce_mean(_per_example_loss(labels, logits, flags_obj.loss))
+    label_classes, predicted_classes = _classes(labels, logits)
+    self._batch_accuracy = tf.reduce_mean(
+        tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
+    (_, self._mean_loss_update, _, self._accuracy_update, self._train_metric_variables,
+     self._reset_train_metrics) = _running_metrics('metrics', self._loss, label_classes,
+                                                   predicted_classes)
+
+    self._global_step = tf.compat.v1.train.get_or_create_global_step()
+    optimizer = tf.compat.v1.train.AdamOptimizer(
+        learning_rate=flags_obj.learning_rate, beta1=flags_obj.adam_beta1,
+        beta2=flags_obj.adam_beta2, epsilon=adam_epsilon(flags_obj))
+    with tf.control_dependencies(update_ops):
+      self._train_op = optimizer.minimize(self._loss, global_step=self._global_step)
+    self._train_feed = {self._learning_phase: True} if flags_obj.feed_learning_phase else {}
+
+  def _build_evaluation(self):
+    """The validation pipeline and metrics, apart from the training ones.
+
+    An initializable iterator restarts the validation files at each evaluation; the
+    metrics live in their own scope so that evaluating never touches the running
+    training metrics (nor, with them, what a checkpoint resumes).
+    """
+    self._val_iterator = None
+    if not self._spec.val_files:
+      return
+    flags_obj = self._flags
+    dataset = data.make_dataset(
+        self._spec.val_files, image_size=flags_obj.image_size,
+        num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
+        seed=flags_obj.seed, training=False)
+    self._val_iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+    features, labels = self._val_iterator.get_next()
+    logits = self.model(features)
+    losses = _per_example_loss(labels, logits, flags_obj.loss)
+    (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
+     _, self._reset_val_metrics) = _running_metrics('validation', losses,
+                                                    *_classes(labels, logits))
+
+  def _build_weight_loader(self):
+    self._weight_items = model.weight_items(self.model)
+    self._weight_placeholders = {}
+    assigns = []
+    if self._flags.init_weights:
+      for key, variable in self._weight_items:
+        placeholder = tf.compat.v1.placeholder(variable.dtype.base_dtype, variable.shape)
+        self._weight_placeholders[key] = placeholder
+        assigns.append(tf.compat.v1.assign(variable, placeholder))
+    self._assign_weights = tf.group(*assigns)
+
+  def _load_weights(self, path):
+    shapes = {key: tuple(v.shape.as_list()) for key, v in self._weight_items}
+    weights = runlog.load_weights(path, shapes)
+    self._sess.run(self._assign_weights,
+                   {self._weight_placeholders[key]: value for key, value in weights.items()})
+    logging.info('initial weights loaded from %s', path)
+
+  def _draws_dropout_masks(self):
+    return self._flags.dropout > 0 and self._flags.feed_learning_phase
+
+  def _data_error(self, error):
+    """The usage error of an input-data failure at run time (bad label, corrupt record)."""
+    return data.DataError(f'--data_dir={self._spec.data_dir}: the input pipeline failed: '
+                          f'{_pipeline_error_message(error)}')
+
+  def describe(self):
+    """The graph-specific block of run.json."""
+    return {
+        'wiring': self._flags.wiring,
+        'iterator': 'one_shot, checkpointed with make_saveable_from_iterator',
+        'model_updates': self._model_updates,
+        'update_ops_in_train_op': self._update_ops_run,
+        'learning_phase_fed': self._flags.feed_learning_phase,
+        'exact_resume': not self._draws_dropout_masks(),
+        'reset_metrics': self._flags.reset_metrics,
+        'trainable_parameters': int(sum(v.shape.num_elements()
+                                        for v in self.model.trainable_weights)),
+    }
+
+  def attach(self, model_dir):
+    """Points checkpoints and TensorBoard events at the (open) run directory."""
+    self._checkpoint_dir = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
+    self._writer = tf.compat.v1.summary.FileWriter(model_dir, graph=self.graph)
+
+  def restore(self):
+    latest = tf.compat.v1.train.latest_checkpoint(self._checkpoint_dir)
+    if latest is None:
+      return 0
+    self._saver.restore(self._sess, latest)
+    step = int(self._sess.run(self._global_step))
+    if self._draws_dropout_masks():
+      logging.warning(
+          'resumed at step %d with --dropout: the Dropout masks come from a stateful random '
+          'op whose position no checkpoint holds, so from here on they differ from an '
+          'uninterrupted run (weights, optimizer, data order and metrics resume exactly)',
+          step)
+    # Lets TensorBoard drop events the previous process wrote after this step.
+    self._writer.add_session_log(
+        tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START), step)
+    return step
+
+  def train_step(self):
+    try:
+      values = self._sess.run(
+          {'train': self._train_op, 'loss': self._loss,
+           'batch_accuracy': self._batch_accuracy, 'mean_loss': self._mean_loss_update,
+           'accuracy': self._accuracy_update},
+          self._train_feed)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+      raise self._data_error(e) from e
+    except tf.errors.OutOfRangeError as e:
+      # The training pipeline repeats forever, so it only ends when it is empty.
+      raise data.DataError(f'--data_dir={self._spec.data_dir}: the training files hold no '
+                           'records; write some with bin/make_records') from e
+    return training.StepResult(
+        loss=float(values['loss']), batch_accuracy=float(values['batch_accuracy']),
+        mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']))
+
+  def reset_metrics(self):
+    self._sess.run(self._reset_train_metrics)
+
+  def evaluate(self):
+    if self._val_iterator is None:
+      return None
+    self._sess.run([self._val_iterator.initializer, self._reset_val_metrics])
+    feed = {self._learning_phase: False}
+    batches = 0
+    while True:
+      try:
+        self._sess.run([self._val_loss_update, self._val_accuracy_update], feed)
+      except tf.errors.OutOfRangeError:
+        break
+      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+        raise self._data_error(e) from e
+      batches += 1
+    if not batches:
+      return None
+    val_loss, val_accuracy = self._sess.run([self._val_loss, self._val_accuracy])
+    return float(val_loss), float(val_accuracy)
+
+  def weights(self):
+    return self._sess.run({key: variable for key, variable in self._weight_items})
+
+  def save_checkpoint(self, step):
+    path = self._saver.save(self._sess, os.path.join(self._checkpoint_dir, CHECKPOINT_PREFIX),
+                            global_step=step)
+    self._writer.flush()
+    return path
+
+  def write_scalars(self, step, scalars):
+    summary = tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag=tag, simple_value=value)
+        for tag, value in scalars.items()])
+    self._writer.add_summary(summary, step)
+
+  def export(self, export_dir):
+    """A SavedModel of the trained model with a serving signature on an images input.
+
+    The training model reads the iterator; the export rebuilds it in a graph of its
+    own on an Input placeholder, so the SavedModel holds neither the input pipeline nor
+    the optimizer. Written beside the target and renamed, so it is whole or absent.
+    """
+    weights = self.weights()
+    flags_obj = self._flags
+    tmp_dir = f'{export_dir}.tmp{os.getpid()}'
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    graph = tf.Graph()
+    with graph.as_default():
+      # The initializers run before the trained weights replace them, but they still
+      # need a seed under op determinism.
+      tf.compat.v1.set_random_seed(flags_obj.seed)
+      serving_model = model.build_model(
+          tf.keras, num_classes=self._spec.num_classes, image_size=flags_obj.image_size,
+          batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
+          final_activation=_final_activation(flags_obj))
+      items = model.weight_items(serving_model)
+      placeholders = {key: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
+                      for key, v in items}
+      assign = tf.group(*[tf.compat.v1.assign(v, placeholders[key]) for key, v in items])
+      signature = tf.compat.v1.saved_model.predict_signature_def(
+          inputs={'images': serving_model.input},
+          outputs={'outputs': serving_model.output,
+                   'classes': tf.argmax(serving_model.output, axis=-1)})
+      with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
+        builder = tf.compat.v1.saved_model.Builder(tmp_dir)
+        builder.add_meta_graph_and_variables(
+            sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
+            signature_def_map={SERVING_SIGNATURE: signature}, strip_default_attrs=True)
+        builder.save()
+    shutil.rmtree(export_dir, ignore_errors=True)
+    os.replace(tmp_dir, export_dir)
+    logging.info('SavedModel written to %s', export_dir)
+
+  def close(self):
+    """Closes the TensorBoard writer and the Session."""
+    if self._writer is not None:
+      self._writer.close()
+    self._sess.close()
+
+
+def run(flags_obj):
+  """Trains as the flags say and returns training.train's stats.
+
+  With --save_init_weights, writes the model's initial weights there instead and
+  returns {'saved_init_weights': path}, without a run directory. Raises cli.UsageError
+  (bad flags, files or data), cli.NumericFault and cli.Interrupted as training.train.
+  Assumes the process setup described in the module docstring.
+  """
+  if flags_obj.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  spec = training.resolve_data(flags_obj)
+  # The graph (and --init_weights) is checked before the run directory is touched, so
+  # a bad flag or file leaves no half-started run behind.
+  backend = GraphBackend(flags_obj, spec)
+  try:
+    if flags_obj.save_init_weights:
+      runlog.save_weights(flags_obj.save_init_weights, backend.weights())
+      logging.info('initial weights written to %s', flags_obj.save_init_weights)
+      return {'saved_init_weights': flags_obj.save_init_weights}
+    log = runlog.RunLog(flags_obj.model_dir, RUNNER, tf1compat_flags.flag_values(flags_obj),
+                        overwrite=flags_obj.overwrite)
+    log.open()
+    backend.attach(log.model_dir)
+    log.update(graph=backend.describe(), **training.common_manifest(
+        flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
+        versions=runlog.versions(tf_keras.__version__, tf.__version__),
+        device=device_description()))
+    try:
+      return training.train(backend, log, training.schedule_from_flags(
+          flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'))
+    except data.DataError as e:
+      log.update(status=runlog.STATUS_FAILED, failure=str(e))
+      raise
+  finally:
+    backend.close()
