@@ -99,7 +99,9 @@ def define_graph_flags():
   """Graph-runner switches; each non-default value reproduces a known legacy mistake."""
   flags.DEFINE_enum('wiring', 'input_tensor', ('input_tensor', 'model_call'),
                     'input_tensor: Input(tensor=features); model_call: the seed\'s '
-                    'model(features), which leaves layer updates out of model.updates.')
+                    'model(features), whose model.updates are bound to the unfed Input '
+                    'placeholder, so legacy code ran the UPDATE_OPS collection instead, which '
+                    'Keras layers never fill: BatchNorm statistics never update.')
   flags.DEFINE_bool('update_ops', True,
                     'Run model.updates (BatchNormalization statistics) with the train op.')
   flags.DEFINE_enum('reset_metrics', 'epoch', ('epoch', 'never'),
