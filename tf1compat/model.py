@@ -19,7 +19,8 @@ def conv_output_size(image_size):
 
 
 def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0,
-                final_activation=None, input_tensor=None):
+                final_activation=None, input_tensor=None, batch_norm_layer=None,
+                logits_dtype=None):
   """Builds the seed's 4-layer ConvNet + global average pooling + Dense logits.
 
   Args:
@@ -34,6 +35,10 @@ def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0
     input_tensor: a graph tensor to build the input layer on (`Input(tensor=...)`,
       tf-keras only), so that layer updates such as BatchNormalization's are part of
       `model.updates` for the tensors actually trained on.
+    batch_norm_layer: the BatchNormalization class to use (default
+      `keras.layers.BatchNormalization`), e.g. the eager runner's TF1-variance variant.
+    logits_dtype: dtype of the last Dense layer (e.g. 'float32' under a mixed-precision
+      policy, so that the loss sees float32 logits); None for the global policy.
 
   Returns:
     A functional `Model` named 'convnet'.
@@ -48,13 +53,14 @@ def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0
         filters, (3, 3), strides=(2, 2), kernel_initializer='he_normal',
         activation=None if batch_norm else 'relu', name=f'conv{index}')(x)
     if batch_norm:
-      x = keras.layers.BatchNormalization(name=f'bn{index}')(x)
+      x = (batch_norm_layer or keras.layers.BatchNormalization)(name=f'bn{index}')(x)
       x = keras.layers.Activation('relu', name=f'relu{index}')(x)
   x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
   if dropout > 0:
     x = keras.layers.Dropout(dropout, name='dropout')(x)
+  dtype_arg = {'dtype': logits_dtype} if logits_dtype else {}
   outputs = keras.layers.Dense(num_classes, activation=final_activation,
-                               kernel_initializer='he_normal', name='logits')(x)
+                               kernel_initializer='he_normal', name='logits', **dtype_arg)(x)
   return keras.Model(inputs, outputs, name='convnet')
 
 

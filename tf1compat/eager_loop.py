@@ -1,0 +1,518 @@
+"""The TF2 port of the graph loop: a custom `tf.function` loop and Keras `model.fit`.
+
+Keras 3 only (TF2's own `keras`; never `tf.compat.v1`). Both loops build the model with
+`model.build_model`, read the same seeded pipeline as the graph runner and write the
+run-directory contract of `runlog`:
+
+- `--loop=custom` (runner 'eager'): `EagerBackend`, one `tf.function` train step with a
+  GradientTape and `keras.metrics`, driven by `training.train`; checkpoints are
+  `tf.train.CheckpointManager` checkpoints holding the model, the optimizer, the step,
+  the running metrics and the training-data iterator, so a rerun resumes mid-epoch on
+  exactly the batches an uninterrupted run would see.
+- `--loop=fit` (runner 'fit'): `model.compile` + `model.fit`, recorded by a callback
+  through `training.Recorder`; `BackupAndRestore` resumes at epoch boundaries.
+
+Importing this module sets nothing up; `run` configures seeds, op determinism and the
+mixed-precision policy for the process it runs in.
+"""
+
+import json
+import os
+import re
+import time
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from tf1compat import cli
+from tf1compat import data
+from tf1compat import flags as tf1compat_flags
+from tf1compat import model as model_lib
+from tf1compat import progress
+from tf1compat import runlog
+from tf1compat import training
+
+RUNNER_CUSTOM = 'eager'
+RUNNER_FIT = 'fit'
+OPTIMIZER_NAME = 'keras.optimizers.Adam'
+KERAS_FILE = 'model.keras'
+# model.fit's BackupAndRestore folder inside MODEL_DIR/checkpoints.
+FIT_BACKUP_DIR = 'backup'
+# Keras writes this beside the backed-up weights; its 'epoch' is the epochs completed.
+_FIT_BACKUP_METADATA = 'training_metadata.json'
+_MAX_CHECKPOINTS = 5
+# Pipeline failures that mean bad input data (a corrupt record, an undecodable image,
+# a label outside --num_classes) rather than a bug: exit 2 with one line.
+_DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
+
+
+class TF1VarianceBatchNormalization(keras.layers.BatchNormalization):
+  """BatchNormalization whose moving statistics follow TF1's fused batch norm.
+
+  TF1 graph mode (tf-keras, fused kernel) updates the moving variance with the
+  Bessel-corrected batch variance, var * n / (n - 1) with n = batch x height x width,
+  where Keras 3 uses the biased one (DESIGN.md, `bn_moving_variance`). This layer
+  applies TF1's correction and TF1's update form, `moving -= (moving - value) *
+  (1 - momentum)`, to both moving statistics; the batch is still normalized with the
+  biased variance, as in TF1. Masked, renorm and inference calls are the base class's.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or mask is not None or self.renorm:
+      return super().call(inputs, training=training, mask=mask)
+    x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, 'float32'))
+    rank = len(x.shape)
+    axes = [i for i in range(rank) if i != self.axis % rank]
+    mean, variance = keras.ops.moments(x, axes=axes, synchronized=self.synchronized)
+    # n as tf-keras computes it: elements per channel of this batch.
+    n = keras.ops.cast(keras.ops.size(x), x.dtype) / keras.ops.cast(
+        keras.ops.size(variance), x.dtype)
+    corrected = variance * n / (n - 1.0)
+    decay = 1.0 - self.momentum
+    self.moving_mean.assign_sub(
+        (self.moving_mean - keras.ops.cast(mean, self.moving_mean.dtype)) * decay)
+    self.moving_variance.assign_sub(
+        (self.moving_variance - keras.ops.cast(corrected, self.moving_variance.dtype)) * decay)
+    gamma = keras.ops.cast(self.gamma, x.dtype) if self.scale else None
+    beta = keras.ops.cast(self.beta, x.dtype) if self.center else None
+    outputs = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta,
+                                            scale=gamma, epsilon=self.epsilon)
+    return keras.ops.cast(outputs, self.compute_dtype)
+
+
+def _softmax_cross_entropy(labels, outputs):
+  return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels),
+                                                 logits=outputs)
+
+
+def _keras_categorical(labels, outputs):
+  return keras.losses.categorical_crossentropy(labels, outputs, from_logits=True)
+
+
+_LOSSES = {'softmax_cross_entropy': _softmax_cross_entropy,
+           'keras_categorical': _keras_categorical}
+
+
+def loss_function(name):
+  """The per-example loss of --loss=`name`, on logits: (labels, outputs) -> [batch].
+
+  softmax_cross_entropy is the graph loop's `tf.nn.softmax_cross_entropy_with_logits`;
+  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits.
+  """
+  return _LOSSES[name]
+
+
+def configure(flags_obj):
+  """Process-wide setup before anything is built: seeds, op determinism, dtype policy."""
+  # TF's own INFO lines (checkpoint sharding, SavedModel assets) would bury the
+  # progress lines; its warnings still show.
+  tf.get_logger().setLevel('WARNING')
+  keras.utils.set_random_seed(flags_obj.seed)
+  if flags_obj.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.mixed_precision.set_global_policy(
+      'mixed_float16' if flags_obj.mixed_precision else 'float32')
+
+
+def build_model(flags_obj, num_classes):
+  """The seed's ConvNet in Keras 3 with the run's model flags."""
+  return model_lib.build_model(
+      keras, num_classes=num_classes, image_size=flags_obj.image_size,
+      batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
+      final_activation=None if flags_obj.final_activation == 'none'
+      else flags_obj.final_activation,
+      batch_norm_layer=TF1VarianceBatchNormalization if flags_obj.tf1_bn_variance else None,
+      # The loss must see float32 logits under mixed_float16.
+      logits_dtype='float32' if flags_obj.mixed_precision else None)
+
+
+def model_weights(model):
+  """{weight key: numpy array} of every weight of `model` (keys as in snapshots)."""
+  return {key: variable.numpy() for key, variable in model_lib.weight_items(model)}
+
+
+def load_init_weights(model, path):
+  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape)."""
+  items = model_lib.weight_items(model)
+  weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
+  for key, variable in items:
+    variable.assign(weights[key])
+
+
+def make_optimizer(flags_obj):
+  """Keras 3 Adam with the run's hyper-parameters, loss-scaled under mixed precision."""
+  kwargs = {'learning_rate': flags_obj.learning_rate, 'beta_1': flags_obj.adam_beta1,
+            'beta_2': flags_obj.adam_beta2}
+  if flags_obj.adam_epsilon is not None:
+    kwargs['epsilon'] = flags_obj.adam_epsilon
+  optimizer = keras.optimizers.Adam(**kwargs)
+  if flags_obj.mixed_precision:
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def _adam(optimizer):
+  return getattr(optimizer, 'inner_optimizer', optimizer)
+
+
+def _device():
+  gpus = tf.config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
+  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
+
+
+# Lines of a TF runtime error that give context, not the failure.
+_ERROR_CONTEXT = ('Graph execution error', 'Detected at node', '<stack traces', '[[')
+
+
+def _error_line(message):
+  """The line of a TF runtime error that says what failed, without node names."""
+  for line in re.sub(r'\{\{[^}]*\}\}', '', message or '').splitlines():
+    line = line.strip()
+    if line and not line.startswith(_ERROR_CONTEXT):
+      return line
+  return 'no message'
+
+
+def _data_error(spec, error):
+  """The one-line DataError for a pipeline failure at run time."""
+  return data.DataError(
+      f'--data_dir={spec.data_dir}: the input pipeline failed ({type(error).__name__}: '
+      f'{_error_line(error.message)}); fix or remove the bad records, or check --num_classes')
+
+
+def _count_records(files):
+  return int(tf.data.TFRecordDataset(list(files)).reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def _datasets(flags_obj, spec):
+  """(training dataset, validation dataset or None), seeded as in the graph runner."""
+  common = {'image_size': flags_obj.image_size, 'num_classes': spec.num_classes,
+            'batch_size': flags_obj.batch_size, 'seed': flags_obj.seed,
+            'shuffle_buffer': flags_obj.shuffle_buffer}
+  train = data.make_dataset(spec.train_files, training=True, **common)
+  val = (data.make_dataset(spec.val_files, training=False, **common)
+         if spec.val_files else None)
+  return train, val
+
+
+class _ScalarWriter:
+  """TensorBoard scalars in the run directory; the events file is opened on first use.
+
+  `tf.summary.scalar` lives in the tensorboard package, which is no dependency here;
+  `tf.summary.write` with the scalars plugin's metadata writes the same event.
+  """
+
+  _METADATA = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
+
+  def __init__(self, logdir):
+    self._logdir = logdir
+    self._writer = None
+
+  def __call__(self, step, scalars):
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self._logdir)
+    with self._writer.as_default(step=step):
+      for tag, value in scalars.items():
+        tf.summary.write(tag, tf.constant(value, tf.float32), metadata=self._METADATA)
+
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
+
+def _export(model, log, export_dir):
+  """SavedModel in `export_dir` and the Keras file MODEL_DIR/model.keras."""
+  model.export(export_dir, verbose=False)
+  model.save(log.path(KERAS_FILE))
+
+
+class EagerBackend(training.Backend):
+  """The custom loop: a `tf.function` step, keras.metrics and a CheckpointManager."""
+
+  def __init__(self, flags_obj, spec, log, model, optimizer):
+    self._spec = spec
+    self._log = log
+    self._model = model
+    self._optimizer = optimizer
+    self._loss = loss_function(flags_obj.loss)
+    self._train_loss = keras.metrics.Mean(name='train_loss')
+    self._train_accuracy = keras.metrics.CategoricalAccuracy(name='train_accuracy')
+    self._val_loss = keras.metrics.Mean(name='val_loss')
+    self._val_accuracy = keras.metrics.CategoricalAccuracy(name='val_accuracy')
+    train_dataset, self._val_dataset = _datasets(flags_obj, spec)
+    self._iterator = iter(train_dataset)
+    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    # Slots exist before a restore, so that it assigns them at once.
+    optimizer.build(model.trainable_variables)
+    self._checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, iterator=self._iterator, step=self._step,
+        metrics=[*self._train_loss.variables, *self._train_accuracy.variables])
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, log.path(runlog.CHECKPOINTS_DIR), max_to_keep=_MAX_CHECKPOINTS)
+    self._train_fn = tf.function(self._train_step, jit_compile=flags_obj.jit_compile)
+    self._eval_fn = tf.function(self._eval_step, jit_compile=flags_obj.jit_compile)
+    self._scalars = _ScalarWriter(log.model_dir)
+
+  def _train_step(self, images, labels):
+    with tf.GradientTape() as tape:
+      outputs = self._model(images, training=True)
+      loss = tf.reduce_mean(self._loss(labels, outputs))
+      # Identity without loss scaling; LossScaleOptimizer scales here and unscales
+      # the gradients in apply_gradients.
+      scaled_loss = self._optimizer.scale_loss(loss)
+    variables = self._model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    self._optimizer.apply_gradients(zip(gradients, variables))
+    self._train_loss.update_state(loss)
+    self._train_accuracy.update_state(labels, outputs)
+    self._step.assign_add(1)
+    batch_accuracy = tf.reduce_mean(tf.cast(
+        tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
+    # One tensor, so that the host fetches the step's numbers in one transfer.
+    return tf.stack([loss, batch_accuracy, self._train_loss.result(),
+                     self._train_accuracy.result()])
+
+  def _eval_step(self, images, labels):
+    outputs = self._model(images, training=False)
+    # Per-example losses: the last, smaller batch weighs by its size, as in fit.
+    self._val_loss.update_state(self._loss(labels, outputs))
+    self._val_accuracy.update_state(labels, outputs)
+
+  def restore(self):
+    path = self._manager.latest_checkpoint
+    if path is None:
+      return 0
+    self._checkpoint.restore(path).assert_existing_objects_matched()
+    logging.info('restored checkpoint %s', path)
+    return int(self._step.numpy())
+
+  def train_step(self):
+    try:
+      images, labels = next(self._iterator)
+    except _DATA_ERRORS as e:
+      raise _data_error(self._spec, e) from e
+    values = self._train_fn(images, labels).numpy()
+    return training.StepResult(*(float(v) for v in values))
+
+  def reset_metrics(self):
+    self._train_loss.reset_state()
+    self._train_accuracy.reset_state()
+
+  def evaluate(self):
+    if self._val_dataset is None:
+      return None
+    self._val_loss.reset_state()
+    self._val_accuracy.reset_state()
+    try:
+      for images, labels in self._val_dataset:
+        self._eval_fn(images, labels)
+    except _DATA_ERRORS as e:
+      raise _data_error(self._spec, e) from e
+    return float(self._val_loss.result()), float(self._val_accuracy.result())
+
+  def weights(self):
+    return model_weights(self._model)
+
+  def save_checkpoint(self, step):
+    self._scalars.flush()
+    return self._manager.save(checkpoint_number=step)
+
+  def write_scalars(self, step, scalars):
+    self._scalars(step, scalars)
+
+  def export(self, export_dir):
+    self._scalars.flush()
+    _export(self._model, self._log, export_dir)
+
+
+class _FitRecorder(keras.callbacks.Callback):
+  """Writes model.fit's steps and epochs into the run directory via training.Recorder.
+
+  fit reports running means since the epoch start; the batch values are recovered as
+  x_k = k * mean_k - (k - 1) * mean_(k-1) (steps_per_execution=1, so every batch is
+  reported). Must follow BackupAndRestore in the callback list, so that an epoch's
+  backup is written before the epoch is recorded and a signal is honoured.
+  """
+
+  def __init__(self, recorder, schedule, batch_size, scalars, signals, backup_dir):
+    super().__init__()
+    self._recorder = recorder
+    self._schedule = schedule
+    self._batch_size = batch_size
+    self._scalars = scalars
+    self._signals = signals
+    self._backup_dir = backup_dir
+    self._epoch = 0
+    self._previous = (0.0, 0.0)
+    self._bar = None
+    self._epoch_started = 0.0
+    self.final_metrics = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch + 1
+    self._previous = (0.0, 0.0)
+    self._bar = progress.EpochProgress(self._epoch, self._schedule.epochs,
+                                       self._schedule.steps_per_epoch,
+                                       log_every=self._schedule.log_every)
+    self._epoch_started = time.perf_counter()
+
+  def on_train_batch_begin(self, batch, logs=None):
+    self._recorder.start_step()
+
+  def on_train_batch_end(self, batch, logs=None):
+    k = batch + 1
+    mean_loss, accuracy = float(logs['loss']), float(logs['accuracy'])
+    previous_loss, previous_accuracy = self._previous
+    self._previous = (mean_loss, accuracy)
+    loss = k * mean_loss - (k - 1) * previous_loss
+    # A batch accuracy is a multiple of 1/batch: rounding removes the float32 error.
+    batch_accuracy = float(np.round((k * accuracy - (k - 1) * previous_accuracy)
+                                    * self._batch_size) / self._batch_size)
+    step = (self._epoch - 1) * self._schedule.steps_per_epoch + k
+    self._recorder.record_step(
+        step, training.StepResult(loss, batch_accuracy, mean_loss, accuracy), self._scalars)
+    self._bar.update(loss=mean_loss, accuracy=accuracy)
+    if self._signals.caught:
+      # BackupAndRestore resumes at the last epoch end: report that step.
+      raise self._recorder.interrupted(
+          self._signals.signum, (self._epoch - 1) * self._schedule.steps_per_epoch,
+          self._recorder.last_checkpoint or 'none yet, the rerun starts over')
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.close()
+    evaluation = ((float(logs['val_loss']), float(logs['val_accuracy']))
+                  if 'val_loss' in logs else None)
+    self.final_metrics = self._recorder.record_epoch(
+        epoch + 1, float(logs['loss']), float(logs['accuracy']), evaluation,
+        time.perf_counter() - self._epoch_started, self._scalars)
+    self._recorder.last_checkpoint = self._backup_dir
+    self._scalars.flush()
+    if self._signals.caught:
+      raise self._recorder.interrupted(
+          self._signals.signum, (epoch + 1) * self._schedule.steps_per_epoch,
+          self._backup_dir)
+
+  def close(self):
+    """Closes the progress bar of the current epoch, if one is open."""
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+
+def _fit_resume_step(backup_dir, steps_per_epoch):
+  """The step BackupAndRestore will resume from: completed epochs x steps per epoch."""
+  path = os.path.join(backup_dir, _FIT_BACKUP_METADATA)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    return int(json.load(f)['epoch']) * steps_per_epoch
+
+
+def _last_epoch_metrics(log):
+  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
+  if not epochs:
+    return {}
+  return {name: float(epochs[name][-1])
+          for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
+
+
+def train_fit(flags_obj, spec, log, model, optimizer, schedule):
+  """--loop=fit: model.compile + model.fit, recorded like the custom loop.
+
+  Resumes from the BackupAndRestore state at the last epoch end; the training
+  stream skips the batches already trained on, so the resumed epochs see the batches
+  of an uninterrupted run. Returns the stats dict.
+  """
+  started = time.time()
+  spe = schedule.steps_per_epoch
+  backup_dir = log.path(runlog.CHECKPOINTS_DIR, FIT_BACKUP_DIR)
+  step = _fit_resume_step(backup_dir, spe)
+  log.truncate_after(step, spe)
+  recorder = training.Recorder(log, schedule, lambda: model_weights(model))
+  if step:
+    recorder.last_checkpoint = backup_dir
+    logging.info('resuming %s from step %d (model.fit resumes at epoch ends)',
+                 log.model_dir, step)
+  elif 0 in schedule.snapshot_steps:
+    log.save_snapshot(0, model_weights(model))
+  # jit_compile explicitly: fit's 'auto' would turn XLA on on a GPU without op
+  # determinism, where the custom loop compiles only with --jit_compile.
+  model.compile(optimizer=optimizer, loss=loss_function(flags_obj.loss),
+                metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')],
+                jit_compile=flags_obj.jit_compile, steps_per_execution=1)
+  if flags_obj.jit_compile and not model.jit_compile:
+    # Keras 3 declines XLA under op determinism (with the warning above); the manifest
+    # says what ran.
+    logging.warning('model.fit runs without XLA: Keras disables jit_compile under '
+                    '--deterministic; pass --nodeterministic for XLA in fit')
+  log.update(jit_compile=bool(model.jit_compile))
+  train_dataset, val_dataset = _datasets(flags_obj, spec)
+  if step:
+    train_dataset = train_dataset.skip(step)
+  scalars = _ScalarWriter(log.model_dir)
+  with cli.SignalCatcher() as signals:
+    callback = _FitRecorder(recorder, schedule, flags_obj.batch_size, scalars, signals,
+                            backup_dir)
+    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
+                                              delete_checkpoint=False)
+    try:
+      # A known length keeps Keras from warning, after every first validation pass,
+      # that the input "ran out of data; interrupting training".
+      validation_steps = (-(-_count_records(spec.val_files) // flags_obj.batch_size)
+                          if val_dataset is not None else None)
+      # shuffle=False: the pipeline shuffles; Keras would only warn that it cannot.
+      model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
+                validation_data=val_dataset, validation_steps=validation_steps,
+                callbacks=[backup, callback], shuffle=False, verbose=0)
+    except _DATA_ERRORS as e:
+      raise _data_error(spec, e) from e
+    finally:
+      callback.close()
+      scalars.flush()
+  final_metrics = callback.final_metrics or _last_epoch_metrics(log)
+  export_dir = log.path(runlog.EXPORT_DIR)
+  _export(model, log, export_dir)
+  recorder.complete(schedule.total_steps, final_metrics, export_dir, started)
+  return {'global_step': schedule.total_steps, 'model_dir': log.model_dir, **final_metrics}
+
+
+def run(flags_obj):
+  """bin/train_eager: trains with --loop=custom or --loop=fit; returns the stats dict.
+
+  With --save_init_weights, writes the freshly initialised weights there and returns
+  without training and without a run directory.
+  """
+  spec = training.resolve_data(flags_obj)
+  configure(flags_obj)
+  model = build_model(flags_obj, spec.num_classes)
+  if flags_obj.save_init_weights:
+    runlog.save_weights(flags_obj.save_init_weights, model_weights(model))
+    logging.info('initial weights written to %s', flags_obj.save_init_weights)
+    return {'init_weights': flags_obj.save_init_weights}
+  if flags_obj.init_weights:
+    load_init_weights(model, flags_obj.init_weights)
+  optimizer = make_optimizer(flags_obj)
+  runner = RUNNER_FIT if flags_obj.loop == 'fit' else RUNNER_CUSTOM
+  log = runlog.RunLog(flags_obj.model_dir, runner, tf1compat_flags.flag_values(flags_obj),
+                      overwrite=flags_obj.overwrite)
+  log.open()
+  log.update(
+      **training.common_manifest(flags_obj, spec, optimizer_name=OPTIMIZER_NAME,
+                                 epsilon=float(_adam(optimizer).epsilon),
+                                 versions=runlog.versions(keras.__version__, tf.__version__),
+                                 device=_device()),
+      batch_norm_moving_variance=('bessel_corrected' if flags_obj.tf1_bn_variance
+                                  else 'biased'),
+      dtype_policy=keras.mixed_precision.global_policy().name,
+      jit_compile=flags_obj.jit_compile)
+  schedule = training.schedule_from_flags(flags_obj)
+  if flags_obj.loop == 'fit':
+    return train_fit(flags_obj, spec, log, model, optimizer, schedule)
+  return training.train(EagerBackend(flags_obj, spec, log, model, optimizer), log, schedule)
