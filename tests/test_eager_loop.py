@@ -266,7 +266,7 @@ from tf1compat import eager_loop
 
 x = np.load(sys.argv[1])
 out = {}
-for name, cls in (('tf1', eager_loop.TF1VarianceBatchNormalization),
+for name, cls in (('tf1', eager_loop.TF1BatchNormalization),
                   ('keras', keras.layers.BatchNormalization)):
   layer = cls(name='bn1')
   train = np.asarray(layer(x, training=True))

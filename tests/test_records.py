@@ -156,10 +156,21 @@ print('records', count)
 
 
 def test_synthetic_is_deterministic(tmp_path):
+  """Same seed, same bytes: across processes, and in the graph runner's TF1 mode too."""
   from tf1compat import data, records  # pylint: disable=g-import-not-at-top
   kwargs = dict(num_classes=3, train_per_class=4, val_per_class=1, num_shards=1)
   first = records.write_synthetic(str(tmp_path / 'a'), seed=5, **kwargs)
-  again = records.write_synthetic(str(tmp_path / 'b'), seed=5, **kwargs)
+  in_graph_mode = run_python(r'''
+import os, sys
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+import tensorflow as tf
+tf.compat.v1.disable_v2_behavior()
+from tf1compat import records
+records.write_synthetic(sys.argv[1], seed=5, num_classes=3, train_per_class=4, val_per_class=1,
+                        num_shards=1)
+''', str(tmp_path / 'b'))
+  assert in_graph_mode.returncode == 0, in_graph_mode.stderr
+  again = data.read_dataset_json(str(tmp_path / 'b'))
   other = records.write_synthetic(str(tmp_path / 'c'), seed=6, **kwargs)
   assert first['fingerprint'] == again['fingerprint'] != other['fingerprint']
   for name in ('train-00000-of-00001.tfrecord', 'val-00000-of-00001.tfrecord'):

@@ -49,38 +49,42 @@ _MAX_CHECKPOINTS = 5
 _DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
 
 
-class TF1VarianceBatchNormalization(keras.layers.BatchNormalization):
-  """BatchNormalization whose moving statistics follow TF1's fused batch norm.
+# tf.nn.fused_batch_norm's floor on epsilon, which tf-keras' fused path goes through.
+_FUSED_BN_MIN_EPSILON = 1.001e-5
 
-  TF1 graph mode (tf-keras, fused kernel) updates the moving variance with the
-  Bessel-corrected batch variance, var * n / (n - 1) with n = batch x height x width,
-  where Keras 3 uses the biased one (DESIGN.md, `bn_moving_variance`). This layer
-  applies TF1's correction and TF1's update form, `moving -= (moving - value) *
-  (1 - momentum)`, to both moving statistics; the batch is still normalized with the
-  biased variance, as in TF1. Masked, renorm and inference calls are the base class's.
+
+class TF1BatchNormalization(keras.layers.BatchNormalization):
+  """BatchNormalization computed as TF1's fused batch norm (`--tf1_bn_variance`).
+
+  tf-keras in graph mode runs the fused kernel, which normalizes with the biased batch
+  variance but returns the Bessel-corrected one (var * n / (n - 1), n = batch x height
+  x width) for the moving variance, and updates the moving statistics as
+  `moving -= (moving - value) * (1 - momentum)`. Keras 3 uses the biased variance and
+  unfused ops, which also round differently (DESIGN.md, `bn_moving_variance`). This
+  layer runs the same kernel (`FusedBatchNormV3`, whose gradient TF registers) and the
+  same update, so a matched comparison with the graph runner is exact. Masked, renorm
+  and non-image inputs fall back to the base class.
   """
 
   def call(self, inputs, training=None, mask=None):
-    if not (training and self.trainable) or mask is not None or self.renorm:
+    if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis % 4 != 3:
       return super().call(inputs, training=training, mask=mask)
-    x = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, 'float32'))
-    rank = len(x.shape)
-    axes = [i for i in range(rank) if i != self.axis % rank]
-    mean, variance = keras.ops.moments(x, axes=axes, synchronized=self.synchronized)
-    # n as tf-keras computes it: elements per channel of this batch.
-    n = keras.ops.cast(keras.ops.size(x), x.dtype) / keras.ops.cast(
-        keras.ops.size(variance), x.dtype)
-    corrected = variance * n / (n - 1.0)
-    decay = 1.0 - self.momentum
-    self.moving_mean.assign_sub(
-        (self.moving_mean - keras.ops.cast(mean, self.moving_mean.dtype)) * decay)
-    self.moving_variance.assign_sub(
-        (self.moving_variance - keras.ops.cast(corrected, self.moving_variance.dtype)) * decay)
-    gamma = keras.ops.cast(self.gamma, x.dtype) if self.scale else None
-    beta = keras.ops.cast(self.beta, x.dtype) if self.center else None
-    outputs = keras.ops.batch_normalization(x, mean, variance, axis=self.axis, offset=beta,
-                                            scale=gamma, epsilon=self.epsilon)
-    return keras.ops.cast(outputs, self.compute_dtype)
+    training = bool(training) and self.trainable
+    x = tf.cast(inputs, tf.float32)
+    gamma = self.gamma.value if self.scale else tf.ones(x.shape[-1:], tf.float32)
+    beta = self.beta.value if self.center else tf.zeros(x.shape[-1:], tf.float32)
+    outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=gamma, offset=beta, mean=self.moving_mean.value,
+        variance=self.moving_variance.value,
+        epsilon=max(self.epsilon, _FUSED_BN_MIN_EPSILON), exponential_avg_factor=1.0,
+        data_format='NHWC', is_training=training)
+    if training:
+      # In graph mode the learning phase is a placeholder, so tf-keras takes momentum
+      # as a float32 tensor and computes 1 - momentum in float32, not in Python.
+      decay = tf.constant(1.0, tf.float32) - tf.constant(self.momentum, tf.float32)
+      self.moving_mean.assign_sub((self.moving_mean.value - mean) * decay)
+      self.moving_variance.assign_sub((self.moving_variance.value - variance) * decay)
+    return tf.cast(outputs, self.compute_dtype)
 
 
 def _softmax_cross_entropy(labels, outputs):
@@ -124,7 +128,7 @@ def build_model(flags_obj, num_classes):
       batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
       final_activation=None if flags_obj.final_activation == 'none'
       else flags_obj.final_activation,
-      batch_norm_layer=TF1VarianceBatchNormalization if flags_obj.tf1_bn_variance else None,
+      batch_norm_layer=TF1BatchNormalization if flags_obj.tf1_bn_variance else None,
       # The loss must see float32 logits under mixed_float16.
       logits_dtype='float32' if flags_obj.mixed_precision else None)
 
@@ -142,16 +146,60 @@ def load_init_weights(model, path):
     variable.assign(weights[key])
 
 
+class TF1Adam(keras.optimizers.Adam):
+  """Keras 3 Adam applied through TF1's fused `ApplyAdam` kernel (`--tf1_adam`).
+
+  The formula is Adam's either way; what differs is float rounding. TF1's
+  AdamOptimizer feeds the kernel beta powers kept as variables and multiplied by beta
+  once per step; Keras computes `beta ** t` and the update with separate ops. The
+  results differ by an ulp at the first step, and Adam's normalization amplifies that
+  chaotically. Through the same kernel with the same accumulators, a Keras 3 loop
+  matches the graph runner bit for bit on CPU.
+  """
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    self._beta_1_power = self.add_variable(
+        (), initializer=keras.initializers.Constant(self.beta_1), name='beta_1_power')
+    self._beta_2_power = self.add_variable(
+        (), initializer=keras.initializers.Constant(self.beta_2), name='beta_2_power')
+
+  def update_step(self, gradient, variable, learning_rate):
+    index = self._get_variable_index(variable)
+    dtype = variable.dtype
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=self._momentums[index].value.handle,
+        v=self._velocities[index].value.handle,
+        beta1_power=tf.cast(self._beta_1_power.value, dtype),
+        beta2_power=tf.cast(self._beta_2_power.value, dtype),
+        lr=tf.cast(learning_rate, dtype), beta1=tf.constant(self.beta_1, dtype),
+        beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype), use_locking=False)
+
+  def _backend_apply_gradients(self, grads, trainable_variables):
+    super()._backend_apply_gradients(grads, trainable_variables)
+    # After every variable's update, as TF1's AdamOptimizer._finish does.
+    self._beta_1_power.assign(self._beta_1_power * self.beta_1)
+    self._beta_2_power.assign(self._beta_2_power * self.beta_2)
+
+
 def make_optimizer(flags_obj):
   """Keras 3 Adam with the run's hyper-parameters, loss-scaled under mixed precision."""
   kwargs = {'learning_rate': flags_obj.learning_rate, 'beta_1': flags_obj.adam_beta1,
             'beta_2': flags_obj.adam_beta2}
   if flags_obj.adam_epsilon is not None:
     kwargs['epsilon'] = flags_obj.adam_epsilon
-  optimizer = keras.optimizers.Adam(**kwargs)
+  optimizer = (TF1Adam if flags_obj.tf1_adam else keras.optimizers.Adam)(**kwargs)
   if flags_obj.mixed_precision:
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
+
+
+def optimizer_name(flags_obj):
+  """The optimizer as run.json names it."""
+  return f'{OPTIMIZER_NAME} (TF1 fused ApplyAdam)' if flags_obj.tf1_adam else OPTIMIZER_NAME
 
 
 def _adam(optimizer):
@@ -504,7 +552,7 @@ def run(flags_obj):
                       overwrite=flags_obj.overwrite)
   log.open()
   log.update(
-      **training.common_manifest(flags_obj, spec, optimizer_name=OPTIMIZER_NAME,
+      **training.common_manifest(flags_obj, spec, optimizer_name=optimizer_name(flags_obj),
                                  epsilon=float(_adam(optimizer).epsilon),
                                  versions=runlog.versions(keras.__version__, tf.__version__),
                                  device=_device()),

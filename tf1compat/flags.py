@@ -128,6 +128,11 @@ def define_eager_flags():
                     'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '
                     'comparison with the graph runner can be exact. Normalization still uses '
                     'the biased batch variance, as in TF1.')
+  flags.DEFINE_bool('tf1_adam', False,
+                    "Apply Adam through TF1's fused ApplyAdam kernel with its beta-power "
+                    "accumulators: Keras' formula, TF1's float rounding. Keras' own Adam rounds "
+                    'differently by an ulp, and Adam amplifies that chaotically; with this switch '
+                    'a matched comparison with the graph runner is bit for bit on CPU.')
 
 
 def snapshot_steps(flags_obj, total_steps):

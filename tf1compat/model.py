@@ -49,9 +49,12 @@ def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0
     inputs = keras.layers.Input(shape=(image_size, image_size, 3), name='images')
   x = inputs
   for index, filters in enumerate(CONV_FILTERS, start=1):
+    # BatchNormalization subtracts the batch mean, so a bias before it gets a gradient of
+    # pure round-off noise, which Adam normalizes into full-size random steps.
     x = keras.layers.Conv2D(
         filters, (3, 3), strides=(2, 2), kernel_initializer='he_normal',
-        activation=None if batch_norm else 'relu', name=f'conv{index}')(x)
+        activation=None if batch_norm else 'relu', use_bias=not batch_norm,
+        name=f'conv{index}')(x)
     if batch_norm:
       x = (batch_norm_layer or keras.layers.BatchNormalization)(name=f'bn{index}')(x)
       x = keras.layers.Activation('relu', name=f'relu{index}')(x)

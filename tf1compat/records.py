@@ -37,7 +37,8 @@ def serialize_example(jpeg_bytes, filename, label):
       'filename': _bytes_feature(filename.encode()),
       'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
   }))
-  return example.SerializeToString()
+  # Map fields serialize in hash order unless asked otherwise: same data, same bytes.
+  return example.SerializeToString(deterministic=True)
 
 
 def jpeg_components(blob):
@@ -206,6 +207,22 @@ def synthetic_image(rng, label, num_classes, grey):
   return image
 
 
+def _jpeg_encoder():
+  """uint8 [H, W, C] -> JPEG bytes, eagerly or, in a graph-mode process, in a Session.
+
+  The graph runner generates the embedded dataset after disable_v2_behavior(); both
+  paths run the same kernel, so the bytes are the same.
+  """
+  if tf.executing_eagerly():
+    return lambda image: tf.io.encode_jpeg(image, quality=_JPEG_QUALITY).numpy()
+  graph = tf.Graph()
+  with graph.as_default():
+    pixels = tf.compat.v1.placeholder(tf.uint8, [None, None, None])
+    jpeg = tf.io.encode_jpeg(pixels, quality=_JPEG_QUALITY)
+  session = tf.compat.v1.Session(graph=graph)
+  return lambda image: session.run(jpeg, {pixels: image})
+
+
 def write_synthetic(out_dir, *, num_classes=10, train_per_class=64, val_per_class=16,
                     grey_fraction=0.1, num_shards=4, seed=0):
   """Writes the embedded synthetic dataset (real JPEG bytes) and its `dataset.json`.
@@ -215,13 +232,13 @@ def write_synthetic(out_dir, *, num_classes=10, train_per_class=64, val_per_clas
   """
   rng = np.random.default_rng(seed)
   splits = {'train': [], 'val': []}
+  encode = _jpeg_encoder()
   for split, per_class in (('train', train_per_class), ('val', val_per_class)):
     for index in range(per_class * num_classes):
       label = index % num_classes
       grey = rng.uniform() < grey_fraction
       image = synthetic_image(rng, label, num_classes, grey)
-      jpeg = tf.io.encode_jpeg(image, quality=_JPEG_QUALITY).numpy()
-      splits[split].append((jpeg, f'{split}/{label:03d}_{index:05d}.jpg', label))
+      splits[split].append((encode(image), f'{split}/{label:03d}_{index:05d}.jpg', label))
   _write_splits(out_dir, splits, num_shards)
   return _write_dataset_json(out_dir, {
       'format': DATASET_FORMAT,
