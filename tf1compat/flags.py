@@ -204,6 +204,11 @@ def define_check_parity_flags():
   flags.DEFINE_bool('with_fit', False, 'Also run the Keras model.fit loop.')
   flags.DEFINE_enum('pitfall', None, sorted(parity.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
+  flags.DEFINE_bool('exact', True,
+                    "Run the port with TF1's fused Adam and BatchNorm kernels (train_eager "
+                    '--tf1_adam --tf1_bn_variance), so a matched port agrees bit for bit on '
+                    "CPU and the step tier can judge it; --noexact compares Keras' own kernels "
+                    'and reports their rounding as framework differences, judged on the curves.')
   flags.FLAGS.set_default('output_dir', 'runs/check_parity')
   for name, value in CHECK_PARITY_DEFAULTS.items():
     flags.FLAGS.set_default(name, value)

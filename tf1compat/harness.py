@@ -24,6 +24,8 @@ STATE_JSON = 'check_parity.json'
 BIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bin')
 # The legacy loop's epsilon: the port is what must match it.
 LEGACY_ADAM_EPSILON = 1e-8
+# The port's switches that remove the known framework differences (DESIGN.md).
+EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
 # Flags check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'overwrite',
                             'adam_epsilon'})
@@ -89,6 +91,8 @@ def jobs(flags_obj):
     runners.append(('fit', 'train_eager', ('--loop=fit',)))
   for name, script, own in runners:
     args = list(own)
+    if flags_obj.exact and name != 'graph':
+      args.extend(EXACT_PORT_ARGS)
     injected = pitfall is not None and name in pitfall.runners
     if not (injected and flags_obj.pitfall == 'adam_epsilon'):
       args.append(f'--adam_epsilon={epsilon!r}')

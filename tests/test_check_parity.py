@@ -1,0 +1,82 @@
+"""bin/check_parity end to end: matched runners pass, each catalogued pitfall fails and is named.
+
+The runs share one output folder per model kind, so that check_parity reuses the runner
+whose arguments did not change (as it does for users) and the suite stays short.
+"""
+
+import json
+import os
+
+import pytest
+
+from conftest import TINY_IMAGE_SIZE, run_entry
+from tf1compat import parity
+
+TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
+        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+
+
+@pytest.fixture(scope='module')
+def output_dirs(tmp_path_factory):
+  base = tmp_path_factory.mktemp('check_parity')
+  return {'plain': str(base / 'plain'), 'batch_norm': str(base / 'batch_norm')}
+
+
+def _check(tiny_data_dir, output_dir, *args):
+  result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={output_dir}',
+                     *TINY, *args)
+  report = None
+  if os.path.exists(os.path.join(output_dir, 'parity.json')):
+    with open(os.path.join(output_dir, 'parity.json')) as f:
+      report = json.load(f)
+  return result, report
+
+
+def test_matched_runners_pass(tiny_data_dir, output_dirs):
+  result, report = _check(tiny_data_dir, output_dirs['plain'], '--with_fit')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert 'VERDICT: PASS' in result.stdout
+  for name in ('parity.md', 'parity.json', 'parity.png'):
+    assert os.path.getsize(os.path.join(output_dirs['plain'], name)) > 0
+  assert report['verdict'] == 'PASS'
+  assert [r['runner'] for r in report['runs']] == ['graph', 'eager', 'fit']
+  tolerances = parity.Tolerances()
+  for pair in report['pairs']:
+    assert pair['tiers']['step']['judged']
+    assert pair['step_tier']['max_relative_difference'] < tolerances.step_rtol
+    assert pair['weight_tier']['max_relative_difference'] < tolerances.weight_rtol
+    assert pair['weight_tier']['common_steps'] == [0, 1, 2, 5, 12]
+  # The custom loop with TF1's kernels matches the legacy loop bit for bit on CPU.
+  assert report['pairs'][0]['step_tier']['max_relative_difference'] == 0.0
+
+
+def test_rerun_reuses_complete_runs(tiny_data_dir, output_dirs):
+  result, report = _check(tiny_data_dir, output_dirs['plain'], '--with_fit')
+  assert result.returncode == 0
+  assert result.stderr.count('reusing the complete run') == 3
+  assert report['verdict'] == 'PASS'
+
+
+@pytest.mark.parametrize('pitfall,kind', [
+    ('adam_epsilon', 'plain'),
+    ('metrics_never_reset', 'plain'),
+    ('double_softmax', 'plain'),
+    ('skip_update_ops', 'batch_norm'),
+    ('model_call_wiring', 'batch_norm'),
+    ('no_learning_phase', 'batch_norm'),
+])
+def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfall, kind):
+  extra = ['--batch_norm'] if kind == 'batch_norm' else []
+  result, report = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}', *extra)
+  assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+  assert 'VERDICT: FAIL' in result.stdout
+  assert report['pitfall_injected'] == pitfall
+  assert report['pitfalls'][0] == pitfall
+  assert f'pitfall {pitfall}:' in result.stdout
+
+
+def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_path):
+  result, _ = _check(tiny_data_dir, str(tmp_path / 'out'), '--pitfall=skip_update_ops')
+  assert result.returncode == 2
+  assert '--batch_norm' in result.stderr
+  assert 'Traceback' not in result.stderr
