@@ -586,12 +586,16 @@ def _plot(report, path):
   curves.set_title('Training loss')
   curves.legend()
   for pair in report['pairs']:
-    rel = np.asarray(pair['step_tier']['relative_difference'], np.float64)
-    steps = np.arange(1, len(rel) + 1)
-    diffs.semilogy(steps, np.maximum(rel, 1e-12), marker='o',
+    a = runlog.read_csv(os.path.join(pair['reference'], runlog.STEPS_CSV))['loss']
+    b = runlog.read_csv(os.path.join(pair['other'], runlog.STEPS_CSV))['loss']
+    n = min(len(a), len(b))
+    rel = relative_difference(a[:n], b[:n])
+    diffs.semilogy(np.arange(1, n + 1), np.maximum(rel, 1e-12), linewidth=1,
                    label=f'{pair["other_label"]} vs {pair["reference_label"]}')
   diffs.axhline(report['tolerances']['step_rtol'], color='red', linestyle='--',
                 label='step_rtol')
+  diffs.axvspan(0.5, report['tolerances']['parity_steps'] + 0.5, color='grey', alpha=0.15,
+                label='step tier window')
   diffs.set_xlabel('step')
   diffs.set_ylabel('relative loss difference (1e-12 = equal)')
   diffs.set_title('Step-wise difference')
