@@ -1,17 +1,20 @@
-"""make_dataset gives identical batches in graph mode and eager mode."""
+"""make_dataset: identical batches in graph and eager mode, bad records skipped or not."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_python
 
-# Iterates the first batches of make_dataset and saves them; argv: mode, data_dir, out.
+# Iterates the first batches of make_dataset and saves them; argv: mode, data_dir, out,
+# number of batches, --on_bad_record.
 DUMP_BATCHES = r'''
 import os, sys
 import numpy as np
 mode, data_dir, out, num_batches = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+on_bad_record = sys.argv[5]
 if mode == 'graph':
   os.environ['TF_USE_LEGACY_KERAS'] = '1'
 import tensorflow as tf
@@ -21,8 +24,9 @@ if mode == 'graph':
 else:
   tf.random.set_seed(7)
 from tf1compat import data
-dataset = data.make_dataset(data.find_files(data_dir, 'train'), image_size=%(size)d,
-                            num_classes=4, batch_size=8, seed=7, shuffle_buffer=20)
+spec = data.describe(data_dir, 4, on_bad_record)
+dataset = data.make_dataset(spec.train_files, image_size=%(size)d, num_classes=4, batch_size=8,
+                            seed=7, shuffle_buffer=20, skip=spec.skip('train'))
 batches = {}
 if mode == 'graph':
   features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -36,16 +40,21 @@ np.savez(out, **batches)
 ''' % {'size': TINY_IMAGE_SIZE}
 
 
+def _dump_both_modes(data_dir, tmp_path, num_batches, on_bad_record='fail'):
+  outputs = {}
+  for mode in ('graph', 'eager'):
+    out = str(tmp_path / f'{mode}.npz')
+    result = run_python(DUMP_BATCHES, mode, data_dir, out, str(num_batches), on_bad_record)
+    assert result.returncode == 0, result.stderr
+    outputs[mode] = np.load(out)
+  return outputs
+
+
 @pytest.mark.parametrize('num_batches', [5, 20])
 def test_graph_and_eager_batches_are_identical(tiny_data_dir, tmp_path, num_batches):
   # 20 batches of 8 cross the 64-record epoch boundary twice: the reshuffle after
   # `repeat` must match too, not only the first pass.
-  outputs = {}
-  for mode in ('graph', 'eager'):
-    out = str(tmp_path / f'{mode}.npz')
-    result = run_python(DUMP_BATCHES, mode, tiny_data_dir, out, str(num_batches))
-    assert result.returncode == 0, result.stderr
-    outputs[mode] = np.load(out)
+  outputs = _dump_both_modes(tiny_data_dir, tmp_path, num_batches)
   graph, eager = outputs['graph'], outputs['eager']
   assert sorted(graph.files) == sorted(eager.files)
   assert len(graph.files) == 2 * num_batches
@@ -105,3 +114,63 @@ def test_find_files_layouts(tmp_path):
   empty.mkdir()
   with pytest.raises(data.DataError, match='no train-'):
     data.find_files(str(empty), 'train')
+
+
+def _bad_records_dir(tiny_data_dir, out):
+  """A copy of the tiny dataset plus train-bad.tfrecord: 3 good records among bad ones."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  shutil.copytree(tiny_data_dir, out)
+  rng = np.random.default_rng(5)
+  good = [records.serialize_example(
+      tf.io.encode_jpeg(records.synthetic_image(rng, k, 4, grey=False)).numpy(), 'x.jpg', k)
+          for k in range(4)]
+  no_label = tf.train.Example(features=tf.train.Features(feature={'image': tf.train.Feature(
+      bytes_list=tf.train.BytesList(value=[b'\xff\xd8\xff']))})).SerializeToString()
+  path = os.path.join(out, 'train-bad.tfrecord')
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in [good[0], records.serialize_example(b'no image', 'x', 1), good[1], no_label,
+                   records.serialize_example(b'\xff\xd8\xff', 'x', 9), good[2], good[3]]:
+      writer.write(record)
+  with open(path, 'rb+') as f:
+    f.truncate(os.path.getsize(path) - 10)  # cuts the last good record off
+  return str(out)
+
+
+def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_data_dir,
+                                                                         tmp_path):
+  data_dir = _bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  outputs = _dump_both_modes(data_dir, tmp_path, 20, on_bad_record='skip')
+  graph, eager = outputs['graph'], outputs['eager']
+  assert sorted(graph.files) == sorted(eager.files)
+  for key in graph.files:
+    np.testing.assert_array_equal(graph[key], eager[key], err_msg=key)
+  for key in graph.files:
+    if key.startswith('y'):  # every label one-hot: no out-of-range label got through
+      np.testing.assert_array_equal(graph[key].sum(axis=1), np.ones(8))
+
+
+def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_ones(
+    tiny_data_dir, tmp_path):
+  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  data_dir = _bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  spec = data.describe(data_dir, 4, 'skip')
+  assert spec.train_check.good_records == 64 + 3
+  assert [str(bad).split(':')[0] for bad in spec.train_check.bad] == [
+      f'train-bad.tfrecord record {k}' for k in (1, 3, 4, 6)]
+  assert spec.skip('train')[os.path.join(data_dir, 'train-bad.tfrecord')] == (6, (1, 3, 4))
+  # One pass, in file order: the good records of the bad file sit last.
+  passes = data.make_dataset(spec.train_files, image_size=TINY_IMAGE_SIZE, num_classes=4,
+                             batch_size=100, training=False, skip=spec.skip('train'))
+  labels = np.concatenate([y.numpy().argmax(axis=1) for _, y in passes])
+  assert len(labels) == 67
+  np.testing.assert_array_equal(labels[-3:], [0, 1, 2])
+  # --on_bad_record=skip with nothing to skip: the default pipeline's batches.
+  files = data.find_files(tiny_data_dir, 'train')
+  common = dict(image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=8, seed=3,
+                shuffle_buffer=20)
+  default = data.make_dataset(files, **common).take(10)
+  skipping = data.make_dataset(files, skip={}, **common).take(10)
+  for (x1, y1), (x2, y2) in zip(default, skipping):
+    np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+    np.testing.assert_array_equal(y1.numpy(), y2.numpy())

@@ -18,7 +18,7 @@ mixed-precision policy for the process it runs in.
 
 import json
 import os
-import re
+import shutil
 import time
 
 from absl import logging
@@ -214,37 +214,13 @@ def _device():
   return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
 
 
-# Lines of a TF runtime error that give context, not the failure.
-_ERROR_CONTEXT = ('Graph execution error', 'Detected at node', '<stack traces', '[[')
-
-
-def _error_line(message):
-  """The line of a TF runtime error that says what failed, without node names."""
-  for line in re.sub(r'\{\{[^}]*\}\}', '', message or '').splitlines():
-    line = line.strip()
-    if line and not line.startswith(_ERROR_CONTEXT):
-      return line
-  return 'no message'
-
-
-def _data_error(spec, error):
-  """The one-line DataError for a pipeline failure at run time."""
-  return data.DataError(
-      f'--data_dir={spec.data_dir}: the input pipeline failed ({type(error).__name__}: '
-      f'{_error_line(error.message)}); fix or remove the bad records, or check --num_classes')
-
-
-def _count_records(files):
-  return int(tf.data.TFRecordDataset(list(files)).reduce(np.int64(0), lambda n, _: n + 1))
-
-
 def _datasets(flags_obj, spec):
   """(training dataset, validation dataset or None), seeded as in the graph runner."""
   common = {'image_size': flags_obj.image_size, 'num_classes': spec.num_classes,
             'batch_size': flags_obj.batch_size, 'seed': flags_obj.seed,
             'shuffle_buffer': flags_obj.shuffle_buffer}
-  train = data.make_dataset(spec.train_files, training=True, **common)
-  val = (data.make_dataset(spec.val_files, training=False, **common)
+  train = data.make_dataset(spec.train_files, training=True, skip=spec.skip('train'), **common)
+  val = (data.make_dataset(spec.val_files, training=False, skip=spec.skip('val'), **common)
          if spec.val_files else None)
   return train, val
 
@@ -276,9 +252,20 @@ class _ScalarWriter:
 
 
 def _export(model, log, export_dir):
-  """SavedModel in `export_dir` and the Keras file MODEL_DIR/model.keras."""
-  model.export(export_dir, verbose=False)
-  model.save(log.path(KERAS_FILE))
+  """SavedModel in `export_dir` and the Keras file MODEL_DIR/model.keras.
+
+  Each is written beside its target and renamed, so it is whole or absent.
+  """
+  tmp_dir = f'{export_dir}.tmp{os.getpid()}'
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  model.export(tmp_dir, verbose=False)
+  shutil.rmtree(export_dir, ignore_errors=True)
+  os.replace(tmp_dir, export_dir)
+  keras_file = log.path(KERAS_FILE)
+  # Keras wants the .keras suffix on the file it writes.
+  tmp_file = f'{keras_file[:-len(".keras")]}.tmp{os.getpid()}.keras'
+  model.save(tmp_file)
+  os.replace(tmp_file, keras_file)
 
 
 class EagerBackend(training.Backend):
@@ -336,16 +323,16 @@ class EagerBackend(training.Backend):
   def restore(self):
     path = self._manager.latest_checkpoint
     if path is None:
-      return 0
+      return 0, None
     self._checkpoint.restore(path).assert_existing_objects_matched()
     logging.info('restored checkpoint %s', path)
-    return int(self._step.numpy())
+    return int(self._step.numpy()), path
 
   def train_step(self):
     try:
       images, labels = next(self._iterator)
     except _DATA_ERRORS as e:
-      raise _data_error(self._spec, e) from e
+      raise data.pipeline_error(self._spec, e) from e
     values = self._train_fn(images, labels).numpy()
     return training.StepResult(*(float(v) for v in values))
 
@@ -362,7 +349,7 @@ class EagerBackend(training.Backend):
       for images, labels in self._val_dataset:
         self._eval_fn(images, labels)
     except _DATA_ERRORS as e:
-      raise _data_error(self._spec, e) from e
+      raise data.pipeline_error(self._spec, e) from e
     return float(self._val_loss.result()), float(self._val_accuracy.result())
 
   def weights(self):
@@ -378,6 +365,22 @@ class EagerBackend(training.Backend):
   def export(self, export_dir):
     self._scalars.flush()
     _export(self._model, self._log, export_dir)
+
+
+class _FiniteWeights(keras.callbacks.Callback):
+  """Stops fit before BackupAndRestore backs up NaN or Inf weights (it must precede it).
+
+  A step's loss is computed before its update, so the last step of an epoch can leave
+  non-finite weights behind a finite loss.
+  """
+
+  def __init__(self, recorder, steps_per_epoch):
+    super().__init__()
+    self._recorder = recorder
+    self._steps_per_epoch = steps_per_epoch
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._recorder.check_weights((epoch + 1) * self._steps_per_epoch)
 
 
 class _FitRecorder(keras.callbacks.Callback):
@@ -431,7 +434,7 @@ class _FitRecorder(keras.callbacks.Callback):
       # BackupAndRestore resumes at the last epoch end: report that step.
       raise self._recorder.interrupted(
           self._signals.signum, (self._epoch - 1) * self._schedule.steps_per_epoch,
-          self._recorder.last_checkpoint or 'none yet, the rerun starts over')
+          self._recorder.last_checkpoint)
 
   def on_epoch_end(self, epoch, logs=None):
     self.close()
@@ -471,12 +474,14 @@ def _last_epoch_metrics(log):
           for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
 
 
-def train_fit(flags_obj, spec, log, model, optimizer, schedule):
+def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals):
   """--loop=fit: model.compile + model.fit, recorded like the custom loop.
 
   Resumes from the BackupAndRestore state at the last epoch end; the training
   stream skips the batches already trained on, so the resumed epochs see the batches
-  of an uninterrupted run. Returns the stats dict.
+  of an uninterrupted run. `signals` is the runner's cli.SignalCatcher: a signal stops
+  fit after the current batch (the rerun redoes the epoch) or after the epoch's backup.
+  Returns the stats dict.
   """
   started = time.time()
   spe = schedule.steps_per_epoch
@@ -505,28 +510,31 @@ def train_fit(flags_obj, spec, log, model, optimizer, schedule):
   if step:
     train_dataset = train_dataset.skip(step)
   scalars = _ScalarWriter(log.model_dir)
-  with cli.SignalCatcher() as signals:
-    callback = _FitRecorder(recorder, schedule, flags_obj.batch_size, scalars, signals,
-                            backup_dir)
-    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
-                                              delete_checkpoint=False)
-    try:
-      # A known length keeps Keras from warning, after every first validation pass,
-      # that the input "ran out of data; interrupting training".
-      validation_steps = (-(-_count_records(spec.val_files) // flags_obj.batch_size)
-                          if val_dataset is not None else None)
-      # shuffle=False: the pipeline shuffles; Keras would only warn that it cannot.
-      model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
-                validation_data=val_dataset, validation_steps=validation_steps,
-                callbacks=[backup, callback], shuffle=False, verbose=0)
-    except _DATA_ERRORS as e:
-      raise _data_error(spec, e) from e
-    finally:
-      callback.close()
-      scalars.flush()
+  callback = _FitRecorder(recorder, schedule, flags_obj.batch_size, scalars, signals,
+                          backup_dir)
+  backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
+                                            delete_checkpoint=False)
+  try:
+    # A known length keeps Keras from warning, after every first validation pass,
+    # that the input "ran out of data; interrupting training".
+    validation_steps = (-(-spec.val_check.good_records // flags_obj.batch_size)
+                        if val_dataset is not None else None)
+    # shuffle=False: the pipeline shuffles; Keras would only warn that it cannot.
+    model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
+              validation_data=val_dataset, validation_steps=validation_steps,
+              callbacks=[_FiniteWeights(recorder, spe), backup, callback], shuffle=False,
+              verbose=0)
+  except _DATA_ERRORS as e:
+    raise data.pipeline_error(spec, e) from e
+  finally:
+    callback.close()
+    scalars.flush()
   final_metrics = callback.final_metrics or _last_epoch_metrics(log)
   export_dir = log.path(runlog.EXPORT_DIR)
   _export(model, log, export_dir)
+  if signals.caught:
+    # The last epoch's backup is written: the rerun only exports again.
+    raise recorder.interrupted(signals.signum, schedule.total_steps, backup_dir)
   recorder.complete(schedule.total_steps, final_metrics, export_dir, started)
   return {'global_step': schedule.total_steps, 'model_dir': log.model_dir, **final_metrics}
 
@@ -535,32 +543,37 @@ def run(flags_obj):
   """bin/train_eager: trains with --loop=custom or --loop=fit; returns the stats dict.
 
   With --save_init_weights, writes the freshly initialised weights there and returns
-  without training and without a run directory.
+  without training and without a run directory. The data (pre-flight check), the model
+  and --init_weights are checked before the run directory is touched.
   """
-  spec = training.resolve_data(flags_obj)
-  configure(flags_obj)
-  model = build_model(flags_obj, spec.num_classes)
-  if flags_obj.save_init_weights:
-    runlog.save_weights(flags_obj.save_init_weights, model_weights(model))
-    logging.info('initial weights written to %s', flags_obj.save_init_weights)
-    return {'init_weights': flags_obj.save_init_weights}
-  if flags_obj.init_weights:
-    load_init_weights(model, flags_obj.init_weights)
-  optimizer = make_optimizer(flags_obj)
-  runner = RUNNER_FIT if flags_obj.loop == 'fit' else RUNNER_CUSTOM
-  log = runlog.RunLog(flags_obj.model_dir, runner, tf1compat_flags.flag_values(flags_obj),
-                      overwrite=flags_obj.overwrite)
-  log.open()
-  log.update(
-      **training.common_manifest(flags_obj, spec, optimizer_name=optimizer_name(flags_obj),
-                                 epsilon=float(_adam(optimizer).epsilon),
-                                 versions=runlog.versions(keras.__version__, tf.__version__),
-                                 device=_device()),
-      batch_norm_moving_variance=('bessel_corrected' if flags_obj.tf1_bn_variance
-                                  else 'biased'),
-      dtype_policy=keras.mixed_precision.global_policy().name,
-      jit_compile=flags_obj.jit_compile)
-  schedule = training.schedule_from_flags(flags_obj)
-  if flags_obj.loop == 'fit':
-    return train_fit(flags_obj, spec, log, model, optimizer, schedule)
-  return training.train(EagerBackend(flags_obj, spec, log, model, optimizer), log, schedule)
+  # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
+  with cli.SignalCatcher() as signals:
+    spec = training.resolve_data(flags_obj)
+    configure(flags_obj)
+    model = build_model(flags_obj, spec.num_classes)
+    if flags_obj.save_init_weights:
+      runlog.save_weights(flags_obj.save_init_weights, model_weights(model))
+      logging.info('initial weights written to %s', flags_obj.save_init_weights)
+      return {'init_weights': flags_obj.save_init_weights}
+    if flags_obj.init_weights:
+      load_init_weights(model, flags_obj.init_weights)
+    optimizer = make_optimizer(flags_obj)
+    runner = RUNNER_FIT if flags_obj.loop == 'fit' else RUNNER_CUSTOM
+    log = runlog.RunLog(flags_obj.model_dir, runner, tf1compat_flags.flag_values(flags_obj),
+                        overwrite=flags_obj.overwrite, fingerprint=spec.fingerprint)
+    log.open()
+    with training.marking_failures(log):
+      log.update(
+          **training.common_manifest(
+              flags_obj, spec, optimizer_name=optimizer_name(flags_obj),
+              epsilon=float(_adam(optimizer).epsilon),
+              versions=runlog.versions(keras.__version__, tf.__version__), device=_device()),
+          batch_norm_moving_variance=('bessel_corrected' if flags_obj.tf1_bn_variance
+                                      else 'biased'),
+          dtype_policy=keras.mixed_precision.global_policy().name,
+          jit_compile=flags_obj.jit_compile)
+      schedule = training.schedule_from_flags(flags_obj)
+      if flags_obj.loop == 'fit':
+        return train_fit(flags_obj, spec, log, model, optimizer, schedule, signals)
+      return training.train(EagerBackend(flags_obj, spec, log, model, optimizer), log,
+                            schedule, signals)

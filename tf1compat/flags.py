@@ -19,9 +19,11 @@ COMMON_FLAGS = (
     'model_dir', 'epochs', 'steps_per_epoch', 'learning_rate', 'adam_beta1', 'adam_beta2',
     'adam_epsilon', 'loss', 'final_activation', 'batch_norm', 'dropout', 'init_weights',
     'save_init_weights', 'snapshot_steps', 'deterministic', 'overwrite', 'log_every',
-    'checkpoint_every')
+    'checkpoint_every', 'on_bad_record')
 DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
 LOOPS = ('custom', 'fit')
+# --on_bad_record: stop at the first bad record, or leave bad records out and count them.
+ON_BAD_RECORD = ('fail', 'skip')
 STRATEGIES = ('default',)
 
 
@@ -49,6 +51,11 @@ def define_data_flags():
   flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seeds every random op, shuffles included.', lower_bound=0)
   flags.DEFINE_integer('shuffle_buffer', 10000, 'Records in the shuffle buffer.', lower_bound=1)
+  flags.DEFINE_enum('on_bad_record', 'fail', ON_BAD_RECORD,
+                    'What to do with a bad record (truncated, not a tf.train.Example, without '
+                    'image or label, label outside [0, num_classes), image bytes that do not '
+                    'decode). fail: stop before training and name it (exit 2); skip: leave it '
+                    'out and count it in run.json.')
 
 
 def define_training_flags(runner=None):

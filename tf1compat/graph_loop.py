@@ -28,6 +28,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from tf1compat import cli
 from tf1compat import data
 from tf1compat import flags as tf1compat_flags
 from tf1compat import model
@@ -95,22 +96,6 @@ def _running_metrics(scope_name, losses, label_classes, predicted_classes):
   return mean_loss, mean_loss_update, accuracy, accuracy_update, local_variables, reset
 
 
-def _pipeline_error_message(error):
-  """The line of a TensorFlow runtime error that names the problem, without the traceback.
-
-  Graph-mode errors carry "Graph execution error", the Python stack of the failing
-  op and "[[{{node ...}}]]" lines around the kernel's own message.
-  """
-  for line in error.message.splitlines():
-    line = line.strip()
-    if (not line or line.startswith(('Graph execution error', 'Detected at node', 'File "',
-                                     '[[', 'Node:', 'Traceback'))
-        or line.endswith('(most recent call last):')):
-      continue
-    return line
-  return type(error).__name__
-
-
 class GraphBackend(training.Backend):
   """The TF1 graph, its Session and its run-directory outputs, for `training.train`.
 
@@ -154,7 +139,8 @@ class GraphBackend(training.Backend):
     dataset = data.make_dataset(
         self._spec.train_files, image_size=flags_obj.image_size,
         num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
-        seed=flags_obj.seed, training=True, shuffle_buffer=flags_obj.shuffle_buffer)
+        seed=flags_obj.seed, training=True, shuffle_buffer=flags_obj.shuffle_buffer,
+        skip=self._spec.skip('train'))
     iterator = tf.compat.v1.data.make_one_shot_iterator(dataset)
     # The iterator's position (shuffle buffer, RNG state, files read) goes into every
     # checkpoint, so a resumed run sees the batches an uninterrupted one would have.
@@ -217,7 +203,7 @@ class GraphBackend(training.Backend):
     dataset = data.make_dataset(
         self._spec.val_files, image_size=flags_obj.image_size,
         num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
-        seed=flags_obj.seed, training=False)
+        seed=flags_obj.seed, training=False, skip=self._spec.skip('val'))
     self._val_iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
     features, labels = self._val_iterator.get_next()
     logits = self.model(features)
@@ -249,8 +235,7 @@ class GraphBackend(training.Backend):
 
   def _data_error(self, error):
     """The usage error of an input-data failure at run time (bad label, corrupt record)."""
-    return data.DataError(f'--data_dir={self._spec.data_dir}: the input pipeline failed: '
-                          f'{_pipeline_error_message(error)}')
+    return data.pipeline_error(self._spec, error)
 
   def describe(self):
     """The graph-specific block of run.json."""
@@ -274,7 +259,7 @@ class GraphBackend(training.Backend):
   def restore(self):
     latest = tf.compat.v1.train.latest_checkpoint(self._checkpoint_dir)
     if latest is None:
-      return 0
+      return 0, None
     self._saver.restore(self._sess, latest)
     step = int(self._sess.run(self._global_step))
     if self._draws_dropout_masks():
@@ -286,7 +271,7 @@ class GraphBackend(training.Backend):
     # Lets TensorBoard drop events the previous process wrote after this step.
     self._writer.add_session_log(
         tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START), step)
-    return step
+    return step, latest
 
   def train_step(self):
     try:
@@ -398,28 +383,27 @@ def run(flags_obj):
   """
   if flags_obj.deterministic:
     tf.config.experimental.enable_op_determinism()
-  spec = training.resolve_data(flags_obj)
-  # The graph (and --init_weights) is checked before the run directory is touched, so
-  # a bad flag or file leaves no half-started run behind.
-  backend = GraphBackend(flags_obj, spec)
-  try:
-    if flags_obj.save_init_weights:
-      runlog.save_weights(flags_obj.save_init_weights, backend.weights())
-      logging.info('initial weights written to %s', flags_obj.save_init_weights)
-      return {'saved_init_weights': flags_obj.save_init_weights}
-    log = runlog.RunLog(flags_obj.model_dir, RUNNER, tf1compat_flags.flag_values(flags_obj),
-                        overwrite=flags_obj.overwrite)
-    log.open()
-    backend.attach(log.model_dir)
-    log.update(graph=backend.describe(), **training.common_manifest(
-        flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
-        versions=runlog.versions(tf_keras.__version__, tf.__version__),
-        device=device_description()))
+  # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
+  with cli.SignalCatcher() as signals:
+    # The data (pre-flight check), the graph and --init_weights are checked before the
+    # run directory is touched, so a bad flag or file leaves no half-started run behind.
+    spec = training.resolve_data(flags_obj)
+    backend = GraphBackend(flags_obj, spec)
     try:
-      return training.train(backend, log, training.schedule_from_flags(
-          flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'))
-    except data.DataError as e:
-      log.update(status=runlog.STATUS_FAILED, failure=str(e))
-      raise
-  finally:
-    backend.close()
+      if flags_obj.save_init_weights:
+        runlog.save_weights(flags_obj.save_init_weights, backend.weights())
+        logging.info('initial weights written to %s', flags_obj.save_init_weights)
+        return {'saved_init_weights': flags_obj.save_init_weights}
+      log = runlog.RunLog(flags_obj.model_dir, RUNNER, tf1compat_flags.flag_values(flags_obj),
+                          overwrite=flags_obj.overwrite, fingerprint=spec.fingerprint)
+      log.open()
+      with training.marking_failures(log):
+        backend.attach(log.model_dir)
+        log.update(graph=backend.describe(), **training.common_manifest(
+            flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
+            versions=runlog.versions(tf_keras.__version__, tf.__version__),
+            device=device_description()))
+        return training.train(backend, log, training.schedule_from_flags(
+            flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'), signals)
+    finally:
+      backend.close()

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 
 import numpy as np
@@ -38,6 +39,12 @@ STATUS_RUNNING = 'running'
 STATUS_COMPLETE = 'complete'
 STATUS_INTERRUPTED = 'interrupted'
 STATUS_FAILED = 'failed'
+
+# Weight snapshot file names; the temporary files save_weights renames start with '.'.
+_SNAPSHOT_NAME = re.compile(r'step-(\d+)\.npz')
+# What atomic writes leave behind when a process dies before its rename: 'NAME.tmpPID'
+# or '.NAME.tmpPID.npz' files and 'export.tmpPID' folders.
+_TEMPORARY_NAME = re.compile(r'.+\.tmp\d+(\.\w+)?')
 
 # Flags that do not change what a run computes: a run directory may be resumed with
 # different values of these.
@@ -93,15 +100,17 @@ def snapshot_steps_in(model_dir):
     return []
   steps = []
   for name in os.listdir(folder):
-    if name.startswith('step-') and name.endswith('.npz'):
-      steps.append(int(name[len('step-'):-len('.npz')]))
+    match = _SNAPSHOT_NAME.fullmatch(name)
+    if match:
+      steps.append(int(match.group(1)))
   return sorted(steps)
 
 
 def save_weights(path, weights):
   """Writes {key: array} as .npz through a temporary file and a rename."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.npz'
+  folder, name = os.path.split(path)
+  os.makedirs(folder or '.', exist_ok=True)
+  tmp = os.path.join(folder, f'.{name}.tmp{os.getpid()}.npz')
   np.savez(tmp, **weights)
   os.replace(tmp, path)
 
@@ -161,6 +170,19 @@ def _format(value):
   return str(value)
 
 
+def _whole_row(row, columns):
+  """Whether a CSV row holds a number in every column: a killed process may leave its
+  last row (or the header) cut off."""
+  if tuple(row) != tuple(columns):
+    return False
+  try:
+    for value in row.values():
+      float(value)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
 def versions(keras_version, tf_version):
   """The versions block of the manifest."""
   return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
@@ -178,11 +200,13 @@ class RunLog:
     log.update(status='complete', ...)
   """
 
-  def __init__(self, model_dir, runner, flags_dict, overwrite=False):
+  def __init__(self, model_dir, runner, flags_dict, overwrite=False, fingerprint=None):
     self.model_dir = model_dir
     self.runner = runner
     self.flags = dict(flags_dict)
     self.overwrite = overwrite
+    # The data fingerprint: a run is resumed only on the data it started on.
+    self.fingerprint = fingerprint
     self.manifest = {}
     self.resuming = False
 
@@ -193,8 +217,9 @@ class RunLog:
     """Checks the directory, then starts a new manifest or resumes the existing one.
 
     A complete run is replaced only with `overwrite`; an unfinished run of the same
-    runner and flags is resumed; anything else is a UsageError naming the difference.
-    Returns True when resuming.
+    runner, flags and data is resumed (what a killed process left half-written is
+    removed); anything else is a UsageError naming the difference. Returns True when
+    resuming.
     """
     previous = read_manifest(self.model_dir)
     if previous is not None and self.overwrite:
@@ -208,6 +233,7 @@ class RunLog:
       self._clear()
     if previous is not None:
       self._check_same_run(previous)
+      self._remove_temporaries()
       self.manifest = previous
       self.resuming = True
     else:
@@ -226,6 +252,18 @@ class RunLog:
       else:
         os.remove(full)
 
+  def _remove_temporaries(self):
+    for folder in (self.model_dir, self.path(WEIGHTS_DIR)):
+      if not os.path.isdir(folder):
+        continue
+      for name in os.listdir(folder):
+        full = os.path.join(folder, name)
+        if _TEMPORARY_NAME.fullmatch(name):
+          if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+          else:
+            os.remove(full)
+
   def _check_same_run(self, previous):
     where = f'--model_dir={self.model_dir}'
     if previous.get('status') == STATUS_COMPLETE:
@@ -242,6 +280,12 @@ class RunLog:
         raise cli.UsageError(
             f'{where} holds a different run (--{name} was {old_flags.get(name)!r}, now '
             f'{self.flags.get(name)!r}); rerun with the same flags to resume, or pass --overwrite')
+    old_fingerprint = previous.get('data', {}).get('fingerprint')
+    if self.fingerprint and old_fingerprint and old_fingerprint != self.fingerprint:
+      raise cli.UsageError(
+          f'{where} holds a run on different data (fingerprint {old_fingerprint[:12]}, now '
+          f'{self.fingerprint[:12]}): the files in --data_dir changed; restore them to resume, '
+          'or pass --overwrite')
 
   def update(self, **fields):
     """Merges `fields` into run.json and rewrites it atomically."""
@@ -263,11 +307,13 @@ class RunLog:
     if not os.path.exists(path):
       return
     with open(path, newline='') as f:
-      rows = [row for row in csv.DictReader(f) if keep(row)]
+      rows = [row for row in csv.DictReader(f) if _whole_row(row, columns) and keep(row)]
     lines = [','.join(columns)] + [','.join(row[c] for c in columns) for row in rows]
     atomic_write_text(path, '\n'.join(lines) + '\n')
 
   def _append(self, name, columns, row):
+    # Each row reaches the file in one write when it closes: a killed process cuts off
+    # at most the last row, which truncate_after drops.
     path = self.path(name)
     new = not os.path.exists(path)
     with open(path, 'a') as f:

@@ -7,11 +7,13 @@ checkpoint cadence, progress, NaN/Inf detection, SIGINT/SIGTERM handling and the
 final manifest. Keras `model.fit` drives its own loop and uses `Recorder` from a callback.
 """
 
+import contextlib
 import dataclasses
 import math
 import time
 
 from absl import logging
+import numpy as np
 
 from tf1compat import cli
 from tf1compat import data
@@ -38,7 +40,8 @@ class Backend:
   """The framework side of a run. Runners subclass it; every method is required."""
 
   def restore(self):
-    """Restores the latest checkpoint if there is one; returns its global step (0 if none)."""
+    """Restores the latest checkpoint if there is one: (its global step, its path), or
+    (0, None) without one."""
     raise NotImplementedError
 
   def train_step(self):
@@ -94,6 +97,7 @@ class Recorder:
     self.schedule = schedule
     self._weights_fn = weights_fn
     self.last_checkpoint = None
+    self.checkpoint_step = None
     self._step_started = time.perf_counter()
 
   def start_step(self):
@@ -106,12 +110,7 @@ class Recorder:
     """
     seconds = time.perf_counter() - self._step_started
     if not math.isfinite(result.loss):
-      self.log.update(status=runlog.STATUS_FAILED, global_step=step - 1,
-                      failure=f'loss {result.loss} at step {step}',
-                      last_checkpoint=self.last_checkpoint)
-      where = self.last_checkpoint or 'none written yet'
-      raise cli.NumericFault(f'loss is {result.loss} at step {step}; stopped. Last good '
-                             f'checkpoint: {where}. Lower --learning_rate or check the data.')
+      raise self.numeric_fault(step, f'loss is {result.loss}')
     epoch = (step - 1) // self.schedule.steps_per_epoch + 1
     self.log.append_step({
         'step': step, 'epoch': epoch, 'loss': result.loss,
@@ -123,6 +122,34 @@ class Recorder:
                         'train/accuracy': result.accuracy})
     if step in self.schedule.snapshot_steps:
       self.log.save_snapshot(step, self._weights_fn())
+
+  def numeric_fault(self, step, what):
+    """Marks the run failed by a non-finite `what` at `step`; returns the exception to raise.
+
+    Nothing is saved from here on, so the last checkpoint stays the last good one.
+    """
+    self.log.update(status=runlog.STATUS_FAILED, global_step=step - 1,
+                    failure=f'{what} at step {step}', last_checkpoint=self.last_checkpoint)
+    where = self.last_checkpoint or 'none written yet'
+    return cli.NumericFault(f'{what} at step {step}; stopped. Last good checkpoint: {where}. '
+                            'Lower --learning_rate or check the data.')
+
+  def check_weights(self, step):
+    """Raises NumericFault when a weight is NaN or Inf after `step`.
+
+    A step's loss is computed before its update, so a finite loss does not vouch for
+    the weights a checkpoint would save.
+    """
+    for key, value in self._weights_fn().items():
+      if not np.all(np.isfinite(value)):
+        raise self.numeric_fault(step, f'weight {key} is not finite after the update')
+
+  def checkpoint(self, step, save):
+    """Checks the weights, then writes the checkpoint of `step` with `save(step)`."""
+    self.check_weights(step)
+    self.last_checkpoint = save(step)
+    self.checkpoint_step = step
+    return self.last_checkpoint
 
   def record_epoch(self, epoch, train_loss, train_accuracy, evaluation, seconds,
                    scalars_fn=None):
@@ -143,12 +170,14 @@ class Recorder:
             'val_loss': val_loss, 'val_accuracy': val_accuracy}
 
   def interrupted(self, signum, step, checkpoint):
-    """Marks the run interrupted at `step` and returns the exception to raise."""
+    """Marks the run interrupted at `step` (resumable from `checkpoint`, None if there is
+    none yet) and returns the exception to raise."""
     self.last_checkpoint = checkpoint
     self.log.update(status=runlog.STATUS_INTERRUPTED, global_step=step,
                     last_checkpoint=checkpoint)
-    return cli.Interrupted(signum, f'interrupted at step {step}; checkpoint {checkpoint} '
-                           'written. Rerun the same command to resume.')
+    where = checkpoint or 'none yet, the rerun starts from the beginning'
+    return cli.Interrupted(signum, f'interrupted at step {step}; checkpoint: {where}. Rerun '
+                           'the same command to resume.')
 
   def complete(self, step, final_metrics, export_dir, started):
     """Marks the run complete with its final metrics."""
@@ -178,7 +207,7 @@ def schedule_from_flags(flags_obj, reset_metrics=True):
 def resolve_data(flags_obj):
   """The DataSpec of --data_dir, or of the embedded dataset when it is unset."""
   data_dir = flags_obj.data_dir or records.embedded_data_dir()
-  return data.describe(data_dir, flags_obj.num_classes)
+  return data.describe(data_dir, flags_obj.num_classes, flags_obj.on_bad_record)
 
 
 def common_manifest(flags_obj, spec, *, optimizer_name, epsilon, versions, device):
@@ -202,54 +231,86 @@ def common_manifest(flags_obj, spec, *, optimizer_name, epsilon, versions, devic
   }
 
 
-def train(backend, log, schedule):
+@contextlib.contextmanager
+def marking_failures(log):
+  """Marks run.json failed when the run stops on an error the driver does not record.
+
+  NumericFault and Interrupted leave run.json as the driver wrote it; anything else
+  (bad data found at run time, a bug) must not leave the run looking alive.
+  """
+  try:
+    yield
+  except (cli.NumericFault, cli.Interrupted):
+    raise
+  except Exception as e:
+    failure = str(e) if isinstance(e, cli.UsageError) else f'{type(e).__name__}: {e}'
+    log.update(status=runlog.STATUS_FAILED, failure=failure)
+    raise
+
+
+def train(backend, log, schedule, signals):
   """Trains `backend` from its latest checkpoint (or step 0) to the schedule's end.
 
-  Returns the stats dict (global_step, final metrics, model_dir). Raises
-  cli.NumericFault on a NaN/Inf loss and cli.Interrupted after SIGINT/SIGTERM, each
-  after the run directory says so.
+  `signals` is the runner's cli.SignalCatcher, installed before anything was built so
+  that a signal at any moment is honoured: between steps, after the epoch's checkpoint,
+  or at the end, the run writes a checkpoint (unless the latest one is of this very
+  step) and raises cli.Interrupted. Returns the stats dict (global_step, final
+  metrics, model_dir). Raises cli.NumericFault on a NaN/Inf loss or weight, each after
+  the run directory says so.
   """
   started = time.time()
   recorder = Recorder(log, schedule, backend.weights)
-  step = backend.restore()
+  step, recorder.last_checkpoint = backend.restore()
   log.truncate_after(step, schedule.steps_per_epoch)
   if step:
+    recorder.checkpoint_step = step
     logging.info('resuming %s from step %d', log.model_dir, step)
   elif 0 in schedule.snapshot_steps:
     log.save_snapshot(0, backend.weights())
   final_metrics = _last_epoch_metrics(log)
   spe = schedule.steps_per_epoch
-  with cli.SignalCatcher() as signals:
-    for epoch in range(step // spe + 1, schedule.epochs + 1):
-      done_in_epoch = step - (epoch - 1) * spe
-      if done_in_epoch == 0 and schedule.reset_metrics:
-        backend.reset_metrics()
-      bar = progress.EpochProgress(epoch, schedule.epochs, spe, initial=done_in_epoch,
-                                   log_every=schedule.log_every)
-      epoch_started = time.perf_counter()
-      result = None
-      try:
-        while step < epoch * spe:
-          recorder.start_step()
-          result = backend.train_step()
-          step += 1
-          recorder.record_step(step, result, backend.write_scalars)
-          bar.update(loss=result.mean_loss, accuracy=result.accuracy)
-          if signals.caught:
-            raise recorder.interrupted(signals.signum, step, backend.save_checkpoint(step))
-          if step % schedule.checkpoint_every == 0 and step % spe:
-            recorder.last_checkpoint = backend.save_checkpoint(step)
-      finally:
-        bar.close()
-      if result is None:
-        continue
-      final_metrics = recorder.record_epoch(
-          epoch, result.mean_loss, result.accuracy, backend.evaluate(),
-          time.perf_counter() - epoch_started, backend.write_scalars)
-      recorder.last_checkpoint = backend.save_checkpoint(step)
-      if signals.caught:
-        raise recorder.interrupted(signals.signum, step, recorder.last_checkpoint)
+
+  def interrupted():
+    if step and recorder.checkpoint_step != step:
+      recorder.checkpoint(step, backend.save_checkpoint)
+    return recorder.interrupted(signals.signum, step, recorder.last_checkpoint)
+
+  if signals.caught:
+    raise interrupted()
+  for epoch in range(step // spe + 1, schedule.epochs + 1):
+    done_in_epoch = step - (epoch - 1) * spe
+    if done_in_epoch == 0 and schedule.reset_metrics:
+      backend.reset_metrics()
+    bar = progress.EpochProgress(epoch, schedule.epochs, spe, initial=done_in_epoch,
+                                 log_every=schedule.log_every)
+    epoch_started = time.perf_counter()
+    result = None
+    try:
+      while step < epoch * spe:
+        recorder.start_step()
+        result = backend.train_step()
+        step += 1
+        recorder.record_step(step, result, backend.write_scalars)
+        bar.update(loss=result.mean_loss, accuracy=result.accuracy)
+        if signals.caught:
+          raise interrupted()
+        if step % schedule.checkpoint_every == 0 and step % spe:
+          recorder.checkpoint(step, backend.save_checkpoint)
+    finally:
+      bar.close()
+    if result is None:
+      continue
+    final_metrics = recorder.record_epoch(
+        epoch, result.mean_loss, result.accuracy, backend.evaluate(),
+        time.perf_counter() - epoch_started, backend.write_scalars)
+    recorder.checkpoint(step, backend.save_checkpoint)
+    if signals.caught:
+      raise interrupted()
   export_dir = log.path(runlog.EXPORT_DIR)
   backend.export(export_dir)
+  if signals.caught:
+    # The export is whole, but the run is not marked complete: the rerun restores the
+    # final checkpoint and only exports again.
+    raise interrupted()
   recorder.complete(step, final_metrics, export_dir, started)
   return {'global_step': step, 'model_dir': log.model_dir, **final_metrics}

@@ -1,0 +1,483 @@
+"""Issue 6: bad input gets a clear error, faults lose nothing, interrupted runs resume exactly.
+
+Every runner is a subprocess on copies of the tiny synthetic dataset, some with one bad
+file added. Bad input must stop before the run directory exists, with exit 2 and one
+line naming the file or flag; a NaN loss exits 3 and names a checkpoint that loads;
+SIGTERM, SIGINT and SIGKILL in the middle of an epoch lose nothing: the rerun of the
+same command ends on the weights of a run that was never interrupted, bit for bit.
+"""
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, TINY, run_entry, tiny_run_flags
+from tf1compat import data
+from tf1compat import records
+from tf1compat import runlog
+
+NUM_CLASSES = TINY['num_classes']
+# Runs that get interrupted last 2 epochs of 8 steps (tiny_run_flags has 6): room for a
+# signal to land mid-epoch. Periodic checkpoints every 3 steps for SIGKILL.
+EPOCHS, STEPS_PER_EPOCH = 2, 8
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+KILL_FLAGS = (f'--epochs={EPOCHS}', f'--steps_per_epoch={STEPS_PER_EPOCH}',
+              '--checkpoint_every=3')
+BAD_FILE = 'train-bad.tfrecord'
+
+
+# --- data --------------------------------------------------------------------------------
+
+def _image(label, fmt='JPEG', mode='RGB', seed=0):
+  """A synthetic image of `label` encoded by Pillow as `fmt` in colour `mode`."""
+  pixels = records.synthetic_image(np.random.default_rng(seed), label, NUM_CLASSES, grey=False)
+  out = io.BytesIO()
+  Image.fromarray(pixels).convert(mode).save(out, format=fmt)
+  return out.getvalue()
+
+
+def _example(image=None, label=1, omit=()):
+  """A serialized tf.train.Example in the seed's schema, less the features in `omit`."""
+  feature = {
+      'image': tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[_image(label) if image is None else image])),
+      'filename': tf.train.Feature(bytes_list=tf.train.BytesList(value=[b'bad/x.jpg'])),
+      'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+  }
+  for name in omit:
+    del feature[name]
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _tfrecord_bytes(serialized):
+  """The bytes of a TFRecord file holding `serialized` records."""
+  out = []
+  for record in serialized:
+    length = len(record).to_bytes(8, 'little')
+    out += [length, data.masked_crc32c(length).to_bytes(4, 'little'), record,
+            data.masked_crc32c(record).to_bytes(4, 'little')]
+  return b''.join(out)
+
+
+def _with_bad_file(tiny_data_dir, folder, content):
+  """A copy of the tiny dataset in `folder` plus BAD_FILE holding `content` (bytes)."""
+  shutil.copytree(tiny_data_dir, folder)
+  with open(os.path.join(folder, BAD_FILE), 'wb') as f:
+    f.write(content)
+  return str(folder)
+
+
+def _good_records(n):
+  return [_example(label=k % NUM_CLASSES) for k in range(n)]
+
+
+def test_tfrecord_framing_matches_tensorflow(tmp_path):
+  # The tests build bad files byte by byte: their framing must be TensorFlow's own.
+  serialized = _good_records(2)
+  path = str(tmp_path / 'x.tfrecord')
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in serialized:
+      writer.write(record)
+  with open(path, 'rb') as f:
+    assert f.read() == _tfrecord_bytes(serialized)
+
+
+# --- bad input: exit 2, one line naming the problem, no run directory --------------------
+
+def _truncated():
+  content = _tfrecord_bytes(_good_records(3))
+  return content[:len(content) - 100]
+
+
+# name -> (content of BAD_FILE, runner arguments, substrings of the error line)
+BAD_FILES = {
+    'not_a_tfrecord': (lambda: _image(1) * 3, ('train_eager',),
+                       [f'{BAD_FILE} record 0: not a TFRecord file', 'remove it']),
+    'truncated': (_truncated, ('train_graph',),
+                  [f'{BAD_FILE} record 2:', 'the file is truncated', 'copy the file again']),
+    'missing_image': (lambda: _tfrecord_bytes([_example(), _example(omit=['image'])]),
+                      ('train_eager', '--loop=fit'),
+                      [f"{BAD_FILE} record 1: no 'image' feature", 'bin/make_records']),
+    'missing_label': (lambda: _tfrecord_bytes([_example(omit=['label'])]), ('train_graph',),
+                      [f"{BAD_FILE} record 0: no 'label' feature"]),
+    'not_an_image': (lambda: _tfrecord_bytes(_good_records(2) + [_example(b'not an image')]),
+                     ('train_eager',),
+                     [f"{BAD_FILE} record 2: 'image' is not an image", '--on_bad_record=skip']),
+    'label_out_of_range': (lambda: _tfrecord_bytes([_example(label=NUM_CLASSES)]),
+                           ('train_graph',),
+                           [f'{BAD_FILE} record 0: label out of range [0, {NUM_CLASSES}) '
+                            f'(label {NUM_CLASSES})', 'check --num_classes']),
+}
+
+
+def _expect_usage_error(proc, *substrings):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  for text in substrings:
+    assert text in line, line
+  return line
+
+
+@pytest.mark.parametrize('name', sorted(BAD_FILES))
+def test_bad_record_file_stops_before_the_run_starts(name, tiny_data_dir, tmp_path):
+  content, (script, *args), expected = BAD_FILES[name]
+  data_dir = _with_bad_file(tiny_data_dir, tmp_path / 'data', content())
+  model_dir = tmp_path / 'run'
+  proc = run_entry(script, *tiny_run_flags(data_dir, model_dir, *args))
+  line = _expect_usage_error(proc, f'--data_dir={data_dir}: ', *expected)
+  assert line.startswith(f'{script}: ')
+  assert not model_dir.exists()
+
+
+@pytest.mark.parametrize('name', ['missing', 'empty', 'no_matching_files'])
+def test_data_dir_without_records_is_a_usage_error(name, tmp_path):
+  data_dir = tmp_path / 'data'
+  expected = 'no such directory'
+  if name != 'missing':
+    data_dir.mkdir()
+    expected = 'no train-*.tfrecord or *.tfrecord files'
+  if name == 'no_matching_files':
+    (data_dir / 'train.csv').write_text('image,label\n')
+    (data_dir / 'images').mkdir()
+  model_dir = tmp_path / 'run'
+  proc = run_entry('train_graph' if name == 'empty' else 'train_eager',
+                   *tiny_run_flags(data_dir, model_dir))
+  _expect_usage_error(proc, f'--data_dir={data_dir}: {expected}', 'bin/make_records')
+  assert not model_dir.exists()
+
+
+@pytest.mark.parametrize('script,flag,expected', [
+    ('train_graph', '--batch_size=0', '--batch_size=0'),
+    ('train_eager', '--epochs=-1', '--epochs=-1'),
+    ('train_graph', '--image_size=16', '--image_size=16: 16 is not integer >= 31'),
+])
+def test_flag_out_of_range_is_a_usage_error(script, flag, expected, tiny_data_dir, tmp_path):
+  model_dir = tmp_path / 'run'
+  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, model_dir), flag)
+  _expect_usage_error(proc, expected, '--helpfull')
+  assert not model_dir.exists()
+
+
+def test_grey_png_cmyk_and_other_formats_train(tiny_data_dir, tmp_path):
+  formats = [('JPEG', 'L'), ('JPEG', 'CMYK'), ('PNG', 'RGB'), ('PNG', 'L'), ('PNG', 'RGBA'),
+             ('GIF', 'P'), ('BMP', 'RGB'), ('WEBP', 'RGB')]
+  content = _tfrecord_bytes([_example(_image(k % NUM_CLASSES, fmt, mode, seed=k),
+                                      label=k % NUM_CLASSES)
+                             for k, (fmt, mode) in enumerate(formats)])
+  data_dir = _with_bad_file(tiny_data_dir, tmp_path / 'data', content)
+  model_dir = str(tmp_path / 'run')
+  # A batch of 64 + 8 records: every image is decoded in the first step.
+  proc = run_entry('train_graph', *tiny_run_flags(data_dir, model_dir, '--batch_size=72',
+                                                  '--epochs=1', '--steps_per_epoch=1',
+                                                  '--shuffle_buffer=100'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_COMPLETE
+  assert manifest['data']['records']['train'] == TINY['train_per_class'] * NUM_CLASSES + 8
+  assert manifest['data']['skipped_records'] == 0
+
+
+def test_skip_leaves_bad_records_out_and_counts_them(tiny_data_dir, tmp_path):
+  good = _good_records(2)
+  content = _tfrecord_bytes([good[0], _example(b'not an image'), _example(omit=['label']),
+                             _example(label=-1), good[1]] + _good_records(2))
+  data_dir = _with_bad_file(tiny_data_dir, tmp_path / 'data', content[:-50])
+  model_dir = str(tmp_path / 'run')
+  proc = run_entry('train_eager', *tiny_run_flags(data_dir, model_dir, '--on_bad_record=skip',
+                                                  '--epochs=1', '--steps_per_epoch=9'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'leaving out 4 bad record(s)' in proc.stderr
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_COMPLETE
+  block = manifest['data']
+  assert block['on_bad_record'] == 'skip'
+  assert block['skipped_records'] == 4
+  assert block['records']['train'] == TINY['train_per_class'] * NUM_CLASSES + 3
+  assert [entry.split(':')[0] for entry in block['skipped']] == [
+      f'{BAD_FILE} record {k}' for k in (1, 2, 3, 6)]
+  assert 'not an image' in block['skipped'][0]
+  assert 'truncated' in block['skipped'][3]
+
+
+def test_damaged_record_found_at_run_time_names_it_and_fails_the_run(tiny_data_dir, tmp_path):
+  # A flipped byte inside a record's image data: the framing and the JPEG structure are
+  # intact, so only the data checksum that TensorFlow's reader verifies finds it.
+  data_dir = tmp_path / 'data'
+  shutil.copytree(tiny_data_dir, data_dir)
+  name = 'train-00001-of-00002.tfrecord'
+  path = data_dir / name
+  content = bytearray(path.read_bytes())
+  length = int.from_bytes(content[:8], 'little')
+  second = 16 + length  # offset of record 1
+  position = second + 12 + int.from_bytes(content[second:second + 8], 'little') // 2
+  content[position] ^= 0x01 if content[position] < 0xF0 else 0x10
+  path.write_bytes(bytes(content))
+  model_dir = str(tmp_path / 'run')
+  proc = run_entry('train_eager', *tiny_run_flags(str(data_dir), model_dir))
+  _expect_usage_error(proc, f'{name} record 1: its bytes are damaged', f'at byte {second}',
+                      'copy the file again')
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_FAILED
+  assert f'{name} record 1' in manifest['failure']
+
+
+# --- kill and resume ---------------------------------------------------------------------
+
+def _kill_flags(data_dir, model_dir, *extra):
+  return tiny_run_flags(data_dir, model_dir, *KILL_FLAGS, *extra)
+
+
+def _rows(path):
+  try:
+    with open(path) as f:
+      return max(0, sum(1 for _ in f) - 1)
+  except FileNotFoundError:
+    return 0
+
+
+def _signal_after(script, args, model_dir, rows, signum, log_path):
+  """Runs bin/<script>, sends `signum` once steps.csv has `rows` rows; returns the exit code.
+
+  stderr goes to `log_path` (a pipe that nobody reads while polling could fill up).
+  """
+  steps = os.path.join(model_dir, runlog.STEPS_CSV)
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script), *args],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+      if _rows(steps) >= rows:
+        proc.send_signal(signum)
+        break
+      time.sleep(0.005)
+    return proc.wait(timeout=300)
+
+
+def _columns(model_dir, name):
+  return runlog.read_csv(os.path.join(model_dir, name))
+
+
+def _snapshot(model_dir, step):
+  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
+    return {key: npz[key] for key in npz.files}
+
+
+def _assert_same_run(resumed, reference):
+  """Every step, epoch and snapshot of `resumed` equals `reference`'s, seconds aside."""
+  manifest = runlog.read_manifest(resumed)
+  assert manifest['status'] == runlog.STATUS_COMPLETE
+  assert manifest['global_step'] == TOTAL_STEPS
+  for name, columns in ((runlog.STEPS_CSV, runlog.STEP_COLUMNS),
+                        (runlog.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
+    got, expected = _columns(resumed, name), _columns(reference, name)
+    for column in columns[:-1]:  # all but seconds
+      np.testing.assert_array_equal(got[column], expected[column], err_msg=f'{name} {column}')
+  assert runlog.snapshot_steps_in(resumed) == runlog.snapshot_steps_in(reference)
+  for step in runlog.snapshot_steps_in(reference):
+    expected = _snapshot(reference, step)
+    got = _snapshot(resumed, step)
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+      np.testing.assert_array_equal(got[key], value, err_msg=f'step {step} {key}')
+
+
+def _resume(script, args, model_dir, log_path):
+  proc = run_entry(script, *args)
+  with open(log_path, 'a') as log:
+    log.write(proc.stderr)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  match = re.search(r'resuming \S+ from step (\d+)', proc.stderr)
+  assert match, proc.stderr[-3000:]
+  return int(match.group(1))
+
+
+RUNNERS = {'graph': ('train_graph',), 'eager': ('train_eager', '--loop=custom')}
+
+
+@pytest.fixture(scope='module')
+def references(tiny_data_dir, tmp_path_factory):
+  """{runner: model_dir} of uninterrupted runs, one per runner, created on first use."""
+  root = tmp_path_factory.mktemp('references')
+  made = {}
+
+  def get(runner):
+    if runner not in made:
+      script, *args = RUNNERS[runner]
+      model_dir = str(root / runner)
+      proc = run_entry(script, *_kill_flags(tiny_data_dir, model_dir, *args))
+      assert proc.returncode == 0, proc.stderr[-3000:]
+      made[runner] = model_dir
+    return made[runner]
+
+  return get
+
+
+@pytest.mark.parametrize('runner', sorted(RUNNERS))
+def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
+    runner, references, tiny_data_dir, tmp_path):
+  """SIGKILL after 5 steps, rerun, SIGTERM in the second epoch, rerun: nothing lost."""
+  reference = references(runner)
+  script, *extra = RUNNERS[runner]
+  model_dir = str(tmp_path / 'run')
+  args = _kill_flags(tiny_data_dir, model_dir, *extra)
+  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
+  log_path = str(tmp_path / 'stderr.txt')
+
+  assert _signal_after(script, args, model_dir, 5, signal.SIGKILL, log_path) == -signal.SIGKILL
+  # Nothing ran after the kill: run.json still says running, steps.csv is ahead of the
+  # last checkpoint.
+  assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_RUNNING
+  killed_at = _rows(steps_csv)
+  assert killed_at >= 5
+
+  # The rerun resumes from the last periodic checkpoint (every 3 steps) before the kill,
+  # and is stopped by SIGTERM two steps into the second epoch.
+  code = _signal_after(script, args, model_dir, STEPS_PER_EPOCH + 2, signal.SIGTERM, log_path)
+  with open(log_path) as f:
+    stderr = f.read()
+  assert code == 128 + signal.SIGTERM, stderr[-3000:]
+  assert 'Traceback' not in stderr
+  resumed_from = int(re.search(r'resuming \S+ from step (\d+)', stderr).group(1))
+  assert killed_at - 3 <= resumed_from <= killed_at, (resumed_from, killed_at)
+  assert resumed_from % 3 == 0 or resumed_from % STEPS_PER_EPOCH == 0, resumed_from
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_INTERRUPTED
+  step = manifest['global_step']
+  assert STEPS_PER_EPOCH < step < TOTAL_STEPS, step  # mid-epoch
+  assert f'interrupted at step {step}; checkpoint: {manifest["last_checkpoint"]}' in stderr
+  # The checkpoint of that very step (weights, optimizer, step, iterator, metrics) is
+  # the latest, and steps.csv ends at it.
+  checkpoint_dir = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
+  assert tf.train.latest_checkpoint(checkpoint_dir) == manifest['last_checkpoint']
+  assert manifest['last_checkpoint'].endswith(f'-{step}')
+  assert _rows(steps_csv) == step
+
+  assert _resume(script, args, model_dir, log_path) == step
+  _assert_same_run(model_dir, reference)
+
+
+def test_fit_sigint_resumes_at_the_last_epoch_end(tiny_data_dir, tmp_path):
+  def args(model_dir):
+    return _kill_flags(tiny_data_dir, model_dir, '--loop=fit')
+
+  reference = str(tmp_path / 'reference')
+  proc = run_entry('train_eager', *args(reference))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  model_dir = str(tmp_path / 'run')
+  log_path = str(tmp_path / 'stderr.txt')
+  # Two steps into the second epoch.
+  code = _signal_after('train_eager', args(model_dir), model_dir, STEPS_PER_EPOCH + 2,
+                       signal.SIGINT, log_path)
+  assert code == 128 + signal.SIGINT
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_INTERRUPTED
+  # model.fit's BackupAndRestore resumes at epoch ends: the run says where.
+  assert manifest['global_step'] == STEPS_PER_EPOCH
+  assert _resume('train_eager', args(model_dir), model_dir, log_path) == STEPS_PER_EPOCH
+  # The epoch is redone on the batches of an uninterrupted run, from the backed-up
+  # weights and optimizer: on CPU the result is the same to the bit.
+  _assert_same_run(model_dir, reference)
+
+
+# --- numeric faults ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('runner', sorted(RUNNERS))
+def test_nan_loss_exits_3_and_names_a_checkpoint_that_loads(runner, tiny_data_dir, tmp_path):
+  # Adam moves every weight by about the learning rate: after one step of 1e30 the
+  # weights are huge but finite, and the second step's loss overflows to NaN.
+  script, *extra = RUNNERS[runner]
+  model_dir = str(tmp_path / 'run')
+  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, model_dir, *extra,
+                                           '--learning_rate=1e30', '--checkpoint_every=1'))
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  match = re.search(r'loss is nan at step 2; stopped\. Last good checkpoint: (\S+)\.', line)
+  assert match, line
+  checkpoint = match.group(1)
+  assert checkpoint.endswith('-1')
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_FAILED
+  assert manifest['last_checkpoint'] == checkpoint
+  assert manifest['global_step'] == 1
+  # No checkpoint after the NaN: the named one is the latest, and it loads.
+  assert tf.train.latest_checkpoint(os.path.dirname(checkpoint)) == checkpoint
+  reader = tf.train.load_checkpoint(checkpoint)
+  dtypes = reader.get_variable_to_dtype_map()
+  shapes = reader.get_variable_to_shape_map()
+  floats = [name for name, dtype in dtypes.items() if dtype.is_floating]
+  for name in floats:
+    assert np.all(np.isfinite(reader.get_tensor(name))), name
+  # The four convolution kernels and the logits' (graph and eager name them differently):
+  # trained, one Adam step of 1e30 moved them by about that much.
+  for shape in ([3, 3, 3, 64], [3, 3, 64, 64], [3, 3, 64, 128], [3, 3, 128, 256],
+                [256, NUM_CLASSES]):
+    moved = [np.abs(reader.get_tensor(name)).max() for name in floats if shapes[name] == shape]
+    assert moved and max(moved) > 1e29, (shape, sorted(dtypes))
+
+
+# --- a run directory holds one run --------------------------------------------------------
+
+def test_a_directory_holding_a_different_run_is_refused(references, tiny_data_dir, tmp_path):
+  model_dir = str(tmp_path / 'run')
+  shutil.copytree(references('graph'), model_dir)
+  manifest = runlog.read_manifest(model_dir)
+  manifest['status'] = runlog.STATUS_INTERRUPTED
+  runlog.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
+  proc = run_entry('train_graph', *_kill_flags(tiny_data_dir, model_dir,
+                                               '--learning_rate=0.002'))
+  _expect_usage_error(proc, f'--model_dir={model_dir} holds a different run (--learning_rate '
+                      'was 0.001, now 0.002)', '--overwrite')
+  assert runlog.read_manifest(model_dir) == manifest
+
+
+def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  log = runlog.RunLog(model_dir, 'graph', {'seed': 0}, fingerprint='0123456789abcdef')
+  log.open()
+  log.update(status=runlog.STATUS_INTERRUPTED, data={'fingerprint': '0123456789abcdef'})
+  assert runlog.RunLog(model_dir, 'graph', {'seed': 0}, fingerprint='0123456789abcdef').open()
+  with pytest.raises(runlog.cli.UsageError, match=(
+      f'--model_dir={model_dir} holds a run on different data \\(fingerprint 0123456789ab, '
+      'now fedcba987654\\): the files in --data_dir changed')):
+    runlog.RunLog(model_dir, 'graph', {'seed': 0}, fingerprint='fedcba9876543210').open()
+
+
+def test_resume_drops_what_a_killed_process_left_half_written(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  log = runlog.RunLog(model_dir, 'graph', {'seed': 0})
+  log.open()
+  for step in (1, 2, 3):
+    log.append_step({column: step for column in runlog.STEP_COLUMNS})
+  log.save_snapshot(2, {'w': np.zeros(2)})
+  # A row cut off in the middle, and the temporaries of writes that never got renamed.
+  with open(log.path(runlog.STEPS_CSV), 'a') as f:
+    f.write('4,1,0.5')
+  leftovers = [log.path('run.json.tmp123'), log.path('model.tmp5.keras'),
+               log.path(runlog.WEIGHTS_DIR, '.step-000004.npz.tmp1.npz')]
+  for path in leftovers:
+    with open(path, 'w') as f:
+      f.write('half')
+  leftovers.append(log.path('export.tmp77'))
+  os.makedirs(os.path.join(leftovers[-1], 'variables'))
+  assert runlog.snapshot_steps_in(model_dir) == [2]
+
+  assert runlog.RunLog(model_dir, 'graph', {'seed': 0}).open()  # resuming
+  log.truncate_after(3, 10)
+  assert not any(os.path.exists(path) for path in leftovers)
+  steps = runlog.read_csv(log.path(runlog.STEPS_CSV))
+  np.testing.assert_array_equal(steps['step'], [1, 2, 3])
+  log.append_step({column: 4 for column in runlog.STEP_COLUMNS})
+  np.testing.assert_array_equal(runlog.read_csv(log.path(runlog.STEPS_CSV))['step'],
+                                [1, 2, 3, 4])
