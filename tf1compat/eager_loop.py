@@ -206,14 +206,6 @@ def _adam(optimizer):
   return getattr(optimizer, 'inner_optimizer', optimizer)
 
 
-def _device():
-  gpus = tf.config.list_physical_devices('GPU')
-  if not gpus:
-    return 'CPU'
-  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
-  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
-
-
 def _datasets(flags_obj, spec):
   """(training dataset, validation dataset or None), seeded as in the graph runner."""
   common = {'image_size': flags_obj.image_size, 'num_classes': spec.num_classes,
@@ -466,14 +458,6 @@ def _fit_resume_step(backup_dir, steps_per_epoch):
     return int(json.load(f)['epoch']) * steps_per_epoch
 
 
-def _last_epoch_metrics(log):
-  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
-  if not epochs:
-    return {}
-  return {name: float(epochs[name][-1])
-          for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
-
-
 def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals):
   """--loop=fit: model.compile + model.fit, recorded like the custom loop.
 
@@ -529,7 +513,7 @@ def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals):
   finally:
     callback.close()
     scalars.flush()
-  final_metrics = callback.final_metrics or _last_epoch_metrics(log)
+  final_metrics = callback.final_metrics or training.last_epoch_metrics(log)
   export_dir = log.path(runlog.EXPORT_DIR)
   _export(model, log, export_dir)
   if signals.caught:
@@ -567,7 +551,8 @@ def run(flags_obj):
           **training.common_manifest(
               flags_obj, spec, optimizer_name=optimizer_name(flags_obj),
               epsilon=float(_adam(optimizer).epsilon),
-              versions=runlog.versions(keras.__version__, tf.__version__), device=_device()),
+              versions=runlog.versions(keras.__version__, tf.__version__),
+              device=training.device_description()),
           batch_norm_moving_variance=('bessel_corrected' if flags_obj.tf1_bn_variance
                                       else 'biased'),
           dtype_policy=keras.mixed_precision.global_policy().name,

@@ -51,15 +51,6 @@ def adam_epsilon(flags_obj):
   return DEFAULT_ADAM_EPSILON if flags_obj.adam_epsilon is None else flags_obj.adam_epsilon
 
 
-def device_description():
-  """What the run computes on, for the manifest: 'CPU', or 'GPU (name)' and ' xN' for N > 1."""
-  gpus = tf.config.list_physical_devices('GPU')
-  if not gpus:
-    return 'CPU'
-  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
-  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
-
-
 def _final_activation(flags_obj):
   return None if flags_obj.final_activation == 'none' else flags_obj.final_activation
 
@@ -402,7 +393,7 @@ def run(flags_obj):
         log.update(graph=backend.describe(), **training.common_manifest(
             flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
             versions=runlog.versions(tf_keras.__version__, tf.__version__),
-            device=device_description()))
+            device=training.device_description()))
         return training.train(backend, log, training.schedule_from_flags(
             flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'), signals)
     finally:

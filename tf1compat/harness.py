@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -127,9 +128,22 @@ def _read_state(path):
 
 
 def _run(script, args):
+  """Runs a runner to its end and returns its exit code.
+
+  SIGINT/SIGTERM sent to check_parity are passed on to the runner, which checkpoints
+  and exits 130/143; check_parity then exits the same way, and a rerun resumes.
+  """
   command = [sys.executable, os.path.join(BIN_DIR, script), *args]
   logging.info('running %s', ' '.join(command[1:]))
-  return subprocess.run(command, check=False).returncode
+  child = subprocess.Popen(command)
+  forward = lambda signum, frame: child.send_signal(signum)
+  previous = {signum: signal.signal(signum, forward)
+              for signum in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    return child.wait()
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 def _raise_for(script, code):

@@ -14,6 +14,7 @@ import time
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import data
@@ -187,12 +188,22 @@ class Recorder:
                     seconds=round(time.time() - started, 3))
 
 
-def _last_epoch_metrics(log):
+def last_epoch_metrics(log):
+  """The final metrics as the run's last epochs.csv row has them ({} before any epoch)."""
   epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
   if not epochs:
     return {}
   return {name: float(epochs[name][-1])
           for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
+
+
+def device_description():
+  """What the run computes on, for the manifest: 'CPU', or 'GPU (name)' and ' xN' for N > 1."""
+  gpus = tf.config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
+  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
 
 
 def schedule_from_flags(flags_obj, reset_metrics=True):
@@ -267,7 +278,7 @@ def train(backend, log, schedule, signals):
     logging.info('resuming %s from step %d', log.model_dir, step)
   elif 0 in schedule.snapshot_steps:
     log.save_snapshot(0, backend.weights())
-  final_metrics = _last_epoch_metrics(log)
+  final_metrics = last_epoch_metrics(log)
   spe = schedule.steps_per_epoch
 
   def interrupted():
