@@ -49,11 +49,9 @@ import dataclasses
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import logging
@@ -627,29 +625,15 @@ def _data_worker(spec):
 def _synthetic_data_dir(num_records, seed):
   """A synthetic dataset of at least `num_records` training records, written once.
 
-  Cached beside the embedded dataset and renamed into place when complete, so an
-  interrupted or concurrent benchmark never reads a half-written one.
+  Cached beside the embedded dataset (records.cached_synthetic), so an interrupted or
+  concurrent benchmark never reads a half-written one.
   """
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
   from tf1compat import records  # pylint: disable=g-import-not-at-top
   per_class = -(-num_records // SYNTHETIC_CLASSES)
-  target = os.path.join(records.cache_dir(), f'benchmark-v{records.SYNTHETIC_VERSION}-'
-                        f'{per_class * SYNTHETIC_CLASSES}-seed{seed}')
-  if os.path.exists(os.path.join(target, data.DATASET_JSON)):
-    return target
-  os.makedirs(records.cache_dir(), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.benchmark-', dir=records.cache_dir())
-  try:
-    records.write_synthetic(tmp, num_classes=SYNTHETIC_CLASSES, train_per_class=per_class,
-                            val_per_class=0, num_shards=8, seed=seed)
-    os.replace(tmp, target)
-  except OSError:
-    # A concurrent benchmark renamed its copy into place first.
-    if not os.path.exists(os.path.join(target, data.DATASET_JSON)):
-      raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return target
+  return records.cached_synthetic(
+      f'benchmark-v{records.SYNTHETIC_VERSION}-{per_class * SYNTHETIC_CLASSES}-seed{seed}',
+      num_classes=SYNTHETIC_CLASSES, train_per_class=per_class, val_per_class=0, num_shards=8,
+      seed=seed)
 
 
 def _pipeline_worker(spec):

@@ -261,19 +261,19 @@ def cache_dir():
       os.path.expanduser('~'), '.cache', 'tf1compat')
 
 
-def embedded_data_dir(seed=0):
-  """Returns the folder of the embedded synthetic dataset, generating it once.
+def cached_synthetic(name, **kwargs):
+  """Returns cache_dir()/name holding write_synthetic(**kwargs), generating it once.
 
-  Generation happens in a temporary folder that is renamed into place, so runners
+  Generation happens in a temporary folder that is renamed into place, so processes
   started side by side never read a half-written dataset.
   """
-  target = os.path.join(cache_dir(), f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}')
+  target = os.path.join(cache_dir(), name)
   if os.path.exists(os.path.join(target, data.DATASET_JSON)):
     return target
   os.makedirs(cache_dir(), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.synthetic-', dir=cache_dir())
+  tmp = tempfile.mkdtemp(prefix=f'.{name}-', dir=cache_dir())
   try:
-    write_synthetic(tmp, seed=seed)
+    write_synthetic(tmp, **kwargs)
     os.replace(tmp, target)
   except OSError:
     # Another process renamed its copy into place first; theirs is as good as ours.
@@ -281,8 +281,13 @@ def embedded_data_dir(seed=0):
       raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  logging.info('embedded synthetic dataset written to %s', target)
+  logging.info('synthetic dataset written to %s', target)
   return target
+
+
+def embedded_data_dir(seed=0):
+  """Returns the folder of the embedded synthetic dataset, generating it once."""
+  return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
 def run(flags_obj):
