@@ -5,7 +5,6 @@ that the JSON holds the issue's keys with positive figures.
 """
 
 import json
-import os
 
 import pytest
 
