@@ -16,6 +16,7 @@ Importing this module sets nothing up; `run` configures seeds, op determinism an
 mixed-precision policy for the process it runs in.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from tensorflow.core.framework import summary_pb2
 
 from tf1compat import cli
 from tf1compat import data
+from tf1compat import distribution as distribution_lib
 from tf1compat import flags as tf1compat_flags
 from tf1compat import model as model_lib
 from tf1compat import progress
@@ -73,18 +75,44 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
     x = tf.cast(inputs, tf.float32)
     gamma = self.gamma.value if self.scale else tf.ones(x.shape[-1:], tf.float32)
     beta = self.beta.value if self.center else tf.zeros(x.shape[-1:], tf.float32)
+    replicas = tf.distribute.get_replica_context()
+    if training and replicas is not None and replicas.num_replicas_in_sync > 1:
+      outputs, mean, variance = self._synchronized(x, gamma, beta, replicas)
+      self._update_moving_statistics(mean, variance)
+      return tf.cast(outputs, self.compute_dtype)
     outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=x, scale=gamma, offset=beta, mean=self.moving_mean.value,
         variance=self.moving_variance.value,
         epsilon=max(self.epsilon, _FUSED_BN_MIN_EPSILON), exponential_avg_factor=1.0,
         data_format='NHWC', is_training=training)
     if training:
-      # In graph mode the learning phase is a placeholder, so tf-keras takes momentum
-      # as a float32 tensor and computes 1 - momentum in float32, not in Python.
-      decay = tf.constant(1.0, tf.float32) - tf.constant(self.momentum, tf.float32)
-      self.moving_mean.assign_sub((self.moving_mean.value - mean) * decay)
-      self.moving_variance.assign_sub((self.moving_variance.value - variance) * decay)
+      self._update_moving_statistics(mean, variance)
     return tf.cast(outputs, self.compute_dtype)
+
+  def _synchronized(self, x, gamma, beta, replicas):
+    """Normalizes with the moments of the global batch, all replicas together.
+
+    The fused kernel sees only its replica's rows; the single-device run's math needs
+    the whole batch's moments (the role of Keras' `synchronized=True`). Returns the
+    outputs, the mean and TF1's Bessel-corrected variance of the global batch.
+    """
+    axes = [0, 1, 2]
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+    total, total_squares, count = replicas.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count])
+    mean = total / count
+    variance = tf.maximum(total_squares / count - tf.square(mean), 0.0)
+    outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma,
+                                        max(self.epsilon, _FUSED_BN_MIN_EPSILON))
+    return outputs, mean, variance * count / (count - 1.0)
+
+  def _update_moving_statistics(self, mean, variance):
+    # In graph mode the learning phase is a placeholder, so tf-keras takes momentum
+    # as a float32 tensor and computes 1 - momentum in float32, not in Python.
+    decay = tf.constant(1.0, tf.float32) - tf.constant(self.momentum, tf.float32)
+    self.moving_mean.assign_sub((self.moving_mean.value - mean) * decay)
+    self.moving_variance.assign_sub((self.moving_variance.value - variance) * decay)
 
 
 def _softmax_cross_entropy(labels, outputs):
@@ -121,14 +149,24 @@ def configure(flags_obj):
       'mixed_float16' if flags_obj.mixed_precision else 'float32')
 
 
-def build_model(flags_obj, num_classes):
-  """The seed's ConvNet in Keras 3 with the run's model flags."""
+def build_model(flags_obj, num_classes, distributed=False):
+  """The seed's ConvNet in Keras 3 with the run's model flags.
+
+  `distributed`: BatchNormalization normalizes with the moments of the global batch,
+  not of each replica's share, so that a distributed run computes what a one-device
+  run of the same global batch does.
+  """
+  batch_norm_layer = None
+  if flags_obj.tf1_bn_variance:
+    batch_norm_layer = TF1BatchNormalization
+  elif distributed:
+    batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
   return model_lib.build_model(
       keras, num_classes=num_classes, image_size=flags_obj.image_size,
       batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
       final_activation=None if flags_obj.final_activation == 'none'
       else flags_obj.final_activation,
-      batch_norm_layer=TF1BatchNormalization if flags_obj.tf1_bn_variance else None,
+      batch_norm_layer=batch_norm_layer,
       # The loss must see float32 logits under mixed_float16.
       logits_dtype='float32' if flags_obj.mixed_precision else None)
 
@@ -161,10 +199,13 @@ class TF1Adam(keras.optimizers.Adam):
     if self.built:
       return
     super().build(var_list)
+    # Updated once per step, not per replica: the first replica's value is the value.
     self._beta_1_power = self.add_variable(
-        (), initializer=keras.initializers.Constant(self.beta_1), name='beta_1_power')
+        (), initializer=keras.initializers.Constant(self.beta_1), name='beta_1_power',
+        aggregation='only_first_replica')
     self._beta_2_power = self.add_variable(
-        (), initializer=keras.initializers.Constant(self.beta_2), name='beta_2_power')
+        (), initializer=keras.initializers.Constant(self.beta_2), name='beta_2_power',
+        aggregation='only_first_replica')
 
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
@@ -206,15 +247,62 @@ def _adam(optimizer):
   return getattr(optimizer, 'inner_optimizer', optimizer)
 
 
-def _datasets(flags_obj, spec):
-  """(training dataset, validation dataset or None), seeded as in the graph runner."""
-  common = {'image_size': flags_obj.image_size, 'num_classes': spec.num_classes,
-            'batch_size': flags_obj.batch_size, 'seed': flags_obj.seed,
-            'shuffle_buffer': flags_obj.shuffle_buffer}
-  train = data.make_dataset(spec.train_files, training=True, skip=spec.skip('train'), **common)
-  val = (data.make_dataset(spec.val_files, training=False, skip=spec.skip('val'), **common)
-         if spec.val_files else None)
+def _dataset(flags_obj, spec, training_split):
+  """The training or validation pipeline of global batches, seeded as in the graph runner."""
+  split = 'train' if training_split else 'val'
+  return data.make_dataset(
+      spec.train_files if training_split else spec.val_files, training=training_split,
+      skip=spec.skip(split), image_size=flags_obj.image_size, num_classes=spec.num_classes,
+      batch_size=flags_obj.batch_size, seed=flags_obj.seed,
+      shuffle_buffer=flags_obj.shuffle_buffer)
+
+
+def _train_dataset(flags_obj, spec, distribution, skip_batches=0):
+  """The training batches after the first `skip_batches`, distributed over the replicas
+  of a distributed run."""
+  def global_batches():
+    dataset = _dataset(flags_obj, spec, True)
+    return dataset.skip(skip_batches) if skip_batches else dataset
+
+  if not distribution.distributed:
+    return global_batches()
+  return distribution_lib.distribute_dataset(distribution, global_batches,
+                                             flags_obj.batch_size)
+
+
+def _fit_datasets(flags_obj, spec, distribution, skip_batches):
+  """(training batches after the first `skip_batches`, validation batches or None) for
+  model.fit.
+
+  Distributed, the training batches are the custom loop's per-replica slices of the
+  global batches, in a dataset that starts over for each iterator fit makes
+  (`distribution.fresh_distributed_dataset`). fit keeps one validation iterator for
+  all epochs, so the validation set (no shuffle; fit distributes it) repeats: each
+  pass reads it once.
+  """
+  def global_batches():
+    dataset = _dataset(flags_obj, spec, True)
+    return dataset.skip(skip_batches) if skip_batches else dataset
+
+  val = _val_dataset(flags_obj, spec)
+  if not distribution.distributed:
+    return global_batches(), val
+  train = distribution_lib.fresh_distributed_dataset(distribution, global_batches,
+                                                    flags_obj.batch_size)
+  if val is not None:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    val = val.repeat().with_options(options)
   return train, val
+
+
+def _val_dataset(flags_obj, spec):
+  """The validation batches, or None without validation records.
+
+  Not distributed: every worker evaluates the whole set on its default device.
+  """
+  return _dataset(flags_obj, spec, False) if spec.val_files else None
 
 
 class _ScalarWriter:
@@ -261,49 +349,78 @@ def _export(model, log, export_dir):
 
 
 class EagerBackend(training.Backend):
-  """The custom loop: a `tf.function` step, keras.metrics and a CheckpointManager."""
+  """The custom loop: a `tf.function` step, keras.metrics and a CheckpointManager.
 
-  def __init__(self, flags_obj, spec, log, model, optimizer):
+  Built inside the strategy's scope. Every replica computes its share of the global
+  batch's mean loss (`compute_average_loss` over the global batch size), so that the
+  gradients the optimizer sums over the replicas are those of the global batch.
+  `restore_dir` is where checkpoints are read: the chief's, for the other workers.
+  """
+
+  def __init__(self, flags_obj, spec, log, model, optimizer, distribution, restore_dir=None):
     self._spec = spec
     self._log = log
     self._model = model
     self._optimizer = optimizer
+    self._strategy = distribution.strategy
+    self._global_batch = flags_obj.batch_size
+    self._replicas = distribution.replicas
     self._loss = loss_function(flags_obj.loss)
     self._train_loss = keras.metrics.Mean(name='train_loss')
     self._train_accuracy = keras.metrics.CategoricalAccuracy(name='train_accuracy')
     self._val_loss = keras.metrics.Mean(name='val_loss')
     self._val_accuracy = keras.metrics.CategoricalAccuracy(name='val_accuracy')
-    train_dataset, self._val_dataset = _datasets(flags_obj, spec)
-    self._iterator = iter(train_dataset)
+    self._val_dataset = _val_dataset(flags_obj, spec)
+    self._train_batches = functools.partial(_train_dataset, flags_obj, spec, distribution)
+    if distribution.distributed:
+      # tf.distribute's iterators cannot be checkpointed: `restore` makes one that
+      # skips the batches trained on already.
+      self._iterator = None
+      iterator_state = {}
+    else:
+      self._iterator = iter(self._train_batches())
+      iterator_state = {'iterator': self._iterator}
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     # Slots exist before a restore, so that it assigns them at once.
     optimizer.build(model.trainable_variables)
     self._checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, iterator=self._iterator, step=self._step,
-        metrics=[*self._train_loss.variables, *self._train_accuracy.variables])
+        model=model, optimizer=optimizer, step=self._step,
+        metrics=[*self._train_loss.variables, *self._train_accuracy.variables],
+        **iterator_state)
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, log.path(runlog.CHECKPOINTS_DIR), max_to_keep=_MAX_CHECKPOINTS)
+    self._restore_dir = restore_dir
     self._train_fn = tf.function(self._train_step, jit_compile=flags_obj.jit_compile)
     self._eval_fn = tf.function(self._eval_step, jit_compile=flags_obj.jit_compile)
     self._scalars = _ScalarWriter(log.model_dir)
 
-  def _train_step(self, images, labels):
+  def _replica_step(self, images, labels):
     with tf.GradientTape() as tape:
       outputs = self._model(images, training=True)
-      loss = tf.reduce_mean(self._loss(labels, outputs))
+      per_example = self._loss(labels, outputs)
+      # One device keeps reduce_mean: the graph runner's op, bit for bit.
+      loss = (tf.reduce_mean(per_example) if self._replicas == 1 else
+              tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch))
       # Identity without loss scaling; LossScaleOptimizer scales here and unscales
       # the gradients in apply_gradients.
       scaled_loss = self._optimizer.scale_loss(loss)
     variables = self._model.trainable_variables
     gradients = tape.gradient(scaled_loss, variables)
     self._optimizer.apply_gradients(zip(gradients, variables))
-    self._train_loss.update_state(loss)
     self._train_accuracy.update_state(labels, outputs)
-    self._step.assign_add(1)
-    batch_accuracy = tf.reduce_mean(tf.cast(
+    correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
+    return loss, correct
+
+  def _train_step(self, images, labels):
+    sum_over_replicas = functools.partial(self._strategy.reduce, tf.distribute.ReduceOp.SUM,
+                                          axis=None)
+    loss, correct = map(sum_over_replicas,
+                        self._strategy.run(self._replica_step, args=(images, labels)))
+    self._train_loss.update_state(loss)
+    self._step.assign_add(1)
     # One tensor, so that the host fetches the step's numbers in one transfer.
-    return tf.stack([loss, batch_accuracy, self._train_loss.result(),
+    return tf.stack([loss, correct / self._global_batch, self._train_loss.result(),
                      self._train_accuracy.result()])
 
   def _eval_step(self, images, labels):
@@ -313,12 +430,15 @@ class EagerBackend(training.Backend):
     self._val_accuracy.update_state(labels, outputs)
 
   def restore(self):
-    path = self._manager.latest_checkpoint
-    if path is None:
-      return 0, None
-    self._checkpoint.restore(path).assert_existing_objects_matched()
-    logging.info('restored checkpoint %s', path)
-    return int(self._step.numpy()), path
+    path = (tf.train.latest_checkpoint(self._restore_dir) if self._restore_dir
+            else self._manager.latest_checkpoint)
+    if path is not None:
+      self._checkpoint.restore(path).assert_existing_objects_matched()
+      logging.info('restored checkpoint %s', path)
+    step = int(self._step.numpy())
+    if self._iterator is None:
+      self._iterator = iter(self._train_batches(skip_batches=step))
+    return step, path
 
   def train_step(self):
     try:
@@ -458,18 +578,23 @@ def _fit_resume_step(backup_dir, steps_per_epoch):
     return int(json.load(f)['epoch']) * steps_per_epoch
 
 
-def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals):
+def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals, distribution,
+              chief_checkpoints=None):
   """--loop=fit: model.compile + model.fit, recorded like the custom loop.
 
   Resumes from the BackupAndRestore state at the last epoch end; the training
   stream skips the batches already trained on, so the resumed epochs see the batches
   of an uninterrupted run. `signals` is the runner's cli.SignalCatcher: a signal stops
   fit after the current batch (the rerun redoes the epoch) or after the epoch's backup.
-  Returns the stats dict.
+  A worker other than the chief starts from a copy of the chief's backup, in
+  `chief_checkpoints`. Returns the stats dict.
   """
   started = time.time()
   spe = schedule.steps_per_epoch
   backup_dir = log.path(runlog.CHECKPOINTS_DIR, FIT_BACKUP_DIR)
+  if chief_checkpoints and os.path.isdir(os.path.join(chief_checkpoints, FIT_BACKUP_DIR)):
+    shutil.copytree(os.path.join(chief_checkpoints, FIT_BACKUP_DIR), backup_dir,
+                    dirs_exist_ok=True)
   step = _fit_resume_step(backup_dir, spe)
   log.truncate_after(step, spe)
   recorder = training.Recorder(log, schedule, lambda: model_weights(model))
@@ -490,9 +615,7 @@ def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals):
     logging.warning('model.fit runs without XLA: Keras disables jit_compile under '
                     '--deterministic; pass --nodeterministic for XLA in fit')
   log.update(jit_compile=bool(model.jit_compile))
-  train_dataset, val_dataset = _datasets(flags_obj, spec)
-  if step:
-    train_dataset = train_dataset.skip(step)
+  train_dataset, val_dataset = _fit_datasets(flags_obj, spec, distribution, step)
   scalars = _ScalarWriter(log.model_dir)
   callback = _FitRecorder(recorder, schedule, flags_obj.batch_size, scalars, signals,
                           backup_dir)
@@ -528,22 +651,33 @@ def run(flags_obj):
 
   With --save_init_weights, writes the freshly initialised weights there and returns
   without training and without a run directory. The data (pre-flight check), the model
-  and --init_weights are checked before the run directory is touched.
+  and --init_weights are checked before the run directory is touched. Under
+  --strategy=multi_worker every worker runs this; only the chief writes MODEL_DIR.
   """
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
+    distribution = distribution_lib.setup(flags_obj)
+    distribution_lib.check_batch(distribution, flags_obj.batch_size)
     spec = training.resolve_data(flags_obj)
     configure(flags_obj)
-    model = build_model(flags_obj, spec.num_classes)
-    if flags_obj.save_init_weights:
+    # Model, optimizer and metrics are created in the scope, so they are mirrored.
+    with distribution.strategy.scope():
+      return _run_in_scope(flags_obj, spec, distribution, signals)
+
+
+def _run_in_scope(flags_obj, spec, distribution, signals):
+  model = build_model(flags_obj, spec.num_classes, distributed=distribution.distributed)
+  if flags_obj.save_init_weights:
+    if distribution.is_chief:
       runlog.save_weights(flags_obj.save_init_weights, model_weights(model))
       logging.info('initial weights written to %s', flags_obj.save_init_weights)
-      return {'init_weights': flags_obj.save_init_weights}
-    if flags_obj.init_weights:
-      load_init_weights(model, flags_obj.init_weights)
-    optimizer = make_optimizer(flags_obj)
-    runner = RUNNER_FIT if flags_obj.loop == 'fit' else RUNNER_CUSTOM
-    log = runlog.RunLog(flags_obj.model_dir, runner, tf1compat_flags.flag_values(flags_obj),
+    return {'init_weights': flags_obj.save_init_weights}
+  if flags_obj.init_weights:
+    load_init_weights(model, flags_obj.init_weights)
+  optimizer = make_optimizer(flags_obj)
+  runner = RUNNER_FIT if flags_obj.loop == 'fit' else RUNNER_CUSTOM
+  with distribution_lib.writable_model_dir(distribution, flags_obj.model_dir) as model_dir:
+    log = runlog.RunLog(model_dir, runner, tf1compat_flags.flag_values(flags_obj),
                         overwrite=flags_obj.overwrite, fingerprint=spec.fingerprint)
     log.open()
     with training.marking_failures(log):
@@ -553,12 +687,18 @@ def run(flags_obj):
               epsilon=float(_adam(optimizer).epsilon),
               versions=runlog.versions(keras.__version__, tf.__version__),
               device=training.device_description()),
+          **distribution.manifest(),
           batch_norm_moving_variance=('bessel_corrected' if flags_obj.tf1_bn_variance
                                       else 'biased'),
           dtype_policy=keras.mixed_precision.global_policy().name,
           jit_compile=flags_obj.jit_compile)
       schedule = training.schedule_from_flags(flags_obj)
+      # The other workers resume from the chief's checkpoints.
+      chief_checkpoints = (None if distribution.is_chief else
+                           os.path.join(flags_obj.model_dir, runlog.CHECKPOINTS_DIR))
       if flags_obj.loop == 'fit':
-        return train_fit(flags_obj, spec, log, model, optimizer, schedule, signals)
-      return training.train(EagerBackend(flags_obj, spec, log, model, optimizer), log,
-                            schedule, signals)
+        return train_fit(flags_obj, spec, log, model, optimizer, schedule, signals,
+                         distribution, chief_checkpoints)
+      backend = EagerBackend(flags_obj, spec, log, model, optimizer, distribution,
+                             restore_dir=chief_checkpoints)
+      return training.train(backend, log, schedule, signals)

@@ -24,7 +24,7 @@ DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
 LOOPS = ('custom', 'fit')
 # --on_bad_record: stop at the first bad record, or leave bad records out and count them.
 ON_BAD_RECORD = ('fail', 'skip')
-STRATEGIES = ('default',)
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
 
 
 def _int_list_validator(name):
@@ -117,6 +117,14 @@ def define_graph_flags():
   flags.DEFINE_bool('feed_learning_phase', True,
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
+  # Defined so that asking the TF1 loop for a strategy is a usage error, not an
+  # unknown flag.
+  flags.DEFINE_enum('strategy', 'default', STRATEGIES,
+                    'Only default: the TF1 graph loop is single-device.')
+  flags.register_validator(
+      'strategy', lambda value: value == 'default',
+      message='train_graph is the single-device TF1 loop; tf.distribute strategies are for '
+              'the TF2 port: bin/train_eager --strategy=mirrored|multi_worker')
 
 
 def define_eager_flags():
@@ -126,10 +134,25 @@ def define_eager_flags():
   flags.DEFINE_bool('jit_compile', False, 'Compile the train and eval steps with XLA.')
   flags.DEFINE_bool('mixed_precision', False,
                     'mixed_float16 policy (float32 logits and variables) with loss scaling.')
-  # Only the default strategy exists so far; mirrored and multi_worker are planned
-  # (DESIGN.md) and join this enum when they are implemented.
   flags.DEFINE_enum('strategy', 'default', STRATEGIES,
-                    'tf.distribute strategy; only the default (one device) is implemented.')
+                    'tf.distribute strategy. default: one device; mirrored: '
+                    'MirroredStrategy over the local GPUs (or --devices); multi_worker: '
+                    'MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (run the same '
+                    'command on every worker; only the chief writes --model_dir, which must '
+                    'be on storage all workers see). --batch_size is the global batch.')
+  flags.DEFINE_list('devices', None,
+                    '--strategy=mirrored: the devices to mirror over, e.g. GPU:0,GPU:1. '
+                    'Default: every local GPU, else every (logical) CPU.')
+  flags.DEFINE_integer('cpu_devices', 1,
+                       'Split the host CPU into this many logical devices, so that '
+                       '--strategy=mirrored can run (and be tested) without GPUs.',
+                       lower_bound=1)
+  flags.register_multi_flags_validator(
+      ['strategy', 'devices', 'cpu_devices'],
+      lambda v: (not v['devices'] or v['strategy'] == 'mirrored') and (
+          v['cpu_devices'] == 1 or v['strategy'] != 'multi_worker'),
+      message='--devices applies to --strategy=mirrored only, and --strategy=multi_worker '
+              'uses each worker\'s GPUs or its one CPU device (no --cpu_devices)')
   flags.DEFINE_bool('tf1_bn_variance', False,
                     "Update BatchNormalization's moving variance with the Bessel-corrected "
                     'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '

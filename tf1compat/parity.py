@@ -74,9 +74,18 @@ FRAMEWORK_DIFFERENCES = {
                           'curve tier. Remove it with train_eager --tf1_bn_variance.',
     'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, so '
                      'per-step losses cannot match bit for bit; judged on the curve tier.',
+    'replica_reduction': 'A run over several replicas sums the gradients (and BatchNorm '
+                         'moments) of its replicas, in another order than one device sums the '
+                         'batch: last-bit differences from the first update on, which Adam '
+                         'amplifies over the steps; judged on the curve tier. Same global '
+                         'batch, same batches: the first batch loss agrees to round-off.',
+    'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
+                       'float32 run computes in float32: expected to differ from the first '
+                       'step on by float16 round-off; judged on the curve tier.',
 }
 # Differences after which step-wise values are no longer comparable.
-STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks'})
+STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
+                           'replica_reduction', 'mixed_precision'})
 
 
 @dataclasses.dataclass
@@ -327,6 +336,14 @@ def known_differences(reference, other):
         'predicted_factor_first_layer': bessel_factor(reference, 1)}
   if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0:
     found['dropout_masks'] = {'rate': other.flag('dropout')}
+  replicas = [run.manifest.get('replicas', 1) for run in (reference, other)]
+  if replicas[0] != replicas[1]:
+    found['replica_reduction'] = {'replicas': replicas,
+                                  'strategies': [run.manifest.get('strategy', 'default')
+                                                 for run in (reference, other)]}
+  policies = [run.manifest.get('dtype_policy', 'float32') for run in (reference, other)]
+  if policies[0] != policies[1]:
+    found['mixed_precision'] = {'dtype_policies': policies}
   return found
 
 
@@ -421,6 +438,12 @@ def compare_pair(reference, other, tol):
                 if k.endswith('moving_variance')}
     differences['bn_moving_variance']['measured'] = _measure_bn_variance(reference, other)
   steps = step_tier(reference, other, tol)
+  for name in ('replica_reduction', 'mixed_precision'):
+    if name in differences and steps['steps']:
+      differences[name]['measured'] = {
+          'first_step_loss_relative_difference': steps['relative_difference'][0],
+          'max_loss_relative_difference': steps['max_relative_difference'],
+          'over_steps': steps['steps']}
   weights = weight_tier(reference, other, tol, excluded)
   curves = curve_tier(reference, other, tol)
   semantics = {run.path: metric_semantics(run) for run in (reference, other)}
