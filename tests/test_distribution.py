@@ -202,16 +202,13 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path,
   assert_same_training(model_dir, single)
 
 
-@pytest.mark.parametrize('script,args,env,expected', [
-    ('train_graph', ['--strategy=mirrored'], {}, 'train_graph is the single-device TF1 loop'),
-    ('train_eager', ['--strategy=multi_worker'], {'TF_CONFIG': ''}, 'needs the cluster in '
-     'TF_CONFIG'),
-    ('train_eager', ['--strategy=mirrored', '--cpu_devices=3'], {},
+@pytest.mark.parametrize('script,args,expected', [
+    ('train_graph', ['--strategy=mirrored'], 'train_graph is the single-device TF1 loop'),
+    ('train_eager', ['--strategy=mirrored', '--cpu_devices=3'],
      '--batch_size=8 is the global batch and must split evenly over the 3 replicas'),
 ])
-def test_strategy_usage_errors(script, args, env, expected, tiny_data_dir, tmp_path):
-  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, str(tmp_path / 'run'), *args),
-                   env=env)
+def test_strategy_usage_errors(script, args, expected, tiny_data_dir, tmp_path):
+  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, str(tmp_path / 'run'), *args))
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert expected in proc.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in proc.stderr
@@ -219,6 +216,7 @@ def test_strategy_usage_errors(script, args, env, expected, tiny_data_dir, tmp_p
 
 
 @pytest.mark.parametrize('tf_config,expected', [
+    ('', 'needs the cluster in TF_CONFIG'),
     ('{"cluster": {}}', 'TF_CONFIG is not a cluster description'),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
      'task worker:1 is not in its cluster'),

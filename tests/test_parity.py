@@ -180,6 +180,32 @@ def test_bn_moving_variance_is_a_framework_difference(tmp_path):
   assert pair['weight_tier']['excluded'] == ['bn1/moving_variance']
 
 
+@pytest.mark.parametrize('name,manifest', [
+    ('mixed_precision', {'dtype_policy': 'mixed_float16'}),
+    ('replica_reduction', {'strategy': 'mirrored', 'replicas': 2}),
+])
+def test_mixed_precision_and_replicas_are_judged_on_the_curves(name, manifest, tmp_path):
+  """float16 round-off (or another summation order) from step 1 on: the step tier is
+  reported with its numbers, the verdict comes from the curves."""
+  losses = _losses()
+  drift = 1.0 + 1e-3 * np.arange(1, len(losses) + 1)
+  a = make_run(str(tmp_path / 'a'), runner='eager', losses=losses)
+  b = make_run(str(tmp_path / 'b'), runner='eager', losses=losses * drift,
+               weight_offsets={('conv1/kernel', 1): 0.05}, manifest_extra=manifest)
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['verdict'] == 'PASS'
+  assert set(pair['framework_differences']) == {name}
+  measured = pair['framework_differences'][name]['measured']
+  rel = np.abs(losses * drift - losses) / losses
+  assert measured['first_step_loss_relative_difference'] == pytest.approx(rel[0])
+  assert measured['max_loss_relative_difference'] == pytest.approx(rel[:10].max())
+  assert not pair['tiers']['step']['judged'] and not pair['step_tier']['passed']
+  # Curves apart by more than the band still fail.
+  c = make_run(str(tmp_path / 'c'), runner='eager', losses=losses * 1.2,
+               manifest_extra=manifest)
+  assert _compare(a, c)['pairs'][0]['verdict'] == 'FAIL'
+
+
 def test_compare_runs_command(tmp_path):
   a = make_run(str(tmp_path / 'a'))
   b = make_run(str(tmp_path / 'b'), runner='eager')

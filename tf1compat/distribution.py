@@ -31,7 +31,6 @@ import tensorflow as tf
 
 from tf1compat import cli
 
-STRATEGIES = ('default', 'mirrored', 'multi_worker')
 TF_CONFIG = 'TF_CONFIG'
 
 

@@ -145,6 +145,12 @@ def configure(flags_obj):
   keras.utils.set_random_seed(flags_obj.seed)
   if flags_obj.deterministic:
     tf.config.experimental.enable_op_determinism()
+    if tf.config.list_physical_devices('GPU'):
+      logging.info('op determinism is on (--deterministic, the default): cuDNN may only '
+                   'pick deterministic algorithms and scatter/segment reductions run '
+                   'serially, which costs speed; bin/benchmark --nodeterministic measures '
+                   'the cost on this host, and --nodeterministic trades reproducibility for '
+                   'it')
   keras.mixed_precision.set_global_policy(
       'mixed_float16' if flags_obj.mixed_precision else 'float32')
 
@@ -257,17 +263,18 @@ def _dataset(flags_obj, spec, training_split):
       shuffle_buffer=flags_obj.shuffle_buffer)
 
 
-def _train_dataset(flags_obj, spec, distribution, skip_batches=0):
+def _train_dataset(flags_obj, spec, distribution, skip_batches=0, fresh_iterators=False):
   """The training batches after the first `skip_batches`, distributed over the replicas
-  of a distributed run."""
+  of a distributed run (`fresh_iterators`: each iterator starts over, for fit)."""
   def global_batches():
     dataset = _dataset(flags_obj, spec, True)
     return dataset.skip(skip_batches) if skip_batches else dataset
 
   if not distribution.distributed:
     return global_batches()
-  return distribution_lib.distribute_dataset(distribution, global_batches,
-                                             flags_obj.batch_size)
+  distribute = (distribution_lib.fresh_distributed_dataset if fresh_iterators
+                else distribution_lib.distribute_dataset)
+  return distribute(distribution, global_batches, flags_obj.batch_size)
 
 
 def _fit_datasets(flags_obj, spec, distribution, skip_batches):
@@ -280,16 +287,9 @@ def _fit_datasets(flags_obj, spec, distribution, skip_batches):
   all epochs, so the validation set (no shuffle; fit distributes it) repeats: each
   pass reads it once.
   """
-  def global_batches():
-    dataset = _dataset(flags_obj, spec, True)
-    return dataset.skip(skip_batches) if skip_batches else dataset
-
+  train = _train_dataset(flags_obj, spec, distribution, skip_batches, fresh_iterators=True)
   val = _val_dataset(flags_obj, spec)
-  if not distribution.distributed:
-    return global_batches(), val
-  train = distribution_lib.fresh_distributed_dataset(distribution, global_batches,
-                                                    flags_obj.batch_size)
-  if val is not None:
+  if val is not None and distribution.distributed:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
