@@ -206,6 +206,8 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path,
     ('train_graph', ['--strategy=mirrored'], 'train_graph is the single-device TF1 loop'),
     ('train_eager', ['--strategy=mirrored', '--cpu_devices=3'],
      '--batch_size=8 is the global batch and must split evenly over the 3 replicas'),
+    ('train_eager', ['--strategy=multi_worker', '--loop=fit'],
+     '--loop=fit does not run under --strategy=multi_worker'),
 ])
 def test_strategy_usage_errors(script, args, expected, tiny_data_dir, tmp_path):
   proc = run_entry(script, *tiny_run_flags(tiny_data_dir, str(tmp_path / 'run'), *args))

@@ -284,16 +284,13 @@ def _fit_datasets(flags_obj, spec, distribution, skip_batches):
   Distributed, the training batches are the custom loop's per-replica slices of the
   global batches, in a dataset that starts over for each iterator fit makes
   (`distribution.fresh_distributed_dataset`). fit keeps one validation iterator for
-  all epochs, so the validation set (no shuffle; fit distributes it) repeats: each
-  pass reads it once.
+  all epochs, so the validation set (no shuffle; fit splits its batches over the
+  replicas) repeats: each pass reads it once.
   """
   train = _train_dataset(flags_obj, spec, distribution, skip_batches, fresh_iterators=True)
   val = _val_dataset(flags_obj, spec)
   if val is not None and distribution.distributed:
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    val = val.repeat().with_options(options)
+    val = val.repeat()
   return train, val
 
 
@@ -578,23 +575,19 @@ def _fit_resume_step(backup_dir, steps_per_epoch):
     return int(json.load(f)['epoch']) * steps_per_epoch
 
 
-def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals, distribution,
-              chief_checkpoints=None):
+def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals, distribution):
   """--loop=fit: model.compile + model.fit, recorded like the custom loop.
 
   Resumes from the BackupAndRestore state at the last epoch end; the training
   stream skips the batches already trained on, so the resumed epochs see the batches
   of an uninterrupted run. `signals` is the runner's cli.SignalCatcher: a signal stops
   fit after the current batch (the rerun redoes the epoch) or after the epoch's backup.
-  A worker other than the chief starts from a copy of the chief's backup, in
-  `chief_checkpoints`. Returns the stats dict.
+  Runs on one device or under --strategy=mirrored (one process, the chief). Returns the
+  stats dict.
   """
   started = time.time()
   spe = schedule.steps_per_epoch
   backup_dir = log.path(runlog.CHECKPOINTS_DIR, FIT_BACKUP_DIR)
-  if chief_checkpoints and os.path.isdir(os.path.join(chief_checkpoints, FIT_BACKUP_DIR)):
-    shutil.copytree(os.path.join(chief_checkpoints, FIT_BACKUP_DIR), backup_dir,
-                    dirs_exist_ok=True)
   step = _fit_resume_step(backup_dir, spe)
   log.truncate_after(step, spe)
   recorder = training.Recorder(log, schedule, lambda: model_weights(model))
@@ -698,7 +691,7 @@ def _run_in_scope(flags_obj, spec, distribution, signals):
                            os.path.join(flags_obj.model_dir, runlog.CHECKPOINTS_DIR))
       if flags_obj.loop == 'fit':
         return train_fit(flags_obj, spec, log, model, optimizer, schedule, signals,
-                         distribution, chief_checkpoints)
+                         distribution)
       backend = EagerBackend(flags_obj, spec, log, model, optimizer, distribution,
                              restore_dir=chief_checkpoints)
       return training.train(backend, log, schedule, signals)

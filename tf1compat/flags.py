@@ -153,6 +153,12 @@ def define_eager_flags():
           v['cpu_devices'] == 1 or v['strategy'] != 'multi_worker'),
       message='--devices applies to --strategy=mirrored only, and --strategy=multi_worker '
               'uses each worker\'s GPUs or its one CPU device (no --cpu_devices)')
+  # Measured: Keras 3.15's fit fails on its first batch under MultiWorkerMirroredStrategy
+  # (it converts the workers' per-replica batch to one tensor to build its metrics).
+  flags.register_multi_flags_validator(
+      ['loop', 'strategy'], lambda v: not (v['loop'] == 'fit' and v['strategy'] == 'multi_worker'),
+      message='--loop=fit does not run under --strategy=multi_worker with Keras 3.15 (fit '
+              'fails on its first batch); use --loop=custom, or --strategy=mirrored for fit')
   flags.DEFINE_bool('tf1_bn_variance', False,
                     "Update BatchNormalization's moving variance with the Bessel-corrected "
                     'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '
