@@ -167,26 +167,36 @@ def _free_ports(count):
   return ports
 
 
-def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path, single):
-  model_dir = str(tmp_path / 'multi_worker')
-  cluster = {'worker': [f'127.0.0.1:{port}' for port in _free_ports(2)]}
-  workers, scratch = [], []
-  for index in range(2):
-    scratch.append(tmp_path / f'tmp{index}')
-    scratch[-1].mkdir()
-    env = dict(os.environ, TMPDIR=str(scratch[-1]), TF_CONFIG=json.dumps(
+def _start_workers(args, scratch_dirs):
+  """Starts a worker per folder of `scratch_dirs` (its TMPDIR), all on `args`."""
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in _free_ports(len(scratch_dirs))]}
+  workers = []
+  for index, scratch in enumerate(scratch_dirs):
+    os.makedirs(scratch, exist_ok=True)
+    env = dict(os.environ, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
         {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
     workers.append(subprocess.Popen(
-        [sys.executable, os.path.join(REPO, 'bin', 'train_eager'),
-         *run_flags(model_dir, '--strategy=multi_worker')],
+        [sys.executable, os.path.join(REPO, 'bin', 'train_eager'), *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env))
+  return workers
+
+
+def _wait(workers):
+  """[(exit code, stderr)] of every worker, once all have ended."""
   try:
     outputs = [w.communicate(timeout=400)[1] for w in workers]
   finally:
     for w in workers:
       w.kill()
-  for index, (w, stderr) in enumerate(zip(workers, outputs)):
-    assert w.returncode == 0, f'worker {index}:\n{stderr[-4000:]}'
+  return [(w.returncode, stderr) for w, stderr in zip(workers, outputs)]
+
+
+def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path, single):
+  model_dir = str(tmp_path / 'multi_worker')
+  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
+  for index, (code, stderr) in enumerate(
+      _wait(_start_workers(run_flags(model_dir, '--strategy=multi_worker'), scratch))):
+    assert code == 0, f'worker {index}:\n{stderr[-4000:]}'
 
   manifest = runlog.read_manifest(model_dir)
   assert manifest['status'] == runlog.STATUS_COMPLETE
@@ -200,6 +210,42 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path,
   # Worker 1 wrote its run directory into a scratch folder, and removed it.
   assert os.listdir(scratch[1]) == []
   assert_same_training(model_dir, single)
+
+
+def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
+    run_flags, tmp_path, single):
+  """SIGTERM to worker 1 alone: the workers agree on it within a step, both checkpoint
+  that step and exit 143; rerunning both resumes from the chief's checkpoint."""
+  model_dir = str(tmp_path / 'multi_worker')
+  # Epochs long enough for the signal to land mid-epoch.
+  total = 2 * 30
+  args = run_flags(model_dir, '--strategy=multi_worker', '--steps_per_epoch=30')
+  scratch = [tmp_path / f'tmp{index}' for index in range(2)]
+  workers = _start_workers(args, scratch)
+  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
+  deadline = time.time() + 300
+  while workers[1].poll() is None and _rows(steps_csv) < 8 and time.time() < deadline:
+    time.sleep(0.005)
+  workers[1].send_signal(signal.SIGTERM)
+  ended = _wait(workers)
+  for index, (code, stderr) in enumerate(ended):
+    assert code == 128 + signal.SIGTERM, f'worker {index}:\n{stderr[-4000:]}'
+  manifest = runlog.read_manifest(model_dir)
+  assert manifest['status'] == runlog.STATUS_INTERRUPTED
+  step = manifest['global_step']
+  assert 8 <= step < total and _rows(steps_csv) == step
+  assert manifest['last_checkpoint'].endswith(f'ckpt-{step}')
+  assert all(f'interrupted at step {step};' in stderr for _, stderr in ended)
+
+  for index, (code, stderr) in enumerate(_wait(_start_workers(args, scratch))):
+    assert code == 0, f'worker {index}:\n{stderr[-4000:]}'
+    assert f'from step {step}' in stderr
+  manifest = runlog.read_manifest(model_dir)
+  assert (manifest['status'], manifest['global_step']) == (runlog.STATUS_COMPLETE, total)
+  losses = steps(model_dir)['loss']
+  np.testing.assert_array_equal(steps(model_dir)['step'], np.arange(1, total + 1))
+  # The stream of batches does not depend on the epoch length.
+  np.testing.assert_allclose(losses[:TOTAL_STEPS], steps(single)['loss'], rtol=TOL.step_rtol)
 
 
 @pytest.mark.parametrize('script,args,expected', [

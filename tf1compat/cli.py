@@ -94,6 +94,12 @@ class SignalCatcher:
       self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
+  def reclaim(self):
+    """Installs the handlers again, over any a library has set since __enter__ (TensorFlow's
+    multi-worker runtime sets its own SIGTERM handler, which swallows the signal)."""
+    for signum in self._previous:
+      signal.signal(signum, self._handle)
+
   def _handle(self, signum, frame):
     del frame
     if self.signum is None:

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import tempfile
 
 from absl import logging
@@ -208,6 +209,38 @@ def fresh_distributed_dataset(distribution, make_dataset, global_batch):
 
   dataset.__class__ = FreshDataset
   return dataset
+
+
+class AgreedSignals:
+  """The view of a cli.SignalCatcher that all workers of a cluster share.
+
+  A signal reaches one worker, or each at its own moment; a worker that stopped on its
+  own would leave the others waiting in a collective operation. Every training step
+  sums the workers' `local_flag()` over the cluster and hands the sum to `agree`;
+  `caught` is its verdict as of the last step, the same on every worker after the same
+  step, so all of them checkpoint that step and stop.
+  """
+
+  def __init__(self, signals):
+    self._signals = signals
+    self._agreed = False
+
+  def local_flag(self):
+    """1.0 when this worker caught a signal, else 0.0."""
+    return 1.0 if self._signals.caught else 0.0
+
+  def agree(self, flags_summed):
+    """Takes the step's sum of `local_flag()` over all replicas."""
+    self._agreed = flags_summed > 0
+
+  @property
+  def caught(self):
+    return self._agreed
+
+  @property
+  def signum(self):
+    """This worker's signal; SIGTERM on a worker stopped by another's."""
+    return self._signals.signum or signal.SIGTERM
 
 
 @contextlib.contextmanager

@@ -352,9 +352,12 @@ class EagerBackend(training.Backend):
   batch's mean loss (`compute_average_loss` over the global batch size), so that the
   gradients the optimizer sums over the replicas are those of the global batch.
   `restore_dir` is where checkpoints are read: the chief's, for the other workers.
+  `agreement`, a distribution.AgreedSignals, is told each step whether any worker
+  caught a signal.
   """
 
-  def __init__(self, flags_obj, spec, log, model, optimizer, distribution, restore_dir=None):
+  def __init__(self, flags_obj, spec, log, model, optimizer, distribution, restore_dir=None,
+               agreement=None):
     self._spec = spec
     self._log = log
     self._model = model
@@ -387,11 +390,12 @@ class EagerBackend(training.Backend):
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, log.path(runlog.CHECKPOINTS_DIR), max_to_keep=_MAX_CHECKPOINTS)
     self._restore_dir = restore_dir
+    self._agreement = agreement
     self._train_fn = tf.function(self._train_step, jit_compile=flags_obj.jit_compile)
     self._eval_fn = tf.function(self._eval_step, jit_compile=flags_obj.jit_compile)
     self._scalars = _ScalarWriter(log.model_dir)
 
-  def _replica_step(self, images, labels):
+  def _replica_step(self, images, labels, stop_flag):
     with tf.GradientTape() as tape:
       outputs = self._model(images, training=True)
       per_example = self._loss(labels, outputs)
@@ -407,18 +411,19 @@ class EagerBackend(training.Backend):
     self._train_accuracy.update_state(labels, outputs)
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
-    return loss, correct
+    return loss, correct, tf.identity(stop_flag)
 
-  def _train_step(self, images, labels):
+  def _train_step(self, images, labels, stop_flag):
     sum_over_replicas = functools.partial(self._strategy.reduce, tf.distribute.ReduceOp.SUM,
                                           axis=None)
-    loss, correct = map(sum_over_replicas,
-                        self._strategy.run(self._replica_step, args=(images, labels)))
+    loss, correct, stop_flags = map(
+        sum_over_replicas,
+        self._strategy.run(self._replica_step, args=(images, labels, stop_flag)))
     self._train_loss.update_state(loss)
     self._step.assign_add(1)
     # One tensor, so that the host fetches the step's numbers in one transfer.
     return tf.stack([loss, correct / self._global_batch, self._train_loss.result(),
-                     self._train_accuracy.result()])
+                     self._train_accuracy.result(), stop_flags])
 
   def _eval_step(self, images, labels):
     outputs = self._model(images, training=False)
@@ -442,8 +447,11 @@ class EagerBackend(training.Backend):
       images, labels = next(self._iterator)
     except _DATA_ERRORS as e:
       raise data.pipeline_error(self._spec, e) from e
-    values = self._train_fn(images, labels).numpy()
-    return training.StepResult(*(float(v) for v in values))
+    stop_flag = self._agreement.local_flag() if self._agreement else 0.0
+    values = self._train_fn(images, labels, tf.constant(stop_flag, tf.float32)).numpy()
+    if self._agreement:
+      self._agreement.agree(values[4])
+    return training.StepResult(*(float(v) for v in values[:4]))
 
   def reset_metrics(self):
     self._train_loss.reset_state()
@@ -650,6 +658,7 @@ def run(flags_obj):
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
     distribution = distribution_lib.setup(flags_obj)
+    signals.reclaim()
     distribution_lib.check_batch(distribution, flags_obj.batch_size)
     spec = training.resolve_data(flags_obj)
     configure(flags_obj)
@@ -692,6 +701,8 @@ def _run_in_scope(flags_obj, spec, distribution, signals):
       if flags_obj.loop == 'fit':
         return train_fit(flags_obj, spec, log, model, optimizer, schedule, signals,
                          distribution)
+      agreement = (distribution_lib.AgreedSignals(signals) if distribution.workers > 1
+                   else None)
       backend = EagerBackend(flags_obj, spec, log, model, optimizer, distribution,
-                             restore_dir=chief_checkpoints)
-      return training.train(backend, log, schedule, signals)
+                             restore_dir=chief_checkpoints, agreement=agreement)
+      return training.train(backend, log, schedule, agreement or signals)
