@@ -6,10 +6,12 @@ whose arguments did not change (as it does for users) and the suite stays short.
 
 import json
 import os
+import types
 
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_entry
+from tf1compat import harness
 from tf1compat import parity
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
@@ -80,3 +82,13 @@ def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_pa
   assert result.returncode == 2
   assert '--batch_norm' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_port_strategy_and_precision_reach_the_port_only():
+  flags_obj = types.SimpleNamespace(adam_epsilon=None, pitfall=None, with_fit=True, exact=True,
+                                    strategy='mirrored', cpu_devices=2, mixed_precision=True)
+  args = {job.name: job.args for job in harness.jobs(flags_obj)}
+  port = ('--strategy=mirrored', '--cpu_devices=2', '--mixed_precision')
+  for name in ('eager', 'fit'):
+    assert set(port) <= set(args[name]), args[name]
+  assert not set(port) & set(args['graph'])

@@ -245,6 +245,13 @@ def define_check_parity_flags():
                     '--tf1_adam --tf1_bn_variance), so a matched port agrees bit for bit on '
                     "CPU and the step tier can judge it; --noexact compares Keras' own kernels "
                     'and reports their rounding as framework differences, judged on the curves.')
+  flags.DEFINE_enum('strategy', 'default', ('default', 'mirrored'),
+                    "The port's tf.distribute strategy (train_eager --strategy; the graph "
+                    'runner stays single-device). Multi-worker runs are started per worker and '
+                    'compared with compare_runs.')
+  flags.DEFINE_integer('cpu_devices', 1, "The port's --cpu_devices (logical CPU devices for "
+                       '--strategy=mirrored without GPUs).', lower_bound=1)
+  flags.DEFINE_bool('mixed_precision', False, "Run the port with --mixed_precision.")
   flags.FLAGS.set_default('output_dir', 'runs/check_parity')
   for name, value in CHECK_PARITY_DEFAULTS.items():
     flags.FLAGS.set_default(name, value)

@@ -82,6 +82,18 @@ def forwarded_args(flags_obj):
           if name not in _NOT_FORWARDED and flags_obj[name].value is not None]
 
 
+def port_args(flags_obj):
+  """How check_parity's --strategy, --cpu_devices and --mixed_precision reach the port."""
+  args = []
+  if flags_obj.strategy != 'default':
+    args.append(f'--strategy={flags_obj.strategy}')
+  if flags_obj.cpu_devices > 1:
+    args.append(f'--cpu_devices={flags_obj.cpu_devices}')
+  if flags_obj.mixed_precision:
+    args.append('--mixed_precision')
+  return args
+
+
 def jobs(flags_obj):
   """The runner jobs of this check, the pitfall (if any) injected into its runners."""
   epsilon = flags_obj.adam_epsilon or LEGACY_ADAM_EPSILON
@@ -92,6 +104,8 @@ def jobs(flags_obj):
     runners.append(('fit', 'train_eager', ('--loop=fit',)))
   for name, script, own in runners:
     args = list(own)
+    if name != 'graph':
+      args.extend(port_args(flags_obj))
     if flags_obj.exact and name != 'graph':
       args.extend(EXACT_PORT_ARGS)
     injected = pitfall is not None and name in pitfall.runners
