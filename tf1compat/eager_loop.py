@@ -12,8 +12,13 @@ run-directory contract of `runlog`:
 - `--loop=fit` (runner 'fit'): `model.compile` + `model.fit`, recorded by a callback
   through `training.Recorder`; `BackupAndRestore` resumes at epoch boundaries.
 
-Importing this module sets nothing up; `run` configures seeds, op determinism and the
-mixed-precision policy for the process it runs in.
+Under `--strategy=mirrored|multi_worker` (`distribution`) both run in the strategy's
+scope on the replicas' slices of the same global batches; the custom loop's
+checkpoints then hold no iterator (tf.distribute's cannot be saved) and a rerun skips
+the batches done instead.
+
+Importing this module sets nothing up; `run` configures the strategy, seeds, op
+determinism and the mixed-precision policy for the process it runs in.
 """
 
 import functools
