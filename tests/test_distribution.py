@@ -136,9 +136,8 @@ def test_interrupted_mirrored_run_resumes_exactly(run_flags, tmp_path, mirrored)
   (the distributed input cannot be checkpointed; the rerun skips the batches done)."""
   model_dir = str(tmp_path / 'run')
   args = run_flags(model_dir, *MIRRORED, '--checkpoint_every=3')
-  env = dict(os.environ)
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', 'train_eager'), *args],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
   deadline = time.time() + 300
   while proc.poll() is None and _rows(steps_csv) < 8 and time.time() < deadline:
