@@ -154,7 +154,8 @@ def define_eager_flags():
       message='--devices applies to --strategy=mirrored only, and --strategy=multi_worker '
               'uses each worker\'s GPUs or its one CPU device (no --cpu_devices)')
   # Measured: Keras 3.15's fit fails on its first batch under MultiWorkerMirroredStrategy
-  # (it converts the workers' per-replica batch to one tensor to build its metrics).
+  # (it passes the per-replica batch to strategy.reduce to build its metrics; past that,
+  # its train step fails on a scalar reduction).
   flags.register_multi_flags_validator(
       ['loop', 'strategy'], lambda v: not (v['loop'] == 'fit' and v['strategy'] == 'multi_worker'),
       message='--loop=fit does not run under --strategy=multi_worker with Keras 3.15 (fit '
