@@ -7,8 +7,12 @@ the eager runner's Keras 3 must never share a process (this one included).
 import os
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+
+from tf1compat import runlog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -57,3 +61,41 @@ def tiny_run_flags(data_dir, model_dir, *extra):
   return [f'--data_dir={data_dir}', f'--model_dir={model_dir}', f'--image_size={TINY_IMAGE_SIZE}',
           '--batch_size=8', '--epochs=2', '--steps_per_epoch=6', '--shuffle_buffer=64',
           '--snapshot_steps=0,1,2,5', *extra]
+
+
+def read_run_csv(model_dir, name=runlog.STEPS_CSV):
+  """{column: array} of a run directory's steps.csv (or `name`)."""
+  return runlog.read_csv(os.path.join(model_dir, name))
+
+
+def read_snapshot(model_dir, step):
+  """{weight key: array} of the run's weight snapshot after `step`."""
+  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
+    return {key: npz[key] for key in npz.files}
+
+
+def csv_rows(path):
+  """Data rows of the CSV file at `path` (0 while it does not exist)."""
+  try:
+    with open(path) as f:
+      return max(0, sum(1 for _ in f) - 1)
+  except FileNotFoundError:
+    return 0
+
+
+def signal_after(script, args, model_dir, rows, signum, log_path):
+  """Runs bin/<script>, sends `signum` once steps.csv has `rows` rows; returns the exit code.
+
+  stderr goes to `log_path` (a pipe that nobody reads while polling could fill up).
+  """
+  steps = os.path.join(model_dir, runlog.STEPS_CSV)
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script), *args],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+      if csv_rows(steps) >= rows:
+        proc.send_signal(signum)
+        break
+      time.sleep(0.005)
+    return proc.wait(timeout=300)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_entry, tiny_run_flags
+from conftest import (REPO, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
+                      tiny_run_flags)
 from tf1compat import cli
 from tf1compat import distribution
 from tf1compat import parity
@@ -69,25 +70,16 @@ def mirrored(run_flags, workdir):
   return str(model_dir)
 
 
-def steps(model_dir):
-  return runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))
-
-
-def snapshot(model_dir, step):
-  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
-    return {key: npz[key] for key in npz.files}
-
-
 def assert_same_training(run, reference):
   """Every batch loss within the step tolerance, the same accuracies, and the weights at
   every snapshot within the weight tolerance."""
-  got, expected = steps(run), steps(reference)
+  got, expected = read_run_csv(run), read_run_csv(reference)
   np.testing.assert_array_equal(got['step'], np.arange(1, TOTAL_STEPS + 1))
   np.testing.assert_allclose(got['loss'], expected['loss'], rtol=TOL.step_rtol, atol=0)
   np.testing.assert_array_equal(got['batch_accuracy'], expected['batch_accuracy'])
   assert runlog.snapshot_steps_in(run) == SNAPSHOTS
   for step in SNAPSHOTS:
-    a, b = snapshot(reference, step), snapshot(run, step)
+    a, b = read_snapshot(reference, step), read_snapshot(run, step)
     assert sorted(a) == sorted(b)
     for key in a:
       assert parity.variable_difference(a[key], b[key]) <= TOL.weight_rtol, (step, key)
@@ -100,7 +92,7 @@ def test_mirrored_over_two_logical_cpus_trains_as_one_device(mirrored, single):
   assert manifest['devices'] == ['/device:CPU:0', '/device:CPU:1']
   # The first batch loss depends only on the batch and the initial weights: the same
   # global batch, computed in two halves.
-  first = steps(mirrored)['loss'][0], steps(single)['loss'][0]
+  first = read_run_csv(mirrored)['loss'][0], read_run_csv(single)['loss'][0]
   assert abs(first[0] - first[1]) <= 1e-6 * first[1]
   assert_same_training(mirrored, single)
   # The harness names the difference and judges the pair on the curves.
@@ -118,17 +110,10 @@ def test_fit_on_mirrored_trains_as_one_device(run_flags, workdir, single):
   train_eager(*run_flags(model_dir, '--loop=fit', *MIRRORED))
   assert runlog.read_manifest(model_dir)['strategy'] == 'mirrored'
   assert_same_training(model_dir, single)
-  got = runlog.read_csv(os.path.join(model_dir, runlog.EPOCHS_CSV))
-  expected = runlog.read_csv(os.path.join(single, runlog.EPOCHS_CSV))
+  got = read_run_csv(model_dir, runlog.EPOCHS_CSV)
+  expected = read_run_csv(single, runlog.EPOCHS_CSV)
   np.testing.assert_allclose(got['val_loss'], expected['val_loss'], rtol=TOL.step_rtol)
   np.testing.assert_array_equal(got['val_accuracy'], expected['val_accuracy'])
-
-
-def _rows(path):
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    return max(0, sum(1 for _ in f) - 1)
 
 
 def test_interrupted_mirrored_run_resumes_exactly(run_flags, tmp_path, mirrored):
@@ -136,24 +121,18 @@ def test_interrupted_mirrored_run_resumes_exactly(run_flags, tmp_path, mirrored)
   (the distributed input cannot be checkpointed; the rerun skips the batches done)."""
   model_dir = str(tmp_path / 'run')
   args = run_flags(model_dir, *MIRRORED, '--checkpoint_every=3')
-  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', 'train_eager'), *args],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
-  deadline = time.time() + 300
-  while proc.poll() is None and _rows(steps_csv) < 8 and time.time() < deadline:
-    time.sleep(0.005)
-  proc.send_signal(signal.SIGTERM)
-  _, stderr = proc.communicate(timeout=300)
-  assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  log_path = tmp_path / 'stderr.txt'
+  code = signal_after('train_eager', args, model_dir, 8, signal.SIGTERM, log_path)
+  assert code == 128 + signal.SIGTERM, log_path.read_text()[-3000:]
   step = runlog.read_manifest(model_dir)['global_step']
   assert 8 <= step < TOTAL_STEPS
 
   rerun = train_eager(*args)
   assert f'from step {step}' in rerun.stderr
   for column in ('loss', 'batch_accuracy', 'mean_loss', 'accuracy'):
-    np.testing.assert_array_equal(steps(model_dir)[column], steps(mirrored)[column])
-  for key, value in snapshot(mirrored, TOTAL_STEPS).items():
-    np.testing.assert_array_equal(snapshot(model_dir, TOTAL_STEPS)[key], value, err_msg=key)
+    np.testing.assert_array_equal(read_run_csv(model_dir)[column], read_run_csv(mirrored)[column])
+  for key, value in read_snapshot(mirrored, TOTAL_STEPS).items():
+    np.testing.assert_array_equal(read_snapshot(model_dir, TOTAL_STEPS)[key], value, err_msg=key)
 
 
 def _free_ports(count):
@@ -202,7 +181,7 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path,
   assert (manifest['strategy'], manifest['replicas'], manifest['workers']) == (
       'multi_worker', 2, 2)
   assert manifest['global_step'] == TOTAL_STEPS
-  assert len(runlog.read_csv(os.path.join(model_dir, runlog.EPOCHS_CSV))['epoch']) == 2
+  assert len(read_run_csv(model_dir, runlog.EPOCHS_CSV)['epoch']) == 2
   assert os.path.exists(os.path.join(model_dir, runlog.EXPORT_DIR, 'saved_model.pb'))
   assert os.path.exists(os.path.join(model_dir, runlog.CHECKPOINTS_DIR,
                                      f'ckpt-{TOTAL_STEPS}.index'))
@@ -223,7 +202,7 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   workers = _start_workers(args, scratch)
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
   deadline = time.time() + 300
-  while workers[1].poll() is None and _rows(steps_csv) < 8 and time.time() < deadline:
+  while workers[1].poll() is None and csv_rows(steps_csv) < 8 and time.time() < deadline:
     time.sleep(0.005)
   workers[1].send_signal(signal.SIGTERM)
   ended = _wait(workers)
@@ -232,7 +211,7 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   manifest = runlog.read_manifest(model_dir)
   assert manifest['status'] == runlog.STATUS_INTERRUPTED
   step = manifest['global_step']
-  assert 8 <= step < total and _rows(steps_csv) == step
+  assert 8 <= step < total and csv_rows(steps_csv) == step
   assert manifest['last_checkpoint'].endswith(f'ckpt-{step}')
   assert all(f'interrupted at step {step};' in stderr for _, stderr in ended)
 
@@ -241,10 +220,10 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
     assert f'from step {step}' in stderr
   manifest = runlog.read_manifest(model_dir)
   assert (manifest['status'], manifest['global_step']) == (runlog.STATUS_COMPLETE, total)
-  losses = steps(model_dir)['loss']
-  np.testing.assert_array_equal(steps(model_dir)['step'], np.arange(1, total + 1))
+  losses = read_run_csv(model_dir)['loss']
+  np.testing.assert_array_equal(read_run_csv(model_dir)['step'], np.arange(1, total + 1))
   # The stream of batches does not depend on the epoch length.
-  np.testing.assert_allclose(losses[:TOTAL_STEPS], steps(single)['loss'], rtol=TOL.step_rtol)
+  np.testing.assert_allclose(losses[:TOTAL_STEPS], read_run_csv(single)['loss'], rtol=TOL.step_rtol)
 
 
 @pytest.mark.parametrize('script,args,expected', [

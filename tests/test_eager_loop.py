@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import TINY, TINY_IMAGE_SIZE, run_entry, run_python, tiny_run_flags
+from conftest import (TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry, run_python,
+                      tiny_run_flags)
 from tf1compat import runlog
 
 EPSILON = '1e-07'
@@ -31,15 +32,6 @@ def train_eager(*args, expect=0, env=None):
 
 def last_line(stderr):
   return stderr.strip().splitlines()[-1]
-
-
-def columns(model_dir, name=runlog.STEPS_CSV):
-  return runlog.read_csv(os.path.join(model_dir, name))
-
-
-def snapshot(model_dir, step):
-  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
-    return {key: npz[key] for key in npz.files}
 
 
 def mark_interrupted(model_dir):
@@ -107,11 +99,11 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert set(manifest['final_metrics']) == {'train_loss', 'train_accuracy', 'val_loss',
                                             'val_accuracy'}
 
-  steps = columns(model_dir)
+  steps = read_run_csv(model_dir)
   assert list(steps) == list(runlog.STEP_COLUMNS)
   np.testing.assert_array_equal(steps['step'], np.arange(1, TOTAL_STEPS + 1))
   assert np.all(np.isfinite(steps['loss']))
-  epochs = columns(model_dir, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(model_dir, runlog.EPOCHS_CSV)
   assert list(epochs) == list(runlog.EPOCH_COLUMNS)
   np.testing.assert_array_equal(epochs['epoch'], [1, 2])
   assert np.all(np.isfinite(epochs['val_loss']))
@@ -121,7 +113,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
 
   assert runlog.snapshot_steps_in(model_dir) == [0, 1, 2, 5, TOTAL_STEPS]
   with np.load(init_weights) as npz:
-    for key, value in snapshot(model_dir, 0).items():
+    for key, value in read_snapshot(model_dir, 0).items():
       np.testing.assert_array_equal(value, npz[key])
   names = os.listdir(model_dir)
   assert any(name.startswith('events.') for name in names)
@@ -131,7 +123,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
 
 
 def test_custom_and_fit_train_alike_from_the_same_start(runs):
-  custom, fit = columns(runs['custom']), columns(runs['fit'])
+  custom, fit = read_run_csv(runs['custom']), read_run_csv(runs['fit'])
   # The first loss is computed on the initial weights: the same number in both loops.
   np.testing.assert_allclose(fit['loss'][0], custom['loss'][0], rtol=1e-7)
   n = COMPARED_STEPS
@@ -141,19 +133,19 @@ def test_custom_and_fit_train_alike_from_the_same_start(runs):
   np.testing.assert_allclose(fit['accuracy'], custom['accuracy'], rtol=1e-6)
   np.testing.assert_array_equal(fit['batch_accuracy'], custom['batch_accuracy'])
   for step in (5, TOTAL_STEPS):
-    expected = snapshot(runs['custom'], step)
-    for key, value in snapshot(runs['fit'], step).items():
+    expected = read_snapshot(runs['custom'], step)
+    for key, value in read_snapshot(runs['fit'], step).items():
       np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-7, err_msg=key)
-  custom_epochs = columns(runs['custom'], runlog.EPOCHS_CSV)
-  fit_epochs = columns(runs['fit'], runlog.EPOCHS_CSV)
+  custom_epochs = read_run_csv(runs['custom'], runlog.EPOCHS_CSV)
+  fit_epochs = read_run_csv(runs['fit'], runlog.EPOCHS_CSV)
   for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
     np.testing.assert_allclose(fit_epochs[name], custom_epochs[name], rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize('loop', ['custom', 'fit'])
 def test_running_metrics_are_reset_every_epoch(runs, loop):
-  steps = columns(runs[loop])
-  epochs = columns(runs[loop], runlog.EPOCHS_CSV)
+  steps = read_run_csv(runs[loop])
+  epochs = read_run_csv(runs[loop], runlog.EPOCHS_CSV)
   for epoch in (1, 2):
     rows = steps['epoch'] == epoch
     k = np.arange(1, STEPS_PER_EPOCH + 1)
@@ -173,7 +165,7 @@ def test_jit_compile_gives_the_same_first_step_loss(runs, loop_args, workdir):
   train_eager(*loop_args('custom', model_dir, '--jit_compile', '--epochs=1',
                          '--steps_per_epoch=2'))
   assert runlog.read_manifest(model_dir)['jit_compile'] is True
-  jit, plain = columns(model_dir)['loss'], columns(runs['custom'])['loss']
+  jit, plain = read_run_csv(model_dir)['loss'], read_run_csv(runs['custom'])['loss']
   np.testing.assert_allclose(jit[:2], plain[:2], rtol=1e-6)
 
 
@@ -196,15 +188,15 @@ def test_custom_loop_resumes_mid_epoch_on_the_same_batches(runs, loop_args, work
   proc = train_eager(*loop_args('custom', model_dir))
   assert 'resuming' in proc.stderr
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_COMPLETE
-  original, resumed = columns(runs['custom']), columns(model_dir)
+  original, resumed = read_run_csv(runs['custom']), read_run_csv(model_dir)
   for name in runlog.STEP_COLUMNS[:-1]:  # all but seconds
     np.testing.assert_array_equal(resumed[name], original[name], err_msg=name)
-  original_epochs = columns(runs['custom'], runlog.EPOCHS_CSV)
-  resumed_epochs = columns(model_dir, runlog.EPOCHS_CSV)
+  original_epochs = read_run_csv(runs['custom'], runlog.EPOCHS_CSV)
+  resumed_epochs = read_run_csv(model_dir, runlog.EPOCHS_CSV)
   for name in runlog.EPOCH_COLUMNS[:-1]:
     np.testing.assert_array_equal(resumed_epochs[name], original_epochs[name], err_msg=name)
-  expected = snapshot(runs['custom'], TOTAL_STEPS)
-  for key, value in snapshot(model_dir, TOTAL_STEPS).items():
+  expected = read_snapshot(runs['custom'], TOTAL_STEPS)
+  for key, value in read_snapshot(model_dir, TOTAL_STEPS).items():
     np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
@@ -219,11 +211,11 @@ def test_fit_resumes_at_the_last_epoch_end(runs, loop_args, workdir):
   mark_interrupted(model_dir)
   proc = train_eager(*loop_args('fit', model_dir))
   assert f'from step {STEPS_PER_EPOCH}' in proc.stderr
-  original, resumed = columns(runs['fit']), columns(model_dir)
+  original, resumed = read_run_csv(runs['fit']), read_run_csv(model_dir)
   for name in runlog.STEP_COLUMNS[:-1]:
     np.testing.assert_array_equal(resumed[name], original[name], err_msg=name)
-  expected = snapshot(runs['fit'], TOTAL_STEPS)
-  for key, value in snapshot(model_dir, TOTAL_STEPS).items():
+  expected = read_snapshot(runs['fit'], TOTAL_STEPS)
+  for key, value in read_snapshot(model_dir, TOTAL_STEPS).items():
     np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
@@ -254,8 +246,8 @@ def test_mixed_precision_smoke_ignores_legacy_keras_env(tiny_data_dir, workdir):
   manifest = runlog.read_manifest(model_dir)
   assert manifest['dtype_policy'] == 'mixed_float16'
   assert manifest['versions']['keras'].startswith('3.')
-  assert np.all(np.isfinite(columns(model_dir)['loss']))
-  assert all(value.dtype == np.float32 for value in snapshot(model_dir, 2).values())
+  assert np.all(np.isfinite(read_run_csv(model_dir)['loss']))
+  assert all(value.dtype == np.float32 for value in read_snapshot(model_dir, 2).values())
 
 
 _BN_LAYERS = r'''
@@ -332,7 +324,7 @@ def test_snapshot_loads_into_the_graph_runners_model(tiny_data_dir, workdir):
   train_eager(*tiny_run_flags(tiny_data_dir, model_dir, '--batch_norm', '--tf1_bn_variance',
                               '--epochs=1', '--steps_per_epoch=2'))
   assert runlog.read_manifest(model_dir)['batch_norm_moving_variance'] == 'bessel_corrected'
-  eager = snapshot(model_dir, 2)
+  eager = read_snapshot(model_dir, 2)
   proc = run_python(_GRAPH_MODEL_LOADS, runlog.snapshot_path(model_dir, 2),
                     str(TINY['num_classes']), str(TINY_IMAGE_SIZE))
   assert proc.returncode == 0, proc.stderr[-3000:]

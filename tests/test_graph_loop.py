@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_entry
+from conftest import read_run_csv, read_snapshot, run_entry
 from conftest import tiny_run_flags
 from tf1compat import runlog
 
@@ -29,19 +29,6 @@ def _train(data_dir, model_dir, *extra):
   result = run_entry('train_graph', *tiny_run_flags(data_dir, model_dir, *extra))
   assert result.returncode == 0, result.stderr[-3000:]
   return model_dir
-
-
-def _steps(model_dir):
-  return runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))
-
-
-def _epochs(model_dir):
-  return runlog.read_csv(os.path.join(model_dir, runlog.EPOCHS_CSV))
-
-
-def _snapshot(model_dir, step):
-  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
-    return {key: npz[key] for key in npz.files}
 
 
 def _running_mean(values, since):
@@ -112,13 +99,13 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   assert manifest['versions']['keras'].startswith('2.')
   assert manifest['data']['num_classes'] == 4
 
-  steps = _steps(base_run)
+  steps = read_run_csv(base_run)
   assert list(steps) == list(runlog.STEP_COLUMNS)
   np.testing.assert_array_equal(steps['step'], np.arange(1, TOTAL_STEPS + 1))
   np.testing.assert_array_equal(steps['epoch'], np.repeat([1, 2], STEPS_PER_EPOCH))
   for column in METRIC_COLUMNS:
     assert np.all(np.isfinite(steps[column])), column
-  epochs = _epochs(base_run)
+  epochs = read_run_csv(base_run, runlog.EPOCHS_CSV)
   assert list(epochs) == list(runlog.EPOCH_COLUMNS)
   np.testing.assert_array_equal(epochs['epoch'], [1, 2])
   assert np.all(np.isfinite(epochs['val_loss']))
@@ -128,7 +115,7 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   assert epochs['train_loss'][1] < epochs['train_loss'][0]
 
   assert runlog.snapshot_steps_in(base_run) == SNAPSHOTS
-  weights = _snapshot(base_run, 0)
+  weights = read_snapshot(base_run, 0)
   assert {'conv1/kernel', 'bn4/moving_variance', 'logits/bias'} <= set(weights)
   assert weights['logits/kernel'].shape == (256, 4)
   checkpoints = os.path.join(base_run, runlog.CHECKPOINTS_DIR)
@@ -145,7 +132,7 @@ def test_events_hold_the_per_step_scalars(base_run):
         for value in event.summary.value:
           if value.tag == 'train/batch_loss':
             losses[event.step] = value.simple_value
-  steps = _steps(base_run)
+  steps = read_run_csv(base_run)
   assert sorted(losses) == list(range(1, TOTAL_STEPS + 1))
   np.testing.assert_array_equal([losses[s] for s in sorted(losses)],
                                 steps['loss'].astype(np.float32))
@@ -153,7 +140,7 @@ def test_events_hold_the_per_step_scalars(base_run):
 
 def test_export_serves_the_trained_weights(base_run):
   export_dir = os.path.join(base_run, runlog.EXPORT_DIR)
-  final = _snapshot(base_run, TOTAL_STEPS)
+  final = read_snapshot(base_run, TOTAL_STEPS)
   reader = tf.train.load_checkpoint(os.path.join(export_dir, 'variables', 'variables'))
   for key, value in final.items():
     np.testing.assert_array_equal(reader.get_tensor(key), value, err_msg=key)
@@ -164,29 +151,30 @@ def test_export_serves_the_trained_weights(base_run):
 
 
 def test_running_metrics_reset_at_each_epoch(base_run):
-  steps = _steps(base_run)
+  steps = read_run_csv(base_run)
   since = _epoch_starts(TOTAL_STEPS, STEPS_PER_EPOCH)
   np.testing.assert_allclose(steps['mean_loss'], _running_mean(steps['loss'], since), rtol=1e-6)
   np.testing.assert_allclose(steps['accuracy'], _running_mean(steps['batch_accuracy'], since),
                              rtol=1e-6)
-  epochs = _epochs(base_run)
+  epochs = read_run_csv(base_run, runlog.EPOCHS_CSV)
   per_epoch = steps['loss'].reshape(2, STEPS_PER_EPOCH).mean(axis=1)
   np.testing.assert_allclose(epochs['train_loss'], per_epoch, rtol=1e-6)
 
 
 def test_running_metrics_never_reset_average_since_step_one(mistakes_run):
-  steps = _steps(mistakes_run)
+  steps = read_run_csv(mistakes_run)
   since = [0] * TOTAL_STEPS
   np.testing.assert_allclose(steps['mean_loss'], _running_mean(steps['loss'], since), rtol=1e-6)
   np.testing.assert_allclose(steps['accuracy'], _running_mean(steps['batch_accuracy'], since),
                              rtol=1e-6)
   # What the user is shown for epoch 2 is then not epoch 2's mean.
   epoch2 = steps['loss'][STEPS_PER_EPOCH:].mean()
-  assert not np.isclose(_epochs(mistakes_run)['train_loss'][1], epoch2, rtol=1e-6)
+  mistakes_epochs = read_run_csv(mistakes_run, runlog.EPOCHS_CSV)
+  assert not np.isclose(mistakes_epochs['train_loss'][1], epoch2, rtol=1e-6)
 
 
 def test_batch_norm_statistics_move_with_update_ops(base_run):
-  first, last = _snapshot(base_run, 0), _snapshot(base_run, TOTAL_STEPS)
+  first, last = read_snapshot(base_run, 0), read_snapshot(base_run, TOTAL_STEPS)
   for key in BN_STATS:
     assert not np.allclose(first[key], last[key]), key
 
@@ -194,7 +182,7 @@ def test_batch_norm_statistics_move_with_update_ops(base_run):
 @pytest.mark.parametrize('which', ['mistakes_run', 'model_call_run'])
 def test_batch_norm_statistics_stay_without_update_ops(which, request):
   model_dir = request.getfixturevalue(which)
-  first, last = _snapshot(model_dir, 0), _snapshot(model_dir, TOTAL_STEPS)
+  first, last = read_snapshot(model_dir, 0), read_snapshot(model_dir, TOTAL_STEPS)
   for key in BN_STATS:
     np.testing.assert_array_equal(first[key], last[key], err_msg=key)
     initial = 0.0 if key.endswith('moving_mean') else 1.0
@@ -207,10 +195,10 @@ def test_batch_norm_statistics_stay_without_update_ops(which, request):
 
 def test_feeding_the_learning_phase_changes_the_dropout_loss(dropout_runs):
   fed, _, not_fed = dropout_runs
-  fed_steps, not_fed_steps = _steps(fed), _steps(not_fed)
+  fed_steps, not_fed_steps = read_run_csv(fed), read_run_csv(not_fed)
   # Same initial weights and same first batch: only the Dropout masks differ.
-  np.testing.assert_array_equal(_snapshot(fed, 0)['logits/kernel'],
-                                _snapshot(not_fed, 0)['logits/kernel'])
+  np.testing.assert_array_equal(read_snapshot(fed, 0)['logits/kernel'],
+                                read_snapshot(not_fed, 0)['logits/kernel'])
   assert fed_steps['loss'][0] != not_fed_steps['loss'][0]
   assert not np.any(fed_steps['loss'] == not_fed_steps['loss'])
   assert runlog.read_manifest(not_fed)['graph']['learning_phase_fed'] is False
@@ -223,19 +211,19 @@ def test_init_weights_and_same_flags_reproduce_the_run_bit_for_bit(dropout_runs,
   first, second, _ = dropout_runs
   initial = runlog.load_weights(init_file)
   for model_dir in dropout_runs:
-    step0 = _snapshot(model_dir, 0)
+    step0 = read_snapshot(model_dir, 0)
     assert set(step0) == set(initial)
     for key, value in initial.items():
       np.testing.assert_array_equal(step0[key], value, err_msg=key)
     assert runlog.read_manifest(model_dir)['init_weights_sha256'] == runlog.file_sha256(init_file)
-  a, b = _steps(first), _steps(second)
+  a, b = read_run_csv(first), read_run_csv(second)
   assert a['loss'][0] == b['loss'][0]
   for column in METRIC_COLUMNS:
     np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+  a, b = read_run_csv(first, runlog.EPOCHS_CSV), read_run_csv(second, runlog.EPOCHS_CSV)
   for column in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
-    np.testing.assert_array_equal(_epochs(first)[column], _epochs(second)[column],
-                                  err_msg=column)
-  last_a, last_b = _snapshot(first, TOTAL_STEPS), _snapshot(second, TOTAL_STEPS)
+    np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+  last_a, last_b = read_snapshot(first, TOTAL_STEPS), read_snapshot(second, TOTAL_STEPS)
   for key in last_a:
     np.testing.assert_array_equal(last_a[key], last_b[key], err_msg=key)
 
@@ -269,15 +257,18 @@ def test_an_interrupted_run_resumes_exactly(tiny_data_dir, base_run, run_dirs):
   _train(tiny_data_dir, model_dir, *BATCH_NORM_FLAGS)
 
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_COMPLETE
-  resumed, original = _steps(model_dir), _steps(base_run)
+  resumed, original = read_run_csv(model_dir), read_run_csv(base_run)
   np.testing.assert_array_equal(resumed['step'], np.arange(1, TOTAL_STEPS + 1))
   # Weights, Adam slots, BatchNorm statistics, the iterator's position and the running
   # metrics of the half-done epoch all come back from the checkpoint.
   for column in METRIC_COLUMNS:
     np.testing.assert_array_equal(resumed[column], original[column], err_msg=column)
+  resumed = read_run_csv(model_dir, runlog.EPOCHS_CSV)
+  original = read_run_csv(base_run, runlog.EPOCHS_CSV)
   for column in ('train_loss', 'val_loss'):
-    np.testing.assert_array_equal(_epochs(model_dir)[column], _epochs(base_run)[column])
-  last_resumed, last_original = _snapshot(model_dir, TOTAL_STEPS), _snapshot(base_run, TOTAL_STEPS)
+    np.testing.assert_array_equal(resumed[column], original[column])
+  last_resumed = read_snapshot(model_dir, TOTAL_STEPS)
+  last_original = read_snapshot(base_run, TOTAL_STEPS)
   for key in last_original:
     np.testing.assert_array_equal(last_resumed[key], last_original[key], err_msg=key)
 

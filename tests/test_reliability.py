@@ -12,16 +12,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY, run_entry, tiny_run_flags
+from conftest import (TINY, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
+                      tiny_run_flags)
 from tf1compat import data
 from tf1compat import records
 from tf1compat import runlog
@@ -238,41 +236,6 @@ def _kill_flags(data_dir, model_dir, *extra):
   return tiny_run_flags(data_dir, model_dir, *KILL_FLAGS, *extra)
 
 
-def _rows(path):
-  try:
-    with open(path) as f:
-      return max(0, sum(1 for _ in f) - 1)
-  except FileNotFoundError:
-    return 0
-
-
-def _signal_after(script, args, model_dir, rows, signum, log_path):
-  """Runs bin/<script>, sends `signum` once steps.csv has `rows` rows; returns the exit code.
-
-  stderr goes to `log_path` (a pipe that nobody reads while polling could fill up).
-  """
-  steps = os.path.join(model_dir, runlog.STEPS_CSV)
-  with open(log_path, 'w') as log:
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script), *args],
-                            stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
-      if _rows(steps) >= rows:
-        proc.send_signal(signum)
-        break
-      time.sleep(0.005)
-    return proc.wait(timeout=300)
-
-
-def _columns(model_dir, name):
-  return runlog.read_csv(os.path.join(model_dir, name))
-
-
-def _snapshot(model_dir, step):
-  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
-    return {key: npz[key] for key in npz.files}
-
-
 def _assert_same_run(resumed, reference):
   """Every step, epoch and snapshot of `resumed` equals `reference`'s, seconds aside."""
   manifest = runlog.read_manifest(resumed)
@@ -280,13 +243,13 @@ def _assert_same_run(resumed, reference):
   assert manifest['global_step'] == TOTAL_STEPS
   for name, columns in ((runlog.STEPS_CSV, runlog.STEP_COLUMNS),
                         (runlog.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
-    got, expected = _columns(resumed, name), _columns(reference, name)
+    got, expected = read_run_csv(resumed, name), read_run_csv(reference, name)
     for column in columns[:-1]:  # all but seconds
       np.testing.assert_array_equal(got[column], expected[column], err_msg=f'{name} {column}')
   assert runlog.snapshot_steps_in(resumed) == runlog.snapshot_steps_in(reference)
   for step in runlog.snapshot_steps_in(reference):
-    expected = _snapshot(reference, step)
-    got = _snapshot(resumed, step)
+    expected = read_snapshot(reference, step)
+    got = read_snapshot(resumed, step)
     assert sorted(got) == sorted(expected)
     for key, value in expected.items():
       np.testing.assert_array_equal(got[key], value, err_msg=f'step {step} {key}')
@@ -334,16 +297,16 @@ def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
   log_path = str(tmp_path / 'stderr.txt')
 
-  assert _signal_after(script, args, model_dir, 5, signal.SIGKILL, log_path) == -signal.SIGKILL
+  assert signal_after(script, args, model_dir, 5, signal.SIGKILL, log_path) == -signal.SIGKILL
   # Nothing ran after the kill: run.json still says running, steps.csv is ahead of the
   # last checkpoint.
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_RUNNING
-  killed_at = _rows(steps_csv)
+  killed_at = csv_rows(steps_csv)
   assert killed_at >= 5
 
   # The rerun resumes from the last periodic checkpoint (every 3 steps) before the kill,
   # and is stopped by SIGTERM two steps into the second epoch.
-  code = _signal_after(script, args, model_dir, STEPS_PER_EPOCH + 2, signal.SIGTERM, log_path)
+  code = signal_after(script, args, model_dir, STEPS_PER_EPOCH + 2, signal.SIGTERM, log_path)
   with open(log_path) as f:
     stderr = f.read()
   assert code == 128 + signal.SIGTERM, stderr[-3000:]
@@ -361,7 +324,7 @@ def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
   checkpoint_dir = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
   assert tf.train.latest_checkpoint(checkpoint_dir) == manifest['last_checkpoint']
   assert manifest['last_checkpoint'].endswith(f'-{step}')
-  assert _rows(steps_csv) == step
+  assert csv_rows(steps_csv) == step
 
   assert _resume(script, args, model_dir, log_path) == step
   _assert_same_run(model_dir, reference)
@@ -377,7 +340,7 @@ def test_fit_sigint_resumes_at_the_last_epoch_end(tiny_data_dir, tmp_path):
   model_dir = str(tmp_path / 'run')
   log_path = str(tmp_path / 'stderr.txt')
   # Two steps into the second epoch.
-  code = _signal_after('train_eager', args(model_dir), model_dir, STEPS_PER_EPOCH + 2,
+  code = signal_after('train_eager', args(model_dir), model_dir, STEPS_PER_EPOCH + 2,
                        signal.SIGINT, log_path)
   assert code == 128 + signal.SIGINT
   manifest = runlog.read_manifest(model_dir)
