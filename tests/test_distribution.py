@@ -20,6 +20,7 @@ import pytest
 
 from conftest import (REPO, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
                       tiny_run_flags)
+from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import distribution
 from tf1compat import parity
@@ -82,7 +83,7 @@ def assert_same_training(run, reference):
     a, b = read_snapshot(reference, step), read_snapshot(run, step)
     assert sorted(a) == sorted(b)
     for key in a:
-      assert parity.variable_difference(a[key], b[key]) <= TOL.weight_rtol, (step, key)
+      assert calibration.variable_difference(a[key], b[key]) <= TOL.weight_rtol, (step, key)
 
 
 def test_mirrored_over_two_logical_cpus_trains_as_one_device(mirrored, single):

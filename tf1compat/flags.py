@@ -114,6 +114,10 @@ def define_graph_flags():
   flags.DEFINE_enum('reset_metrics', 'epoch', ('epoch', 'never'),
                     'epoch: reset tf.metrics local variables at each epoch start and before '
                     'evaluation; never: the seed\'s loop.')
+  flags.DEFINE_integer('dropout_seed', None,
+                       "Op seed of the Dropout masks (default: from --seed). check_parity's "
+                       'control run draws other masks with it, as every port does.',
+                       lower_bound=0)
   flags.DEFINE_bool('feed_learning_phase', True,
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
@@ -217,28 +221,50 @@ def define_parity_flags():
   defaults = parity.Tolerances()
   flags.DEFINE_string('output_dir', None, 'Folder for parity.md, parity.json and parity.png.')
   flags.DEFINE_integer('parity_steps', defaults.parity_steps,
-                       'Steps whose batch loss the step tier compares.', lower_bound=1)
+                       'Without a control run: the steps (and snapshot steps) the step tier '
+                       'judges.', lower_bound=1)
   flags.DEFINE_float('step_rtol', defaults.step_rtol,
-                     'Step tier: relative tolerance of the batch loss.', lower_bound=0.0)
-  flags.DEFINE_float('weight_rtol', defaults.weight_rtol,
-                     'Step tier: max |a-b| / max|a| per variable at each common snapshot.',
+                     'Without a control run: relative tolerance of the batch loss.',
                      lower_bound=0.0)
+  flags.DEFINE_float('weight_rtol', defaults.weight_rtol,
+                     'Without a control run: tolerance of ||a-b|| / ||a|| per variable at '
+                     'each judged snapshot.', lower_bound=0.0)
   flags.DEFINE_float('curve_rtol', defaults.curve_rtol,
-                     'Curve tier: relative tolerance of per-epoch losses.', lower_bound=0.0)
+                     'Curve tier: tolerance of per-epoch losses, relative to the initial '
+                     'loss (the floor of the band with a control run).', lower_bound=0.0)
   flags.DEFINE_float('accuracy_atol', defaults.accuracy_atol,
-                     'Curve tier: absolute tolerance of per-epoch accuracies.', lower_bound=0.0)
+                     'Curve tier: absolute tolerance of per-epoch accuracies (the floor of '
+                     'the band with a control run).', lower_bound=0.0)
+  flags.DEFINE_float('envelope_multiple', defaults.envelope_multiple,
+                     'With a control run: step and weight tiers pass while the divergence is '
+                     "at most this many times the control's (floored at float32's rounding "
+                     'step).', lower_bound=1.0)
+  flags.DEFINE_float('horizon_level', defaults.horizon_level,
+                     "With a control run: step and weight tiers are judged up to the step "
+                     "where the control's own divergence exceeds this.", lower_bound=0.0)
+  flags.DEFINE_float('curve_multiple', defaults.curve_multiple,
+                     "With a control run: the curve band is this many times the control's "
+                     'curve difference where that is wider than --curve_rtol/--accuracy_atol.',
+                     lower_bound=1.0)
 
 
 def tolerances(flags_obj):
   """parity.Tolerances from the parity flags."""
   return parity.Tolerances(parity_steps=flags_obj.parity_steps, step_rtol=flags_obj.step_rtol,
                            weight_rtol=flags_obj.weight_rtol, curve_rtol=flags_obj.curve_rtol,
-                           accuracy_atol=flags_obj.accuracy_atol)
+                           accuracy_atol=flags_obj.accuracy_atol,
+                           envelope_multiple=flags_obj.envelope_multiple,
+                           horizon_level=flags_obj.horizon_level,
+                           curve_multiple=flags_obj.curve_multiple)
 
 
 def define_check_parity_flags():
   """Flags of bin/check_parity, and its own defaults: a no-flag run takes minutes on 2 cores."""
   flags.DEFINE_bool('with_fit', False, 'Also run the Keras model.fit loop.')
+  flags.DEFINE_bool('calibrate', True,
+                    'Run a control (the legacy runner again from initial weights one ulp '
+                    'apart, under another reduction order) and judge the port against its '
+                    'divergence; --nocalibrate judges with the fixed tolerances.')
   flags.DEFINE_enum('pitfall', None, sorted(parity.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
   flags.DEFINE_bool('exact', True,
@@ -262,6 +288,18 @@ def define_check_parity_flags():
 # mean something: 3 epochs of 40 steps of 64-pixel images.
 CHECK_PARITY_DEFAULTS = {'image_size': 64, 'epochs': 3, 'steps_per_epoch': 40,
                          'log_every': 20}
+
+
+def define_matrix_flags():
+  """Flags of bin/parity_matrix."""
+  # matrix is TensorFlow-free and imports no flags: no cycle, nothing set up.
+  from tf1compat import matrix  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('output_dir', 'runs/parity_matrix',
+                      "Folder for each case's check_parity output, matrix.md and matrix.json.")
+  flags.DEFINE_list('cases', None, f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
+  flags.register_validator('cases', lambda v: not v or set(v) <= set(matrix.CASE_NAMES),
+                           message=f'--cases takes names from {", ".join(matrix.CASE_NAMES)}')
+  flags.DEFINE_bool('pitfalls', True, 'Also run each applicable pitfall in every case.')
 
 
 def define_benchmark_flags():

@@ -140,7 +140,8 @@ class GraphBackend(training.Backend):
     features, labels = iterator.get_next()
     build = dict(num_classes=self._spec.num_classes, image_size=flags_obj.image_size,
                  batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
-                 final_activation=_final_activation(flags_obj))
+                 final_activation=_final_activation(flags_obj),
+                 dropout_seed=flags_obj.dropout_seed)
     if flags_obj.wiring == 'input_tensor':
       # The input layer sits on the iterator's tensor, so model.updates are the update
       # ops of the very batch being trained on.

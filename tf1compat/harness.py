@@ -1,9 +1,11 @@
 """bin/check_parity: run the legacy and ported runners from one start, then compare them.
 
-Each runner is a subprocess (graph mode and Keras 3 never share a process) whose
-progress goes straight to this job's terminal or log. All runners get the same common
-flags, one initial-weights file and one Adam epsilon; `--pitfall` injects one
-catalogued mistake into the runner where teams make it.
+Each runner is a subprocess (graph mode and Keras 3 never share a process) whose whole
+output (TensorFlow's start-up lines included) goes to `runner.log` in its run
+directory; the console shows one line per phase, or a bar per runner on a terminal.
+All runners get the same common flags, one initial-weights file and one Adam epsilon;
+`--pitfall` injects one catalogued mistake into the runner where teams make it. A
+control run of the reference (calibration.py) calibrates the verdict.
 """
 
 import dataclasses
@@ -13,12 +15,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
-from absl import logging
-
+from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
 from tf1compat import parity
+from tf1compat import progress
+from tf1compat import report as parity_report
 from tf1compat import runlog
 
 STATE_JSON = 'check_parity.json'
@@ -55,11 +59,42 @@ PITFALLS = {
 assert set(PITFALLS) == set(parity.PITFALLS)
 
 
+CONTROL = 'control'
+ROLES = {'init': 'initial weights from the legacy runner',
+         'graph': 'the legacy TF1 loop (reference)',
+         CONTROL: 'the reference again, one ulp apart (calibration)',
+         'eager': 'the TF2 port, custom loop', 'fit': 'the TF2 port, model.fit'}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunnerJob:
   name: str       # run directory name under --output_dir
   script: str     # bin/ entry point
   args: tuple     # runner-specific arguments
+  env: tuple = ()  # (name, value) pairs set in the runner's environment
+
+
+def control_threads():
+  """An intra-op thread count other than TensorFlow's default (one per core)."""
+  return 1 if (os.cpu_count() or 1) > 1 else 2
+
+
+def control_job(reference, flags_obj):
+  """The reference job again as the calibration's control.
+
+  Besides initial weights one ulp apart (passed by `run`), it runs under another
+  reduction order: another intra-op thread count (what changes Eigen's and oneDNN's
+  summation order on a CPU) and op determinism off (what does on a GPU). Measured on
+  the defaults with --batch_norm, the thread count alone parts the weights by 8e-4
+  after one step, 400x more than the ulp nudge; a port whose kernels sum in another
+  order shows the same. With Dropout, the control also draws other masks, as every
+  port does.
+  """
+  args = [*reference.args, '--nodeterministic']
+  if flags_obj.dropout > 0:
+    args.append(f'--dropout_seed={flags_obj.seed + 1}')
+  return RunnerJob(CONTROL, reference.script, tuple(args),
+                   (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
 def check_pitfall_requirements(flags_obj):
@@ -114,6 +149,8 @@ def jobs(flags_obj):
     if injected:
       args.extend(pitfall.args)
     out.append(RunnerJob(name, script, tuple(args)))
+    if name == 'graph' and flags_obj.calibrate:
+      out.append(control_job(out[-1], flags_obj))
   return out
 
 
@@ -122,16 +159,21 @@ def _complete(model_dir):
   return manifest is not None and manifest.get('status') == runlog.STATUS_COMPLETE
 
 
-def _make_init_weights(flags_obj, output_dir, common):
-  """One initial-weights file per model shape and seed, written by the legacy runner."""
+def _init_weights_files(flags_obj, output_dir, common):
+  """One initial-weights file per model shape and seed, written by the legacy runner,
+  and its one-ulp nudge for the control: (path, nudged path)."""
   shape = {name: getattr(flags_obj, name) for name in _INIT_FLAGS}
   digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
   path = os.path.join(output_dir, f'init_weights-{digest}.npz')
   if not os.path.exists(path):
-    code = _run('train_graph', common + [f'--save_init_weights={path}'])
+    code = _run(RunnerJob('init', 'train_graph', ()), common + [f'--save_init_weights={path}'],
+                path + '.log', total_steps=0)
     if code:
-      _raise_for('train_graph', code)
-  return path
+      _raise_for('init', code, path + '.log')
+  nudged = os.path.join(output_dir, f'init_weights-{digest}-ulp.npz')
+  if not os.path.exists(nudged):
+    runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(path)))
+  return path, nudged
 
 
 def _read_state(path):
@@ -141,34 +183,63 @@ def _read_state(path):
     return json.load(f)
 
 
-def _run(script, args):
-  """Runs a runner to its end and returns its exit code.
+def _run(job, args, log_path, total_steps, model_dir=None, append=False):
+  """Runs a runner to its end, its output into `log_path`; returns its exit code.
 
-  SIGINT/SIGTERM sent to check_parity are passed on to the runner, which checkpoints
-  and exits 130/143; check_parity then exits the same way, and a rerun resumes.
+  With a terminal a bar follows the run's steps.csv; otherwise one line at the start
+  and one at the end. SIGINT/SIGTERM sent to check_parity are passed on to the runner,
+  which checkpoints and exits 130/143; check_parity then exits the same way, and a
+  rerun resumes.
   """
-  command = [sys.executable, os.path.join(BIN_DIR, script), *args]
-  logging.info('running %s', ' '.join(command[1:]))
-  child = subprocess.Popen(command)
-  forward = lambda signum, frame: child.send_signal(signum)
-  previous = {signum: signal.signal(signum, forward)
-              for signum in (signal.SIGINT, signal.SIGTERM)}
+  command = [sys.executable, os.path.join(BIN_DIR, job.script), *args]
+  env = dict(os.environ, **dict(job.env))
+  # The log file is for everything: TensorFlow's own start-up lines included.
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
+  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV) if model_dir else None
+  bar = progress.RunProgress(f'{job.name}: {ROLES.get(job.name, "")}', total_steps, log_path)
+  started = time.monotonic()
+  with open(log_path, 'a' if append else 'w') as log:
+    log.write(f'$ {" ".join(command)}\n')
+    log.flush()
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    forward = lambda signum, frame: child.send_signal(signum)
+    previous = {signum: signal.signal(signum, forward)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+      while True:
+        try:
+          code = child.wait(timeout=0.5)
+          break
+        except subprocess.TimeoutExpired:
+          if steps_csv:
+            bar.update(runlog.count_rows(steps_csv))
+    finally:
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
+  bar.close(code, time.monotonic() - started)
+  return code
+
+
+def _last_line(log_path):
+  """The runner's own last message (its one-line error), from its log."""
   try:
-    return child.wait()
-  finally:
-    for signum, handler in previous.items():
-      signal.signal(signum, handler)
+    with open(log_path, errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except OSError:
+    return ''
+  return lines[-1] if lines else ''
 
 
-def _raise_for(script, code):
+def _raise_for(name, code, log_path):
+  message = _last_line(log_path)
   if code == cli.EXIT_USAGE:
-    raise cli.UsageError(f'{script} stopped on a usage or data error (its message is above)')
+    raise cli.UsageError(f'{name} runner: {message} (log: {log_path})')
   if code == cli.EXIT_NUMERIC:
-    raise cli.NumericFault(f'{script} stopped on a NaN/Inf loss (its message is above)')
+    raise cli.NumericFault(f'{name} runner: {message} (log: {log_path})')
   if code > 128:
-    raise cli.Interrupted(code - 128, f'{script} was interrupted; rerun the same command to '
-                          'resume')
-  raise RuntimeError(f'{script} failed with exit code {code}')
+    raise cli.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same command '
+                          'to resume')
+  raise RuntimeError(f'{name} runner failed with exit code {code}: {message} (log: {log_path})')
 
 
 def run(flags_obj):
@@ -179,27 +250,40 @@ def run(flags_obj):
   # Without --data_dir the first runner generates the embedded dataset's cache and the
   # others reuse it; this process never imports TensorFlow.
   common = forwarded_args(flags_obj)
-  init_weights = flags_obj.init_weights or _make_init_weights(flags_obj, output_dir, common)
+  if flags_obj.init_weights:
+    init_weights = flags_obj.init_weights
+    nudged = os.path.join(output_dir, 'init_weights-given-ulp.npz')
+    runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(init_weights)))
+  else:
+    init_weights, nudged = _init_weights_files(flags_obj, output_dir, common)
   # The exact arguments of each finished or started runner: a rerun of check_parity
   # reuses a complete run with the same arguments and resumes an unfinished one.
   state_path = os.path.join(output_dir, STATE_JSON)
   previous = _read_state(state_path)
   state = {}
-  run_dirs = []
+  run_dirs = {}
+  total_steps = flags_obj.epochs * flags_obj.steps_per_epoch
   for job in jobs(flags_obj):
     model_dir = os.path.join(output_dir, job.name)
-    args = common + [f'--model_dir={model_dir}', f'--init_weights={init_weights}', *job.args]
-    same = previous.get(job.name) == args and not flags_obj.overwrite
-    state[job.name] = args
+    start = nudged if job.name == CONTROL else init_weights
+    args = common + [f'--model_dir={model_dir}', f'--init_weights={start}', *job.args]
+    recorded = args + [f'{k}={v}' for k, v in job.env]
+    same = previous.get(job.name) == recorded and not flags_obj.overwrite
+    state[job.name] = recorded
     runlog.atomic_write_json(state_path, {**previous, **state})
     if same and _complete(model_dir):
-      logging.info('%s: reusing the complete run in %s', job.name, model_dir)
+      progress.say(f'{job.name}: reusing the complete run in {model_dir}')
     else:
-      code = _run(job.script, args + ([] if same else ['--overwrite']))
+      os.makedirs(model_dir, exist_ok=True)
+      log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
+      code = _run(job, args + ([] if same else ['--overwrite']), log_path, total_steps,
+                  model_dir, append=same)
       if code:
-        _raise_for(job.script, code)
-    run_dirs.append(model_dir)
-  report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags_obj))
+        _raise_for(job.name, code, log_path)
+    run_dirs[job.name] = model_dir
+  compared = [d for name, d in run_dirs.items() if name != CONTROL]
+  report = parity.compare(compared, tf1compat_flags.tolerances(flags_obj),
+                          control=run_dirs.get(CONTROL))
   report['pitfall_injected'] = flags_obj.pitfall
-  parity.write_report(report, output_dir)
+  parity_report.write_report(report, output_dir)
   return report

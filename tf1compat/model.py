@@ -20,7 +20,7 @@ def conv_output_size(image_size):
 
 def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0,
                 final_activation=None, input_tensor=None, batch_norm_layer=None,
-                logits_dtype=None):
+                logits_dtype=None, dropout_seed=None):
   """Builds the seed's 4-layer ConvNet + global average pooling + Dense logits.
 
   Args:
@@ -39,6 +39,7 @@ def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0
       `keras.layers.BatchNormalization`), e.g. the eager runner's TF1-variance variant.
     logits_dtype: dtype of the last Dense layer (e.g. 'float32' under a mixed-precision
       policy, so that the loss sees float32 logits); None for the global policy.
+    dropout_seed: the Dropout layer's own seed (None: from the process's seeds).
 
   Returns:
     A functional `Model` named 'convnet'.
@@ -60,7 +61,7 @@ def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0
       x = keras.layers.Activation('relu', name=f'relu{index}')(x)
   x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
   if dropout > 0:
-    x = keras.layers.Dropout(dropout, name='dropout')(x)
+    x = keras.layers.Dropout(dropout, seed=dropout_seed, name='dropout')(x)
   dtype_arg = {'dtype': logits_dtype} if logits_dtype else {}
   outputs = keras.layers.Dense(num_classes, activation=final_activation,
                                kernel_initializer='he_normal', name='logits', **dtype_arg)(x)

@@ -1,8 +1,10 @@
-"""Comparison of finished run directories: config lint, three tiers, verdict, pitfalls, report.
+"""Judgement of finished run directories: config lint, tiers, verdict, pitfalls.
 
 TensorFlow-free: it reads what runners wrote (runlog's contract) and judges it with
 numpy. Runs are compared pairwise against the first (the reference, normally the
-legacy graph run). See DESIGN.md, "Parity method".
+legacy graph run). With a control run (calibration.py) the step, weight and curve
+tiers are judged against the measured divergence of two correct runs; without one,
+against fixed tolerances over the first steps. report.py writes the result.
 """
 
 import dataclasses
@@ -11,6 +13,7 @@ import os
 
 import numpy as np
 
+from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import model
 from tf1compat import runlog
@@ -90,12 +93,22 @@ STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks
 
 @dataclasses.dataclass
 class Tolerances:
-  """Tolerances of the three tiers (defaults measured: see README, Parity method)."""
+  """How the tiers judge (defaults measured: README, "Parity method").
+
+  With a control run: step and weight tiers pass while the divergence stays within
+  `envelope_multiple` times the control's (floored at float32's rounding step), up to
+  the horizon where the control's own divergence passes `horizon_level`; the curve band
+  is `curve_multiple` times the control's curve difference, never below the fixed bands.
+  Without one: `step_rtol` / `weight_rtol` over the first `parity_steps` steps.
+  """
   parity_steps: int = 10
   step_rtol: float = 1e-5
   weight_rtol: float = 1e-3
   curve_rtol: float = 0.05
   accuracy_atol: float = 0.05
+  envelope_multiple: float = calibration.ENVELOPE_MULTIPLE
+  horizon_level: float = calibration.HORIZON_LEVEL
+  curve_multiple: float = calibration.CURVE_MULTIPLE
 
 
 @dataclasses.dataclass
@@ -158,68 +171,87 @@ def lint(reference, other):
   return found
 
 
-def relative_difference(a, b):
-  """|a - b| / |a| elementwise, with 0/0 = 0."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  scale = np.abs(a)
-  with np.errstate(divide='ignore', invalid='ignore'):
-    rel = np.abs(a - b) / scale
-  rel[(scale == 0) & (a == b)] = 0.0
-  rel[(scale == 0) & (a != b)] = np.inf
-  return rel
+def step_tier(reference, other, tol, envelope=None):
+  """The batch loss step by step, judged up to the horizon (or the first parity_steps).
 
-
-def variable_difference(a, b):
-  """max|a - b| over the variable, relative to the variable's largest magnitude."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  scale = max(np.max(np.abs(a)), np.max(np.abs(b)))
-  diff = np.max(np.abs(a - b))
-  return 0.0 if diff == 0 else diff / scale if scale > 0 else math.inf
-
-
-def step_tier(reference, other, tol):
-  """Batch loss over the first `tol.parity_steps` steps: relative difference per step."""
-  n = int(min(tol.parity_steps, len(reference.steps['loss']), len(other.steps['loss'])))
-  a, b = reference.steps['loss'][:n], other.steps['loss'][:n]
-  rel = relative_difference(a, b)
-  over = np.nonzero(rel > tol.step_rtol)[0]
+  Step 1 is the loss of the initial weights. With an envelope, step s passes while its
+  relative difference is at most envelope_multiple x max(envelope(s), floor).
+  """
+  n_all = int(min(len(reference.steps['loss']), len(other.steps['loss'])))
+  a, b = reference.steps['loss'][:n_all], other.steps['loss'][:n_all]
+  rel_all = calibration.relative_difference(a, b)
+  if envelope is None:
+    n = min(tol.parity_steps, n_all)
+    scales, limits = None, np.full(n, tol.step_rtol)
+  else:
+    n = min(envelope.loss_horizon, n_all)
+    scales = np.array([envelope.loss_scale(s) for s in range(1, n + 1)])
+    limits = tol.envelope_multiple * scales
+  rel = rel_all[:n]
+  ratios = rel / scales if scales is not None else None
+  first = np.nonzero(rel > limits)[0]
   return {
       'steps': n,
-      'reference_loss': a.tolist(),
-      'other_loss': b.tolist(),
+      'calibrated': envelope is not None,
+      'reference_loss': a[:n].tolist(),
+      'other_loss': b[:n].tolist(),
       'relative_difference': rel.tolist(),
+      'limit': limits.tolist(),
+      'envelope_ratio': ratios.tolist() if ratios is not None else None,
       'max_relative_difference': float(rel.max()) if n else 0.0,
-      'first_step_over': int(reference.steps['step'][over[0]]) if len(over) else None,
-      'passed': n > 0 and not len(over),
+      'max_envelope_ratio': float(ratios.max()) if ratios is not None and n else None,
+      'first_step_over': int(reference.steps['step'][first[0]]) if len(first) else None,
+      'losses_identical': bool(n_all and not rel_all.any()),
+      'passed': n > 0 and not len(first),
   }
 
 
-def weight_tier(reference, other, tol, excluded=()):
-  """Every variable at every common snapshot step; `excluded` keys are reported, not judged."""
+def weight_tier(reference, other, tol, excluded=(), envelope=None):
+  """Every variable at every common snapshot step; judged up to the horizon.
+
+  The difference of a variable is norm-based (calibration.variable_difference); the
+  `excluded` keys (a framework difference) are reported, not judged. Snapshots past
+  the horizon (or past parity_steps without a control) are reported, not judged.
+  """
   common = sorted(set(reference.snapshot_steps) & set(other.snapshot_steps))
+  last_judged = tol.parity_steps if envelope is None else envelope.weight_horizon
   per_step = []
   first_over = None
-  worst = 0.0
+  worst = worst_ratio = 0.0
+  identical = True
   for step in common:
     a, b = reference.snapshot(step), other.snapshot(step)
     if sorted(a) != sorted(b):
       return {'common_steps': common, 'per_step': [], 'max_relative_difference': math.inf,
-              'first_over': {'step': step, 'variable': 'keys differ'}, 'passed': False,
-              'key_mismatch': sorted(set(a) ^ set(b))}
-    diffs = {key: variable_difference(a[key], b[key]) for key in sorted(a)}
+              'max_envelope_ratio': None, 'first_over': {'step': step, 'variable': 'keys differ'},
+              'passed': False, 'key_mismatch': sorted(set(a) ^ set(b)), 'judged_steps': [],
+              'weights_identical': False, 'excluded': sorted(excluded)}
+    diffs = {key: calibration.variable_difference(a[key], b[key]) for key in sorted(a)}
+    identical = identical and not any(diffs.values())
     judged = {k: v for k, v in diffs.items() if k not in excluded}
     step_max = max(judged.values()) if judged else 0.0
-    worst = max(worst, step_max)
-    if first_over is None:
-      for key in (k for k, _ in model_order(judged)):
-        if judged[key] > tol.weight_rtol:
-          first_over = {'step': step, 'variable': key, 'relative_difference': judged[key]}
-          break
-    per_step.append({'step': step, 'max_relative_difference': step_max, 'variables': diffs})
+    entry = {'step': step, 'judged': step <= last_judged, 'max_relative_difference': step_max,
+             'variables': diffs}
+    if entry['judged']:
+      scale = None if envelope is None else envelope.weight_scale(step)
+      limit = tol.weight_rtol if scale is None else tol.envelope_multiple * scale
+      entry['limit'] = limit
+      worst = max(worst, step_max)
+      if scale is not None:
+        entry['envelope_ratio'] = step_max / scale
+        worst_ratio = max(worst_ratio, entry['envelope_ratio'])
+      if first_over is None:
+        for key, value in model_order(judged):
+          if value > limit:
+            first_over = {'step': step, 'variable': key, 'relative_difference': value}
+            break
+    per_step.append(entry)
   # Without a common snapshot there is nothing to judge; the report says so.
-  return {'common_steps': common, 'per_step': per_step, 'max_relative_difference': worst,
+  return {'common_steps': common, 'judged_steps': [e['step'] for e in per_step if e['judged']],
+          'per_step': per_step, 'max_relative_difference': worst,
+          'max_envelope_ratio': worst_ratio if envelope is not None else None,
           'first_over': first_over, 'passed': first_over is None,
-          'excluded': sorted(excluded)}
+          'weights_identical': identical, 'excluded': sorted(excluded)}
 
 
 def model_order(weights):
@@ -231,31 +263,52 @@ def model_order(weights):
   return sorted(weights.items(), key=lambda kv: rank(kv[0]))
 
 
-def curve_tier(reference, other, tol):
-  """Per-epoch train/val loss and accuracy within a band.
+CURVE_SERIES = ('train_loss', 'val_loss', 'train_accuracy', 'val_accuracy')
+
+
+def curve_differences(reference, other):
+  """{series: per-epoch difference} in the curve tier's units (NaN-free series only).
 
   Loss differences are taken relative to the reference's initial loss (its first batch,
   about ln(classes)): a converged run's small losses would turn harmless round-off
   chaos into large relative numbers. Accuracies are compared absolutely.
   """
   n = min(len(reference.epochs.get('epoch', [])), len(other.epochs.get('epoch', [])))
-  result = {'epochs': n, 'series': {}, 'passed': n > 0,
-            'initial_loss': float(reference.steps['loss'][0])}
-  if n == 0:
-    return result
-  for name in ('train_loss', 'val_loss', 'train_accuracy', 'val_accuracy'):
+  initial = abs(float(reference.steps['loss'][0]))
+  out = {}
+  for name in CURVE_SERIES:
     a, b = reference.epochs[name][:n], other.epochs[name][:n]
-    if np.all(np.isnan(a)) and np.all(np.isnan(b)):
+    if n == 0 or (np.all(np.isnan(a)) and np.all(np.isnan(b))):
       continue
     diff = np.abs(np.asarray(a) - np.asarray(b))
     if name.endswith('loss'):
-      diff, limit = diff / abs(result['initial_loss']), tol.curve_rtol
-    else:
-      limit = tol.accuracy_atol
-    diff = np.where(np.isnan(diff), np.inf, diff)
+      diff = diff / initial
+    out[name] = np.where(np.isnan(diff), np.inf, diff)
+  return out
+
+
+def curve_tier(reference, other, tol, envelope=None):
+  """Per-epoch train/val loss and accuracy within a band.
+
+  The band is the fixed tolerance (curve_rtol, accuracy_atol) or, with an envelope,
+  curve_multiple times the control's running curve difference where that is wider.
+  """
+  n = min(len(reference.epochs.get('epoch', [])), len(other.epochs.get('epoch', [])))
+  result = {'epochs': n, 'series': {}, 'passed': n > 0,
+            'initial_loss': float(reference.steps['loss'][0])}
+  for name, diff in curve_differences(reference, other).items():
+    floor = tol.curve_rtol if name.endswith('loss') else tol.accuracy_atol
+    limit = np.full(n, floor)
+    control = (envelope.curves.get(name) if envelope is not None else None) or []
+    for e in range(n):
+      if control:
+        limit[e] = max(floor, tol.curve_multiple * control[min(e, len(control) - 1)])
     passed = bool(np.all(diff <= limit))
-    result['series'][name] = {'reference': list(map(float, a)), 'other': list(map(float, b)),
-                              'difference': diff.tolist(), 'limit': limit, 'passed': passed}
+    result['series'][name] = {
+        'reference': list(map(float, reference.epochs[name][:n])),
+        'other': list(map(float, other.epochs[name][:n])),
+        'difference': diff.tolist(), 'limit': limit.tolist(),
+        'band_ratio': float(np.max(diff / limit)), 'passed': passed}
     result['passed'] = result['passed'] and passed
   return result
 
@@ -355,34 +408,52 @@ def _measure_bn_variance(reference, other):
   a, b = reference.snapshot(common[0]), other.snapshot(common[0])
   keys = [k for k in a if k.endswith('moving_variance')]
   return {'step': common[0],
-          'max_relative_difference': max(variable_difference(a[k], b[k]) for k in keys)}
+          'max_relative_difference': max(calibration.variable_difference(a[k], b[k])
+                                     for k in keys)}
 
 
-def diagnose(reference, other, lint_found, steps, semantics, bn_states):
-  """Catalogued pitfalls that fit the evidence, best fit first: [{name, evidence, fix}].
+def _envelope_ratio(tier, index=None):
+  """divergence / envelope of a judged step tier (at `index`, else its worst)."""
+  if not tier.get('envelope_ratio'):
+    return None
+  return tier['envelope_ratio'][index] if index is not None else tier['max_envelope_ratio']
 
-  `steps` is the step tier, or None where a framework difference makes step-wise values
+
+def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states):
+  """Catalogued pitfalls that fit the evidence, best fit first.
+
+  Each is {name, evidence, fix, corroborated, margin}: `margin` is how far the evidence
+  stands above what correct runs show (divergence / the control's envelope on the step
+  tiers, error / tolerance on the semantics tier; None where the evidence is exact, as
+  a config difference or statistics that never moved). `steps` and `weights` are the
+  step and weight tiers, or None where a framework difference makes step-wise values
   incomparable. A pitfall is `corroborated` when the runs' own flags say the mistake
   was made; those come first.
   """
   found = []
 
-  def add(name, evidence, corroborated):
+  def add(name, evidence, corroborated, margin=None):
     found.append({'name': name, 'evidence': evidence, 'fix': PITFALLS[name],
-                  'corroborated': corroborated})
+                  'corroborated': corroborated, 'margin': margin})
 
   fields = {d['field']: d for d in lint_found}
+  # Judged like every other step: over its limit, not merely non-zero (a GPU's last bit).
   first_step_differs = steps is not None and bool(steps['relative_difference']) and (
-      steps['relative_difference'][0] > 0)
+      steps['relative_difference'][0] > steps['limit'][0])
+  first_step_margin = _envelope_ratio(steps, 0) if first_step_differs else None
   if 'optimizer epsilon' in fields:
     d = fields['optimizer epsilon']
     evidence = f'Adam epsilon {d["reference"]} vs {d["other"]}'
+    margin = None
     if steps is not None and not first_step_differs and steps['first_step_over']:
       k = steps['first_step_over']
       evidence += (f'; the first batch loss matches, the loss parts from step {k} (relative '
                    f'difference {steps["relative_difference"][k - 1]:.1e}), after the first '
                    'update')
-    add('adam_epsilon', evidence, True)
+    if steps is not None:
+      ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
+      margin = max(ratios) if ratios else None
+    add('adam_epsilon', evidence, True, margin)
   if 'final activation' in fields:
     d = fields['final activation']
     evidence = (f'final activation {d["reference"]} vs {d["other"]} with losses that take '
@@ -390,14 +461,14 @@ def diagnose(reference, other, lint_found, steps, semantics, bn_states):
     if first_step_differs:
       evidence += (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
                    f'vs {steps["other_loss"][0]:.6g})')
-    add('double_softmax', evidence, True)
+    add('double_softmax', evidence, True, first_step_margin)
   for run in (reference, other):
     for value_name, info in semantics[run.path].items():
       if info['kind'] == METRICS_SINCE_START:
         add('metrics_never_reset', f'{run.label} shows a running {value_name} equal to the mean '
             'since step 1 (error {:.1e}), not since the epoch start (error {:.1e})'.format(
                 info['error_since_start'], info['error_per_epoch']),
-            run.flag('reset_metrics') == 'never')
+            run.flag('reset_metrics') == 'never', info['error_per_epoch'] / _METRIC_RTOL)
         break
   for run, twin in ((reference, other), (other, reference)):
     state, twin_state = bn_states[run.path], bn_states[twin.path]
@@ -417,7 +488,8 @@ def diagnose(reference, other, lint_found, steps, semantics, bn_states):
             f'the first batch loss differs ({steps["reference_loss"][0]:.6g} vs '
             f'{steps["other_loss"][0]:.6g}) with the same initial weights and data: the '
             'forward pass differs, as when BatchNorm/Dropout run in inference mode',
-            any(r.flag('feed_learning_phase') is False for r in (reference, other)))
+            any(r.flag('feed_learning_phase') is False for r in (reference, other)),
+            first_step_margin)
         break
   found.sort(key=lambda p: not p['corroborated'])
   seen, unique = set(), []
@@ -428,7 +500,41 @@ def diagnose(reference, other, lint_found, steps, semantics, bn_states):
   return unique
 
 
-def compare_pair(reference, other, tol):
+# How a control may differ from its reference: its start is nudged by one ulp, and the
+# harness turns op determinism off in it (a reduction-order change, as on a GPU).
+CONTROL_DIFFERENCES = frozenset({'init-weights sha256', 'deterministic'})
+
+
+def measure_envelope(reference, control, tol):
+  """The calibration.Envelope of `control` against `reference`.
+
+  Raises cli.UsageError when the control is not the reference's own run again (a
+  field that changes the math differs, or it is shorter).
+  """
+  different = [d['field'] for d in lint(reference, control)
+               if not d['equivalent'] and d['field'] not in CONTROL_DIFFERENCES]
+  if different or control.manifest.get('runner') != reference.manifest.get('runner'):
+    what = ', '.join(different) or 'runner'
+    raise cli.UsageError(f'{control.path}: not a control of {reference.path} ({what} '
+                         'differ); a control is the reference command run again with '
+                         '--init_weights nudged by one ulp (check_parity makes one)')
+  if len(control.steps['loss']) < len(reference.steps['loss']):
+    raise cli.UsageError(f'{control.path}: the control has fewer steps than the reference; '
+                         'run it as long')
+  common = sorted(set(reference.snapshot_steps) & set(control.snapshot_steps))
+  weight_diffs = calibration.weight_divergence(reference.snapshot, control.snapshot, common)
+  return calibration.measure(control.label, reference.steps['loss'], control.steps['loss'],
+                             weight_diffs, curve_differences(reference, control),
+                             tol.horizon_level)
+
+
+def _measured(steps):
+  return {'first_step_loss_relative_difference': steps['relative_difference'][0],
+          'max_loss_relative_difference': steps['max_relative_difference'],
+          'over_steps': steps['steps']}
+
+
+def compare_pair(reference, other, tol, envelope=None):
   """All tiers for one pair; returns the pair's section of parity.json."""
   lint_found = lint(reference, other)
   differences = known_differences(reference, other)
@@ -437,15 +543,12 @@ def compare_pair(reference, other, tol):
     excluded = {k for k in reference.snapshot(reference.snapshot_steps[0])
                 if k.endswith('moving_variance')}
     differences['bn_moving_variance']['measured'] = _measure_bn_variance(reference, other)
-  steps = step_tier(reference, other, tol)
-  for name in ('replica_reduction', 'mixed_precision'):
-    if name in differences and steps['steps']:
-      differences[name]['measured'] = {
-          'first_step_loss_relative_difference': steps['relative_difference'][0],
-          'max_loss_relative_difference': steps['max_relative_difference'],
-          'over_steps': steps['steps']}
-  weights = weight_tier(reference, other, tol, excluded)
-  curves = curve_tier(reference, other, tol)
+  steps = step_tier(reference, other, tol, envelope)
+  for name in STEP_BREAKING & set(differences):
+    if steps['steps'] and not differences[name].get('measured'):
+      differences[name]['measured'] = _measured(steps)
+  weights = weight_tier(reference, other, tol, excluded, envelope)
+  curves = curve_tier(reference, other, tol, envelope)
   semantics = {run.path: metric_semantics(run) for run in (reference, other)}
   bn_states = {run.path: batch_norm_state(run) for run in (reference, other)}
   semantics_ok = all(info['kind'] == METRICS_PER_EPOCH
@@ -460,8 +563,11 @@ def compare_pair(reference, other, tol):
       'semantics': {'judged': True, 'passed': semantics_ok and bn_ok},
   }
   passed = all(t['passed'] for t in tiers.values() if t['judged'])
-  pitfalls = [] if passed else diagnose(reference, other, lint_found, steps if step_judged
-                                        else None, semantics, bn_states)
+  pitfalls = [] if passed else diagnose(
+      reference, other, lint_found, steps if step_judged else None,
+      weights if step_judged else None, semantics, bn_states)
+  ratios = [r for r in (steps['max_envelope_ratio'], weights['max_envelope_ratio'])
+            if r is not None and step_judged]
   return {
       'reference': reference.path, 'other': other.path,
       'reference_label': reference.label, 'other_label': other.label,
@@ -472,169 +578,29 @@ def compare_pair(reference, other, tol):
                          'batch_norm': {run.label: bn_states[run.path]
                                         for run in (reference, other)}},
       'tiers': tiers, 'framework_differences': differences,
+      # divergence / envelope at the worst judged step (the limit is envelope_multiple).
+      'envelope_ratio': max(ratios) if ratios else None,
+      'bit_identical': steps['losses_identical'] and weights['weights_identical'],
       'verdict': 'PASS' if passed else 'FAIL', 'pitfalls': pitfalls,
   }
 
 
-def compare(paths, tol):
-  """Compares every run against the first; returns the whole parity.json content."""
+def compare(paths, tol, control=None):
+  """Compares every run against the first; returns the whole parity.json content.
+
+  `control` is the run directory of a control run of the first (the reference): with
+  it the tiers are calibrated, without it they use the fixed tolerances.
+  """
   if len(paths) < 2:
     raise cli.UsageError('compare_runs needs at least two run directories')
   runs = [load_run(p) for p in paths]
-  pairs = [compare_pair(runs[0], other, tol) for other in runs[1:]]
+  envelope = measure_envelope(runs[0], load_run(control), tol) if control else None
+  pairs = [compare_pair(runs[0], other, tol, envelope) for other in runs[1:]]
   verdict = 'PASS' if all(p['verdict'] == 'PASS' for p in pairs) else 'FAIL'
   return {'verdict': verdict, 'tolerances': dataclasses.asdict(tol),
+          'calibration': envelope.as_dict() if envelope else None,
+          'control': control,
           'runs': [{'path': r.path, 'label': r.label, 'runner': r.manifest.get('runner'),
                     'steps': len(r.steps['step'])} for r in runs],
           'pairs': pairs,
           'pitfalls': [p['name'] for pair in pairs for p in pair['pitfalls']]}
-
-
-def _fmt(value):
-  if value is None:
-    return '-'
-  if isinstance(value, float):
-    return f'{value:.3g}'
-  return str(value)
-
-
-def summary_lines(report):
-  """The short table and verdict that compare_runs and check_parity print."""
-  lines = [f'{"pair":<40} {"step max rel":>13} {"weight max rel":>15} {"curve":>6} '
-           f'{"semantics":>9}  verdict']
-  for pair in report['pairs']:
-    name = f'{pair["reference_label"]} vs {pair["other_label"]}'
-    tiers = pair['tiers']
-    lines.append(
-        f'{name[:40]:<40} {_fmt(pair["step_tier"]["max_relative_difference"]):>13} '
-        f'{_fmt(pair["weight_tier"]["max_relative_difference"]):>15} '
-        f'{"ok" if tiers["curve"]["passed"] else "FAIL":>6} '
-        f'{"ok" if tiers["semantics"]["passed"] else "FAIL":>9}  {pair["verdict"]}')
-    for p in pair['pitfalls']:
-      lines.append(f'  pitfall {p["name"]}: {p["evidence"]}')
-      lines.append(f'    fix: {p["fix"]}')
-    if pair['verdict'] == 'FAIL' and not pair['pitfalls']:
-      lines.append('  no catalogued pitfall fits the evidence; see parity.md')
-  lines.append(f'VERDICT: {report["verdict"]}')
-  return lines
-
-
-def _markdown(report):
-  tol = report['tolerances']
-  out = ['# Parity report', '', f'**Verdict: {report["verdict"]}**', '',
-         'Runs (compared pairwise against the first):', '']
-  out += [f'- `{r["label"]}` ({r["steps"]} steps): `{r["path"]}`' for r in report['runs']]
-  out += ['', 'Tolerances: ' + ', '.join(f'{k}={v}' for k, v in tol.items()), '']
-  for pair in report['pairs']:
-    out += [f'## {pair["reference_label"]} vs {pair["other_label"]}: {pair["verdict"]}', '']
-    out += ['### Config lint', '']
-    if pair['lint']:
-      out += ['| field | reference | other | note |', '|---|---|---|---|']
-      out += [f'| {d["field"]} | {_fmt(d["reference"])} | {_fmt(d["other"])} | '
-              f'{"numerically equivalent" if d["equivalent"] else "changes the math"} |'
-              for d in pair['lint']]
-    else:
-      out.append('The manifests agree on every field that changes the math.')
-    steps = pair['step_tier']
-    out += ['', f'### Step tier ({"judged" if pair["tiers"]["step"]["judged"] else "reported only"})',
-            '', f'Batch loss over the first {steps["steps"]} steps (step 1 uses the initial '
-            'weights):', '', '| step | reference | other | relative difference |',
-            '|---|---|---|---|']
-    out += [f'| {i + 1} | {a:.8g} | {b:.8g} | {d:.2e} |' for i, (a, b, d) in enumerate(
-        zip(steps['reference_loss'], steps['other_loss'], steps['relative_difference']))]
-    out += ['', f'Max relative difference {_fmt(steps["max_relative_difference"])} '
-            f'(tolerance {tol["step_rtol"]}); first step over: {_fmt(steps["first_step_over"])}.']
-    weights = pair['weight_tier']
-    if weights['common_steps']:
-      out += ['', f'Weights at the common snapshot steps {weights["common_steps"]}: max '
-              f'relative difference {_fmt(weights["max_relative_difference"])} (tolerance '
-              f'{tol["weight_rtol"]}); first over: {_fmt(weights["first_over"])}.']
-    else:
-      out += ['', 'The runs have no common snapshot step: weights not compared (align '
-              '--snapshot_steps to compare them).']
-    if weights.get('excluded'):
-      out.append(f'Reported, not judged (framework difference): {", ".join(weights["excluded"])}.')
-    if weights['per_step']:
-      out += ['', '| step | max relative difference | worst variable |', '|---|---|---|']
-      for entry in weights['per_step']:
-        worst = max(entry['variables'].items(), key=lambda kv: kv[1])
-        out.append(f'| {entry["step"]} | {entry["max_relative_difference"]:.2e} | '
-                   f'{worst[0]} ({worst[1]:.2e}) |')
-    out += ['', '### Curve tier', '']
-    series = pair['curve_tier']['series']
-    if series:
-      out += ['| series | reference | other | difference | limit | ok |',
-              '|---|---|---|---|---|---|']
-      for name, s in series.items():
-        out.append(f'| {name} | {", ".join(f"{v:.4f}" for v in s["reference"])} | '
-                   f'{", ".join(f"{v:.4f}" for v in s["other"])} | '
-                   f'{", ".join(f"{v:.2e}" for v in s["difference"])} | {s["limit"]} | '
-                   f'{"yes" if s["passed"] else "NO"} |')
-    else:
-      out.append('No common epochs.')
-    out += ['', '### Semantics tier', '']
-    for label, info in pair['semantics_tier']['metrics'].items():
-      for value_name, m in info.items():
-        out.append(f'- `{label}` running {value_name}: {m["kind"]} (error vs per-epoch mean '
-                   f'{m["error_per_epoch"]:.1e}, vs mean since step 1 {m["error_since_start"]:.1e})')
-    for label, state in pair['semantics_tier']['batch_norm'].items():
-      if state is not None:
-        out.append(f'- `{label}` BatchNorm moving statistics moved: '
-                   f'{"all" if state["all_moved"] else "some" if state["any_moved"] else "none"}')
-    if pair['framework_differences']:
-      out += ['', '### Known framework differences (not mistakes)', '']
-      for name, details in pair['framework_differences'].items():
-        out.append(f'- **{name}**: {FRAMEWORK_DIFFERENCES[name]} Measured: {_fmt(details)}')
-    if pair['pitfalls']:
-      out += ['', '### Pitfalls that fit the evidence', '']
-      for p in pair['pitfalls']:
-        out.append(f'- **{p["name"]}**: {p["evidence"]}. Fix: {p["fix"]}')
-    elif pair['verdict'] == 'FAIL':
-      out += ['', 'No catalogued pitfall fits the evidence.']
-    out.append('')
-  out += ['![loss curves and step-wise difference](parity.png)', '']
-  return '\n'.join(out)
-
-
-def _plot(report, path):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  figure, (curves, diffs) = pyplot.subplots(1, 2, figsize=(12, 4.5))
-  for entry in report['runs']:
-    steps = runlog.read_csv(os.path.join(entry['path'], runlog.STEPS_CSV))
-    curves.plot(steps['step'], steps['loss'], label=entry['label'], linewidth=1)
-  curves.set_xlabel('step')
-  curves.set_ylabel('batch loss')
-  curves.set_title('Training loss')
-  curves.legend()
-  for pair in report['pairs']:
-    a = runlog.read_csv(os.path.join(pair['reference'], runlog.STEPS_CSV))['loss']
-    b = runlog.read_csv(os.path.join(pair['other'], runlog.STEPS_CSV))['loss']
-    n = min(len(a), len(b))
-    rel = relative_difference(a[:n], b[:n])
-    diffs.semilogy(np.arange(1, n + 1), np.maximum(rel, 1e-12), linewidth=1,
-                   label=f'{pair["other_label"]} vs {pair["reference_label"]}')
-  diffs.axhline(report['tolerances']['step_rtol'], color='red', linestyle='--',
-                label='step_rtol')
-  diffs.axvspan(0.5, report['tolerances']['parity_steps'] + 0.5, color='grey', alpha=0.15,
-                label='step tier window')
-  diffs.set_xlabel('step')
-  diffs.set_ylabel('relative loss difference (1e-12 = equal)')
-  diffs.set_title('Step-wise difference')
-  diffs.legend()
-  figure.tight_layout()
-  figure.savefig(path + '.tmp.png', dpi=100)
-  pyplot.close(figure)
-  os.replace(path + '.tmp.png', path)
-
-
-def write_report(report, output_dir):
-  """Writes parity.json, parity.md and parity.png into `output_dir`; returns their paths."""
-  os.makedirs(output_dir, exist_ok=True)
-  paths = {name: os.path.join(output_dir, f'parity.{name}') for name in ('json', 'md', 'png')}
-  runlog.atomic_write_json(paths['json'], report)
-  runlog.atomic_write_text(paths['md'], _markdown(report))
-  _plot(report, paths['png'])
-  return paths
-

@@ -3,6 +3,7 @@
 On a terminal: one tqdm bar per epoch with loss and accuracy in the postfix, as the
 seed's loop shows them. Without one (batch jobs): an absl.logging line every
 `log_every` steps and at the end of each epoch, so logs stay readable and small.
+check_parity's console (`say`, `RunProgress`) shows one line per phase instead.
 """
 
 import sys
@@ -51,3 +52,36 @@ class EpochProgress:
   def close(self):
     if self._bar is not None:
       self._bar.close()
+
+
+def say(line):
+  """One line on the console of a job that reports phases (check_parity)."""
+  sys.stdout.write(line + '\n')
+  sys.stdout.flush()
+
+
+class RunProgress:
+  """A runner started by check_parity: a bar over its steps on a terminal, else a line
+  when it starts and one when it ends."""
+
+  def __init__(self, desc, total_steps, log_path):
+    self._desc = desc
+    self._bar = None
+    if on_terminal() and total_steps:
+      self._bar = tqdm(total=total_steps, desc=desc, file=sys.stdout, dynamic_ncols=True,
+                       leave=True)
+    else:
+      say(f'{desc}: running (log: {log_path})')
+
+  def update(self, steps_done):
+    """Moves the bar to `steps_done` (a count that only grows)."""
+    if self._bar is not None and steps_done > self._bar.n:
+      self._bar.update(steps_done - self._bar.n)
+
+  def close(self, exit_code, seconds):
+    outcome = 'done' if exit_code == 0 else f'stopped with exit code {exit_code}'
+    if self._bar is not None:
+      self._bar.set_postfix_str(f'{outcome} in {seconds:.1f}s', refresh=False)
+      self._bar.close()
+    else:
+      say(f'{self._desc}: {outcome} in {seconds:.1f}s')

@@ -7,6 +7,7 @@
     MODEL_DIR/checkpoints/             framework checkpoints (the runners' own)
     MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
     MODEL_DIR/export/                  SavedModel (the runners' own)
+    MODEL_DIR/runner.log               the runner's whole output, when check_parity ran it
 
 This module is TensorFlow-free so that the parity harness can read runs cheaply.
 """
@@ -30,6 +31,9 @@ EPOCHS_CSV = 'epochs.csv'
 WEIGHTS_DIR = 'weights'
 CHECKPOINTS_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
+# Written by whoever started the runner (check_parity), not by the runner: a run
+# directory holding only this file is still empty, and --overwrite keeps it.
+RUNNER_LOG = 'runner.log'
 
 STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
                 'learning_rate', 'seconds')
@@ -155,6 +159,15 @@ def read_csv(path):
           for name in rows[0]}
 
 
+def count_rows(path):
+  """Complete data rows of a CSV file being appended to (0 while it does not exist)."""
+  try:
+    with open(path, 'rb') as f:
+      return max(0, f.read().count(b'\n') - 1)
+  except FileNotFoundError:
+    return 0
+
+
 def read_manifest(model_dir):
   """run.json of `model_dir` as a dict, or None when there is none."""
   path = os.path.join(model_dir, RUN_JSON)
@@ -225,7 +238,7 @@ class RunLog:
     if previous is not None and self.overwrite:
       self._clear()
       previous = None
-    elif previous is None and os.path.isdir(self.model_dir) and os.listdir(self.model_dir):
+    elif previous is None and os.path.isdir(self.model_dir) and self._content():
       if not self.overwrite:
         raise cli.UsageError(
             f'--model_dir={self.model_dir} is not empty and holds no run.json; choose another '
@@ -244,8 +257,11 @@ class RunLog:
     self.update(status=STATUS_RUNNING)
     return self.resuming
 
+  def _content(self):
+    return [name for name in os.listdir(self.model_dir) if name != RUNNER_LOG]
+
   def _clear(self):
-    for name in os.listdir(self.model_dir):
+    for name in self._content():
       full = os.path.join(self.model_dir, name)
       if os.path.isdir(full) and not os.path.islink(full):
         shutil.rmtree(full)

@@ -1,0 +1,193 @@
+"""bin/parity_matrix: the false-alarm matrix of the calibrated verdict.
+
+Runs check_parity on a set of cases (model switches, image and batch sizes, seeds, fit,
+Keras' own kernels, a long run, real images) with the matched port, where every case
+must PASS, and with each catalogued pitfall that applies, where every one must FAIL
+and be named first. Writes `matrix.md` and `matrix.json` with the port's divergence
+over the envelope and each pitfall's margin. Each case has its own check_parity
+output folder, so its runs are reused between the matched check and the pitfalls
+and across reruns of the matrix. TensorFlow-free: everything runs in subprocesses.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+from tf1compat import cli
+from tf1compat import harness
+from tf1compat import progress
+from tf1compat import runlog
+
+# The real-image case: scikit-learn's scanned handwritten digits (1,797 8x8 grey images
+# of 10 classes, shipped inside the package), written as a Caltech-layout image folder
+# and converted by make_records like any user's folder.
+REAL_DATA = 'real_digits'
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  name: str
+  args: tuple
+  # Catalogued pitfalls that apply (harness.PITFALLS' `needs`), found from the args.
+  model: str = ''
+
+
+CASES = (
+    Case('default', ()),
+    Case('batch_norm', ('--batch_norm',), 'batch_norm'),
+    Case('dropout', ('--dropout=0.3',), 'dropout'),
+    Case('image_32', ('--image_size=32',)),
+    Case('image_96', ('--image_size=96',)),
+    Case('batch_8', ('--batch_size=8',)),
+    Case('batch_64', ('--batch_size=64',)),
+    Case('seed_1', ('--seed=1',)),
+    Case('seed_2', ('--seed=2',)),
+    Case('with_fit', ('--with_fit',)),
+    Case('noexact', ('--noexact',)),
+    Case('steps_300', ('--steps_per_epoch=100',)),
+    Case(REAL_DATA, ('--image_size=32', '--epochs=2', '--steps_per_epoch=30')),
+)
+CASE_NAMES = tuple(case.name for case in CASES)
+
+
+def applicable_pitfalls(case):
+  """The catalogued pitfalls that can show in this case's model."""
+  names = []
+  for name, pitfall in sorted(harness.PITFALLS.items()):
+    if not pitfall.needs or case.model in pitfall.needs.split('|'):
+      names.append(name)
+  # Port-side pitfalls first: the legacy run and its control are then reused by them.
+  return sorted(names, key=lambda n: 'graph' in harness.PITFALLS[n].runners)
+
+
+def write_digits_folder(folder):
+  """scikit-learn's digits as PNG files in Caltech layout (`001.zero/001_0001.png`)."""
+  try:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise cli.UsageError(f'the {REAL_DATA} case needs scikit-learn and pillow: '
+                         "pip install -e '.[matrix]' (or leave the case out with --cases)") from e
+  digits = datasets.load_digits()
+  names = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+  counts = {}
+  for image, label in zip(digits.images, digits.target):
+    class_dir = os.path.join(folder, f'{label + 1:03d}.{names[label]}')
+    os.makedirs(class_dir, exist_ok=True)
+    counts[label] = counts.get(label, 0) + 1
+    pixels = (image * (255.0 / 16.0)).round().astype('uint8')
+    Image.fromarray(pixels, mode='L').save(
+        os.path.join(class_dir, f'{label + 1:03d}_{counts[label]:04d}.png'))
+
+
+def real_data_dir(output_dir):
+  """The converted digits records (made once under `output_dir`)."""
+  records_dir = os.path.join(output_dir, 'data', 'digits_records')
+  if os.path.exists(os.path.join(records_dir, 'dataset.json')):
+    return records_dir
+  images_dir = os.path.join(output_dir, 'data', 'digits_images')
+  if not os.path.isdir(images_dir):
+    write_digits_folder(images_dir + '.tmp')
+    os.replace(images_dir + '.tmp', images_dir)
+  result = subprocess.run(
+      [sys.executable, os.path.join(harness.BIN_DIR, 'make_records'),
+       f'--image_dir={images_dir}', f'--output_dir={records_dir}', '--overwrite'],
+      capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise cli.UsageError(f'make_records failed on {images_dir}: '
+                         f'{result.stderr.strip().splitlines()[-1:]}')
+  return records_dir
+
+
+def _check(args, output_dir):
+  """Runs check_parity; returns (exit code, parity.json content or None)."""
+  result = subprocess.run([sys.executable, os.path.join(harness.BIN_DIR, 'check_parity'),
+                           f'--output_dir={output_dir}', *args],
+                          capture_output=True, text=True, check=False)
+  if result.returncode not in (cli.EXIT_OK, cli.EXIT_PARITY_FAIL):
+    raise cli.UsageError(f'check_parity {" ".join(args)} stopped with exit code '
+                         f'{result.returncode}: {result.stderr.strip()[-400:]}')
+  with open(os.path.join(output_dir, 'parity.json')) as f:
+    return result.returncode, json.load(f)
+
+
+def _matched_row(case, report):
+  calibration = report.get('calibration') or {}
+  return {
+      'case': case.name, 'verdict': report['verdict'],
+      'envelope_ratio': max((p['envelope_ratio'] or 0.0) for p in report['pairs']),
+      'bit_identical': all(p['bit_identical'] for p in report['pairs']),
+      'step_judged': all(p['tiers']['step']['judged'] for p in report['pairs']),
+      'curve_band_ratio': max(s['band_ratio'] for p in report['pairs']
+                              for s in p['curve_tier']['series'].values()),
+      'loss_horizon': calibration.get('loss_horizon'),
+      'weight_horizon': calibration.get('weight_horizon'),
+      'steps': report['runs'][0]['steps'],
+  }
+
+
+def _pitfall_row(case, pitfall, report):
+  named = [p for pair in report['pairs'] for p in pair['pitfalls']]
+  first = named[0] if named else None
+  return {'case': case.name, 'pitfall': pitfall, 'verdict': report['verdict'],
+          'named_first': bool(first and first['name'] == pitfall),
+          'margin': first['margin'] if first else None,
+          'named': [p['name'] for p in named]}
+
+
+def run(flags_obj):
+  """Runs the selected cases; returns {'matched': [...], 'pitfalls': [...], 'passed'}."""
+  output_dir = flags_obj.output_dir
+  os.makedirs(output_dir, exist_ok=True)
+  selected = [case for case in CASES if not flags_obj.cases or case.name in flags_obj.cases]
+  matched, pitfalls = [], []
+  for case in selected:
+    args = list(case.args)
+    if case.name == REAL_DATA:
+      args.append(f'--data_dir={real_data_dir(output_dir)}')
+    case_dir = os.path.join(output_dir, case.name)
+    _, report = _check(args, case_dir)
+    row = _matched_row(case, report)
+    matched.append(row)
+    progress.say(f'{case.name}: matched port {row["verdict"]} '
+                 f'({row["envelope_ratio"]:.2g}x envelope)')
+    if not flags_obj.pitfalls:
+      continue
+    for pitfall in applicable_pitfalls(case):
+      _, report = _check(args + [f'--pitfall={pitfall}'], case_dir)
+      row = _pitfall_row(case, pitfall, report)
+      pitfalls.append(row)
+      margin = '-' if row['margin'] is None else f'{row["margin"]:.3g}x'
+      progress.say(f'{case.name}: {pitfall} {row["verdict"]}, named first: '
+                   f'{"yes" if row["named_first"] else "no"} (margin {margin})')
+  passed = (all(r['verdict'] == 'PASS' for r in matched) and
+            all(r['verdict'] == 'FAIL' and r['named_first'] for r in pitfalls))
+  result = {'matched': matched, 'pitfalls': pitfalls, 'passed': passed}
+  runlog.atomic_write_json(os.path.join(output_dir, 'matrix.json'), result)
+  runlog.atomic_write_text(os.path.join(output_dir, 'matrix.md'), markdown(result))
+  return result
+
+
+def _num(value, fmt='{:.2g}'):
+  return '-' if value is None else fmt.format(value)
+
+
+def markdown(result):
+  """The matrix as Markdown tables (what the README shows)."""
+  out = ['| case | steps | verdict | port x envelope | bit-identical | step tier | '
+         'horizon (loss/weights) | curves x band |', '|---|---|---|---|---|---|---|---|']
+  for r in result['matched']:
+    out.append(f'| {r["case"]} | {r["steps"]} | {r["verdict"]} | {_num(r["envelope_ratio"])} | '
+               f'{"yes" if r["bit_identical"] else "no"} | '
+               f'{"judged" if r["step_judged"] else "reported"} | '
+               f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} |')
+  if result['pitfalls']:
+    out += ['', '| case | pitfall | verdict | named first | margin over correct runs |',
+            '|---|---|---|---|---|']
+    for r in result['pitfalls']:
+      out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '
+                 f'{"yes" if r["named_first"] else "no: " + ", ".join(r["named"])} | '
+                 f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} |')
+  return '\n'.join(out) + '\n'

@@ -1,0 +1,232 @@
+"""The parity report: the console table, parity.md, parity.json and parity.png.
+
+TensorFlow-free; it formats what parity.compare returned.
+"""
+
+import os
+
+import numpy as np
+
+from tf1compat import calibration
+from tf1compat import parity
+from tf1compat import runlog
+
+
+def _fmt(value):
+  if value is None:
+    return '-'
+  if isinstance(value, float):
+    return f'{value:.3g}'
+  return str(value)
+
+
+def _ratio(value):
+  return '-' if value is None else f'{value:.2g}x'
+
+
+def calibration_line(report):
+  """One line on how the tiers were judged (the control, the horizon, the multiple)."""
+  envelope, tol = report.get('calibration'), report['tolerances']
+  if not envelope:
+    return (f'uncalibrated: fixed tolerances over the first {tol["parity_steps"]} steps '
+            '(give a control run to calibrate them)')
+  return (f'calibrated by control {envelope["control"]}: judged up to step '
+          f'{envelope["loss_horizon"]} (losses) and {envelope["weight_horizon"]} (weights), '
+          f'limit {tol["envelope_multiple"]:g}x the control\'s divergence')
+
+
+def summary_lines(report):
+  """The short table and verdict that compare_runs and check_parity print.
+
+  `x envelope` is the port's worst divergence over the control's at the judged steps
+  (a PASS needs at most envelope_multiple); `identical` says whether the pair is bit
+  for bit equal, which is reported, never required.
+  """
+  lines = [f'{"pair":<32} {"step max rel":>12} {"weight max rel":>14} {"x envelope":>10} '
+           f'{"curve":>5} {"semantics":>9} {"identical":>9}  verdict']
+  for pair in report['pairs']:
+    name = f'{pair["reference_label"]} vs {pair["other_label"]}'
+    tiers = pair['tiers']
+    step_note = '' if tiers['step']['judged'] else '*'
+    lines.append(
+        f'{name[:32]:<32} {_fmt(pair["step_tier"]["max_relative_difference"]) + step_note:>12} '
+        f'{_fmt(pair["weight_tier"]["max_relative_difference"]) + step_note:>14} '
+        f'{_ratio(pair["envelope_ratio"]):>10} '
+        f'{"ok" if tiers["curve"]["passed"] else "FAIL":>5} '
+        f'{"ok" if tiers["semantics"]["passed"] else "FAIL":>9} '
+        f'{"yes" if pair["bit_identical"] else "no":>9}  {pair["verdict"]}')
+    for p in pair['pitfalls']:
+      margin = f' [{_ratio(p["margin"])} over correct runs]' if p['margin'] else ''
+      lines.append(f'  pitfall {p["name"]}: {p["evidence"]}{margin}')
+      lines.append(f'    fix: {p["fix"]}')
+    if pair['verdict'] == 'FAIL' and not pair['pitfalls']:
+      lines.append('  no catalogued pitfall fits the evidence; see parity.md')
+  if any(not pair['tiers']['step']['judged'] for pair in report['pairs']):
+    lines.append('* step tier reported, not judged: a known framework difference (parity.md)')
+  lines.append(calibration_line(report))
+  lines.append(f'VERDICT: {report["verdict"]}')
+  return lines
+
+
+def _step_section(pair, tol):
+  steps = pair['step_tier']
+  out = ['', f'### Step tier ({"judged" if pair["tiers"]["step"]["judged"] else "reported only"})',
+         '', f'Batch loss over the first {steps["steps"]} steps (step 1 uses the initial '
+         'weights):', '', '| step | reference | other | relative difference | limit | x envelope |',
+         '|---|---|---|---|---|---|']
+  ratios = steps['envelope_ratio'] or [None] * steps['steps']
+  out += [f'| {i + 1} | {a:.8g} | {b:.8g} | {d:.2e} | {lim:.2e} | {_ratio(r)} |'
+          for i, (a, b, d, lim, r) in enumerate(zip(
+              steps['reference_loss'], steps['other_loss'], steps['relative_difference'],
+              steps['limit'], ratios))]
+  out += ['', f'Max relative difference {_fmt(steps["max_relative_difference"])}, '
+          f'{_ratio(steps["max_envelope_ratio"])} the envelope; first step over: '
+          f'{_fmt(steps["first_step_over"])}.']
+  weights = pair['weight_tier']
+  if weights['common_steps']:
+    out += ['', f'Weights (||a - b|| / ||a|| per variable) at the common snapshot steps '
+            f'{weights["common_steps"]}, judged at {weights["judged_steps"]}: max '
+            f'{_fmt(weights["max_relative_difference"])}, '
+            f'{_ratio(weights["max_envelope_ratio"])} the envelope; first over: '
+            f'{_fmt(weights["first_over"])}.']
+  else:
+    out += ['', 'The runs have no common snapshot step: weights not compared (align '
+            '--snapshot_steps to compare them).']
+  if weights.get('excluded'):
+    out.append(f'Reported, not judged (framework difference): {", ".join(weights["excluded"])}.')
+  if weights['per_step']:
+    out += ['', '| step | judged | max relative difference | limit | worst variable |',
+            '|---|---|---|---|---|']
+    for entry in weights['per_step']:
+      worst = max(entry['variables'].items(), key=lambda kv: kv[1], default=('-', 0.0))
+      out.append(f'| {entry["step"]} | {"yes" if entry["judged"] else "no"} | '
+                 f'{entry["max_relative_difference"]:.2e} | {_fmt(entry.get("limit"))} | '
+                 f'{worst[0]} ({worst[1]:.2e}) |')
+  return out
+
+
+def _markdown(report):
+  tol = report['tolerances']
+  out = ['# Parity report', '', f'**Verdict: {report["verdict"]}**', '',
+         'Runs (compared pairwise against the first):', '']
+  out += [f'- `{r["label"]}` ({r["steps"]} steps): `{r["path"]}`' for r in report['runs']]
+  out += ['', calibration_line(report) + '.', '']
+  envelope = report.get('calibration')
+  if envelope:
+    out += [f'Control run: `{report["control"]}`, the reference run again from initial weights '
+            'moved by one ulp each, under a different reduction order. Its divergence from the '
+            'reference is the envelope of correct runs:', '',
+            '| step | control loss divergence (running max) |', '|---|---|']
+    loss = envelope['loss']
+    shown = sorted({s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, len(loss)) if s <= len(loss)})
+    out += [f'| {s} | {loss[s - 1]:.2e} |' for s in shown]
+    out += ['', '| snapshot step | control weight divergence (running max) |', '|---|---|']
+    out += [f'| {s} | {v:.2e} |' for s, v in sorted(envelope['weights'].items(),
+                                                       key=lambda kv: int(kv[0]))]
+    out.append('')
+  out += ['Tolerances: ' + ', '.join(f'{k}={v}' for k, v in tol.items()), '']
+  for pair in report['pairs']:
+    out += [f'## {pair["reference_label"]} vs {pair["other_label"]}: {pair["verdict"]}', '',
+            f'Bit for bit identical: {"yes" if pair["bit_identical"] else "no"} (reported, '
+            f'not required). Worst divergence over the envelope: '
+            f'{_ratio(pair["envelope_ratio"])} (limit {tol["envelope_multiple"]:g}x).', '']
+    out += ['### Config lint', '']
+    if pair['lint']:
+      out += ['| field | reference | other | note |', '|---|---|---|---|']
+      out += [f'| {d["field"]} | {_fmt(d["reference"])} | {_fmt(d["other"])} | '
+              f'{"numerically equivalent" if d["equivalent"] else "changes the math"} |'
+              for d in pair['lint']]
+    else:
+      out.append('The manifests agree on every field that changes the math.')
+    out += _step_section(pair, tol)
+    out += ['', '### Curve tier', '']
+    series = pair['curve_tier']['series']
+    if series:
+      out += ['| series | reference | other | difference | band | ok |',
+              '|---|---|---|---|---|---|']
+      for name, s in series.items():
+        out.append(f'| {name} | {", ".join(f"{v:.4f}" for v in s["reference"])} | '
+                   f'{", ".join(f"{v:.4f}" for v in s["other"])} | '
+                   f'{", ".join(f"{v:.2e}" for v in s["difference"])} | '
+                   f'{", ".join(f"{v:.3g}" for v in s["limit"])} | '
+                   f'{"yes" if s["passed"] else "NO"} |')
+    else:
+      out.append('No common epochs.')
+    out += ['', '### Semantics tier', '']
+    for label, info in pair['semantics_tier']['metrics'].items():
+      for value_name, m in info.items():
+        out.append(f'- `{label}` running {value_name}: {m["kind"]} (error vs per-epoch mean '
+                   f'{m["error_per_epoch"]:.1e}, vs mean since step 1 {m["error_since_start"]:.1e})')
+    for label, state in pair['semantics_tier']['batch_norm'].items():
+      if state is not None:
+        out.append(f'- `{label}` BatchNorm moving statistics moved: '
+                   f'{"all" if state["all_moved"] else "some" if state["any_moved"] else "none"}')
+    if pair['framework_differences']:
+      out += ['', '### Known framework differences (not mistakes)', '']
+      for name, details in pair['framework_differences'].items():
+        out.append(f'- **{name}**: {parity.FRAMEWORK_DIFFERENCES[name]} Measured: '
+                   f'{_fmt(details)}')
+    if pair['pitfalls']:
+      out += ['', '### Pitfalls that fit the evidence', '']
+      for p in pair['pitfalls']:
+        margin = (f' Margin: {_ratio(p["margin"])} what correct runs show.' if p['margin']
+                  else '')
+        out.append(f'- **{p["name"]}**: {p["evidence"]}.{margin} Fix: {p["fix"]}')
+    elif pair['verdict'] == 'FAIL':
+      out += ['', 'No catalogued pitfall fits the evidence.']
+    out.append('')
+  out += ['![loss curves and step-wise difference](parity.png)', '']
+  return '\n'.join(out)
+
+
+def _plot(report, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  figure, (curves, diffs) = pyplot.subplots(1, 2, figsize=(12, 4.5))
+  for entry in report['runs']:
+    steps = runlog.read_csv(os.path.join(entry['path'], runlog.STEPS_CSV))
+    curves.plot(steps['step'], steps['loss'], label=entry['label'], linewidth=1)
+  curves.set_xlabel('step')
+  curves.set_ylabel('batch loss')
+  curves.set_title('Training loss')
+  curves.legend()
+  tol, envelope = report['tolerances'], report.get('calibration')
+  if envelope:
+    band = tol['envelope_multiple'] * np.maximum(envelope['loss'], calibration.ROUNDING_FLOOR)
+    x = np.arange(1, len(band) + 1)
+    diffs.fill_between(x, 1e-12, band, color='green', alpha=0.12,
+                       label=f'{tol["envelope_multiple"]:g}x control envelope')
+    diffs.semilogy(x, np.maximum(envelope['loss'], 1e-12), color='green', linewidth=0.8,
+                   linestyle=':', label='control vs reference')
+    diffs.axvline(envelope['loss_horizon'] + 0.5, color='grey', linestyle='--',
+                  label='horizon (judged before)')
+  else:
+    diffs.axhline(tol['step_rtol'], color='red', linestyle='--', label='step_rtol')
+    diffs.axvspan(0.5, tol['parity_steps'] + 0.5, color='grey', alpha=0.15,
+                  label='step tier window')
+  for pair in report['pairs']:
+    a = runlog.read_csv(os.path.join(pair['reference'], runlog.STEPS_CSV))['loss']
+    b = runlog.read_csv(os.path.join(pair['other'], runlog.STEPS_CSV))['loss']
+    n = min(len(a), len(b))
+    rel = calibration.relative_difference(a[:n], b[:n])
+    diffs.semilogy(np.arange(1, n + 1), np.maximum(rel, 1e-12), linewidth=1,
+                   label=f'{pair["other_label"]} vs {pair["reference_label"]}')
+  diffs.set_xlabel('step')
+  diffs.set_ylabel('relative loss difference (1e-12 = equal)')
+  diffs.set_title('Step-wise difference')
+  diffs.legend(fontsize='small')
+  figure.tight_layout()
+  figure.savefig(path + '.tmp.png', dpi=100)
+  pyplot.close(figure)
+  os.replace(path + '.tmp.png', path)
+
+
+def write_report(report, output_dir):
+  """Writes parity.json, parity.md and parity.png into `output_dir`; returns their paths."""
+  os.makedirs(output_dir, exist_ok=True)
+  paths = {name: os.path.join(output_dir, f'parity.{name}') for name in ('json', 'md', 'png')}
+  runlog.atomic_write_json(paths['json'], report)
+  runlog.atomic_write_text(paths['md'], _markdown(report))
+  _plot(report, paths['png'])
+  return paths
