@@ -119,3 +119,26 @@ def test_report_shows_the_calibration(tmp_path):
   with open(paths['md']) as f:
     text = f.read()
   assert 'control loss divergence' in text and 'Bit for bit identical: no' in text
+
+
+def test_dropout_that_never_acted_is_named(tmp_path):
+  """The control draws other Dropout masks: a first batch loss equal to the reference's
+  says the reference's Dropout never applied in training."""
+  losses = _losses()
+  dropout = {'dropout': 0.3, 'feed_learning_phase': False}
+  reference = make_run(str(tmp_path / 'reference'), losses=losses, flags_extra=dropout)
+  inactive = make_run(str(tmp_path / 'inactive'), losses=losses * (1 + CONTROL_DRIFT),
+                      flags_extra={**dropout, 'dropout_seed': 1})
+  port = make_run(str(tmp_path / 'port'), runner='eager', losses=losses,
+                  flags_extra={'dropout': 0.3, **EXACT_PORT})
+  report = parity.compare([reference, port], parity.Tolerances(), control=inactive)
+  assert report['verdict'] == 'FAIL'
+  assert report['pitfalls'][0] == 'no_learning_phase'
+  state = report['pairs'][0]['semantics_tier']['reference_dropout']
+  assert not state['active'] and state['control_first_step_difference'] == pytest.approx(1e-7)
+  masks = np.r_[4e-3, np.full(N - 1, 1e-2)]
+  active = make_run(str(tmp_path / 'active'), losses=losses * (1 + masks),
+                    flags_extra={**dropout, 'dropout_seed': 1})
+  pair = parity.compare([reference, port], parity.Tolerances(), control=active)['pairs'][0]
+  assert pair['semantics_tier']['reference_dropout']['active']
+  assert 'no_learning_phase' not in [p['name'] for p in pair['pitfalls']]

@@ -21,7 +21,7 @@ TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
 @pytest.fixture(scope='module')
 def output_dirs(tmp_path_factory):
   base = tmp_path_factory.mktemp('check_parity')
-  return {'plain': str(base / 'plain'), 'batch_norm': str(base / 'batch_norm')}
+  return {kind: str(base / kind) for kind in ('plain', 'batch_norm', 'dropout')}
 
 
 def _check(tiny_data_dir, output_dir, *args):
@@ -101,9 +101,10 @@ def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp
     ('skip_update_ops', 'batch_norm'),
     ('model_call_wiring', 'batch_norm'),
     ('no_learning_phase', 'batch_norm'),
+    ('no_learning_phase', 'dropout'),
 ])
 def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfall, kind):
-  extra = ['--batch_norm'] if kind == 'batch_norm' else []
+  extra = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3']}[kind]
   result, report = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}', *extra)
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'VERDICT: FAIL' in result.stdout

@@ -133,6 +133,7 @@ def _pitfall_row(case, pitfall, report):
   first = named[0] if named else None
   return {'case': case.name, 'pitfall': pitfall, 'verdict': report['verdict'],
           'named_first': bool(first and first['name'] == pitfall),
+          'judged_by': first['judged_by'] if first else None,
           'margin': first['margin'] if first else None,
           'named': [p['name'] for p in named]}
 
@@ -159,7 +160,7 @@ def run(flags_obj):
       _, report = _check(args + [f'--pitfall={pitfall}'], case_dir)
       row = _pitfall_row(case, pitfall, report)
       pitfalls.append(row)
-      margin = '-' if row['margin'] is None else f'{row["margin"]:.3g}x'
+      margin = 'exact' if row['margin'] is None else f'{row["margin"]:.3g}x'
       progress.say(f'{case.name}: {pitfall} {row["verdict"]}, named first: '
                    f'{"yes" if row["named_first"] else "no"} (margin {margin})')
   passed = (all(r['verdict'] == 'PASS' for r in matched) and
@@ -184,10 +185,11 @@ def markdown(result):
                f'{"judged" if r["step_judged"] else "reported"} | '
                f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} |')
   if result['pitfalls']:
-    out += ['', '| case | pitfall | verdict | named first | margin over correct runs |',
-            '|---|---|---|---|---|']
+    out += ['', '| case | pitfall | verdict | named first | judged by | margin over correct runs |',
+            '|---|---|---|---|---|---|']
     for r in result['pitfalls']:
       out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '
                  f'{"yes" if r["named_first"] else "no: " + ", ".join(r["named"])} | '
+                 f'{r["judged_by"] or "-"} | '
                  f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} |')
   return '\n'.join(out) + '\n'

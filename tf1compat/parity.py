@@ -360,6 +360,23 @@ def batch_norm_state(run):
   return {'moved': moved, 'any_moved': any(moved.values()), 'all_moved': all(moved.values())}
 
 
+def dropout_in_training(reference, control, envelope):
+  """Whether the reference's Dropout acted in training, from its control.
+
+  The control draws other Dropout masks (another --dropout_seed); with Dropout active
+  that alone moves the first batch loss far above rounding (4e-3 measured at rate 0.3).
+  A first batch loss equal to rounding says the masks never applied: the layer ran in
+  inference mode. None where this cannot be told (no control, no Dropout, same seed).
+  """
+  if (envelope is None or control is None or not (reference.flag('dropout') or 0) > 0 or
+      control.flag('dropout_seed') == reference.flag('dropout_seed') or not envelope.loss):
+    return None
+  first = envelope.loss[0]
+  return {'active': first > calibration.ENVELOPE_MULTIPLE * calibration.ROUNDING_FLOOR,
+          'control_first_step_difference': first,
+          'control_dropout_seed': control.flag('dropout_seed')}
+
+
 def bessel_factor(run, layer_index):
   """n/(n-1) for the batch variance of bn<layer_index>: n = batch x height x width."""
   size = run.manifest.get('image_size') or run.flag('image_size')
@@ -419,22 +436,24 @@ def _envelope_ratio(tier, index=None):
   return tier['envelope_ratio'][index] if index is not None else tier['max_envelope_ratio']
 
 
-def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states):
+def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
+             dropout_state=None):
   """Catalogued pitfalls that fit the evidence, best fit first.
 
-  Each is {name, evidence, fix, corroborated, margin}: `margin` is how far the evidence
+  Each is {name, evidence, fix, corroborated, judged_by, margin}: `judged_by` is the tier
+  whose evidence names it (config, step, semantics); `margin` how far that evidence
   stands above what correct runs show (divergence / the control's envelope on the step
-  tiers, error / tolerance on the semantics tier; None where the evidence is exact, as
-  a config difference or statistics that never moved). `steps` and `weights` are the
+  tier, error / tolerance for running metrics; None where the evidence is exact: a
+  config difference, statistics that never moved, masks that never applied). `steps` and `weights` are the
   step and weight tiers, or None where a framework difference makes step-wise values
   incomparable. A pitfall is `corroborated` when the runs' own flags say the mistake
   was made; those come first.
   """
   found = []
 
-  def add(name, evidence, corroborated, margin=None):
+  def add(name, evidence, corroborated, judged_by, margin=None):
     found.append({'name': name, 'evidence': evidence, 'fix': PITFALLS[name],
-                  'corroborated': corroborated, 'margin': margin})
+                  'corroborated': corroborated, 'judged_by': judged_by, 'margin': margin})
 
   fields = {d['field']: d for d in lint_found}
   # Judged like every other step: over its limit, not merely non-zero (a GPU's last bit).
@@ -444,7 +463,6 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states)
   if 'optimizer epsilon' in fields:
     d = fields['optimizer epsilon']
     evidence = f'Adam epsilon {d["reference"]} vs {d["other"]}'
-    margin = None
     if steps is not None and not first_step_differs and steps['first_step_over']:
       k = steps['first_step_over']
       evidence += (f'; the first batch loss matches, the loss parts from step {k} (relative '
@@ -452,8 +470,9 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states)
                    'update')
     if steps is not None:
       ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
-      margin = max(ratios) if ratios else None
-    add('adam_epsilon', evidence, True, margin)
+      if ratios:
+        evidence += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'
+    add('adam_epsilon', evidence, True, 'config')
   if 'final activation' in fields:
     d = fields['final activation']
     evidence = (f'final activation {d["reference"]} vs {d["other"]} with losses that take '
@@ -461,14 +480,14 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states)
     if first_step_differs:
       evidence += (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
                    f'vs {steps["other_loss"][0]:.6g})')
-    add('double_softmax', evidence, True, first_step_margin)
+    add('double_softmax', evidence, True, 'config')
   for run in (reference, other):
     for value_name, info in semantics[run.path].items():
       if info['kind'] == METRICS_SINCE_START:
         add('metrics_never_reset', f'{run.label} shows a running {value_name} equal to the mean '
             'since step 1 (error {:.1e}), not since the epoch start (error {:.1e})'.format(
                 info['error_since_start'], info['error_per_epoch']),
-            run.flag('reset_metrics') == 'never', info['error_per_epoch'] / _METRIC_RTOL)
+            run.flag('reset_metrics') == 'never', 'semantics', info['error_per_epoch'] / _METRIC_RTOL)
         break
   for run, twin in ((reference, other), (other, reference)):
     state, twin_state = bn_states[run.path], bn_states[twin.path]
@@ -476,11 +495,18 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states)
       evidence = (f'{run.label}: BatchNorm moving statistics never changed from their initial '
                   f'values; {twin.label}: they did')
       if run.flag('wiring') == 'model_call':
-        add('model_call_wiring', evidence, True)
-        add('skip_update_ops', evidence, False)
+        add('model_call_wiring', evidence, True, 'semantics')
+        add('skip_update_ops', evidence, False, 'semantics')
       else:
-        add('skip_update_ops', evidence, run.flag('update_ops') is False)
-        add('model_call_wiring', evidence, False)
+        add('skip_update_ops', evidence, run.flag('update_ops') is False, 'semantics')
+        add('model_call_wiring', evidence, False, 'semantics')
+  if dropout_state is not None and not dropout_state['active']:
+    add('no_learning_phase',
+        f'{reference.label} trained with Dropout {reference.flag("dropout")}, yet its control, '
+        'which drew other Dropout masks, has the same first batch loss (relative difference '
+        f'{dropout_state["control_first_step_difference"]:.1e}): the masks never applied, '
+        'Dropout ran in inference mode', reference.flag('feed_learning_phase') is False,
+        'semantics')
   if first_step_differs and 'final activation' not in fields:
     for run in (reference, other):
       if run.flag('batch_norm') or (run.flag('dropout') or 0) > 0:
@@ -489,7 +515,7 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states)
             f'{steps["other_loss"][0]:.6g}) with the same initial weights and data: the '
             'forward pass differs, as when BatchNorm/Dropout run in inference mode',
             any(r.flag('feed_learning_phase') is False for r in (reference, other)),
-            first_step_margin)
+            'step', first_step_margin)
         break
   found.sort(key=lambda p: not p['corroborated'])
   seen, unique = set(), []
@@ -534,8 +560,11 @@ def _measured(steps):
           'over_steps': steps['steps']}
 
 
-def compare_pair(reference, other, tol, envelope=None):
-  """All tiers for one pair; returns the pair's section of parity.json."""
+def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
+  """All tiers for one pair; returns the pair's section of parity.json.
+
+  `dropout_state` is dropout_in_training() of the reference, judged in the semantics tier.
+  """
   lint_found = lint(reference, other)
   differences = known_differences(reference, other)
   excluded = set()
@@ -560,12 +589,13 @@ def compare_pair(reference, other, tol, envelope=None):
       'config': {'judged': True, 'passed': not mismatches},
       'step': {'judged': step_judged, 'passed': steps['passed'] and weights['passed']},
       'curve': {'judged': True, 'passed': curves['passed']},
-      'semantics': {'judged': True, 'passed': semantics_ok and bn_ok},
+      'semantics': {'judged': True, 'passed': semantics_ok and bn_ok and (
+          dropout_state is None or dropout_state['active'])},
   }
   passed = all(t['passed'] for t in tiers.values() if t['judged'])
   pitfalls = [] if passed else diagnose(
       reference, other, lint_found, steps if step_judged else None,
-      weights if step_judged else None, semantics, bn_states)
+      weights if step_judged else None, semantics, bn_states, dropout_state)
   ratios = [r for r in (steps['max_envelope_ratio'], weights['max_envelope_ratio'])
             if r is not None and step_judged]
   return {
@@ -576,7 +606,8 @@ def compare_pair(reference, other, tol, envelope=None):
       'semantics_tier': {'metrics': {run.label: semantics[run.path]
                                      for run in (reference, other)},
                          'batch_norm': {run.label: bn_states[run.path]
-                                        for run in (reference, other)}},
+                                        for run in (reference, other)},
+                         'reference_dropout': dropout_state},
       'tiers': tiers, 'framework_differences': differences,
       # divergence / envelope at the worst judged step (the limit is envelope_multiple).
       'envelope_ratio': max(ratios) if ratios else None,
@@ -594,8 +625,10 @@ def compare(paths, tol, control=None):
   if len(paths) < 2:
     raise cli.UsageError('compare_runs needs at least two run directories')
   runs = [load_run(p) for p in paths]
-  envelope = measure_envelope(runs[0], load_run(control), tol) if control else None
-  pairs = [compare_pair(runs[0], other, tol, envelope) for other in runs[1:]]
+  control_run = load_run(control) if control else None
+  envelope = measure_envelope(runs[0], control_run, tol) if control else None
+  dropout_state = dropout_in_training(runs[0], control_run, envelope)
+  pairs = [compare_pair(runs[0], other, tol, envelope, dropout_state) for other in runs[1:]]
   verdict = 'PASS' if all(p['verdict'] == 'PASS' for p in pairs) else 'FAIL'
   return {'verdict': verdict, 'tolerances': dataclasses.asdict(tol),
           'calibration': envelope.as_dict() if envelope else None,

@@ -56,7 +56,7 @@ def summary_lines(report):
         f'{"ok" if tiers["semantics"]["passed"] else "FAIL":>9} '
         f'{"yes" if pair["bit_identical"] else "no":>9}  {pair["verdict"]}')
     for p in pair['pitfalls']:
-      margin = f' [{_ratio(p["margin"])} over correct runs]' if p['margin'] else ''
+      margin = f' [{_ratio(p["margin"])} what correct runs show]' if p['margin'] else ''
       lines.append(f'  pitfall {p["name"]}: {p["evidence"]}{margin}')
       lines.append(f'    fix: {p["fix"]}')
     if pair['verdict'] == 'FAIL' and not pair['pitfalls']:
@@ -161,6 +161,11 @@ def _markdown(report):
       if state is not None:
         out.append(f'- `{label}` BatchNorm moving statistics moved: '
                    f'{"all" if state["all_moved"] else "some" if state["any_moved"] else "none"}')
+    dropout = pair['semantics_tier']['reference_dropout']
+    if dropout is not None:
+      out.append(f'- `{pair["reference_label"]}` Dropout acted in training: '
+                 f'{"yes" if dropout["active"] else "no"} (its control, with other masks, '
+                 f'parts by {dropout["control_first_step_difference"]:.1e} at step 1)')
     if pair['framework_differences']:
       out += ['', '### Known framework differences (not mistakes)', '']
       for name, details in pair['framework_differences'].items():
