@@ -57,9 +57,9 @@ import time
 from absl import logging
 
 from tf1compat import cli
+from tf1compat import process
 from tf1compat import runlog
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Classes of the model when the benchmark writes its own data: the seed's Caltech256
 # head (its synthetic records use 10 of them).
 SEED_NUM_CLASSES = 257
@@ -215,8 +215,7 @@ def _run_worker(work_dir, spec):
   if os.path.exists(result_path):
     os.remove(result_path)
   runlog.atomic_write_json(spec_path, {**spec, 'result': result_path})
-  env = dict(os.environ)
-  env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  env = process.child_env()
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   log_path = os.path.join(work_dir, _LOG_FILE)
   with open(log_path, 'w') as log:
@@ -557,12 +556,6 @@ def _status_mb(field):
   raise RuntimeError(f'/proc/self/status has no {field}')
 
 
-def _use_keras3():
-  """Sets up a Keras 3 process: the graph runner's TF_USE_LEGACY_KERAS=1, perhaps
-  inherited, would make tf.keras Keras 2."""
-  os.environ.pop('TF_USE_LEGACY_KERAS', None)
-
-
 def seed_pipeline(files, *, image_size, num_classes, batch_size, seed=0, shuffle_buffer=10000,
                   sequential=True):
   """The seed's input pipeline in its op order, for measuring it against make_dataset.
@@ -600,7 +593,7 @@ def _data_worker(spec):
   find no validation files and spend no time evaluating. The records go through the
   runners' own pre-flight check (`data.describe`) with the run's --on_bad_record.
   """
-  _use_keras3()
+  process.use_keras3()
   from tf1compat import data  # pylint: disable=g-import-not-at-top
   if spec['data_dir']:
     info = data.read_dataset_json(spec['data_dir']) or {}
@@ -638,7 +631,7 @@ def _synthetic_data_dir(num_records, seed):
 
 def _pipeline_worker(spec):
   """Times one pipeline variant: batches per second after its shuffle buffer filled."""
-  _use_keras3()
+  process.use_keras3()
   from tf1compat import data  # pylint: disable=g-import-not-at-top
   baseline = _status_mb('VmRSS')
   build = {'seed': seed_pipeline,
@@ -665,14 +658,12 @@ def _pipeline_worker(spec):
 
 def _train_worker(spec):
   """Runs a runner as its bin/ script would, optionally on one batch held in memory."""
+  # The runners' own process setup, before TensorFlow is imported.
   if spec['runner'] == 'graph':
-    # bin/train_graph's process setup: before TensorFlow is imported.
-    os.environ['TF_USE_LEGACY_KERAS'] = '1'
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.compat.v1.disable_v2_behavior()
+    process.use_legacy_keras()
     from tf1compat import graph_loop as loop  # pylint: disable=g-import-not-at-top
   else:
-    _use_keras3()
+    process.use_keras3()
     from tf1compat import eager_loop as loop  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from tf1compat import data  # pylint: disable=g-import-not-at-top

@@ -1,16 +1,20 @@
-"""The exit-code contract of every entry point (DESIGN.md) and the absl wrapper that keeps it.
+"""The exit-code contract of every entry point and the absl wrapper that keeps it.
 
 0 success; 1 parity FAIL; 2 usage or input-data error, one clear line on stderr and no
 traceback; 3 numeric fault; 130/143 interrupted by SIGINT/SIGTERM after a checkpoint.
 Library code raises the exceptions below; `run_main` turns them into exit codes.
 """
 
+from importlib import metadata
 import os
+import platform
 import signal
 import sys
 
 from absl import app
 from absl import flags
+
+import tf1compat
 
 EXIT_OK = 0
 EXIT_PARITY_FAIL = 1
@@ -51,7 +55,27 @@ def fail(exit_code, message):
   sys.exit(exit_code)
 
 
+def _installed_version(distribution):
+  try:
+    return metadata.version(distribution)
+  except metadata.PackageNotFoundError:
+    return 'not installed'
+
+
+def version_line():
+  """The program's, TensorFlow's and both Kerases' versions (read without importing them)."""
+  return (f'{_program()} (tf1compat {tf1compat.__version__}): TensorFlow '
+          f'{_installed_version("tensorflow")}, Keras {_installed_version("keras")}, tf-keras '
+          f'{_installed_version("tf-keras")}, Python {platform.python_version()}')
+
+
+_HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
 def _parse_flags(argv):
+  if '--version' in argv[1:]:
+    sys.stdout.write(version_line() + '\n')
+    sys.exit(EXIT_OK)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -63,6 +87,7 @@ def run_main(main):
 
   `main` returns an exit code (or None for 0); UsageError, NumericFault and
   Interrupted become one line on stderr and exit codes 2, 3 and 128 + signal.
+  `--version` prints version_line(); help flags exit 0.
   """
 
   def guarded(argv):
@@ -75,7 +100,13 @@ def run_main(main):
     except Interrupted as e:
       fail(e.exit_code, e)
 
-  app.run(guarded, flags_parser=_parse_flags)
+  try:
+    app.run(guarded, flags_parser=_parse_flags)
+  except SystemExit as e:
+    # absl exits 1 after printing help; help asked for is a success, and 1 means FAIL.
+    if e.code == 1 and any(arg.split('=')[0] in _HELP_FLAGS for arg in sys.argv[1:]):
+      sys.exit(EXIT_OK)
+    raise
 
 
 class SignalCatcher:

@@ -67,7 +67,7 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
   variance but returns the Bessel-corrected one (var * n / (n - 1), n = batch x height
   x width) for the moving variance, and updates the moving statistics as
   `moving -= (moving - value) * (1 - momentum)`. Keras 3 uses the biased variance and
-  unfused ops, which also round differently (DESIGN.md, `bn_moving_variance`). This
+  unfused ops, which also round differently (README, `bn_moving_variance`). This
   layer runs the same kernel (`FusedBatchNormV3`, whose gradient TF registers) and the
   same update, so a matched comparison with the graph runner is exact. Masked, renorm
   and non-image inputs fall back to the base class.

@@ -1,4 +1,4 @@
-"""absl flag definitions shared by the entry points (DESIGN.md, command-line contract).
+"""absl flag definitions shared by the entry points (README, "Commands").
 
 Each entry point calls the `define_*_flags` functions it needs at import of its `bin/`
 script; library code receives the parsed `flags.FLAGS` object (or any object with the

@@ -1,4 +1,4 @@
-"""The legacy TF1 graph-mode training loop (DESIGN.md), written the way TF1 teams wrote it.
+"""The legacy TF1 graph-mode training loop, written the way TF1 teams wrote it.
 
 One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
 seed's ConvNet wired onto its output with `Input(tensor=features)`, the loss, a

@@ -14,22 +14,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
 from tf1compat import parity
+from tf1compat import process
 from tf1compat import progress
 from tf1compat import report as parity_report
 from tf1compat import runlog
 
 STATE_JSON = 'check_parity.json'
-BIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bin')
 # The legacy loop's epsilon: the port is what must match it.
 LEGACY_ADAM_EPSILON = 1e-8
-# The port's switches that remove the known framework differences (DESIGN.md).
+# The port's switches that remove the known framework differences (README, "Exact mode").
 EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
 # Flags check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'overwrite',
@@ -69,7 +68,7 @@ ROLES = {'init': 'initial weights from the legacy runner',
 @dataclasses.dataclass(frozen=True)
 class RunnerJob:
   name: str       # run directory name under --output_dir
-  script: str     # bin/ entry point
+  command: str    # the runner's command (process.command)
   args: tuple     # runner-specific arguments
   env: tuple = ()  # (name, value) pairs set in the runner's environment
 
@@ -93,7 +92,7 @@ def control_job(reference, flags_obj):
   args = [*reference.args, '--nodeterministic']
   if flags_obj.dropout > 0:
     args.append(f'--dropout_seed={flags_obj.seed + 1}')
-  return RunnerJob(CONTROL, reference.script, tuple(args),
+  return RunnerJob(CONTROL, reference.command, tuple(args),
                    (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
@@ -137,7 +136,7 @@ def jobs(flags_obj):
   runners = [('graph', 'train_graph', ()), ('eager', 'train_eager', ('--loop=custom',))]
   if flags_obj.with_fit:
     runners.append(('fit', 'train_eager', ('--loop=fit',)))
-  for name, script, own in runners:
+  for name, command, own in runners:
     args = list(own)
     if name != 'graph':
       args.extend(port_args(flags_obj))
@@ -148,7 +147,7 @@ def jobs(flags_obj):
       args.append(f'--adam_epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
-    out.append(RunnerJob(name, script, tuple(args)))
+    out.append(RunnerJob(name, command, tuple(args)))
     if name == 'graph' and flags_obj.calibrate:
       out.append(control_job(out[-1], flags_obj))
   return out
@@ -191,8 +190,8 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False):
   which checkpoints and exits 130/143; check_parity then exits the same way, and a
   rerun resumes.
   """
-  command = [sys.executable, os.path.join(BIN_DIR, job.script), *args]
-  env = dict(os.environ, **dict(job.env))
+  command = process.command(job.command, *args)
+  env = process.child_env(job.env)
   # The log file is for everything: TensorFlow's own start-up lines included.
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV) if model_dir else None

@@ -13,10 +13,10 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 
 from tf1compat import cli
 from tf1compat import harness
+from tf1compat import process
 from tf1compat import progress
 from tf1compat import runlog
 
@@ -92,9 +92,9 @@ def real_data_dir(output_dir):
     write_digits_folder(images_dir + '.tmp')
     os.replace(images_dir + '.tmp', images_dir)
   result = subprocess.run(
-      [sys.executable, os.path.join(harness.BIN_DIR, 'make_records'),
-       f'--image_dir={images_dir}', f'--output_dir={records_dir}', '--overwrite'],
-      capture_output=True, text=True, check=False)
+      process.command('make_records', f'--image_dir={images_dir}',
+                      f'--output_dir={records_dir}', '--overwrite'),
+      capture_output=True, text=True, env=process.child_env(), check=False)
   if result.returncode:
     raise cli.UsageError(f'make_records failed on {images_dir}: '
                          f'{result.stderr.strip().splitlines()[-1:]}')
@@ -103,9 +103,8 @@ def real_data_dir(output_dir):
 
 def _check(args, output_dir):
   """Runs check_parity; returns (exit code, parity.json content or None)."""
-  result = subprocess.run([sys.executable, os.path.join(harness.BIN_DIR, 'check_parity'),
-                           f'--output_dir={output_dir}', *args],
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(process.command('check_parity', f'--output_dir={output_dir}', *args),
+                          capture_output=True, text=True, env=process.child_env(), check=False)
   if result.returncode not in (cli.EXIT_OK, cli.EXIT_PARITY_FAIL):
     raise cli.UsageError(f'check_parity {" ".join(args)} stopped with exit code '
                          f'{result.returncode}: {result.stderr.strip()[-400:]}')
@@ -115,9 +114,10 @@ def _check(args, output_dir):
 
 def _matched_row(case, report):
   calibration = report.get('calibration') or {}
+  ratios = [p['envelope_ratio'] for p in report['pairs'] if p['envelope_ratio'] is not None]
   return {
       'case': case.name, 'verdict': report['verdict'],
-      'envelope_ratio': max((p['envelope_ratio'] or 0.0) for p in report['pairs']),
+      'envelope_ratio': max(ratios) if ratios else None,
       'bit_identical': all(p['bit_identical'] for p in report['pairs']),
       'step_judged': all(p['tiers']['step']['judged'] for p in report['pairs']),
       'curve_band_ratio': max(s['band_ratio'] for p in report['pairs']
@@ -153,7 +153,8 @@ def run(flags_obj):
     row = _matched_row(case, report)
     matched.append(row)
     progress.say(f'{case.name}: matched port {row["verdict"]} '
-                 f'({row["envelope_ratio"]:.2g}x envelope)')
+                 f'({_num(row["envelope_ratio"])}x envelope, curves at '
+                 f'{_num(row["curve_band_ratio"])}x their band)')
     if not flags_obj.pitfalls:
       continue
     for pitfall in applicable_pitfalls(case):

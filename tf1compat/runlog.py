@@ -1,4 +1,4 @@
-"""The run-directory contract (DESIGN.md): what every runner writes and compare_runs reads.
+"""The run-directory contract: what every runner writes and compare_runs reads.
 
     MODEL_DIR/run.json                 manifest, written atomically
     MODEL_DIR/steps.csv                one row per training step

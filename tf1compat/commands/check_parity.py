@@ -1,0 +1,38 @@
+"""check_parity, the main job: trains the legacy graph loop, its control and the TF2 port
+from one start, then compares them.
+
+Exit codes: 0 PASS, 1 FAIL (the report names the pitfalls that fit), 2 usage or data
+error, 3 NaN/Inf loss in a runner, 130/143 interrupted (rerun to resume).
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+from tf1compat import harness
+from tf1compat import report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f'unexpected arguments {argv[1:]}; check_parity takes flags only')
+  result = harness.run(flags.FLAGS)
+  sys.stdout.write('\n'.join(report.summary_lines(result)) + '\n')
+  sys.stdout.write(f'report: {os.path.join(flags.FLAGS.output_dir, "parity.md")}\n')
+  return cli.EXIT_OK if result['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
+
+
+def console_main():
+  """The check_parity command."""
+  tf1compat_flags.define_data_flags()
+  tf1compat_flags.define_training_flags()
+  tf1compat_flags.define_parity_flags()
+  tf1compat_flags.define_check_parity_flags()
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

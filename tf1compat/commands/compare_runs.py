@@ -1,0 +1,41 @@
+"""compare_runs: compares finished run directories and writes the parity report.
+
+Usage: compare_runs RUN_DIR RUN_DIR [RUN_DIR...] [--control=RUN_DIR] [--output_dir=DIR]
+"""
+
+import os
+import sys
+
+from absl import flags
+from absl import logging
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+from tf1compat import parity
+from tf1compat import report as parity_report
+
+
+def main(argv):
+  run_dirs = argv[1:]
+  if len(run_dirs) < 2:
+    raise cli.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
+  report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags.FLAGS),
+                          control=flags.FLAGS.control)
+  output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
+  paths = parity_report.write_report(report, output_dir)
+  sys.stdout.write('\n'.join(parity_report.summary_lines(report)) + '\n')
+  logging.info('report: %s', ', '.join(paths.values()))
+  return cli.EXIT_OK if report['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
+
+
+def console_main():
+  """The compare_runs command."""
+  tf1compat_flags.define_parity_flags()
+  flags.DEFINE_string('control', None,
+                      'Run directory of a control run of the first run (its command again, '
+                      'from initial weights nudged by one ulp): calibrates the tolerances.')
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

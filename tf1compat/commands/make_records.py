@@ -1,0 +1,24 @@
+"""make_records: writes TFRecord shards in the seed's schema from an image folder, or the
+synthetic dataset."""
+
+from absl import flags
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+
+
+def main(argv):
+  del argv
+  from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+  records.run(flags.FLAGS)
+
+
+def console_main():
+  """The make_records command."""
+  cli.quiet_tensorflow_logs()
+  tf1compat_flags.define_records_flags()
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -1,0 +1,33 @@
+"""parity_matrix: check_parity over the false-alarm matrix, matched and with each pitfall.
+
+Exit codes: 0 every matched case PASSes and every pitfall FAILs and is named first,
+1 otherwise (matrix.md says where), 2 usage error.
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+from tf1compat import matrix
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f'unexpected arguments {argv[1:]}; parity_matrix takes flags only')
+  result = matrix.run(flags.FLAGS)
+  sys.stdout.write(matrix.markdown(result))
+  sys.stdout.write(f'matrix: {os.path.join(flags.FLAGS.output_dir, "matrix.md")}\n')
+  return cli.EXIT_OK if result['passed'] else cli.EXIT_PARITY_FAIL
+
+
+def console_main():
+  """The parity_matrix command."""
+  tf1compat_flags.define_matrix_flags()
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

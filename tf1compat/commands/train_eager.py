@@ -1,0 +1,33 @@
+"""train_eager: trains the seed's ConvNet the TF2 way, a custom tf.function loop or Keras
+model.fit."""
+
+from absl import flags
+from absl import logging
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+from tf1compat import process
+
+
+def main(argv):
+  del argv
+  # The TF2 port always runs on Keras 3, whatever a parent process set.
+  ignored = process.use_keras3()
+  if ignored:
+    logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
+  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  stats = eager_loop.run(flags.FLAGS)
+  logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
+
+
+def console_main():
+  """The train_eager command."""
+  cli.quiet_tensorflow_logs()
+  tf1compat_flags.define_data_flags()
+  tf1compat_flags.define_training_flags('eager')
+  tf1compat_flags.define_eager_flags()
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

@@ -1,0 +1,32 @@
+"""train_graph: trains the seed's ConvNet with the legacy TF1 graph-mode loop (Session,
+one-shot iterator)."""
+
+from absl import flags
+from absl import logging
+
+from tf1compat import cli
+from tf1compat import flags as tf1compat_flags
+from tf1compat import process
+
+
+def main(argv):
+  del argv
+  # Process-wide and read when TensorFlow is imported: tf.keras must be Keras 2
+  # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
+  process.use_legacy_keras()
+  from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
+  stats = graph_loop.run(flags.FLAGS)
+  logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
+
+
+def console_main():
+  """The train_graph command."""
+  cli.quiet_tensorflow_logs()
+  tf1compat_flags.define_data_flags()
+  tf1compat_flags.define_training_flags('graph')
+  tf1compat_flags.define_graph_flags()
+  cli.run_main(main)
+
+
+if __name__ == '__main__':
+  console_main()

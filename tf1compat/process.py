@@ -1,0 +1,53 @@
+"""How the project's processes are set up and started.
+
+Graph mode and Keras 3 never share a process: `TF_USE_LEGACY_KERAS=1` and
+`disable_v2_behavior()` are process-wide and must precede the first TensorFlow import.
+This module is that one place (the graph runner, the eager runner and the benchmark's
+workers all call it), and it starts the project's own commands as subprocesses by
+module name (`python -m tf1compat.commands.NAME`), with the importing tf1compat first
+on their path, so nothing depends on a checkout or the current folder.
+"""
+
+import os
+import sys
+
+COMMANDS_PACKAGE = 'tf1compat.commands'
+# The folder that holds the tf1compat package: a checkout's root or site-packages.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def use_legacy_keras():
+  """Makes this a TF1 graph-mode process: tf.keras is Keras 2 (tf-keras), v2 behaviour off.
+
+  Must run before anything imports TensorFlow; returns the `tensorflow` module.
+  """
+  if 'tensorflow' in sys.modules and os.environ.get('TF_USE_LEGACY_KERAS') != '1':
+    raise RuntimeError('TensorFlow was imported before the legacy-Keras process setup')
+  os.environ['TF_USE_LEGACY_KERAS'] = '1'
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.compat.v1.disable_v2_behavior()
+  return tf
+
+
+def use_keras3():
+  """Makes this a Keras 3 process; returns an inherited TF_USE_LEGACY_KERAS it removed.
+
+  The graph runner's setting, inherited from a parent process, would turn tf.keras
+  into Keras 2.
+  """
+  value = os.environ.pop('TF_USE_LEGACY_KERAS', None)
+  return value if value not in (None, '', '0') else None
+
+
+def command(name, *args):
+  """The argv that runs the project's command `name` (e.g. 'train_graph') with `args`."""
+  return [sys.executable, '-m', f'{COMMANDS_PACKAGE}.{name}', *args]
+
+
+def child_env(extra=()):
+  """os.environ for a subprocess of ours: this tf1compat importable first, plus `extra`."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get('PYTHONPATH'))
+                                      if p)
+  env.update(dict(extra))
+  return env
