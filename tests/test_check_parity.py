@@ -8,6 +8,7 @@ import json
 import os
 import types
 
+import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_entry
@@ -66,6 +67,42 @@ def test_rerun_reuses_complete_runs(tiny_data_dir, output_dirs):
   assert result.returncode == 0
   assert result.stdout.count('reusing the complete run') == 4
   assert report['verdict'] == 'PASS'
+
+
+def test_output_folder_is_a_tensorboard_logdir(output_dirs):
+  """TensorBoard's own loader finds every runner's scalars and the comparison series,
+  which hold parity.json's numbers."""
+  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import plugin_event_multiplexer
+  from tensorboard.util import tensor_util
+  out = output_dirs['plain']
+  multiplexer = plugin_event_multiplexer.EventMultiplexer()
+  multiplexer.AddRunsFromDirectory(out)
+  multiplexer.Reload()
+  runs = multiplexer.Runs()
+  comparison = ('comparison/eager', 'comparison/fit', 'comparison/control', 'comparison/limit')
+  assert set(runs) == {'graph', 'control', 'eager', 'fit', *comparison}
+  for name in ('graph', 'control', 'eager', 'fit'):
+    assert {'train/batch_loss', 'train/mean_loss', 'train/accuracy', 'epoch/train_loss',
+            'epoch/train_accuracy', 'epoch/val_loss', 'epoch/val_accuracy'} <= set(
+                runs[name]['tensors']), name
+    assert len(multiplexer.Tensors(name, 'train/batch_loss')) == 12
+  for name in comparison:
+    assert set(runs[name]['tensors']) == {'divergence/loss', 'divergence/weights'}, name
+  with open(os.path.join(out, 'parity.json')) as f:
+    report = json.load(f)
+
+  def series(run):
+    return [float(tensor_util.make_ndarray(e.tensor_proto))
+            for e in multiplexer.Tensors(run, 'divergence/loss')]
+
+  steps = report['pairs'][0]['step_tier']
+  np.testing.assert_allclose(series('comparison/eager')[:steps['steps']],
+                             steps['relative_difference'], rtol=1e-6, atol=1e-12)
+  envelope = np.array(report['calibration']['loss'])
+  np.testing.assert_allclose(series('comparison/control'), envelope, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(series('comparison/limit'),
+                             10 * np.maximum(envelope, 2.0 ** -23), rtol=1e-6)
 
 
 def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp_path):

@@ -23,6 +23,7 @@ from conftest import (TINY, csv_rows, read_run_csv, read_snapshot, run_entry, si
 from tf1compat import data
 from tf1compat import records
 from tf1compat import runlog
+from tf1compat import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
 # Runs that get interrupted last 2 epochs of 8 steps (tiny_run_flags has 6): room for a
@@ -59,12 +60,7 @@ def _example(image=None, label=1, omit=()):
 
 def _tfrecord_bytes(serialized):
   """The bytes of a TFRecord file holding `serialized` records."""
-  out = []
-  for record in serialized:
-    length = len(record).to_bytes(8, 'little')
-    out += [length, data.masked_crc32c(length).to_bytes(4, 'little'), record,
-            data.masked_crc32c(record).to_bytes(4, 'little')]
-  return b''.join(out)
+  return b''.join(tfrecord.frame(record) for record in serialized)
 
 
 def _with_bad_file(tiny_data_dir, folder, content):

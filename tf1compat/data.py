@@ -13,13 +13,13 @@ import hashlib
 import json
 import os
 import re
-import struct
 
 from absl import logging
 from google.protobuf import message as protobuf_message
 import tensorflow as tf
 
 from tf1compat import cli
+from tf1compat import tfrecord
 
 # The seed's schema: what `bin/make_records` writes and what a Caltech256 TFRecord
 # export from the seed's era holds. The pipeline never reads `filename`, so records
@@ -198,35 +198,14 @@ def read_dataset_json(data_dir):
 # of the data, all little-endian. The check verifies the length's CRC (8 bytes a
 # record) but not the data's: CRC-32C in Python runs at about 18 MB/s, a minute for
 # Caltech256; TensorFlow's reader verifies it at run time (see pipeline_error).
-_HEADER = struct.Struct('<QI')
-_FOOTER = struct.Struct('<I')
+_HEADER = tfrecord.HEADER
+_FOOTER = tfrecord.FOOTER
 _RECORD_OVERHEAD = _HEADER.size + _FOOTER.size
 _IMAGE_FORMATS = 'JPEG, PNG, GIF, BMP or WebP'
 _FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record=skip to '
              'train without the bad ones')
 _FIX_TRUNCATED = ('copy the file again or rewrite it with bin/make_records; '
                   '--on_bad_record=skip trains on the records before the damage')
-
-
-def _crc32c_table():
-  table = []
-  for value in range(256):
-    for _ in range(8):
-      value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
-    table.append(value)
-  return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def masked_crc32c(data):
-  """The masked CRC-32C (Castagnoli) TFRecord files store for `data`."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-  crc ^= 0xFFFFFFFF
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +231,7 @@ def _framing_problem(path, header, index, offset, size):
     return BadRecord(path, index, f'the file ends inside the header of the record at byte '
                      f'{offset}: it is truncated', _FIX_TRUNCATED, tail=True)
   length, length_crc = _HEADER.unpack(header)
-  if masked_crc32c(header[:8]) != length_crc:
+  if tfrecord.masked_crc32c(header[:8]) != length_crc:
     if index == 0:
       return BadRecord(path, 0, 'not a TFRecord file (its first 12 bytes are no record '
                        'header)',
@@ -518,7 +497,7 @@ def _damaged_record_at(files, offset):
           if problem:
             return str(problem)
           record = f.read(_HEADER.unpack(header)[0])
-          if masked_crc32c(record) != _FOOTER.unpack(f.read(_FOOTER.size))[0]:
+          if tfrecord.masked_crc32c(record) != _FOOTER.unpack(f.read(_FOOTER.size))[0]:
             return (f'{os.path.basename(path)} record {index}: its bytes are damaged (data '
                     f'checksum mismatch in the record at byte {start})')
           break

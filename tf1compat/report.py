@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from tf1compat import calibration
+from tf1compat import events
 from tf1compat import parity
 from tf1compat import runlog
 
@@ -228,10 +229,12 @@ def _plot(report, path):
 
 
 def write_report(report, output_dir):
-  """Writes parity.json, parity.md and parity.png into `output_dir`; returns their paths."""
+  """Writes parity.json, parity.md, parity.png and the comparison's TensorBoard series
+  (events.write_comparison) into `output_dir`; returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
   paths = {name: os.path.join(output_dir, f'parity.{name}') for name in ('json', 'md', 'png')}
   runlog.atomic_write_json(paths['json'], report)
   runlog.atomic_write_text(paths['md'], _markdown(report))
   _plot(report, paths['png'])
+  paths['events'] = ', '.join(events.write_comparison(report, output_dir))
   return paths
