@@ -223,43 +223,38 @@ def define_parity_flags():
   flags.DEFINE_integer('parity_steps', defaults.parity_steps,
                        'Without a control run: the steps (and snapshot steps) the step tier '
                        'judges.', lower_bound=1)
-  flags.DEFINE_float('step_rtol', defaults.step_rtol,
-                     'Without a control run: relative tolerance of the batch loss.',
-                     lower_bound=0.0)
-  flags.DEFINE_float('weight_rtol', defaults.weight_rtol,
-                     'Without a control run: tolerance of ||a-b|| / ||a|| per variable at '
-                     'each judged snapshot.', lower_bound=0.0)
-  flags.DEFINE_float('curve_rtol', defaults.curve_rtol,
-                     'Curve tier: tolerance of per-epoch losses, relative to the initial '
-                     'loss (the floor of the band with a control run).', lower_bound=0.0)
-  flags.DEFINE_float('accuracy_atol', defaults.accuracy_atol,
-                     'Curve tier: absolute tolerance of per-epoch accuracies (the floor of '
-                     'the band with a control run).', lower_bound=0.0)
-  flags.DEFINE_float('envelope_multiple', defaults.envelope_multiple,
-                     'With a control run: step and weight tiers pass while the divergence is '
-                     "at most this many times the control's (floored at float32's rounding "
-                     'step).', lower_bound=1.0)
-  flags.DEFINE_float('horizon_level', defaults.horizon_level,
-                     "With a control run: step and weight tiers are judged up to the step "
-                     "where the control's own divergence exceeds this.", lower_bound=0.0)
-  flags.DEFINE_float('curve_multiple', defaults.curve_multiple,
-                     "With a control run: the curve band is this many times the control's "
-                     'curve difference where that is wider than --curve_rtol/--accuracy_atol.',
-                     lower_bound=1.0)
+  for name, lower_bound, meaning in _TOLERANCE_FLAGS:
+    flags.DEFINE_float(name, getattr(defaults, name), meaning, lower_bound=lower_bound)
+
+
+# The float fields of parity.Tolerances as flags: (name, lower bound, meaning).
+_TOLERANCE_FLAGS = (
+    ('step_rtol', 0.0, 'Without a control run: relative tolerance of the batch loss.'),
+    ('weight_rtol', 0.0, 'Without a control run: tolerance of ||a-b|| / ||a|| per variable at '
+     'each judged snapshot.'),
+    ('curve_rtol', 0.0, 'Curve tier: tolerance of per-epoch losses, relative to the initial '
+     'loss (the floor of the band with a control run).'),
+    ('accuracy_atol', 0.0, 'Curve tier: absolute tolerance of per-epoch accuracies (the floor '
+     'of the band with a control run).'),
+    ('envelope_multiple', 1.0, 'With a control run: step and weight tiers pass while the '
+     "divergence is at most this many times the control's (floored at float32's rounding "
+     'step).'),
+    ('horizon_level', 0.0, 'With a control run: step and weight tiers are judged up to the '
+     "step where the control's own divergence exceeds this."),
+    ('curve_multiple', 1.0, "With a control run: the curve band is this many times the "
+     "control's curve difference where that is wider than --curve_rtol/--accuracy_atol."),
+)
 
 
 def tolerances(flags_obj):
   """parity.Tolerances from the parity flags."""
-  return parity.Tolerances(parity_steps=flags_obj.parity_steps, step_rtol=flags_obj.step_rtol,
-                           weight_rtol=flags_obj.weight_rtol, curve_rtol=flags_obj.curve_rtol,
-                           accuracy_atol=flags_obj.accuracy_atol,
-                           envelope_multiple=flags_obj.envelope_multiple,
-                           horizon_level=flags_obj.horizon_level,
-                           curve_multiple=flags_obj.curve_multiple)
+  return parity.Tolerances(parity_steps=flags_obj.parity_steps,
+                           **{name: flags_obj[name].value for name, _, _ in _TOLERANCE_FLAGS})
 
 
 def define_check_parity_flags():
-  """Flags of bin/check_parity, and its own defaults: a no-flag run takes minutes on 2 cores."""
+  """Flags of check_parity, and its own defaults: a no-flag run takes about half a minute on
+  2 cores."""
   flags.DEFINE_bool('with_fit', False, 'Also run the Keras model.fit loop.')
   flags.DEFINE_bool('calibrate', True,
                     'Run a control (the legacy runner again from initial weights one ulp '
