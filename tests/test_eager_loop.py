@@ -8,12 +8,14 @@ TensorFlow start-up on a 2-core machine.
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import (TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry, run_python,
-                      tiny_run_flags)
+from conftest import (REPO, TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry,
+                      run_python, tiny_run_flags)
 from tf1compat import runlog
 
 EPSILON = '1e-07'
@@ -227,6 +229,18 @@ def test_nan_loss_in_fit_exits_3_and_marks_the_run_failed(tiny_data_dir, workdir
   assert 'Traceback' not in proc.stderr
   assert 'loss is nan at step 2' in last_line(proc.stderr)
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_FAILED
+
+
+def test_fit_without_model_dir_writes_runs_fit(tiny_data_dir, tmp_path):
+  """Every runner's default run directory is runs/<runner>: fit's is not the custom
+  loop's runs/eager. (A learning rate that overflows at step 2 keeps the run short.)"""
+  args = [arg for arg in tiny_run_flags(tiny_data_dir, 'unused') if '--model_dir' not in arg]
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'train_eager'), '--loop=fit',
+                         '--learning_rate=1e30', *args], cwd=tmp_path, capture_output=True,
+                        text=True, check=False)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert runlog.read_manifest(str(tmp_path / 'runs' / 'fit'))['runner'] == 'fit'
+  assert not (tmp_path / 'runs' / 'eager').exists()
 
 
 def test_label_out_of_range_is_a_usage_error(tiny_data_dir, workdir):

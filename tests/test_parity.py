@@ -239,3 +239,16 @@ def test_compare_runs_rejects_missing_and_unfinished_runs(tmp_path):
     assert result.returncode == 2, (args, result.stderr)
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_a_different_start_is_named_first(tmp_path):
+  """Runs seeded alike but initialised apart, without --init_weights (so no init-weights
+  hash to compare): the step-0 snapshots differ, and that is named before the epsilon."""
+  a = make_run(str(tmp_path / 'a'))
+  b = make_run(str(tmp_path / 'b'), runner='eager', epsilon=1e-7,
+               weight_offsets={('conv1/kernel', 0): 0.1})
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['lint'][0]['field'] == parity.START_FIELD
+  assert pair['verdict'] == 'FAIL'
+  assert [p['name'] for p in pair['pitfalls']][:2] == ['different_start', 'adam_epsilon']
+  assert pair['pitfalls'][0]['kind'] == 'setup'

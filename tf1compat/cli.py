@@ -82,13 +82,19 @@ def _parse_flags(argv):
     fail(EXIT_USAGE, f'{e} (see --helpfull)')
 
 
-def run_main(main):
-  """Runs `main(argv)` under absl with the exit-code contract.
+def run_main(main, define_flags=None, quiet_tensorflow=False):
+  """Defines the flags (`define_flags()`), then runs `main(argv)` under absl with the
+  exit-code contract. `quiet_tensorflow`: the process imports TensorFlow, whose C++
+  INFO/WARNING lines are silenced unless the user asked for them.
 
   `main` returns an exit code (or None for 0); UsageError, NumericFault and
   Interrupted become one line on stderr and exit codes 2, 3 and 128 + signal.
   `--version` prints version_line(); help flags exit 0.
   """
+  if quiet_tensorflow:
+    quiet_tensorflow_logs()
+  if define_flags is not None:
+    define_flags()
 
   def guarded(argv):
     try:

@@ -8,6 +8,7 @@ against fixed tolerances over the first steps. report.py writes the result.
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 
@@ -63,6 +64,13 @@ PITFALLS = {
                          'model(x, training=True)).',
     'double_softmax': 'Return logits from the model (no final softmax) when the loss takes '
                       'logits, or use from_logits=False with a softmax output.',
+}
+
+# Not a migration mistake but a comparison that cannot hold: named before any pitfall.
+SETUP_PROBLEMS = {
+    'different_start': 'Give every runner the same initial weights: write them once with '
+                       '--save_init_weights and pass that file as --init_weights to each run '
+                       '(check_parity does this).',
 }
 
 FRAMEWORK_DIFFERENCES = {
@@ -131,6 +139,20 @@ class Run:
     with np.load(runlog.snapshot_path(self.path, step)) as npz:
       return {key: npz[key] for key in npz.files}
 
+  def start_digest(self):
+    """sha256 of the weights the run really started from (its step-0 snapshot), or None.
+
+    A run's manifest names its --init_weights file only when one was given; two runs
+    seeded alike but initialised by different frameworks start apart all the same.
+    """
+    if 0 not in self.snapshot_steps:
+      return None
+    digest = hashlib.sha256()
+    for key, value in sorted(self.snapshot(0).items()):
+      digest.update(key.encode())
+      digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
 
 def load_run(path):
   """Loads a complete run directory; raises cli.UsageError for a missing or unfinished one."""
@@ -160,9 +182,20 @@ def _get(manifest, keys):
   return value
 
 
+START_FIELD = 'initial weights (step-0 snapshot)'
+
+
 def lint(reference, other):
-  """Manifest differences that change the math: [{field, reference, other, equivalent}]."""
+  """Differences that change the math: [{field, reference, other, equivalent}].
+
+  The weights the runs started from come first (a different start explains any later
+  difference); then the manifest fields.
+  """
   found = []
+  starts = reference.start_digest(), other.start_digest()
+  if None not in starts and starts[0] != starts[1]:
+    found.append({'field': START_FIELD, 'reference': starts[0][:12], 'other': starts[1][:12],
+                  'equivalent': False})
   for label, keys in LINT_FIELDS:
     a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
     if a != b:
@@ -452,10 +485,17 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
   found = []
 
   def add(name, evidence, corroborated, judged_by, margin=None):
-    found.append({'name': name, 'evidence': evidence, 'fix': PITFALLS[name],
-                  'corroborated': corroborated, 'judged_by': judged_by, 'margin': margin})
+    kind = 'setup' if name in SETUP_PROBLEMS else 'pitfall'
+    found.append({'name': name, 'kind': kind, 'evidence': evidence,
+                  'fix': {**SETUP_PROBLEMS, **PITFALLS}[name], 'corroborated': corroborated,
+                  'judged_by': judged_by, 'margin': margin})
 
   fields = {d['field']: d for d in lint_found}
+  if START_FIELD in fields:
+    d = fields[START_FIELD]
+    add('different_start', f'the runs started from different weights (step-0 snapshots '
+        f'{d["reference"]} vs {d["other"]}): every later difference may come from that',
+        True, 'config')
   # Judged like every other step: over its limit, not merely non-zero (a GPU's last bit).
   first_step_differs = steps is not None and bool(steps['relative_difference']) and (
       steps['relative_difference'][0] > steps['limit'][0])
@@ -517,7 +557,7 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
             any(r.flag('feed_learning_phase') is False for r in (reference, other)),
             'step', first_step_margin)
         break
-  found.sort(key=lambda p: not p['corroborated'])
+  found.sort(key=lambda p: (p['kind'] != 'setup', not p['corroborated']))
   seen, unique = set(), []
   for p in found:
     if p['name'] not in seen:
@@ -528,7 +568,7 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
 
 # How a control may differ from its reference: its start is nudged by one ulp, and the
 # harness turns op determinism off in it (a reduction-order change, as on a GPU).
-CONTROL_DIFFERENCES = frozenset({'init-weights sha256', 'deterministic'})
+CONTROL_DIFFERENCES = frozenset({START_FIELD, 'init-weights sha256', 'deterministic'})
 
 
 def measure_envelope(reference, control, tol):

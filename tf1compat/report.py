@@ -58,7 +58,7 @@ def summary_lines(report):
         f'{"yes" if pair["bit_identical"] else "no":>9}  {pair["verdict"]}')
     for p in pair['pitfalls']:
       margin = f' [{_ratio(p["margin"])} what correct runs show]' if p['margin'] else ''
-      lines.append(f'  pitfall {p["name"]}: {p["evidence"]}{margin}')
+      lines.append(f'  {p["kind"]} {p["name"]}: {p["evidence"]}{margin}')
       lines.append(f'    fix: {p["fix"]}')
     if pair['verdict'] == 'FAIL' and not pair['pitfalls']:
       lines.append('  no catalogued pitfall fits the evidence; see parity.md')

@@ -27,12 +27,15 @@ def main(argv):
     logging.info('figures written to %s', flags.FLAGS.json)
 
 
-def console_main():
-  """The benchmark command."""
-  cli.quiet_tensorflow_logs()
+def define_flags():
+  """Defines the benchmark flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags()
   tf1compat_flags.define_benchmark_flags()
-  cli.run_main(main)
+
+
+def console_main():
+  """The benchmark command."""
+  cli.run_main(main, define_flags, quiet_tensorflow=True)
 
 
 if __name__ == '__main__':

@@ -25,13 +25,17 @@ def main(argv):
   return cli.EXIT_OK if result['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
 
 
-def console_main():
-  """The check_parity command."""
+def define_flags():
+  """Defines the check_parity flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags()
   tf1compat_flags.define_training_flags()
   tf1compat_flags.define_parity_flags()
   tf1compat_flags.define_check_parity_flags()
-  cli.run_main(main)
+
+
+def console_main():
+  """The check_parity command."""
+  cli.run_main(main, define_flags)
 
 
 if __name__ == '__main__':

@@ -28,13 +28,17 @@ def main(argv):
   return cli.EXIT_OK if report['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
 
 
-def console_main():
-  """The compare_runs command."""
+def define_flags():
+  """Defines the compare_runs flags (also read by flag_reference)."""
   tf1compat_flags.define_parity_flags()
   flags.DEFINE_string('control', None,
                       'Run directory of a control run of the first run (its command again, '
                       'from initial weights nudged by one ulp): calibrates the tolerances.')
-  cli.run_main(main)
+
+
+def console_main():
+  """The compare_runs command."""
+  cli.run_main(main, define_flags)
 
 
 if __name__ == '__main__':

@@ -13,11 +13,14 @@ def main(argv):
   records.run(flags.FLAGS)
 
 
+def define_flags():
+  """Defines the make_records flags (also read by flag_reference)."""
+  tf1compat_flags.define_records_flags()
+
+
 def console_main():
   """The make_records command."""
-  cli.quiet_tensorflow_logs()
-  tf1compat_flags.define_records_flags()
-  cli.run_main(main)
+  cli.run_main(main, define_flags, quiet_tensorflow=True)
 
 
 if __name__ == '__main__':

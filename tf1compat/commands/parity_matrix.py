@@ -23,10 +23,14 @@ def main(argv):
   return cli.EXIT_OK if result['passed'] else cli.EXIT_PARITY_FAIL
 
 
+def define_flags():
+  """Defines the parity_matrix flags (also read by flag_reference)."""
+  tf1compat_flags.define_matrix_flags()
+
+
 def console_main():
   """The parity_matrix command."""
-  tf1compat_flags.define_matrix_flags()
-  cli.run_main(main)
+  cli.run_main(main, define_flags)
 
 
 if __name__ == '__main__':

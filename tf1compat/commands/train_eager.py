@@ -1,6 +1,8 @@
 """train_eager: trains the seed's ConvNet the TF2 way, a custom tf.function loop or Keras
 model.fit."""
 
+import os
+
 from absl import flags
 from absl import logging
 
@@ -16,17 +18,23 @@ def main(argv):
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
   from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.loop == 'fit' and not flags.FLAGS['model_dir'].present:
+    # runs/<runner>, as for every runner: fit must not share the custom loop's folder.
+    flags.FLAGS.model_dir = os.path.join('runs', 'fit')
   stats = eager_loop.run(flags.FLAGS)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 
-def console_main():
-  """The train_eager command."""
-  cli.quiet_tensorflow_logs()
+def define_flags():
+  """Defines the train_eager flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags()
   tf1compat_flags.define_training_flags('eager')
   tf1compat_flags.define_eager_flags()
-  cli.run_main(main)
+
+
+def console_main():
+  """The train_eager command."""
+  cli.run_main(main, define_flags, quiet_tensorflow=True)
 
 
 if __name__ == '__main__':

@@ -19,13 +19,16 @@ def main(argv):
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
 
 
-def console_main():
-  """The train_graph command."""
-  cli.quiet_tensorflow_logs()
+def define_flags():
+  """Defines the train_graph flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags()
   tf1compat_flags.define_training_flags('graph')
   tf1compat_flags.define_graph_flags()
-  cli.run_main(main)
+
+
+def console_main():
+  """The train_graph command."""
+  cli.run_main(main, define_flags, quiet_tensorflow=True)
 
 
 if __name__ == '__main__':
