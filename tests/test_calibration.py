@@ -114,7 +114,8 @@ def test_report_shows_the_calibration(tmp_path):
   lines = parity_report.summary_lines(report)
   assert 'x envelope' in lines[0]
   assert '0.5x' in lines[1]
-  assert 'judged up to step 5' in lines[-2]
+  assert 'judged up to step 5' in lines[-3]
+  assert lines[-2] == 'device: unknown (every run)'
   paths = parity_report.write_report(report, str(tmp_path / 'out'))
   with open(paths['md']) as f:
     text = f.read()

@@ -54,6 +54,8 @@ def test_matched_runners_pass(tiny_data_dir, output_dirs):
     assert pair['weight_tier']['common_steps'] == [0, 1, 2, 5, 12]
     assert isinstance(pair['bit_identical'], bool)  # reported, never required
   assert 'x envelope' in result.stdout and 'calibrated by control' in result.stdout
+  # Where the runs computed, for a GPU host whose runners fell back to the CPU.
+  assert 'device: CPU (every run)' in result.stdout
   # The console is for people: phases and the table; TensorFlow's lines are in the logs.
   assert len(result.stdout.splitlines()) < 25, result.stdout
   assert 'cuda' not in result.stdout.lower() and 'WARNING' not in result.stdout

@@ -35,6 +35,16 @@ MODEL_FLAGS = ('--batch_norm', '--tf1_adam', '--tf1_bn_variance')
 MIRRORED = ('--strategy=mirrored', '--cpu_devices=2')
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _cpu_devices_only():
+  """These runs split the CPU into logical devices and count replicas; on a host with
+  GPUs, --cpu_devices is ignored and the GPUs would be used: every subprocess of this
+  module sees no GPU."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('CUDA_VISIBLE_DEVICES', '')
+    yield
+
+
 def train_eager(*args, env=None):
   proc = run_entry('train_eager', *args, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]

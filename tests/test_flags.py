@@ -1,6 +1,8 @@
 """Shared flag definitions: the forwarded list and the validators' one-line errors."""
 
 from conftest import run_entry, run_python
+from tf1compat import cli
+from tf1compat import harness
 
 
 def test_common_flags_list_matches_the_definitions():
@@ -27,3 +29,27 @@ def test_bad_flag_values_exit_2_with_one_line():
     assert result.returncode == 2, (args, result.stderr)
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+
+
+def test_an_internal_fault_exits_4_not_1():
+  """1 means parity FAIL: a bug or a device fault gets its own code, with its traceback."""
+  result = run_python('from tf1compat import cli\n'
+                      'def main(argv):\n'
+                      '  raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")\n'
+                      'cli.run_main(main)\n')
+  assert result.returncode == 4
+  assert 'Traceback' in result.stderr
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      'internal or device fault (RuntimeError: CUDA_ERROR_OUT_OF_MEMORY); the traceback is above')
+
+
+def test_a_crashed_runner_is_a_fault_not_a_verdict(tmp_path):
+  log = tmp_path / 'runner.log'
+  log.write_text('$ python -m tf1compat.commands.train_eager\nF0000 check failed\n')
+  for code, how in ((-11, 'killed by signal 11'), (4, 'exit code 4'), (1, 'exit code 1')):
+    error = harness.runner_error('eager', code, str(log))
+    assert isinstance(error, cli.Fault)
+    assert str(error).startswith(f'eager runner: internal or device fault ({how}): F0000 check '
+                                 'failed')
+  assert isinstance(harness.runner_error('eager', 143, str(log)), cli.Interrupted)
+  assert isinstance(harness.runner_error('eager', 2, str(log)), cli.UsageError)

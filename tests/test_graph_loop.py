@@ -285,6 +285,19 @@ def test_a_label_out_of_range_is_a_usage_error(tiny_data_dir, run_dirs):
   assert not os.path.exists(model_dir)
 
 
+def test_require_gpu_without_a_gpu_is_a_usage_error(tiny_data_dir, run_dirs):
+  """The device is logged at the start; --require_gpu stops a job that would silently
+  train on the CPU (here GPUs are hidden, as a driver mismatch hides them)."""
+  model_dir = str(run_dirs / 'no_gpu')
+  result = run_entry('train_graph', *tiny_run_flags(tiny_data_dir, model_dir, '--require_gpu'),
+                     env={'CUDA_VISIBLE_DEVICES': ''})
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert 'device: CPU' in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'train_graph: --require_gpu: TensorFlow sees no GPU here')
+  assert not os.path.exists(model_dir)
+
+
 def test_save_init_weights_writes_the_model_weights(init_file):
   weights = runlog.load_weights(init_file)
   assert weights['conv1/kernel'].shape == (3, 3, 3, 64)

@@ -1,7 +1,8 @@
 """The exit-code contract of every entry point and the absl wrapper that keeps it.
 
 0 success; 1 parity FAIL; 2 usage or input-data error, one clear line on stderr and no
-traceback; 3 numeric fault; 130/143 interrupted by SIGINT/SIGTERM after a checkpoint.
+traceback; 3 numeric fault; 4 internal or device fault (a bug, a crash, CUDA, out of
+memory: never a verdict); 130/143 interrupted by SIGINT/SIGTERM after a checkpoint.
 Library code raises the exceptions below; `run_main` turns them into exit codes.
 """
 
@@ -10,6 +11,7 @@ import os
 import platform
 import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -20,6 +22,7 @@ EXIT_OK = 0
 EXIT_PARITY_FAIL = 1
 EXIT_USAGE = 2
 EXIT_NUMERIC = 3
+EXIT_FAULT = 4
 
 
 class UsageError(Exception):
@@ -28,6 +31,10 @@ class UsageError(Exception):
 
 class NumericFault(Exception):
   """A NaN or Inf loss: exit 3; the message names the step and the last good checkpoint."""
+
+
+class Fault(Exception):
+  """An internal or device fault (a runner that crashed): exit 4, never read as a verdict."""
 
 
 class Interrupted(Exception):
@@ -87,8 +94,10 @@ def run_main(main, define_flags=None, quiet_tensorflow=False):
   exit-code contract. `quiet_tensorflow`: the process imports TensorFlow, whose C++
   INFO/WARNING lines are silenced unless the user asked for them.
 
-  `main` returns an exit code (or None for 0); UsageError, NumericFault and
-  Interrupted become one line on stderr and exit codes 2, 3 and 128 + signal.
+  `main` returns an exit code (or None for 0); UsageError, NumericFault, Fault and
+  Interrupted become one line on stderr and exit codes 2, 3, 4 and 128 + signal. Any
+  other exception is a bug or a device fault: its traceback, then one line, exit 4
+  (Python's own 1 would read as a parity FAIL).
   `--version` prints version_line(); help flags exit 0.
   """
   if quiet_tensorflow:
@@ -103,8 +112,14 @@ def run_main(main, define_flags=None, quiet_tensorflow=False):
       fail(EXIT_USAGE, e)
     except NumericFault as e:
       fail(EXIT_NUMERIC, e)
+    except Fault as e:
+      fail(EXIT_FAULT, e)
     except Interrupted as e:
       fail(e.exit_code, e)
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      fail(EXIT_FAULT, f'internal or device fault ({type(e).__name__}: {e}); the traceback '
+           'is above')
 
   try:
     app.run(guarded, flags_parser=_parse_flags)

@@ -660,6 +660,7 @@ def run(flags_obj):
   and --init_weights are checked before the run directory is touched. Under
   --strategy=multi_worker every worker runs this; only the chief writes MODEL_DIR.
   """
+  training.check_device(flags_obj)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
     distribution = distribution_lib.setup(flags_obj)

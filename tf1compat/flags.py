@@ -18,8 +18,8 @@ COMMON_FLAGS = (
     'data_dir', 'num_classes', 'image_size', 'batch_size', 'seed', 'shuffle_buffer',
     'model_dir', 'epochs', 'steps_per_epoch', 'learning_rate', 'adam_beta1', 'adam_beta2',
     'adam_epsilon', 'loss', 'final_activation', 'batch_norm', 'dropout', 'init_weights',
-    'save_init_weights', 'snapshot_steps', 'deterministic', 'overwrite', 'log_every',
-    'checkpoint_every', 'on_bad_record')
+    'save_init_weights', 'snapshot_steps', 'deterministic', 'require_gpu', 'overwrite',
+    'log_every', 'checkpoint_every', 'on_bad_record')
 DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
 LOOPS = ('custom', 'fit')
 # --on_bad_record: stop at the first bad record, or leave bad records out and count them.
@@ -93,6 +93,9 @@ def define_training_flags(runner=None):
                     'always saved.')
   _int_list_validator('snapshot_steps')
   flags.DEFINE_bool('deterministic', True, 'Deterministic ops (same flags, same numbers).')
+  flags.DEFINE_bool('require_gpu', False,
+                    'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
+                    'CPU (what a CUDA driver or library mismatch silently does).')
   flags.DEFINE_bool('overwrite', False,
                     'Replace a completed run directory (an interrupted one is resumed).')
   flags.DEFINE_integer('log_every', 100,

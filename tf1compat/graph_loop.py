@@ -373,6 +373,17 @@ def run(flags_obj):
   (bad flags, files or data), cli.NumericFault and cli.Interrupted as training.train.
   Assumes the process setup described in the module docstring.
   """
+  device = training.check_device(flags_obj)
+  if (flags_obj.deterministic and device != 'CPU' and flags_obj.batch_norm and
+      not flags_obj.feed_learning_phase):
+    # BatchNorm's inference branch trained on (the learning phase never fed) has its
+    # gradient in FusedBatchNormGradV3 with is_training=False, which has no
+    # deterministic GPU kernel in TF 2.21: under op determinism the first step would
+    # stop with UnimplementedError. This mistake's run goes on without determinism;
+    # run.json records deterministic false and why.
+    logging.warning('--nofeed_learning_phase with --batch_norm on %s: op determinism turned '
+                    'off (no deterministic GPU kernel for its BatchNorm gradient)', device)
+    flags_obj.deterministic = False
   if flags_obj.deterministic:
     tf.config.experimental.enable_op_determinism()
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
@@ -394,7 +405,7 @@ def run(flags_obj):
         log.update(graph=backend.describe(), **training.common_manifest(
             flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
             versions=runlog.versions(tf_keras.__version__, tf.__version__),
-            device=training.device_description()))
+            device=device))
         return training.train(backend, log, training.schedule_from_flags(
             flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'), signals)
     finally:

@@ -168,7 +168,7 @@ def _init_weights_files(flags_obj, output_dir, common):
     code = _run(RunnerJob('init', 'train_graph', ()), common + [f'--save_init_weights={path}'],
                 path + '.log', total_steps=0)
     if code:
-      _raise_for('init', code, path + '.log')
+      raise runner_error('init', code, path + '.log')
   nudged = os.path.join(output_dir, f'init_weights-{digest}-ulp.npz')
   if not os.path.exists(nudged):
     runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(path)))
@@ -229,16 +229,24 @@ def _last_line(log_path):
   return lines[-1] if lines else ''
 
 
-def _raise_for(name, code, log_path):
+def runner_error(name, code, log_path):
+  """The exception for a runner that ended with exit `code` (negative: killed by a signal).
+
+  Its own one-line message (the last line of its log) is kept; a usage error stays a
+  usage error, NaN/Inf a numeric fault, SIGINT/SIGTERM an interruption, and anything
+  else is a fault (exit 4), never read as a parity verdict.
+  """
   message = _last_line(log_path)
   if code == cli.EXIT_USAGE:
-    raise cli.UsageError(f'{name} runner: {message} (log: {log_path})')
+    return cli.UsageError(f'{name} runner: {message} (log: {log_path})')
   if code == cli.EXIT_NUMERIC:
-    raise cli.NumericFault(f'{name} runner: {message} (log: {log_path})')
-  if code > 128:
-    raise cli.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same command '
-                          'to resume')
-  raise RuntimeError(f'{name} runner failed with exit code {code}: {message} (log: {log_path})')
+    return cli.NumericFault(f'{name} runner: {message} (log: {log_path})')
+  if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    return cli.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same '
+                           'command to resume')
+  how = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
+  return cli.Fault(f'{name} runner: internal or device fault ({how}): {message} (log: '
+                   f'{log_path})')
 
 
 def run(flags_obj):
@@ -278,7 +286,7 @@ def run(flags_obj):
       code = _run(job, args + ([] if same else ['--overwrite']), log_path, total_steps,
                   model_dir, append=same)
       if code:
-        _raise_for(job.name, code, log_path)
+        raise runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
   compared = [d for name, d in run_dirs.items() if name != CONTROL]
   report = parity.compare(compared, tf1compat_flags.tolerances(flags_obj),

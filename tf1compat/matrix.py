@@ -106,8 +106,9 @@ def _check(args, output_dir):
   result = subprocess.run(process.command('check_parity', f'--output_dir={output_dir}', *args),
                           capture_output=True, text=True, env=process.child_env(), check=False)
   if result.returncode not in (cli.EXIT_OK, cli.EXIT_PARITY_FAIL):
-    raise cli.UsageError(f'check_parity {" ".join(args)} stopped with exit code '
-                         f'{result.returncode}: {result.stderr.strip()[-400:]}')
+    error = cli.UsageError if result.returncode == cli.EXIT_USAGE else cli.Fault
+    raise error(f'check_parity {" ".join(args)} stopped with exit code {result.returncode}: '
+                f'{result.stderr.strip()[-400:]}')
   with open(os.path.join(output_dir, 'parity.json')) as f:
     return result.returncode, json.load(f)
 

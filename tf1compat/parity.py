@@ -674,6 +674,7 @@ def compare(paths, tol, control=None):
           'calibration': envelope.as_dict() if envelope else None,
           'control': control,
           'runs': [{'path': r.path, 'label': r.label, 'runner': r.manifest.get('runner'),
-                    'steps': len(r.steps['step'])} for r in runs],
+                    'device': r.manifest.get('device'), 'steps': len(r.steps['step'])}
+                   for r in runs],
           'pairs': pairs,
           'pitfalls': [p['name'] for pair in pairs for p in pair['pitfalls']]}

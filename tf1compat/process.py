@@ -17,13 +17,15 @@ PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def use_legacy_keras():
-  """Makes this a TF1 graph-mode process: tf.keras is Keras 2 (tf-keras), v2 behaviour off.
+  """Makes this a TF1 graph-mode process: tf.keras is Keras 2 (tf-keras), v2 behaviour off,
+  GPU memory allocated as needed (see child_env).
 
   Must run before anything imports TensorFlow; returns the `tensorflow` module.
   """
   if 'tensorflow' in sys.modules and os.environ.get('TF_USE_LEGACY_KERAS') != '1':
     raise RuntimeError('TensorFlow was imported before the legacy-Keras process setup')
   os.environ['TF_USE_LEGACY_KERAS'] = '1'
+  os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.compat.v1.disable_v2_behavior()
   return tf
@@ -33,9 +35,10 @@ def use_keras3():
   """Makes this a Keras 3 process; returns an inherited TF_USE_LEGACY_KERAS it removed.
 
   The graph runner's setting, inherited from a parent process, would turn tf.keras
-  into Keras 2.
+  into Keras 2. GPU memory is allocated as needed (see child_env).
   """
   value = os.environ.pop('TF_USE_LEGACY_KERAS', None)
+  os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   return value if value not in (None, '', '0') else None
 
 
@@ -45,8 +48,14 @@ def command(name, *args):
 
 
 def child_env(extra=()):
-  """os.environ for a subprocess of ours: this tf1compat importable first, plus `extra`."""
+  """os.environ for a subprocess of ours: this tf1compat importable first, plus `extra`.
+
+  GPU memory grows as needed in every process we start (TF_FORCE_GPU_ALLOW_GROWTH),
+  unless the user says otherwise: TensorFlow fixes the allocator's options with its
+  first caller, and the eager runner would otherwise take almost all of every GPU.
+  """
   env = dict(os.environ)
+  env.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   env['PYTHONPATH'] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get('PYTHONPATH'))
                                       if p)
   env.update(dict(extra))

@@ -36,6 +36,14 @@ def calibration_line(report):
           f'limit {tol["envelope_multiple"]:g}x the control\'s divergence')
 
 
+def device_line(report):
+  """Where each run computed: a GPU host whose runs fell back to the CPU shows it here."""
+  devices = {r['label']: r.get('device') or 'unknown' for r in report['runs']}
+  if len(set(devices.values())) == 1:
+    return f'device: {next(iter(devices.values()))} (every run)'
+  return 'devices: ' + ', '.join(f'{label} {device}' for label, device in devices.items())
+
+
 def summary_lines(report):
   """The short table and verdict that compare_runs and check_parity print.
 
@@ -65,6 +73,7 @@ def summary_lines(report):
   if any(not pair['tiers']['step']['judged'] for pair in report['pairs']):
     lines.append('* step tier reported, not judged: a known framework difference (parity.md)')
   lines.append(calibration_line(report))
+  lines.append(device_line(report))
   lines.append(f'VERDICT: {report["verdict"]}')
   return lines
 

@@ -206,6 +206,22 @@ def device_description():
   return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
 
 
+def check_device(flags_obj):
+  """Logs the device the run computes on; with --require_gpu, a CPU is a usage error.
+
+  A CUDA driver or library mismatch makes TensorFlow fall back to the CPU with only a
+  log line, which a batch job's console hides: this says it at the start of every run,
+  and --require_gpu stops such a job before it trains on the wrong device.
+  """
+  device = device_description()
+  logging.info('device: %s', device)
+  if flags_obj.require_gpu and device == 'CPU':
+    raise cli.UsageError('--require_gpu: TensorFlow sees no GPU here (it would train on the '
+                         'CPU); check the NVIDIA driver and install with '
+                         "pip install '.[and-cuda]', or drop --require_gpu")
+  return device
+
+
 def schedule_from_flags(flags_obj, reset_metrics=True):
   """The Schedule of a runner's flags."""
   total = flags_obj.epochs * flags_obj.steps_per_epoch

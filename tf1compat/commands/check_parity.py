@@ -2,7 +2,8 @@
 from one start, then compares them.
 
 Exit codes: 0 PASS, 1 FAIL (the report names the pitfalls that fit), 2 usage or data
-error, 3 NaN/Inf loss in a runner, 130/143 interrupted (rerun to resume).
+error, 3 NaN/Inf loss in a runner, 4 a runner's internal or device fault, 130/143
+interrupted (rerun to resume).
 """
 
 import os
