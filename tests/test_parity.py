@@ -252,3 +252,17 @@ def test_a_different_start_is_named_first(tmp_path):
   assert pair['verdict'] == 'FAIL'
   assert [p['name'] for p in pair['pitfalls']][:2] == ['different_start', 'adam_epsilon']
   assert pair['pitfalls'][0]['kind'] == 'setup'
+
+
+def test_adam_rounding_reports_its_measured_size(tmp_path):
+  """--noexact: Keras' own Adam; the difference is listed with its size, not '{}'."""
+  losses = _losses()
+  drift = 1.0 + 1e-6 * np.arange(len(losses))
+  a = make_run(str(tmp_path / 'a'), losses=losses)
+  b = make_run(str(tmp_path / 'b'), runner='eager', losses=losses * drift)
+  pair = _compare(a, b)['pairs'][0]
+  measured = pair['framework_differences']['adam_rounding']['measured']
+  rel = np.abs(losses * drift - losses) / losses
+  assert measured['first_step_loss_relative_difference'] == 0.0
+  assert measured['max_loss_relative_difference'] == pytest.approx(rel[:10].max())
+  assert pair['verdict'] == 'PASS'

@@ -131,6 +131,8 @@ def test_bad_record_file_stops_before_the_run_starts(name, tiny_data_dir, tmp_pa
   proc = run_entry(script, *tiny_run_flags(data_dir, model_dir, *args))
   line = _expect_usage_error(proc, f'--data_dir={data_dir}: ', *expected)
   assert line.startswith(f'{script}: ')
+  # One line: TensorFlow's start-up lines, held back until a run starts, never come.
+  assert proc.stderr.strip().splitlines() == [line]
   assert not model_dir.exists()
 
 

@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import traceback
 
 from absl import app
@@ -48,6 +49,46 @@ class Interrupted(Exception):
 def quiet_tensorflow_logs():
   """Silences TensorFlow's C++ INFO/WARNING lines unless the user asked for them."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+class _HeldStderr:
+  """Holds back everything written to file descriptor 2 (TensorFlow's C++ start-up lines,
+  its deprecation warnings, our own log lines) until the run has started.
+
+  A usage error found before then (bad data, a bad --init_weights, a run directory in
+  the way) is then the only line on stderr; once the run starts, or when the process
+  ends otherwise, what was held is written out in order, so nothing is lost. The held
+  text lives in a temporary file, which a process killed meanwhile leaves in $TMPDIR.
+  """
+
+  def __init__(self):
+    sys.stderr.flush()
+    self._file = tempfile.NamedTemporaryFile(prefix='tf1compat-stderr-', delete=False)
+    self._saved = os.dup(2)
+    os.dup2(self._file.fileno(), 2)
+
+  def release(self, replay):
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)
+    os.close(self._saved)
+    self._file.seek(0)
+    held = self._file.read()
+    self._file.close()
+    os.remove(self._file.name)
+    if replay and held:
+      os.write(2, held)
+
+
+_held_stderr = None
+
+
+def release_stderr(replay=True):
+  """Ends run_main's hold on stderr (see hold_stderr): what was held is written out,
+  or with `replay` False dropped. A no-op when nothing is held."""
+  global _held_stderr
+  if _held_stderr is not None:
+    held, _held_stderr = _held_stderr, None
+    held.release(replay)
 
 
 def _program():
@@ -89,10 +130,13 @@ def _parse_flags(argv):
     fail(EXIT_USAGE, f'{e} (see --helpfull)')
 
 
-def run_main(main, define_flags=None, quiet_tensorflow=False):
+def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False):
   """Defines the flags (`define_flags()`), then runs `main(argv)` under absl with the
   exit-code contract. `quiet_tensorflow`: the process imports TensorFlow, whose C++
-  INFO/WARNING lines are silenced unless the user asked for them.
+  INFO/WARNING lines are silenced unless the user asked for them. `hold_stderr`: stderr
+  is held back until the work starts (release_stderr, called when a runner opens its run
+  directory or make_records starts converting), so that a usage error before then is
+  the only line.
 
   `main` returns an exit code (or None for 0); UsageError, NumericFault, Fault and
   Interrupted become one line on stderr and exit codes 2, 3, 4 and 128 + signal. Any
@@ -106,9 +150,15 @@ def run_main(main, define_flags=None, quiet_tensorflow=False):
     define_flags()
 
   def guarded(argv):
+    global _held_stderr
+    if hold_stderr:
+      _held_stderr = _HeldStderr()
     try:
       return main(argv) or EXIT_OK
     except UsageError as e:
+      # What was held back before the run started (TensorFlow's start-up lines) would
+      # bury the one line that matters.
+      release_stderr(replay=False)
       fail(EXIT_USAGE, e)
     except NumericFault as e:
       fail(EXIT_NUMERIC, e)
@@ -117,9 +167,12 @@ def run_main(main, define_flags=None, quiet_tensorflow=False):
     except Interrupted as e:
       fail(e.exit_code, e)
     except Exception as e:  # pylint: disable=broad-except
+      release_stderr()
       traceback.print_exc()
       fail(EXIT_FAULT, f'internal or device fault ({type(e).__name__}: {e}); the traceback '
            'is above')
+    finally:
+      release_stderr()
 
   try:
     app.run(guarded, flags_parser=_parse_flags)

@@ -17,6 +17,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tf1compat import cli
 from tf1compat import data
 
 DATASET_FORMAT = 'tf1compat-records/1'
@@ -153,6 +154,8 @@ def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, se
                       if os.path.isdir(os.path.join(src_dir, d)))
   if not class_dirs:
     raise data.DataError(f'{src_dir}: no class sub-folders; expected e.g. 001.ak47/001_0001.jpg')
+  # The conversion starts: what make_records held back (cli.run_main) goes out.
+  cli.release_stderr()
   rng = np.random.default_rng(seed)
   splits = {'train': [], 'val': []}
   skipped = []
@@ -303,6 +306,7 @@ def run(flags_obj):
   for path in existing:
     os.remove(path)
   if flags_obj.synthetic:
+    cli.release_stderr()
     summary = write_synthetic(
         out_dir, num_classes=flags_obj.synthetic_classes,
         train_per_class=flags_obj.synthetic_train_per_class,

@@ -256,6 +256,8 @@ class RunLog:
     os.makedirs(self.path(WEIGHTS_DIR), exist_ok=True)
     os.makedirs(self.path(CHECKPOINTS_DIR), exist_ok=True)
     self.update(status=STATUS_RUNNING)
+    # The run has started: what the runner held back until now (cli.run_main) goes out.
+    cli.release_stderr()
     return self.resuming
 
   def _content(self):

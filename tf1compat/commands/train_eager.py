@@ -34,7 +34,7 @@ def define_flags():
 
 def console_main():
   """The train_eager command."""
-  cli.run_main(main, define_flags, quiet_tensorflow=True)
+  cli.run_main(main, define_flags, quiet_tensorflow=True, hold_stderr=True)
 
 
 if __name__ == '__main__':
