@@ -4,9 +4,10 @@ Float training is chaotic: a one-ulp difference in one weight grows to a 1e-2 lo
 difference within a few dozen steps, and on a GPU nothing is bit-exact. A fixed
 tolerance therefore either fails a correct port on a long run or lets a real mistake
 through on a short one. Instead, the reference runner is run a second time (the
-*control*) from initial weights moved by one ulp each; its divergence from the
-reference, step by step, is the envelope of correct divergence for this model, data,
-machine, settings and run length. A port is judged against a multiple of it.
+*control*) from initial weights moved by one ulp each, under another reduction order
+and with other Dropout masks (harness.control_job); its divergence from the reference,
+step by step, is the envelope of correct divergence for this model, data, machine,
+settings and run length. A port is judged against a multiple of it.
 
 TensorFlow-free (numpy only): the harness writes the control's initial weights and
 parity judges finished run directories with it.

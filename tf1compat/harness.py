@@ -259,8 +259,12 @@ def run(flags_obj):
   common = forwarded_args(flags_obj)
   if flags_obj.init_weights:
     init_weights = flags_obj.init_weights
-    nudged = os.path.join(output_dir, 'init_weights-given-ulp.npz')
-    runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(init_weights)))
+    given = runlog.load_weights(init_weights)  # a missing or unreadable file: exit 2
+    # Named by the given file's content: another file must not reuse an old control.
+    digest = runlog.file_sha256(init_weights)[:12]
+    nudged = os.path.join(output_dir, f'init_weights-given-{digest}-ulp.npz')
+    if not os.path.exists(nudged):
+      runlog.save_weights(nudged, calibration.nudge_weights(given))
   else:
     init_weights, nudged = _init_weights_files(flags_obj, output_dir, common)
   # The exact arguments of each finished or started runner: a rerun of check_parity
