@@ -463,10 +463,12 @@ def _measure_bn_variance(reference, other):
 
 
 def _envelope_ratio(tier, index=None):
-  """divergence / envelope of a judged step tier (at `index`, else its worst)."""
-  if not tier.get('envelope_ratio'):
-    return None
-  return tier['envelope_ratio'][index] if index is not None else tier['max_envelope_ratio']
+  """divergence / envelope of a calibrated loss or weight tier: at step `index` (loss
+  tier), else the worst judged one; None without a control."""
+  if index is None:
+    return tier.get('max_envelope_ratio')
+  ratios = tier.get('envelope_ratio')
+  return ratios[index] if ratios else None
 
 
 def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
