@@ -175,21 +175,3 @@ def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_one
     np.testing.assert_array_equal(x1.numpy(), x2.numpy())
     np.testing.assert_array_equal(y1.numpy(), y2.numpy())
 
-
-def test_tfrecord_framing_matches_tensorflows_writer(tmp_path):
-  """tfrecord.frame (what the comparison's TensorBoard files are written with) gives the
-  bytes of TensorFlow's own TFRecordWriter."""
-  path = str(tmp_path / 'records')
-  result = run_python(
-      'import sys\n'
-      'import tensorflow as tf\n'
-      'from tf1compat import tfrecord\n'
-      'records = [b"", b"x", bytes(range(256)) * 5]\n'
-      'with tf.io.TFRecordWriter(sys.argv[1]) as writer:\n'
-      '  for record in records:\n'
-      '    writer.write(record)\n'
-      'with open(sys.argv[1], "rb") as f:\n'
-      '  assert f.read() == b"".join(tfrecord.frame(r) for r in records)\n'
-      'print("same")\n', path)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert result.stdout.strip() == 'same'
