@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import types
 
 import numpy as np
 from PIL import Image
@@ -226,6 +227,26 @@ def test_damaged_record_found_at_run_time_names_it_and_fails_the_run(tiny_data_d
   manifest = runlog.read_manifest(model_dir)
   assert manifest['status'] == runlog.STATUS_FAILED
   assert f'{name} record 1' in manifest['failure']
+
+
+def test_only_input_pipeline_errors_are_data_errors():
+  """An InvalidArgumentError of the model (a bug, a device) is a fault, not bad data: only
+  errors that surface at the pipeline's IteratorGetNext (or a checksum) become exit 2."""
+  spec = types.SimpleNamespace(data_dir='/data', train_files=[], val_files=[])
+  at_iterator = tf.errors.InvalidArgumentError(
+      None, None, 'Graph execution error:\n\nDetected at node IteratorGetNext defined at ...'
+      '\nUnknown image file format. One of JPEG, PNG, GIF, BMP required.')
+  in_model = tf.errors.InvalidArgumentError(
+      None, None, 'Graph execution error:\n\nDetected at node compile_loss/categorical_'
+      'crossentropy/softmax_cross_entropy_with_logits defined at ...\nlogits and labels must '
+      'be broadcastable')
+  for error in (at_iterator, tf.errors.DataLossError(None, None, 'corrupted record at 12')):
+    with pytest.raises(data.DataError, match='--data_dir=/data'):
+      with data.input_errors(spec):
+        raise error
+  with pytest.raises(tf.errors.InvalidArgumentError, match='broadcastable'):
+    with data.input_errors(spec):
+      raise in_model
 
 
 # --- kill and resume ---------------------------------------------------------------------

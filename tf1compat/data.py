@@ -7,6 +7,7 @@ the run's `--seed`, so both runners see identical batches as long as both set th
 global seed (or neither does).
 """
 
+import contextlib
 import dataclasses
 import glob
 import hashlib
@@ -506,6 +507,33 @@ def _damaged_record_at(files, offset):
         start += _HEADER.unpack(header)[0] + _RECORD_OVERHEAD
         index += 1
   return None
+
+
+# The op through which every input-pipeline failure surfaces, in a Session, a
+# tf.function and eager iteration alike ("Detected at node IteratorGetNext",
+# "[Op:IteratorGetNext]"); an error at any other node is the model's or a device's.
+_PIPELINE_OP = 'IteratorGetNext'
+
+
+def from_input_pipeline(error):
+  """Whether a TensorFlow runtime error came out of the input pipeline."""
+  return (isinstance(error, tf.errors.DataLossError) or
+          _PIPELINE_OP in (getattr(error, 'message', None) or ''))
+
+
+@contextlib.contextmanager
+def input_errors(spec):
+  """Turns an input-pipeline failure in the block into its one-line DataError.
+
+  Runtime errors of the model or a device (also InvalidArgumentError) pass through
+  unchanged: they are faults (exit 4), not data to rewrite.
+  """
+  try:
+    yield
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
+    if not from_input_pipeline(e):
+      raise
+    raise pipeline_error(spec, e) from e
 
 
 def pipeline_error(spec, error):

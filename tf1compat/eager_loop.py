@@ -51,10 +51,6 @@ FIT_BACKUP_DIR = 'backup'
 # Keras writes this beside the backed-up weights; its 'epoch' is the epochs completed.
 _FIT_BACKUP_METADATA = 'training_metadata.json'
 _MAX_CHECKPOINTS = 5
-# Pipeline failures that mean bad input data (a corrupt record, an undecodable image,
-# a label outside --num_classes) rather than a bug: exit 2 with one line.
-_DATA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError)
-
 
 # tf.nn.fused_batch_norm's floor on epsilon, which tf-keras' fused path goes through.
 _FUSED_BN_MIN_EPSILON = 1.001e-5
@@ -448,10 +444,8 @@ class EagerBackend(training.Backend):
     return step, path
 
   def train_step(self):
-    try:
+    with data.input_errors(self._spec):
       images, labels = next(self._iterator)
-    except _DATA_ERRORS as e:
-      raise data.pipeline_error(self._spec, e) from e
     stop_flag = self._agreement.local_flag() if self._agreement else 0.0
     values = self._train_fn(images, labels, tf.constant(stop_flag, tf.float32)).numpy()
     if self._agreement:
@@ -467,11 +461,9 @@ class EagerBackend(training.Backend):
       return None
     self._val_loss.reset_state()
     self._val_accuracy.reset_state()
-    try:
+    with data.input_errors(self._spec):
       for images, labels in self._val_dataset:
         self._eval_fn(images, labels)
-    except _DATA_ERRORS as e:
-      raise data.pipeline_error(self._spec, e) from e
     return float(self._val_loss.result()), float(self._val_accuracy.result())
 
   def weights(self):
@@ -632,13 +624,13 @@ def train_fit(flags_obj, spec, log, model, optimizer, schedule, signals, distrib
     # that the input "ran out of data; interrupting training".
     validation_steps = (-(-spec.val_check.good_records // flags_obj.batch_size)
                         if val_dataset is not None else None)
-    # shuffle=False: the pipeline shuffles; Keras would only warn that it cannot.
-    model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
-              validation_data=val_dataset, validation_steps=validation_steps,
-              callbacks=[_FiniteWeights(recorder, spe), backup, callback], shuffle=False,
-              verbose=0)
-  except _DATA_ERRORS as e:
-    raise data.pipeline_error(spec, e) from e
+    # shuffle=False: the pipeline shuffles; Keras would only warn that it cannot. Only
+    # errors of the input pipeline are data errors; the model's are faults.
+    with data.input_errors(spec):
+      model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
+                validation_data=val_dataset, validation_steps=validation_steps,
+                callbacks=[_FiniteWeights(recorder, spe), backup, callback], shuffle=False,
+                verbose=0)
   finally:
     callback.close()
     scalars.flush()

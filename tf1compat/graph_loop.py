@@ -225,10 +225,6 @@ class GraphBackend(training.Backend):
   def _draws_dropout_masks(self):
     return self._flags.dropout > 0 and self._flags.feed_learning_phase
 
-  def _data_error(self, error):
-    """The usage error of an input-data failure at run time (bad label, corrupt record)."""
-    return data.pipeline_error(self._spec, error)
-
   def describe(self):
     """The graph-specific block of run.json."""
     return {
@@ -267,13 +263,12 @@ class GraphBackend(training.Backend):
 
   def train_step(self):
     try:
-      values = self._sess.run(
-          {'train': self._train_op, 'loss': self._loss,
-           'batch_accuracy': self._batch_accuracy, 'mean_loss': self._mean_loss_update,
-           'accuracy': self._accuracy_update},
-          self._train_feed)
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-      raise self._data_error(e) from e
+      with data.input_errors(self._spec):
+        values = self._sess.run(
+            {'train': self._train_op, 'loss': self._loss,
+             'batch_accuracy': self._batch_accuracy, 'mean_loss': self._mean_loss_update,
+             'accuracy': self._accuracy_update},
+            self._train_feed)
     except tf.errors.OutOfRangeError as e:
       # The training pipeline repeats forever, so it only ends when it is empty.
       raise data.DataError(f'--data_dir={self._spec.data_dir}: the training files hold no '
@@ -293,11 +288,10 @@ class GraphBackend(training.Backend):
     batches = 0
     while True:
       try:
-        self._sess.run([self._val_loss_update, self._val_accuracy_update], feed)
+        with data.input_errors(self._spec):
+          self._sess.run([self._val_loss_update, self._val_accuracy_update], feed)
       except tf.errors.OutOfRangeError:
         break
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
-        raise self._data_error(e) from e
       batches += 1
     if not batches:
       return None
