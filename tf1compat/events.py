@@ -15,7 +15,6 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 
 from tf1compat import calibration
-from tf1compat import runlog
 from tf1compat import tfrecord
 
 COMPARISON_DIR = 'comparison'
@@ -81,10 +80,7 @@ def write_comparison(report, output_dir):
   base = os.path.join(output_dir, COMPARISON_DIR)
   paths = []
   for pair in report['pairs']:
-    a = runlog.read_csv(os.path.join(pair['reference'], runlog.STEPS_CSV))['loss']
-    b = runlog.read_csv(os.path.join(pair['other'], runlog.STEPS_CSV))['loss']
-    n = min(len(a), len(b))
-    loss = enumerate(calibration.relative_difference(a[:n], b[:n]), start=1)
+    loss = enumerate(pair['step_tier']['whole_run_relative_difference'], start=1)
     weights = [(e['step'], e['max_relative_difference'])
                for e in pair['weight_tier']['per_step']]
     name = os.path.basename(os.path.normpath(pair['other']))

@@ -19,27 +19,33 @@ BEGIN = '<!-- flag reference: python -m tf1compat.flag_reference -->'
 END = '<!-- end of flag reference -->'
 # absl's own flags every command has (--helpfull, --flagfile, --verbosity, ...) are left
 # out; the README names them once.
-_DUMP = r'''
-import importlib, json, sys
-from absl import flags
-module = importlib.import_module('tf1compat.commands.' + sys.argv[1])
-module.define_flags()
-out = []
-for owner, defined in flags.FLAGS.flags_by_module_dict().items():
-  if owner.startswith('absl'):
-    continue
-  for flag in defined:
-    default = flag.default
-    out.append({'name': flag.name, 'default': default if not isinstance(default, tuple)
-                else list(default), 'boolean': flag.boolean, 'help': flag.help})
-print(json.dumps(sorted(out, key=lambda f: f['name'])))
-'''
+_ABSL_MODULES = 'absl'
+
+
+def _defined_flags(name):
+  """[{name, default, boolean, help}] of the flags command `name` defines, read in this
+  process (a fresh one: see the module docstring)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  importlib.import_module(f'{process.COMMANDS_PACKAGE}.{name}').define_flags()
+  out = []
+  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
+    if owner.startswith(_ABSL_MODULES):
+      continue
+    for flag in defined:
+      default = flag.default
+      out.append({'name': flag.name,
+                  'default': list(default) if isinstance(default, tuple) else default,
+                  'boolean': flag.boolean, 'help': flag.help})
+  return sorted(out, key=lambda f: f['name'])
 
 
 def command_flags(name):
   """[{name, default, boolean, help}] of every flag the command `name` defines."""
-  result = subprocess.run([sys.executable, '-c', _DUMP, name], capture_output=True, text=True,
-                          env=process.child_env(), check=True)
+  # By its module name: run as `python -m`, this module's __name__ is '__main__'.
+  result = subprocess.run(
+      [sys.executable, '-m', 'tf1compat.flag_reference', '--flags_of', name],
+      capture_output=True, text=True, env=process.child_env(), check=True)
   return json.loads(result.stdout)
 
 
@@ -66,4 +72,7 @@ def markdown():
 
 
 if __name__ == '__main__':
-  sys.stdout.write(markdown() + '\n')
+  if sys.argv[1:2] == ['--flags_of']:
+    sys.stdout.write(json.dumps(_defined_flags(sys.argv[2])) + '\n')
+  else:
+    sys.stdout.write(markdown() + '\n')

@@ -229,6 +229,8 @@ def step_tier(reference, other, tol, envelope=None):
       'reference_loss': a[:n].tolist(),
       'other_loss': b[:n].tolist(),
       'relative_difference': rel.tolist(),
+      # Every step, judged or not: what parity.png and the TensorBoard series show.
+      'whole_run_relative_difference': rel_all.tolist(),
       'limit': limits.tolist(),
       'envelope_ratio': ratios.tolist() if ratios is not None else None,
       'max_relative_difference': float(rel.max()) if n else 0.0,

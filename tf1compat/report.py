@@ -221,11 +221,8 @@ def _plot(report, path):
     diffs.axvspan(0.5, tol['parity_steps'] + 0.5, color='grey', alpha=0.15,
                   label='step tier window')
   for pair in report['pairs']:
-    a = runlog.read_csv(os.path.join(pair['reference'], runlog.STEPS_CSV))['loss']
-    b = runlog.read_csv(os.path.join(pair['other'], runlog.STEPS_CSV))['loss']
-    n = min(len(a), len(b))
-    rel = calibration.relative_difference(a[:n], b[:n])
-    diffs.semilogy(np.arange(1, n + 1), np.maximum(rel, 1e-12), linewidth=1,
+    rel = np.asarray(pair['step_tier']['whole_run_relative_difference'])
+    diffs.semilogy(np.arange(1, len(rel) + 1), np.maximum(rel, 1e-12), linewidth=1,
                    label=f'{pair["other_label"]} vs {pair["reference_label"]}')
   diffs.set_xlabel('step')
   diffs.set_ylabel('relative loss difference (1e-12 = equal)')
