@@ -39,8 +39,8 @@ CALTECH256_CLASSES = 257
 
 # Offsets that turn the run's --seed into distinct op-level seeds, so that the
 # file-order shuffle and the record shuffle do not draw the same stream.
-_FILE_SHUFFLE_SEED_OFFSET = 1
-_RECORD_SHUFFLE_SEED_OFFSET = 2
+FILE_SHUFFLE_SEED_OFFSET = 1
+RECORD_SHUFFLE_SEED_OFFSET = 2
 
 
 # How many skipped records run.json lists by name (all are counted).
@@ -165,10 +165,10 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   files = sorted(files)
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if training:
-    dataset = dataset.shuffle(len(files), seed=seed + _FILE_SHUFFLE_SEED_OFFSET)
+    dataset = dataset.shuffle(len(files), seed=seed + FILE_SHUFFLE_SEED_OFFSET)
   dataset = dataset.flat_map(_record_reader(files, skip))
   if training:
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed + _RECORD_SHUFFLE_SEED_OFFSET)
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed + RECORD_SHUFFLE_SEED_OFFSET)
     dataset = dataset.repeat()
   dataset = dataset.map(
       lambda record: parse_example(record, image_size, num_classes),

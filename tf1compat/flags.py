@@ -1,30 +1,22 @@
 """absl flag definitions shared by the entry points (README, "Commands").
 
-Each entry point calls the `define_*_flags` functions it needs at import of its `bin/`
-script; library code receives the parsed `flags.FLAGS` object (or any object with the
-same attributes) and never reads flags on its own.
+Each command module calls the `define_*_flags` functions it needs; its `main` turns the
+parsed flags into a frozen config (config.py) once and passes that to the library,
+which never reads flags. Every flag's default is the default of its config field, so
+`define_*_flags` take the config class whose defaults they show.
 """
+
+import dataclasses
 
 from absl import flags
 
+from tf1compat import config
 from tf1compat import model
 from tf1compat import parity
 
-LOSSES = ('softmax_cross_entropy', 'keras_categorical')
-FINAL_ACTIVATIONS = ('none', 'softmax')
 # Flags of define_data_flags and define_training_flags: what check_parity forwards to
 # every runner (tests check this list against the definitions).
-COMMON_FLAGS = (
-    'data_dir', 'num_classes', 'image_size', 'batch_size', 'seed', 'shuffle_buffer',
-    'model_dir', 'epochs', 'steps_per_epoch', 'learning_rate', 'adam_beta1', 'adam_beta2',
-    'adam_epsilon', 'loss', 'final_activation', 'batch_norm', 'dropout', 'init_weights',
-    'save_init_weights', 'snapshot_steps', 'deterministic', 'require_gpu', 'overwrite',
-    'log_every', 'checkpoint_every', 'on_bad_record')
-DEFAULT_SNAPSHOT_STEPS = ('0', '1', '2', '5', '10', '20', '50', '100')
-LOOPS = ('custom', 'fit')
-# --on_bad_record: stop at the first bad record, or leave bad records out and count them.
-ON_BAD_RECORD = ('fail', 'skip')
-STRATEGIES = ('default', 'mirrored', 'multi_worker')
+COMMON_FLAGS = tuple(f.name for f in dataclasses.fields(config.TrainingConfig)) + ('model_dir',)
 
 
 def _int_list_validator(name):
@@ -37,96 +29,100 @@ def _int_list_validator(name):
                            'separated by commas, e.g. 0,1,2,5,10')
 
 
-def define_data_flags():
+def define_data_flags(defaults=config.DataConfig):
   """Flags that select and shape the data: both runners, check_parity and benchmark."""
-  flags.DEFINE_string('data_dir', None,
+  default = lambda name: config.default(defaults, name)
+  flags.DEFINE_string('data_dir', default('data_dir'),
                       'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
                       '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
                       'generated once into a cache folder ($TF1COMPAT_CACHE or ~/.cache/tf1compat).')
-  flags.DEFINE_integer('num_classes', None,
+  flags.DEFINE_integer('num_classes', default('num_classes'),
                        'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
                        lower_bound=2)
-  flags.DEFINE_integer('image_size', 224, 'Side of the square input images.',
+  flags.DEFINE_integer('image_size', default('image_size'), 'Side of the square input images.',
                        lower_bound=model.MIN_IMAGE_SIZE)
-  flags.DEFINE_integer('batch_size', 32, 'Batch size.', lower_bound=1)
-  flags.DEFINE_integer('seed', 0, 'Seeds every random op, shuffles included.', lower_bound=0)
-  flags.DEFINE_integer('shuffle_buffer', 10000, 'Records in the shuffle buffer.', lower_bound=1)
-  flags.DEFINE_enum('on_bad_record', 'fail', ON_BAD_RECORD,
+  flags.DEFINE_integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
+  flags.DEFINE_integer('seed', default('seed'), 'Seeds every random op, shuffles included.', lower_bound=0)
+  flags.DEFINE_integer('shuffle_buffer', default('shuffle_buffer'), 'Records in the shuffle buffer.', lower_bound=1)
+  flags.DEFINE_enum('on_bad_record', default('on_bad_record'), config.ON_BAD_RECORD,
                     'What to do with a bad record (truncated, not a tf.train.Example, without '
                     'image or label, label outside [0, num_classes), image bytes that do not '
                     'decode). fail: stop before training and name it (exit 2); skip: leave it '
                     'out and count it in run.json.')
 
 
-def define_training_flags(runner=None):
-  """Flags common to the graph and eager runners; `runner` names the default run dir.
+def define_training_flags(defaults):
+  """Flags common to the graph and eager runners, with the defaults of config class
+  `defaults`; --model_dir where it has one.
 
-  check_parity passes no runner: it defines the flags to forward them, and names the
-  runners' directories itself.
+  check_parity's config has no model_dir: it defines the flags to forward them, and
+  names the runners' directories itself.
   """
-  if runner is not None:
-    flags.DEFINE_string('model_dir', f'runs/{runner}', 'The run directory.')
-  flags.DEFINE_integer('epochs', 3, 'Epochs to train.', lower_bound=1)
-  flags.DEFINE_integer('steps_per_epoch', 1000, 'Training steps per epoch.', lower_bound=1)
-  flags.DEFINE_float('learning_rate', 0.001, 'Adam learning rate.', lower_bound=0.0)
-  flags.DEFINE_float('adam_beta1', 0.9, 'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_float('adam_beta2', 0.999, 'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_float('adam_epsilon', None,
+  default = lambda name: config.default(defaults, name)
+  if 'model_dir' in defaults.__dataclass_fields__:
+    flags.DEFINE_string('model_dir', default('model_dir'), 'The run directory.')
+  flags.DEFINE_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
+  flags.DEFINE_integer('steps_per_epoch', default('steps_per_epoch'), 'Training steps per epoch.', lower_bound=1)
+  flags.DEFINE_float('learning_rate', default('learning_rate'), 'Adam learning rate.', lower_bound=0.0)
+  flags.DEFINE_float('adam_beta1', default('adam_beta1'), 'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('adam_beta2', default('adam_beta2'), 'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('adam_epsilon', default('adam_epsilon'),
                      "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
                      lower_bound=0.0)
-  flags.DEFINE_enum('loss', 'softmax_cross_entropy', LOSSES,
+  flags.DEFINE_enum('loss', default('loss'), config.LOSSES,
                     'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
                     "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
                     "seed's fix.")
-  flags.DEFINE_enum('final_activation', 'none', FINAL_ACTIVATIONS,
+  flags.DEFINE_enum('final_activation', default('final_activation'), config.FINAL_ACTIVATIONS,
                     'Activation of the last Dense layer. The losses take logits, so softmax here '
                     'reproduces the double-softmax mistake.')
-  flags.DEFINE_bool('batch_norm', False, 'Add BatchNormalization after each convolution.')
-  flags.DEFINE_float('dropout', 0.0, 'Dropout rate before the logits (0: no Dropout layer).',
+  flags.DEFINE_bool('batch_norm', default('batch_norm'), 'Add BatchNormalization after each convolution.')
+  flags.DEFINE_float('dropout', default('dropout'), 'Dropout rate before the logits (0: no Dropout layer).',
                      lower_bound=0.0, upper_bound=0.99)
-  flags.DEFINE_string('init_weights', None,
+  flags.DEFINE_string('init_weights', default('init_weights'),
                       '.npz of initial weights (keys as in weight snapshots).')
-  flags.DEFINE_string('save_init_weights', None,
+  flags.DEFINE_string('save_init_weights', default('save_init_weights'),
                       'Write the initial weights to this .npz and exit without training.')
-  flags.DEFINE_list('snapshot_steps', list(DEFAULT_SNAPSHOT_STEPS),
+  flags.DEFINE_list('snapshot_steps', [str(s) for s in default('snapshot_steps')],
                     'Steps after which all weights are saved (0: initial); the last step is '
                     'always saved.')
   _int_list_validator('snapshot_steps')
-  flags.DEFINE_bool('deterministic', True, 'Deterministic ops (same flags, same numbers).')
-  flags.DEFINE_bool('require_gpu', False,
+  flags.DEFINE_bool('deterministic', default('deterministic'), 'Deterministic ops (same flags, same numbers).')
+  flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
-  flags.DEFINE_bool('overwrite', False,
+  flags.DEFINE_bool('overwrite', default('overwrite'),
                     'Replace a completed run directory (an interrupted one is resumed).')
-  flags.DEFINE_integer('log_every', 100,
+  flags.DEFINE_integer('log_every', default('log_every'),
                        'Without a terminal, log progress every this many steps.', lower_bound=1)
-  flags.DEFINE_integer('checkpoint_every', 500,
+  flags.DEFINE_integer('checkpoint_every', default('checkpoint_every'),
                        'Write a checkpoint every this many steps (and at every epoch end).',
                        lower_bound=1)
 
 
 def define_graph_flags():
   """Graph-runner switches; each non-default value reproduces a known legacy mistake."""
-  flags.DEFINE_enum('wiring', 'input_tensor', ('input_tensor', 'model_call'),
+  default = lambda name: config.default(config.GraphConfig, name)
+  flags.DEFINE_enum('wiring', default('wiring'), ('input_tensor', 'model_call'),
                     'input_tensor: Input(tensor=features); model_call: the seed\'s '
                     'model(features), whose model.updates are bound to the unfed Input '
                     'placeholder, so legacy code ran the UPDATE_OPS collection instead, which '
                     'Keras layers never fill: BatchNorm statistics never update.')
-  flags.DEFINE_bool('update_ops', True,
+  flags.DEFINE_bool('update_ops', default('update_ops'),
                     'Run model.updates (BatchNormalization statistics) with the train op.')
-  flags.DEFINE_enum('reset_metrics', 'epoch', ('epoch', 'never'),
+  flags.DEFINE_enum('reset_metrics', default('reset_metrics'), ('epoch', 'never'),
                     'epoch: reset tf.metrics local variables at each epoch start and before '
                     'evaluation; never: the seed\'s loop.')
-  flags.DEFINE_integer('dropout_seed', None,
+  flags.DEFINE_integer('dropout_seed', default('dropout_seed'),
                        "Op seed of the Dropout masks (default: from --seed). check_parity's "
                        'control run draws other masks with it, as every port does.',
                        lower_bound=0)
-  flags.DEFINE_bool('feed_learning_phase', True,
+  flags.DEFINE_bool('feed_learning_phase', default('feed_learning_phase'),
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
   # Defined so that asking the TF1 loop for a strategy is a usage error, not an
   # unknown flag.
-  flags.DEFINE_enum('strategy', 'default', STRATEGIES,
+  flags.DEFINE_enum('strategy', default('strategy'), config.STRATEGIES,
                     'Only default: the TF1 graph loop is single-device.')
   flags.register_validator(
       'strategy', lambda value: value == 'default',
@@ -136,21 +132,22 @@ def define_graph_flags():
 
 def define_eager_flags():
   """TF2-runner switches (bin/train_eager)."""
-  flags.DEFINE_enum('loop', 'custom', LOOPS,
+  default = lambda name: config.default(config.EagerConfig, name)
+  flags.DEFINE_enum('loop', default('loop'), config.LOOPS,
                     'custom: a tf.function train step with GradientTape; fit: Keras model.fit.')
-  flags.DEFINE_bool('jit_compile', False, 'Compile the train and eval steps with XLA.')
-  flags.DEFINE_bool('mixed_precision', False,
+  flags.DEFINE_bool('jit_compile', default('jit_compile'), 'Compile the train and eval steps with XLA.')
+  flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     'mixed_float16 policy (float32 logits and variables) with loss scaling.')
-  flags.DEFINE_enum('strategy', 'default', STRATEGIES,
+  flags.DEFINE_enum('strategy', default('strategy'), config.STRATEGIES,
                     'tf.distribute strategy. default: one device; mirrored: '
                     'MirroredStrategy over the local GPUs (or --devices); multi_worker: '
                     'MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (run the same '
                     'command on every worker; only the chief writes --model_dir, which must '
                     'be on storage all workers see). --batch_size is the global batch.')
-  flags.DEFINE_list('devices', None,
+  flags.DEFINE_list('devices', default('devices'),
                     '--strategy=mirrored: the devices to mirror over, e.g. GPU:0,GPU:1. '
                     'Default: every local GPU, else every (logical) CPU.')
-  flags.DEFINE_integer('cpu_devices', 1,
+  flags.DEFINE_integer('cpu_devices', default('cpu_devices'),
                        'Split the host CPU into this many logical devices, so that '
                        '--strategy=mirrored can run (and be tested) without GPUs.',
                        lower_bound=1)
@@ -167,12 +164,12 @@ def define_eager_flags():
       ['loop', 'strategy'], lambda v: not (v['loop'] == 'fit' and v['strategy'] == 'multi_worker'),
       message='--loop=fit does not run under --strategy=multi_worker with Keras 3.15 (fit '
               'fails on its first batch); use --loop=custom, or --strategy=mirrored for fit')
-  flags.DEFINE_bool('tf1_bn_variance', False,
+  flags.DEFINE_bool('tf1_bn_variance', default('tf1_bn_variance'),
                     "Update BatchNormalization's moving variance with the Bessel-corrected "
                     'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '
                     'comparison with the graph runner can be exact. Normalization still uses '
                     'the biased batch variance, as in TF1.')
-  flags.DEFINE_bool('tf1_adam', False,
+  flags.DEFINE_bool('tf1_adam', default('tf1_adam'),
                     "Apply Adam through TF1's fused ApplyAdam kernel with its beta-power "
                     "accumulators: Keras' formula, TF1's float rounding. Keras' own Adam rounds "
                     'differently by an ulp, and Adam amplifies that chaotically; with this switch '
@@ -188,23 +185,24 @@ def snapshot_steps(flags_obj, total_steps):
 
 def define_records_flags():
   """Flags of bin/make_records."""
-  flags.DEFINE_string('output_dir', None, 'Folder to write the shards and dataset.json into.')
-  flags.DEFINE_string('image_dir', None,
+  default = lambda name: config.default(config.RecordsConfig, name)
+  flags.DEFINE_string('output_dir', default('output_dir'), 'Folder to write the shards and dataset.json into.')
+  flags.DEFINE_string('image_dir', default('image_dir'),
                       'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
                       '001.ak47/001_0001.jpg) to convert.')
-  flags.DEFINE_bool('synthetic', False, 'Write the embedded synthetic dataset instead.')
-  flags.DEFINE_float('val_fraction', 0.1, 'Share of each class written to val-* shards.',
+  flags.DEFINE_bool('synthetic', default('synthetic'), 'Write the embedded synthetic dataset instead.')
+  flags.DEFINE_float('val_fraction', default('val_fraction'), 'Share of each class written to val-* shards.',
                      lower_bound=0.0, upper_bound=0.9)
-  flags.DEFINE_integer('num_shards', 4, 'Shards per split.', lower_bound=1)
-  flags.DEFINE_integer('seed', 0, 'Seed of the validation split and the synthetic images.',
+  flags.DEFINE_integer('num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
+  flags.DEFINE_integer('seed', default('seed'), 'Seed of the validation split and the synthetic images.',
                        lower_bound=0)
-  flags.DEFINE_integer('synthetic_classes', 10, 'Classes of the synthetic dataset.',
+  flags.DEFINE_integer('synthetic_classes', default('synthetic_classes'), 'Classes of the synthetic dataset.',
                        lower_bound=2)
-  flags.DEFINE_integer('synthetic_train_per_class', 64, 'Synthetic training images per class.',
+  flags.DEFINE_integer('synthetic_train_per_class', default('synthetic_train_per_class'), 'Synthetic training images per class.',
                        lower_bound=1)
-  flags.DEFINE_integer('synthetic_val_per_class', 16, 'Synthetic validation images per class.',
+  flags.DEFINE_integer('synthetic_val_per_class', default('synthetic_val_per_class'), 'Synthetic validation images per class.',
                        lower_bound=0)
-  flags.DEFINE_bool('overwrite', False, 'Replace records already in --output_dir.')
+  flags.DEFINE_bool('overwrite', default('overwrite'), 'Replace records already in --output_dir.')
   flags.mark_flag_as_required('output_dir')
   flags.register_multi_flags_validator(
       ['image_dir', 'synthetic'], lambda v: bool(v['image_dir']) != bool(v['synthetic']),
@@ -258,34 +256,26 @@ def tolerances(flags_obj):
 def define_check_parity_flags():
   """Flags of check_parity, and its own defaults: a no-flag run takes about half a minute on
   2 cores."""
-  flags.DEFINE_bool('with_fit', False, 'Also run the Keras model.fit loop.')
-  flags.DEFINE_bool('calibrate', True,
+  default = lambda name: config.default(config.CheckParityConfig, name)
+  flags.DEFINE_bool('with_fit', default('with_fit'), 'Also run the Keras model.fit loop.')
+  flags.DEFINE_bool('calibrate', default('calibrate'),
                     'Run a control (the legacy runner again from initial weights one ulp '
                     'apart, under another reduction order) and judge the port against its '
                     'divergence; --nocalibrate judges with the fixed tolerances.')
-  flags.DEFINE_enum('pitfall', None, sorted(parity.PITFALLS),
+  flags.DEFINE_enum('pitfall', default('pitfall'), sorted(parity.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
-  flags.DEFINE_bool('exact', True,
+  flags.DEFINE_bool('exact', default('exact'),
                     "Run the port with TF1's fused Adam and BatchNorm kernels (train_eager "
                     '--tf1_adam --tf1_bn_variance), so a matched port agrees bit for bit on '
                     "CPU and the step tier can judge it; --noexact compares Keras' own kernels "
                     'and reports their rounding as framework differences, judged on the curves.')
-  flags.DEFINE_enum('strategy', 'default', ('default', 'mirrored'),
+  flags.DEFINE_enum('strategy', default('strategy'), ('default', 'mirrored'),
                     "The port's tf.distribute strategy (train_eager --strategy; the graph "
                     'runner stays single-device). Multi-worker runs are started per worker and '
                     'compared with compare_runs.')
-  flags.DEFINE_integer('cpu_devices', 1, "The port's --cpu_devices (logical CPU devices for "
+  flags.DEFINE_integer('cpu_devices', default('cpu_devices'), "The port's --cpu_devices (logical CPU devices for "
                        '--strategy=mirrored without GPUs).', lower_bound=1)
-  flags.DEFINE_bool('mixed_precision', False, "Run the port with --mixed_precision.")
-  flags.FLAGS.set_default('output_dir', 'runs/check_parity')
-  for name, value in CHECK_PARITY_DEFAULTS.items():
-    flags.FLAGS.set_default(name, value)
-
-
-# Small enough for a 2-core machine in under 3 minutes, large enough that the curves
-# mean something: 3 epochs of 40 steps of 64-pixel images.
-CHECK_PARITY_DEFAULTS = {'image_size': 64, 'epochs': 3, 'steps_per_epoch': 40,
-                         'log_every': 20}
+  flags.DEFINE_bool('mixed_precision', default('mixed_precision'), "Run the port with --mixed_precision.")
 
 
 def define_matrix_flags():

@@ -12,6 +12,7 @@
 This module is TensorFlow-free so that the parity harness can read runs cheaply.
 """
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -39,6 +40,14 @@ STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accurac
                 'learning_rate', 'seconds')
 EPOCH_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'seconds')
 
+# run.json's 'kernels' block: which Adam and which BatchNorm moving variance a run
+# computed with (parity reads it to expect or rule out their rounding differences).
+KERNELS = 'kernels'
+ADAM_TF1_FUSED = 'tf1_fused_apply_adam'
+ADAM_KERAS = 'keras'
+BN_VARIANCE_BESSEL = 'bessel_corrected'
+BN_VARIANCE_BIASED = 'biased'
+
 STATUS_RUNNING = 'running'
 STATUS_COMPLETE = 'complete'
 STATUS_INTERRUPTED = 'interrupted'
@@ -63,14 +72,50 @@ def now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
+def temporary_name(path):
+  """Where `atomic_path` writes `path` first: beside it, named by this process, the
+  suffix kept (Keras and numpy insist on theirs); a crash leaves it for RunLog to remove."""
+  folder, name = os.path.split(path)
+  stem, suffix = os.path.splitext(name)
+  if not suffix or os.path.isdir(path):
+    return os.path.join(folder, f'{name}.tmp{os.getpid()}')
+  return os.path.join(folder, f'.{stem}.tmp{os.getpid()}{suffix}')
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+  """Yields a temporary path to write a file or a folder into, which then replaces `path`.
+
+  `path` is whole or as it was: the write goes beside it and is renamed over it only
+  when the block ends without an error (a folder replaces an old folder); on an error
+  the temporary file or folder is removed.
+  """
+  tmp = temporary_name(path)
+  _remove(tmp)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  try:
+    yield tmp
+    if os.path.isdir(tmp):
+      _remove(path)
+    os.replace(tmp, path)
+  except BaseException:
+    _remove(tmp)
+    raise
+
+
+def _remove(path):
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
 def atomic_write_text(path, text):
-  """Writes `text` to `path` through a temporary file and a rename: never half-written."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
+  """Writes `text` to `path` atomically (`atomic_path`), flushed to disk."""
+  with atomic_path(path) as tmp, open(tmp, 'w') as f:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def atomic_write_json(path, obj):
@@ -112,12 +157,9 @@ def snapshot_steps_in(model_dir):
 
 
 def save_weights(path, weights):
-  """Writes {key: array} as .npz through a temporary file and a rename."""
-  folder, name = os.path.split(path)
-  os.makedirs(folder or '.', exist_ok=True)
-  tmp = os.path.join(folder, f'.{name}.tmp{os.getpid()}.npz')
-  np.savez(tmp, **weights)
-  os.replace(tmp, path)
+  """Writes {key: array} as .npz atomically (`atomic_path`)."""
+  with atomic_path(path) as tmp:
+    np.savez(tmp, **weights)
 
 
 def load_weights(path, expected_shapes=None):
@@ -265,23 +307,15 @@ class RunLog:
 
   def _clear(self):
     for name in self._content():
-      full = os.path.join(self.model_dir, name)
-      if os.path.isdir(full) and not os.path.islink(full):
-        shutil.rmtree(full)
-      else:
-        os.remove(full)
+      _remove(os.path.join(self.model_dir, name))
 
   def _remove_temporaries(self):
     for folder in (self.model_dir, self.path(WEIGHTS_DIR)):
       if not os.path.isdir(folder):
         continue
       for name in os.listdir(folder):
-        full = os.path.join(folder, name)
         if _TEMPORARY_NAME.fullmatch(name):
-          if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-          else:
-            os.remove(full)
+          _remove(os.path.join(folder, name))
 
   def _check_same_run(self, previous):
     where = f'--model_dir={self.model_dir}'

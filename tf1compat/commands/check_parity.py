@@ -12,6 +12,7 @@ import sys
 from absl import flags
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import harness
 from tf1compat import report
@@ -28,8 +29,8 @@ def main(argv):
 
 def define_flags():
   """Defines the check_parity flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags()
-  tf1compat_flags.define_training_flags()
+  tf1compat_flags.define_data_flags(config.CheckParityConfig)
+  tf1compat_flags.define_training_flags(config.CheckParityConfig)
   tf1compat_flags.define_parity_flags()
   tf1compat_flags.define_check_parity_flags()
 

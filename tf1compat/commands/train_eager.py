@@ -7,6 +7,7 @@ from absl import flags
 from absl import logging
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import process
 
@@ -27,8 +28,8 @@ def main(argv):
 
 def define_flags():
   """Defines the train_eager flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags()
-  tf1compat_flags.define_training_flags('eager')
+  tf1compat_flags.define_data_flags(config.EagerConfig)
+  tf1compat_flags.define_training_flags(config.EagerConfig)
   tf1compat_flags.define_eager_flags()
 
 

@@ -5,6 +5,7 @@ from absl import flags
 from absl import logging
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import process
 
@@ -21,8 +22,8 @@ def main(argv):
 
 def define_flags():
   """Defines the train_graph flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags()
-  tf1compat_flags.define_training_flags('graph')
+  tf1compat_flags.define_data_flags(config.GraphConfig)
+  tf1compat_flags.define_training_flags(config.GraphConfig)
   tf1compat_flags.define_graph_flags()
 
 

@@ -1,0 +1,176 @@
+"""The typed, frozen configurations of the commands, built once from their flags.
+
+An entry point parses its absl flags, turns them into one of these with `from_flags`
+and hands it to the library's `run(config)`; nothing below reads flags. The defaults
+here are the flags' defaults (flags.py reads them from these classes), so a test or a
+team's script can build a config directly: `GraphConfig(data_dir=..., epochs=1)`.
+
+TensorFlow-free.
+"""
+
+import dataclasses
+
+# The embedded and the benchmark's data: the seed's Caltech256 head.
+CALTECH256_CLASSES = 257
+DEFAULT_SNAPSHOT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
+# tf.compat.v1.train.AdamOptimizer's default epsilon; Keras' Adam uses 1e-7. The legacy
+# loop runs with it, so it is what a port must match (check_parity passes it to every
+# runner unless --pitfall=adam_epsilon).
+LEGACY_ADAM_EPSILON = 1e-8
+
+LOSSES = ('softmax_cross_entropy', 'keras_categorical')
+FINAL_ACTIVATIONS = ('none', 'softmax')
+LOOPS = ('custom', 'fit')
+# --on_bad_record: stop at the first bad record, or leave bad records out and count them.
+ON_BAD_RECORD = ('fail', 'skip')
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  """What selects and shapes the data (both runners, check_parity, benchmark)."""
+  data_dir: str | None = None
+  num_classes: int | None = None
+  image_size: int = 224
+  batch_size: int = 32
+  seed: int = 0
+  shuffle_buffer: int = 10000
+  on_bad_record: str = 'fail'
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig(DataConfig):
+  """What both runners train with; check_parity forwards these to every runner."""
+  epochs: int = 3
+  steps_per_epoch: int = 1000
+  learning_rate: float = 0.001
+  adam_beta1: float = 0.9
+  adam_beta2: float = 0.999
+  adam_epsilon: float | None = None
+  loss: str = 'softmax_cross_entropy'
+  final_activation: str = 'none'
+  batch_norm: bool = False
+  dropout: float = 0.0
+  init_weights: str | None = None
+  save_init_weights: str | None = None
+  snapshot_steps: tuple = DEFAULT_SNAPSHOT_STEPS
+  deterministic: bool = True
+  require_gpu: bool = False
+  overwrite: bool = False
+  log_every: int = 100
+  checkpoint_every: int = 500
+
+  @property
+  def total_steps(self):
+    return self.epochs * self.steps_per_epoch
+
+  def snapshot_steps_within(self):
+    """The sorted snapshot steps within the run, the last step included."""
+    return tuple(sorted({s for s in self.snapshot_steps if s <= self.total_steps}
+                        | {self.total_steps}))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GraphConfig(TrainingConfig):
+  """bin/train_graph: the legacy TF1 loop; each non-default switch is a legacy mistake."""
+  model_dir: str = 'runs/graph'
+  wiring: str = 'input_tensor'
+  update_ops: bool = True
+  reset_metrics: str = 'epoch'
+  dropout_seed: int | None = None
+  feed_learning_phase: bool = True
+  strategy: str = 'default'
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EagerConfig(TrainingConfig):
+  """bin/train_eager: the TF2 port, a custom tf.function loop or Keras model.fit."""
+  model_dir: str = 'runs/eager'
+  loop: str = 'custom'
+  jit_compile: bool = False
+  mixed_precision: bool = False
+  strategy: str = 'default'
+  devices: tuple | None = None
+  cpu_devices: int = 1
+  tf1_bn_variance: bool = False
+  tf1_adam: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckParityConfig(TrainingConfig):
+  """bin/check_parity: the training fields are forwarded to every runner.
+
+  Its own defaults are small enough for a 2-core machine in under 3 minutes and large
+  enough that the curves mean something: 3 epochs of 40 steps of 64-pixel images.
+  """
+  image_size: int = 64
+  steps_per_epoch: int = 40
+  log_every: int = 20
+  output_dir: str = 'runs/check_parity'
+  with_fit: bool = False
+  calibrate: bool = True
+  pitfall: str | None = None
+  exact: bool = True
+  strategy: str = 'default'
+  cpu_devices: int = 1
+  mixed_precision: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RecordsConfig:
+  """bin/make_records: an image folder or the synthetic dataset to TFRecord shards."""
+  output_dir: str | None = None
+  image_dir: str | None = None
+  synthetic: bool = False
+  val_fraction: float = 0.1
+  num_shards: int = 4
+  seed: int = 0
+  synthetic_classes: int = 10
+  synthetic_train_per_class: int = 64
+  synthetic_val_per_class: int = 16
+  overwrite: bool = False
+
+
+def default(cls, name):
+  """The default of field `name` of config class `cls` (the flag's default)."""
+  return cls.__dataclass_fields__[name].default
+
+
+def _typed(value):
+  # absl hands lists; a frozen config holds tuples (and snapshot steps as integers).
+  return tuple(value) if isinstance(value, list) else value
+
+
+def from_flags(cls, flag_values, **overrides):
+  """An instance of `cls` from the parsed flags of the same names; `overrides` win."""
+  values = {}
+  for field in dataclasses.fields(cls):
+    if field.name in overrides:
+      values[field.name] = overrides[field.name]
+    elif field.name in flag_values:
+      values[field.name] = _typed(flag_values[field.name].value)
+  if 'snapshot_steps' in values:
+    values['snapshot_steps'] = tuple(int(s) for s in values['snapshot_steps'])
+  return cls(**values)
+
+
+def manifest_flags(config):
+  """{name: value} of every field, JSON-ready: run.json's 'flags' block."""
+  return {name: list(value) if isinstance(value, tuple) else value
+          for name, value in sorted(dataclasses.asdict(config).items())}
+
+
+def runner_args(config, names):
+  """`config`'s fields `names` as the command-line flags a runner accepts (None: left out)."""
+  args = []
+  for name in names:
+    value = getattr(config, name)
+    if value is None:
+      continue
+    if isinstance(value, bool):
+      args.append(f'--{name}' if value else f'--no{name}')
+    elif isinstance(value, tuple):
+      args.append(f'--{name}={",".join(str(v) for v in value)}')
+    else:
+      args.append(f'--{name}={value}')
+  return args
