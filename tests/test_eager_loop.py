@@ -97,7 +97,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert manifest['versions']['keras'].startswith('3.')
   assert manifest['flags']['loop'] == loop
   assert manifest['init_weights_sha256'] == runlog.file_sha256(init_weights)
-  assert manifest['batch_norm_moving_variance'] == 'biased'
+  assert manifest['kernels']['batch_norm_variance'] == 'biased'
   assert set(manifest['final_metrics']) == {'train_loss', 'train_accuracy', 'val_loss',
                                             'val_accuracy'}
 
@@ -268,11 +268,11 @@ _BN_LAYERS = r'''
 import json, sys
 import numpy as np
 import keras
-from tf1compat import eager_loop
+from tf1compat import tf1_kernels
 
 x = np.load(sys.argv[1])
 out = {}
-for name, cls in (('tf1', eager_loop.TF1BatchNormalization),
+for name, cls in (('tf1', tf1_kernels.TF1BatchNormalization),
                   ('keras', keras.layers.BatchNormalization)):
   layer = cls(name='bn1')
   train = np.asarray(layer(x, training=True))
@@ -337,7 +337,7 @@ def test_snapshot_loads_into_the_graph_runners_model(tiny_data_dir, workdir):
   model_dir = str(workdir / 'bn')
   train_eager(*tiny_run_flags(tiny_data_dir, model_dir, '--batch_norm', '--tf1_bn_variance',
                               '--epochs=1', '--steps_per_epoch=2'))
-  assert runlog.read_manifest(model_dir)['batch_norm_moving_variance'] == 'bessel_corrected'
+  assert runlog.read_manifest(model_dir)['kernels']['batch_norm_variance'] == 'bessel_corrected'
   eager = read_snapshot(model_dir, 2)
   proc = run_python(_GRAPH_MODEL_LOADS, runlog.snapshot_path(model_dir, 2),
                     str(TINY['num_classes']), str(TINY_IMAGE_SIZE))

@@ -118,10 +118,10 @@ def _split_cpu(count):
       cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
 
 
-def _mirrored_devices(flags_obj):
+def _mirrored_devices(cfg):
   local = [d.name for d in tf.config.list_logical_devices()]
-  if flags_obj.devices:
-    wanted = [_device_name(d) for d in flags_obj.devices]
+  if cfg.devices:
+    wanted = [_device_name(d) for d in cfg.devices]
     known = {_device_name(name.split('device:')[-1]) for name in local}
     missing = [d for d in wanted if d not in known]
     if missing:
@@ -141,15 +141,15 @@ def check_batch(distribution, batch_size):
         f'of {distribution.replicas}')
 
 
-def setup(flags_obj):
+def setup(cfg):
   """Creates the run's Distribution; must precede every other TensorFlow operation."""
-  name = flags_obj.strategy
-  if flags_obj.cpu_devices > 1:
-    _split_cpu(flags_obj.cpu_devices)
+  name = cfg.strategy
+  if cfg.cpu_devices > 1:
+    _split_cpu(cfg.cpu_devices)
   if name == 'default':
     return Distribution(name, tf.distribute.get_strategy(), ())
   if name == 'mirrored':
-    devices = _mirrored_devices(flags_obj)
+    devices = _mirrored_devices(cfg)
     if len(devices) == 1:
       logging.warning('--strategy=mirrored found one device (%s): nothing to mirror; name '
                       'more with --devices, or --cpu_devices=N without GPUs', devices[0])

@@ -176,13 +176,6 @@ def define_eager_flags():
                     'a matched comparison with the graph runner is bit for bit on CPU.')
 
 
-def snapshot_steps(flags_obj, total_steps):
-  """The sorted set of snapshot steps within the run, the last step included."""
-  steps = {int(s) for s in flags_obj.snapshot_steps if int(s) <= total_steps}
-  steps.add(total_steps)
-  return sorted(steps)
-
-
 def define_records_flags():
   """Flags of bin/make_records."""
   default = lambda name: config.default(config.RecordsConfig, name)
@@ -207,14 +200,6 @@ def define_records_flags():
   flags.register_multi_flags_validator(
       ['image_dir', 'synthetic'], lambda v: bool(v['image_dir']) != bool(v['synthetic']),
       message='pass exactly one of --image_dir=FOLDER or --synthetic')
-
-
-def flag_values(flags_obj):
-  """{name: value} of every flag defined here (absl's own flags left out), JSON-ready."""
-  values = {}
-  for flag in flags_obj.get_flags_for_module(__name__):
-    values[flag.name] = list(flag.value) if isinstance(flag.value, (list, tuple)) else flag.value
-  return dict(sorted(values.items()))
 
 
 def define_parity_flags():

@@ -21,41 +21,57 @@ The graph switches of `define_graph_flags` reproduce the legacy mistakes on requ
 `--feed_learning_phase=false`.
 """
 
+import dataclasses
 import os
-import shutil
 
 from absl import logging
 import tensorflow as tf
 import tf_keras
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import data
-from tf1compat import flags as tf1compat_flags
 from tf1compat import model
 from tf1compat import runlog
 from tf1compat import training
 
 RUNNER = 'graph'
-OPTIMIZER_NAME = 'tf.compat.v1.train.AdamOptimizer'
-# tf.compat.v1.train.AdamOptimizer's own default; Keras' Adam uses 1e-7.
-DEFAULT_ADAM_EPSILON = 1e-8
 CHECKPOINT_PREFIX = 'model.ckpt'
-# Checkpoints hold the input iterator's shuffle and prefetch buffers, which can be large;
-# resuming needs only the latest, the one before is kept in case the latest is damaged.
-CHECKPOINTS_KEPT = 2
 SERVING_SIGNATURE = 'serving_default'
+# The legacy kernels: ApplyAdam with beta-power accumulators, and fused batch norm, whose
+# moving variance takes the Bessel-corrected batch variance.
+KERNELS = {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': runlog.BN_VARIANCE_BESSEL}
 
 
-def adam_epsilon(flags_obj):
-  """The epsilon the optimizer really uses: the flag, else AdamOptimizer's default."""
-  return DEFAULT_ADAM_EPSILON if flags_obj.adam_epsilon is None else flags_obj.adam_epsilon
+def optimizer_name(cfg):
+  """The optimizer as run.json names it."""
+  del cfg  # One optimizer in the legacy loop.
+  return 'tf.compat.v1.train.AdamOptimizer'
 
 
-def _final_activation(flags_obj):
-  return None if flags_obj.final_activation == 'none' else flags_obj.final_activation
+def adam_epsilon(cfg):
+  """The epsilon the optimizer really uses: --adam_epsilon, else AdamOptimizer's default."""
+  return config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
 
 
-def _per_example_loss(labels, logits, loss_name):
+def make_optimizer(cfg):
+  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters."""
+  return tf.compat.v1.train.AdamOptimizer(
+      learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
+      epsilon=adam_epsilon(cfg))
+
+
+def build_model(cfg, num_classes, **wiring):
+  """The seed's ConvNet in tf-keras with the run's model fields; `wiring`: input_tensor
+  and dropout_seed for the training model."""
+  return model.build_model(
+      tf.keras, num_classes=num_classes, image_size=cfg.image_size,
+      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
+      **wiring)
+
+
+def per_example_loss(loss_name, labels, logits):
   """Cross-entropy of each example, as the seed wrote it (`--loss` picks which)."""
   if loss_name == 'keras_categorical':
     # The seed's "fix"; numerically the same as the default on logits.
@@ -91,13 +107,15 @@ class GraphBackend(training.Backend):
   """The TF1 graph, its Session and its run-directory outputs, for `training.train`.
 
   The constructor builds the whole graph, finalizes it, starts a Session, initializes
-  every variable and loads `--init_weights`; `attach(model_dir)` then adds the
-  TensorBoard writer once the run directory is open. `close()` ends the Session.
+  every variable and loads `--init_weights`; `attach(log)` then points checkpoints and
+  TensorBoard at the run directory once it is open. `close()` ends the Session.
+  `dataset_hook(dataset, training)`, if given, wraps every input pipeline.
   """
 
-  def __init__(self, flags_obj, spec):
-    self._flags = flags_obj
+  def __init__(self, cfg, spec, dataset_hook=None):
+    self._cfg = cfg
     self._spec = spec
+    self._dataset_hook = dataset_hook or (lambda dataset, training: dataset)
     self._checkpoint_dir = None
     self._writer = None
     self.graph = tf.Graph()
@@ -105,13 +123,13 @@ class GraphBackend(training.Backend):
       # The graph-level seed fixes every op seed that is not given explicitly (weight
       # initializers, Dropout masks) from the order the ops are built in, so the build
       # order below is part of what makes two runs with the same flags identical.
-      tf.compat.v1.set_random_seed(flags_obj.seed)
+      tf.compat.v1.set_random_seed(cfg.seed)
       self._build_training()
       self._build_evaluation()
       self._saver = tf.compat.v1.train.Saver(
           var_list=(tf.compat.v1.global_variables() + self._train_metric_variables
                     + [self._iterator_saveable]),
-          max_to_keep=CHECKPOINTS_KEPT)
+          max_to_keep=training.CHECKPOINTS_KEPT)
       self._build_weight_loader()
       initialize = tf.group(tf.compat.v1.global_variables_initializer(),
                             tf.compat.v1.local_variables_initializer())
@@ -122,30 +140,32 @@ class GraphBackend(training.Backend):
     config.gpu_options.allow_growth = True
     self._sess = tf.compat.v1.Session(graph=self.graph, config=config)
     self._sess.run(initialize)
-    if flags_obj.init_weights:
-      self._load_weights(flags_obj.init_weights)
+    if cfg.init_weights:
+      self._load_weights(cfg.init_weights)
+
+  def _dataset(self, training_split):
+    """The training or validation pipeline (the eager runner's twin reads the same)."""
+    split = 'train' if training_split else 'val'
+    dataset = data.make_dataset(
+        self._spec.train_files if training_split else self._spec.val_files,
+        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
+        batch_size=self._cfg.batch_size, seed=self._cfg.seed, training=training_split,
+        shuffle_buffer=self._cfg.shuffle_buffer, skip=self._spec.skip(split))
+    return self._dataset_hook(dataset, training_split)
 
   def _build_training(self):
-    flags_obj = self._flags
-    dataset = data.make_dataset(
-        self._spec.train_files, image_size=flags_obj.image_size,
-        num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
-        seed=flags_obj.seed, training=True, shuffle_buffer=flags_obj.shuffle_buffer,
-        skip=self._spec.skip('train'))
-    iterator = tf.compat.v1.data.make_one_shot_iterator(dataset)
+    cfg = self._cfg
+    iterator = tf.compat.v1.data.make_one_shot_iterator(self._dataset(True))
     # The iterator's position (shuffle buffer, RNG state, files read) goes into every
     # checkpoint, so a resumed run sees the batches an uninterrupted one would have.
     self._iterator_saveable = tf.compat.v1.data.experimental.make_saveable_from_iterator(
         iterator)
     features, labels = iterator.get_next()
-    build = dict(num_classes=self._spec.num_classes, image_size=flags_obj.image_size,
-                 batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
-                 final_activation=_final_activation(flags_obj),
-                 dropout_seed=flags_obj.dropout_seed)
-    if flags_obj.wiring == 'input_tensor':
+    if cfg.wiring == 'input_tensor':
       # The input layer sits on the iterator's tensor, so model.updates are the update
       # ops of the very batch being trained on.
-      self.model = model.build_model(tf.keras, input_tensor=features, **build)
+      self.model = build_model(cfg, self._spec.num_classes, input_tensor=features,
+                               dropout_seed=cfg.dropout_seed)
       logits = self.model.output
       model_updates = list(self.model.updates)
       update_ops = model_updates
@@ -155,17 +175,17 @@ class GraphBackend(training.Backend):
       # placeholder, which cannot run without feeding it ("You must feed a value for
       # placeholder tensor 'images'"), so legacy code fell back on the tf.layers idiom,
       # the UPDATE_OPS collection, which Keras layers never fill: no update op runs.
-      self.model = model.build_model(tf.keras, **build)
+      self.model = build_model(cfg, self._spec.num_classes, dropout_seed=cfg.dropout_seed)
       logits = self.model(features)
       model_updates = list(self.model.updates)
       update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-    if not flags_obj.update_ops:
+    if not cfg.update_ops:
       update_ops = []
     self._model_updates = len(model_updates)
     self._update_ops_run = len(update_ops)
     self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
 
-    self._loss = tf.reduce_mean(_per_example_loss(labels, logits, flags_obj.loss))
+    self._loss = tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
     label_classes, predicted_classes = _classes(labels, logits)
     self._batch_accuracy = tf.reduce_mean(
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
@@ -174,12 +194,9 @@ class GraphBackend(training.Backend):
                                                    predicted_classes)
 
     self._global_step = tf.compat.v1.train.get_or_create_global_step()
-    optimizer = tf.compat.v1.train.AdamOptimizer(
-        learning_rate=flags_obj.learning_rate, beta1=flags_obj.adam_beta1,
-        beta2=flags_obj.adam_beta2, epsilon=adam_epsilon(flags_obj))
     with tf.control_dependencies(update_ops):
-      self._train_op = optimizer.minimize(self._loss, global_step=self._global_step)
-    self._train_feed = {self._learning_phase: True} if flags_obj.feed_learning_phase else {}
+      self._train_op = make_optimizer(cfg).minimize(self._loss, global_step=self._global_step)
+    self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
   def _build_evaluation(self):
     """The validation pipeline and metrics, apart from the training ones.
@@ -191,15 +208,10 @@ class GraphBackend(training.Backend):
     self._val_iterator = None
     if not self._spec.val_files:
       return
-    flags_obj = self._flags
-    dataset = data.make_dataset(
-        self._spec.val_files, image_size=flags_obj.image_size,
-        num_classes=self._spec.num_classes, batch_size=flags_obj.batch_size,
-        seed=flags_obj.seed, training=False, skip=self._spec.skip('val'))
-    self._val_iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+    self._val_iterator = tf.compat.v1.data.make_initializable_iterator(self._dataset(False))
     features, labels = self._val_iterator.get_next()
     logits = self.model(features)
-    losses = _per_example_loss(labels, logits, flags_obj.loss)
+    losses = per_example_loss(self._cfg.loss, labels, logits)
     (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
      _, self._reset_val_metrics) = _running_metrics('validation', losses,
                                                     *_classes(labels, logits))
@@ -208,7 +220,7 @@ class GraphBackend(training.Backend):
     self._weight_items = model.weight_items(self.model)
     self._weight_placeholders = {}
     assigns = []
-    if self._flags.init_weights:
+    if self._cfg.init_weights:
       for key, variable in self._weight_items:
         placeholder = tf.compat.v1.placeholder(variable.dtype.base_dtype, variable.shape)
         self._weight_placeholders[key] = placeholder
@@ -223,26 +235,26 @@ class GraphBackend(training.Backend):
     logging.info('initial weights loaded from %s', path)
 
   def _draws_dropout_masks(self):
-    return self._flags.dropout > 0 and self._flags.feed_learning_phase
+    return self._cfg.dropout > 0 and self._cfg.feed_learning_phase
 
   def describe(self):
     """The graph-specific block of run.json."""
     return {
-        'wiring': self._flags.wiring,
+        'wiring': self._cfg.wiring,
         'iterator': 'one_shot, checkpointed with make_saveable_from_iterator',
         'model_updates': self._model_updates,
         'update_ops_in_train_op': self._update_ops_run,
-        'learning_phase_fed': self._flags.feed_learning_phase,
+        'learning_phase_fed': self._cfg.feed_learning_phase,
         'exact_resume': not self._draws_dropout_masks(),
-        'reset_metrics': self._flags.reset_metrics,
+        'reset_metrics': self._cfg.reset_metrics,
         'trainable_parameters': int(sum(v.shape.num_elements()
                                         for v in self.model.trainable_weights)),
     }
 
-  def attach(self, model_dir):
-    """Points checkpoints and TensorBoard events at the (open) run directory."""
-    self._checkpoint_dir = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
-    self._writer = tf.compat.v1.summary.FileWriter(model_dir, graph=self.graph)
+  def attach(self, log):
+    """Points checkpoints and TensorBoard events at the (open) run directory of `log`."""
+    self._checkpoint_dir = log.path(runlog.CHECKPOINTS_DIR)
+    self._writer = tf.compat.v1.summary.FileWriter(log.model_dir, graph=self.graph)
 
   def restore(self):
     latest = tf.compat.v1.train.latest_checkpoint(self._checkpoint_dir)
@@ -314,43 +326,7 @@ class GraphBackend(training.Backend):
     self._writer.add_summary(summary, step)
 
   def export(self, export_dir):
-    """A SavedModel of the trained model with a serving signature on an images input.
-
-    The training model reads the iterator; the export rebuilds it in a graph of its
-    own on an Input placeholder, so the SavedModel holds neither the input pipeline nor
-    the optimizer. Written beside the target and renamed, so it is whole or absent.
-    """
-    weights = self.weights()
-    flags_obj = self._flags
-    tmp_dir = f'{export_dir}.tmp{os.getpid()}'
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    graph = tf.Graph()
-    with graph.as_default():
-      # The initializers run before the trained weights replace them, but they still
-      # need a seed under op determinism.
-      tf.compat.v1.set_random_seed(flags_obj.seed)
-      serving_model = model.build_model(
-          tf.keras, num_classes=self._spec.num_classes, image_size=flags_obj.image_size,
-          batch_norm=flags_obj.batch_norm, dropout=flags_obj.dropout,
-          final_activation=_final_activation(flags_obj))
-      items = model.weight_items(serving_model)
-      placeholders = {key: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
-                      for key, v in items}
-      assign = tf.group(*[tf.compat.v1.assign(v, placeholders[key]) for key, v in items])
-      signature = tf.compat.v1.saved_model.predict_signature_def(
-          inputs={'images': serving_model.input},
-          outputs={'outputs': serving_model.output,
-                   'classes': tf.argmax(serving_model.output, axis=-1)})
-      with tf.compat.v1.Session(graph=graph) as sess:
-        sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
-        builder = tf.compat.v1.saved_model.Builder(tmp_dir)
-        builder.add_meta_graph_and_variables(
-            sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
-            signature_def_map={SERVING_SIGNATURE: signature}, strip_default_attrs=True)
-        builder.save()
-    shutil.rmtree(export_dir, ignore_errors=True)
-    os.replace(tmp_dir, export_dir)
-    logging.info('SavedModel written to %s', export_dir)
+    export(self._cfg, self._spec.num_classes, self.weights(), export_dir)
 
   def close(self):
     """Closes the TensorBoard writer and the Session."""
@@ -359,17 +335,41 @@ class GraphBackend(training.Backend):
     self._sess.close()
 
 
-def run(flags_obj):
-  """Trains as the flags say and returns training.train's stats.
+def export(cfg, num_classes, weights, export_dir):
+  """A SavedModel of the trained `weights` with a serving signature on an images input.
 
-  With --save_init_weights, writes the model's initial weights there instead and
-  returns {'saved_init_weights': path}, without a run directory. Raises cli.UsageError
-  (bad flags, files or data), cli.NumericFault and cli.Interrupted as training.train.
-  Assumes the process setup described in the module docstring.
+  The training model reads the iterator; the export rebuilds it in a graph of its own
+  on an Input placeholder, so the SavedModel holds neither the input pipeline nor the
+  optimizer. Whole or absent (runlog.atomic_path).
   """
-  device = training.check_device(flags_obj)
-  if (flags_obj.deterministic and device != 'CPU' and flags_obj.batch_norm and
-      not flags_obj.feed_learning_phase):
+  graph = tf.Graph()
+  with graph.as_default():
+    # The initializers run before the trained weights replace them, but they still need
+    # a seed under op determinism.
+    tf.compat.v1.set_random_seed(cfg.seed)
+    serving_model = build_model(cfg, num_classes)
+    items = model.weight_items(serving_model)
+    placeholders = {key: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
+                    for key, v in items}
+    assign = tf.group(*[tf.compat.v1.assign(v, placeholders[key]) for key, v in items])
+    signature = tf.compat.v1.saved_model.predict_signature_def(
+        inputs={'images': serving_model.input},
+        outputs={'outputs': serving_model.output,
+                 'classes': tf.argmax(serving_model.output, axis=-1)})
+    with tf.compat.v1.Session(graph=graph) as sess, runlog.atomic_path(export_dir) as tmp_dir:
+      sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
+      builder = tf.compat.v1.saved_model.Builder(tmp_dir)
+      builder.add_meta_graph_and_variables(
+          sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
+          signature_def_map={SERVING_SIGNATURE: signature}, strip_default_attrs=True)
+      builder.save()
+  logging.info('SavedModel written to %s', export_dir)
+
+
+def _determinism_for(cfg, device):
+  """`cfg`, with op determinism off where no deterministic kernel exists for it."""
+  if (cfg.deterministic and device != 'CPU' and cfg.batch_norm and
+      not cfg.feed_learning_phase):
     # BatchNorm's inference branch trained on (the learning phase never fed) has its
     # gradient in FusedBatchNormGradV3 with is_training=False, which has no
     # deterministic GPU kernel in TF 2.21: under op determinism the first step would
@@ -377,30 +377,43 @@ def run(flags_obj):
     # run.json records deterministic false and why.
     logging.warning('--nofeed_learning_phase with --batch_norm on %s: op determinism turned '
                     'off (no deterministic GPU kernel for its BatchNorm gradient)', device)
-    flags_obj.deterministic = False
-  if flags_obj.deterministic:
+    return dataclasses.replace(cfg, deterministic=False)
+  return cfg
+
+
+def run(cfg, dataset_hook=None):
+  """Trains as `cfg` (a config.GraphConfig) says and returns training.train's stats.
+
+  With save_init_weights, writes the model's initial weights there instead and returns
+  {'init_weights': path}, without a run directory. `dataset_hook(dataset, training)`
+  wraps every input pipeline (the benchmark's compute-only measurement serves one batch
+  from memory with it). Raises cli.UsageError (bad flags, files or data),
+  cli.NumericFault and cli.Interrupted as training.train. Assumes the process setup
+  described in the module docstring.
+  """
+  device = training.check_device(cfg)
+  cfg = _determinism_for(cfg, device)
+  if cfg.deterministic:
     tf.config.experimental.enable_op_determinism()
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
     # The data (pre-flight check), the graph and --init_weights are checked before the
     # run directory is touched, so a bad flag or file leaves no half-started run behind.
-    spec = training.resolve_data(flags_obj)
-    backend = GraphBackend(flags_obj, spec)
+    spec = training.check_data(cfg)
+    backend = GraphBackend(cfg, spec, dataset_hook)
     try:
-      if flags_obj.save_init_weights:
-        runlog.save_weights(flags_obj.save_init_weights, backend.weights())
-        logging.info('initial weights written to %s', flags_obj.save_init_weights)
-        return {'saved_init_weights': flags_obj.save_init_weights}
-      log = runlog.RunLog(flags_obj.model_dir, RUNNER, tf1compat_flags.flag_values(flags_obj),
-                          overwrite=flags_obj.overwrite, fingerprint=spec.fingerprint)
-      log.open()
+      if cfg.save_init_weights:
+        return training.save_init_weights(cfg, backend.weights())
+      log = training.open_run(cfg, spec, RUNNER)
       with training.marking_failures(log):
-        backend.attach(log.model_dir)
-        log.update(graph=backend.describe(), **training.common_manifest(
-            flags_obj, spec, optimizer_name=OPTIMIZER_NAME, epsilon=adam_epsilon(flags_obj),
-            versions=runlog.versions(tf_keras.__version__, tf.__version__),
-            device=device))
-        return training.train(backend, log, training.schedule_from_flags(
-            flags_obj, reset_metrics=flags_obj.reset_metrics == 'epoch'), signals)
+        backend.attach(log)
+        log.update(**training.start_manifest(
+            cfg, spec, versions=runlog.versions(tf_keras.__version__, tf.__version__),
+            device=device, kernels=KERNELS, optimizer_name=optimizer_name(cfg),
+            epsilon=adam_epsilon(cfg), strategy='default', replicas=1, workers=1,
+            devices=[], dtype_policy='float32', jit_compile=False,
+            graph=backend.describe()))
+        return training.train(backend, log, training.schedule(
+            cfg, reset_metrics=cfg.reset_metrics == 'epoch'), signals)
     finally:
       backend.close()

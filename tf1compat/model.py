@@ -10,14 +10,6 @@ CONV_FILTERS = (64, 64, 128, 256)
 MIN_IMAGE_SIZE = 31  # Four valid 3x3 convolutions with stride 2 need at least 31 pixels.
 
 
-def conv_output_size(image_size):
-  """Side of the last feature map for a square input of `image_size` pixels."""
-  size = image_size
-  for _ in CONV_FILTERS:
-    size = (size - 3) // 2 + 1
-  return size
-
-
 def build_model(keras, *, num_classes, image_size, batch_norm=False, dropout=0.0,
                 final_activation=None, input_tensor=None, batch_norm_layer=None,
                 logits_dtype=None, dropout_seed=None):

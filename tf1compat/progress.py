@@ -30,14 +30,6 @@ class EpochProgress:
       self._bar = tqdm(total=total, initial=initial, desc=self._desc, file=sys.stdout,
                        dynamic_ncols=True)
 
-  @property
-  def wants_values(self):
-    """Whether the next `update` will show its metrics (the caller may skip fetching)."""
-    if self._bar is not None:
-      return True
-    step = self._done + 1
-    return step % self._log_every == 0 or step == self._total
-
   def update(self, **metrics):
     """Advances one step; `metrics` (name -> float) are shown when they are given."""
     self._done += 1

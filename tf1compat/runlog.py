@@ -39,6 +39,8 @@ RUNNER_LOG = 'runner.log'
 STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
                 'learning_rate', 'seconds')
 EPOCH_COLUMNS = ('epoch', 'train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'seconds')
+# The epochs.csv columns that are a run's final metrics.
+EPOCH_METRICS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
 
 # run.json's 'kernels' block: which Adam and which BatchNorm moving variance a run
 # computed with (parity reads it to expect or rule out their rounding differences).
@@ -47,6 +49,34 @@ ADAM_TF1_FUSED = 'tf1_fused_apply_adam'
 ADAM_KERAS = 'keras'
 BN_VARIANCE_BESSEL = 'bessel_corrected'
 BN_VARIANCE_BIASED = 'biased'
+
+# run.json, field by field: who writes it and what it holds. RunLog.update refuses any
+# other field, so this is the whole schema.
+MANIFEST_FIELDS = {
+    # RunLog, at open and at every update.
+    'runner': "'graph', 'eager' or 'fit'",
+    'flags': 'the run config, field by field (config.manifest_flags)',
+    'started': 'UTC time stamp of the first start', 'updated': 'UTC time stamp of the last write',
+    'status': 'running, complete, interrupted or failed',
+    # Every runner at start (training.start_manifest); the config lint compares them.
+    'versions': 'python, tensorflow and keras versions',
+    'device': "'CPU' or 'GPU (name)'",
+    'optimizer': 'name, learning_rate, beta_1, beta_2 and the epsilon really used',
+    KERNELS: "'adam' and 'batch_norm_variance': the kernels' rounding (parity reads them)",
+    'loss': '--loss', 'from_logits': 'the loss takes logits',
+    'final_activation': '--final_activation', 'batch_size': 'the global batch',
+    'image_size': '--image_size', 'seed': '--seed', 'deterministic': 'op determinism on',
+    'data': 'data_dir, files, fingerprint, num_classes, record counts, skipped records',
+    'init_weights_sha256': 'of --init_weights, or null',
+    'strategy': 'the tf.distribute strategy', 'replicas': 'replicas in sync',
+    'workers': 'processes of the cluster', 'devices': 'the devices mirrored over',
+    'dtype_policy': 'the Keras dtype policy', 'jit_compile': 'whether the steps ran under XLA',
+    'graph': "the graph runner's own block (wiring, update ops, learning phase...)",
+    # The driver, as the run goes and ends (training.Recorder).
+    'global_step': 'steps done', 'last_checkpoint': 'path of the latest checkpoint',
+    'failure': 'why a failed run stopped', 'final_metrics': 'the last epochs.csv metrics',
+    'export_dir': 'the SavedModel', 'finished': 'UTC time stamp', 'seconds': 'wall time',
+}
 
 STATUS_RUNNING = 'running'
 STATUS_COMPLETE = 'complete'
@@ -239,6 +269,14 @@ def _whole_row(row, columns):
   return True
 
 
+def start_fields(**fields):
+  """The run.json fields a runner writes at start, checked against MANIFEST_FIELDS."""
+  unknown = set(fields) - set(MANIFEST_FIELDS)
+  if unknown:
+    raise ValueError(f'run.json has no field {", ".join(sorted(unknown))} (MANIFEST_FIELDS)')
+  return fields
+
+
 def versions(keras_version, tf_version):
   """The versions block of the manifest."""
   return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
@@ -341,7 +379,10 @@ class RunLog:
           'or pass --overwrite')
 
   def update(self, **fields):
-    """Merges `fields` into run.json and rewrites it atomically."""
+    """Merges `fields` (MANIFEST_FIELDS) into run.json and rewrites it atomically."""
+    unknown = set(fields) - set(MANIFEST_FIELDS)
+    if unknown:
+      raise ValueError(f'run.json has no field {", ".join(sorted(unknown))} (MANIFEST_FIELDS)')
     self.manifest.update(fields)
     self.manifest['updated'] = now()
     atomic_write_json(self.path(RUN_JSON), self.manifest)
@@ -367,6 +408,9 @@ class RunLog:
   def _append(self, name, columns, row):
     # Each row reaches the file in one write when it closes: a killed process cuts off
     # at most the last row, which truncate_after drops.
+    if set(row) != set(columns):
+      raise ValueError(f'a {name} row has the columns {", ".join(columns)}, not '
+                       f'{", ".join(sorted(row))}')
     path = self.path(name)
     new = not os.path.exists(path)
     with open(path, 'a') as f:

@@ -17,12 +17,16 @@ import numpy as np
 import tensorflow as tf
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import data
-from tf1compat import flags as tf1compat_flags
 from tf1compat import progress
 from tf1compat import records
 from tf1compat import runlog
 
+# Checkpoints kept by both runners: TF's own default (Saver and CheckpointManager alike).
+# Resuming needs only the latest; the earlier ones let a run be rewound, e.g. to check
+# that a resume redoes the same steps.
+CHECKPOINTS_KEPT = 5
 
 @dataclasses.dataclass
 class StepResult:
@@ -99,6 +103,7 @@ class Recorder:
     self._weights_fn = weights_fn
     self.last_checkpoint = None
     self.checkpoint_step = None
+    self._started = time.time()
     self._step_started = time.perf_counter()
 
   def start_step(self):
@@ -180,12 +185,38 @@ class Recorder:
     return cli.Interrupted(signum, f'interrupted at step {step}; checkpoint: {where}. Rerun '
                            'the same command to resume.')
 
-  def complete(self, step, final_metrics, export_dir, started):
-    """Marks the run complete with its final metrics."""
+  def begin(self, step, checkpoint):
+    """Starts recording at `step`, restored from `checkpoint` (0 and None: a new run).
+
+    Drops the rows and snapshots after `step` (a resumed run redoes them), saves the
+    initial weights' snapshot of a new run; returns the final metrics recorded so far.
+    """
+    self._started = time.time()
+    self.last_checkpoint = checkpoint
+    self.log.truncate_after(step, self.schedule.steps_per_epoch)
+    if step:
+      self.checkpoint_step = step
+      logging.info('resuming %s from step %d', self.log.model_dir, step)
+    elif 0 in self.schedule.snapshot_steps:
+      self.log.save_snapshot(0, self._weights_fn())
+    return last_epoch_metrics(self.log)
+
+  def finish(self, step, final_metrics, export, signals):
+    """Exports the trained model with `export(export_dir)` and marks the run complete;
+    returns the stats dict.
+
+    A signal caught by then leaves the run unfinished: the export is whole, but the
+    rerun restores the final checkpoint and only exports again.
+    """
+    export_dir = self.log.path(runlog.EXPORT_DIR)
+    export(export_dir)
+    if signals.caught:
+      raise self.interrupted(signals.signum, step, self.last_checkpoint)
     self.log.update(status=runlog.STATUS_COMPLETE, global_step=step,
                     final_metrics=final_metrics, last_checkpoint=self.last_checkpoint,
                     export_dir=export_dir, finished=runlog.now(),
-                    seconds=round(time.time() - started, 3))
+                    seconds=round(time.time() - self._started, 3))
+    return {'global_step': step, 'model_dir': self.log.model_dir, **final_metrics}
 
 
 def last_epoch_metrics(log):
@@ -193,8 +224,7 @@ def last_epoch_metrics(log):
   epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
   if not epochs:
     return {}
-  return {name: float(epochs[name][-1])
-          for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')}
+  return {name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
 
 
 def device_description():
@@ -206,7 +236,7 @@ def device_description():
   return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
 
 
-def check_device(flags_obj):
+def check_device(cfg):
   """Logs the device the run computes on; with --require_gpu, a CPU is a usage error.
 
   A CUDA driver or library mismatch makes TensorFlow fall back to the CPU with only a
@@ -215,47 +245,62 @@ def check_device(flags_obj):
   """
   device = device_description()
   logging.info('device: %s', device)
-  if flags_obj.require_gpu and device == 'CPU':
+  if cfg.require_gpu and device == 'CPU':
     raise cli.UsageError('--require_gpu: TensorFlow sees no GPU here (it would train on the '
                          'CPU); check the NVIDIA driver and install with '
                          "pip install '.[and-cuda]', or drop --require_gpu")
   return device
 
 
-def schedule_from_flags(flags_obj, reset_metrics=True):
-  """The Schedule of a runner's flags."""
-  total = flags_obj.epochs * flags_obj.steps_per_epoch
-  return Schedule(epochs=flags_obj.epochs, steps_per_epoch=flags_obj.steps_per_epoch,
-                  snapshot_steps=tuple(tf1compat_flags.snapshot_steps(flags_obj, total)),
-                  checkpoint_every=flags_obj.checkpoint_every, log_every=flags_obj.log_every,
-                  learning_rate=flags_obj.learning_rate, reset_metrics=reset_metrics)
+def schedule(cfg, reset_metrics=True):
+  """The Schedule of a runner's config."""
+  return Schedule(epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch,
+                  snapshot_steps=cfg.snapshot_steps_within(),
+                  checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                  learning_rate=cfg.learning_rate, reset_metrics=reset_metrics)
 
 
-def resolve_data(flags_obj):
-  """The DataSpec of --data_dir, or of the embedded dataset when it is unset."""
-  data_dir = flags_obj.data_dir or records.embedded_data_dir()
-  return data.describe(data_dir, flags_obj.num_classes, flags_obj.on_bad_record)
+def check_data(cfg):
+  """The DataSpec of --data_dir (or of the embedded dataset when it is unset), after the
+  pre-flight check of its records."""
+  data_dir = cfg.data_dir or records.embedded_data_dir()
+  return data.describe(data_dir, cfg.num_classes, cfg.on_bad_record)
 
 
-def common_manifest(flags_obj, spec, *, optimizer_name, epsilon, versions, device):
-  """The run.json fields every runner writes at start (the config lint compares them)."""
-  return {
-      'versions': versions,
-      'device': device,
-      'optimizer': {'name': optimizer_name, 'learning_rate': flags_obj.learning_rate,
-                    'beta_1': flags_obj.adam_beta1, 'beta_2': flags_obj.adam_beta2,
-                    'epsilon': epsilon},
-      'loss': flags_obj.loss,
-      'from_logits': True,
-      'final_activation': flags_obj.final_activation,
-      'batch_size': flags_obj.batch_size,
-      'image_size': flags_obj.image_size,
-      'seed': flags_obj.seed,
-      'deterministic': flags_obj.deterministic,
-      'data': spec.manifest(),
-      'init_weights_sha256': (runlog.file_sha256(flags_obj.init_weights)
-                              if flags_obj.init_weights else None),
-  }
+def save_init_weights(cfg, weights):
+  """--save_init_weights: writes the initial `weights`; the stats of a run that trains not."""
+  runlog.save_weights(cfg.save_init_weights, weights)
+  logging.info('initial weights written to %s', cfg.save_init_weights)
+  return {'init_weights': cfg.save_init_weights}
+
+
+def open_run(cfg, spec, runner, model_dir=None):
+  """Opens (or resumes) the run directory of `cfg` for `runner`; returns its RunLog.
+
+  `model_dir`: where this process writes, when that is not cfg.model_dir (a worker
+  other than the chief).
+  """
+  log = runlog.RunLog(model_dir or cfg.model_dir, runner, config.manifest_flags(cfg),
+                      overwrite=cfg.overwrite, fingerprint=spec.fingerprint)
+  log.open()
+  return log
+
+
+def start_manifest(cfg, spec, *, versions, device, kernels, optimizer_name, epsilon,
+                   **runner_fields):
+  """The run.json fields every runner writes at start (runlog.MANIFEST_FIELDS; the config
+  lint compares them); `runner_fields` are the runner's own (distribution, dtype policy,
+  its block)."""
+  return runlog.start_fields(
+      versions=versions, device=device, kernels=kernels,
+      optimizer={'name': optimizer_name, 'learning_rate': cfg.learning_rate,
+                 'beta_1': cfg.adam_beta1, 'beta_2': cfg.adam_beta2, 'epsilon': epsilon},
+      loss=cfg.loss, from_logits=True, final_activation=cfg.final_activation,
+      batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed,
+      deterministic=cfg.deterministic, data=spec.manifest(),
+      init_weights_sha256=(runlog.file_sha256(cfg.init_weights) if cfg.init_weights
+                           else None),
+      **runner_fields)
 
 
 @contextlib.contextmanager
@@ -285,16 +330,9 @@ def train(backend, log, schedule, signals):
   metrics, model_dir). Raises cli.NumericFault on a NaN/Inf loss or weight, each after
   the run directory says so.
   """
-  started = time.time()
   recorder = Recorder(log, schedule, backend.weights)
-  step, recorder.last_checkpoint = backend.restore()
-  log.truncate_after(step, schedule.steps_per_epoch)
-  if step:
-    recorder.checkpoint_step = step
-    logging.info('resuming %s from step %d', log.model_dir, step)
-  elif 0 in schedule.snapshot_steps:
-    log.save_snapshot(0, backend.weights())
-  final_metrics = last_epoch_metrics(log)
+  step, checkpoint = backend.restore()
+  final_metrics = recorder.begin(step, checkpoint)
   spe = schedule.steps_per_epoch
 
   def interrupted():
@@ -333,11 +371,4 @@ def train(backend, log, schedule, signals):
     recorder.checkpoint(step, backend.save_checkpoint)
     if signals.caught:
       raise interrupted()
-  export_dir = log.path(runlog.EXPORT_DIR)
-  backend.export(export_dir)
-  if signals.caught:
-    # The export is whole, but the run is not marked complete: the rerun restores the
-    # final checkpoint and only exports again.
-    raise interrupted()
-  recorder.complete(step, final_metrics, export_dir, started)
-  return {'global_step': step, 'model_dir': log.model_dir, **final_metrics}
+  return recorder.finish(step, final_metrics, backend.export, signals)

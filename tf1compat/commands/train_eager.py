@@ -19,10 +19,11 @@ def main(argv):
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
   from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  overrides = {}
   if flags.FLAGS.loop == 'fit' and not flags.FLAGS['model_dir'].present:
     # runs/<runner>, as for every runner: fit must not share the custom loop's folder.
-    flags.FLAGS.model_dir = os.path.join('runs', 'fit')
-  stats = eager_loop.run(flags.FLAGS)
+    overrides['model_dir'] = os.path.join('runs', 'fit')
+  stats = eager_loop.run(config.from_flags(config.EagerConfig, flags.FLAGS, **overrides))
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 

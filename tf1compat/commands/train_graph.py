@@ -16,7 +16,7 @@ def main(argv):
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
   process.use_legacy_keras()
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
-  stats = graph_loop.run(flags.FLAGS)
+  stats = graph_loop.run(config.from_flags(config.GraphConfig, flags.FLAGS))
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
 
 

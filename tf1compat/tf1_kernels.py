@@ -1,0 +1,116 @@
+"""TF1's kernels in Keras 3: the port's switches that remove the framework differences.
+
+A matched port still differs from the legacy loop by float rounding in two places
+(README, "Exact mode"): Keras 3's Adam and its BatchNormalization compute TF1's formulas
+with other ops. `TF1Adam` (`--tf1_adam`) and `TF1BatchNormalization`
+(`--tf1_bn_variance`) run TF1's own kernels from a Keras 3 model, so that a matched
+comparison with the graph runner is bit for bit on CPU. Keras 3 only.
+"""
+
+import keras
+import tensorflow as tf
+
+# tf.nn.fused_batch_norm's floor on epsilon, which tf-keras' fused path goes through.
+_FUSED_BN_MIN_EPSILON = 1.001e-5
+
+
+class TF1BatchNormalization(keras.layers.BatchNormalization):
+  """BatchNormalization computed as TF1's fused batch norm (`--tf1_bn_variance`).
+
+  tf-keras in graph mode runs the fused kernel, which normalizes with the biased batch
+  variance but returns the Bessel-corrected one (var * n / (n - 1), n = batch x height
+  x width) for the moving variance, and updates the moving statistics as
+  `moving -= (moving - value) * (1 - momentum)`. Keras 3 uses the biased variance and
+  unfused ops, which also round differently (README, `bn_moving_variance`). This
+  layer runs the same kernel (`FusedBatchNormV3`, whose gradient TF registers) and the
+  same update, so a matched comparison with the graph runner is exact. Masked, renorm
+  and non-image inputs fall back to the base class.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis % 4 != 3:
+      return super().call(inputs, training=training, mask=mask)
+    training = bool(training) and self.trainable
+    x = tf.cast(inputs, tf.float32)
+    gamma = self.gamma.value if self.scale else tf.ones(x.shape[-1:], tf.float32)
+    beta = self.beta.value if self.center else tf.zeros(x.shape[-1:], tf.float32)
+    replicas = tf.distribute.get_replica_context()
+    if training and replicas is not None and replicas.num_replicas_in_sync > 1:
+      outputs, mean, variance = self._synchronized(x, gamma, beta, replicas)
+      self._update_moving_statistics(mean, variance)
+      return tf.cast(outputs, self.compute_dtype)
+    outputs, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=gamma, offset=beta, mean=self.moving_mean.value,
+        variance=self.moving_variance.value,
+        epsilon=max(self.epsilon, _FUSED_BN_MIN_EPSILON), exponential_avg_factor=1.0,
+        data_format='NHWC', is_training=training)
+    if training:
+      self._update_moving_statistics(mean, variance)
+    return tf.cast(outputs, self.compute_dtype)
+
+  def _synchronized(self, x, gamma, beta, replicas):
+    """Normalizes with the moments of the global batch, all replicas together.
+
+    The fused kernel sees only its replica's rows; the single-device run's math needs
+    the whole batch's moments (the role of Keras' `synchronized=True`). Returns the
+    outputs, the mean and TF1's Bessel-corrected variance of the global batch.
+    """
+    axes = [0, 1, 2]
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+    total, total_squares, count = replicas.all_reduce(
+        tf.distribute.ReduceOp.SUM,
+        [tf.reduce_sum(x, axes), tf.reduce_sum(tf.square(x), axes), count])
+    mean = total / count
+    variance = tf.maximum(total_squares / count - tf.square(mean), 0.0)
+    outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma,
+                                        max(self.epsilon, _FUSED_BN_MIN_EPSILON))
+    return outputs, mean, variance * count / (count - 1.0)
+
+  def _update_moving_statistics(self, mean, variance):
+    # In graph mode the learning phase is a placeholder, so tf-keras takes momentum
+    # as a float32 tensor and computes 1 - momentum in float32, not in Python.
+    decay = tf.constant(1.0, tf.float32) - tf.constant(self.momentum, tf.float32)
+    self.moving_mean.assign_sub((self.moving_mean.value - mean) * decay)
+    self.moving_variance.assign_sub((self.moving_variance.value - variance) * decay)
+
+
+class TF1Adam(keras.optimizers.Adam):
+  """Keras 3 Adam applied through TF1's fused `ApplyAdam` kernel (`--tf1_adam`).
+
+  The formula is Adam's either way; what differs is float rounding. TF1's
+  AdamOptimizer feeds the kernel beta powers kept as variables and multiplied by beta
+  once per step; Keras computes `beta ** t` and the update with separate ops. The
+  results differ by an ulp at the first step, and Adam's normalization amplifies that
+  chaotically. Through the same kernel with the same accumulators, a Keras 3 loop
+  matches the graph runner bit for bit on CPU.
+  """
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    # Updated once per step, not per replica: the first replica's value is the value.
+    self._beta_1_power = self.add_variable(
+        (), initializer=keras.initializers.Constant(self.beta_1), name='beta_1_power',
+        aggregation='only_first_replica')
+    self._beta_2_power = self.add_variable(
+        (), initializer=keras.initializers.Constant(self.beta_2), name='beta_2_power',
+        aggregation='only_first_replica')
+
+  def update_step(self, gradient, variable, learning_rate):
+    index = self._get_variable_index(variable)
+    dtype = variable.dtype
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=self._momentums[index].value.handle,
+        v=self._velocities[index].value.handle,
+        beta1_power=tf.cast(self._beta_1_power.value, dtype),
+        beta2_power=tf.cast(self._beta_2_power.value, dtype),
+        lr=tf.cast(learning_rate, dtype), beta1=tf.constant(self.beta_1, dtype),
+        beta2=tf.constant(self.beta_2, dtype), epsilon=tf.constant(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype), use_locking=False)
+
+  def _backend_apply_gradients(self, grads, trainable_variables):
+    super()._backend_apply_gradients(grads, trainable_variables)
+    # After every variable's update, as TF1's AdamOptimizer._finish does.
+    self._beta_1_power.assign(self._beta_1_power * self.beta_1)
+    self._beta_2_power.assign(self._beta_2_power * self.beta_2)
