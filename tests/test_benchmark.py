@@ -10,6 +10,8 @@ import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_entry
 from tf1compat import benchmark
+from tf1compat import benchmark_figures
+from tf1compat import config
 
 TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64',
              '--shuffle_buffer=32', '--repetitions=1', '--steps=2', '--warmup_steps=1',
@@ -46,16 +48,16 @@ def test_json_holds_every_figure(smoke):
   assert figures['device']['accelerator']
   assert figures['device']['cpu_cores'] >= 1
   assert {'tensorflow', 'keras', 'tf_keras'} <= set(figures['device']['versions'])
-  assert figures['settings']['num_classes'] == benchmark.SEED_NUM_CLASSES
+  assert figures['settings']['num_classes'] == config.CALTECH256_CLASSES
   assert figures['settings']['records'] >= 64
-  assert set(figures['targets']) == {t.key for t in benchmark.TARGETS}
+  assert set(figures['targets']) == {t.key for t in benchmark_figures.TARGETS}
 
 
 def test_table_shows_every_measurement_and_target(smoke):
   result, figures = smoke
   for measured in figures['measurements'].values():
     assert measured['label'] in result.stdout
-  for target in benchmark.TARGETS:
+  for target in benchmark_figures.TARGETS:
     assert target.label in result.stdout
   assert figures['device']['description'] in result.stdout
 
@@ -84,3 +86,4 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
   assert result.returncode == 2, result.stderr[-3000:]
   assert message in result.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in result.stderr
+
