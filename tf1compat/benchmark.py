@@ -6,9 +6,9 @@ One invocation measures, on the same data and settings:
    maps, then a shuffle of decoded float images; also as TF 2's default rewrites
    parallelize it) versus `data.make_dataset`;
 2. training throughput after warm-up: the graph loop, the eager custom loop and
-   `model.fit`, each with Keras' Adam and with `--tf1_adam`, and each loop's compute-only
+   `model.fit`, each with Keras' Adam and with `tf1_adam`, and each loop's compute-only
    bound: the same runner, the same step, fed one batch held in memory;
-3. the eager custom loop with `--jit_compile`;
+3. the eager custom loop with `jit_compile`;
 4. the device it ran on.
 
 This module is the orchestrator: it starts one worker process per measurement
@@ -56,6 +56,7 @@ from absl import logging
 
 from tf1compat import benchmark_figures
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import process
 from tf1compat import runlog
 
@@ -71,15 +72,15 @@ class Measurement:
   """One thing the benchmark measures, in a worker process of its own.
 
   kind: 'pipeline' (variant: 'seed', 'seed_tf2' or 'optimized') or 'train' (runner: 'graph',
-  'eager' or 'fit', with extra runner `args`; `compute_only` serves one batch from
-  memory instead of the pipeline).
+  'eager' or 'fit'; `switches`: boolean fields of the runner's config turned on;
+  `compute_only` serves one batch from memory instead of the pipeline).
   """
   name: str
   label: str
   kind: str
   variant: str = None
   runner: str = None
-  args: tuple = ()
+  switches: tuple = ()
   compute_only: bool = False
 
 
@@ -99,11 +100,11 @@ MEASUREMENTS = (
     Measurement('fit_compute_only', 'fit, compute only', 'train', runner='fit',
                 compute_only=True),
     Measurement('eager_tf1_adam', 'eager custom --tf1_adam', 'train', runner='eager',
-                args=('--tf1_adam',)),
+                switches=('tf1_adam',)),
     Measurement('fit_tf1_adam', 'fit --tf1_adam', 'train', runner='fit',
-                args=('--tf1_adam',)),
+                switches=('tf1_adam',)),
     Measurement('eager_jit', 'eager custom --jit_compile', 'train', runner='eager',
-                args=('--jit_compile',)),
+                switches=('jit_compile',)),
 )
 MEASUREMENT_NAMES = tuple(m.name for m in MEASUREMENTS)
 
@@ -175,22 +176,30 @@ def other_cores(before, after):
   return max(0.0, others) / (after[0] - before[0])
 
 
-def _runner_args(settings, data, measurement, model_dir):
-  """The runner flags of a training measurement."""
-  args = [f'--data_dir={data["data_dir"]}', f'--model_dir={model_dir}', '--overwrite',
-          f'--num_classes={data["num_classes"]}', f'--image_size={settings.image_size}',
-          f'--batch_size={settings.batch_size}', f'--seed={settings.seed}',
-          f'--shuffle_buffer={settings.shuffle_buffer}', '--epochs=1',
-          f'--steps_per_epoch={settings.total_steps}',
-          # No snapshot but the last step's, no checkpoint but the epoch end's, no
-          # progress line: the timed steps do nothing a plain training step would not.
-          '--snapshot_steps=', f'--checkpoint_every={settings.total_steps + 1}',
-          f'--log_every={settings.total_steps + 1}',
-          '--deterministic' if settings.deterministic else '--nodeterministic',
-          f'--on_bad_record={settings.on_bad_record}']
-  if measurement.runner != 'graph':
-    args.append(f'--loop={"fit" if measurement.runner == "fit" else "custom"}')
-  return args + list(measurement.args)
+def train_spec(settings, data, measurement, model_dir):
+  """The worker spec of a training measurement (see benchmark_workers): its runner, and
+  the config.GraphConfig or config.EagerConfig that runner runs with, JSON-ready.
+
+  `settings` is the config.BenchmarkConfig, `data` the data worker's result.
+  """
+  fields = dict(
+      data_dir=data['data_dir'], model_dir=model_dir, overwrite=True,
+      num_classes=data['num_classes'], image_size=settings.image_size,
+      batch_size=settings.batch_size, seed=settings.seed,
+      shuffle_buffer=settings.shuffle_buffer, epochs=1, steps_per_epoch=settings.total_steps,
+      # No snapshot but the last step's, no checkpoint but the epoch end's, no progress
+      # line: the timed steps do nothing a plain training step would not.
+      snapshot_steps=(), checkpoint_every=settings.total_steps + 1,
+      log_every=settings.total_steps + 1, deterministic=settings.deterministic,
+      on_bad_record=settings.on_bad_record, **{name: True for name in measurement.switches})
+  if measurement.runner == 'graph':
+    runner_config = config.GraphConfig(**fields)
+  else:
+    runner_config = config.EagerConfig(
+        loop='fit' if measurement.runner == 'fit' else 'custom', **fields)
+  return {'kind': 'train', 'runner': measurement.runner,
+          'compute_only': measurement.compute_only,
+          'config': config.manifest_flags(runner_config)}
 
 
 def step_windows(seconds, settings):
@@ -206,9 +215,7 @@ def step_windows(seconds, settings):
 def _measure_training(settings, data, measurement, work_dir):
   """One round of a training measurement: its windows' images/s and what else it showed."""
   model_dir = os.path.join(work_dir, 'run')
-  result = _run_worker(work_dir, {
-      'kind': 'train', 'runner': measurement.runner, 'compute_only': measurement.compute_only,
-      'args': _runner_args(settings, data, measurement, model_dir)})
+  result = _run_worker(work_dir, train_spec(settings, data, measurement, model_dir))
   seconds = [float(s) for s in runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))
              ['seconds']]
   manifest = runlog.read_manifest(model_dir)
@@ -218,7 +225,7 @@ def _measure_training(settings, data, measurement, work_dir):
       'timed_step_seconds': seconds[settings.warmup_steps:settings.total_steps],
       'warmup_step_seconds': seconds[:settings.warmup_steps],
       'runner': measurement.runner,
-      'runner_args': list(measurement.args),
+      'runner_args': [f'--{name}' for name in measurement.switches],
       'compute_only': measurement.compute_only,
       'jit_compile': manifest.get('jit_compile', False),
       'device': manifest.get('device'), 'versions': manifest.get('versions'),

@@ -11,9 +11,10 @@ worker writes its result to:
   'image_size', 'num_classes', 'batch_size', 'seed', 'shuffle_buffer', 'batches',
   'repetitions'}: times one input pipeline; result {'first_batch_seconds',
   'window_seconds', 'peak_rss_mb', 'baseline_rss_mb'};
-- {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'args'}: runs
-  `graph_loop.run` or `eager_loop.run` on the runner flags 'args'; result
-  {'peak_rss_mb'}.
+- {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config'}:
+  runs `graph_loop.run` or `eager_loop.run` with the config.GraphConfig or
+  config.EagerConfig whose every field 'config' holds (config.manifest_flags of it);
+  result {'peak_rss_mb'}.
 
 This module imports no TensorFlow at import time: each worker sets its process up
 (legacy Keras and TF1 behaviour for the graph runner, Keras 3 otherwise) before
@@ -25,23 +26,19 @@ import os
 import sys
 import time
 
+from absl import flags
 from absl import logging
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import process
 from tf1compat import runlog
 
-# Classes of the model when the benchmark writes its own data: the seed's Caltech256
-# head (its synthetic records use 10 of them).
-SEED_NUM_CLASSES = 257
+# The benchmark's synthetic records use 10 of the seed's Caltech256 classes.
 SYNTHETIC_CLASSES = 10
 # Batches read after the shuffle buffer has filled and before timing, so that parallel
 # maps and prefetching have reached their steady state.
 PIPELINE_WARMUP_BATCHES = 5
-# The seed's shuffles are unseeded; seeded here for repeatable runs, with distinct offsets
-# so that the file-order and record shuffles do not draw the same stream (as in data.py).
-_SEED_FILE_SHUFFLE_OFFSET = 1
-_SEED_RECORD_SHUFFLE_OFFSET = 2
 
 
 def _status_mb(field):
@@ -67,7 +64,7 @@ def seed_pipeline(files, *, image_size, num_classes, batch_size, seed=0, shuffle
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf1compat import data  # pylint: disable=g-import-not-at-top
   dataset = tf.data.Dataset.from_tensor_slices(sorted(files))
-  dataset = dataset.shuffle(len(files), seed=seed + _SEED_FILE_SHUFFLE_OFFSET)
+  dataset = dataset.shuffle(len(files), seed=seed + data.FILE_SHUFFLE_SEED_OFFSET)
   dataset = dataset.flat_map(tf.data.TFRecordDataset)
   dataset = dataset.map(lambda record: tf.io.parse_single_example(record, data.FEATURES))
   dataset = dataset.map(lambda sample: (sample['image'], sample['label']))
@@ -76,7 +73,7 @@ def seed_pipeline(files, *, image_size, num_classes, batch_size, seed=0, shuffle
       tf.image.resize_with_pad(image, image_size, image_size), label))
   dataset = dataset.map(lambda image, label: (tf.image.per_image_standardization(image), label))
   dataset = dataset.map(lambda image, label: (image, tf.one_hot(label, num_classes)))
-  dataset = dataset.shuffle(shuffle_buffer, seed=seed + _SEED_RECORD_SHUFFLE_OFFSET)
+  dataset = dataset.shuffle(shuffle_buffer, seed=seed + data.RECORD_SHUFFLE_SEED_OFFSET)
   dataset = dataset.repeat().batch(batch_size)
   options = tf.data.Options()
   options.experimental_optimization.map_parallelization = not sequential
@@ -88,7 +85,7 @@ def _data_worker(spec):
 
   The user's training files are linked into a folder of their own, so that the runners
   find no validation files and spend no time evaluating. The records go through the
-  runners' own pre-flight check (`data.describe`) with the run's --on_bad_record.
+  runners' own pre-flight check (`data.check_data_dir`) with the run's on_bad_record.
   """
   process.use_keras3()
   from tf1compat import data  # pylint: disable=g-import-not-at-top
@@ -104,12 +101,12 @@ def _data_worker(spec):
       os.symlink(os.path.abspath(path), os.path.join(data_dir, f'train-{index:05d}.tfrecord'))
   else:
     data_dir = _synthetic_data_dir(spec['records'], spec['seed'])
-    num_classes = spec['num_classes'] or SEED_NUM_CLASSES
-  described = data.describe(data_dir, num_classes, spec['on_bad_record'])
-  return {'data_dir': data_dir, 'files': list(described.train_files),
-          'num_classes': described.num_classes,
-          'records': described.train_check.good_records,
-          'bad_records': len(described.train_check.bad)}
+    num_classes = spec['num_classes'] or config.CALTECH256_CLASSES
+  checked = data.check_data_dir(data_dir, num_classes, spec['on_bad_record'])
+  return {'data_dir': data_dir, 'files': list(checked.train_files),
+          'num_classes': checked.num_classes,
+          'records': checked.train_check.good_records,
+          'bad_records': len(checked.train_check.bad)}
 
 
 def _synthetic_data_dir(num_records, seed):
@@ -153,8 +150,24 @@ def _pipeline_worker(spec):
           'peak_rss_mb': _status_mb('VmHWM'), 'baseline_rss_mb': baseline}
 
 
+def config_from_spec(spec):
+  """The runner's config of a train spec: a config.GraphConfig (runner 'graph') or
+  config.EagerConfig of the spec's 'config' fields, JSON's lists back to tuples."""
+  config_class = config.GraphConfig if spec['runner'] == 'graph' else config.EagerConfig
+  return config_class(**{name: tuple(value) if isinstance(value, list) else value
+                         for name, value in spec['config'].items()})
+
+
+def one_batch_in_memory(dataset, training):
+  """The compute-only dataset hook: the first batch of the real training pipeline, then
+  that batch from memory forever (the runner's own step and bookkeeping without the
+  pipeline's work); validation pipelines untouched."""
+  return dataset.take(1).cache().repeat() if training else dataset
+
+
 def _train_worker(spec):
-  """Runs a runner as its bin/ script would, optionally on one batch held in memory."""
+  """Runs a runner as its command would, optionally on one batch held in memory."""
+  cfg = config_from_spec(spec)
   # The runners' own process setup, before TensorFlow is imported.
   if spec['runner'] == 'graph':
     process.use_legacy_keras()
@@ -162,29 +175,7 @@ def _train_worker(spec):
   else:
     process.use_keras3()
     from tf1compat import eager_loop as loop  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
-  from tf1compat import flags as tf1compat_flags  # pylint: disable=g-import-not-at-top
-  tf1compat_flags.define_data_flags()
-  tf1compat_flags.define_training_flags(spec['runner'])
-  if spec['runner'] == 'graph':
-    tf1compat_flags.define_graph_flags()
-  else:
-    tf1compat_flags.define_eager_flags()
-  flags.FLAGS(['benchmark-worker', *spec['args']])
-  if spec['compute_only']:
-    make_dataset = data.make_dataset
-
-    def one_batch_in_memory(files, **kwargs):
-      dataset = make_dataset(files, **kwargs)
-      if not kwargs.get('training', True):
-        return dataset
-      # The first batch of the real pipeline, then that batch from memory forever: the
-      # runner's own step and bookkeeping, without the pipeline's work.
-      return dataset.take(1).cache().repeat()
-
-    data.make_dataset = one_batch_in_memory
-  loop.run(flags.FLAGS)
+  loop.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)
   return {'peak_rss_mb': _status_mb('VmHWM')}
 
 
@@ -195,6 +186,9 @@ def worker_main(spec_path):
   """Runs the worker a spec file names and writes its result beside it; exit code."""
   with open(spec_path) as f:
     spec = json.load(f)
+  # A worker takes no command-line flags: said so, absl logs as after parsing them,
+  # without prefixing the log with 'Logging before flag parsing goes to stderr'.
+  flags.FLAGS.mark_as_parsed()
   # The runners' progress and timing lines, with time stamps, for the worker's log.
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
