@@ -1,15 +1,19 @@
 """bin/benchmark (issue 7): a smoke run with tiny settings; no timing is asserted.
 
 The run takes every measurement once, on 32-pixel images and a few steps, and checks
-that the JSON holds the issue's keys with positive figures.
+that the JSON holds the issue's keys with positive figures. The runner configs the
+workers receive, and the compute-only dataset hook, are checked on their own.
 """
 
 import json
 
 import pytest
 
-from conftest import TINY_IMAGE_SIZE, run_entry
+from conftest import TINY_IMAGE_SIZE, run_entry, run_python
 from tf1compat import benchmark
+from tf1compat import benchmark_figures
+from tf1compat import benchmark_workers
+from tf1compat import config
 
 TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64',
              '--shuffle_buffer=32', '--repetitions=1', '--steps=2', '--warmup_steps=1',
@@ -46,16 +50,16 @@ def test_json_holds_every_figure(smoke):
   assert figures['device']['accelerator']
   assert figures['device']['cpu_cores'] >= 1
   assert {'tensorflow', 'keras', 'tf_keras'} <= set(figures['device']['versions'])
-  assert figures['settings']['num_classes'] == benchmark.SEED_NUM_CLASSES
+  assert figures['settings']['num_classes'] == config.CALTECH256_CLASSES
   assert figures['settings']['records'] >= 64
-  assert set(figures['targets']) == {t.key for t in benchmark.TARGETS}
+  assert set(figures['targets']) == {t.key for t in benchmark_figures.TARGETS}
 
 
 def test_table_shows_every_measurement_and_target(smoke):
   result, figures = smoke
   for measured in figures['measurements'].values():
     assert measured['label'] in result.stdout
-  for target in benchmark.TARGETS:
+  for target in benchmark_figures.TARGETS:
     assert target.label in result.stdout
   assert figures['device']['description'] in result.stdout
 
@@ -84,3 +88,45 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
   assert result.returncode == 2, result.stderr[-3000:]
   assert message in result.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in result.stderr
+
+
+def test_train_specs_carry_each_runner_config_through_json(tmp_path):
+  settings = config.BenchmarkConfig(image_size=TINY_IMAGE_SIZE, batch_size=8, steps=2,
+                                    warmup_steps=1, repetitions=3)
+  data = {'data_dir': str(tmp_path), 'num_classes': 4}
+  trained = [m for m in benchmark.MEASUREMENTS if m.kind == 'train']
+  assert {m.runner for m in trained} == set(benchmark_figures.LOOPS)
+  for measurement in trained:
+    spec = json.loads(json.dumps(benchmark.train_spec(settings, data, measurement,
+                                                      str(tmp_path / measurement.name))))
+    runner_config = benchmark_workers.config_from_spec(spec)
+    expected = config.GraphConfig if measurement.runner == 'graph' else config.EagerConfig
+    assert type(runner_config) is expected, measurement.name
+    assert spec['compute_only'] == measurement.compute_only
+    assert (runner_config.data_dir, runner_config.num_classes) == (str(tmp_path), 4)
+    assert (runner_config.epochs, runner_config.total_steps) == (1, settings.total_steps)
+    # Only the last step is snapshotted; no checkpoint or progress line within the run.
+    assert runner_config.snapshot_steps == ()
+    assert runner_config.snapshot_steps_within() == (settings.total_steps,)
+    assert runner_config.checkpoint_every > settings.total_steps
+    assert runner_config.log_every > settings.total_steps
+    for switch in ('tf1_adam', 'jit_compile'):
+      assert getattr(runner_config, switch, False) == (switch in measurement.switches)
+    if measurement.runner != 'graph':
+      assert runner_config.loop == ('fit' if measurement.runner == 'fit' else 'custom')
+
+
+def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation():
+  result = run_python(
+      'import json\n'
+      'import tensorflow as tf\n'
+      'from tf1compat import benchmark_workers\n'
+      'dataset = tf.data.Dataset.range(6).batch(2)\n'
+      'served = benchmark_workers.one_batch_in_memory(dataset, training=True)\n'
+      'kept = benchmark_workers.one_batch_in_memory(dataset, training=False)\n'
+      'print(json.dumps([[b.tolist() for b in d.take(4).as_numpy_iterator()]\n'
+      '                  for d in (served, kept)]))\n')
+  assert result.returncode == 0, result.stderr[-3000:]
+  served, kept = json.loads(result.stdout.splitlines()[-1])
+  assert served == [[0, 1]] * 4
+  assert kept == [[0, 1], [2, 3], [4, 5]]

@@ -174,3 +174,20 @@ def runner_args(config, names):
     else:
       args.append(f'--{name}={value}')
   return args
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchmarkConfig(DataConfig):
+  """bin/benchmark: what every measurement shares (the figures' 'settings' block)."""
+  steps: int = 8
+  warmup_steps: int = 3
+  repetitions: int = 3
+  rounds: int = 1
+  pipeline_batches: int | None = None  # None: one pass over the training records
+  records: int = 10240
+  deterministic: bool = True
+
+  @property
+  def total_steps(self):
+    """Steps of each training measurement: the warm-up, then every timed window."""
+    return self.warmup_steps + self.repetitions * self.steps

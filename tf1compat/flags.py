@@ -279,31 +279,33 @@ def define_benchmark_flags():
   """Flags of bin/benchmark, besides define_data_flags (image size, batch, buffer, seed)."""
   # benchmark is TensorFlow-free and imports no flags: no cycle, nothing set up.
   from tf1compat import benchmark  # pylint: disable=g-import-not-at-top
+  default = lambda name: config.default(config.BenchmarkConfig, name)
   flags.DEFINE_string('output_dir', 'runs/benchmark',
                       "Folder for the measurements' run directories and worker logs.")
   flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')
-  flags.DEFINE_integer('repetitions', 3,
+  flags.DEFINE_integer('repetitions', default('repetitions'),
                        'Timed windows per measurement and round; figures are the median, min '
                        'and max over all windows.', lower_bound=1)
-  flags.DEFINE_integer('rounds', 1,
+  flags.DEFINE_integer('rounds', default('rounds'),
                        'Runs of the whole sequence of measurements, each in fresh processes; '
                        'the windows of all rounds are pooled. More rounds spread slow phases '
                        'of a shared machine over all measurements instead of one.',
                        lower_bound=1)
-  flags.DEFINE_integer('steps', 8, 'Training steps per timed window.', lower_bound=1)
-  flags.DEFINE_integer('warmup_steps', 3,
+  flags.DEFINE_integer('steps', default('steps'), 'Training steps per timed window.',
+                       lower_bound=1)
+  flags.DEFINE_integer('warmup_steps', default('warmup_steps'),
                        'Training steps run before timing (tracing, buffers filling).',
                        lower_bound=0)
-  flags.DEFINE_integer('pipeline_batches', None,
+  flags.DEFINE_integer('pipeline_batches', default('pipeline_batches'),
                        'Batches per timed window of a pipeline. Default: one pass over the '
                        "training records, so that the seed pipeline's buffer drain and refill "
                        'both count.', lower_bound=1)
-  flags.DEFINE_integer('records', 10240,
+  flags.DEFINE_integer('records', default('records'),
                        'Training records of the synthetic benchmark dataset (without '
                        '--data_dir), written once into the cache folder.', lower_bound=1)
-  flags.DEFINE_bool('deterministic', True,
+  flags.DEFINE_bool('deterministic', default('deterministic'),
                     "The runners' --deterministic (their default). Keras declines XLA in "
                     'model.fit under op determinism.')

@@ -1,10 +1,10 @@
 """benchmark: measures the input pipelines and the three training loops side by side.
 
 Prints a table to stdout and, with --json=PATH, writes the figures. Every measurement
-runs in a subprocess of its own (tf1compat/benchmark.py). The default run (224-pixel
-images, batch 32, 10240 records) takes about 9 minutes on 2 quiet CPU cores;
---image_size, --steps, --repetitions, --shuffle_buffer, --records and --measurements
-shrink it.
+runs in a subprocess of its own (tf1compat/benchmark_workers.py, started by
+tf1compat/benchmark.py). The default run (224-pixel images, batch 32, 10240 records)
+takes about 9 minutes on 2 quiet CPU cores; --image_size, --steps, --repetitions,
+--shuffle_buffer, --records and --measurements shrink it.
 """
 
 import sys
@@ -13,23 +13,26 @@ from absl import flags
 from absl import logging
 
 from tf1compat import benchmark
+from tf1compat import benchmark_figures
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f'unexpected arguments {argv[1:]}; benchmark takes flags only')
-  figures = benchmark.run(flags.FLAGS)
-  sys.stdout.write(benchmark.format_table(figures) + '\n')
+  settings = config.from_flags(config.BenchmarkConfig, flags.FLAGS)
+  figures = benchmark.run(settings, flags.FLAGS.output_dir, flags.FLAGS.measurements)
+  sys.stdout.write(benchmark_figures.format_table(figures) + '\n')
   if flags.FLAGS.json:
-    benchmark.write_json(flags.FLAGS.json, figures)
+    benchmark_figures.write_json(flags.FLAGS.json, figures)
     logging.info('figures written to %s', flags.FLAGS.json)
 
 
 def define_flags():
   """Defines the benchmark flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags()
+  tf1compat_flags.define_data_flags(config.BenchmarkConfig)
   tf1compat_flags.define_benchmark_flags()
 
 

@@ -1,0 +1,211 @@
+"""bin/benchmark's figures: each measurement's rounds pooled, the issue's ratios and
+targets, the device block, the plain-text table and the JSON file.
+
+TensorFlow-free: it reads what the workers measured, as benchmark.run collects it.
+"""
+
+import dataclasses
+import os
+import platform
+import statistics
+
+from tf1compat import runlog
+
+# Other processes busy on more than this many cores, on average, during a measurement
+# make its figures noisy enough to say so.
+NOISY_OTHER_CORES = 0.1
+LOOPS = ('graph', 'eager', 'fit')
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """One of the issue's targets: the figure at `key` (dotted into nested dicts) >= `minimum`."""
+  key: str
+  minimum: float
+  label: str
+
+
+TARGETS = (
+    Target('eager_over_graph', 1.0, 'eager custom / graph'),
+    Target('eager_tf1_adam_over_graph', 1.0, 'eager custom --tf1_adam / graph'),
+    Target('fit_over_graph', 0.95, 'fit / graph'),
+    Target('fit_tf1_adam_over_graph', 0.95, 'fit --tf1_adam / graph'),
+    Target('loop_over_compute_only.graph', 0.9, 'graph / its compute-only bound'),
+    Target('loop_over_compute_only.eager', 0.9, 'eager custom / its compute-only bound'),
+    Target('loop_over_compute_only.fit', 0.9, 'fit / its compute-only bound'),
+    Target('pipeline_speedup', 1.35, "make_dataset / seed's pipeline, images/s"),
+    Target('pipeline_memory_ratio', 5.0, "seed's pipeline / make_dataset, peak memory"),
+)
+
+# Ratios without a target, shown for what they explain.
+_INFO_RATIOS = (
+    ('jit_over_eager', 'eager custom --jit_compile / eager custom'),
+    ('compute_only_eager_over_graph', 'compute only: eager custom / graph'),
+    ('compute_only_fit_over_graph', 'compute only: fit / graph'),
+    ('pipeline_speedup_over_tf2_seed', "make_dataset / seed's pipeline, TF 2 rewrites"),
+)
+
+
+def _summary(values):
+  """{'median', 'min', 'max', 'repetitions'} of a list of figures."""
+  return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
+          'repetitions': list(values)}
+
+
+def pool_rounds(label, rounds):
+  """One measurement's result from its rounds: every window counts as a repetition.
+
+  Peak memory and the load of other processes are the worst round's; the fields of
+  the last round (run directory, device) stand for all.
+  """
+  pooled = dict(rounds[-1])
+  del pooled['rates']
+  pooled['label'] = label
+  pooled['images_per_second'] = _summary([rate for r in rounds for rate in r['rates']])
+  pooled['peak_rss_mb'] = max(r['peak_rss_mb'] for r in rounds)
+  pooled['wall_seconds'] = sum(r['wall_seconds'] for r in rounds)
+  loads = [r['other_load_cores'] for r in rounds if r['other_load_cores'] is not None]
+  pooled['other_load_cores'] = max(loads) if loads else None
+  if 'timed_step_seconds' in pooled:
+    pooled['timed_step_seconds'] = [t for r in rounds for t in r['timed_step_seconds']]
+    pooled['median_step_seconds'] = statistics.median(pooled['timed_step_seconds'])
+  return pooled
+
+
+def _ratio(results, numerator, denominator, key='images_per_second'):
+  if numerator not in results or denominator not in results:
+    return None
+  top, bottom = results[numerator][key], results[denominator][key]
+  if isinstance(top, dict):
+    top, bottom = top['median'], bottom['median']
+  return top / bottom
+
+
+def ratios(results):
+  """The issue's ratios from {measurement name: result}; None where one side is missing."""
+  return {
+      'eager_over_graph': _ratio(results, 'eager', 'graph'),
+      'eager_tf1_adam_over_graph': _ratio(results, 'eager_tf1_adam', 'graph'),
+      'fit_over_graph': _ratio(results, 'fit', 'graph'),
+      'fit_tf1_adam_over_graph': _ratio(results, 'fit_tf1_adam', 'graph'),
+      'jit_over_eager': _ratio(results, 'eager_jit', 'eager'),
+      'compute_only_eager_over_graph': _ratio(results, 'eager_compute_only',
+                                              'graph_compute_only'),
+      'compute_only_fit_over_graph': _ratio(results, 'fit_compute_only', 'graph_compute_only'),
+      'loop_over_compute_only': {loop: _ratio(results, loop, f'{loop}_compute_only')
+                                 for loop in LOOPS},
+      'pipeline_speedup': _ratio(results, 'pipeline_optimized', 'pipeline_seed'),
+      'pipeline_speedup_over_tf2_seed': _ratio(results, 'pipeline_optimized',
+                                               'pipeline_seed_tf2'),
+      # Lower is better for memory: the seed's peak over the optimized one.
+      'pipeline_memory_ratio': _ratio(results, 'pipeline_seed', 'pipeline_optimized',
+                                      key='peak_rss_mb'),
+  }
+
+
+def _lookup(figures, dotted):
+  value = figures
+  for part in dotted.split('.'):
+    value = value.get(part) if isinstance(value, dict) else None
+  return value
+
+
+def check_targets(figures):
+  """{target key: {'value', 'minimum', 'met'}} for the targets whose figure exists."""
+  out = {}
+  for target in TARGETS:
+    value = _lookup(figures, target.key)
+    if value is not None:
+      out[target.key] = {'label': target.label, 'value': value, 'minimum': target.minimum,
+                         'met': value >= target.minimum}
+  return out
+
+
+def cpu_description():
+  """'<model name>, N cores' of this machine (the cores this process may run on)."""
+  model_name = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          model_name = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return f'{model_name}, {cores} cores', cores
+
+
+def device_block(results):
+  """The device the training ran on (the runners' manifests say CPU or GPU) and the host."""
+  cpu, cores = cpu_description()
+  accelerator, versions = 'CPU', {}
+  for result in results.values():
+    if result.get('device'):
+      accelerator = result['device']
+      manifest_versions = dict(result.get('versions') or {})
+      # The graph runner's 'keras' is tf-keras (Keras 2), the eager runner's Keras 3.
+      keras_version = manifest_versions.pop('keras', None)
+      versions.update(manifest_versions)
+      versions['tf_keras' if result['runner'] == 'graph' else 'keras'] = keras_version
+  description = f'CPU ({cpu})' if accelerator == 'CPU' else f'{accelerator}; host CPU {cpu}'
+  return {'description': description, 'accelerator': accelerator, 'cpu': cpu,
+          'cpu_cores': cores, 'versions': versions}
+
+
+def _format_rate(summary):
+  return f'{summary["median"]:8.1f} [{summary["min"]:.1f} - {summary["max"]:.1f}]'
+
+
+def _row(result, bound=None):
+  others = result.get('other_load_cores')
+  line = (f'  {result["label"]:30}{_format_rate(result["images_per_second"]):>28}'
+          f'{result["peak_rss_mb"]:>10.0f}{"" if others is None else f"{others:.2f}":>8}')
+  if bound is not None:
+    line += f'{result["images_per_second"]["median"] / bound["images_per_second"]["median"]:>9.2f}'
+  return line
+
+
+def format_table(figures):
+  """The figures as a plain-text table: measurements, then ratios and targets.
+
+  'others' is the number of cores other processes kept busy during a measurement.
+  """
+  settings, results = figures['settings'], figures['measurements']
+  versions = figures['device']['versions']
+  lines = [
+      f'tf1compat benchmark: image {settings["image_size"]}, batch {settings["batch_size"]}, '
+      f'{settings["num_classes"]} classes, {settings["records"]} records, shuffle buffer '
+      f'{settings["shuffle_buffer"]}',
+      f'device: {figures["device"]["description"]}',
+      'versions: ' + ', '.join(f'{k} {v}' for k, v in sorted(versions.items())),
+      f'{settings["repetitions"]} repetitions x {settings["rounds"]} round(s), median '
+      f'[min - max]; pipelines: '
+      f'{settings["pipeline_batches"]} batches each after the shuffle buffer filled; '
+      f'training: {settings["steps"]} steps each after {settings["warmup_steps"]} warm-up steps',
+      '',
+      f'{"input pipeline alone":32}{"images/s":>28}{"peak MB":>10}{"others":>8}',
+  ]
+  lines += [_row(r) for name, r in results.items() if name.startswith('pipeline_')]
+  lines += ['', f'{"training":32}{"images/s":>28}{"peak MB":>10}{"others":>8}{"/ bound":>9}']
+  lines += [_row(r, results.get(f'{name}_compute_only')) for name, r in results.items()
+            if not name.startswith('pipeline_')]
+  lines += ['', 'ratios of medians']
+  lines += [f'  {label:46}{figures[key]:6.2f}' for key, label in _INFO_RATIOS
+            if figures.get(key) is not None]
+  for target in figures['targets'].values():
+    lines.append(f'  {target["label"]:46}{target["value"]:6.2f}   target >= '
+                 f'{target["minimum"]:<5} {"met" if target["met"] else "MISSED"}')
+  noisy = {name: r['other_load_cores'] for name, r in results.items()
+           if (r.get('other_load_cores') or 0) > NOISY_OTHER_CORES}
+  if noisy:
+    lines += ['', f'WARNING: other processes kept up to {max(noisy.values()):.2f} cores busy '
+              f'during {", ".join(noisy)}; those figures are noisy, rerun on a quiet machine']
+  lines.append(f'\nwall time {figures["wall_seconds"]:.0f} s')
+  return '\n'.join(lines)
+
+
+def write_json(path, figures):
+  """Writes the figures to `path` atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  runlog.atomic_write_json(path, figures)
