@@ -42,8 +42,10 @@ def define_data_flags(defaults=config.DataConfig):
   flags.DEFINE_integer('image_size', default('image_size'), 'Side of the square input images.',
                        lower_bound=model.MIN_IMAGE_SIZE)
   flags.DEFINE_integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
-  flags.DEFINE_integer('seed', default('seed'), 'Seeds every random op, shuffles included.', lower_bound=0)
-  flags.DEFINE_integer('shuffle_buffer', default('shuffle_buffer'), 'Records in the shuffle buffer.', lower_bound=1)
+  flags.DEFINE_integer('seed', default('seed'),
+                       'Seeds every random op, shuffles included.', lower_bound=0)
+  flags.DEFINE_integer('shuffle_buffer', default('shuffle_buffer'),
+                       'Records in the shuffle buffer.', lower_bound=1)
   flags.DEFINE_enum('on_bad_record', default('on_bad_record'), config.ON_BAD_RECORD,
                     'What to do with a bad record (truncated, not a tf.train.Example, without '
                     'image or label, label outside [0, num_classes), image bytes that do not '
@@ -62,10 +64,14 @@ def define_training_flags(defaults):
   if 'model_dir' in defaults.__dataclass_fields__:
     flags.DEFINE_string('model_dir', default('model_dir'), 'The run directory.')
   flags.DEFINE_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
-  flags.DEFINE_integer('steps_per_epoch', default('steps_per_epoch'), 'Training steps per epoch.', lower_bound=1)
-  flags.DEFINE_float('learning_rate', default('learning_rate'), 'Adam learning rate.', lower_bound=0.0)
-  flags.DEFINE_float('adam_beta1', default('adam_beta1'), 'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_float('adam_beta2', default('adam_beta2'), 'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer('steps_per_epoch', default('steps_per_epoch'),
+                       'Training steps per epoch.', lower_bound=1)
+  flags.DEFINE_float('learning_rate', default('learning_rate'),
+                     'Adam learning rate.', lower_bound=0.0)
+  flags.DEFINE_float('adam_beta1', default('adam_beta1'),
+                     'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('adam_beta2', default('adam_beta2'),
+                     'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_float('adam_epsilon', default('adam_epsilon'),
                      "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
                      lower_bound=0.0)
@@ -76,8 +82,10 @@ def define_training_flags(defaults):
   flags.DEFINE_enum('final_activation', default('final_activation'), config.FINAL_ACTIVATIONS,
                     'Activation of the last Dense layer. The losses take logits, so softmax here '
                     'reproduces the double-softmax mistake.')
-  flags.DEFINE_bool('batch_norm', default('batch_norm'), 'Add BatchNormalization after each convolution.')
-  flags.DEFINE_float('dropout', default('dropout'), 'Dropout rate before the logits (0: no Dropout layer).',
+  flags.DEFINE_bool('batch_norm', default('batch_norm'),
+                    'Add BatchNormalization after each convolution.')
+  flags.DEFINE_float('dropout', default('dropout'),
+                     'Dropout rate before the logits (0: no Dropout layer).',
                      lower_bound=0.0, upper_bound=0.99)
   flags.DEFINE_string('init_weights', default('init_weights'),
                       '.npz of initial weights (keys as in weight snapshots).')
@@ -87,7 +95,8 @@ def define_training_flags(defaults):
                     'Steps after which all weights are saved (0: initial); the last step is '
                     'always saved.')
   _int_list_validator('snapshot_steps')
-  flags.DEFINE_bool('deterministic', default('deterministic'), 'Deterministic ops (same flags, same numbers).')
+  flags.DEFINE_bool('deterministic', default('deterministic'),
+                    'Deterministic ops (same flags, same numbers).')
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
@@ -135,7 +144,8 @@ def define_eager_flags():
   default = lambda name: config.default(config.EagerConfig, name)
   flags.DEFINE_enum('loop', default('loop'), config.LOOPS,
                     'custom: a tf.function train step with GradientTape; fit: Keras model.fit.')
-  flags.DEFINE_bool('jit_compile', default('jit_compile'), 'Compile the train and eval steps with XLA.')
+  flags.DEFINE_bool('jit_compile', default('jit_compile'),
+                    'Compile the train and eval steps with XLA.')
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     'mixed_float16 policy (float32 logits and variables) with loss scaling.')
   flags.DEFINE_enum('strategy', default('strategy'), config.STRATEGIES,
@@ -179,21 +189,28 @@ def define_eager_flags():
 def define_records_flags():
   """Flags of bin/make_records."""
   default = lambda name: config.default(config.RecordsConfig, name)
-  flags.DEFINE_string('output_dir', default('output_dir'), 'Folder to write the shards and dataset.json into.')
+  flags.DEFINE_string('output_dir', default('output_dir'),
+                      'Folder to write the shards and dataset.json into.')
   flags.DEFINE_string('image_dir', default('image_dir'),
                       'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
                       '001.ak47/001_0001.jpg) to convert.')
-  flags.DEFINE_bool('synthetic', default('synthetic'), 'Write the embedded synthetic dataset instead.')
-  flags.DEFINE_float('val_fraction', default('val_fraction'), 'Share of each class written to val-* shards.',
+  flags.DEFINE_bool('synthetic', default('synthetic'),
+                    'Write the embedded synthetic dataset instead.')
+  flags.DEFINE_float('val_fraction', default('val_fraction'),
+                     'Share of each class written to val-* shards.',
                      lower_bound=0.0, upper_bound=0.9)
   flags.DEFINE_integer('num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
-  flags.DEFINE_integer('seed', default('seed'), 'Seed of the validation split and the synthetic images.',
+  flags.DEFINE_integer('seed', default('seed'),
+                       'Seed of the validation split and the synthetic images.',
                        lower_bound=0)
-  flags.DEFINE_integer('synthetic_classes', default('synthetic_classes'), 'Classes of the synthetic dataset.',
+  flags.DEFINE_integer('synthetic_classes', default('synthetic_classes'),
+                       'Classes of the synthetic dataset.',
                        lower_bound=2)
-  flags.DEFINE_integer('synthetic_train_per_class', default('synthetic_train_per_class'), 'Synthetic training images per class.',
+  flags.DEFINE_integer('synthetic_train_per_class', default('synthetic_train_per_class'),
+                       'Synthetic training images per class.',
                        lower_bound=1)
-  flags.DEFINE_integer('synthetic_val_per_class', default('synthetic_val_per_class'), 'Synthetic validation images per class.',
+  flags.DEFINE_integer('synthetic_val_per_class', default('synthetic_val_per_class'),
+                       'Synthetic validation images per class.',
                        lower_bound=0)
   flags.DEFINE_bool('overwrite', default('overwrite'), 'Replace records already in --output_dir.')
   flags.mark_flag_as_required('output_dir')
@@ -258,9 +275,11 @@ def define_check_parity_flags():
                     "The port's tf.distribute strategy (train_eager --strategy; the graph "
                     'runner stays single-device). Multi-worker runs are started per worker and '
                     'compared with compare_runs.')
-  flags.DEFINE_integer('cpu_devices', default('cpu_devices'), "The port's --cpu_devices (logical CPU devices for "
+  flags.DEFINE_integer('cpu_devices', default('cpu_devices'),
+                       "The port's --cpu_devices (logical CPU devices for "
                        '--strategy=mirrored without GPUs).', lower_bound=1)
-  flags.DEFINE_bool('mixed_precision', default('mixed_precision'), "Run the port with --mixed_precision.")
+  flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
+                    "Run the port with --mixed_precision.")
 
 
 def define_matrix_flags():
