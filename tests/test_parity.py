@@ -10,6 +10,7 @@ from conftest import run_entry
 from tf1compat import parity
 from tf1compat import report as parity_report
 from tf1compat import runlog
+from tf1compat import tiers
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 2
@@ -128,10 +129,10 @@ def test_no_common_snapshot_steps(tmp_path):
 def test_metric_semantics_classification(tmp_path):
   a = make_run(str(tmp_path / 'a'))
   never = make_run(str(tmp_path / 'never'), reset='never')
-  assert {m['kind'] for m in parity.metric_semantics(parity.load_run(a)).values()} == {
-      parity.METRICS_PER_EPOCH}
-  semantics = parity.metric_semantics(parity.load_run(never))
-  assert {m['kind'] for m in semantics.values()} == {parity.METRICS_SINCE_START}
+  assert {m['kind'] for m in tiers.metric_semantics(parity.load_run(a)).values()} == {
+      tiers.METRICS_PER_EPOCH}
+  semantics = tiers.metric_semantics(parity.load_run(never))
+  assert {m['kind'] for m in semantics.values()} == {tiers.METRICS_SINCE_START}
   report = _compare(a, never)
   assert report['verdict'] == 'FAIL'
   assert report['pairs'][0]['step_tier']['passed']
@@ -248,7 +249,7 @@ def test_a_different_start_is_named_first(tmp_path):
   b = make_run(str(tmp_path / 'b'), runner='eager', epsilon=1e-7,
                weight_offsets={('conv1/kernel', 0): 0.1})
   pair = _compare(a, b)['pairs'][0]
-  assert pair['lint'][0]['field'] == parity.START_FIELD
+  assert pair['lint'][0]['field'] == tiers.START_FIELD
   assert pair['verdict'] == 'FAIL'
   assert [p['name'] for p in pair['pitfalls']][:2] == ['different_start', 'adam_epsilon']
   assert pair['pitfalls'][0]['kind'] == 'setup'

@@ -262,7 +262,9 @@ def define_check_parity_flags():
                     'Run a control (the legacy runner again from initial weights one ulp '
                     'apart, under another reduction order) and judge the port against its '
                     'divergence; --nocalibrate judges with the fixed tolerances.')
-  flags.DEFINE_enum('pitfall', default('pitfall'), sorted(parity.PITFALLS),
+  # The catalogue is TensorFlow-free and imports no flags: no cycle, nothing set up.
+  from tf1compat import pitfalls  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('pitfall', default('pitfall'), sorted(pitfalls.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
   flags.DEFINE_bool('exact', default('exact'),
                     "Run the port with TF1's fused Adam and BatchNorm kernels (train_eager "

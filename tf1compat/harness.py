@@ -20,6 +20,7 @@ from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
 from tf1compat import parity
+from tf1compat import pitfalls
 from tf1compat import process
 from tf1compat import progress
 from tf1compat import report as parity_report
@@ -36,26 +37,6 @@ _NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'o
 
 # What the initial weights depend on (the data_dir only through num_classes).
 _INIT_FLAGS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
-
-
-@dataclasses.dataclass(frozen=True)
-class Pitfall:
-  """One catalogued mistake: which runner makes it, how, and what it needs to show."""
-  runners: tuple
-  args: tuple
-  needs: str = ''  # 'batch_norm', or 'batch_norm|dropout'
-
-
-PITFALLS = {
-    'adam_epsilon': Pitfall(('eager', 'fit'), ()),  # The port keeps Keras' own epsilon.
-    'metrics_never_reset': Pitfall(('graph',), ('--reset_metrics=never',)),
-    'skip_update_ops': Pitfall(('graph',), ('--noupdate_ops',), 'batch_norm'),
-    'model_call_wiring': Pitfall(('graph',), ('--wiring=model_call',), 'batch_norm'),
-    'no_learning_phase': Pitfall(('graph',), ('--nofeed_learning_phase',),
-                                 'batch_norm|dropout'),
-    'double_softmax': Pitfall(('eager', 'fit'), ('--final_activation=softmax',)),
-}
-assert set(PITFALLS) == set(parity.PITFALLS)
 
 
 CONTROL = 'control'
@@ -100,12 +81,12 @@ def check_pitfall_requirements(flags_obj):
   """Raises cli.UsageError when --pitfall needs --batch_norm/--dropout and has neither."""
   if not flags_obj.pitfall:
     return
-  needs = PITFALLS[flags_obj.pitfall].needs
+  needs = pitfalls.PITFALLS[flags_obj.pitfall].needs
   if not needs:
     return
   has = {'batch_norm': bool(flags_obj.batch_norm), 'dropout': flags_obj.dropout > 0}
-  if not any(has[n] for n in needs.split('|')):
-    wanted = ' or '.join(f'--{n}' + ('=0.5' if n == 'dropout' else '') for n in needs.split('|'))
+  if not any(has[n] for n in needs):
+    wanted = ' or '.join(f'--{n}' + ('=0.5' if n == 'dropout' else '') for n in needs)
     raise cli.UsageError(f'--pitfall={flags_obj.pitfall} shows only in a model with layer '
                          f'updates or a learning phase: add {wanted}')
 
@@ -131,7 +112,7 @@ def port_args(flags_obj):
 def jobs(flags_obj):
   """The runner jobs of this check, the pitfall (if any) injected into its runners."""
   epsilon = flags_obj.adam_epsilon or LEGACY_ADAM_EPSILON
-  pitfall = PITFALLS.get(flags_obj.pitfall)
+  pitfall = pitfalls.PITFALLS.get(flags_obj.pitfall)
   out = []
   runners = [('graph', 'train_graph', ()), ('eager', 'train_eager', ('--loop=custom',))]
   if flags_obj.with_fit:
@@ -143,7 +124,7 @@ def jobs(flags_obj):
     if flags_obj.exact and name != 'graph':
       args.extend(EXACT_PORT_ARGS)
     injected = pitfall is not None and name in pitfall.runners
-    if not (injected and flags_obj.pitfall == 'adam_epsilon'):
+    if not (injected and 'adam_epsilon' in pitfall.omits):
       args.append(f'--adam_epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
