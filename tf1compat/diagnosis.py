@@ -9,6 +9,7 @@ TensorFlow-free.
 from tf1compat import calibration
 from tf1compat import model
 from tf1compat import pitfalls
+from tf1compat import runlog
 from tf1compat import tiers
 
 FRAMEWORK_DIFFERENCES = {
@@ -35,6 +36,10 @@ FRAMEWORK_DIFFERENCES = {
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
                            'replica_reduction', 'mixed_precision'})
+# run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
+# they may have computed with.
+KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
+           'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
 
 
 def bessel_factor(run, layer_index):
@@ -46,21 +51,28 @@ def bessel_factor(run, layer_index):
   return n / (n - 1)
 
 
-def _uses_tf1_bn_variance(run):
-  return run.manifest.get('runner') == 'graph' or bool(run.flag('tf1_bn_variance'))
+def kernels_problem(manifest):
+  """What the run.json `manifest` lacks to say which kernels the run computed with, or None."""
+  kernels = manifest.get(runlog.KERNELS)
+  if not isinstance(kernels, dict):
+    return f'no {runlog.KERNELS!r} block'
+  for name, known in KERNELS.items():
+    if kernels.get(name) not in known:
+      return f'{runlog.KERNELS}.{name} is {kernels.get(name)!r}, not one of {", ".join(known)}'
+  return None
 
 
-def _uses_tf1_adam(run):
-  return run.manifest.get('runner') == 'graph' or bool(run.flag('tf1_adam'))
+def _kernel(run, name):
+  return run.manifest[runlog.KERNELS][name]
 
 
 def known_differences(reference, other):
   """Framework differences these two runs are expected to show, by name, with details."""
   found = {}
-  if _uses_tf1_adam(reference) != _uses_tf1_adam(other):
+  if _kernel(reference, 'adam') != _kernel(other, 'adam'):
     found['adam_rounding'] = {}
   if reference.flag('batch_norm') and other.flag('batch_norm') and (
-      _uses_tf1_bn_variance(reference) != _uses_tf1_bn_variance(other)):
+      _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
     found['bn_moving_variance'] = {
         'predicted_factor_last_layer': bessel_factor(reference, len(model.CONV_FILTERS)),
         'predicted_factor_first_layer': bessel_factor(reference, 1)}

@@ -77,7 +77,12 @@ class Run:
 
 
 def load_run(path):
-  """Loads a complete run directory; raises cli.UsageError for a missing or unfinished one."""
+  """Loads a complete run directory.
+
+  Raises cli.UsageError for a missing or unfinished one, and for one whose run.json does
+  not say which Adam and BatchNorm kernels it computed with (an older runner's): the
+  framework differences are read from there, never guessed.
+  """
   if not os.path.isdir(path):
     raise cli.UsageError(f'{path}: no such run directory')
   manifest = runlog.read_manifest(path)
@@ -91,6 +96,10 @@ def load_run(path):
   steps = runlog.read_csv(os.path.join(path, runlog.STEPS_CSV))
   if not steps:
     raise cli.UsageError(f'{path}: {runlog.STEPS_CSV} is missing or empty')
+  problem = diagnosis.kernels_problem(manifest)
+  if problem:
+    raise cli.UsageError(f'{path}: {runlog.RUN_JSON} does not say which kernels the run '
+                         f'computed with ({problem}); rerun its command with this version')
   return Run(path, manifest, steps, runlog.read_csv(os.path.join(path, runlog.EPOCHS_CSV)),
              runlog.snapshot_steps_in(path))
 
