@@ -174,3 +174,11 @@ def runner_args(config, names):
     else:
       args.append(f'--{name}={value}')
   return args
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MatrixConfig:
+  """bin/parity_matrix: which cases of the false-alarm matrix to run, and where."""
+  output_dir: str = 'runs/parity_matrix'
+  cases: tuple | None = None  # None: every case
+  pitfalls: bool = True

@@ -217,10 +217,12 @@ def flag_values(flags_obj):
   return dict(sorted(values.items()))
 
 
-def define_parity_flags():
-  """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances)."""
+def define_parity_flags(output_dir=None):
+  """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances);
+  `output_dir` is --output_dir's default."""
   defaults = parity.Tolerances()
-  flags.DEFINE_string('output_dir', None, 'Folder for parity.md, parity.json and parity.png.')
+  flags.DEFINE_string('output_dir', output_dir,
+                      'Folder for parity.md, parity.json and parity.png.')
   flags.DEFINE_integer('parity_steps', defaults.parity_steps,
                        'Without a control run: the steps (and snapshot steps) the step tier '
                        'judges.', lower_bound=1)
@@ -247,10 +249,10 @@ _TOLERANCE_FLAGS = (
 )
 
 
-def tolerances(flags_obj):
-  """parity.Tolerances from the parity flags."""
-  return parity.Tolerances(parity_steps=flags_obj.parity_steps,
-                           **{name: flags_obj[name].value for name, _, _ in _TOLERANCE_FLAGS})
+def tolerances(parsed_flags):
+  """parity.Tolerances from the parsed parity flags (`flags.FLAGS`)."""
+  return parity.Tolerances(parity_steps=parsed_flags.parity_steps,
+                           **{name: parsed_flags[name].value for name, _, _ in _TOLERANCE_FLAGS})
 
 
 def define_check_parity_flags():
@@ -284,12 +286,15 @@ def define_matrix_flags():
   """Flags of bin/parity_matrix."""
   # matrix is TensorFlow-free and imports no flags: no cycle, nothing set up.
   from tf1compat import matrix  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('output_dir', 'runs/parity_matrix',
+  default = lambda name: config.default(config.MatrixConfig, name)
+  flags.DEFINE_string('output_dir', default('output_dir'),
                       "Folder for each case's check_parity output, matrix.md and matrix.json.")
-  flags.DEFINE_list('cases', None, f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
+  flags.DEFINE_list('cases', default('cases'),
+                    f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
   flags.register_validator('cases', lambda v: not v or set(v) <= set(matrix.CASE_NAMES),
                            message=f'--cases takes names from {", ".join(matrix.CASE_NAMES)}')
-  flags.DEFINE_bool('pitfalls', True, 'Also run each applicable pitfall in every case.')
+  flags.DEFINE_bool('pitfalls', default('pitfalls'),
+                    'Also run each applicable pitfall in every case.')
 
 
 def define_benchmark_flags():

@@ -137,11 +137,12 @@ def _pitfall_row(case, pitfall, report):
           'named': [p['name'] for p in named]}
 
 
-def run(flags_obj):
-  """Runs the selected cases; returns {'matched': [...], 'pitfalls': [...], 'passed'}."""
-  output_dir = flags_obj.output_dir
+def run(cfg):
+  """Runs the cases config.MatrixConfig `cfg` selects; returns {'matched': [...],
+  'pitfalls': [...], 'passed'}."""
+  output_dir = cfg.output_dir
   os.makedirs(output_dir, exist_ok=True)
-  selected = [case for case in CASES if not flags_obj.cases or case.name in flags_obj.cases]
+  selected = [case for case in CASES if not cfg.cases or case.name in cfg.cases]
   matched, pitfall_rows = [], []
   for case in selected:
     args = list(case.args)
@@ -154,7 +155,7 @@ def run(flags_obj):
     progress.say(f'{case.name}: matched port {row["verdict"]} '
                  f'({_num(row["envelope_ratio"])}x envelope, curves at '
                  f'{_num(row["curve_band_ratio"])}x their band)')
-    if not flags_obj.pitfalls:
+    if not cfg.pitfalls:
       continue
     for pitfall in applicable_pitfalls(case):
       _, report = _check(args + [f'--pitfall={pitfall}'], case_dir)
