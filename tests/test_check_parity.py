@@ -6,12 +6,12 @@ whose arguments did not change (as it does for users) and the suite stays short.
 
 import json
 import os
-import types
 
 import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_entry
+from tf1compat import config
 from tf1compat import harness
 from tf1compat import parity
 
@@ -163,10 +163,10 @@ def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_pa
 
 
 def test_port_strategy_and_precision_reach_the_port_only():
-  flags_obj = types.SimpleNamespace(adam_epsilon=None, pitfall=None, with_fit=True, exact=True,
-                                    strategy='mirrored', cpu_devices=2, mixed_precision=True,
-                                    calibrate=True, dropout=0.0, seed=0)
-  args = {job.name: job.args for job in harness.jobs(flags_obj)}
+  cfg = config.CheckParityConfig(adam_epsilon=None, pitfall=None, with_fit=True, exact=True,
+                                 strategy='mirrored', cpu_devices=2, mixed_precision=True,
+                                 calibrate=True, dropout=0.0, seed=0)
+  args = {job.name: job.args for job in harness.jobs(cfg)}
   port = ('--strategy=mirrored', '--cpu_devices=2', '--mixed_precision')
   for name in ('eager', 'fit'):
     assert set(port) <= set(args[name]), args[name]
@@ -174,3 +174,13 @@ def test_port_strategy_and_precision_reach_the_port_only():
   # The control is the reference again, under another reduction order.
   assert args['control'][:len(args['graph'])] == args['graph']
   assert args['control'][len(args['graph']):] == ('--nodeterministic',)
+
+
+def test_every_runner_gets_the_given_adam_epsilon_even_zero():
+  """--adam_epsilon=0 is an epsilon, not 'unset' (which means the legacy 1e-8)."""
+  for given, passed in ((0.0, '--adam_epsilon=0.0'), (None, '--adam_epsilon=1e-08')):
+    cfg = config.CheckParityConfig(adam_epsilon=given, with_fit=True)
+    for job in harness.jobs(cfg):
+      assert passed in job.args, (given, job)
+  jobs = harness.jobs(config.CheckParityConfig(pitfall='adam_epsilon'))
+  assert [job.name for job in jobs if '--adam_epsilon=1e-08' not in job.args] == ['eager']

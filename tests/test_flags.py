@@ -8,9 +8,10 @@ from tf1compat import harness
 def test_common_flags_list_matches_the_definitions():
   code = r'''
 from absl import flags
+from tf1compat import config
 from tf1compat import flags as f
 f.define_data_flags()
-f.define_training_flags('graph')
+f.define_training_flags(config.GraphConfig)
 print(','.join(sorted(fl.name for fl in flags.FLAGS.get_flags_for_module('tf1compat.flags'))))
 print(','.join(sorted(f.COMMON_FLAGS)))
 '''
@@ -18,6 +19,27 @@ print(','.join(sorted(f.COMMON_FLAGS)))
   assert result.returncode == 0, result.stderr
   defined, listed = result.stdout.split()
   assert defined == listed
+
+
+def test_check_parity_forwards_the_flags_as_given():
+  """The runners get check_parity's training flags as absl writes them: a rerun's arguments
+  equal those recorded in check_parity.json, so complete runs are reused."""
+  code = r'''
+import sys
+from absl import flags
+from tf1compat import config, harness
+from tf1compat.commands import check_parity
+check_parity.define_flags()
+flags.FLAGS(sys.argv)
+given = [flags.FLAGS[n].serialize() for n in harness.FORWARDED if flags.FLAGS[n].value is not None]
+forwarded = harness.forwarded_args(config.from_flags(config.CheckParityConfig, flags.FLAGS))
+print(given == forwarded, given, forwarded)
+'''
+  for args in ([], ['--learning_rate=3e-05', '--dropout=0.3', '--snapshot_steps=0,1,2,5',
+                    '--batch_norm', '--nodeterministic', '--num_classes=4', '--data_dir=/d']):
+    result = run_python(code, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('True '), result.stdout
 
 
 def test_bad_flag_values_exit_2_with_one_line():

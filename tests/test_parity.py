@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
+from tf1compat import cli
 from tf1compat import parity
 from tf1compat import report as parity_report
 from tf1compat import runlog
+from tf1compat import tiers
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 2
@@ -23,6 +25,22 @@ def _losses(seed=0):
       0, 0.05, EPOCHS * STEPS_PER_EPOCH)
 
 
+def run_fields(runner, flags):
+  """The run.json fields that say how a runner computed: its kernels (the graph runner
+  TF1's, the eager runners Keras' unless told --tf1_adam/--tf1_bn_variance), its
+  distribution and its precision."""
+  graph = runner == 'graph'
+  fields = {runlog.KERNELS: {
+      'adam': (runlog.ADAM_TF1_FUSED if graph or flags.get('tf1_adam')
+               else runlog.ADAM_KERAS),
+      'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if graph or flags.get('tf1_bn_variance')
+                              else runlog.BN_VARIANCE_BIASED)},
+      'strategy': 'default', 'replicas': 1, 'dtype_policy': 'float32', 'jit_compile': False}
+  if not graph:
+    fields.update(workers=1, devices=['/device:CPU:0'])
+  return fields
+
+
 def make_run(path, *, runner='graph', losses=None, accuracies=None, reset='epoch',
              snapshot_steps=(0, 1, 2, 8), weight_offsets=None, bn_moves=True, epsilon=1e-8,
              status='complete', flags_extra=None, manifest_extra=None):
@@ -31,9 +49,9 @@ def make_run(path, *, runner='graph', losses=None, accuracies=None, reset='epoch
   losses = _losses() if losses is None else np.asarray(losses)
   accuracies = (np.linspace(0.1, 0.9, len(losses)).round(3) if accuracies is None
                 else np.asarray(accuracies))
-  log = runlog.RunLog(path, runner, {'batch_norm': True, 'dropout': 0.0, 'image_size': 32,
-                                     'batch_size': 8, 'reset_metrics': reset,
-                                     **(flags_extra or {})})
+  flags = {'batch_norm': True, 'dropout': 0.0, 'image_size': 32, 'batch_size': 8,
+           'reset_metrics': reset, **(flags_extra or {})}
+  log = runlog.RunLog(path, runner, flags)
   log.open()
   for i, (loss, acc) in enumerate(zip(losses, accuracies)):
     step = i + 1
@@ -62,7 +80,8 @@ def make_run(path, *, runner='graph', losses=None, accuracies=None, reset='epoch
   manifest = {'status': status, 'batch_size': 8, 'image_size': 32, 'seed': 0,
               'loss': 'softmax_cross_entropy', 'final_activation': 'none',
               'optimizer': {'learning_rate': 0.001, 'beta_1': 0.9, 'beta_2': 0.999,
-                            'epsilon': epsilon}}
+                            'epsilon': epsilon},
+              **run_fields(runner, flags)}
   log.update(**{**manifest, **(manifest_extra or {})})
   return path
 
@@ -128,10 +147,10 @@ def test_no_common_snapshot_steps(tmp_path):
 def test_metric_semantics_classification(tmp_path):
   a = make_run(str(tmp_path / 'a'))
   never = make_run(str(tmp_path / 'never'), reset='never')
-  assert {m['kind'] for m in parity.metric_semantics(parity.load_run(a)).values()} == {
-      parity.METRICS_PER_EPOCH}
-  semantics = parity.metric_semantics(parity.load_run(never))
-  assert {m['kind'] for m in semantics.values()} == {parity.METRICS_SINCE_START}
+  assert {m['kind'] for m in tiers.metric_semantics(parity.load_run(a)).values()} == {
+      tiers.METRICS_PER_EPOCH}
+  semantics = tiers.metric_semantics(parity.load_run(never))
+  assert {m['kind'] for m in semantics.values()} == {tiers.METRICS_SINCE_START}
   report = _compare(a, never)
   assert report['verdict'] == 'FAIL'
   assert report['pairs'][0]['step_tier']['passed']
@@ -241,6 +260,18 @@ def test_compare_runs_rejects_missing_and_unfinished_runs(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+def test_a_run_that_does_not_name_its_kernels_is_refused(tmp_path):
+  """The framework differences come from run.json's kernels block, never from a guess
+  on the runner's name or flags: an older runner's run directory is a usage error."""
+  a = make_run(str(tmp_path / 'a'))
+  for name, kernels in (('none', None),
+                        ('unknown', {'adam': 'sgd', 'batch_norm_variance': 'biased'})):
+    old = make_run(str(tmp_path / name), runner='eager',
+                   manifest_extra={runlog.KERNELS: kernels})
+    with pytest.raises(cli.UsageError, match='does not say which kernels'):
+      _compare(a, old)
+
+
 def test_a_different_start_is_named_first(tmp_path):
   """Runs seeded alike but initialised apart, without --init_weights (so no init-weights
   hash to compare): the step-0 snapshots differ, and that is named before the epsilon."""
@@ -248,7 +279,7 @@ def test_a_different_start_is_named_first(tmp_path):
   b = make_run(str(tmp_path / 'b'), runner='eager', epsilon=1e-7,
                weight_offsets={('conv1/kernel', 0): 0.1})
   pair = _compare(a, b)['pairs'][0]
-  assert pair['lint'][0]['field'] == parity.START_FIELD
+  assert pair['lint'][0]['field'] == tiers.START_FIELD
   assert pair['verdict'] == 'FAIL'
   assert [p['name'] for p in pair['pitfalls']][:2] == ['different_start', 'adam_epsilon']
   assert pair['pitfalls'][0]['kind'] == 'setup'

@@ -191,3 +191,11 @@ class BenchmarkConfig(DataConfig):
   def total_steps(self):
     """Steps of each training measurement: the warm-up, then every timed window."""
     return self.warmup_steps + self.repetitions * self.steps
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MatrixConfig:
+  """bin/parity_matrix: which cases of the false-alarm matrix to run, and where."""
+  output_dir: str = 'runs/parity_matrix'
+  cases: tuple | None = None  # None: every case
+  pitfalls: bool = True

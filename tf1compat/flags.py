@@ -219,10 +219,12 @@ def define_records_flags():
       message='pass exactly one of --image_dir=FOLDER or --synthetic')
 
 
-def define_parity_flags():
-  """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances)."""
+def define_parity_flags(output_dir=None):
+  """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances);
+  `output_dir` is --output_dir's default."""
   defaults = parity.Tolerances()
-  flags.DEFINE_string('output_dir', None, 'Folder for parity.md, parity.json and parity.png.')
+  flags.DEFINE_string('output_dir', output_dir,
+                      'Folder for parity.md, parity.json and parity.png.')
   flags.DEFINE_integer('parity_steps', defaults.parity_steps,
                        'Without a control run: the steps (and snapshot steps) the step tier '
                        'judges.', lower_bound=1)
@@ -249,10 +251,10 @@ _TOLERANCE_FLAGS = (
 )
 
 
-def tolerances(flags_obj):
-  """parity.Tolerances from the parity flags."""
-  return parity.Tolerances(parity_steps=flags_obj.parity_steps,
-                           **{name: flags_obj[name].value for name, _, _ in _TOLERANCE_FLAGS})
+def tolerances(parsed_flags):
+  """parity.Tolerances from the parsed parity flags (`flags.FLAGS`)."""
+  return parity.Tolerances(parity_steps=parsed_flags.parity_steps,
+                           **{name: parsed_flags[name].value for name, _, _ in _TOLERANCE_FLAGS})
 
 
 def define_check_parity_flags():
@@ -264,7 +266,9 @@ def define_check_parity_flags():
                     'Run a control (the legacy runner again from initial weights one ulp '
                     'apart, under another reduction order) and judge the port against its '
                     'divergence; --nocalibrate judges with the fixed tolerances.')
-  flags.DEFINE_enum('pitfall', default('pitfall'), sorted(parity.PITFALLS),
+  # The catalogue is TensorFlow-free and imports no flags: no cycle, nothing set up.
+  from tf1compat import pitfalls  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('pitfall', default('pitfall'), sorted(pitfalls.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
   flags.DEFINE_bool('exact', default('exact'),
                     "Run the port with TF1's fused Adam and BatchNorm kernels (train_eager "
@@ -286,12 +290,15 @@ def define_matrix_flags():
   """Flags of bin/parity_matrix."""
   # matrix is TensorFlow-free and imports no flags: no cycle, nothing set up.
   from tf1compat import matrix  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('output_dir', 'runs/parity_matrix',
+  default = lambda name: config.default(config.MatrixConfig, name)
+  flags.DEFINE_string('output_dir', default('output_dir'),
                       "Folder for each case's check_parity output, matrix.md and matrix.json.")
-  flags.DEFINE_list('cases', None, f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
+  flags.DEFINE_list('cases', default('cases'),
+                    f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
   flags.register_validator('cases', lambda v: not v or set(v) <= set(matrix.CASE_NAMES),
                            message=f'--cases takes names from {", ".join(matrix.CASE_NAMES)}')
-  flags.DEFINE_bool('pitfalls', True, 'Also run each applicable pitfall in every case.')
+  flags.DEFINE_bool('pitfalls', default('pitfalls'),
+                    'Also run each applicable pitfall in every case.')
 
 
 def define_benchmark_flags():

@@ -18,45 +18,25 @@ import time
 
 from tf1compat import calibration
 from tf1compat import cli
-from tf1compat import flags as tf1compat_flags
+from tf1compat import config
 from tf1compat import parity
+from tf1compat import pitfalls
 from tf1compat import process
 from tf1compat import progress
 from tf1compat import report as parity_report
 from tf1compat import runlog
 
 STATE_JSON = 'check_parity.json'
-# The legacy loop's epsilon: the port is what must match it.
-LEGACY_ADAM_EPSILON = 1e-8
 # The port's switches that remove the known framework differences (README, "Exact mode").
 EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
-# Flags check_parity sets itself for every runner instead of forwarding them.
-_NOT_FORWARDED = frozenset({'model_dir', 'init_weights', 'save_init_weights', 'overwrite',
-                            'adam_epsilon'})
+# Training fields check_parity sets itself for every runner instead of forwarding them.
+_NOT_FORWARDED = frozenset({'init_weights', 'save_init_weights', 'overwrite', 'adam_epsilon'})
+# The training fields every runner gets as check_parity was given them.
+FORWARDED = tuple(field.name for field in dataclasses.fields(config.TrainingConfig)
+                  if field.name not in _NOT_FORWARDED)
 
 # What the initial weights depend on (the data_dir only through num_classes).
-_INIT_FLAGS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
-
-
-@dataclasses.dataclass(frozen=True)
-class Pitfall:
-  """One catalogued mistake: which runner makes it, how, and what it needs to show."""
-  runners: tuple
-  args: tuple
-  needs: str = ''  # 'batch_norm', or 'batch_norm|dropout'
-
-
-PITFALLS = {
-    'adam_epsilon': Pitfall(('eager', 'fit'), ()),  # The port keeps Keras' own epsilon.
-    'metrics_never_reset': Pitfall(('graph',), ('--reset_metrics=never',)),
-    'skip_update_ops': Pitfall(('graph',), ('--noupdate_ops',), 'batch_norm'),
-    'model_call_wiring': Pitfall(('graph',), ('--wiring=model_call',), 'batch_norm'),
-    'no_learning_phase': Pitfall(('graph',), ('--nofeed_learning_phase',),
-                                 'batch_norm|dropout'),
-    'double_softmax': Pitfall(('eager', 'fit'), ('--final_activation=softmax',)),
-}
-assert set(PITFALLS) == set(parity.PITFALLS)
-
+_INIT_FIELDS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
 
 CONTROL = 'control'
 ROLES = {'init': 'initial weights from the legacy runner',
@@ -78,7 +58,7 @@ def control_threads():
   return 1 if (os.cpu_count() or 1) > 1 else 2
 
 
-def control_job(reference, flags_obj):
+def control_job(reference, cfg):
   """The reference job again as the calibration's control.
 
   Besides initial weights one ulp apart (passed by `run`), it runs under another
@@ -90,66 +70,66 @@ def control_job(reference, flags_obj):
   port does.
   """
   args = [*reference.args, '--nodeterministic']
-  if flags_obj.dropout > 0:
-    args.append(f'--dropout_seed={flags_obj.seed + 1}')
+  if cfg.dropout > 0:
+    args.append(f'--dropout_seed={cfg.seed + 1}')
   return RunnerJob(CONTROL, reference.command, tuple(args),
                    (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
-def check_pitfall_requirements(flags_obj):
+def check_pitfall_requirements(cfg):
   """Raises cli.UsageError when --pitfall needs --batch_norm/--dropout and has neither."""
-  if not flags_obj.pitfall:
+  if not cfg.pitfall:
     return
-  needs = PITFALLS[flags_obj.pitfall].needs
+  needs = pitfalls.PITFALLS[cfg.pitfall].needs
   if not needs:
     return
-  has = {'batch_norm': bool(flags_obj.batch_norm), 'dropout': flags_obj.dropout > 0}
-  if not any(has[n] for n in needs.split('|')):
-    wanted = ' or '.join(f'--{n}' + ('=0.5' if n == 'dropout' else '') for n in needs.split('|'))
-    raise cli.UsageError(f'--pitfall={flags_obj.pitfall} shows only in a model with layer '
+  has = {'batch_norm': bool(cfg.batch_norm), 'dropout': cfg.dropout > 0}
+  if not any(has[n] for n in needs):
+    wanted = ' or '.join(f'--{n}' + ('=0.5' if n == 'dropout' else '') for n in needs)
+    raise cli.UsageError(f'--pitfall={cfg.pitfall} shows only in a model with layer '
                          f'updates or a learning phase: add {wanted}')
 
 
-def forwarded_args(flags_obj):
-  """The common flags, as set for this job, in the form every runner accepts."""
-  return [flags_obj[name].serialize() for name in tf1compat_flags.COMMON_FLAGS
-          if name not in _NOT_FORWARDED and flags_obj[name].value is not None]
+def forwarded_args(cfg):
+  """The training fields of `cfg` every runner gets, as the flags every runner accepts."""
+  return config.runner_args(cfg, FORWARDED)
 
 
-def port_args(flags_obj):
+def port_args(cfg):
   """How check_parity's --strategy, --cpu_devices and --mixed_precision reach the port."""
   args = []
-  if flags_obj.strategy != 'default':
-    args.append(f'--strategy={flags_obj.strategy}')
-  if flags_obj.cpu_devices > 1:
-    args.append(f'--cpu_devices={flags_obj.cpu_devices}')
-  if flags_obj.mixed_precision:
+  if cfg.strategy != 'default':
+    args.append(f'--strategy={cfg.strategy}')
+  if cfg.cpu_devices > 1:
+    args.append(f'--cpu_devices={cfg.cpu_devices}')
+  if cfg.mixed_precision:
     args.append('--mixed_precision')
   return args
 
 
-def jobs(flags_obj):
-  """The runner jobs of this check, the pitfall (if any) injected into its runners."""
-  epsilon = flags_obj.adam_epsilon or LEGACY_ADAM_EPSILON
-  pitfall = PITFALLS.get(flags_obj.pitfall)
+def jobs(cfg):
+  """The runner jobs of check_parity config `cfg`, the pitfall (if any) injected into
+  its runners."""
+  epsilon = config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
+  pitfall = pitfalls.PITFALLS.get(cfg.pitfall)
   out = []
   runners = [('graph', 'train_graph', ()), ('eager', 'train_eager', ('--loop=custom',))]
-  if flags_obj.with_fit:
+  if cfg.with_fit:
     runners.append(('fit', 'train_eager', ('--loop=fit',)))
   for name, command, own in runners:
     args = list(own)
     if name != 'graph':
-      args.extend(port_args(flags_obj))
-    if flags_obj.exact and name != 'graph':
+      args.extend(port_args(cfg))
+    if cfg.exact and name != 'graph':
       args.extend(EXACT_PORT_ARGS)
     injected = pitfall is not None and name in pitfall.runners
-    if not (injected and flags_obj.pitfall == 'adam_epsilon'):
+    if not (injected and 'adam_epsilon' in pitfall.omits):
       args.append(f'--adam_epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
     out.append(RunnerJob(name, command, tuple(args)))
-    if name == 'graph' and flags_obj.calibrate:
-      out.append(control_job(out[-1], flags_obj))
+    if name == 'graph' and cfg.calibrate:
+      out.append(control_job(out[-1], cfg))
   return out
 
 
@@ -158,10 +138,10 @@ def _complete(model_dir):
   return manifest is not None and manifest.get('status') == runlog.STATUS_COMPLETE
 
 
-def _init_weights_files(flags_obj, output_dir, common):
+def _init_weights_files(cfg, output_dir, common):
   """One initial-weights file per model shape and seed, written by the legacy runner,
   and its one-ulp nudge for the control: (path, nudged path)."""
-  shape = {name: getattr(flags_obj, name) for name in _INIT_FLAGS}
+  shape = {name: getattr(cfg, name) for name in _INIT_FIELDS}
   digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
   path = os.path.join(output_dir, f'init_weights-{digest}.npz')
   if not os.path.exists(path):
@@ -249,16 +229,17 @@ def runner_error(name, code, log_path):
                    f'{log_path})')
 
 
-def run(flags_obj):
-  """The check_parity job; returns the parity report (its verdict decides the exit code)."""
-  check_pitfall_requirements(flags_obj)
-  output_dir = flags_obj.output_dir
+def run(cfg, tolerances):
+  """The check_parity job of config.CheckParityConfig `cfg`, judged with parity.Tolerances
+  `tolerances`; returns the parity report (its verdict decides the exit code)."""
+  check_pitfall_requirements(cfg)
+  output_dir = cfg.output_dir
   os.makedirs(output_dir, exist_ok=True)
   # Without --data_dir the first runner generates the embedded dataset's cache and the
   # others reuse it; this process never imports TensorFlow.
-  common = forwarded_args(flags_obj)
-  if flags_obj.init_weights:
-    init_weights = flags_obj.init_weights
+  common = forwarded_args(cfg)
+  if cfg.init_weights:
+    init_weights = cfg.init_weights
     given = runlog.load_weights(init_weights)  # a missing or unreadable file: exit 2
     # Named by the given file's content: another file must not reuse an old control.
     digest = runlog.file_sha256(init_weights)[:12]
@@ -266,20 +247,19 @@ def run(flags_obj):
     if not os.path.exists(nudged):
       runlog.save_weights(nudged, calibration.nudge_weights(given))
   else:
-    init_weights, nudged = _init_weights_files(flags_obj, output_dir, common)
+    init_weights, nudged = _init_weights_files(cfg, output_dir, common)
   # The exact arguments of each finished or started runner: a rerun of check_parity
   # reuses a complete run with the same arguments and resumes an unfinished one.
   state_path = os.path.join(output_dir, STATE_JSON)
   previous = _read_state(state_path)
   state = {}
   run_dirs = {}
-  total_steps = flags_obj.epochs * flags_obj.steps_per_epoch
-  for job in jobs(flags_obj):
+  for job in jobs(cfg):
     model_dir = os.path.join(output_dir, job.name)
     start = nudged if job.name == CONTROL else init_weights
     args = common + [f'--model_dir={model_dir}', f'--init_weights={start}', *job.args]
     recorded = args + [f'{k}={v}' for k, v in job.env]
-    same = previous.get(job.name) == recorded and not flags_obj.overwrite
+    same = previous.get(job.name) == recorded and not cfg.overwrite
     state[job.name] = recorded
     runlog.atomic_write_json(state_path, {**previous, **state})
     if same and _complete(model_dir):
@@ -287,14 +267,13 @@ def run(flags_obj):
     else:
       os.makedirs(model_dir, exist_ok=True)
       log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
-      code = _run(job, args + ([] if same else ['--overwrite']), log_path, total_steps,
+      code = _run(job, args + ([] if same else ['--overwrite']), log_path, cfg.total_steps,
                   model_dir, append=same)
       if code:
         raise runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
   compared = [d for name, d in run_dirs.items() if name != CONTROL]
-  report = parity.compare(compared, tf1compat_flags.tolerances(flags_obj),
-                          control=run_dirs.get(CONTROL))
-  report['pitfall_injected'] = flags_obj.pitfall
+  report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
+  report['pitfall_injected'] = cfg.pitfall
   parity_report.write_report(report, output_dir)
   return report

@@ -15,7 +15,7 @@ import os
 import subprocess
 
 from tf1compat import cli
-from tf1compat import harness
+from tf1compat import pitfalls
 from tf1compat import process
 from tf1compat import progress
 from tf1compat import runlog
@@ -30,7 +30,7 @@ REAL_DATA = 'real_digits'
 class Case:
   name: str
   args: tuple
-  # Catalogued pitfalls that apply (harness.PITFALLS' `needs`), found from the args.
+  # The model switch the args turn on: the pitfalls that need it (their `needs`) apply.
   model: str = ''
 
 
@@ -54,12 +54,10 @@ CASE_NAMES = tuple(case.name for case in CASES)
 
 def applicable_pitfalls(case):
   """The catalogued pitfalls that can show in this case's model."""
-  names = []
-  for name, pitfall in sorted(harness.PITFALLS.items()):
-    if not pitfall.needs or case.model in pitfall.needs.split('|'):
-      names.append(name)
+  names = [name for name, pitfall in sorted(pitfalls.PITFALLS.items())
+           if not pitfall.needs or case.model in pitfall.needs]
   # Port-side pitfalls first: the legacy run and its control are then reused by them.
-  return sorted(names, key=lambda n: 'graph' in harness.PITFALLS[n].runners)
+  return sorted(names, key=lambda n: 'graph' in pitfalls.PITFALLS[n].runners)
 
 
 def write_digits_folder(folder):
@@ -139,12 +137,13 @@ def _pitfall_row(case, pitfall, report):
           'named': [p['name'] for p in named]}
 
 
-def run(flags_obj):
-  """Runs the selected cases; returns {'matched': [...], 'pitfalls': [...], 'passed'}."""
-  output_dir = flags_obj.output_dir
+def run(cfg):
+  """Runs the cases config.MatrixConfig `cfg` selects; returns {'matched': [...],
+  'pitfalls': [...], 'passed'}."""
+  output_dir = cfg.output_dir
   os.makedirs(output_dir, exist_ok=True)
-  selected = [case for case in CASES if not flags_obj.cases or case.name in flags_obj.cases]
-  matched, pitfalls = [], []
+  selected = [case for case in CASES if not cfg.cases or case.name in cfg.cases]
+  matched, pitfall_rows = [], []
   for case in selected:
     args = list(case.args)
     if case.name == REAL_DATA:
@@ -156,18 +155,18 @@ def run(flags_obj):
     progress.say(f'{case.name}: matched port {row["verdict"]} '
                  f'({_num(row["envelope_ratio"])}x envelope, curves at '
                  f'{_num(row["curve_band_ratio"])}x their band)')
-    if not flags_obj.pitfalls:
+    if not cfg.pitfalls:
       continue
     for pitfall in applicable_pitfalls(case):
       _, report = _check(args + [f'--pitfall={pitfall}'], case_dir)
       row = _pitfall_row(case, pitfall, report)
-      pitfalls.append(row)
+      pitfall_rows.append(row)
       margin = 'exact' if row['margin'] is None else f'{row["margin"]:.3g}x'
       progress.say(f'{case.name}: {pitfall} {row["verdict"]}, named first: '
                    f'{"yes" if row["named_first"] else "no"} (margin {margin})')
   passed = (all(r['verdict'] == 'PASS' for r in matched) and
-            all(r['verdict'] == 'FAIL' and r['named_first'] for r in pitfalls))
-  result = {'matched': matched, 'pitfalls': pitfalls, 'passed': passed}
+            all(r['verdict'] == 'FAIL' and r['named_first'] for r in pitfall_rows))
+  result = {'matched': matched, 'pitfalls': pitfall_rows, 'passed': passed}
   runlog.atomic_write_json(os.path.join(output_dir, 'matrix.json'), result)
   runlog.atomic_write_text(os.path.join(output_dir, 'matrix.md'), markdown(result))
   return result

@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from tf1compat import calibration
+from tf1compat import diagnosis
 from tf1compat import events
-from tf1compat import parity
 from tf1compat import runlog
 
 
@@ -166,7 +166,8 @@ def _markdown(report):
     for label, info in pair['semantics_tier']['metrics'].items():
       for value_name, m in info.items():
         out.append(f'- `{label}` running {value_name}: {m["kind"]} (error vs per-epoch mean '
-                   f'{m["error_per_epoch"]:.1e}, vs mean since step 1 {m["error_since_start"]:.1e})')
+                   f'{m["error_per_epoch"]:.1e}, vs mean since step 1 '
+                   f'{m["error_since_start"]:.1e})')
     for label, state in pair['semantics_tier']['batch_norm'].items():
       if state is not None:
         out.append(f'- `{label}` BatchNorm moving statistics moved: '
@@ -179,7 +180,7 @@ def _markdown(report):
     if pair['framework_differences']:
       out += ['', '### Known framework differences (not mistakes)', '']
       for name, details in pair['framework_differences'].items():
-        out.append(f'- **{name}**: {parity.FRAMEWORK_DIFFERENCES[name]} Measured: '
+        out.append(f'- **{name}**: {diagnosis.FRAMEWORK_DIFFERENCES[name]} Measured: '
                    f'{_fmt(details)}')
     if pair['pitfalls']:
       out += ['', '### Pitfalls that fit the evidence', '']

@@ -21,9 +21,10 @@ from tf1compat import report
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f'unexpected arguments {argv[1:]}; check_parity takes flags only')
-  result = harness.run(flags.FLAGS)
+  cfg = config.from_flags(config.CheckParityConfig, flags.FLAGS)
+  result = harness.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
   sys.stdout.write('\n'.join(report.summary_lines(result)) + '\n')
-  sys.stdout.write(f'report: {os.path.join(flags.FLAGS.output_dir, "parity.md")}\n')
+  sys.stdout.write(f'report: {os.path.join(cfg.output_dir, "parity.md")}\n')
   return cli.EXIT_OK if result['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
 
 
@@ -31,7 +32,7 @@ def define_flags():
   """Defines the check_parity flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags(config.CheckParityConfig)
   tf1compat_flags.define_training_flags(config.CheckParityConfig)
-  tf1compat_flags.define_parity_flags()
+  tf1compat_flags.define_parity_flags(config.default(config.CheckParityConfig, 'output_dir'))
   tf1compat_flags.define_check_parity_flags()
 
 

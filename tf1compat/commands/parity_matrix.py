@@ -10,6 +10,7 @@ import sys
 from absl import flags
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import matrix
 
@@ -17,9 +18,10 @@ from tf1compat import matrix
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f'unexpected arguments {argv[1:]}; parity_matrix takes flags only')
-  result = matrix.run(flags.FLAGS)
+  cfg = config.from_flags(config.MatrixConfig, flags.FLAGS)
+  result = matrix.run(cfg)
   sys.stdout.write(matrix.markdown(result))
-  sys.stdout.write(f'matrix: {os.path.join(flags.FLAGS.output_dir, "matrix.md")}\n')
+  sys.stdout.write(f'matrix: {os.path.join(cfg.output_dir, "matrix.md")}\n')
   return cli.EXIT_OK if result['passed'] else cli.EXIT_PARITY_FAIL
 
 

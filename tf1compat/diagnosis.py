@@ -1,0 +1,207 @@
+"""What explains a pair's differences: the frameworks' own, and the pitfalls that fit.
+
+Known framework differences (Adam's and BatchNorm's kernels, Dropout masks, replicas,
+mixed precision) are expected and judged on the curves; the catalogued pitfalls and
+setup problems (pitfalls.py) that fit the tiers' evidence are named, best fit first.
+TensorFlow-free.
+"""
+
+from tf1compat import calibration
+from tf1compat import model
+from tf1compat import pitfalls
+from tf1compat import runlog
+from tf1compat import tiers
+
+FRAMEWORK_DIFFERENCES = {
+    'adam_rounding': "Keras 3's Adam computes TF1's formula with separate ops and beta ** t, "
+                     "TF1's AdamOptimizer with one fused kernel and beta-power accumulators: the "
+                     'weights differ by an ulp after the first step, and Adam amplifies that '
+                     'chaotically, so step-wise values part within a few steps; judged on the '
+                     'curve tier. Remove it with train_eager --tf1_adam.',
+    'bn_moving_variance': 'TF1 fused BatchNormalization updates the moving variance with the '
+                          'Bessel-corrected batch variance (x n/(n-1)), Keras 3 with the biased '
+                          'one, and the unfused Keras 3 ops round differently; judged on the '
+                          'curve tier. Remove it with train_eager --tf1_bn_variance.',
+    'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, so '
+                     'per-step losses cannot match bit for bit; judged on the curve tier.',
+    'replica_reduction': 'A run over several replicas sums the gradients (and BatchNorm '
+                         'moments) of its replicas, in another order than one device sums the '
+                         'batch: last-bit differences from the first update on, which Adam '
+                         'amplifies over the steps; judged on the curve tier. Same global '
+                         'batch, same batches: the first batch loss agrees to round-off.',
+    'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
+                       'float32 run computes in float32: expected to differ from the first '
+                       'step on by float16 round-off; judged on the curve tier.',
+}
+# Differences after which step-wise values are no longer comparable.
+STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
+                           'replica_reduction', 'mixed_precision'})
+# run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
+# they may have computed with.
+KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
+           'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
+
+
+def bessel_factor(run, layer_index):
+  """n/(n-1) for the batch variance of bn<layer_index>: n = batch x height x width."""
+  size = run.manifest.get('image_size') or run.flag('image_size')
+  for _ in range(layer_index):
+    size = (size - 3) // 2 + 1
+  n = (run.manifest.get('batch_size') or run.flag('batch_size')) * size * size
+  return n / (n - 1)
+
+
+def kernels_problem(manifest):
+  """What the run.json `manifest` lacks to say which kernels the run computed with, or None."""
+  kernels = manifest.get(runlog.KERNELS)
+  if not isinstance(kernels, dict):
+    return f'no {runlog.KERNELS!r} block'
+  for name, known in KERNELS.items():
+    if kernels.get(name) not in known:
+      return f'{runlog.KERNELS}.{name} is {kernels.get(name)!r}, not one of {", ".join(known)}'
+  return None
+
+
+def _kernel(run, name):
+  return run.manifest[runlog.KERNELS][name]
+
+
+def known_differences(reference, other):
+  """Framework differences these two runs are expected to show, by name, with details."""
+  found = {}
+  if _kernel(reference, 'adam') != _kernel(other, 'adam'):
+    found['adam_rounding'] = {}
+  if reference.flag('batch_norm') and other.flag('batch_norm') and (
+      _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
+    found['bn_moving_variance'] = {
+        'predicted_factor_last_layer': bessel_factor(reference, len(model.CONV_FILTERS)),
+        'predicted_factor_first_layer': bessel_factor(reference, 1)}
+  if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0:
+    found['dropout_masks'] = {'rate': other.flag('dropout')}
+  replicas = [run.manifest.get('replicas', 1) for run in (reference, other)]
+  if replicas[0] != replicas[1]:
+    found['replica_reduction'] = {'replicas': replicas,
+                                  'strategies': [run.manifest.get('strategy', 'default')
+                                                 for run in (reference, other)]}
+  policies = [run.manifest.get('dtype_policy', 'float32') for run in (reference, other)]
+  if policies[0] != policies[1]:
+    found['mixed_precision'] = {'dtype_policies': policies}
+  return found
+
+
+def measure_bn_variance(reference, other):
+  """Max relative difference of the moving variances at the first common snapshot > 0."""
+  common = [s for s in sorted(set(reference.snapshot_steps) & set(other.snapshot_steps)) if s]
+  if not common:
+    return None
+  a, b = reference.snapshot(common[0]), other.snapshot(common[0])
+  keys = [k for k in a if k.endswith('moving_variance')]
+  return {'step': common[0],
+          'max_relative_difference': max(calibration.variable_difference(a[k], b[k])
+                                     for k in keys)}
+
+
+def _envelope_ratio(tier, index=None):
+  """divergence / envelope of a calibrated loss or weight tier: at step `index` (loss
+  tier), else the worst judged one; None without a control."""
+  if index is None:
+    return tier.get('max_envelope_ratio')
+  ratios = tier.get('envelope_ratio')
+  return ratios[index] if ratios else None
+
+
+def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
+             dropout_state=None):
+  """Catalogued pitfalls and setup problems that fit the evidence, best fit first.
+
+  Each is {name, kind, evidence, fix, corroborated, judged_by, margin}: `judged_by` is
+  the tier whose evidence names it (config, step, semantics); `margin` how far that
+  evidence stands above what correct runs show (divergence / the control's envelope on
+  the step tier, error / tolerance for running metrics; None where the evidence is
+  exact: a config difference, statistics that never moved, masks that never applied).
+  `steps` and `weights` are the step and weight tiers, or None where a framework
+  difference makes step-wise values incomparable. A pitfall is `corroborated` when the
+  runs' own flags say the mistake was made; those come first.
+  """
+  found = []
+
+  def add(name, evidence, corroborated, margin=None, judged_by=None):
+    kind = 'setup' if name in pitfalls.SETUP_PROBLEMS else 'pitfall'
+    problem = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}[name]
+    found.append({'name': name, 'kind': kind, 'evidence': evidence, 'fix': problem.fix,
+                  'corroborated': corroborated,
+                  'judged_by': judged_by or problem.judged_by[0], 'margin': margin})
+
+  fields = {d['field']: d for d in lint_found}
+  if tiers.START_FIELD in fields:
+    d = fields[tiers.START_FIELD]
+    add('different_start', f'the runs started from different weights (step-0 snapshots '
+        f'{d["reference"]} vs {d["other"]}): every later difference may come from that',
+        True)
+  # Judged like every other step: over its limit, not merely non-zero (a GPU's last bit).
+  first_step_differs = steps is not None and bool(steps['relative_difference']) and (
+      steps['relative_difference'][0] > steps['limit'][0])
+  first_step_margin = _envelope_ratio(steps, 0) if first_step_differs else None
+  if 'optimizer epsilon' in fields:
+    d = fields['optimizer epsilon']
+    evidence = f'Adam epsilon {d["reference"]} vs {d["other"]}'
+    if steps is not None and not first_step_differs and steps['first_step_over']:
+      k = steps['first_step_over']
+      evidence += (f'; the first batch loss matches, the loss parts from step {k} (relative '
+                   f'difference {steps["relative_difference"][k - 1]:.1e}), after the first '
+                   'update')
+    if steps is not None:
+      ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
+      if ratios:
+        evidence += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'
+    add('adam_epsilon', evidence, True)
+  if 'final activation' in fields:
+    d = fields['final activation']
+    evidence = (f'final activation {d["reference"]} vs {d["other"]} with losses that take '
+                'logits')
+    if first_step_differs:
+      evidence += (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
+                   f'vs {steps["other_loss"][0]:.6g})')
+    add('double_softmax', evidence, True)
+  for run in (reference, other):
+    for value_name, info in semantics[run.path].items():
+      if info['kind'] == tiers.METRICS_SINCE_START:
+        add('metrics_never_reset', f'{run.label} shows a running {value_name} equal to the mean '
+            'since step 1 (error {:.1e}), not since the epoch start (error {:.1e})'.format(
+                info['error_since_start'], info['error_per_epoch']),
+            run.flag('reset_metrics') == 'never', info['error_per_epoch'] / tiers.METRIC_RTOL)
+        break
+  for run, twin in ((reference, other), (other, reference)):
+    state, twin_state = bn_states[run.path], bn_states[twin.path]
+    if state and twin_state and not state['any_moved'] and twin_state['any_moved']:
+      evidence = (f'{run.label}: BatchNorm moving statistics never changed from their initial '
+                  f'values; {twin.label}: they did')
+      if run.flag('wiring') == 'model_call':
+        add('model_call_wiring', evidence, True)
+        add('skip_update_ops', evidence, False)
+      else:
+        add('skip_update_ops', evidence, run.flag('update_ops') is False)
+        add('model_call_wiring', evidence, False)
+  if dropout_state is not None and not dropout_state['active']:
+    add('no_learning_phase',
+        f'{reference.label} trained with Dropout {reference.flag("dropout")}, yet its control, '
+        'which drew other Dropout masks, has the same first batch loss (relative difference '
+        f'{dropout_state["control_first_step_difference"]:.1e}): the masks never applied, '
+        'Dropout ran in inference mode', reference.flag('feed_learning_phase') is False)
+  if first_step_differs and 'final activation' not in fields:
+    for run in (reference, other):
+      if run.flag('batch_norm') or (run.flag('dropout') or 0) > 0:
+        add('no_learning_phase',
+            f'the first batch loss differs ({steps["reference_loss"][0]:.6g} vs '
+            f'{steps["other_loss"][0]:.6g}) with the same initial weights and data: the '
+            'forward pass differs, as when BatchNorm/Dropout run in inference mode',
+            any(r.flag('feed_learning_phase') is False for r in (reference, other)),
+            first_step_margin, judged_by='step')
+        break
+  found.sort(key=lambda p: (p['kind'] != 'setup', not p['corroborated']))
+  seen, unique = set(), []
+  for p in found:
+    if p['name'] not in seen:
+      seen.add(p['name'])
+      unique.append(p)
+  return unique
