@@ -5,15 +5,17 @@ from tf1compat import cli
 from tf1compat import harness
 
 
-def test_common_flags_list_matches_the_definitions():
+def test_runner_flags_are_the_fields_of_its_config():
   code = r'''
+import dataclasses
 from absl import flags
 from tf1compat import config
 from tf1compat import flags as f
-f.define_data_flags()
+f.define_data_flags(config.GraphConfig)
 f.define_training_flags(config.GraphConfig)
+f.define_graph_flags()
 print(','.join(sorted(fl.name for fl in flags.FLAGS.get_flags_for_module('tf1compat.flags'))))
-print(','.join(sorted(f.COMMON_FLAGS)))
+print(','.join(sorted(field.name for field in dataclasses.fields(config.GraphConfig))))
 '''
   result = run_python(code)
   assert result.returncode == 0, result.stderr

@@ -6,17 +6,15 @@ which never reads flags. Every flag's default is the default of its config field
 `define_*_flags` take the config class whose defaults they show.
 """
 
-import dataclasses
-
 from absl import flags
 
+from tf1compat import benchmark
 from tf1compat import config
+from tf1compat import matrix
 from tf1compat import model
 from tf1compat import parity
+from tf1compat import pitfalls
 
-# Flags of define_data_flags and define_training_flags: what check_parity forwards to
-# every runner (tests check this list against the definitions).
-COMMON_FLAGS = tuple(f.name for f in dataclasses.fields(config.TrainingConfig)) + ('model_dir',)
 
 
 def _int_list_validator(name):
@@ -266,8 +264,6 @@ def define_check_parity_flags():
                     'Run a control (the legacy runner again from initial weights one ulp '
                     'apart, under another reduction order) and judge the port against its '
                     'divergence; --nocalibrate judges with the fixed tolerances.')
-  # The catalogue is TensorFlow-free and imports no flags: no cycle, nothing set up.
-  from tf1compat import pitfalls  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum('pitfall', default('pitfall'), sorted(pitfalls.PITFALLS),
                     'Inject one catalogued migration mistake into the runner that makes it.')
   flags.DEFINE_bool('exact', default('exact'),
@@ -288,8 +284,6 @@ def define_check_parity_flags():
 
 def define_matrix_flags():
   """Flags of bin/parity_matrix."""
-  # matrix is TensorFlow-free and imports no flags: no cycle, nothing set up.
-  from tf1compat import matrix  # pylint: disable=g-import-not-at-top
   default = lambda name: config.default(config.MatrixConfig, name)
   flags.DEFINE_string('output_dir', default('output_dir'),
                       "Folder for each case's check_parity output, matrix.md and matrix.json.")
@@ -303,8 +297,6 @@ def define_matrix_flags():
 
 def define_benchmark_flags():
   """Flags of bin/benchmark, besides define_data_flags (image size, batch, buffer, seed)."""
-  # benchmark is TensorFlow-free and imports no flags: no cycle, nothing set up.
-  from tf1compat import benchmark  # pylint: disable=g-import-not-at-top
   default = lambda name: config.default(config.BenchmarkConfig, name)
   flags.DEFINE_string('output_dir', 'runs/benchmark',
                       "Folder for the measurements' run directories and worker logs.")
