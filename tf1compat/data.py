@@ -20,6 +20,7 @@ from google.protobuf import message as protobuf_message
 import tensorflow as tf
 
 from tf1compat import cli
+from tf1compat import image_bytes
 from tf1compat import tfrecord
 
 # The seed's schema: what `bin/make_records` writes and what a Caltech256 TFRecord
@@ -202,7 +203,6 @@ def read_dataset_json(data_dir):
 _HEADER = tfrecord.HEADER
 _FOOTER = tfrecord.FOOTER
 _RECORD_OVERHEAD = _HEADER.size + _FOOTER.size
-_IMAGE_FORMATS = 'JPEG, PNG, GIF, BMP or WebP'
 _FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record=skip to '
              'train without the bad ones')
 _FIX_TRUNCATED = ('copy the file again or rewrite it with bin/make_records; '
@@ -261,52 +261,6 @@ def _single(feature, kind):
   return values[0], None
 
 
-def _jpeg_problem(blob):
-  """Why JPEG bytes cannot decode (no frame, no scan, cut short), or None.
-
-  Walks the marker segments to the first scan; the image must end with an EOI marker
-  after it (0xFF 0xD9 cannot occur inside entropy-coded data, where 0xFF is stuffed).
-  """
-  pos, frame = 2, False
-  while pos + 4 <= len(blob):
-    if blob[pos] != 0xFF:
-      return 'a damaged JPEG (a marker segment is missing)'
-    marker = blob[pos + 1]
-    if marker == 0xFF:  # fill byte
-      pos += 1
-      continue
-    if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-      pos += 2
-      continue
-    if marker == 0xD9:
-      return 'a JPEG without image data'
-    if marker == 0xDA:
-      if not frame:
-        return 'a damaged JPEG (no frame header before its image data)'
-      if blob.rfind(b'\xff\xd9', pos + 2) < 0:
-        return 'a truncated JPEG (no end-of-image marker)'
-      return None
-    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-      frame = True
-    pos += 2 + int.from_bytes(blob[pos + 2:pos + 4], 'big')
-  return 'a truncated JPEG (it ends before its image data)'
-
-
-def _image_problem(blob):
-  """Why `blob` is not an image the pipeline decodes, or None."""
-  if blob[:3] == b'\xff\xd8\xff':
-    problem = _jpeg_problem(blob)
-  elif blob[:8] == b'\x89PNG\r\n\x1a\n':
-    problem = None if blob.rfind(b'IEND') > 8 else 'a truncated PNG (no IEND chunk)'
-  elif blob[:6] in (b'GIF87a', b'GIF89a') or blob[:2] == b'BM' or (
-      blob[:4] == b'RIFF' and blob[8:12] == b'WEBP'):
-    problem = None
-  else:
-    problem = (f'not an image ({len(blob)} bytes starting {blob[:8]!r}; expected '
-               f'{_IMAGE_FORMATS})')
-  return f"'image' is {problem}" if problem else None
-
-
 def _record_problem(path, index, record, num_classes):
   """The BadRecord of one serialized record that the pipeline would choke on, else None."""
   try:
@@ -333,9 +287,9 @@ def _record_problem(path, index, record, num_classes):
     # A one-hot of such a label is all zeros: it would train silently wrong.
     return BadRecord(path, index, f'label out of range [0, {num_classes}) (label {label})',
                      'check --num_classes or the converter that wrote the records')
-  problem = _image_problem(image)
+  problem = image_bytes.problem(image)
   if problem:
-    return BadRecord(path, index, problem)
+    return BadRecord(path, index, f"'image' is {problem}")
   return None
 
 

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import data
+from tf1compat import image_bytes
 
 DATASET_FORMAT = 'tf1compat-records/1'
 # Bump when the synthetic generator changes, so stale caches are not reused.
@@ -42,37 +43,13 @@ def serialize_example(jpeg_bytes, filename, label):
   return example.SerializeToString(deterministic=True)
 
 
-def jpeg_components(blob):
-  """Number of colour components of a baseline/progressive JPEG, or None if not a JPEG.
-
-  TensorFlow decodes CMYK JPEGs to RGB silently, so the component count in the
-  start-of-frame header is the only way to tell a CMYK or grey JPEG from an RGB one.
-  """
-  if blob[:2] != b'\xff\xd8':
-    return None
-  pos = 2
-  while pos + 4 <= len(blob):
-    if blob[pos] != 0xFF:
-      return None
-    marker = blob[pos + 1]
-    if marker == 0xFF:
-      pos += 1
-      continue
-    length = int.from_bytes(blob[pos + 2:pos + 4], 'big')
-    # SOF0..SOF15 carry the frame header; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-      return blob[pos + 9] if pos + 9 < len(blob) else None
-    pos += 2 + length
-  return None
-
-
 def to_rgb_jpeg(blob):
   """Returns `blob` as RGB JPEG bytes: RGB JPEGs unchanged, anything else re-encoded.
 
   Grey and CMYK JPEGs, PNG, GIF, BMP and WebP are decoded to 3 channels and encoded as
   JPEG. Raises tf.errors.InvalidArgumentError for bytes that are not a decodable image.
   """
-  if jpeg_components(blob) == 3:
+  if image_bytes.jpeg_components(blob) == 3:
     tf.io.decode_jpeg(blob, channels=3)  # Rejects truncated or corrupt JPEGs.
     return blob
   image = tf.io.decode_image(blob, channels=3, expand_animations=False)
