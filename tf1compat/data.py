@@ -195,18 +195,14 @@ def read_dataset_json(data_dir):
     raise DataError(f'{path}: unreadable ({e}); rewrite it with bin/make_records') from e
 
 
-# The pre-flight check. TFRecord framing (tensorflow/core/lib/io/record_writer.h):
-# uint64 length, uint32 masked CRC-32C of the length, the data, uint32 masked CRC-32C
-# of the data, all little-endian. The check verifies the length's CRC (8 bytes a
-# record) but not the data's: CRC-32C in Python runs at about 18 MB/s, a minute for
-# Caltech256; TensorFlow's reader verifies it at run time (see pipeline_error).
-_HEADER = tfrecord.HEADER
-_FOOTER = tfrecord.FOOTER
-_RECORD_OVERHEAD = _HEADER.size + _FOOTER.size
+# The pre-flight check. It verifies each record header's CRC (8 bytes a record) but not
+# the data's: CRC-32C in Python runs at about 18 MB/s, a minute for Caltech256;
+# TensorFlow's reader verifies it at run time (see pipeline_error).
 _FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record=skip to '
              'train without the bad ones')
 _FIX_TRUNCATED = ('copy the file again or rewrite it with bin/make_records; '
                   '--on_bad_record=skip trains on the records before the damage')
+_FIX_NOT_A_TFRECORD = 'remove it from --data_dir or rewrite it with bin/make_records'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,27 +220,6 @@ class BadRecord:
 
   def __str__(self):
     return f'{os.path.basename(self.path)} record {self.index}: {self.reason}'
-
-
-def _framing_problem(path, header, index, offset, size):
-  """The BadRecord of a record header that cannot start a readable record, else None."""
-  if len(header) < _HEADER.size:
-    return BadRecord(path, index, f'the file ends inside the header of the record at byte '
-                     f'{offset}: it is truncated', _FIX_TRUNCATED, tail=True)
-  length, length_crc = _HEADER.unpack(header)
-  if tfrecord.masked_crc32c(header[:8]) != length_crc:
-    if index == 0:
-      return BadRecord(path, 0, 'not a TFRecord file (its first 12 bytes are no record '
-                       'header)',
-                       'remove it from --data_dir or rewrite it with bin/make_records',
-                       tail=True)
-    return BadRecord(path, index, f'the record header at byte {offset} is damaged (checksum '
-                     'mismatch)', _FIX_TRUNCATED, tail=True)
-  if offset + _RECORD_OVERHEAD + length > size:
-    return BadRecord(path, index, f'the record at byte {offset} needs '
-                     f'{length + _RECORD_OVERHEAD} bytes but the file ends {size - offset} '
-                     'bytes after its start: the file is truncated', _FIX_TRUNCATED, tail=True)
-  return None
 
 
 def _values(feature):
@@ -296,24 +271,16 @@ def _record_problem(path, index, record, num_classes):
 def _check_file(path, num_classes):
   """(number of good records, [BadRecord]) of one TFRecord file."""
   good, bad = 0, []
-  size = os.path.getsize(path)
-  with open(path, 'rb') as f:
-    index = offset = 0
-    while offset < size:
-      header = f.read(_HEADER.size)
-      problem = _framing_problem(path, header, index, offset, size)
-      if problem:
-        bad.append(problem)
-        break
-      length = _HEADER.unpack(header)[0]
-      problem = _record_problem(path, index, f.read(length), num_classes)
-      f.seek(_FOOTER.size, os.SEEK_CUR)
-      if problem:
-        bad.append(problem)
-      else:
-        good += 1
-      offset += length + _RECORD_OVERHEAD
-      index += 1
+  for record in tfrecord.walk(path):
+    if record.damage:
+      fix = _FIX_NOT_A_TFRECORD if record.damage == tfrecord.NOT_A_TFRECORD else _FIX_TRUNCATED
+      bad.append(BadRecord(path, record.index, record.damage, fix, tail=True))
+      continue
+    problem = _record_problem(path, record.index, record.data, num_classes)
+    if problem:
+      bad.append(problem)
+    else:
+      good += 1
   return good, bad
 
 
@@ -441,25 +408,17 @@ def _damaged_record_at(files, offset):
   byte `offset`, or None. TF reports the start of a cut-off record, or the start of the
   data whose checksum fails; one record per file is checked."""
   for path in files:
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-      index = start = 0
-      while start < size and start <= offset:
-        f.seek(start)
-        header = f.read(_HEADER.size)
-        if offset in (start, start + _HEADER.size):
-          problem = _framing_problem(path, header, index, start, size)
-          if problem:
-            return str(problem)
-          record = f.read(_HEADER.unpack(header)[0])
-          if tfrecord.masked_crc32c(record) != _FOOTER.unpack(f.read(_FOOTER.size))[0]:
-            return (f'{os.path.basename(path)} record {index}: its bytes are damaged (data '
-                    f'checksum mismatch in the record at byte {start})')
-          break
-        if len(header) < _HEADER.size:
-          break
-        start += _HEADER.unpack(header)[0] + _RECORD_OVERHEAD
-        index += 1
+    for record in tfrecord.walk(path, read_data=False):
+      if record.offset > offset:
+        break
+      if offset in (record.offset, record.offset + tfrecord.HEADER.size):
+        reason = record.damage
+        if not reason and not tfrecord.data_intact(path, record):
+          reason = ('its bytes are damaged (data checksum mismatch in the record at byte '
+                    f'{record.offset})')
+        if reason:
+          return f'{os.path.basename(path)} record {record.index}: {reason}'
+        break
   return None
 
 
