@@ -7,6 +7,7 @@ written under temporary names and renamed when complete, and `dataset.json` come
 last, so a folder with a `dataset.json` is never half-written.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -20,6 +21,7 @@ import tensorflow as tf
 from tf1compat import cli
 from tf1compat import data
 from tf1compat import image_bytes
+from tf1compat import runlog
 
 DATASET_FORMAT = 'tf1compat-records/1'
 # Bump when the synthetic generator changes, so stale caches are not reused.
@@ -57,24 +59,35 @@ def to_rgb_jpeg(blob):
 
 
 class ShardedWriter:
-  """Writes serialized examples round-robin into `num_shards` files of one split."""
+  """Writes serialized examples round-robin into `num_shards` files of one split.
+
+  A context manager: each shard is written under a temporary name (runlog.atomic_path)
+  and gets its final name when the block ends without an error.
+  """
 
   def __init__(self, out_dir, split, num_shards):
     self._paths = [os.path.join(out_dir, f'{split}-{i:05d}-of-{num_shards:05d}.tfrecord')
                    for i in range(num_shards)]
-    self._writers = [tf.io.TFRecordWriter(p + '.tmp') for p in self._paths]
+    self._writers = []
     self._count = 0
+    self._stack = contextlib.ExitStack()
+
+  def __enter__(self):
+    with contextlib.ExitStack() as stack:
+      for path in self._paths:
+        tmp = stack.enter_context(runlog.atomic_path(path))
+        self._writers.append(stack.enter_context(tf.io.TFRecordWriter(tmp)))
+      self._stack = stack.pop_all()
+    return self
+
+  def __exit__(self, *error):
+    # Each writer is closed before its temporary file is renamed or removed.
+    return self._stack.__exit__(*error)
 
   def write(self, serialized):
+    """Appends one serialized example to the next shard in turn."""
     self._writers[self._count % len(self._writers)].write(serialized)
     self._count += 1
-
-  def close(self):
-    """Closes every shard and moves it to its final name; returns the paths."""
-    for writer, path in zip(self._writers, self._paths):
-      writer.close()
-      os.replace(path + '.tmp', path)
-    return self._paths
 
 
 def _split_names(class_dir_names):
@@ -89,10 +102,8 @@ def _split_names(class_dir_names):
 def _write_dataset_json(out_dir, summary):
   record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
   summary['fingerprint'] = data.fingerprint(record_files)
-  tmp = os.path.join(out_dir, data.DATASET_JSON + '.tmp')
-  with open(tmp, 'w') as f:
+  with runlog.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, data.DATASET_JSON))
   return summary
 
 
@@ -102,10 +113,9 @@ def _write_splits(out_dir, examples_by_split, num_shards):
   for split, examples in examples_by_split.items():
     if not examples:
       continue
-    writer = ShardedWriter(out_dir, split, max(1, min(num_shards, len(examples))))
-    for jpeg, filename, label in examples:
-      writer.write(serialize_example(jpeg, filename, label))
-    writer.close()
+    with ShardedWriter(out_dir, split, max(1, min(num_shards, len(examples)))) as writer:
+      for jpeg, filename, label in examples:
+        writer.write(serialize_example(jpeg, filename, label))
 
 
 def _class_counts(examples, num_classes):
@@ -245,7 +255,10 @@ def cached_synthetic(name, **kwargs):
   """Returns cache_dir()/name holding write_synthetic(**kwargs), generating it once.
 
   Generation happens in a temporary folder that is renamed into place, so processes
-  started side by side never read a half-written dataset.
+  started side by side never read a half-written dataset. Not runlog.atomic_path: it
+  replaces an existing folder, which would delete a copy that a racing process put in
+  place and may be reading; os.replace onto a complete copy fails instead, and the
+  first copy stays.
   """
   target = os.path.join(cache_dir(), name)
   if os.path.exists(os.path.join(target, data.DATASET_JSON)):
