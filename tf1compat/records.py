@@ -283,29 +283,28 @@ def embedded_data_dir(seed=0):
   return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
-def run(flags_obj):
-  """bin/make_records: converts --image_dir or writes --synthetic into --output_dir.
+def run(cfg):
+  """bin/make_records: converts `image_dir` or writes the synthetic dataset into `output_dir`.
 
-  Returns the dataset summary (the content of dataset.json).
+  `cfg` is a config.RecordsConfig. Returns the dataset summary (the content of
+  dataset.json).
   """
-  out_dir = flags_obj.output_dir
+  out_dir = cfg.output_dir
   existing = glob_records(out_dir) if os.path.isdir(out_dir) else []
-  if existing and not flags_obj.overwrite:
+  if existing and not cfg.overwrite:
     raise data.DataError(f'--output_dir={out_dir} already holds TFRecords; pass --overwrite '
                          'to replace them or choose another folder')
   for path in existing:
     os.remove(path)
-  if flags_obj.synthetic:
+  if cfg.synthetic:
     cli.release_stderr()
     summary = write_synthetic(
-        out_dir, num_classes=flags_obj.synthetic_classes,
-        train_per_class=flags_obj.synthetic_train_per_class,
-        val_per_class=flags_obj.synthetic_val_per_class,
-        num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+        out_dir, num_classes=cfg.synthetic_classes,
+        train_per_class=cfg.synthetic_train_per_class,
+        val_per_class=cfg.synthetic_val_per_class, num_shards=cfg.num_shards, seed=cfg.seed)
   else:
-    summary = convert_image_folder(flags_obj.image_dir, out_dir,
-                                   val_fraction=flags_obj.val_fraction,
-                                   num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+    summary = convert_image_folder(cfg.image_dir, out_dir, val_fraction=cfg.val_fraction,
+                                   num_shards=cfg.num_shards, seed=cfg.seed)
   logging.info('wrote %d training and %d validation records of %d classes to %s '
                '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
                summary['num_classes'], out_dir, summary['num_skipped'])
