@@ -23,8 +23,8 @@ if mode == 'graph':
   tf.compat.v1.set_random_seed(7)
 else:
   tf.random.set_seed(7)
-from tf1compat import data
-spec = data.describe(data_dir, 4, on_bad_record)
+from tf1compat import data, data_check
+spec = data_check.check_data_dir(data_dir, 4, on_bad_record)
 dataset = data.make_dataset(spec.train_files, image_size=%(size)d, num_classes=4, batch_size=8,
                             seed=7, shuffle_buffer=20, skip=spec.skip('train'))
 batches = {}
@@ -152,9 +152,9 @@ def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_dat
 
 def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_ones(
     tiny_data_dir, tmp_path):
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat import data, data_check  # pylint: disable=g-import-not-at-top
   data_dir = _bad_records_dir(tiny_data_dir, tmp_path / 'data')
-  spec = data.describe(data_dir, 4, 'skip')
+  spec = data_check.check_data_dir(data_dir, 4, 'skip')
   assert spec.train_check.good_records == 64 + 3
   assert [str(bad).split(':')[0] for bad in spec.train_check.bad] == [
       f'train-bad.tfrecord record {k}' for k in (1, 3, 4, 6)]

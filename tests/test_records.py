@@ -56,17 +56,17 @@ def _read_records(paths):
 
 
 def test_jpeg_components():
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
-  assert records.jpeg_components(_jpeg(Image.new('RGB', (8, 8)))) == 3
-  assert records.jpeg_components(_jpeg(Image.new('RGB', (8, 8)), progressive=True)) == 3
-  assert records.jpeg_components(_jpeg(Image.new('L', (8, 8)))) == 1
-  assert records.jpeg_components(_jpeg(Image.new('CMYK', (8, 8)))) == 4
-  assert records.jpeg_components(_png(Image.new('RGB', (8, 8)))) is None
+  from tf1compat import image_bytes  # pylint: disable=g-import-not-at-top
+  assert image_bytes.jpeg_components(_jpeg(Image.new('RGB', (8, 8)))) == 3
+  assert image_bytes.jpeg_components(_jpeg(Image.new('RGB', (8, 8)), progressive=True)) == 3
+  assert image_bytes.jpeg_components(_jpeg(Image.new('L', (8, 8)))) == 1
+  assert image_bytes.jpeg_components(_jpeg(Image.new('CMYK', (8, 8)))) == 4
+  assert image_bytes.jpeg_components(_png(Image.new('RGB', (8, 8)))) is None
 
 
 def test_convert_image_folder(image_folder, tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import data, records  # pylint: disable=g-import-not-at-top
+  from tf1compat import data, image_bytes, records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'records')
   summary = records.convert_image_folder(str(image_folder), out, val_fraction=0.0,
                                          num_shards=2)
@@ -78,7 +78,7 @@ def test_convert_image_folder(image_folder, tmp_path):
                     '002.american-flag/002_0001.png': 1, '002.american-flag/002_0002.jpg': 1,
                     '003.backpack/003_0001.jpg': 2}
   for name, _, blob in rows:
-    assert records.jpeg_components(blob) == 3, name  # everything is RGB JPEG now
+    assert image_bytes.jpeg_components(blob) == 3, name  # everything is RGB JPEG now
     assert tf.io.decode_jpeg(blob, channels=3).shape[-1] == 3
   decoded = {name: tf.io.decode_jpeg(blob).numpy() for name, _, blob in rows}
   assert decoded['001.ak47/001_0002.jpg'].shape == (50, 25, 3)
@@ -157,7 +157,7 @@ print('records', count)
 
 def test_synthetic_is_deterministic(tmp_path):
   """Same seed, same bytes: across processes, and in the graph runner's TF1 mode too."""
-  from tf1compat import data, records  # pylint: disable=g-import-not-at-top
+  from tf1compat import data, image_bytes, records  # pylint: disable=g-import-not-at-top
   kwargs = dict(num_classes=3, train_per_class=4, val_per_class=1, num_shards=1)
   first = records.write_synthetic(str(tmp_path / 'a'), seed=5, **kwargs)
   in_graph_mode = run_python(r'''
@@ -177,7 +177,7 @@ records.write_synthetic(sys.argv[1], seed=5, num_classes=3, train_per_class=4, v
     assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
   rows = _read_records(data.find_files(str(tmp_path / 'a'), 'train'))
   assert [label for _, label, _ in rows] == [0, 1, 2] * 4
-  sizes = {records.jpeg_components(blob) for _, _, blob in rows}
+  sizes = {image_bytes.jpeg_components(blob) for _, _, blob in rows}
   assert sizes <= {1, 3}
 
 

@@ -5,18 +5,19 @@
 (the TF2 runner's `for` loop). Every random op takes an explicit seed derived from
 the run's `--seed`, so both runners see identical batches as long as both set the same
 global seed (or neither does).
+
+Also here: finding a data directory's files and `dataset.json`, and turning an input
+pipeline failure at run time into its one-line DataError (`input_errors`). The check
+of the records before a run is `data_check`'s.
 """
 
 import contextlib
-import dataclasses
 import glob
 import hashlib
 import json
 import os
 import re
 
-from absl import logging
-from google.protobuf import message as protobuf_message
 import tensorflow as tf
 
 from tf1compat import cli
@@ -35,16 +36,11 @@ TRAIN_PATTERN = 'train-*.tfrecord'
 VAL_PATTERN = 'val-*.tfrecord'
 ALL_PATTERN = '*.tfrecord'
 DATASET_JSON = 'dataset.json'
-CALTECH256_CLASSES = 257
 
 # Offsets that turn the run's --seed into distinct op-level seeds, so that the
 # file-order shuffle and the record shuffle do not draw the same stream.
 FILE_SHUFFLE_SEED_OFFSET = 1
 RECORD_SHUFFLE_SEED_OFFSET = 2
-
-
-# How many skipped records run.json lists by name (all are counted).
-_SKIPPED_LISTED = 20
 
 
 class DataError(cli.UsageError):
@@ -154,11 +150,11 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
 
   `skip` is None (`--on_bad_record=fail`: a bad record fails the pipeline) or, for
   `--on_bad_record=skip`, the pre-flight check's exclusions ({file: (records to read
-  or -1, indices to leave out)}, `Validation.exclusions`); then records that still
-  fail at run time are dropped as well, with a logged warning (`ignore_errors`): an
-  image damaged inside, or a data checksum mismatch, after which TensorFlow's reader
-  gives up on the rest of that file. With nothing to exclude the records and their
-  order are those of the default pipeline.
+  or -1, indices to leave out)}, `data_check.Validation.exclusions`); then records
+  that still fail at run time are dropped as well, with a logged warning
+  (`ignore_errors`): an image damaged inside, or a data checksum mismatch, after which
+  TensorFlow's reader gives up on the rest of that file. With nothing to exclude the
+  records and their order are those of the default pipeline.
 
   Returns a `tf.data.Dataset` of (images [B, S, S, 3] float32, labels [B, C] float32).
   """
@@ -194,278 +190,6 @@ def read_dataset_json(data_dir):
     raise DataError(f'{path}: unreadable ({e}); rewrite it with bin/make_records') from e
 
 
-# The pre-flight check. TFRecord framing (tensorflow/core/lib/io/record_writer.h):
-# uint64 length, uint32 masked CRC-32C of the length, the data, uint32 masked CRC-32C
-# of the data, all little-endian. The check verifies the length's CRC (8 bytes a
-# record) but not the data's: CRC-32C in Python runs at about 18 MB/s, a minute for
-# Caltech256; TensorFlow's reader verifies it at run time (see pipeline_error).
-_HEADER = tfrecord.HEADER
-_FOOTER = tfrecord.FOOTER
-_RECORD_OVERHEAD = _HEADER.size + _FOOTER.size
-_IMAGE_FORMATS = 'JPEG, PNG, GIF, BMP or WebP'
-_FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record=skip to '
-             'train without the bad ones')
-_FIX_TRUNCATED = ('copy the file again or rewrite it with bin/make_records; '
-                  '--on_bad_record=skip trains on the records before the damage')
-
-
-@dataclasses.dataclass(frozen=True)
-class BadRecord:
-  """A record the pre-flight check rejects, and what to do about it.
-
-  `tail`: the file cannot be read from this record on (truncated or damaged framing,
-  or not a TFRecord file at all when `index` is 0).
-  """
-  path: str
-  index: int
-  reason: str
-  fix: str = _FIX_DATA
-  tail: bool = False
-
-  def __str__(self):
-    return f'{os.path.basename(self.path)} record {self.index}: {self.reason}'
-
-
-def _framing_problem(path, header, index, offset, size):
-  """The BadRecord of a record header that cannot start a readable record, else None."""
-  if len(header) < _HEADER.size:
-    return BadRecord(path, index, f'the file ends inside the header of the record at byte '
-                     f'{offset}: it is truncated', _FIX_TRUNCATED, tail=True)
-  length, length_crc = _HEADER.unpack(header)
-  if tfrecord.masked_crc32c(header[:8]) != length_crc:
-    if index == 0:
-      return BadRecord(path, 0, 'not a TFRecord file (its first 12 bytes are no record '
-                       'header)',
-                       'remove it from --data_dir or rewrite it with bin/make_records',
-                       tail=True)
-    return BadRecord(path, index, f'the record header at byte {offset} is damaged (checksum '
-                     'mismatch)', _FIX_TRUNCATED, tail=True)
-  if offset + _RECORD_OVERHEAD + length > size:
-    return BadRecord(path, index, f'the record at byte {offset} needs '
-                     f'{length + _RECORD_OVERHEAD} bytes but the file ends {size - offset} '
-                     'bytes after its start: the file is truncated', _FIX_TRUNCATED, tail=True)
-  return None
-
-
-def _values(feature):
-  """(kind, values) of a tf.train.Feature; kind None when it holds no list at all."""
-  kind = feature.WhichOneof('kind')
-  return kind, (getattr(feature, kind).value if kind else ())
-
-
-def _single(feature, kind):
-  """(the one value of a Feature of `kind`, None), or (None, what is wrong with it)."""
-  found, values = _values(feature)
-  if found != kind or len(values) != 1:
-    return None, f'holds {len(values)} {found or "empty"} value(s), the schema needs one {kind}'
-  return values[0], None
-
-
-def _jpeg_problem(blob):
-  """Why JPEG bytes cannot decode (no frame, no scan, cut short), or None.
-
-  Walks the marker segments to the first scan; the image must end with an EOI marker
-  after it (0xFF 0xD9 cannot occur inside entropy-coded data, where 0xFF is stuffed).
-  """
-  pos, frame = 2, False
-  while pos + 4 <= len(blob):
-    if blob[pos] != 0xFF:
-      return 'a damaged JPEG (a marker segment is missing)'
-    marker = blob[pos + 1]
-    if marker == 0xFF:  # fill byte
-      pos += 1
-      continue
-    if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-      pos += 2
-      continue
-    if marker == 0xD9:
-      return 'a JPEG without image data'
-    if marker == 0xDA:
-      if not frame:
-        return 'a damaged JPEG (no frame header before its image data)'
-      if blob.rfind(b'\xff\xd9', pos + 2) < 0:
-        return 'a truncated JPEG (no end-of-image marker)'
-      return None
-    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-      frame = True
-    pos += 2 + int.from_bytes(blob[pos + 2:pos + 4], 'big')
-  return 'a truncated JPEG (it ends before its image data)'
-
-
-def _image_problem(blob):
-  """Why `blob` is not an image the pipeline decodes, or None."""
-  if blob[:3] == b'\xff\xd8\xff':
-    problem = _jpeg_problem(blob)
-  elif blob[:8] == b'\x89PNG\r\n\x1a\n':
-    problem = None if blob.rfind(b'IEND') > 8 else 'a truncated PNG (no IEND chunk)'
-  elif blob[:6] in (b'GIF87a', b'GIF89a') or blob[:2] == b'BM' or (
-      blob[:4] == b'RIFF' and blob[8:12] == b'WEBP'):
-    problem = None
-  else:
-    problem = (f'not an image ({len(blob)} bytes starting {blob[:8]!r}; expected '
-               f'{_IMAGE_FORMATS})')
-  return f"'image' is {problem}" if problem else None
-
-
-def _record_problem(path, index, record, num_classes):
-  """The BadRecord of one serialized record that the pipeline would choke on, else None."""
-  try:
-    features = tf.train.Example.FromString(record).features.feature
-  except protobuf_message.DecodeError:
-    return BadRecord(path, index, 'not a tf.train.Example (it does not parse)')
-  for name in ('image', 'label'):
-    if name not in features:
-      return BadRecord(path, index, f"no '{name}' feature (the schema needs 'image' bytes "
-                       "and an int64 'label')")
-  image, problem = _single(features['image'], 'bytes_list')
-  if problem:
-    return BadRecord(path, index, f"'image' {problem}")
-  label, problem = _single(features['label'], 'int64_list')
-  if problem:
-    return BadRecord(path, index, f"'label' {problem}")
-  if 'filename' in features:
-    # Optional, but when present parse_single_example wants at most one bytes value.
-    kind, values = _values(features['filename'])
-    if kind not in (None, 'bytes_list') or len(values) > 1:
-      return BadRecord(path, index, f"'filename' holds {len(values)} {kind} value(s), the "
-                       'schema needs at most one bytes_list value')
-  if not 0 <= label < num_classes:
-    # A one-hot of such a label is all zeros: it would train silently wrong.
-    return BadRecord(path, index, f'label out of range [0, {num_classes}) (label {label})',
-                     'check --num_classes or the converter that wrote the records')
-  problem = _image_problem(image)
-  if problem:
-    return BadRecord(path, index, problem)
-  return None
-
-
-def _check_file(path, num_classes):
-  """(number of good records, [BadRecord]) of one TFRecord file."""
-  good, bad = 0, []
-  size = os.path.getsize(path)
-  with open(path, 'rb') as f:
-    index = offset = 0
-    while offset < size:
-      header = f.read(_HEADER.size)
-      problem = _framing_problem(path, header, index, offset, size)
-      if problem:
-        bad.append(problem)
-        break
-      length = _HEADER.unpack(header)[0]
-      problem = _record_problem(path, index, f.read(length), num_classes)
-      f.seek(_FOOTER.size, os.SEEK_CUR)
-      if problem:
-        bad.append(problem)
-      else:
-        good += 1
-      offset += length + _RECORD_OVERHEAD
-      index += 1
-  return good, bad
-
-
-@dataclasses.dataclass(frozen=True)
-class Validation:
-  """What the pre-flight check found in the files of one split."""
-  good_records: int
-  bad: tuple  # of BadRecord, in file order
-
-  def exclusions(self):
-    """{file: (records to read or -1 for all, indices to leave out)} for make_dataset."""
-    plan = {}
-    for bad in self.bad:
-      limit, indices = plan.get(bad.path, (-1, ()))
-      if bad.tail:
-        limit = bad.index
-      else:
-        indices += (bad.index,)
-      plan[bad.path] = (limit, indices)
-    return plan
-
-
-def check_records(files, num_classes, *, data_dir, skip=False):
-  """The pre-flight check: every record of `files` framed, parsed and checked.
-
-  Pure Python (no TensorFlow session), so graph and eager processes run it alike
-  before they build anything. A record fails when its framing is truncated or
-  damaged, it is not a tf.train.Example, `image` or `label` is missing or of the
-  wrong type, the label is outside [0, num_classes), or the image bytes are not a
-  (complete) JPEG, PNG, GIF, BMP or WebP. Without `skip` the first bad record raises
-  DataError naming the file, the record and the fix; with it, the bad records are
-  returned (and logged) for make_dataset to leave out. A damaged tail of a file is one
-  entry: how many records it held cannot be known.
-  """
-  good, bad = 0, []
-  for path in files:
-    file_good, file_bad = _check_file(path, num_classes)
-    if file_bad and not skip:
-      raise DataError(f'--data_dir={data_dir}: {file_bad[0]}; {file_bad[0].fix}')
-    good += file_good
-    bad.extend(file_bad)
-  if bad:
-    logging.warning('--on_bad_record=skip: leaving out %d bad record(s) of %s, e.g. %s',
-                    len(bad), data_dir, bad[0])
-  return Validation(good, tuple(bad))
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-  """What a run trains and evaluates on, as recorded in its manifest."""
-  data_dir: str
-  train_files: tuple
-  val_files: tuple
-  num_classes: int
-  fingerprint: str
-  on_bad_record: str
-  train_check: Validation
-  val_check: Validation
-
-  def skip(self, split):
-    """make_dataset's `skip` for 'train' or 'val': None unless --on_bad_record=skip."""
-    if self.on_bad_record != 'skip':
-      return None
-    return (self.train_check if split == 'train' else self.val_check).exclusions()
-
-  def manifest(self):
-    """The `data` block of run.json."""
-    bad = self.train_check.bad + self.val_check.bad
-    return {'data_dir': os.path.abspath(self.data_dir), 'train_files': len(self.train_files),
-            'val_files': len(self.val_files), 'num_classes': self.num_classes,
-            'fingerprint': self.fingerprint, 'on_bad_record': self.on_bad_record,
-            'records': {'train': self.train_check.good_records,
-                        'val': self.val_check.good_records},
-            'skipped_records': len(bad),
-            'skipped': [str(b) for b in bad[:_SKIPPED_LISTED]]}
-
-
-def describe(data_dir, num_classes=None, on_bad_record='fail'):
-  """Finds the files of `data_dir`, settles the class count and checks every record.
-
-  `num_classes` wins when given; otherwise `dataset.json`'s, else Caltech256's 257.
-  The fingerprint is computed over the files themselves, so edited data never passes
-  for the data a manifest names. The pre-flight check (`check_records`) raises
-  DataError for bad data unless `on_bad_record` is 'skip', and for training files
-  without a single good record; validation files without one count as none.
-  """
-  train_files = find_files(data_dir, 'train')
-  val_files = find_files(data_dir, 'val')
-  info = read_dataset_json(data_dir) or {}
-  if num_classes is None:
-    num_classes = int(info.get('num_classes', CALTECH256_CLASSES))
-  skip = on_bad_record == 'skip'
-  train_check = check_records(train_files, num_classes, data_dir=data_dir, skip=skip)
-  val_check = check_records(val_files, num_classes, data_dir=data_dir, skip=skip)
-  if not train_check.good_records:
-    skipped = f' ({len(train_check.bad)} bad ones left out)' if train_check.bad else ''
-    raise DataError(f'--data_dir={data_dir}: the training files hold no usable records'
-                    f'{skipped}; write some with bin/make_records')
-  digest = fingerprint(train_files + val_files)
-  if not val_check.good_records:
-    # Evaluating nothing would report a loss of 0: without records, no validation.
-    val_files = []
-  return DataSpec(data_dir, tuple(train_files), tuple(val_files), num_classes, digest,
-                  on_bad_record, train_check, val_check)
-
-
 # Lines of a TensorFlow runtime error that give context, not the failure.
 _ERROR_CONTEXT = ('Graph execution error', 'Detected at node', '<stack traces', '[[', 'Node:',
                   'Traceback', 'File "')
@@ -487,25 +211,17 @@ def _damaged_record_at(files, offset):
   byte `offset`, or None. TF reports the start of a cut-off record, or the start of the
   data whose checksum fails; one record per file is checked."""
   for path in files:
-    size = os.path.getsize(path)
-    with open(path, 'rb') as f:
-      index = start = 0
-      while start < size and start <= offset:
-        f.seek(start)
-        header = f.read(_HEADER.size)
-        if offset in (start, start + _HEADER.size):
-          problem = _framing_problem(path, header, index, start, size)
-          if problem:
-            return str(problem)
-          record = f.read(_HEADER.unpack(header)[0])
-          if tfrecord.masked_crc32c(record) != _FOOTER.unpack(f.read(_FOOTER.size))[0]:
-            return (f'{os.path.basename(path)} record {index}: its bytes are damaged (data '
-                    f'checksum mismatch in the record at byte {start})')
-          break
-        if len(header) < _HEADER.size:
-          break
-        start += _HEADER.unpack(header)[0] + _RECORD_OVERHEAD
-        index += 1
+    for record in tfrecord.walk(path, read_data=False):
+      if record.offset > offset:
+        break
+      if offset in (record.offset, record.offset + tfrecord.HEADER.size):
+        reason = record.damage
+        if not reason and not tfrecord.data_intact(path, record):
+          reason = ('its bytes are damaged (data checksum mismatch in the record at byte '
+                    f'{record.offset})')
+        if reason:
+          return f'{os.path.basename(path)} record {record.index}: {reason}'
+        break
   return None
 
 
@@ -525,6 +241,8 @@ def from_input_pipeline(error):
 def input_errors(spec):
   """Turns an input-pipeline failure in the block into its one-line DataError.
 
+  `spec`: the run's data_check.DataSpec (its data_dir and files).
+
   Runtime errors of the model or a device (also InvalidArgumentError) pass through
   unchanged: they are faults (exit 4), not data to rewrite.
   """
@@ -539,7 +257,7 @@ def input_errors(spec):
 def pipeline_error(spec, error):
   """The one-line DataError of an input-pipeline failure at run time.
 
-  The pre-flight check catches bad data before training; what is left for run time is
+  The pre-flight check (data_check) catches bad data before training; what is left for run time is
   a record whose data checksum fails (named here by file and record, from the offset
   TensorFlow reports) or an image damaged inside, which only decoding finds.
   """

@@ -7,6 +7,7 @@ written under temporary names and renamed when complete, and `dataset.json` come
 last, so a folder with a `dataset.json` is never half-written.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -19,6 +20,8 @@ import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import data
+from tf1compat import image_bytes
+from tf1compat import runlog
 
 DATASET_FORMAT = 'tf1compat-records/1'
 # Bump when the synthetic generator changes, so stale caches are not reused.
@@ -42,37 +45,13 @@ def serialize_example(jpeg_bytes, filename, label):
   return example.SerializeToString(deterministic=True)
 
 
-def jpeg_components(blob):
-  """Number of colour components of a baseline/progressive JPEG, or None if not a JPEG.
-
-  TensorFlow decodes CMYK JPEGs to RGB silently, so the component count in the
-  start-of-frame header is the only way to tell a CMYK or grey JPEG from an RGB one.
-  """
-  if blob[:2] != b'\xff\xd8':
-    return None
-  pos = 2
-  while pos + 4 <= len(blob):
-    if blob[pos] != 0xFF:
-      return None
-    marker = blob[pos + 1]
-    if marker == 0xFF:
-      pos += 1
-      continue
-    length = int.from_bytes(blob[pos + 2:pos + 4], 'big')
-    # SOF0..SOF15 carry the frame header; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-      return blob[pos + 9] if pos + 9 < len(blob) else None
-    pos += 2 + length
-  return None
-
-
 def to_rgb_jpeg(blob):
   """Returns `blob` as RGB JPEG bytes: RGB JPEGs unchanged, anything else re-encoded.
 
   Grey and CMYK JPEGs, PNG, GIF, BMP and WebP are decoded to 3 channels and encoded as
   JPEG. Raises tf.errors.InvalidArgumentError for bytes that are not a decodable image.
   """
-  if jpeg_components(blob) == 3:
+  if image_bytes.jpeg_components(blob) == 3:
     tf.io.decode_jpeg(blob, channels=3)  # Rejects truncated or corrupt JPEGs.
     return blob
   image = tf.io.decode_image(blob, channels=3, expand_animations=False)
@@ -80,24 +59,35 @@ def to_rgb_jpeg(blob):
 
 
 class ShardedWriter:
-  """Writes serialized examples round-robin into `num_shards` files of one split."""
+  """Writes serialized examples round-robin into `num_shards` files of one split.
+
+  A context manager: each shard is written under a temporary name (runlog.atomic_path)
+  and gets its final name when the block ends without an error.
+  """
 
   def __init__(self, out_dir, split, num_shards):
     self._paths = [os.path.join(out_dir, f'{split}-{i:05d}-of-{num_shards:05d}.tfrecord')
                    for i in range(num_shards)]
-    self._writers = [tf.io.TFRecordWriter(p + '.tmp') for p in self._paths]
+    self._writers = []
     self._count = 0
+    self._stack = contextlib.ExitStack()
+
+  def __enter__(self):
+    with contextlib.ExitStack() as stack:
+      for path in self._paths:
+        tmp = stack.enter_context(runlog.atomic_path(path))
+        self._writers.append(stack.enter_context(tf.io.TFRecordWriter(tmp)))
+      self._stack = stack.pop_all()
+    return self
+
+  def __exit__(self, *error):
+    # Each writer is closed before its temporary file is renamed or removed.
+    return self._stack.__exit__(*error)
 
   def write(self, serialized):
+    """Appends one serialized example to the next shard in turn."""
     self._writers[self._count % len(self._writers)].write(serialized)
     self._count += 1
-
-  def close(self):
-    """Closes every shard and moves it to its final name; returns the paths."""
-    for writer, path in zip(self._writers, self._paths):
-      writer.close()
-      os.replace(path + '.tmp', path)
-    return self._paths
 
 
 def _split_names(class_dir_names):
@@ -112,10 +102,8 @@ def _split_names(class_dir_names):
 def _write_dataset_json(out_dir, summary):
   record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
   summary['fingerprint'] = data.fingerprint(record_files)
-  tmp = os.path.join(out_dir, data.DATASET_JSON + '.tmp')
-  with open(tmp, 'w') as f:
+  with runlog.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, data.DATASET_JSON))
   return summary
 
 
@@ -125,10 +113,9 @@ def _write_splits(out_dir, examples_by_split, num_shards):
   for split, examples in examples_by_split.items():
     if not examples:
       continue
-    writer = ShardedWriter(out_dir, split, max(1, min(num_shards, len(examples))))
-    for jpeg, filename, label in examples:
-      writer.write(serialize_example(jpeg, filename, label))
-    writer.close()
+    with ShardedWriter(out_dir, split, max(1, min(num_shards, len(examples)))) as writer:
+      for jpeg, filename, label in examples:
+        writer.write(serialize_example(jpeg, filename, label))
 
 
 def _class_counts(examples, num_classes):
@@ -268,7 +255,10 @@ def cached_synthetic(name, **kwargs):
   """Returns cache_dir()/name holding write_synthetic(**kwargs), generating it once.
 
   Generation happens in a temporary folder that is renamed into place, so processes
-  started side by side never read a half-written dataset.
+  started side by side never read a half-written dataset. Not runlog.atomic_path: it
+  replaces an existing folder, which would delete a copy that a racing process put in
+  place and may be reading; os.replace onto a complete copy fails instead, and the
+  first copy stays.
   """
   target = os.path.join(cache_dir(), name)
   if os.path.exists(os.path.join(target, data.DATASET_JSON)):
@@ -293,29 +283,28 @@ def embedded_data_dir(seed=0):
   return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
-def run(flags_obj):
-  """bin/make_records: converts --image_dir or writes --synthetic into --output_dir.
+def run(cfg):
+  """bin/make_records: converts `image_dir` or writes the synthetic dataset into `output_dir`.
 
-  Returns the dataset summary (the content of dataset.json).
+  `cfg` is a config.RecordsConfig. Returns the dataset summary (the content of
+  dataset.json).
   """
-  out_dir = flags_obj.output_dir
+  out_dir = cfg.output_dir
   existing = glob_records(out_dir) if os.path.isdir(out_dir) else []
-  if existing and not flags_obj.overwrite:
+  if existing and not cfg.overwrite:
     raise data.DataError(f'--output_dir={out_dir} already holds TFRecords; pass --overwrite '
                          'to replace them or choose another folder')
   for path in existing:
     os.remove(path)
-  if flags_obj.synthetic:
+  if cfg.synthetic:
     cli.release_stderr()
     summary = write_synthetic(
-        out_dir, num_classes=flags_obj.synthetic_classes,
-        train_per_class=flags_obj.synthetic_train_per_class,
-        val_per_class=flags_obj.synthetic_val_per_class,
-        num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+        out_dir, num_classes=cfg.synthetic_classes,
+        train_per_class=cfg.synthetic_train_per_class,
+        val_per_class=cfg.synthetic_val_per_class, num_shards=cfg.num_shards, seed=cfg.seed)
   else:
-    summary = convert_image_folder(flags_obj.image_dir, out_dir,
-                                   val_fraction=flags_obj.val_fraction,
-                                   num_shards=flags_obj.num_shards, seed=flags_obj.seed)
+    summary = convert_image_folder(cfg.image_dir, out_dir, val_fraction=cfg.val_fraction,
+                                   num_shards=cfg.num_shards, seed=cfg.seed)
   logging.info('wrote %d training and %d validation records of %d classes to %s '
                '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
                summary['num_classes'], out_dir, summary['num_skipped'])

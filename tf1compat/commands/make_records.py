@@ -4,13 +4,15 @@ synthetic dataset."""
 from absl import flags
 
 from tf1compat import cli
+from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 
 
 def main(argv):
   del argv
+  cfg = config.from_flags(config.RecordsConfig, flags.FLAGS)
   from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  records.run(flags.FLAGS)
+  records.run(cfg)
 
 
 def define_flags():
