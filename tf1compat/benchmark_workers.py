@@ -85,10 +85,11 @@ def _data_worker(spec):
 
   The user's training files are linked into a folder of their own, so that the runners
   find no validation files and spend no time evaluating. The records go through the
-  runners' own pre-flight check (`data.check_data_dir`) with the run's on_bad_record.
+  runners' own pre-flight check (`data_check.check_data_dir`) with the run's on_bad_record.
   """
   process.use_keras3()
   from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat import data_check  # pylint: disable=g-import-not-at-top
   if spec['data_dir']:
     info = data.read_dataset_json(spec['data_dir']) or {}
     num_classes = spec['num_classes'] or info.get('num_classes')
@@ -102,7 +103,7 @@ def _data_worker(spec):
   else:
     data_dir = _synthetic_data_dir(spec['records'], spec['seed'])
     num_classes = spec['num_classes'] or config.CALTECH256_CLASSES
-  checked = data.check_data_dir(data_dir, num_classes, spec['on_bad_record'])
+  checked = data_check.check_data_dir(data_dir, num_classes, spec['on_bad_record'])
   return {'data_dir': data_dir, 'files': list(checked.train_files),
           'num_classes': checked.num_classes,
           'records': checked.train_check.good_records,

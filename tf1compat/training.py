@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import config
-from tf1compat import data
+from tf1compat import data_check
 from tf1compat import progress
 from tf1compat import records
 from tf1compat import runlog
@@ -264,7 +264,7 @@ def check_data(cfg):
   """The DataSpec of --data_dir (or of the embedded dataset when it is unset), after the
   pre-flight check of its records."""
   data_dir = cfg.data_dir or records.embedded_data_dir()
-  return data.describe(data_dir, cfg.num_classes, cfg.on_bad_record)
+  return data_check.check_data_dir(data_dir, cfg.num_classes, cfg.on_bad_record)
 
 
 def save_init_weights(cfg, weights):
