@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (REPO, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
-                      tiny_run_flags)
+from conftest import (REPO, csv_rows, read_run_csv, read_snapshot, run_entry, run_python,
+                      signal_after, tiny_run_flags)
 from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import distribution
@@ -276,3 +276,56 @@ def test_the_chief_is_the_chief_task_else_worker_0(cluster, task, chief):
       {'TF_CONFIG': json.dumps({'cluster': cluster, 'task': task})})
   assert parsed.is_chief == chief
   assert parsed.num_workers == sum(len(v) for v in cluster.values())
+
+
+_ONE_REPLICA_OVERFLOWS = r'''
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tf1compat import distribution
+
+strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+with strategy.scope():
+  kernel = keras.Variable(np.ones((2, 1), np.float32))
+  loss_scaled = {'keras': keras.optimizers.LossScaleOptimizer,
+                 'agreed': distribution.AgreedLossScaleOptimizer}[sys.argv[1]]
+  optimizer = loss_scaled(keras.optimizers.SGD(0.1))
+  optimizer.build([kernel])
+
+
+def replica_step(rows):
+  replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+  # The second replica's loss overflows float32 once scaled: its gradients alone are inf.
+  blowup = tf.where(replica == 1, 1e38, 1.0)
+  with tf.GradientTape() as tape:
+    scaled = optimizer.scale_loss(tf.reduce_sum(tf.matmul(rows, kernel.value)) * blowup)
+  optimizer.apply_gradients([(tape.gradient(scaled, kernel.value), kernel)])
+
+
+rows = next(iter(strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensors(tf.constant([[1., 2.], [3., 4.]])))))
+tf.function(lambda: strategy.run(replica_step, args=(rows,)))()
+print(*kernel.numpy().ravel().tolist(), float(optimizer.dynamic_scale.numpy()))
+'''
+
+
+def _one_replica_overflows(optimizer):
+  """(weights, loss scale) after one mirrored step whose second replica overflows."""
+  result = run_python(_ONE_REPLICA_OVERFLOWS, optimizer)
+  assert result.returncode == 0, result.stderr[-4000:]
+  *weights, scale = (float(value) for value in result.stdout.split())
+  return weights, scale
+
+
+def test_an_overflow_on_one_replica_skips_the_step_on_all():
+  """Mixed precision under a mirrored strategy: a float16-style overflow on one replica
+  must skip the update and halve the loss scale, as on one device."""
+  weights, scale = _one_replica_overflows('keras')
+  # What this test guards against: Keras 3.15 checks the first replica's gradients only.
+  assert not np.all(np.isfinite(weights)) and scale == 32768.0
+  weights, scale = _one_replica_overflows('agreed')
+  assert weights == [1.0, 1.0]
+  assert scale == 16384.0

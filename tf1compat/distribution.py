@@ -28,6 +28,7 @@ import signal
 import tempfile
 
 from absl import logging
+import keras
 import tensorflow as tf
 
 from tf1compat import cli
@@ -241,6 +242,28 @@ class AgreedSignals:
   def signum(self):
     """This worker's signal; SIGTERM on a worker stopped by another's."""
     return self._signals.signum or signal.SIGTERM
+
+
+class AgreedLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+  """A LossScaleOptimizer whose replicas agree on whether a step's gradients are finite.
+
+  Keras 3.15's LossScaleOptimizer decides on the first replica's own gradients, before
+  the inner optimizer sums them over the replicas (its comment assumes they are summed
+  already): a float16 overflow on another replica alone is summed into the update,
+  and the weights turn NaN. Here every replica learns whether any replica's gradients
+  are non-finite (an all-reduce of one flag); if so, all of them hand NaN gradients on,
+  so the first replica's check skips the step and halves the loss scale, as a single
+  device would.
+  """
+
+  def apply(self, grads, trainable_variables=None):
+    replicas = tf.distribute.get_replica_context()
+    if replicas is not None and replicas.num_replicas_in_sync > 1:
+      local = tf.cast(tf.logical_not(self.check_finite(grads)), tf.float32)
+      any_non_finite = replicas.all_reduce(tf.distribute.ReduceOp.SUM, local) > 0
+      poison = tf.where(any_non_finite, float('nan'), 0.0)
+      grads = [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+    return super().apply(grads, trainable_variables)
 
 
 @contextlib.contextmanager

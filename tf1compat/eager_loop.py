@@ -69,12 +69,13 @@ def kernels(cfg):
 
 
 def make_optimizer(cfg):
-  """Keras 3 Adam with the run's hyper-parameters, loss-scaled under mixed precision."""
+  """Keras 3 Adam with the run's hyper-parameters, loss-scaled under mixed precision
+  (with the replicas' agreement on finite gradients, distribution.AgreedLossScaleOptimizer)."""
   adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
   optimizer = adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta1,
                    beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
   if cfg.mixed_precision:
-    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
   return optimizer
 
 
