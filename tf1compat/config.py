@@ -179,13 +179,13 @@ def runner_args(config, names):
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BenchmarkConfig(DataConfig):
   """bin/benchmark: what every measurement shares (the figures' 'settings' block)."""
-  steps: int = 8
-  warmup_steps: int = 3
-  repetitions: int = 3
-  rounds: int = 1
+  steps: int = 8  # training steps per timed window
+  warmup_steps: int = 3  # steps before the first window: tracing, buffers filling
+  repetitions: int = 3  # timed windows per measurement and round
+  rounds: int = 1  # runs of the whole sequence, each in fresh processes, pooled
   pipeline_batches: int | None = None  # None: one pass over the training records
-  records: int = 10240
-  deterministic: bool = True
+  records: int = 10240  # of the synthetic dataset written without data_dir
+  deterministic: bool = True  # the runners' own default
 
   @property
   def total_steps(self):

@@ -209,12 +209,6 @@ class EagerBackend(training.Backend):
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
     self._train_fn = tf.function(self._train_step, jit_compile=cfg.jit_compile)
     self._eval_fn = tf.function(self._eval_step, jit_compile=cfg.jit_compile)
-    self._log = None
-    self._scalars = None
-    self._iterator = None
-    self._checkpoint = None
-    self._manager = None
-    self._agreement = None
 
   def _dataset(self, training_split):
     """The training or validation pipeline of global batches, seeded as in the graph
@@ -275,6 +269,7 @@ class EagerBackend(training.Backend):
     if self.distribution.distributed:
       # tf.distribute's iterators cannot be checkpointed: `restore` makes one that
       # skips the batches trained on already.
+      self._iterator = None
       iterator_state = {}
     else:
       self._iterator = iter(self.train_batches())

@@ -184,6 +184,15 @@ def define_eager_flags():
                     'a matched comparison with the graph runner is bit for bit on CPU.')
 
 
+def define_runner_flags(runner_config):
+  """Every flag of a runner: the data, training and its own flags, with the defaults of
+  `runner_config` (config.GraphConfig or config.EagerConfig)."""
+  define_data_flags(runner_config)
+  define_training_flags(runner_config)
+  own = {config.GraphConfig: define_graph_flags, config.EagerConfig: define_eager_flags}
+  own[runner_config]()
+
+
 def define_records_flags():
   """Flags of bin/make_records."""
   default = lambda name: config.default(config.RecordsConfig, name)

@@ -29,9 +29,7 @@ def main(argv):
 
 def define_flags():
   """Defines the train_eager flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags(config.EagerConfig)
-  tf1compat_flags.define_training_flags(config.EagerConfig)
-  tf1compat_flags.define_eager_flags()
+  tf1compat_flags.define_runner_flags(config.EagerConfig)
 
 
 def console_main():

@@ -22,9 +22,7 @@ def main(argv):
 
 def define_flags():
   """Defines the train_graph flags (also read by flag_reference)."""
-  tf1compat_flags.define_data_flags(config.GraphConfig)
-  tf1compat_flags.define_training_flags(config.GraphConfig)
-  tf1compat_flags.define_graph_flags()
+  tf1compat_flags.define_runner_flags(config.GraphConfig)
 
 
 def console_main():
