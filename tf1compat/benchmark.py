@@ -71,9 +71,10 @@ _LOG_FILE = 'worker.log'
 class Measurement:
   """One thing the benchmark measures, in a worker process of its own.
 
-  kind: 'pipeline' (variant: 'seed', 'seed_tf2' or 'optimized') or 'train' (runner: 'graph',
-  'eager' or 'fit'; `switches`: boolean fields of the runner's config turned on;
-  `compute_only` serves one batch from memory instead of the pipeline).
+  kind: 'pipeline' (variant: 'seed', 'seed_tf2' or 'optimized'; `op_determinism`: None
+  for the runners' setting, --deterministic, else on or off) or 'train' (runner:
+  'graph', 'eager' or 'fit'; `switches`: boolean fields of the runner's config turned
+  on; `compute_only` serves one batch from memory instead of the pipeline).
   """
   name: str
   label: str
@@ -82,14 +83,24 @@ class Measurement:
   runner: str = None
   switches: tuple = ()
   compute_only: bool = False
+  op_determinism: bool = None
 
 
 # In the order they run: the pipelines, then each loop beside its compute-only bound.
 MEASUREMENTS = (
-    Measurement('pipeline_seed', "seed's op order", 'pipeline', variant='seed'),
+    # The seed's era had no op determinism; make_dataset runs as in the runners (under
+    # op determinism by default), and once more without it: what determinism costs the
+    # runners' pipeline (TF 2.21 could run its parse map sequentially under determinism,
+    # which its label checks make stateful; measured on 2 CPU cores at 224 px: 2930 images/s
+    # without determinism, 2860 with it, and half that with a sequential map: it stays
+    # parallel).
+    Measurement('pipeline_seed', "seed's op order", 'pipeline', variant='seed',
+                op_determinism=False),
     Measurement('pipeline_seed_tf2', "seed's op order, TF 2 rewrites", 'pipeline',
-                variant='seed_tf2'),
+                variant='seed_tf2', op_determinism=False),
     Measurement('pipeline_optimized', 'data.make_dataset', 'pipeline', variant='optimized'),
+    Measurement('pipeline_optimized_nondeterministic', 'make_dataset, determinism off',
+                'pipeline', variant='optimized', op_determinism=False),
     Measurement('graph', 'graph (TF1 Session)', 'train', runner='graph'),
     Measurement('graph_compute_only', 'graph, compute only', 'train', runner='graph',
                 compute_only=True),
@@ -240,10 +251,13 @@ def _measure_pipeline(settings, data, measurement, work_dir):
       'image_size': settings.image_size, 'num_classes': data['num_classes'],
       'batch_size': settings.batch_size, 'seed': settings.seed,
       'shuffle_buffer': settings.shuffle_buffer, 'batches': settings.pipeline_batches,
-      'repetitions': settings.repetitions})
+      'repetitions': settings.repetitions,
+      'op_determinism': (settings.deterministic if measurement.op_determinism is None
+                         else measurement.op_determinism)})
   images = settings.batch_size * settings.pipeline_batches
   return {
       'rates': [images / s for s in result['window_seconds']],
+      'op_determinism': result['op_determinism'],
       'peak_rss_mb': result['peak_rss_mb'],
       'first_batch_seconds': result['first_batch_seconds'],
       'baseline_rss_mb': result['baseline_rss_mb'],

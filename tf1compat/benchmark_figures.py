@@ -43,6 +43,7 @@ _INFO_RATIOS = (
     ('compute_only_eager_over_graph', 'compute only: eager custom / graph'),
     ('compute_only_fit_over_graph', 'compute only: fit / graph'),
     ('pipeline_speedup_over_tf2_seed', "make_dataset / seed's pipeline, TF 2 rewrites"),
+    ('pipeline_determinism_cost', 'make_dataset: determinism off / on'),
 )
 
 
@@ -97,6 +98,9 @@ def ratios(results):
       'pipeline_speedup': _ratio(results, 'pipeline_optimized', 'pipeline_seed'),
       'pipeline_speedup_over_tf2_seed': _ratio(results, 'pipeline_optimized',
                                                'pipeline_seed_tf2'),
+      # Above 1: op determinism (the runners' default) slows their pipeline.
+      'pipeline_determinism_cost': _ratio(results, 'pipeline_optimized_nondeterministic',
+                                          'pipeline_optimized'),
       # Lower is better for memory: the seed's peak over the optimized one.
       'pipeline_memory_ratio': _ratio(results, 'pipeline_seed', 'pipeline_optimized',
                                       key='peak_rss_mb'),

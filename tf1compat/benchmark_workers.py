@@ -127,7 +127,11 @@ def _synthetic_data_dir(num_records, seed):
 def _pipeline_worker(spec):
   """Times one pipeline variant: batches per second after its shuffle buffer filled."""
   process.use_keras3()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf1compat import data  # pylint: disable=g-import-not-at-top
+  if spec['op_determinism']:
+    # As the runners do before they build their pipelines (--deterministic).
+    tf.config.experimental.enable_op_determinism()
   baseline = _status_mb('VmRSS')
   build = {'seed': seed_pipeline,
            'seed_tf2': lambda files, **kwargs: seed_pipeline(files, sequential=False, **kwargs),
@@ -148,7 +152,8 @@ def _pipeline_worker(spec):
       next(iterator)
     window_seconds.append(time.perf_counter() - started)
   return {'first_batch_seconds': first_batch_seconds, 'window_seconds': window_seconds,
-          'peak_rss_mb': _status_mb('VmHWM'), 'baseline_rss_mb': baseline}
+          'peak_rss_mb': _status_mb('VmHWM'), 'baseline_rss_mb': baseline,
+          'op_determinism': bool(spec['op_determinism'])}
 
 
 def config_from_spec(spec):
