@@ -98,6 +98,9 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert manifest['flags']['loop'] == loop
   assert manifest['init_weights_sha256'] == runlog.file_sha256(init_weights)
   assert manifest['kernels']['batch_norm_variance'] == 'biased'
+  # The settings that change the numbers (numerics.py), as the process ran.
+  assert manifest['settings']['tf32'] is True and manifest['settings']['op_determinism'] is True
+  assert manifest['settings']['intra_op_threads'] == 0
   assert set(manifest['final_metrics']) == {'train_loss', 'train_accuracy', 'val_loss',
                                             'val_accuracy'}
 

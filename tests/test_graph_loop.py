@@ -95,6 +95,7 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   assert manifest['optimizer']['name'] == 'tf.compat.v1.train.AdamOptimizer'
   assert manifest['optimizer']['epsilon'] == 1e-8
   assert manifest['flags']['adam_epsilon'] is None
+  assert manifest['settings']['tf32'] is True and manifest['settings']['op_determinism'] is True
   assert manifest['graph']['update_ops_in_train_op'] == 8  # 2 per BatchNormalization layer
   assert manifest['versions']['keras'].startswith('2.')
   assert manifest['data']['num_classes'] == 4

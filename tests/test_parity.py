@@ -297,3 +297,28 @@ def test_adam_rounding_reports_its_measured_size(tmp_path):
   assert measured['first_step_loss_relative_difference'] == 0.0
   assert measured['max_loss_relative_difference'] == pytest.approx(rel[:10].max())
   assert pair['verdict'] == 'PASS'
+
+
+@pytest.mark.parametrize('field, keys, port_value', [
+    ('deterministic', ('deterministic',), False),
+    ('jit_compile', ('jit_compile',), True),
+    ('tf32', ('settings', 'tf32'), False),
+])
+def test_a_setting_on_one_side_is_named_and_the_tiers_decide(field, keys, port_value,
+                                                              tmp_path):
+  """A process setting that differs (numerics.py) is listed by the lint as a setting; it
+  does not fail the config tier: runs whose numbers agree pass."""
+  manifest = {'deterministic': True, 'settings': {'tf32': True, 'onednn': True}}
+  port = json.loads(json.dumps(manifest))
+  target = port
+  for key in keys[:-1]:
+    target = target[key]
+  target[keys[-1]] = port_value
+  a = make_run(str(tmp_path / 'a'), manifest_extra=manifest)
+  b = make_run(str(tmp_path / 'b'), runner='eager', flags_extra={'tf1_adam': True,
+                                                               'tf1_bn_variance': True},
+               manifest_extra=port)
+  pair = _compare(a, b)['pairs'][0]
+  assert [d['field'] for d in pair['lint']] == [field]
+  assert pair['lint'][0]['setting'] and pair['lint'][0]['other'] == port_value
+  assert pair['verdict'] == 'PASS'

@@ -24,6 +24,8 @@ LOOPS = ('custom', 'fit')
 # --on_bad_record: stop at the first bad record, or leave bad records out and count them.
 ON_BAD_RECORD = ('fail', 'skip')
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
+# --tf32: TensorFlow's default (on where the GPU has it), or forced on or off.
+TF32_MODES = ('default', 'on', 'off')
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,7 @@ class TrainingConfig(DataConfig):
   save_init_weights: str | None = None
   snapshot_steps: tuple = DEFAULT_SNAPSHOT_STEPS
   deterministic: bool = True
+  tf32: str = 'default'
   require_gpu: bool = False
   overwrite: bool = False
   log_every: int = 100

@@ -34,6 +34,7 @@ from tf1compat import data
 from tf1compat import distribution as distribution_lib
 from tf1compat import fit_loop
 from tf1compat import model as model_lib
+from tf1compat import numerics
 from tf1compat import runlog
 from tf1compat import tf1_kernels
 from tf1compat import training
@@ -113,7 +114,8 @@ def per_example_loss(loss_name, labels, outputs):
 
 
 def configure(cfg):
-  """Process-wide setup before anything is built: seeds, op determinism, dtype policy."""
+  """Process-wide setup before anything is built: seeds, op determinism, TF32, dtype
+  policy."""
   # TF's own INFO lines (checkpoint sharding, SavedModel assets) would bury the
   # progress lines; its warnings still show.
   tf.get_logger().setLevel('WARNING')
@@ -126,6 +128,7 @@ def configure(cfg):
                    'serially, which costs speed; bin/benchmark --nodeterministic measures '
                    'the cost on this host, and --nodeterministic trades reproducibility for '
                    'it')
+  numerics.apply_tf32(cfg.tf32)
   keras.mixed_precision.set_global_policy(
       'mixed_float16' if cfg.mixed_precision else 'float32')
 
@@ -248,7 +251,7 @@ class EagerBackend(training.Backend):
         self._cfg, self._spec, versions=runlog.versions(keras.__version__, tf.__version__),
         device=device, kernels=kernels(self._cfg), optimizer_name=optimizer_name(self._cfg),
         epsilon=adam_epsilon(self._cfg), **self.distribution.manifest(),
-        dtype_policy=keras.mixed_precision.global_policy().name,
+        dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),
         jit_compile=self._cfg.jit_compile)
 
   def attach(self, log, agreement=None):

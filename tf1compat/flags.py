@@ -33,7 +33,8 @@ def define_data_flags(defaults=config.DataConfig):
   flags.DEFINE_string('data_dir', default('data_dir'),
                       'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
                       '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
-                      'generated once into a cache folder ($TF1COMPAT_CACHE or ~/.cache/tf1compat).')
+                      'generated once into a cache folder ($TF1COMPAT_CACHE or '
+                      '~/.cache/tf1compat).')
   flags.DEFINE_integer('num_classes', default('num_classes'),
                        'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
                        lower_bound=2)
@@ -95,6 +96,10 @@ def define_training_flags(defaults):
   _int_list_validator('snapshot_steps')
   flags.DEFINE_bool('deterministic', default('deterministic'),
                     'Deterministic ops (same flags, same numbers).')
+  flags.DEFINE_enum('tf32', default('tf32'), config.TF32_MODES,
+                    'TensorFloat-32 for float32 matmuls and convolutions (GPUs from Ampere on): '
+                    "default: TensorFlow's (on); on/off: forced. A legacy run and its port must "
+                    'match (the config lint names a difference).')
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')

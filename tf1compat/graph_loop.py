@@ -32,6 +32,7 @@ from tf1compat import cli
 from tf1compat import config
 from tf1compat import data
 from tf1compat import model
+from tf1compat import numerics
 from tf1compat import runlog
 from tf1compat import training
 
@@ -395,6 +396,7 @@ def run(cfg, dataset_hook=None):
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:
     tf.config.experimental.enable_op_determinism()
+  numerics.apply_tf32(cfg.tf32)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
     # The data (pre-flight check), the graph and --init_weights are checked before the
@@ -412,6 +414,7 @@ def run(cfg, dataset_hook=None):
             device=device, kernels=KERNELS, optimizer_name=optimizer_name(cfg),
             epsilon=adam_epsilon(cfg), strategy='default', replicas=1, workers=1,
             devices=[], dtype_policy='float32', jit_compile=False,
+            settings=numerics.settings(),
             graph=backend.describe()))
         return training.train(backend, log, training.schedule(
             cfg, reset_metrics=cfg.reset_metrics == 'epoch'), signals)

@@ -44,6 +44,12 @@ def device_line(report):
   return 'devices: ' + ', '.join(f'{label} {device}' for label, device in devices.items())
 
 
+def _lint_note(difference):
+  if difference.get('setting'):
+    return 'a setting: named, the tiers decide'
+  return 'numerically equivalent' if difference['equivalent'] else 'changes the math'
+
+
 def summary_lines(report):
   """The short table and verdict that compare_runs and check_parity print.
 
@@ -144,8 +150,7 @@ def _markdown(report):
     if pair['lint']:
       out += ['| field | reference | other | note |', '|---|---|---|---|']
       out += [f'| {d["field"]} | {_fmt(d["reference"])} | {_fmt(d["other"])} | '
-              f'{"numerically equivalent" if d["equivalent"] else "changes the math"} |'
-              for d in pair['lint']]
+              f'{_lint_note(d)} |' for d in pair['lint']]
     else:
       out.append('The manifests agree on every field that changes the math.')
     out += _step_section(pair, tol)

@@ -71,6 +71,7 @@ MANIFEST_FIELDS = {
     'strategy': 'the tf.distribute strategy', 'replicas': 'replicas in sync',
     'workers': 'processes of the cluster', 'devices': 'the devices mirrored over',
     'dtype_policy': 'the Keras dtype policy', 'jit_compile': 'whether the steps ran under XLA',
+    'settings': 'what changes the numbers: tf32, op_determinism, onednn, threads, GPU, CUDA',
     'graph': "the graph runner's own block (wiring, update ops, learning phase...)",
     # The driver, as the run goes and ends (training.Recorder).
     'global_step': 'steps done', 'last_checkpoint': 'path of the latest checkpoint',

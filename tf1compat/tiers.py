@@ -25,12 +25,23 @@ LINT_FIELDS = (
     ('data fingerprint', ('data', 'fingerprint')),
     ('number of classes', ('data', 'num_classes')),
     ('init-weights sha256', ('init_weights_sha256',)),
-    ('deterministic', ('deterministic',)),
     ('batch_norm', ('flags', 'batch_norm')),
     ('dropout', ('flags', 'dropout')),
     ('shuffle buffer', ('flags', 'shuffle_buffer')),
     ('steps per epoch', ('flags', 'steps_per_epoch')),
     ('tensorflow version', ('versions', 'tensorflow')),
+)
+# Process settings that change the numbers, not the math (numerics.py): named by the
+# lint, but a port may run with another one as long as the tiers pass (what the
+# settings matrix measures); the numbers decide.
+SETTING_FIELDS = (
+    ('deterministic', ('deterministic',)),
+    ('jit_compile', ('jit_compile',)),
+    ('tf32', ('settings', 'tf32')),
+    ('oneDNN', ('settings', 'onednn')),
+    ('intra-op threads', ('settings', 'intra_op_threads')),
+    ('inter-op threads', ('settings', 'inter_op_threads')),
+    ('GPU', ('settings', 'gpu')),
 )
 # Both losses compute softmax cross-entropy on logits; the seed's "fix" changed nothing
 # numerically. Listed, but not a mismatch.
@@ -70,6 +81,11 @@ def lint(reference, other):
     if a != b:
       equivalent = label == 'loss' and {a, b} <= EQUIVALENT_LOSSES
       found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
+  for label, keys in SETTING_FIELDS:
+    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
+    if a != b:
+      found.append({'field': label, 'reference': a, 'other': b, 'equivalent': True,
+                    'setting': True})
   return found
 
 
