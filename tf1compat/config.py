@@ -26,6 +26,8 @@ ON_BAD_RECORD = ('fail', 'skip')
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 # --tf32: TensorFlow's default (on where the GPU has it), or forced on or off.
 TF32_MODES = ('default', 'on', 'off')
+# --onednn: TensorFlow's default (on for x86 CPUs), or forced on or off.
+ONEDNN_MODES = ('default', 'on', 'off')
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +60,7 @@ class TrainingConfig(DataConfig):
   snapshot_steps: tuple = DEFAULT_SNAPSHOT_STEPS
   deterministic: bool = True
   tf32: str = 'default'
+  onednn: str = 'default'
   require_gpu: bool = False
   overwrite: bool = False
   log_every: int = 100
@@ -117,6 +120,8 @@ class CheckParityConfig(TrainingConfig):
   strategy: str = 'default'
   cpu_devices: int = 1
   mixed_precision: bool = False
+  port_flags: tuple = ()
+  settings_matrix: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -100,6 +100,9 @@ def define_training_flags(defaults):
                     'TensorFloat-32 for float32 matmuls and convolutions (GPUs from Ampere on): '
                     "default: TensorFlow's (on); on/off: forced. A legacy run and its port must "
                     'match (the config lint names a difference).')
+  flags.DEFINE_enum('onednn', default('onednn'), config.ONEDNN_MODES,
+                    "oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS): default: TensorFlow's (on for "
+                    'x86); on/off: forced. They sum in another order than the plain kernels.')
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
@@ -294,6 +297,17 @@ def define_check_parity_flags():
                        '--strategy=mirrored without GPUs).', lower_bound=1)
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     "Run the port with --mixed_precision.")
+  flags.DEFINE_list('port_flags', list(default('port_flags')),
+                    'More train_eager flags for the port only, e.g. --jit_compile,--tf32=off '
+                    '(the legacy runner and its control keep the forwarded ones).')
+  flags.register_validator('port_flags', lambda v: all(f.startswith('--') for f in v),
+                           message='--port_flags takes train_eager flags, e.g. '
+                                   '--port_flags=--jit_compile,--nodeterministic')
+  flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
+                    'Run the matched check once per setting that applies on this device '
+                    '(the port without op determinism, without oneDNN, with XLA; on a GPU also '
+                    'TF32 off and mixed precision) and write settings_matrix.md: the verdict, '
+                    'the divergence over the envelope and the step time of each.')
 
 
 def define_matrix_flags():

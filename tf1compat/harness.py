@@ -96,7 +96,8 @@ def forwarded_args(cfg):
 
 
 def port_args(cfg):
-  """How check_parity's --strategy, --cpu_devices and --mixed_precision reach the port."""
+  """How check_parity's --strategy, --cpu_devices, --mixed_precision and --port_flags
+  reach the port."""
   args = []
   if cfg.strategy != 'default':
     args.append(f'--strategy={cfg.strategy}')
@@ -104,7 +105,7 @@ def port_args(cfg):
     args.append(f'--cpu_devices={cfg.cpu_devices}')
   if cfg.mixed_precision:
     args.append('--mixed_precision')
-  return args
+  return args + list(cfg.port_flags)
 
 
 def jobs(cfg):

@@ -16,6 +16,16 @@ COMMANDS_PACKAGE = 'tf1compat.commands'
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def set_onednn(mode):
+  """Turns oneDNN's CPU kernels on or off ('default': TensorFlow's choice) for this
+  process; read once, when TensorFlow loads, so it must precede the first import."""
+  if mode == 'default':
+    return
+  if 'tensorflow' in sys.modules:
+    raise RuntimeError('TensorFlow was imported before --onednn was applied')
+  os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1' if mode == 'on' else '0'
+
+
 def use_legacy_keras():
   """Makes this a TF1 graph-mode process: tf.keras is Keras 2 (tf-keras), v2 behaviour off,
   GPU memory allocated as needed (see child_env).

@@ -16,12 +16,20 @@ from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import harness
 from tf1compat import report
+from tf1compat import settings_matrix
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f'unexpected arguments {argv[1:]}; check_parity takes flags only')
   cfg = config.from_flags(config.CheckParityConfig, flags.FLAGS)
+  if cfg.settings_matrix:
+    results = settings_matrix.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
+    sys.stdout.write('\n'.join(settings_matrix.table_lines(results)) + '\n')
+    sys.stdout.write(f'table: {os.path.join(cfg.output_dir, settings_matrix.MARKDOWN)}\n')
+    # A setting that fails is what the table is for; the port itself must pass.
+    passed = results['defaults']['verdict'] == 'PASS'
+    return cli.EXIT_OK if passed else cli.EXIT_PARITY_FAIL
   result = harness.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
   sys.stdout.write('\n'.join(report.summary_lines(result)) + '\n')
   sys.stdout.write(f'report: {os.path.join(cfg.output_dir, "parity.md")}\n')

@@ -15,6 +15,7 @@ from tf1compat import process
 def main(argv):
   del argv
   # The TF2 port always runs on Keras 3, whatever a parent process set.
+  process.set_onednn(flags.FLAGS.onednn)
   ignored = process.use_keras3()
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)

@@ -14,6 +14,7 @@ def main(argv):
   del argv
   # Process-wide and read when TensorFlow is imported: tf.keras must be Keras 2
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
+  process.set_onednn(flags.FLAGS.onednn)
   process.use_legacy_keras()
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
   stats = graph_loop.run(config.from_flags(config.GraphConfig, flags.FLAGS))
