@@ -200,7 +200,7 @@ def _flag_values(args):
   return values
 
 
-def changed_arguments(old, new):
+def _changed_arguments(old, new):
   """'NAME was OLD, now NEW' for each flag or environment variable that differs between
   the recorded arguments `old` and `new`, in the order of `new`."""
   old_values, new_values = _flag_values(old), _flag_values(new)
@@ -219,7 +219,7 @@ def _refuse_replacing(cfg, job_name, model_dir, old, new):
   if old is None:
     raise cli.UsageError(f'--output_dir={cfg.output_dir}: {model_dir} holds a run that '
                          f'{STATE_JSON} does not record; {way_out}')
-  changes = changed_arguments(old, new)
+  changes = _changed_arguments(old, new)
   listed = '; '.join(changes[:3]) + (f'; and {len(changes) - 3} more' if len(changes) > 3
                                      else '')
   raise cli.UsageError(f'--output_dir={cfg.output_dir}: its {job_name} run was made with other '

@@ -447,11 +447,12 @@ class RunLog:
   def open(self):
     """Checks the directory, then starts a new manifest or resumes the existing one.
 
-    Takes the folder's lock first (lock_folder). Without a run.json, a folder holding
-    anything a run does not write is refused, `overwrite` or not (overwrite deletes only
-    what a run wrote); a complete run is replaced only with `overwrite`; an unfinished run of the same runner, flags and data is resumed (what a
-    killed process left half-written is removed); anything else is a UsageError naming
-    the difference. Returns True when resuming.
+    Takes the folder's lock first (lock_folder). `overwrite` empties the folder, but
+    only when all it holds is what a run writes (written_by_a_run). Without it, a
+    complete run is kept; an unfinished run of the same runner, flags and data is
+    resumed (what a killed process left half-written is removed); anything else, a
+    folder with content but no run.json included, is a UsageError naming the difference.
+    Returns True when resuming.
     """
     lock_folder(self.model_dir, '--model_dir')
     if self.overwrite:
