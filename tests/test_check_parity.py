@@ -144,7 +144,10 @@ def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp
 ])
 def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfall, kind):
   extra = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3']}[kind]
-  result, report = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}', *extra)
+  # --overwrite: the folder holds the runs of the previous case, which check_parity does
+  # not replace unasked.
+  result, report = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}', *extra,
+                          '--overwrite')
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'VERDICT: FAIL' in result.stdout
   assert report['pitfall_injected'] == pitfall

@@ -77,8 +77,8 @@ def make_run(path, *, runner='graph', losses=None, accuracies=None, reset='epoch
       if step >= at_step:
         weights[key] = weights[key] + offset
     log.save_snapshot(step, weights)
-  manifest = {'status': status, 'batch_size': 8, 'image_size': 32, 'seed': 0,
-              'loss': 'softmax_cross_entropy', 'final_activation': 'none',
+  manifest = {'status': status, 'global_step': len(losses), 'batch_size': 8, 'image_size': 32,
+              'seed': 0, 'loss': 'softmax_cross_entropy', 'final_activation': 'none',
               'optimizer': {'learning_rate': 0.001, 'beta_1': 0.9, 'beta_2': 0.999,
                             'epsilon': epsilon},
               **run_fields(runner, flags)}

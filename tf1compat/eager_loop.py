@@ -41,7 +41,6 @@ from tf1compat import training
 
 RUNNER_CUSTOM = 'eager'
 RUNNER_FIT = fit_loop.RUNNER
-KERAS_FILE = 'model.keras'
 
 
 def runner(cfg):
@@ -326,11 +325,11 @@ class EagerBackend(training.Backend):
   def restore(self):
     self._make_checkpoint()
     # The other workers resume from the chief's checkpoints.
-    path = (self._manager.latest_checkpoint if self.distribution.is_chief else
-            tf.train.latest_checkpoint(os.path.join(self._cfg.model_dir,
-                                                    runlog.CHECKPOINTS_DIR)))
+    path = training.restore_newest(
+        self._manager.directory if self.distribution.is_chief else
+        os.path.join(self._cfg.model_dir, runlog.CHECKPOINTS_DIR),
+        lambda path: self._checkpoint.restore(path).assert_existing_objects_matched())
     if path is not None:
-      self._checkpoint.restore(path).assert_existing_objects_matched()
       logging.info('restored checkpoint %s', path)
     step = int(self._step.numpy())
     if self._iterator is None:
@@ -376,7 +375,7 @@ class EagerBackend(training.Backend):
 
   def export(self, export_dir):
     self._scalars.flush()
-    export(self.model, export_dir, self._log.path(KERAS_FILE))
+    export(self.model, export_dir, self._log.path(runlog.KERAS_FILE))
 
 
 def run(cfg, dataset_hook=None):
@@ -389,6 +388,7 @@ def run(cfg, dataset_hook=None):
   input pipeline. Under --strategy=multi_worker every worker runs this; only the chief
   writes MODEL_DIR.
   """
+  training.check_paths(cfg)
   device = training.check_device(cfg)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:

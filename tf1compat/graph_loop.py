@@ -258,10 +258,10 @@ class GraphBackend(training.Backend):
     self._writer = tf.compat.v1.summary.FileWriter(log.model_dir, graph=self.graph)
 
   def restore(self):
-    latest = tf.compat.v1.train.latest_checkpoint(self._checkpoint_dir)
+    latest = training.restore_newest(self._checkpoint_dir,
+                                     lambda path: self._saver.restore(self._sess, path))
     if latest is None:
       return 0, None
-    self._saver.restore(self._sess, latest)
     step = int(self._sess.run(self._global_step))
     if self._draws_dropout_masks():
       logging.warning(
@@ -392,6 +392,7 @@ def run(cfg, dataset_hook=None):
   cli.NumericFault and cli.Interrupted as training.train. Assumes the process setup
   described in the module docstring.
   """
+  training.check_paths(cfg)
   device = training.check_device(cfg)
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:

@@ -139,28 +139,92 @@ def _complete(model_dir):
   return manifest is not None and manifest.get('status') == runlog.STATUS_COMPLETE
 
 
-def _init_weights_files(cfg, output_dir, common):
-  """One initial-weights file per model shape and seed, written by the legacy runner,
-  and its one-ulp nudge for the control: (path, nudged path)."""
+def _init_weights_paths(cfg, output_dir):
+  """(the initial-weights file, its one-ulp nudge for the control): --init_weights, or one
+  file per model shape and seed, written by the legacy runner (_write_init_weights)."""
+  if cfg.init_weights:
+    # Named by the given file's content: another file must not reuse an old control.
+    digest = runlog.file_sha256(cfg.init_weights)[:12]
+    return cfg.init_weights, os.path.join(output_dir, f'init_weights-given-{digest}-ulp.npz')
   shape = {name: getattr(cfg, name) for name in _INIT_FIELDS}
   digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
-  path = os.path.join(output_dir, f'init_weights-{digest}.npz')
+  return (os.path.join(output_dir, f'init_weights-{digest}.npz'),
+          os.path.join(output_dir, f'init_weights-{digest}-ulp.npz'))
+
+
+def _write_init_weights(path, nudged, common):
+  """Writes what is missing of the initial weights `path` (by the legacy runner) and of
+  their nudge `nudged`."""
   if not os.path.exists(path):
     code = _run(RunnerJob('init', 'train_graph', ()), common + [f'--save_init_weights={path}'],
                 path + '.log', total_steps=0)
     if code:
       raise runner_error('init', code, path + '.log')
-  nudged = os.path.join(output_dir, f'init_weights-{digest}-ulp.npz')
   if not os.path.exists(nudged):
     runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(path)))
-  return path, nudged
 
 
-def _read_state(path):
+def _read_state(path, overwrite):
+  """The runners' arguments check_parity.json recorded ({} without one; with `overwrite`,
+  a damaged one is replaced)."""
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      state = json.load(f)
+  except ValueError as e:
+    state = e
+  if isinstance(state, dict):
+    return state
+  if overwrite:
+    return {}
+  what = state if isinstance(state, ValueError) else 'not a JSON object'
+  raise cli.UsageError(f'{path} is damaged ({what}); pass --overwrite to train every run again, '
+                       'or choose another --output_dir')
+
+
+def _flag_values(args):
+  """{flag or environment variable: value} of a runner's recorded arguments, the last one
+  winning as in absl; a boolean --name is 'on', --noname 'off' where --name occurs too."""
+  booleans = {arg[2:] for arg in args if arg.startswith('--') and '=' not in arg}
+  values = {}
+  for arg in args:
+    if arg.startswith('--'):
+      name, given, value = arg[2:].partition('=')
+      if not given:
+        negated = name.startswith('no') and name[2:] in booleans
+        name, value = (name[2:], 'off') if negated else (name, 'on')
+      values[f'--{name}'] = value
+    else:
+      name, _, value = arg.partition('=')
+      values[name] = value
+  return values
+
+
+def _changed_arguments(old, new):
+  """'NAME was OLD, now NEW' for each flag or environment variable that differs between
+  the recorded arguments `old` and `new`, in the order of `new`."""
+  old_values, new_values = _flag_values(old), _flag_values(new)
+  names = list(new_values) + [name for name in old_values if name not in new_values]
+  return [f'{name} was {old_values.get(name, "unset")}, now {new_values.get(name, "unset")}'
+          for name in names if old_values.get(name) != new_values.get(name)]
+
+
+def _refuse_replacing(cfg, job_name, model_dir, old, new):
+  """Raises cli.UsageError when the run of `job_name` in `model_dir`, made with the recorded
+  arguments `old` (None: unrecorded), would be replaced by a run with arguments `new`
+  without --overwrite: it may be a complete or resumable run the user still wants."""
+  if cfg.overwrite or old == new or not runlog.content(model_dir):
+    return
+  way_out = 'pass --overwrite to train every run again, or choose another --output_dir'
+  if old is None:
+    raise cli.UsageError(f'--output_dir={cfg.output_dir}: {model_dir} holds a run that '
+                         f'{STATE_JSON} does not record; {way_out}')
+  changes = _changed_arguments(old, new)
+  listed = '; '.join(changes[:3]) + (f'; and {len(changes) - 3} more' if len(changes) > 3
+                                     else '')
+  raise cli.UsageError(f'--output_dir={cfg.output_dir}: its {job_name} run was made with other '
+                       f'arguments ({listed}); {way_out}')
 
 
 def _run(job, args, log_path, total_steps, model_dir=None, append=False):
@@ -232,34 +296,38 @@ def runner_error(name, code, log_path):
 
 def run(cfg, tolerances):
   """The check_parity job of config.CheckParityConfig `cfg`, judged with parity.Tolerances
-  `tolerances`; returns the parity report (its verdict decides the exit code)."""
+  `tolerances`; returns the parity report (its verdict decides the exit code).
+
+  Before anything is written: --output_dir must lie apart from the data (and the cache
+  and the package), a given --init_weights must load, the folder's lock is taken, and no
+  run whose arguments changed is replaced without --overwrite.
+  """
   check_pitfall_requirements(cfg)
   output_dir = cfg.output_dir
-  os.makedirs(output_dir, exist_ok=True)
+  runlog.check_placement(output_dir, '--output_dir', [cfg.data_dir])
+  if cfg.init_weights:
+    runlog.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
+  runlog.lock_folder(output_dir, '--output_dir')
   # Without --data_dir the first runner generates the embedded dataset's cache and the
   # others reuse it; this process never imports TensorFlow.
   common = forwarded_args(cfg)
-  if cfg.init_weights:
-    init_weights = cfg.init_weights
-    given = runlog.load_weights(init_weights)  # a missing or unreadable file: exit 2
-    # Named by the given file's content: another file must not reuse an old control.
-    digest = runlog.file_sha256(init_weights)[:12]
-    nudged = os.path.join(output_dir, f'init_weights-given-{digest}-ulp.npz')
-    if not os.path.exists(nudged):
-      runlog.save_weights(nudged, calibration.nudge_weights(given))
-  else:
-    init_weights, nudged = _init_weights_files(cfg, output_dir, common)
+  init_weights, nudged = _init_weights_paths(cfg, output_dir)
   # The exact arguments of each finished or started runner: a rerun of check_parity
   # reuses a complete run with the same arguments and resumes an unfinished one.
   state_path = os.path.join(output_dir, STATE_JSON)
-  previous = _read_state(state_path)
-  state = {}
-  run_dirs = {}
+  previous = _read_state(state_path, cfg.overwrite)
+  planned = []
   for job in jobs(cfg):
     model_dir = os.path.join(output_dir, job.name)
     start = nudged if job.name == CONTROL else init_weights
     args = common + [f'--model_dir={model_dir}', f'--init_weights={start}', *job.args]
     recorded = args + [f'{k}={v}' for k, v in job.env]
+    _refuse_replacing(cfg, job.name, model_dir, previous.get(job.name), recorded)
+    planned.append((job, model_dir, args, recorded))
+  _write_init_weights(init_weights, nudged, common)
+  state = {}
+  run_dirs = {}
+  for job, model_dir, args, recorded in planned:
     same = previous.get(job.name) == recorded and not cfg.overwrite
     state[job.name] = recorded
     runlog.atomic_write_json(state_path, {**previous, **state})
@@ -268,8 +336,8 @@ def run(cfg, tolerances):
     else:
       os.makedirs(model_dir, exist_ok=True)
       log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
-      code = _run(job, args + ([] if same else ['--overwrite']), log_path, cfg.total_steps,
-                  model_dir, append=same)
+      code = _run(job, args + (['--overwrite'] if cfg.overwrite else []), log_path,
+                  cfg.total_steps, model_dir, append=same)
       if code:
         raise runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir

@@ -100,8 +100,13 @@ def real_data_dir(output_dir):
 
 
 def _check(args, output_dir):
-  """Runs check_parity; returns (exit code, parity.json content or None)."""
-  result = subprocess.run(process.command('check_parity', f'--output_dir={output_dir}', *args),
+  """Runs check_parity; returns (exit code, parity.json content or None).
+
+  --overwrite: a case's pitfalls run in its folder one after the other, each replacing
+  the runs of the one before (check_parity refuses to unasked).
+  """
+  result = subprocess.run(process.command('check_parity', f'--output_dir={output_dir}',
+                                          '--overwrite', *args),
                           capture_output=True, text=True, env=process.child_env(), check=False)
   if result.returncode not in (cli.EXIT_OK, cli.EXIT_PARITY_FAIL):
     error = cli.UsageError if result.returncode == cli.EXIT_USAGE else cli.Fault

@@ -8,6 +8,7 @@ and curve tiers are judged against the measured divergence of two correct runs;
 without one, against fixed tolerances over the first steps. report.py writes the result.
 """
 
+import collections
 import dataclasses
 import hashlib
 import os
@@ -79,9 +80,11 @@ class Run:
 def load_run(path):
   """Loads a complete run directory.
 
-  Raises cli.UsageError for a missing or unfinished one, and for one whose run.json does
-  not say which Adam and BatchNorm kernels it computed with (an older runner's): the
-  framework differences are read from there, never guessed.
+  Raises cli.UsageError for a missing or unfinished one; for one whose records do not
+  cover its global step (steps.csv rows 1..global_step, epochs.csv rows of the epochs
+  done, the snapshots its flags ask for), which a copy cut short or a hand edit leaves;
+  and for one whose run.json does not say which Adam and BatchNorm kernels it computed
+  with (an older runner's): the framework differences are read from there, never guessed.
   """
   if not os.path.isdir(path):
     raise cli.UsageError(f'{path}: no such run directory')
@@ -100,8 +103,54 @@ def load_run(path):
   if problem:
     raise cli.UsageError(f'{path}: {runlog.RUN_JSON} does not say which kernels the run '
                          f'computed with ({problem}); rerun its command with this version')
-  return Run(path, manifest, steps, runlog.read_csv(os.path.join(path, runlog.EPOCHS_CSV)),
-             runlog.snapshot_steps_in(path))
+  run = Run(path, manifest, steps, runlog.read_csv(os.path.join(path, runlog.EPOCHS_CSV)),
+            runlog.snapshot_steps_in(path))
+  missing = _missing_records(run)
+  if missing:
+    raise cli.UsageError(f'{path}: an incomplete run: run.json says complete at step '
+                         f'{manifest.get("global_step")}, but {missing}; rerun its command '
+                         'with --overwrite to train it again')
+  return run
+
+
+def _numbering_problem(name, what, numbers, last):
+  """What is wrong with rows numbered `numbers` that should be 1..last, or None."""
+  if not np.all(np.isfinite(numbers)):
+    return f'{name} holds a row without a {what} number'
+  numbers = [int(n) for n in numbers]
+  if numbers == list(range(1, last + 1)):
+    return None
+  repeated = sorted(n for n, count in collections.Counter(numbers).items() if count > 1)
+  absent = sorted(set(range(1, last + 1)) - set(numbers))
+  if repeated:
+    return f'{name} holds {what} {repeated[0]} more than once'
+  if absent:
+    return (f'{name} holds {len(numbers)} rows for {last} {what}s ({what} {absent[0]} is the '
+            'first missing)')
+  return f'{name} holds {what}s past {last} or out of order'
+
+
+def _missing_records(run):
+  """What a complete run's records lack or hold twice (None when they cover it): steps.csv
+  rows 1..global_step, epochs.csv rows for the epochs done, and the weight snapshots its
+  flags ask for within the run (the last step always)."""
+  step = run.manifest.get('global_step')
+  if not isinstance(step, int) or step < 1:
+    return 'it names no global step'
+  spe, epochs = run.flag('steps_per_epoch'), run.flag('epochs')
+  if spe and epochs and step != spe * epochs:
+    return f'its flags ask for {epochs} epochs of {spe} steps ({spe * epochs} steps)'
+  problem = _numbering_problem(runlog.STEPS_CSV, 'step', run.steps['step'], step)
+  if problem is None and spe:
+    problem = _numbering_problem(runlog.EPOCHS_CSV, 'epoch', run.epochs.get('epoch', []),
+                                 step // spe)
+  if problem is None and run.flag('snapshot_steps') is not None:
+    wanted = {s for s in run.flag('snapshot_steps') if s <= step} | {step}
+    absent = sorted(wanted - set(run.snapshot_steps))
+    if absent:
+      name = os.path.relpath(runlog.snapshot_path(run.path, absent[0]), run.path)
+      problem = f'{name} is missing ({len(absent)} of its {len(wanted)} weight snapshots are)'
+  return problem
 
 
 # How a control may differ from its reference: its start is nudged by one ulp, and the

@@ -8,6 +8,7 @@
     MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
     MODEL_DIR/export/                  SavedModel (the runners' own)
     MODEL_DIR/runner.log               the runner's whole output, when check_parity ran it
+    MODEL_DIR/.lock                    the lock of the process writing it (lock_folder)
 
 This module is TensorFlow-free so that the parity harness can read runs cheaply.
 """
@@ -15,6 +16,7 @@ This module is TensorFlow-free so that the parity harness can read runs cheaply.
 import contextlib
 import csv
 import datetime
+import fcntl
 import hashlib
 import json
 import os
@@ -32,9 +34,20 @@ EPOCHS_CSV = 'epochs.csv'
 WEIGHTS_DIR = 'weights'
 CHECKPOINTS_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
+KERAS_FILE = 'model.keras'
 # Written by whoever started the runner (check_parity), not by the runner: a run
 # directory holding only this file is still empty, and --overwrite keeps it.
 RUNNER_LOG = 'runner.log'
+# The lock of the process writing a folder (lock_folder): no content either, and kept.
+LOCK_FILE = '.lock'
+# Not content: a folder holding only these is empty, and --overwrite keeps them.
+_NOT_CONTENT = frozenset({RUNNER_LOG, LOCK_FILE})
+# What a runner writes into its run directory, by kind: --overwrite deletes these names
+# (and the temporaries of atomic writes) and nothing else.
+_OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
+_OWN_FOLDERS = frozenset({WEIGHTS_DIR, CHECKPOINTS_DIR, EXPORT_DIR})
+# TensorBoard's event files (tf.compat.v1.summary.FileWriter and tf.summary alike).
+_EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
 
 STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
                 'learning_rate', 'seconds')
@@ -96,6 +109,110 @@ OPERATIONAL_FLAGS = frozenset({
     'model_dir', 'overwrite', 'log_every', 'checkpoint_every', 'save_init_weights',
     'require_gpu',
 })
+
+
+# The tf1compat package, and the folder holding it (a checkout, or site-packages).
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_PARENT = os.path.dirname(_PACKAGE_DIR)
+# Folders this process holds the lock of (lock_folder), open until it ends.
+_LOCKS = {}
+
+
+def cache_dir():
+  """Where the embedded dataset is cached: $TF1COMPAT_CACHE, else ~/.cache/tf1compat.
+
+  Here, TensorFlow-free, so that check_parity can keep runs out of it without importing
+  TensorFlow (records.cache_dir, where the cache is written, reads the same).
+  """
+  return os.environ.get('TF1COMPAT_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'tf1compat')
+
+
+def _real(path):
+  return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+
+
+def _within(inner, outer):
+  return os.path.commonpath([inner, outer]) == outer
+
+
+def check_placement(path, flag, data_dirs=()):
+  """Raises cli.UsageError when `path`, a folder or file a command is about to write, is,
+  contains or lies inside a data folder of `data_dirs`, the dataset cache or the tf1compat
+  package, or is or contains the folder holding the package.
+
+  A run's --overwrite empties its folder, so a run directory there could delete the
+  user's data or the code. Inside a checkout is fine: runs/ is where runs go by default.
+  """
+  target = _real(path)
+  guarded = [(f'the data folder {folder}', folder, True) for folder in data_dirs if folder]
+  guarded += [(f'the dataset cache {cache_dir()}', cache_dir(), True),
+              (f'the tf1compat package {_PACKAGE_DIR}', _PACKAGE_DIR, True),
+              (f'the folder holding the tf1compat package, {_PACKAGE_PARENT}', _PACKAGE_PARENT,
+               False)]
+  for what, folder, inside_too in guarded:
+    folder = _real(folder)
+    if target == folder:
+      relation = 'is'
+    elif _within(folder, target):
+      relation = 'contains'
+    elif inside_too and _within(target, folder):
+      relation = 'lies inside'
+    else:
+      continue
+    raise cli.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
+                         f'(--overwrite would delete what it holds); choose a {flag} outside it')
+
+
+def lock_folder(folder, flag):
+  """Takes the exclusive lock of `folder` (created when missing) until this process ends.
+
+  flock on folder/.lock, which holds the holder's pid: the kernel releases the lock when
+  its process dies, SIGKILL included, so a lock is never stale. Raises cli.UsageError
+  naming the holder's pid when another process holds it; a second call from this
+  process keeps the lock it has.
+  """
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise cli.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
+  os.makedirs(folder, exist_ok=True)
+  key = _real(folder)
+  if key in _LOCKS:
+    return
+  # 'a+' opens without truncating: the holder's pid stays readable until we hold the lock.
+  lock = open(os.path.join(folder, LOCK_FILE), 'a+')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip() or 'unknown'
+    lock.close()
+    raise cli.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
+                         f'for it to end, or choose another {flag}') from None
+  lock.truncate(0)
+  lock.write(f'{os.getpid()}\n')
+  lock.flush()
+  _LOCKS[key] = lock
+
+
+def content(folder):
+  """The names in `folder` other than runner.log and the lock ([] when it does not exist)."""
+  if not os.path.isdir(folder):
+    return []
+  return [name for name in os.listdir(folder) if name not in _NOT_CONTENT]
+
+
+def written_by_a_run(folder, name):
+  """Whether `name` in `folder` is something a runner writes into a run directory (what
+  --overwrite may delete): its files and folders by kind, event files and temporaries.
+  A link is never ours."""
+  path = os.path.join(folder, name)
+  if os.path.islink(path):
+    return False
+  if name in _OWN_FOLDERS:
+    return os.path.isdir(path)
+  if name in _OWN_FILES or _EVENTS_NAME.fullmatch(name):
+    return os.path.isfile(path)
+  return bool(_TEMPORARY_NAME.fullmatch(name))
 
 
 def now():
@@ -197,7 +314,8 @@ def load_weights(path, expected_shapes=None):
   """Reads a weights .npz as {key: array}, checked against {key: shape} when given.
 
   Raises cli.UsageError naming the file and the first mismatch (missing or extra
-  key, wrong shape), so a file from a different model never loads half-way.
+  key, wrong shape) or the first variable holding a NaN or Inf, so a file from a
+  different model never loads half-way and a run never starts from non-finite weights.
   """
   if not os.path.exists(path):
     raise cli.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
@@ -218,6 +336,13 @@ def load_weights(path, expected_shapes=None):
         raise cli.UsageError(
             f'{path}: {key} has shape {tuple(weights[key].shape)}, the model expects '
             f'{tuple(shape)}; check --num_classes and the model flags')
+  for key, value in weights.items():
+    finite = np.isfinite(value) if value.dtype.kind in 'fc' else True
+    if not np.all(finite):
+      raise cli.UsageError(
+          f'{path}: {key} holds {np.size(value) - np.count_nonzero(finite)} NaN or Inf '
+          'value(s); a run cannot train from them: write finite initial weights (e.g. with '
+          '--save_init_weights)')
   return weights
 
 
@@ -243,12 +368,24 @@ def count_rows(path):
 
 
 def read_manifest(model_dir):
-  """run.json of `model_dir` as a dict, or None when there is none."""
+  """run.json of `model_dir` as a dict, or None when there is none.
+
+  Raises cli.UsageError naming a run.json that is not a JSON object (a damaged disk, a
+  cut-off copy, a hand edit) and the way out.
+  """
   path = os.path.join(model_dir, RUN_JSON)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except ValueError as e:
+    manifest = e
+  if not isinstance(manifest, dict):
+    what = manifest if isinstance(manifest, ValueError) else 'not a JSON object'
+    raise cli.UsageError(f'{path} is damaged ({what}); rerun the run\'s command with '
+                         '--overwrite to train it again, or use another --model_dir')
+  return manifest
 
 
 def _format(value):
@@ -311,21 +448,24 @@ class RunLog:
   def open(self):
     """Checks the directory, then starts a new manifest or resumes the existing one.
 
-    A complete run is replaced only with `overwrite`; an unfinished run of the same
-    runner, flags and data is resumed (what a killed process left half-written is
-    removed); anything else is a UsageError naming the difference. Returns True when
-    resuming.
+    Takes the folder's lock first (lock_folder). `overwrite` empties the folder, but
+    only when all it holds is what a run writes (written_by_a_run). Without it, a
+    complete run is kept; an unfinished run of the same runner, flags and data is
+    resumed (what a killed process left half-written is removed); anything else, a
+    folder with content but no run.json included, is a UsageError naming the difference.
+    Returns True when resuming.
     """
-    previous = read_manifest(self.model_dir)
-    if previous is not None and self.overwrite:
+    lock_folder(self.model_dir, '--model_dir')
+    if self.overwrite:
       self._clear()
       previous = None
-    elif previous is None and os.path.isdir(self.model_dir) and self._content():
-      if not self.overwrite:
+    else:
+      previous = read_manifest(self.model_dir)
+      if previous is None and content(self.model_dir):
+        self._refuse_foreign()
         raise cli.UsageError(
-            f'--model_dir={self.model_dir} is not empty and holds no run.json; choose another '
-            'folder or pass --overwrite to replace its content')
-      self._clear()
+            f'--model_dir={self.model_dir} holds the files of a run but no run.json; pass '
+            '--overwrite to replace them or choose another --model_dir')
     if previous is not None:
       self._check_same_run(previous)
       self._remove_temporaries()
@@ -341,11 +481,22 @@ class RunLog:
     cli.release_stderr()
     return self.resuming
 
-  def _content(self):
-    return [name for name in os.listdir(self.model_dir) if name != RUNNER_LOG]
+  def _refuse_foreign(self):
+    """Raises cli.UsageError when the folder holds anything a run does not write."""
+    foreign = sorted(name for name in content(self.model_dir)
+                     if not written_by_a_run(self.model_dir, name))
+    if foreign:
+      listed = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
+      deleted = ('nothing was deleted' if self.overwrite
+                 else 'neither would --overwrite delete them')
+      raise cli.UsageError(
+          f'--model_dir={self.model_dir} holds files no tf1compat run wrote ({listed}): it is '
+          f'not a run directory, and {deleted}; choose another --model_dir')
 
   def _clear(self):
-    for name in self._content():
+    # Everything or nothing: one file the run did not write keeps the whole folder.
+    self._refuse_foreign()
+    for name in content(self.model_dir):
       _remove(os.path.join(self.model_dir, name))
 
   def _remove_temporaries(self):
