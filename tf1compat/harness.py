@@ -179,8 +179,8 @@ def _read_state(path, overwrite):
   if overwrite:
     return {}
   what = state if isinstance(state, ValueError) else 'not a JSON object'
-  raise cli.UsageError(f'{path} is damaged ({what}); pass --overwrite to train every run again, '
-                       'or choose another --output_dir')
+  raise cli.UsageError(f'{path} is damaged ({what}); pass --overwrite to train every run '
+                       'again, or choose another --output_dir')
 
 
 def _flag_values(args):
@@ -216,7 +216,7 @@ def _refuse_replacing(cfg, job_name, model_dir, old, new):
   without --overwrite: it may be a complete or resumable run the user still wants."""
   if cfg.overwrite or old == new or not runlog.content(model_dir):
     return
-  way_out = 'pass --overwrite to train every run again, or choose another --output_dir'
+  way_out = 'pass --overwrite to replace it, or choose another --output_dir'
   if old is None:
     raise cli.UsageError(f'--output_dir={cfg.output_dir}: {model_dir} holds a run that '
                          f'{STATE_JSON} does not record; {way_out}')
@@ -328,7 +328,9 @@ def run(cfg, tolerances):
   state = {}
   run_dirs = {}
   for job, model_dir, args, recorded in planned:
-    same = previous.get(job.name) == recorded and not cfg.overwrite
+    # --overwrite replaces the runs whose arguments changed; the others are reused or
+    # resumed as without it (a pitfall then retrains only the runner it is injected in).
+    same = previous.get(job.name) == recorded
     state[job.name] = recorded
     runlog.atomic_write_json(state_path, {**previous, **state})
     if same and _complete(model_dir):
@@ -336,7 +338,7 @@ def run(cfg, tolerances):
     else:
       os.makedirs(model_dir, exist_ok=True)
       log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
-      code = _run(job, args + (['--overwrite'] if cfg.overwrite else []), log_path,
+      code = _run(job, args + ([] if same else ['--overwrite']), log_path,
                   cfg.total_steps, model_dir, append=same)
       if code:
         raise runner_error(job.name, code, log_path)
