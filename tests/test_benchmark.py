@@ -2,7 +2,8 @@
 
 The run takes every measurement once, on 32-pixel images and a few steps, and checks
 that the JSON holds the issue's keys with positive figures. The runner configs the
-workers receive, and the compute-only dataset hook, are checked on their own.
+workers receive, the compute-only dataset hook and the roofline's FLOP count (against
+a count by hand) are checked on their own.
 """
 
 import json
@@ -116,9 +117,16 @@ def test_train_specs_carry_each_runner_config_through_json(tmp_path):
       assert runner_config.loop == ('fit' if measurement.runner == 'fit' else 'custom')
 
 
+def _printed_json(code):
+  """What `code` (json imported, the repository importable) printed last, as JSON, run in a
+  fresh interpreter."""
+  result = run_python('import json\n' + code)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.splitlines()[-1])
+
+
 def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation():
-  result = run_python(
-      'import json\n'
+  served, kept = _printed_json(
       'import tensorflow as tf\n'
       'from tf1compat import benchmark_workers\n'
       'dataset = tf.data.Dataset.range(6).batch(2)\n'
@@ -126,7 +134,39 @@ def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation
       'kept = benchmark_workers.one_batch_in_memory(dataset, training=False)\n'
       'print(json.dumps([[b.tolist() for b in d.take(4).as_numpy_iterator()]\n'
       '                  for d in (served, kept)]))\n')
-  assert result.returncode == 0, result.stderr[-3000:]
-  served, kept = json.loads(result.stdout.splitlines()[-1])
   assert served == [[0, 1]] * 4
   assert kept == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_flop_count_matches_a_count_by_hand():
+  # 8 x 8 RGB -> 4 3x3 filters, stride 1, 'same' -> 8 x 8 x 4 -> 8 3x3 filters, stride 2,
+  # 'same' -> 4 x 4 x 8 -> flattened 128 -> Dense 6. Per image, 2 x Kh x Kw x Cin x Cout
+  # x Hout x Wout for a convolution, 2 x in x out for a Dense layer:
+  conv_a = 2 * 3 * 3 * 3 * 4 * 8 * 8
+  conv_b = 2 * 3 * 3 * 4 * 8 * 4 * 4
+  dense = 2 * 128 * 6
+  forward = conv_a + conv_b + dense
+  # Forward, weight gradients, and the input gradients of all but the first layer.
+  training = forward + forward + conv_b + dense
+  counted, tensorflow = _printed_json('''
+import keras
+from tf1compat import roofline
+inputs = keras.Input((8, 8, 3))
+x = keras.layers.Conv2D(4, 3, padding='same', name='conv_a')(inputs)
+x = keras.layers.Conv2D(8, 3, strides=2, padding='same', name='conv_b')(x)
+x = keras.layers.Dense(6, name='dense')(keras.layers.Flatten()(x))
+model = keras.Model(inputs, x)
+loss = lambda labels, logits: keras.losses.categorical_crossentropy(
+    labels, logits, from_logits=True)
+counts = [roofline.layer_flops(keras, model), roofline.tensorflow_flops(model, loss, 8, 6)]
+print(json.dumps(counts))
+''')
+  assert counted == {'forward_per_image': forward, 'training_per_image': training,
+                     'layers': {'conv_a': conv_a, 'conv_b': conv_b, 'dense': dense}}
+  # TensorFlow's own count of the products agrees where its gradient formula is exact
+  # (stride 1, or 'same' padding on a side the stride divides); the first layer's input
+  # gradient is in the traced graph but not among the ops the step runs.
+  products = ('Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'MatMul')
+  assert sum(tensorflow['forward_by_op'].get(op, 0) for op in products) == forward
+  assert sum(tensorflow['training_by_op'].get(op, 0) for op in products) == training
+  assert tensorflow['training_graph_per_image'] - tensorflow['training_per_image'] >= conv_a
