@@ -2,8 +2,8 @@
 
 The run takes every measurement once, on 32-pixel images and a few steps, and checks
 that the JSON holds the issue's keys with positive figures. The runner configs the
-workers receive, the compute-only dataset hook and the roofline's FLOP count (against
-a count by hand) are checked on their own.
+workers receive, the compute-only dataset hook, the roofline's FLOP count (against a
+count by hand) and its figures are checked on their own.
 """
 
 import json
@@ -56,6 +56,20 @@ def test_json_holds_every_figure(smoke):
   assert set(figures['targets']) == {t.key for t in benchmark_figures.TARGETS}
 
 
+def test_json_holds_the_roofline(smoke):
+  _, figures = smoke
+  assert figures['peak_gflops'][benchmark_figures.LOOP_DTYPE] > 0
+  assert all(peak > 0 for peak in figures['peak_gflops'].values())
+  assert set(figures['loop_fraction_of_peak']) == set(benchmark_figures.LOOPS)
+  for loop, fraction in figures['loop_fraction_of_peak'].items():
+    assert 0 < fraction < 1.5, loop
+  flops = figures['roofline']['flops']
+  assert figures['training_flops_per_image'] == flops['training_per_image'] > 0
+  assert flops['tensorflow']['training_per_image'] > 0
+  for name, measured in figures['measurements'].items():
+    assert ('achieved_gflops' in measured) == (not name.startswith('pipeline_')), name
+
+
 def test_table_shows_every_measurement_and_target(smoke):
   result, figures = smoke
   for measured in figures['measurements'].values():
@@ -63,6 +77,8 @@ def test_table_shows_every_measurement_and_target(smoke):
   for target in benchmark_figures.TARGETS:
     assert target.label in result.stdout
   assert figures['device']['description'] in result.stdout
+  assert f'{benchmark_figures.LOOP_DTYPE} peak' in result.stdout
+  assert 'GFLOP per image' in result.stdout
 
 
 def test_user_data_is_read_without_its_validation_files(tiny_data_dir, tmp_path):
@@ -170,3 +186,29 @@ print(json.dumps(counts))
   assert sum(tensorflow['forward_by_op'].get(op, 0) for op in products) == forward
   assert sum(tensorflow['training_by_op'].get(op, 0) for op in products) == training
   assert tensorflow['training_graph_per_image'] - tensorflow['training_per_image'] >= conv_a
+
+
+def _roofline_round(flops, gflops):
+  return {'peak': {'device': 'CPU', 'matmul_size': 2048, 'tensor_float_32': True,
+                   'gflops': {'float32': gflops}},
+          'flops': flops, 'other_load_cores': 0.0, 'wall_seconds': 1.0}
+
+
+def test_fraction_of_peak_is_images_per_second_times_flops_over_the_peak():
+  flops = {'training_per_image': 2e9, 'forward_per_image': 1e9}
+  rounds = [_roofline_round(flops, [100.0, 300.0]), _roofline_round(None, [200.0])]
+  results = {'graph': {'images_per_second': {'median': 50.0}, 'timed_step_seconds': [0.5]},
+             'pipeline_seed': {'images_per_second': {'median': 900.0}}}
+  figures = benchmark_figures.roofline_figures(rounds, results)
+  # The median of every round's windows; the FLOPs of the first round.
+  assert figures['peak_gflops'] == {'float32': 200.0}
+  assert figures['training_flops_per_image'] == 2e9
+  assert results['graph']['achieved_gflops'] == 100.0
+  assert 'achieved_gflops' not in results['pipeline_seed']
+  assert figures['loop_fraction_of_peak'] == {'graph': 0.5, 'eager': None, 'fit': None}
+  key = 'loop_fraction_of_peak.graph'
+  on_cpu = benchmark_figures.check_targets({**figures, 'device': {'accelerator': 'CPU'}})
+  assert on_cpu[key]['met'] and on_cpu[key]['minimum'] == 0.5
+  # On a GPU the fraction is reported, not a target.
+  on_gpu = benchmark_figures.check_targets({**figures, 'device': {'accelerator': 'GPU'}})
+  assert key not in on_gpu
