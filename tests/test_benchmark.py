@@ -2,7 +2,8 @@
 
 The run takes every measurement once, on 32-pixel images and a few steps, and checks
 that the JSON holds the issue's keys with positive figures. The runner configs the
-workers receive, and the compute-only dataset hook, are checked on their own.
+workers receive, the compute-only dataset hook, the roofline's FLOP count (against a
+count by hand) and its figures are checked on their own.
 """
 
 import json
@@ -55,6 +56,20 @@ def test_json_holds_every_figure(smoke):
   assert set(figures['targets']) == {t.key for t in benchmark_figures.TARGETS}
 
 
+def test_json_holds_the_roofline(smoke):
+  _, figures = smoke
+  assert figures['peak_gflops'][benchmark_figures.LOOP_DTYPE] > 0
+  assert all(peak > 0 for peak in figures['peak_gflops'].values())
+  assert set(figures['loop_fraction_of_peak']) == set(benchmark_figures.LOOPS)
+  for loop, fraction in figures['loop_fraction_of_peak'].items():
+    assert 0 < fraction < 1.5, loop
+  flops = figures['roofline']['flops']
+  assert figures['training_flops_per_image'] == flops['training_per_image'] > 0
+  assert flops['tensorflow']['training_per_image'] > 0
+  for name, measured in figures['measurements'].items():
+    assert ('achieved_gflops' in measured) == (not name.startswith('pipeline_')), name
+
+
 def test_table_shows_every_measurement_and_target(smoke):
   result, figures = smoke
   for measured in figures['measurements'].values():
@@ -62,6 +77,8 @@ def test_table_shows_every_measurement_and_target(smoke):
   for target in benchmark_figures.TARGETS:
     assert target.label in result.stdout
   assert figures['device']['description'] in result.stdout
+  assert f'{benchmark_figures.LOOP_DTYPE} peak' in result.stdout
+  assert 'GFLOP per image' in result.stdout
 
 
 def test_user_data_is_read_without_its_validation_files(tiny_data_dir, tmp_path):
@@ -116,9 +133,16 @@ def test_train_specs_carry_each_runner_config_through_json(tmp_path):
       assert runner_config.loop == ('fit' if measurement.runner == 'fit' else 'custom')
 
 
+def _printed_json(code):
+  """What `code` (json imported, the repository importable) printed last, as JSON, run in a
+  fresh interpreter."""
+  result = run_python('import json\n' + code)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.splitlines()[-1])
+
+
 def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation():
-  result = run_python(
-      'import json\n'
+  served, kept = _printed_json(
       'import tensorflow as tf\n'
       'from tf1compat import benchmark_workers\n'
       'dataset = tf.data.Dataset.range(6).batch(2)\n'
@@ -126,7 +150,65 @@ def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation
       'kept = benchmark_workers.one_batch_in_memory(dataset, training=False)\n'
       'print(json.dumps([[b.tolist() for b in d.take(4).as_numpy_iterator()]\n'
       '                  for d in (served, kept)]))\n')
-  assert result.returncode == 0, result.stderr[-3000:]
-  served, kept = json.loads(result.stdout.splitlines()[-1])
   assert served == [[0, 1]] * 4
   assert kept == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_flop_count_matches_a_count_by_hand():
+  # 8 x 8 RGB -> 4 3x3 filters, stride 1, 'same' -> 8 x 8 x 4 -> 8 3x3 filters, stride 2,
+  # 'same' -> 4 x 4 x 8 -> flattened 128 -> Dense 6. Per image, 2 x Kh x Kw x Cin x Cout
+  # x Hout x Wout for a convolution, 2 x in x out for a Dense layer:
+  conv_a = 2 * 3 * 3 * 3 * 4 * 8 * 8
+  conv_b = 2 * 3 * 3 * 4 * 8 * 4 * 4
+  dense = 2 * 128 * 6
+  forward = conv_a + conv_b + dense
+  # Forward, weight gradients, and the input gradients of all but the first layer.
+  training = forward + forward + conv_b + dense
+  counted, tensorflow = _printed_json('''
+import keras
+from tf1compat import roofline
+inputs = keras.Input((8, 8, 3))
+x = keras.layers.Conv2D(4, 3, padding='same', name='conv_a')(inputs)
+x = keras.layers.Conv2D(8, 3, strides=2, padding='same', name='conv_b')(x)
+x = keras.layers.Dense(6, name='dense')(keras.layers.Flatten()(x))
+model = keras.Model(inputs, x)
+loss = lambda labels, logits: keras.losses.categorical_crossentropy(
+    labels, logits, from_logits=True)
+counts = [roofline.layer_flops(keras, model), roofline.tensorflow_flops(model, loss, 8, 6)]
+print(json.dumps(counts))
+''')
+  assert counted == {'forward_per_image': forward, 'training_per_image': training,
+                     'layers': {'conv_a': conv_a, 'conv_b': conv_b, 'dense': dense}}
+  # TensorFlow's own count of the products agrees where its gradient formula is exact
+  # (stride 1, or 'same' padding on a side the stride divides); the first layer's input
+  # gradient is in the traced graph but not among the ops the step runs.
+  products = ('Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropInput', 'MatMul')
+  assert sum(tensorflow['forward_by_op'].get(op, 0) for op in products) == forward
+  assert sum(tensorflow['training_by_op'].get(op, 0) for op in products) == training
+  assert tensorflow['training_graph_per_image'] - tensorflow['training_per_image'] >= conv_a
+
+
+def _roofline_round(flops, gflops):
+  return {'peak': {'device': 'CPU', 'matmul_size': 2048, 'tensor_float_32': True,
+                   'gflops': {'float32': gflops}},
+          'flops': flops, 'other_load_cores': 0.0, 'wall_seconds': 1.0}
+
+
+def test_fraction_of_peak_is_images_per_second_times_flops_over_the_peak():
+  flops = {'training_per_image': 2e9, 'forward_per_image': 1e9}
+  rounds = [_roofline_round(flops, [100.0, 300.0]), _roofline_round(None, [200.0])]
+  results = {'graph': {'images_per_second': {'median': 50.0}, 'timed_step_seconds': [0.5]},
+             'pipeline_seed': {'images_per_second': {'median': 900.0}}}
+  figures = benchmark_figures.roofline_figures(rounds, results)
+  # The median of every round's windows; the FLOPs of the first round.
+  assert figures['peak_gflops'] == {'float32': 200.0}
+  assert figures['training_flops_per_image'] == 2e9
+  assert results['graph']['achieved_gflops'] == 100.0
+  assert 'achieved_gflops' not in results['pipeline_seed']
+  assert figures['loop_fraction_of_peak'] == {'graph': 0.5, 'eager': None, 'fit': None}
+  key = 'loop_fraction_of_peak.graph'
+  on_cpu = benchmark_figures.check_targets({**figures, 'device': {'accelerator': 'CPU'}})
+  assert on_cpu[key]['met'] and on_cpu[key]['minimum'] == 0.5
+  # On a GPU the fraction is reported, not a target.
+  on_gpu = benchmark_figures.check_targets({**figures, 'device': {'accelerator': 'GPU'}})
+  assert key not in on_gpu

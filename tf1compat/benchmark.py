@@ -9,7 +9,9 @@ One invocation measures, on the same data and settings:
    `model.fit`, each with Keras' Adam and with `tf1_adam`, and each loop's compute-only
    bound: the same runner, the same step, fed one batch held in memory;
 3. the eager custom loop with `jit_compile`;
-4. the device it ran on.
+4. the roofline (issue 16.3): the device's matmul peak and the FLOPs of a training step
+   (roofline.py), so each loop's images/s is also a fraction of the peak's FLOP/s;
+5. the device it ran on.
 
 This module is the orchestrator: it starts one worker process per measurement
 (benchmark_workers), so that each peak memory is its own and graph mode and Keras 3
@@ -40,6 +42,11 @@ The compute-only bound of a loop is that loop with the training dataset replaced
 its first batch, computed once by the real pipeline and then served from memory
 (`take(1).cache().repeat()`): everything but the pipeline's work. `loop_over_compute_only`
 compares each loop with its own bound, so it measures what the pipeline costs the loop.
+
+The roofline runs in a worker of its own at the start of each round that trains: a
+square matmul's GFLOP/s after warm-up (seconds), and in the first round the FLOPs per
+image of the runners' model, counted from its layers (the three loops build the same
+model with model.build_model; no measured switch changes its layers).
 
 No TensorFlow in this process: each worker sets its process up (legacy Keras and TF1
 behaviour for the graph runner, Keras 3 otherwise) before TensorFlow is first imported.
@@ -118,6 +125,8 @@ MEASUREMENTS = (
                 switches=('jit_compile',)),
 )
 MEASUREMENT_NAMES = tuple(m.name for m in MEASUREMENTS)
+# The runner whose config the roofline's FLOP count builds the model from.
+_FLOPS_RUNNER = MEASUREMENTS[MEASUREMENT_NAMES.index('eager')]
 
 
 def selected_measurements(names):
@@ -264,6 +273,27 @@ def _measure_pipeline(settings, data, measurement, work_dir):
   }
 
 
+def _measure_roofline(settings, data, count_flops, work_dir):
+  """One round of the roofline: the matmul peak's windows and, with `count_flops`, the
+  FLOPs of the runners' model (see roofline.py)."""
+  model = None
+  if count_flops:
+    model = train_spec(settings, data, _FLOPS_RUNNER, os.path.join(work_dir, 'run'))['config']
+  return _run_worker(work_dir, {'kind': 'roofline', 'repetitions': settings.repetitions,
+                                'model': model})
+
+
+def _timed(measure, *args):
+  """`measure(*args)`'s result, with the cores other processes kept busy meanwhile and
+  its wall time."""
+  before = cpu_snapshot()
+  measured = measure(*args)
+  after = cpu_snapshot()
+  measured['other_load_cores'] = other_cores(before, after)
+  measured['wall_seconds'] = after[0] - before[0]
+  return measured
+
+
 def run(settings, output_dir, measurement_names=None):
   """Runs the measurements named in `measurement_names` (None or empty: all); returns the
   figures (JSON-ready).
@@ -291,23 +321,26 @@ def run(settings, output_dir, measurement_names=None):
         f'measurements ({", ".join(pipelines)}) need clean records: fix them, or leave '
         'those measurements out of --measurements')
   rounds = {m.name: [] for m in measurements}
+  roofline_rounds = []
+  trains = any(m.kind == 'train' for m in measurements)
   for round_index in range(1, settings.rounds + 1):
+    if trains:
+      logging.info('round %d/%d: measuring the roofline', round_index, settings.rounds)
+      roofline_rounds.append(_timed(_measure_roofline, settings, data, round_index == 1,
+                                    os.path.join(output_dir, 'roofline')))
     for index, measurement in enumerate(measurements, start=1):
       logging.info('round %d/%d: measuring %s (%d/%d)', round_index, settings.rounds,
                    measurement.name, index, len(measurements))
       measure = _measure_pipeline if measurement.kind == 'pipeline' else _measure_training
-      before = cpu_snapshot()
-      measured = measure(settings, data, measurement,
-                         os.path.join(output_dir, measurement.name))
-      after = cpu_snapshot()
-      measured['other_load_cores'] = other_cores(before, after)
-      measured['wall_seconds'] = after[0] - before[0]
+      measured = _timed(measure, settings, data, measurement,
+                        os.path.join(output_dir, measurement.name))
       rounds[measurement.name].append(measured)
       logging.info('%s: %s images/s', measurement.name,
                    ' '.join(f'{rate:.1f}' for rate in measured['rates']))
   results = {m.name: benchmark_figures.pool_rounds(m.label, rounds[m.name])
              for m in measurements}
   figures = benchmark_figures.ratios(results)
+  figures.update(benchmark_figures.roofline_figures(roofline_rounds, results))
   figures.update({
       'device': benchmark_figures.device_block(results),
       'settings': {**dataclasses.asdict(settings), 'num_classes': data['num_classes'],

@@ -14,13 +14,17 @@ worker writes its result to:
 - {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config'}:
   runs `graph_loop.run` or `eager_loop.run` with the config.GraphConfig or
   config.EagerConfig whose every field 'config' holds (config.manifest_flags of it);
-  result {'peak_rss_mb'}.
+  result {'peak_rss_mb'};
+- {'kind': 'roofline', 'repetitions', 'model'}: times the device's matmul peak
+  (roofline.measure_peak) and, where 'model' holds an eager runner's config, counts
+  the FLOPs of that runner's model; result {'peak', 'flops' (or None)}.
 
 This module imports no TensorFlow at import time: each worker sets its process up
 (legacy Keras and TF1 behaviour for the graph runner, Keras 3 otherwise) before
 TensorFlow is first imported, inside the worker's function.
 """
 
+import functools
 import json
 import os
 import sys
@@ -186,7 +190,33 @@ def _train_worker(spec):
   return {'peak_rss_mb': _status_mb('VmHWM')}
 
 
-_WORKERS = {'data': _data_worker, 'pipeline': _pipeline_worker, 'train': _train_worker}
+def _model_flops(cfg):
+  """The FLOPs per image of the eager runner's model on `cfg`: the layer walk, with
+  TensorFlow's own count of the traced forward pass and step beside it."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat import roofline  # pylint: disable=g-import-not-at-top
+  model = eager_loop.build_model(cfg, cfg.num_classes)
+  flops = roofline.layer_flops(keras, model)
+  flops['tensorflow'] = roofline.tensorflow_flops(
+      model, functools.partial(eager_loop.per_example_loss, cfg.loss), cfg.image_size,
+      cfg.num_classes)
+  flops['convention'] = roofline.CONVENTION
+  return flops
+
+
+def _roofline_worker(spec):
+  """The device's matmul peak, timed first in a fresh process; then, with a model
+  config, the FLOPs of that model."""
+  process.use_keras3()
+  from tf1compat import roofline  # pylint: disable=g-import-not-at-top
+  peak = roofline.measure_peak(spec['repetitions'])
+  model = spec['model'] and config_from_spec({'runner': 'eager', 'config': spec['model']})
+  return {'peak': peak, 'flops': _model_flops(model) if model else None}
+
+
+_WORKERS = {'data': _data_worker, 'pipeline': _pipeline_worker, 'train': _train_worker,
+            'roofline': _roofline_worker}
 
 
 def worker_main(spec_path):
