@@ -48,6 +48,16 @@ RECORD_SHUFFLE_SEED_OFFSET = 2
 _LENGTH_AND_CRC = struct.Struct('<QI')
 
 
+# The shard names bin/make_records writes. A folder holding them without dataset.json is
+# a conversion that did not finish (data_check), unless another program wrote them.
+_SHARD_NAME = re.compile(r'(train|val)-\d{5}-of-\d{5}\.tfrecord')
+
+
+def is_shard_name(name):
+  """Whether `name` is a shard name that bin/make_records writes."""
+  return _SHARD_NAME.fullmatch(name) is not None
+
+
 class DataError(cli.UsageError):
   """Input data a user supplied is missing or unusable; the message says which and why."""
 

@@ -15,7 +15,6 @@ so that the pipeline has nothing left to drop at run time.
 import dataclasses
 import hashlib
 import os
-import re
 
 from absl import logging
 from google.protobuf import message as protobuf_message
@@ -275,11 +274,6 @@ class DataSpec:
             'skipped': [str(b) for b in bad[:_SKIPPED_LISTED]]}
 
 
-# The shard names bin/make_records writes: a folder of them without dataset.json is a
-# conversion that did not finish (or one of an older version, interrupted).
-_MAKE_RECORDS_SHARD = re.compile(r'(train|val)-\d{5}-of-\d{5}\.tfrecord')
-
-
 def _dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
   """dataset.json of `data_dir` ({} without one), refused when the folder is a conversion
   that did not finish or the file disagrees with the folder or with --num_classes."""
@@ -289,8 +283,9 @@ def _dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
     raise data.DataError(f'{where}: a bin/make_records conversion into it did not finish '
                          f'({data.INCOMPLETE_MARKER} is there); rerun it with --overwrite')
   if info is None:
-    shards = sorted(name for name in os.listdir(data_dir)
-                    if _MAKE_RECORDS_SHARD.fullmatch(name))
+    # Shards named as make_records names them, without dataset.json: a conversion that
+    # did not finish (this version's leave INCOMPLETE_MARKER; older ones left nothing).
+    shards = sorted(name for name in os.listdir(data_dir) if data.is_shard_name(name))
     if shards and num_classes is None:
       raise data.DataError(
           f'{where}: it holds bin/make_records shards ({shards[0]}...) but no '
