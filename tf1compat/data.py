@@ -214,6 +214,8 @@ def decode_failures(records):
     return {}
   graph = tf.Graph()
   with graph.as_default():
+    # A one-shot iterator asks for a seed under op determinism; nothing here is random.
+    tf.compat.v1.set_random_seed(0)
     # Every record up to the last one asked about is decoded (the others cost little
     # and are not reported): a per-record filter would cost a search a record.
     limits = tf.constant([max(records[path]) + 1 for path in files], tf.int64)

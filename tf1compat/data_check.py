@@ -56,14 +56,14 @@ class BadRecord:
   lost: int = 1
 
   def describe(self):
-    """'record N: reason', and what else is lost with it."""
+    """'record N: reason', and the records left out with it (--on_bad_record=skip)."""
     text = f'record {self.index}: {self.reason}'
     if self.lost > 1:
       text += f' (it and the {self.lost - 1} record(s) after it are left out)'
     return text
 
   def __str__(self):
-    return f'{os.path.basename(self.path)} {self.describe()}'
+    return f'{os.path.basename(self.path)} record {self.index}: {self.reason}'
 
 
 def _values(feature):
@@ -271,7 +271,8 @@ class DataSpec:
             'skipped_records': self.train_check.lost_records + self.val_check.lost_records,
             'skipped_by_file': {**self.train_check.lost_by_file(),
                                 **self.val_check.lost_by_file()},
-            'skipped': [str(b) for b in bad[:_SKIPPED_LISTED]]}
+            'skipped': [f'{os.path.basename(b.path)} {b.describe()}'
+                        for b in bad[:_SKIPPED_LISTED]]}
 
 
 def _dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
