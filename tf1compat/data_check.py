@@ -1,7 +1,8 @@
-"""The pre-flight check of a data directory: every record framed, parsed and checked.
+"""The pre-flight check of a data directory: every record framed, verified, parsed and checked.
 
-Runs before a runner builds anything, in pure Python (no TensorFlow session), so graph
-and eager processes check alike, and bad data stops a run with one line naming the
+Runs before a runner builds anything, without the runner's graph or eager machinery (Python,
+TensorFlow's record reader, and under skip a Session of its own), so graph and eager
+processes check alike, and bad data stops a run with one line naming the
 file, the record and the fix. `check_data_dir` also settles the class count and the
 data's fingerprint: its DataSpec is what a run trains on and records in run.json.
 
@@ -9,7 +10,9 @@ Every record's framing and data checksums are verified: the headers here, the da
 TensorFlow's own record reader (C++; CRC-32C in Python runs at about 18 MB/s, a minute
 for Caltech256). Images are checked by their structure (image_bytes); under
 --on_bad_record=skip every image is also decoded once by TensorFlow (data.decode_failures)
-so that the pipeline has nothing left to drop at run time.
+so that the pipeline has nothing left to drop at run time. Measured on this project's
+2-core machine, 30,000 records of 19 kB JPEGs (560 MB, page cache warm): 1.65 s (0.85 s
+before the data checksums and the full JPEG walk), and 10 to 11.5 s under skip.
 """
 
 import dataclasses
@@ -30,8 +33,6 @@ _FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record
 _FIX_TRUNCATED = ('copy the file again or rewrite it with bin/make_records; '
                   '--on_bad_record=skip trains on the records before the damage')
 _FIX_NOT_A_TFRECORD = 'remove it from --data_dir or rewrite it with bin/make_records'
-_FIX_DAMAGED = ('copy the file again or rewrite it with bin/make_records; '
-                '--on_bad_record=skip trains on the records before the damage')
 # How many skipped records run.json lists by name (all are counted), and the log names
 # per file.
 _SKIPPED_LISTED = 20
@@ -142,7 +143,7 @@ def _check_file(path, num_classes):
       # The framing is whole up to here, so it is this record's data checksum.
       reason = ('its bytes are damaged (data checksum mismatch in the record at byte '
                 f'{record.offset})')
-      bad.append(BadRecord(path, record.index, reason, _FIX_DAMAGED, tail=True,
+      bad.append(BadRecord(path, record.index, reason, _FIX_TRUNCATED, tail=True,
                            lost=len(framing) - record.index))
       break
     problem = _record_problem(path, record.index, serialized, num_classes)

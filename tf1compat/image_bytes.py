@@ -260,7 +260,13 @@ def problem(blob):
   """Why `blob` is not an image the input pipeline decodes, or None.
 
   The formats `tf.io.decode_image` reads, each checked for being whole by its structure
-  (measured on 30,000 JPEGs of 17 kB: see data_check).
+  (its cost: see data_check). Measured against tf.io.decode_image on 3,920 images made
+  by Pillow (JPEG RGB, grey, CMYK and progressive; PNG RGB, RGBA, grey and interlaced;
+  GIF; BMP 8, 24 and 32-bit; WebP) and their damaged copies (cut anywhere, one byte
+  changed, bytes appended): 63 verdicts differ. 14 are JPEGs missing only the last byte
+  of their end marker, refused here though TensorFlow decodes them; 49 are one byte
+  changed inside compressed data, which only decoding finds (--on_bad_record=skip
+  decodes every image; with fail the run stops at it, naming it).
   """
   if blob[:3] == _SOI + b'\xff':
     return _jpeg_problem(blob)
