@@ -338,7 +338,7 @@ def from_input_pipeline(error):
 def input_errors(spec):
   """Turns an input-pipeline failure in the block into its one-line DataError.
 
-  `spec`: the run's data_check.DataSpec (its data_dir and files).
+  `spec`: the run's data_check.DataSpec (its data_dir, files and checked records).
 
   Runtime errors of the model or a device (also InvalidArgumentError) pass through
   unchanged: they are faults (exit 4), not data to rewrite.
@@ -360,15 +360,17 @@ def pipeline_error(spec, error):
   an image damaged inside its compressed data, which only decoding finds: every image
   is then decoded once more (decode_failures) to name it.
   """
+  files = spec.train_files + spec.val_files
   located = None
   match = _RECORD_AT.search(error.message or '')
   if match:
-    located = _damaged_record_at(spec.train_files + spec.val_files, int(match.group(1)))
+    located = _damaged_record_at(files, int(match.group(1)))
   if located:
     return DataError(f'--data_dir={spec.data_dir}: {located}; copy the file again or rewrite '
                      'it with bin/make_records')
-  failures = (decode_failures(spec.checked_records())
-              if isinstance(error, tf.errors.InvalidArgumentError) else {})
+  failures = {}
+  if files and isinstance(error, tf.errors.InvalidArgumentError):
+    failures = decode_failures(spec.checked_records())
   if failures:
     (path, index), why = min(failures.items())
     return DataError(f"--data_dir={spec.data_dir}: {os.path.basename(path)} record {index}: "
