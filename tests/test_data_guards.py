@@ -169,7 +169,7 @@ def test_foreign_records_and_dataset_json_are_never_replaced(tmp_path):
   (out / 'mine.tfrecord').write_bytes(b'the user\'s records')
   before = _hashes(out)
   line = _one_line(run_entry('make_records', *SMALL, f'--output_dir={out}', '--overwrite'))
-  assert f'--output_dir={out}: mine.tfrecord was not written by bin/make_records' in line
+  assert f'--output_dir={out}: mine.tfrecord is not a record file bin/make_records wrote' in line
   assert 'move it away or choose another folder' in line
   (out / 'mine.tfrecord').unlink()
   (out / data.DATASET_JSON).write_text('{"num_classes": 3}')

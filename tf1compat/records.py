@@ -390,9 +390,10 @@ def _check_output_dir(out_dir, overwrite):
                          f'{data.DATASET_JSON}; pass --overwrite to replace them or choose '
                          'another folder')
   if foreign:
-    raise data.DataError(f'--output_dir={out_dir}: {foreign[0]} was not written by '
-                         'bin/make_records, and the runners would read it with the new '
-                         'shards; move it away or choose another folder')
+    raise data.DataError(f'--output_dir={out_dir}: {foreign[0]} is not a record file '
+                         'bin/make_records wrote there (its dataset.json does not list it), '
+                         'and the runners would read it with the new shards; move it away or '
+                         'choose another folder')
   return ours
 
 
