@@ -40,6 +40,8 @@ class DataConfig:
   seed: int = 0
   shuffle_buffer: int = 10000
   on_bad_record: str = 'fail'
+  # A --num_classes that disagrees with dataset.json is refused unless this is set.
+  allow_num_classes_mismatch: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -50,6 +50,9 @@ def define_data_flags(defaults=config.DataConfig):
                     'image or label, label outside [0, num_classes), image bytes that do not '
                     'decode). fail: stop before training and name it (exit 2); skip: leave it '
                     'out and count it in run.json.')
+  flags.DEFINE_bool('allow_num_classes_mismatch', default('allow_num_classes_mismatch'),
+                    'Train with a --num_classes other than the one dataset.json says (refused '
+                    'without this switch: a wrong count trains a wrong head silently).')
 
 
 def define_training_flags(defaults):

@@ -1,16 +1,18 @@
 """Writing TFRecords in the seed's schema: an image-folder converter and a synthetic dataset.
 
 Both write `train-NNNNN-of-NNNNN.tfrecord` and `val-NNNNN-of-NNNNN.tfrecord` shards and a
-`dataset.json` (classes, label names, counts, skipped files, fingerprint) that the
-runners read for `--num_classes` and the run manifest's data fingerprint. Shards are
-written under temporary names and renamed when complete, and `dataset.json` comes
-last, so a folder with a `dataset.json` is never half-written.
+`dataset.json` (classes, label names, counts, skipped files, the shards written,
+fingerprint) that the runners read for `--num_classes` and the run manifest's data
+fingerprint. bin/make_records (`run`) writes into a temporary folder and moves the
+result into place only when it is complete (`_install`), so an interrupted conversion
+leaves either the old records whole, nothing, or a folder the runners refuse.
 """
 
 import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -101,6 +103,7 @@ def _split_names(class_dir_names):
 
 def _write_dataset_json(out_dir, summary):
   record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
+  summary['files'] = [os.path.basename(path) for path in record_files]
   summary['fingerprint'] = data.fingerprint(record_files)
   with runlog.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
@@ -125,39 +128,66 @@ def _class_counts(examples, num_classes):
   return counts.tolist()
 
 
+def _class_dirs(src_dir):
+  """The sorted class sub-folders of `src_dir`; DataError when there are none to read."""
+  if not os.path.isdir(src_dir):
+    what = 'a file, not a folder' if os.path.exists(src_dir) else 'no such directory'
+    raise data.DataError(f'--image_dir={src_dir}: {what}; pass a folder with one sub-folder '
+                         'of images per class (Caltech256 layout)')
+  try:
+    class_dirs = sorted(d for d in os.listdir(src_dir)
+                        if os.path.isdir(os.path.join(src_dir, d)))
+  except OSError as e:
+    raise data.DataError(f'--image_dir={src_dir}: unreadable ({e.strerror}); make it '
+                         'readable or pass another folder') from e
+  if not class_dirs:
+    raise data.DataError(f'--image_dir={src_dir}: no class sub-folders; expected e.g. '
+                         '001.ak47/001_0001.jpg')
+  return class_dirs
+
+
+def _read_image_file(path):
+  """(bytes, None), or (None, why) for an entry named like an image that is no readable
+  file: a folder, a broken link, a file without read permission."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read(), None
+  except OSError as e:
+    return None, f'unreadable ({e.strerror})'
+
+
 def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, seed=0):
   """Converts a Caltech256-layout folder into sharded TFRecords and `dataset.json`.
 
   Each sub-folder of `src_dir` is a class; labels are the 0-based index of the
   sorted sub-folder names. Per class, a seeded `val_fraction` of the images goes to
-  the `val-*` shards. Non-RGB-JPEG images are re-encoded as RGB JPEG; files that are
-  not decodable images are logged, skipped and counted. Returns the summary that is
-  also written to `dataset.json`.
+  the `val-*` shards. Non-RGB-JPEG images are re-encoded as RGB JPEG; entries that are
+  not decodable images (or not readable files at all) are logged, skipped and
+  counted. Returns the summary that is also written to `dataset.json`.
   """
-  if not os.path.isdir(src_dir):
-    raise data.DataError(f'{src_dir}: no such directory; pass a folder with one sub-folder '
-                         'of images per class (Caltech256 layout)')
-  class_dirs = sorted(d for d in os.listdir(src_dir)
-                      if os.path.isdir(os.path.join(src_dir, d)))
-  if not class_dirs:
-    raise data.DataError(f'{src_dir}: no class sub-folders; expected e.g. 001.ak47/001_0001.jpg')
+  class_dirs = _class_dirs(src_dir)
   # The conversion starts: what make_records held back (cli.run_main) goes out.
   cli.release_stderr()
   rng = np.random.default_rng(seed)
   splits = {'train': [], 'val': []}
   skipped = []
   for label, class_dir in enumerate(class_dirs):
-    files = sorted(f for f in os.listdir(os.path.join(src_dir, class_dir))
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    folder = os.path.join(src_dir, class_dir)
+    try:
+      files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    except OSError as e:
+      raise data.DataError(f'--image_dir={src_dir}: {folder} is unreadable ({e.strerror}); '
+                           'make it readable or move it out') from e
     converted = []
     for name in files:
       rel = f'{class_dir}/{name}'
-      with open(os.path.join(src_dir, class_dir, name), 'rb') as f:
-        blob = f.read()
-      try:
-        converted.append((to_rgb_jpeg(blob), rel, label))
-      except tf.errors.InvalidArgumentError as e:
-        reason = e.message.splitlines()[0] if e.message else 'not a decodable image'
+      blob, reason = _read_image_file(os.path.join(folder, name))
+      if blob is not None:
+        try:
+          converted.append((to_rgb_jpeg(blob), rel, label))
+        except tf.errors.InvalidArgumentError as e:
+          reason = e.message.splitlines()[0] if e.message else 'not a decodable image'
+      if reason:
         logging.warning('skipping %s: %s', rel, reason)
         skipped.append({'file': rel, 'reason': reason})
     order = rng.permutation(len(converted))
@@ -251,6 +281,16 @@ def cache_dir():
       os.path.expanduser('~'), '.cache', 'tf1compat')
 
 
+def _cache_error(error):
+  """The DataError of a cache folder that cannot be made or written."""
+  where = (f'$TF1COMPAT_CACHE={cache_dir()}' if os.environ.get('TF1COMPAT_CACHE')
+           else f'the cache folder {cache_dir()}')
+  what = ('is a file, not a folder' if os.path.isfile(cache_dir())
+          else f'cannot be written ({error.strerror or error})')
+  return data.DataError(f'{where} {what}; point TF1COMPAT_CACHE at a folder you can write '
+                        'to, or pass --data_dir')
+
+
 def cached_synthetic(name, **kwargs):
   """Returns cache_dir()/name holding write_synthetic(**kwargs), generating it once.
 
@@ -258,13 +298,16 @@ def cached_synthetic(name, **kwargs):
   started side by side never read a half-written dataset. Not runlog.atomic_path: it
   replaces an existing folder, which would delete a copy that a racing process put in
   place and may be reading; os.replace onto a complete copy fails instead, and the
-  first copy stays.
+  first copy stays. A cache path that is a file or not writable is a DataError.
   """
   target = os.path.join(cache_dir(), name)
   if os.path.exists(os.path.join(target, data.DATASET_JSON)):
     return target
-  os.makedirs(cache_dir(), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{name}-', dir=cache_dir())
+  try:
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{name}-', dir=cache_dir())
+  except OSError as e:
+    raise _cache_error(e) from e
   try:
     write_synthetic(tmp, **kwargs)
     os.replace(tmp, target)
@@ -283,28 +326,169 @@ def embedded_data_dir(seed=0):
   return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
+# The temporary folders of run: beside a new --output_dir ('.NAME.make_records-PID'), or
+# inside an existing one ('.make_records-PID'). A killed process leaves its own behind;
+# the next run removes those whose process is gone.
+_STAGING = re.compile(r'\.(?:.+\.)?make_records-(\d+)')
+
+
+def _own_files(out_dir):
+  """(the files make_records wrote in `out_dir`, the *.tfrecord files it did not).
+
+  Its files are dataset.json and the shards that dataset.json lists; a dataset.json of
+  an older version lists none, and its shards are those named as make_records names
+  them. DataError for a dataset.json that make_records did not write.
+  """
+  json_path = os.path.join(out_dir, data.DATASET_JSON)
+  records_present = [os.path.basename(path) for path in glob_records(out_dir)]
+  if not os.path.exists(json_path):
+    ours = []
+  else:
+    try:
+      with open(json_path) as f:
+        info = json.load(f)
+    except (OSError, ValueError):
+      info = None
+    if not isinstance(info, dict) or info.get('format') != DATASET_FORMAT:
+      raise data.DataError(f'--output_dir={out_dir}: its {data.DATASET_JSON} was not written '
+                           'by bin/make_records; move it away or choose another folder')
+    listed = info.get('files')
+    ours = [data.DATASET_JSON] + [
+        name for name in records_present
+        if (name in listed if isinstance(listed, list) else data.is_shard_name(name))]
+  if os.path.exists(os.path.join(out_dir, data.INCOMPLETE_MARKER)):
+    ours += [data.INCOMPLETE_MARKER] + [name for name in records_present
+                                        if data.is_shard_name(name) and name not in ours]
+  return ours, [name for name in records_present if name not in ours]
+
+
+def _remove_stale_staging(folder):
+  """Removes the temporary folders of make_records processes that no longer run."""
+  for name in os.listdir(folder):
+    match = _STAGING.fullmatch(name)
+    if not match or not os.path.isdir(os.path.join(folder, name)):
+      continue
+    try:
+      os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+      shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    except OSError:
+      pass  # alive, another user's
+
+
+def _check_output_dir(out_dir, overwrite):
+  """Refuses an --output_dir that make_records must not write into; returns the names of
+  the files it wrote there before (to replace)."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise data.DataError(f'--output_dir={out_dir}: a file, not a folder; pass a folder (it is '
+                         'created if missing)')
+  if not os.path.isdir(out_dir):
+    return []
+  ours, foreign = _own_files(out_dir)
+  if (ours or foreign) and not overwrite:
+    raise data.DataError(f'--output_dir={out_dir} already holds TFRecords or a '
+                         f'{data.DATASET_JSON}; pass --overwrite to replace them or choose '
+                         'another folder')
+  if foreign:
+    raise data.DataError(f'--output_dir={out_dir}: {foreign[0]} is not a record file '
+                         'bin/make_records wrote there (its dataset.json does not list it), '
+                         'and the runners would read it with the new shards; move it away or '
+                         'choose another folder')
+  return ours
+
+
+@contextlib.contextmanager
+def _staging(out_dir):
+  """Yields a new temporary folder on the file system of `out_dir`, removed at the end
+  (with the folders made for it) unless it was moved into place."""
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  inside = os.path.isdir(out_dir)
+  made = []
+  try:
+    if not inside:
+      missing = parent
+      while not os.path.exists(missing):
+        made.append(missing)
+        missing = os.path.dirname(missing)
+      os.makedirs(parent, exist_ok=True)
+    folder = out_dir if inside else parent
+    _remove_stale_staging(folder)
+    prefix = '.' if inside else f'.{os.path.basename(os.path.abspath(out_dir))}.'
+    tmp = os.path.join(folder, f'{prefix}make_records-{os.getpid()}')
+    os.mkdir(tmp)
+  except OSError as e:
+    for path in made:
+      with contextlib.suppress(OSError):
+        os.rmdir(path)
+    raise data.DataError(f'--output_dir={out_dir}: cannot write there ({e.strerror}); choose '
+                         'a folder you can write to') from e
+  try:
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.isdir(out_dir):
+      for path in made:
+        with contextlib.suppress(OSError):
+          os.rmdir(path)
+
+
+def _install(tmp, out_dir, old_files):
+  """Moves the complete records in `tmp` to `out_dir`.
+
+  A new folder is one rename: whole or absent. Into an existing folder (which may hold
+  the user's other files) the files move one by one: INCOMPLETE_MARKER first, then the
+  old records of make_records go, the new shards come and dataset.json comes last,
+  then the marker goes. An interruption in between leaves the marker, and the runners
+  refuse the folder with a line that says to rerun make_records; nothing but what
+  make_records wrote is ever removed.
+  """
+  if not os.path.isdir(out_dir):
+    os.rename(tmp, out_dir)
+    return
+  marker = os.path.join(out_dir, data.INCOMPLETE_MARKER)
+  with open(marker, 'w') as f:
+    f.write('bin/make_records is replacing the records here; if it is not running, rerun it '
+            'with --overwrite\n')
+  # dataset.json first: from here on the folder reads as unfinished, marker or not.
+  for name in sorted(old_files, key=lambda name: name != data.DATASET_JSON):
+    if name != data.INCOMPLETE_MARKER:
+      os.remove(os.path.join(out_dir, name))
+  new_files = sorted(os.listdir(tmp), key=lambda name: name == data.DATASET_JSON)
+  for name in new_files:
+    os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+  os.remove(marker)
+
+
 def run(cfg):
   """bin/make_records: converts `image_dir` or writes the synthetic dataset into `output_dir`.
 
-  `cfg` is a config.RecordsConfig. Returns the dataset summary (the content of
-  dataset.json).
+  `cfg` is a config.RecordsConfig. The records are written into a temporary folder and
+  moved into place when complete (`_install`); with `overwrite`, the records that
+  make_records wrote there before are replaced then, and nothing else is touched.
+  Returns the dataset summary (the content of dataset.json).
   """
   out_dir = cfg.output_dir
-  existing = glob_records(out_dir) if os.path.isdir(out_dir) else []
-  if existing and not cfg.overwrite:
-    raise data.DataError(f'--output_dir={out_dir} already holds TFRecords; pass --overwrite '
-                         'to replace them or choose another folder')
-  for path in existing:
-    os.remove(path)
-  if cfg.synthetic:
-    cli.release_stderr()
-    summary = write_synthetic(
-        out_dir, num_classes=cfg.synthetic_classes,
-        train_per_class=cfg.synthetic_train_per_class,
-        val_per_class=cfg.synthetic_val_per_class, num_shards=cfg.num_shards, seed=cfg.seed)
-  else:
-    summary = convert_image_folder(cfg.image_dir, out_dir, val_fraction=cfg.val_fraction,
-                                   num_shards=cfg.num_shards, seed=cfg.seed)
+  old_files = _check_output_dir(out_dir, cfg.overwrite)
+  if not cfg.synthetic:
+    _class_dirs(cfg.image_dir)
+  with _staging(out_dir) as tmp:
+    try:
+      if cfg.synthetic:
+        cli.release_stderr()
+        summary = write_synthetic(
+            tmp, num_classes=cfg.synthetic_classes,
+            train_per_class=cfg.synthetic_train_per_class,
+            val_per_class=cfg.synthetic_val_per_class, num_shards=cfg.num_shards,
+            seed=cfg.seed)
+      else:
+        summary = convert_image_folder(cfg.image_dir, tmp, val_fraction=cfg.val_fraction,
+                                       num_shards=cfg.num_shards, seed=cfg.seed)
+      _install(tmp, out_dir, old_files)
+    except (OSError, tf.errors.OpError) as e:
+      why = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
+      raise data.DataError(f'--output_dir={out_dir}: writing the records failed '
+                           f'({why.splitlines()[0]}); free some space or choose another '
+                           'folder, then rerun') from e
   logging.info('wrote %d training and %d validation records of %d classes to %s '
                '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
                summary['num_classes'], out_dir, summary['num_skipped'])

@@ -347,7 +347,8 @@ def check_data(cfg):
   """The DataSpec of --data_dir (or of the embedded dataset when it is unset), after the
   pre-flight check of its records."""
   data_dir = cfg.data_dir or records.embedded_data_dir()
-  return data_check.check_data_dir(data_dir, cfg.num_classes, cfg.on_bad_record)
+  return data_check.check_data_dir(data_dir, cfg.num_classes, cfg.on_bad_record,
+                                   cfg.allow_num_classes_mismatch)
 
 
 def save_init_weights(cfg, weights):
@@ -425,6 +426,12 @@ def train(backend, log, schedule, signals):
 
   if signals.caught:
     raise interrupted()
+  unevaluated = _unevaluated_epoch(log, step, spe)
+  if unevaluated:
+    epoch, train_loss, train_accuracy, seconds = unevaluated
+    logging.info('evaluating epoch %d, which ended at the checkpoint of step %d', epoch, step)
+    final_metrics = recorder.record_epoch(epoch, train_loss, train_accuracy, backend.evaluate(),
+                                          seconds, backend.write_scalars)
   for epoch in range(step // spe + 1, schedule.epochs + 1):
     done_in_epoch = step - (epoch - 1) * spe
     if done_in_epoch == 0 and schedule.reset_metrics:
@@ -448,10 +455,31 @@ def train(backend, log, schedule, signals):
       bar.close()
     if result is None:
       continue
+    # The epoch's checkpoint comes before its evaluation: validation data that fails
+    # there (exit 2) loses no training, and the rerun evaluates from this checkpoint.
+    recorder.checkpoint(step, backend.save_checkpoint)
     final_metrics = recorder.record_epoch(
         epoch, result.mean_loss, result.accuracy, backend.evaluate(),
         time.perf_counter() - epoch_started, backend.write_scalars)
-    recorder.checkpoint(step, backend.save_checkpoint)
     if signals.caught:
       raise interrupted()
   return recorder.finish(step, final_metrics, backend.export, signals)
+
+
+def _unevaluated_epoch(log, step, steps_per_epoch):
+  """(epoch, train_loss, train_accuracy, seconds) of the epoch that ended at `step` when
+  its checkpoint was written but its epochs.csv row was not (the run stopped in its
+  evaluation), else None. The training metrics are its last steps.csv row's running
+  metrics, the values the row would have had; seconds are its steps' own."""
+  epoch = step // steps_per_epoch
+  if not step or step % steps_per_epoch:
+    return None
+  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
+  if epochs and int(epochs['epoch'][-1]) >= epoch:
+    return None
+  steps = runlog.read_csv(log.path(runlog.STEPS_CSV))
+  if not steps or int(steps['step'][-1]) != step:
+    return None
+  in_epoch = steps['epoch'] == epoch
+  return (epoch, float(steps['mean_loss'][-1]), float(steps['accuracy'][-1]),
+          float(steps['seconds'][in_epoch].sum()))
