@@ -107,7 +107,7 @@ _TEMPORARY_NAME = re.compile(r'.+\.tmp\d+(\.\w+)?')
 # different values of these.
 OPERATIONAL_FLAGS = frozenset({
     'model_dir', 'overwrite', 'log_every', 'checkpoint_every', 'save_init_weights',
-    'require_gpu',
+    'require_gpu', 'allow_num_classes_mismatch',
 })
 
 
