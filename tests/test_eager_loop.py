@@ -16,6 +16,7 @@ import pytest
 
 from conftest import (REPO, TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry,
                       run_python, tiny_run_flags)
+from tf1compat import atomic
 from tf1compat import runlog
 
 EPSILON = '1e-07'
@@ -39,7 +40,7 @@ def last_line(stderr):
 def mark_interrupted(model_dir):
   manifest = runlog.read_manifest(model_dir)
   manifest['status'] = runlog.STATUS_INTERRUPTED
-  runlog.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
+  atomic.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
 
 
 @pytest.fixture(scope='module')

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from conftest import (TINY, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
                       tiny_run_flags)
+from tf1compat import atomic
 from tf1compat import data
 from tf1compat import records
 from tf1compat import runlog
@@ -416,7 +417,7 @@ def test_a_directory_holding_a_different_run_is_refused(references, tiny_data_di
   shutil.copytree(references('graph'), model_dir)
   manifest = runlog.read_manifest(model_dir)
   manifest['status'] = runlog.STATUS_INTERRUPTED
-  runlog.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
+  atomic.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
   proc = run_entry('train_graph', *_kill_flags(tiny_data_dir, model_dir,
                                                '--learning_rate=0.002'))
   _expect_usage_error(proc, f'--model_dir={model_dir} holds a different run (--learning_rate '

@@ -61,6 +61,7 @@ import time
 
 from absl import logging
 
+from tf1compat import atomic
 from tf1compat import benchmark_figures
 from tf1compat import cli
 from tf1compat import config
@@ -151,7 +152,7 @@ def _run_worker(work_dir, spec):
   result_path = os.path.join(work_dir, _RESULT_JSON)
   if os.path.exists(result_path):
     os.remove(result_path)
-  runlog.atomic_write_json(spec_path, {**spec, 'result': result_path})
+  atomic.atomic_write_json(spec_path, {**spec, 'result': result_path})
   env = process.child_env()
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   log_path = os.path.join(work_dir, _LOG_FILE)

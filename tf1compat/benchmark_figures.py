@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 
-from tf1compat import runlog
+from tf1compat import atomic
 
 # Other processes busy on more than this many cores, on average, during a measurement
 # make its figures noisy enough to say so.
@@ -294,4 +294,4 @@ def format_table(figures):
 def write_json(path, figures):
   """Writes the figures to `path` atomically."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  runlog.atomic_write_json(path, figures)
+  atomic.atomic_write_json(path, figures)

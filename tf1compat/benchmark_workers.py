@@ -33,10 +33,10 @@ import time
 from absl import flags
 from absl import logging
 
+from tf1compat import atomic
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import process
-from tf1compat import runlog
 
 # The benchmark's synthetic records use 10 of the seed's Caltech256 classes.
 SYNTHETIC_CLASSES = 10
@@ -233,7 +233,7 @@ def worker_main(spec_path):
     result = _WORKERS[spec['kind']](spec)
   except cli.UsageError as e:
     cli.fail(cli.EXIT_USAGE, e)
-  runlog.atomic_write_json(spec['result'], result)
+  atomic.atomic_write_json(spec['result'], result)
   return cli.EXIT_OK
 
 

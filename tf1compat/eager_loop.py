@@ -29,6 +29,8 @@ import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from tf1compat import atomic
+from tf1compat import checkpoints
 from tf1compat import cli
 from tf1compat import data
 from tf1compat import distribution as distribution_lib
@@ -147,9 +149,9 @@ def load_init_weights(model, path):
 
 def export(model, export_dir, keras_file):
   """SavedModel in `export_dir` and the Keras file `keras_file`, each whole or absent."""
-  with runlog.atomic_path(export_dir) as tmp_dir:
+  with atomic.atomic_path(export_dir) as tmp_dir:
     model.export(tmp_dir, verbose=False)
-  with runlog.atomic_path(keras_file) as tmp_file:
+  with atomic.atomic_path(keras_file) as tmp_file:
     model.save(tmp_file)
 
 
@@ -284,7 +286,7 @@ class EagerBackend(training.Backend):
         **iterator_state)
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, self._log.path(runlog.CHECKPOINTS_DIR),
-        max_to_keep=training.CHECKPOINTS_KEPT)
+        max_to_keep=checkpoints.CHECKPOINTS_KEPT)
 
   def _replica_step(self, images, labels, stop_flag):
     with tf.GradientTape() as tape:
@@ -325,7 +327,7 @@ class EagerBackend(training.Backend):
   def restore(self):
     self._make_checkpoint()
     # The other workers resume from the chief's checkpoints.
-    path = training.restore_newest(
+    path = checkpoints.restore_newest(
         self._manager.directory if self.distribution.is_chief else
         os.path.join(self._cfg.model_dir, runlog.CHECKPOINTS_DIR),
         lambda path: self._checkpoint.restore(path).assert_existing_objects_matched())

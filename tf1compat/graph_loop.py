@@ -28,6 +28,8 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from tf1compat import atomic
+from tf1compat import checkpoints
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import data
@@ -130,7 +132,7 @@ class GraphBackend(training.Backend):
       self._saver = tf.compat.v1.train.Saver(
           var_list=(tf.compat.v1.global_variables() + self._train_metric_variables
                     + [self._iterator_saveable]),
-          max_to_keep=training.CHECKPOINTS_KEPT)
+          max_to_keep=checkpoints.CHECKPOINTS_KEPT)
       self._build_weight_loader()
       initialize = tf.group(tf.compat.v1.global_variables_initializer(),
                             tf.compat.v1.local_variables_initializer())
@@ -258,7 +260,7 @@ class GraphBackend(training.Backend):
     self._writer = tf.compat.v1.summary.FileWriter(log.model_dir, graph=self.graph)
 
   def restore(self):
-    latest = training.restore_newest(self._checkpoint_dir,
+    latest = checkpoints.restore_newest(self._checkpoint_dir,
                                      lambda path: self._saver.restore(self._sess, path))
     if latest is None:
       return 0, None
@@ -341,7 +343,7 @@ def export(cfg, num_classes, weights, export_dir):
 
   The training model reads the iterator; the export rebuilds it in a graph of its own
   on an Input placeholder, so the SavedModel holds neither the input pipeline nor the
-  optimizer. Whole or absent (runlog.atomic_path).
+  optimizer. Whole or absent (atomic.atomic_path).
   """
   graph = tf.Graph()
   with graph.as_default():
@@ -357,7 +359,7 @@ def export(cfg, num_classes, weights, export_dir):
         inputs={'images': serving_model.input},
         outputs={'outputs': serving_model.output,
                  'classes': tf.argmax(serving_model.output, axis=-1)})
-    with tf.compat.v1.Session(graph=graph) as sess, runlog.atomic_path(export_dir) as tmp_dir:
+    with tf.compat.v1.Session(graph=graph) as sess, atomic.atomic_path(export_dir) as tmp_dir:
       sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
       builder = tf.compat.v1.saved_model.Builder(tmp_dir)
       builder.add_meta_graph_and_variables(

@@ -16,9 +16,11 @@ import signal
 import subprocess
 import time
 
+from tf1compat import atomic
 from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import config
+from tf1compat import folders
 from tf1compat import parity
 from tf1compat import pitfalls
 from tf1compat import process
@@ -304,10 +306,10 @@ def run(cfg, tolerances):
   """
   check_pitfall_requirements(cfg)
   output_dir = cfg.output_dir
-  runlog.check_placement(output_dir, '--output_dir', [cfg.data_dir])
+  folders.check_placement(output_dir, '--output_dir', [cfg.data_dir])
   if cfg.init_weights:
     runlog.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
-  runlog.lock_folder(output_dir, '--output_dir')
+  folders.lock_folder(output_dir, '--output_dir')
   # Without --data_dir the first runner generates the embedded dataset's cache and the
   # others reuse it; this process never imports TensorFlow.
   common = forwarded_args(cfg)
@@ -332,7 +334,7 @@ def run(cfg, tolerances):
     # resumed as without it (a pitfall then retrains only the runner it is injected in).
     same = previous.get(job.name) == recorded
     state[job.name] = recorded
-    runlog.atomic_write_json(state_path, {**previous, **state})
+    atomic.atomic_write_json(state_path, {**previous, **state})
     if same and _complete(model_dir):
       progress.say(f'{job.name}: reusing the complete run in {model_dir}')
     else:

@@ -14,11 +14,11 @@ import json
 import os
 import subprocess
 
+from tf1compat import atomic
 from tf1compat import cli
 from tf1compat import pitfalls
 from tf1compat import process
 from tf1compat import progress
-from tf1compat import runlog
 
 # The real-image case: scikit-learn's scanned handwritten digits (1,797 8x8 grey images
 # of 10 classes, shipped inside the package), written as a Caltech-layout image folder
@@ -172,8 +172,8 @@ def run(cfg):
   passed = (all(r['verdict'] == 'PASS' for r in matched) and
             all(r['verdict'] == 'FAIL' and r['named_first'] for r in pitfall_rows))
   result = {'matched': matched, 'pitfalls': pitfall_rows, 'passed': passed}
-  runlog.atomic_write_json(os.path.join(output_dir, 'matrix.json'), result)
-  runlog.atomic_write_text(os.path.join(output_dir, 'matrix.md'), markdown(result))
+  atomic.atomic_write_json(os.path.join(output_dir, 'matrix.json'), result)
+  atomic.atomic_write_text(os.path.join(output_dir, 'matrix.md'), markdown(result))
   return result
 
 

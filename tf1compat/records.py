@@ -9,10 +9,8 @@ leaves either the old records whole, nothing, or a folder the runners refuse.
 """
 
 import contextlib
-import glob
 import json
 import os
-import re
 import shutil
 import tempfile
 
@@ -20,12 +18,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from tf1compat import atomic
 from tf1compat import cli
 from tf1compat import data
+from tf1compat import folders
 from tf1compat import image_bytes
-from tf1compat import runlog
+from tf1compat import record_folder
 
-DATASET_FORMAT = 'tf1compat-records/1'
 # Bump when the synthetic generator changes, so stale caches are not reused.
 SYNTHETIC_VERSION = 1
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.gif', '.bmp', '.webp')
@@ -63,7 +62,7 @@ def to_rgb_jpeg(blob):
 class ShardedWriter:
   """Writes serialized examples round-robin into `num_shards` files of one split.
 
-  A context manager: each shard is written under a temporary name (runlog.atomic_path)
+  A context manager: each shard is written under a temporary name (atomic.atomic_path)
   and gets its final name when the block ends without an error.
   """
 
@@ -77,7 +76,7 @@ class ShardedWriter:
   def __enter__(self):
     with contextlib.ExitStack() as stack:
       for path in self._paths:
-        tmp = stack.enter_context(runlog.atomic_path(path))
+        tmp = stack.enter_context(atomic.atomic_path(path))
         self._writers.append(stack.enter_context(tf.io.TFRecordWriter(tmp)))
       self._stack = stack.pop_all()
     return self
@@ -105,7 +104,7 @@ def _write_dataset_json(out_dir, summary):
   record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
   summary['files'] = [os.path.basename(path) for path in record_files]
   summary['fingerprint'] = data.fingerprint(record_files)
-  with runlog.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
+  with atomic.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   return summary
 
@@ -197,7 +196,7 @@ def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, se
   _write_splits(out_dir, splits, num_shards)
   num_classes = len(class_dirs)
   return _write_dataset_json(out_dir, {
-      'format': DATASET_FORMAT,
+      'format': record_folder.DATASET_FORMAT,
       'source': os.path.abspath(src_dir),
       'num_classes': num_classes,
       'label_names': _split_names(class_dirs),
@@ -261,7 +260,7 @@ def write_synthetic(out_dir, *, num_classes=10, train_per_class=64, val_per_clas
       splits[split].append((encode(image), f'{split}/{label:03d}_{index:05d}.jpg', label))
   _write_splits(out_dir, splits, num_shards)
   return _write_dataset_json(out_dir, {
-      'format': DATASET_FORMAT,
+      'format': record_folder.DATASET_FORMAT,
       'source': 'synthetic',
       'synthetic_version': SYNTHETIC_VERSION,
       'num_classes': num_classes,
@@ -275,37 +274,31 @@ def write_synthetic(out_dir, *, num_classes=10, train_per_class=64, val_per_clas
   })
 
 
-def cache_dir():
-  """Where the embedded dataset is cached: $TF1COMPAT_CACHE, else ~/.cache/tf1compat."""
-  return os.environ.get('TF1COMPAT_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'tf1compat')
-
-
 def _cache_error(error):
   """The DataError of a cache folder that cannot be made or written."""
-  where = (f'$TF1COMPAT_CACHE={cache_dir()}' if os.environ.get('TF1COMPAT_CACHE')
-           else f'the cache folder {cache_dir()}')
-  what = ('is a file, not a folder' if os.path.isfile(cache_dir())
+  where = (f'$TF1COMPAT_CACHE={folders.cache_dir()}' if os.environ.get('TF1COMPAT_CACHE')
+           else f'the cache folder {folders.cache_dir()}')
+  what = ('is a file, not a folder' if os.path.isfile(folders.cache_dir())
           else f'cannot be written ({error.strerror or error})')
   return data.DataError(f'{where} {what}; point TF1COMPAT_CACHE at a folder you can write '
                         'to, or pass --data_dir')
 
 
 def cached_synthetic(name, **kwargs):
-  """Returns cache_dir()/name holding write_synthetic(**kwargs), generating it once.
+  """Returns folders.cache_dir()/name holding write_synthetic(**kwargs), generating it once.
 
   Generation happens in a temporary folder that is renamed into place, so processes
-  started side by side never read a half-written dataset. Not runlog.atomic_path: it
+  started side by side never read a half-written dataset. Not atomic.atomic_path: it
   replaces an existing folder, which would delete a copy that a racing process put in
   place and may be reading; os.replace onto a complete copy fails instead, and the
   first copy stays. A cache path that is a file or not writable is a DataError.
   """
-  target = os.path.join(cache_dir(), name)
+  target = os.path.join(folders.cache_dir(), name)
   if os.path.exists(os.path.join(target, data.DATASET_JSON)):
     return target
   try:
-    os.makedirs(cache_dir(), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{name}-', dir=cache_dir())
+    os.makedirs(folders.cache_dir(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{name}-', dir=folders.cache_dir())
   except OSError as e:
     raise _cache_error(e) from e
   try:
@@ -326,152 +319,19 @@ def embedded_data_dir(seed=0):
   return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
-# The temporary folders of run: beside a new --output_dir ('.NAME.make_records-PID'), or
-# inside an existing one ('.make_records-PID'). A killed process leaves its own behind;
-# the next run removes those whose process is gone.
-_STAGING = re.compile(r'\.(?:.+\.)?make_records-(\d+)')
-
-
-def _own_files(out_dir):
-  """(the files make_records wrote in `out_dir`, the *.tfrecord files it did not).
-
-  Its files are dataset.json and the shards that dataset.json lists; a dataset.json of
-  an older version lists none, and its shards are those named as make_records names
-  them. DataError for a dataset.json that make_records did not write.
-  """
-  json_path = os.path.join(out_dir, data.DATASET_JSON)
-  records_present = [os.path.basename(path) for path in glob_records(out_dir)]
-  if not os.path.exists(json_path):
-    ours = []
-  else:
-    try:
-      with open(json_path) as f:
-        info = json.load(f)
-    except (OSError, ValueError):
-      info = None
-    if not isinstance(info, dict) or info.get('format') != DATASET_FORMAT:
-      raise data.DataError(f'--output_dir={out_dir}: its {data.DATASET_JSON} was not written '
-                           'by bin/make_records; move it away or choose another folder')
-    listed = info.get('files')
-    ours = [data.DATASET_JSON] + [
-        name for name in records_present
-        if (name in listed if isinstance(listed, list) else data.is_shard_name(name))]
-  if os.path.exists(os.path.join(out_dir, data.INCOMPLETE_MARKER)):
-    ours += [data.INCOMPLETE_MARKER] + [name for name in records_present
-                                        if data.is_shard_name(name) and name not in ours]
-  return ours, [name for name in records_present if name not in ours]
-
-
-def _remove_stale_staging(folder):
-  """Removes the temporary folders of make_records processes that no longer run."""
-  for name in os.listdir(folder):
-    match = _STAGING.fullmatch(name)
-    if not match or not os.path.isdir(os.path.join(folder, name)):
-      continue
-    try:
-      os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-      shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-    except OSError:
-      pass  # alive, another user's
-
-
-def _check_output_dir(out_dir, overwrite):
-  """Refuses an --output_dir that make_records must not write into; returns the names of
-  the files it wrote there before (to replace)."""
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise data.DataError(f'--output_dir={out_dir}: a file, not a folder; pass a folder (it is '
-                         'created if missing)')
-  if not os.path.isdir(out_dir):
-    return []
-  ours, foreign = _own_files(out_dir)
-  if (ours or foreign) and not overwrite:
-    raise data.DataError(f'--output_dir={out_dir} already holds TFRecords or a '
-                         f'{data.DATASET_JSON}; pass --overwrite to replace them or choose '
-                         'another folder')
-  if foreign:
-    raise data.DataError(f'--output_dir={out_dir}: {foreign[0]} is not a record file '
-                         'bin/make_records wrote there (its dataset.json does not list it), '
-                         'and the runners would read it with the new shards; move it away or '
-                         'choose another folder')
-  return ours
-
-
-@contextlib.contextmanager
-def _staging(out_dir):
-  """Yields a new temporary folder on the file system of `out_dir`, removed at the end
-  (with the folders made for it) unless it was moved into place."""
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  inside = os.path.isdir(out_dir)
-  made = []
-  try:
-    if not inside:
-      missing = parent
-      while not os.path.exists(missing):
-        made.append(missing)
-        missing = os.path.dirname(missing)
-      os.makedirs(parent, exist_ok=True)
-    folder = out_dir if inside else parent
-    _remove_stale_staging(folder)
-    prefix = '.' if inside else f'.{os.path.basename(os.path.abspath(out_dir))}.'
-    tmp = os.path.join(folder, f'{prefix}make_records-{os.getpid()}')
-    os.mkdir(tmp)
-  except OSError as e:
-    for path in made:
-      with contextlib.suppress(OSError):
-        os.rmdir(path)
-    raise data.DataError(f'--output_dir={out_dir}: cannot write there ({e.strerror}); choose '
-                         'a folder you can write to') from e
-  try:
-    yield tmp
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if not os.path.isdir(out_dir):
-      for path in made:
-        with contextlib.suppress(OSError):
-          os.rmdir(path)
-
-
-def _install(tmp, out_dir, old_files):
-  """Moves the complete records in `tmp` to `out_dir`.
-
-  A new folder is one rename: whole or absent. Into an existing folder (which may hold
-  the user's other files) the files move one by one: INCOMPLETE_MARKER first, then the
-  old records of make_records go, the new shards come and dataset.json comes last,
-  then the marker goes. An interruption in between leaves the marker, and the runners
-  refuse the folder with a line that says to rerun make_records; nothing but what
-  make_records wrote is ever removed.
-  """
-  if not os.path.isdir(out_dir):
-    os.rename(tmp, out_dir)
-    return
-  marker = os.path.join(out_dir, data.INCOMPLETE_MARKER)
-  with open(marker, 'w') as f:
-    f.write('bin/make_records is replacing the records here; if it is not running, rerun it '
-            'with --overwrite\n')
-  # dataset.json first: from here on the folder reads as unfinished, marker or not.
-  for name in sorted(old_files, key=lambda name: name != data.DATASET_JSON):
-    if name != data.INCOMPLETE_MARKER:
-      os.remove(os.path.join(out_dir, name))
-  new_files = sorted(os.listdir(tmp), key=lambda name: name == data.DATASET_JSON)
-  for name in new_files:
-    os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-  os.remove(marker)
-
-
 def run(cfg):
   """bin/make_records: converts `image_dir` or writes the synthetic dataset into `output_dir`.
 
   `cfg` is a config.RecordsConfig. The records are written into a temporary folder and
-  moved into place when complete (`_install`); with `overwrite`, the records that
+  moved into place when complete (`record_folder.install`); with `overwrite`, the records that
   make_records wrote there before are replaced then, and nothing else is touched.
   Returns the dataset summary (the content of dataset.json).
   """
   out_dir = cfg.output_dir
-  old_files = _check_output_dir(out_dir, cfg.overwrite)
+  old_files = record_folder.check_output_dir(out_dir, cfg.overwrite)
   if not cfg.synthetic:
     _class_dirs(cfg.image_dir)
-  with _staging(out_dir) as tmp:
+  with record_folder.staging(out_dir) as tmp:
     try:
       if cfg.synthetic:
         cli.release_stderr()
@@ -483,7 +343,7 @@ def run(cfg):
       else:
         summary = convert_image_folder(cfg.image_dir, tmp, val_fraction=cfg.val_fraction,
                                        num_shards=cfg.num_shards, seed=cfg.seed)
-      _install(tmp, out_dir, old_files)
+      record_folder.install(tmp, out_dir, old_files)
     except (OSError, tf.errors.OpError) as e:
       why = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
       raise data.DataError(f'--output_dir={out_dir}: writing the records failed '
@@ -493,8 +353,3 @@ def run(cfg):
                '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
                summary['num_classes'], out_dir, summary['num_skipped'])
   return summary
-
-
-def glob_records(folder):
-  """Every *.tfrecord file directly in `folder`."""
-  return sorted(glob.glob(os.path.join(folder, data.ALL_PATTERN)))

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from tf1compat import atomic
 from tf1compat import calibration
 from tf1compat import diagnosis
 from tf1compat import events
@@ -245,8 +246,8 @@ def write_report(report, output_dir):
   (events.write_comparison) into `output_dir`; returns their paths."""
   os.makedirs(output_dir, exist_ok=True)
   paths = {name: os.path.join(output_dir, f'parity.{name}') for name in ('json', 'md', 'png')}
-  runlog.atomic_write_json(paths['json'], report)
-  runlog.atomic_write_text(paths['md'], _markdown(report))
+  atomic.atomic_write_json(paths['json'], report)
+  atomic.atomic_write_text(paths['md'], _markdown(report))
   _plot(report, paths['png'])
   paths['events'] = ', '.join(events.write_comparison(report, output_dir))
   return paths

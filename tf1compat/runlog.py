@@ -8,25 +8,24 @@
     MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
     MODEL_DIR/export/                  SavedModel (the runners' own)
     MODEL_DIR/runner.log               the runner's whole output, when check_parity ran it
-    MODEL_DIR/.lock                    the lock of the process writing it (lock_folder)
+    MODEL_DIR/.lock                    the lock of the process writing it (folders.lock_folder)
 
 This module is TensorFlow-free so that the parity harness can read runs cheaply.
 """
 
-import contextlib
 import csv
 import datetime
-import fcntl
 import hashlib
 import json
 import os
 import platform
 import re
-import shutil
 
 import numpy as np
 
+from tf1compat import atomic
 from tf1compat import cli
+from tf1compat import folders
 
 RUN_JSON = 'run.json'
 STEPS_CSV = 'steps.csv'
@@ -38,10 +37,7 @@ KERAS_FILE = 'model.keras'
 # Written by whoever started the runner (check_parity), not by the runner: a run
 # directory holding only this file is still empty, and --overwrite keeps it.
 RUNNER_LOG = 'runner.log'
-# The lock of the process writing a folder (lock_folder): no content either, and kept.
-LOCK_FILE = '.lock'
-# Not content: a folder holding only these is empty, and --overwrite keeps them.
-_NOT_CONTENT = frozenset({RUNNER_LOG, LOCK_FILE})
+_NOT_CONTENT = frozenset({RUNNER_LOG, folders.LOCK_FILE})
 # What a runner writes into its run directory, by kind: --overwrite deletes these names
 # (and the temporaries of atomic writes) and nothing else.
 _OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
@@ -99,9 +95,6 @@ STATUS_FAILED = 'failed'
 
 # Weight snapshot file names; the temporary files save_weights renames start with '.'.
 _SNAPSHOT_NAME = re.compile(r'step-(\d+)\.npz')
-# What atomic writes leave behind when a process dies before its rename: 'NAME.tmpPID'
-# or '.NAME.tmpPID.npz' files and 'export.tmpPID' folders.
-_TEMPORARY_NAME = re.compile(r'.+\.tmp\d+(\.\w+)?')
 
 # Flags that do not change what a run computes: a run directory may be resumed with
 # different values of these.
@@ -109,89 +102,6 @@ OPERATIONAL_FLAGS = frozenset({
     'model_dir', 'overwrite', 'log_every', 'checkpoint_every', 'save_init_weights',
     'require_gpu', 'allow_num_classes_mismatch',
 })
-
-
-# The tf1compat package, and the folder holding it (a checkout, or site-packages).
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_PACKAGE_PARENT = os.path.dirname(_PACKAGE_DIR)
-# Folders this process holds the lock of (lock_folder), open until it ends.
-_LOCKS = {}
-
-
-def cache_dir():
-  """Where the embedded dataset is cached: $TF1COMPAT_CACHE, else ~/.cache/tf1compat.
-
-  Here, TensorFlow-free, so that check_parity can keep runs out of it without importing
-  TensorFlow (records.cache_dir, where the cache is written, reads the same).
-  """
-  return os.environ.get('TF1COMPAT_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'tf1compat')
-
-
-def _real(path):
-  return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-
-
-def _within(inner, outer):
-  return os.path.commonpath([inner, outer]) == outer
-
-
-def check_placement(path, flag, data_dirs=()):
-  """Raises cli.UsageError when `path`, a folder or file a command is about to write, is,
-  contains or lies inside a data folder of `data_dirs`, the dataset cache or the tf1compat
-  package, or is or contains the folder holding the package.
-
-  A run's --overwrite empties its folder, so a run directory there could delete the
-  user's data or the code. Inside a checkout is fine: runs/ is where runs go by default.
-  """
-  target = _real(path)
-  guarded = [(f'the data folder {folder}', folder, True) for folder in data_dirs if folder]
-  guarded += [(f'the dataset cache {cache_dir()}', cache_dir(), True),
-              (f'the tf1compat package {_PACKAGE_DIR}', _PACKAGE_DIR, True),
-              (f'the folder holding the tf1compat package, {_PACKAGE_PARENT}', _PACKAGE_PARENT,
-               False)]
-  for what, folder, inside_too in guarded:
-    folder = _real(folder)
-    if target == folder:
-      relation = 'is'
-    elif _within(folder, target):
-      relation = 'contains'
-    elif inside_too and _within(target, folder):
-      relation = 'lies inside'
-    else:
-      continue
-    raise cli.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
-                         f'(--overwrite would delete what it holds); choose a {flag} outside it')
-
-
-def lock_folder(folder, flag):
-  """Takes the exclusive lock of `folder` (created when missing) until this process ends.
-
-  flock on folder/.lock, which holds the holder's pid: the kernel releases the lock when
-  its process dies, SIGKILL included, so a lock is never stale. Raises cli.UsageError
-  naming the holder's pid when another process holds it; a second call from this
-  process keeps the lock it has.
-  """
-  if os.path.exists(folder) and not os.path.isdir(folder):
-    raise cli.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
-  os.makedirs(folder, exist_ok=True)
-  key = _real(folder)
-  if key in _LOCKS:
-    return
-  # 'a+' opens without truncating: the holder's pid stays readable until we hold the lock.
-  lock = open(os.path.join(folder, LOCK_FILE), 'a+')  # pylint: disable=consider-using-with
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.seek(0)
-    holder = lock.read().strip() or 'unknown'
-    lock.close()
-    raise cli.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
-                         f'for it to end, or choose another {flag}') from None
-  lock.truncate(0)
-  lock.write(f'{os.getpid()}\n')
-  lock.flush()
-  _LOCKS[key] = lock
 
 
 def content(folder):
@@ -212,69 +122,12 @@ def written_by_a_run(folder, name):
     return os.path.isdir(path)
   if name in _OWN_FILES or _EVENTS_NAME.fullmatch(name):
     return os.path.isfile(path)
-  return bool(_TEMPORARY_NAME.fullmatch(name))
+  return bool(atomic.TEMPORARY_NAME.fullmatch(name))
 
 
 def now():
   """UTC time stamp as written into manifests."""
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
-
-def temporary_name(path):
-  """Where `atomic_path` writes `path` first: beside it, named by this process, the
-  suffix kept (Keras and numpy insist on theirs); a crash leaves it for RunLog to remove."""
-  folder, name = os.path.split(path)
-  stem, suffix = os.path.splitext(name)
-  if not suffix or os.path.isdir(path):
-    return os.path.join(folder, f'{name}.tmp{os.getpid()}')
-  return os.path.join(folder, f'.{stem}.tmp{os.getpid()}{suffix}')
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-  """Yields a temporary path to write a file or a folder into, which then replaces `path`.
-
-  `path` is whole or as it was: the write goes beside it and is renamed over it only
-  when the block ends without an error (a folder replaces an old folder); on an error
-  the temporary file or folder is removed.
-  """
-  tmp = temporary_name(path)
-  _remove(tmp)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  try:
-    yield tmp
-    if os.path.isdir(tmp):
-      _remove(path)
-    os.replace(tmp, path)
-  except BaseException:
-    _remove(tmp)
-    raise
-
-
-def _remove(path):
-  if os.path.isdir(path) and not os.path.islink(path):
-    shutil.rmtree(path)
-  elif os.path.lexists(path):
-    os.remove(path)
-
-
-def atomic_write_text(path, text):
-  """Writes `text` to `path` atomically (`atomic_path`), flushed to disk."""
-  with atomic_path(path) as tmp, open(tmp, 'w') as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def atomic_write_json(path, obj):
-  """`atomic_write_text` of `obj` as indented, key-sorted JSON."""
-  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
-
-
-def _json_default(value):
-  if isinstance(value, np.generic):
-    return value.item()
-  raise TypeError(f'not JSON serializable: {type(value).__name__}')
 
 
 def file_sha256(path):
@@ -306,7 +159,7 @@ def snapshot_steps_in(model_dir):
 
 def save_weights(path, weights):
   """Writes {key: array} as .npz atomically (`atomic_path`)."""
-  with atomic_path(path) as tmp:
+  with atomic.atomic_path(path) as tmp:
     np.savez(tmp, **weights)
 
 
@@ -448,14 +301,14 @@ class RunLog:
   def open(self):
     """Checks the directory, then starts a new manifest or resumes the existing one.
 
-    Takes the folder's lock first (lock_folder). `overwrite` empties the folder, but
+    Takes the folder's lock first (folders.lock_folder). `overwrite` empties the folder, but
     only when all it holds is what a run writes (written_by_a_run). Without it, a
     complete run is kept; an unfinished run of the same runner, flags and data is
     resumed (what a killed process left half-written is removed); anything else, a
     folder with content but no run.json included, is a UsageError naming the difference.
     Returns True when resuming.
     """
-    lock_folder(self.model_dir, '--model_dir')
+    folders.lock_folder(self.model_dir, '--model_dir')
     if self.overwrite:
       self._clear()
       previous = None
@@ -497,15 +350,15 @@ class RunLog:
     # Everything or nothing: one file the run did not write keeps the whole folder.
     self._refuse_foreign()
     for name in content(self.model_dir):
-      _remove(os.path.join(self.model_dir, name))
+      atomic.remove(os.path.join(self.model_dir, name))
 
   def _remove_temporaries(self):
     for folder in (self.model_dir, self.path(WEIGHTS_DIR)):
       if not os.path.isdir(folder):
         continue
       for name in os.listdir(folder):
-        if _TEMPORARY_NAME.fullmatch(name):
-          _remove(os.path.join(folder, name))
+        if atomic.TEMPORARY_NAME.fullmatch(name):
+          atomic.remove(os.path.join(folder, name))
 
   def _check_same_run(self, previous):
     where = f'--model_dir={self.model_dir}'
@@ -537,7 +390,7 @@ class RunLog:
       raise ValueError(f'run.json has no field {", ".join(sorted(unknown))} (MANIFEST_FIELDS)')
     self.manifest.update(fields)
     self.manifest['updated'] = now()
-    atomic_write_json(self.path(RUN_JSON), self.manifest)
+    atomic.atomic_write_json(self.path(RUN_JSON), self.manifest)
 
   def truncate_after(self, step, steps_per_epoch):
     """Drops rows a restored checkpoint at `step` has not seen (they will be redone)."""
@@ -555,7 +408,7 @@ class RunLog:
     with open(path, newline='') as f:
       rows = [row for row in csv.DictReader(f) if _whole_row(row, columns) and keep(row)]
     lines = [','.join(columns)] + [','.join(row[c] for c in columns) for row in rows]
-    atomic_write_text(path, '\n'.join(lines) + '\n')
+    atomic.atomic_write_text(path, '\n'.join(lines) + '\n')
 
   def _append(self, name, columns, row):
     # Each row reaches the file in one write when it closes: a killed process cuts off

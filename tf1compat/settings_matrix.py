@@ -13,6 +13,7 @@ import dataclasses
 import os
 import statistics
 
+from tf1compat import atomic
 from tf1compat import harness
 from tf1compat import progress
 from tf1compat import runlog
@@ -86,8 +87,8 @@ def run(cfg, tolerances):
   for result in results.values():
     step = result['port_step_seconds']
     result['step_time_vs_defaults'] = step / defaults if step and defaults else None
-  runlog.atomic_write_json(os.path.join(cfg.output_dir, JSON), results)
-  runlog.atomic_write_text(os.path.join(cfg.output_dir, MARKDOWN),
+  atomic.atomic_write_json(os.path.join(cfg.output_dir, JSON), results)
+  atomic.atomic_write_text(os.path.join(cfg.output_dir, MARKDOWN),
                            '\n'.join(['# Settings matrix', '', *table_lines(results)]) + '\n')
   return results
 

@@ -11,6 +11,7 @@ from absl import logging
 
 from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
+from tf1compat import folders
 from tf1compat import parity
 from tf1compat import report as parity_report
 from tf1compat import runlog
@@ -25,7 +26,7 @@ def main(argv):
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
   # The runs are loaded: their run.json names the data folders the report must stay out of.
   compared = run_dirs + ([flags.FLAGS.control] if flags.FLAGS.control else [])
-  runlog.check_placement(output_dir, '--output_dir',
+  folders.check_placement(output_dir, '--output_dir',
                          [runlog.read_manifest(d).get('data', {}).get('data_dir')
                           for d in compared])
   paths = parity_report.write_report(report, output_dir)

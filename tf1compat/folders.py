@@ -1,0 +1,97 @@
+"""Where tf1compat may write, and which process writes a folder.
+
+`check_placement` keeps run directories and reports out of the user's data, the dataset
+cache and the package (a run's --overwrite empties its folder); `lock_folder` gives one
+process at a time a folder (a run directory, check_parity's output). TensorFlow-free.
+"""
+
+import fcntl
+import os
+
+from tf1compat import cli
+
+# The lock of the process writing a folder (lock_folder): no content either, and kept.
+LOCK_FILE = '.lock'
+# Not content: a folder holding only these is empty, and --overwrite keeps them.
+
+# The tf1compat package, and the folder holding it (a checkout, or site-packages).
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_PARENT = os.path.dirname(_PACKAGE_DIR)
+# Folders this process holds the lock of (lock_folder), open until it ends.
+_LOCKS = {}
+
+
+def cache_dir():
+  """Where the embedded dataset is cached: $TF1COMPAT_CACHE, else ~/.cache/tf1compat.
+
+  TensorFlow-free, so that check_parity can keep runs out of it without importing
+  TensorFlow; records writes the cache there.
+  """
+  return os.environ.get('TF1COMPAT_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'tf1compat')
+
+
+def _real(path):
+  return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+
+
+def _within(inner, outer):
+  return os.path.commonpath([inner, outer]) == outer
+
+
+def check_placement(path, flag, data_dirs=()):
+  """Raises cli.UsageError when `path`, a folder or file a command is about to write, is,
+  contains or lies inside a data folder of `data_dirs`, the dataset cache or the tf1compat
+  package, or is or contains the folder holding the package.
+
+  A run's --overwrite empties its folder, so a run directory there could delete the
+  user's data or the code. Inside a checkout is fine: runs/ is where runs go by default.
+  """
+  target = _real(path)
+  guarded = [(f'the data folder {folder}', folder, True) for folder in data_dirs if folder]
+  guarded += [(f'the dataset cache {cache_dir()}', cache_dir(), True),
+              (f'the tf1compat package {_PACKAGE_DIR}', _PACKAGE_DIR, True),
+              (f'the folder holding the tf1compat package, {_PACKAGE_PARENT}', _PACKAGE_PARENT,
+               False)]
+  for what, folder, inside_too in guarded:
+    folder = _real(folder)
+    if target == folder:
+      relation = 'is'
+    elif _within(folder, target):
+      relation = 'contains'
+    elif inside_too and _within(target, folder):
+      relation = 'lies inside'
+    else:
+      continue
+    raise cli.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
+                         f'(--overwrite would delete what it holds); choose a {flag} outside it')
+
+
+def lock_folder(folder, flag):
+  """Takes the exclusive lock of `folder` (created when missing) until this process ends.
+
+  flock on folder/.lock, which holds the holder's pid: the kernel releases the lock when
+  its process dies, SIGKILL included, so a lock is never stale. Raises cli.UsageError
+  naming the holder's pid when another process holds it; a second call from this
+  process keeps the lock it has.
+  """
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise cli.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
+  os.makedirs(folder, exist_ok=True)
+  key = _real(folder)
+  if key in _LOCKS:
+    return
+  # 'a+' opens without truncating: the holder's pid stays readable until we hold the lock.
+  lock = open(os.path.join(folder, LOCK_FILE), 'a+')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    lock.seek(0)
+    holder = lock.read().strip() or 'unknown'
+    lock.close()
+    raise cli.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
+                         f'for it to end, or choose another {flag}') from None
+  lock.truncate(0)
+  lock.write(f'{os.getpid()}\n')
+  lock.flush()
+  _LOCKS[key] = lock
