@@ -110,7 +110,7 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
 def test_train_specs_carry_each_runner_config_through_json(tmp_path):
   settings = config.BenchmarkConfig(image_size=TINY_IMAGE_SIZE, batch_size=8, steps=2,
                                     warmup_steps=1, repetitions=3)
-  data = {'data_dir': str(tmp_path), 'num_classes': 4}
+  data = {'data_dir': str(tmp_path), 'num_classes': 4, 'allow_num_classes_mismatch': False}
   trained = [m for m in benchmark.MEASUREMENTS if m.kind == 'train']
   assert {m.runner for m in trained} == set(benchmark_figures.LOOPS)
   for measurement in trained:

@@ -249,7 +249,8 @@ def test_fit_without_model_dir_writes_runs_fit(tiny_data_dir, tmp_path):
 
 def test_label_out_of_range_is_a_usage_error(tiny_data_dir, workdir):
   proc = train_eager(*tiny_run_flags(tiny_data_dir, str(workdir / 'labels'),
-                                     '--num_classes=2'), expect=2)
+                                     '--num_classes=2', '--allow_num_classes_mismatch'),
+                     expect=2)
   assert 'Traceback' not in proc.stderr
   line = last_line(proc.stderr)
   assert f'--data_dir={tiny_data_dir}' in line and 'label out of range [0, 2)' in line

@@ -276,7 +276,8 @@ def test_an_interrupted_run_resumes_exactly(tiny_data_dir, base_run, run_dirs):
 
 def test_a_label_out_of_range_is_a_usage_error(tiny_data_dir, run_dirs):
   model_dir = str(run_dirs / 'bad_labels')
-  result = run_entry('train_graph', *tiny_run_flags(tiny_data_dir, model_dir, '--num_classes=3'))
+  result = run_entry('train_graph', *tiny_run_flags(tiny_data_dir, model_dir, '--num_classes=3',
+                                                    '--allow_num_classes_mismatch'))
   assert result.returncode == 2, result.stderr[-3000:]
   message = result.stderr.strip().splitlines()[-1]
   assert message.startswith('train_graph: --data_dir=')

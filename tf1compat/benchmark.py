@@ -205,7 +205,9 @@ def train_spec(settings, data, measurement, model_dir):
   """
   fields = dict(
       data_dir=data['data_dir'], model_dir=model_dir, overwrite=True,
-      num_classes=data['num_classes'], image_size=settings.image_size,
+      num_classes=data['num_classes'],
+      allow_num_classes_mismatch=data['allow_num_classes_mismatch'],
+      image_size=settings.image_size,
       batch_size=settings.batch_size, seed=settings.seed,
       shuffle_buffer=settings.shuffle_buffer, epochs=1, steps_per_epoch=settings.total_steps,
       # No snapshot but the last step's, no checkpoint but the epoch end's, no progress
@@ -309,6 +311,7 @@ def run(settings, output_dir, measurement_names=None):
   data = _run_worker(os.path.join(output_dir, 'data'), {
       'kind': 'data', 'data_dir': settings.data_dir, 'num_classes': settings.num_classes,
       'records': settings.records, 'seed': settings.seed,
+      'allow_num_classes_mismatch': settings.allow_num_classes_mismatch,
       'on_bad_record': settings.on_bad_record,
       'train_only_dir': os.path.join(output_dir, 'data', 'train_only')})
   if settings.pipeline_batches is None:
