@@ -59,3 +59,9 @@ def parse_args(argv, description, add_arguments=None):
     parser.error(f'--steps_per_epoch: give 1 to {one_pass} (one pass over the data)')
   args.steps_per_epoch = args.steps_per_epoch or one_pass
   return args
+
+
+def print_epoch(epoch, train_loss, train_accuracy, val_loss, val_accuracy):
+  """The loops' progress line at an epoch's end."""
+  print(f'epoch {epoch}: loss {float(train_loss):.4f} accuracy {float(train_accuracy):.3f} '
+        f'val_loss {float(val_loss):.4f} val_accuracy {float(val_accuracy):.3f}')

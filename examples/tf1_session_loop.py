@@ -92,8 +92,7 @@ def main(argv):
         val_loss, val_accuracy = sess.run([g['loss'], g['batch_accuracy']],
                                           {g['x']: x_val, g['y']: y_val})
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_accuracy)  # recorder
-        print(f'epoch {epoch}: loss {mean_loss:.4f} accuracy {accuracy:.3f} '
-              f'val_loss {val_loss:.4f} val_accuracy {val_accuracy:.3f}')
+        team_common.print_epoch(epoch, mean_loss, accuracy, val_loss, val_accuracy)
       rec.finish(recorder.session_weights(sess))  # recorder
   print(f'{rec.step} steps in {time.perf_counter() - started:.1f}s: {args.model_dir}')
   return 0

@@ -106,9 +106,8 @@ def main(argv):
       val_loss = float(loss_fn(y_val, logits))
       val_accuracy = float(keras.metrics.categorical_accuracy(y_val, logits).numpy().mean())
       rec.record_epoch(val_loss=val_loss, val_accuracy=val_accuracy)  # recorder
-      print(f'epoch {epoch}: loss {float(mean_loss.result()):.4f} accuracy '
-            f'{float(accuracy.result()):.3f} val_loss {val_loss:.4f} '
-            f'val_accuracy {val_accuracy:.3f}')
+      team_common.print_epoch(epoch, mean_loss.result(), accuracy.result(), val_loss,
+                              val_accuracy)
     rec.finish(recorder.keras_weights(model))  # recorder
   print(f'{rec.step} steps in {time.perf_counter() - started:.1f}s: {args.model_dir}')
   return 0

@@ -432,12 +432,12 @@ def keras_weights(model):
 
 
 def _checked_names(names, weights, where):
-  missing = sorted(set(names) - set(weights))
-  extra = sorted(set(weights) - set(names))
-  if missing or extra:
-    raise cli.UsageError(
-        f'{where}: the weights do not name the variables (missing {missing[:5]}, unexpected '
-        f'{extra[:5]}); load them with a weight map (recorder.load_weights(path, weight_map))')
+  unmatched = (('variables without a weight', set(names) - set(weights)),
+               ('weights of no variable', set(weights) - set(names)))
+  problems = [f'{what}: {weight_maps.listed(sorted(keys))}' for what, keys in unmatched if keys]
+  if problems:
+    raise cli.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
+                         'names with a weight map (recorder.load_weights(path, weight_map))')
 
 
 def set_keras_weights(model, weights):

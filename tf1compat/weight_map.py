@@ -48,7 +48,8 @@ class Rule:
     return match.expand(self.replacement) if match else None
 
 
-def _listed(keys):
+def listed(keys):
+  """`keys` (sorted) for a one-line message: the first few, then how many more."""
   more = f' and {len(keys) - _LISTED} more' if len(keys) > _LISTED else ''
   return ', '.join(keys[:_LISTED]) + more
 
@@ -132,7 +133,7 @@ class WeightMap:
     if unmatched:
       raise cli.UsageError(
           f'weight map {self.source}: no rule matches {len(unmatched)} weight(s) of {owner}: '
-          f'{_listed(unmatched)}; add rules for them (end the map with "(.*) {ARROW} \\1" '
+          f'{listed(unmatched)}; add rules for them (end the map with "(.*) {ARROW} \\1" '
           'to keep the other names)')
     seen = {}
     for key, new in sorted(renamed.items()):
@@ -207,6 +208,6 @@ def check_aligned(paths, maps):
     extra = sorted(keys[path] - keys[reference])
     missing = sorted(keys[reference] - keys[path])
     raise cli.UsageError(
-        f'--weight_map: weights unmatched after the maps: {path} has {_listed(extra) or "none"} '
-        f'that {reference} lacks, and lacks {_listed(missing) or "none"}; fix the rules '
+        f'--weight_map: weights unmatched after the maps: {path} has {listed(extra) or "none"} '
+        f'that {reference} lacks, and lacks {listed(missing) or "none"}; fix the rules '
         '(--weight_map=RUN_DIR=MAP) so that both runs name each variable alike')

@@ -24,7 +24,7 @@ def main(argv):
   control = flags.FLAGS.control
   maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, control)
   if maps:
-    weight_map.check_aligned([*run_dirs, *([control] if control else [])], maps)
+    weight_map.check_aligned(run_dirs + ([control] if control else []), maps)
   report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags.FLAGS), control=control,
                           weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
@@ -47,8 +47,7 @@ def define_flags():
       'control, which otherwise takes the first run\'s map) by MAP, a file of ordered rules '
       '"PATTERN -> REPLACEMENT" (Python regular expressions matching whole keys; the first '
       'that matches rewrites a key), or such rules inline, separated by ";". A key no rule '
-      'matches, or one left without a counterpart in the first run, is an error. Repeat '
-      'the flag for several runs.')
+      'matches, or one left without a counterpart in the first run, is an error (exit 2)')
 
 
 def console_main():
