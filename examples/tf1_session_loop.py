@@ -11,7 +11,7 @@ epochs.csv, weight snapshots).
 
 --init_weights: the .npz both this loop and its port (tf2_port.py) start from. When it
 does not exist yet, the loop writes its own freshly initialized weights there first,
-under its TF1 variable names ('hidden/kernel:0'). A control run, for a calibrated
+under its TF1 variable names ('hidden/kernel'). A control run, for a calibrated
 verdict, is this loop again from those weights moved by one ulp each
 (tf1compat.recorder.control_start writes them beside the file).
 """

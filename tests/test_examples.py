@@ -24,10 +24,10 @@ WEIGHT_MAP = os.path.join(EXAMPLES, 'tf1_to_port.map')
 SHORT = ('--epochs=2', '--steps_per_epoch=8')
 MISTAKES = ('adam_epsilon', 'metrics_never_reset')
 # The map in tf1_to_port.map, written out by hand: TF1 names -> the Keras 3 port's.
-TF1_TO_PORT = {'hidden/kernel:0': 'sequential/dense/kernel',
-               'hidden/bias:0': 'sequential/dense/bias',
-               'logits/kernel:0': 'sequential/dense_1/kernel',
-               'logits/bias:0': 'sequential/dense_1/bias'}
+TF1_TO_PORT = {'hidden/kernel': 'sequential/dense/kernel',
+               'hidden/bias': 'sequential/dense/bias',
+               'logits/kernel': 'sequential/dense_1/kernel',
+               'logits/bias': 'sequential/dense_1/bias'}
 
 
 def _example(script, model_dir, init_weights, *args):

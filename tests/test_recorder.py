@@ -246,14 +246,14 @@ class _Model:
 
 
 class _Session:
-  """Shaped like a TF1 Session over a graph of trainable variables."""
+  """Shaped like a TF1 Session over a graph's variable collections."""
 
-  def __init__(self, variables):
+  def __init__(self, trainable, others):
     self.graph = self
-    self.variables = variables
+    self.collections = {'trainable_variables': trainable, 'variables': trainable + others}
 
   def get_collection(self, key):
-    return self.variables if key == 'trainable_variables' else []
+    return self.collections.get(key, [])
 
   def run(self, fetches):
     return [v.value for v in fetches]
@@ -268,11 +268,28 @@ def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
   with pytest.raises(cli.UsageError, match='variables without a weight: seq/dense/bias; '
                      'weights of no variable: bias:0; load'):
     recorder.set_keras_weights(model, {'seq/dense/kernel': np.eye(2), 'bias:0': np.zeros(2)})
-  session = _Session([_Variable('dense/kernel:0', value=np.zeros(3))])
-  recorder.assign_session_weights(session, {'dense/kernel:0': np.arange(3.0)})
-  assert recorder.session_weights(session)['dense/kernel:0'].tolist() == [0.0, 1.0, 2.0]
-  with pytest.raises(cli.UsageError, match='weights of no variable: dense/kernel; load'):
-    recorder.assign_session_weights(session, {'dense/kernel:0': 1, 'dense/kernel': 2})
+  session = _Session([_Variable('dense/kernel:0', value=np.zeros(3))],
+                     [_Variable('bn/moving_mean:0', value=np.ones(1)),
+                      _Variable('dense/kernel/Adam:0', value=np.ones(3))])
+  recorder.assign_session_weights(session, {'dense/kernel': np.arange(3.0),
+                                            'bn/moving_mean': np.full(1, 5.0)})
+  # TF's output index dropped; BatchNorm's statistics in, the optimizer's slots out.
+  weights = recorder.session_weights(session)
+  assert {k: v.tolist() for k, v in weights.items()} == {'dense/kernel': [0.0, 1.0, 2.0],
+                                                          'bn/moving_mean': [5.0]}
+  with pytest.raises(cli.UsageError, match='weights of no variable: dense/kernel:0; load'):
+    recorder.assign_session_weights(session, {**weights, 'dense/kernel:0': 2})
+
+
+def test_batch_norm_runs_must_snapshot_the_moving_statistics(tmp_path):
+  with pytest.raises(cli.UsageError, match='needs image_size'):
+    recorder.RunConfig(framework='tf1', batch_size=4, data_id='d', batch_norm=True)
+  config = recorder.RunConfig(framework='tf1', batch_size=4, data_id='d', batch_norm=True,
+                              image_size=32)
+  rec = recorder.RunRecorder(str(tmp_path / 'run'), config)
+  with pytest.raises(cli.UsageError, match='holds no BatchNorm moving_variance'):
+    rec.snapshot(0, {'conv/kernel': np.ones(2)})
+  rec.snapshot(0, {'conv/kernel': np.ones(2), 'bn/moving_variance': np.ones(2)})
 
 
 def test_optimizer_fields_read_what_the_optimizer_really_has():

@@ -20,9 +20,9 @@ report and names the same pitfalls:
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_acc)
       rec.finish(recorder.session_weights(sess))
 
-Importing it imports no TensorFlow (numpy and tf1compat's TensorFlow-free modules
-only), so it runs in a team's pinned environment too; the helpers that read or set a
-model's weights work on the objects the loop hands them.
+Importing it imports no TensorFlow (numpy, absl-py through cli, and tf1compat's
+TensorFlow-free modules), so it runs in a team's pinned environment too; the helpers
+that read or set a model's weights work on the objects the loop hands them.
 """
 
 import dataclasses
@@ -31,6 +31,7 @@ from importlib import metadata
 import math
 import numbers
 import os
+import re
 import sys
 import time
 from typing import Optional
@@ -59,8 +60,16 @@ _KNOWN_KERNELS = {'adam_kernel': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
 # Float32 hyper-parameters read back as float64 carry noise past the 7th digit
 # (Keras' get_config gives 0.0010000000474974513 for 0.001): what the lint compares.
 _FLOAT32_DIGITS = 7
-# tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES, named without importing TensorFlow.
+# tf.compat.v1.GraphKeys' TRAINABLE_VARIABLES and GLOBAL_VARIABLES, named without
+# importing TensorFlow.
 _TRAINABLE_VARIABLES = 'trainable_variables'
+_GLOBAL_VARIABLES = 'variables'
+# BatchNorm's moving statistics: not trainable, yet part of the model (tiers.py checks
+# that they move).
+_MOVING_STATISTICS = ('moving_mean', 'moving_variance')
+# TensorFlow names a variable by its op and output ('hidden/kernel:0'); a snapshot key
+# is "<layer>/<variable>" (runlog's contract), without the output index.
+_OUTPUT_INDEX = re.compile(r':\d+$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +134,9 @@ class RunConfig:
     if not (self.data_fingerprint or self.data_id):
       raise cli.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
                            'data_id: the config lint compares the data of two runs')
+    if self.batch_norm and not self.image_size:
+      raise cli.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
+                           "BatchNorm's moving-variance factor from it")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
       raise cli.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
                            'least 1, or None to end epochs with record_epoch()')
@@ -171,11 +183,15 @@ def _versions(framework):
 def _device():
   """'CPU' or 'GPU (name)' as TensorFlow sees it where the loop imported it, else 'unknown'."""
   tf = sys.modules.get('tensorflow')
-  list_devices = getattr(getattr(tf, 'config', None), 'list_physical_devices', None)
-  if list_devices is None:
+  config = getattr(tf, 'config', None)
+  if not hasattr(config, 'list_physical_devices'):
     return 'unknown'
-  gpus = list_devices('GPU')
-  return f'GPU ({gpus[0].name})' if gpus else 'CPU'
+  gpus = config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  details = getattr(config.experimental, 'get_device_details', lambda device: {})(gpus[0])
+  count = f' x{len(gpus)}' if len(gpus) > 1 else ''
+  return f'GPU ({details.get("device_name", gpus[0].name)}){count}'
 
 
 class RunRecorder:
@@ -330,6 +346,9 @@ class RunRecorder:
     if not arrays:
       raise cli.UsageError(f'snapshot(step={step}) of no weights; pass {{name: array}}')
     keys = sorted(arrays)
+    if self.config.batch_norm and not any(k.endswith('moving_variance') for k in keys):
+      raise cli.UsageError(f'snapshot(step={step}) holds no BatchNorm moving_variance, yet '
+                           'RunConfig says batch_norm=True; snapshot the moving statistics too')
     if self._keys is not None and keys != self._keys:
       raise cli.UsageError(
           f'snapshot(step={step}) names other weights than the earlier snapshots (new: '
@@ -419,16 +438,16 @@ def keras_model_fields(model):
                           if type(layer).__name__ == 'Dropout'], default=0.0)}
 
 
-def _keras_name(variable):
-  # Keras 3 names a variable by its path ('sequential/dense/kernel'), tf-keras by its
-  # TensorFlow name ('dense/kernel:0').
-  return getattr(variable, 'path', None) or variable.name
+def variable_name(variable):
+  """The snapshot key of a variable: its Keras 3 path ('sequential/dense/kernel'), or its
+  TF1 or tf-keras name without the output index ('hidden/kernel:0' -> 'hidden/kernel')."""
+  return getattr(variable, 'path', None) or _OUTPUT_INDEX.sub('', variable.name)
 
 
 def keras_weights(model):
   """{variable name: array} of every weight of a Keras 3 or tf-keras model (in a TF1
   graph-mode process too: model.get_weights() reads them through the session)."""
-  return dict(zip((_keras_name(v) for v in model.weights), model.get_weights()))
+  return dict(zip((variable_name(v) for v in model.weights), model.get_weights()))
 
 
 def _checked_names(names, weights, where):
@@ -442,27 +461,35 @@ def _checked_names(names, weights, where):
 
 def set_keras_weights(model, weights):
   """Sets every weight of a Keras model from {variable name: array} (keras_weights' names)."""
-  names = [_keras_name(v) for v in model.weights]
+  names = [variable_name(v) for v in model.weights]
   _checked_names(names, weights, f'model {model.name}')
   model.set_weights([weights[name] for name in names])
 
 
+def _session_variables(session, variables):
+  if variables is not None:
+    return list(variables)
+  trainable = session.graph.get_collection(_TRAINABLE_VARIABLES)
+  # By identity: a variable's == may compare values.
+  known = {id(v) for v in trainable}
+  return trainable + [v for v in session.graph.get_collection(_GLOBAL_VARIABLES)
+                      if variable_name(v).endswith(_MOVING_STATISTICS) and id(v) not in known]
+
+
 def session_weights(session, variables=None):
-  """{variable name: array} of a TF1 Session's `variables` (default: the graph's trainable
-  variables; pass BatchNorm's moving statistics too if the model has them)."""
-  variables = (session.graph.get_collection(_TRAINABLE_VARIABLES) if variables is None
-               else list(variables))
-  return dict(zip((v.name for v in variables), session.run(variables)))
+  """{variable name: array} of a TF1 Session's `variables` (default: the graph's
+  trainable variables and BatchNorm's moving statistics), named by variable_name."""
+  variables = _session_variables(session, variables)
+  return dict(zip((variable_name(v) for v in variables), session.run(variables)))
 
 
 def assign_session_weights(session, weights, variables=None):
-  """Loads {variable name: array} into a TF1 Session's `variables` (default: the
-  graph's trainable variables), without adding ops to the graph."""
-  variables = (session.graph.get_collection(_TRAINABLE_VARIABLES) if variables is None
-               else list(variables))
-  _checked_names([v.name for v in variables], weights, 'the session')
+  """Loads {variable name: array} into a TF1 Session's `variables` (default: as
+  session_weights), without adding ops to the graph."""
+  variables = _session_variables(session, variables)
+  _checked_names([variable_name(v) for v in variables], weights, 'the session')
   for variable in variables:
-    variable.load(weights[variable.name], session)
+    variable.load(weights[variable_name(variable)], session)
 
 
 # Initial weights are written as weight snapshots are, {name: array} in an .npz.

@@ -1,7 +1,8 @@
 r"""Weight maps: ordered regex rewrites that give two codes' variables the same names.
 
-A team's TF1 loop names its variables as TF1 does ('hidden/kernel:0'), its Keras 3 port
-as Keras does ('sequential/dense/kernel'). A weight map rewrites the snapshot keys of
+A team's TF1 loop names its variables as TF1 does ('hidden/kernel', or 'hidden/kernel:0'
+where it does not drop the output index as recorder's helpers do), its Keras 3 port as
+Keras does ('sequential/dense/kernel'). A weight map rewrites the snapshot keys of
 the run it is given for, so that compare_runs pairs each variable with its counterpart
 (`compare_runs --weight_map=RUN_DIR=MAP`), and it lets the port load the legacy loop's
 initial weights under its own names (recorder.load_weights).
@@ -9,8 +10,8 @@ initial weights under its own names (recorder.load_weights).
 A map is a list of rules, one per line of a file (blank lines and lines starting with
 '#' are skipped) or separated by ';' when given inline:
 
-    hidden/(kernel|bias):0 -> sequential/dense/\1
-    logits/(kernel|bias):0 -> sequential/dense_1/\1
+    hidden/(kernel|bias) -> sequential/dense/\1
+    logits/(kernel|bias) -> sequential/dense_1/\1
 
 Each key is rewritten by the first rule whose PATTERN (Python `re`) matches the whole
 key; REPLACEMENT may use its groups (\1, \g<name>). A key that no rule matches is an
@@ -59,7 +60,7 @@ def _rule(text, where, source):
   pattern, replacement = pattern.strip(), replacement.strip()
   if not arrow or not pattern:
     raise cli.UsageError(f'weight map {source}, {where}: {text.strip()!r} is not a rule '
-                         f'"PATTERN {ARROW} REPLACEMENT" (e.g. "hidden/(.*):0 {ARROW} dense/\\1")')
+                         f'"PATTERN {ARROW} REPLACEMENT" (e.g. "hidden/(.*) {ARROW} dense/\\1")')
   try:
     compiled = re.compile(pattern)
   except re.error as e:
