@@ -237,6 +237,7 @@ class RunRecorder:
 
   @property
   def model_dir(self):
+    """The run directory."""
     return self.log.model_dir
 
   def _epoch_of(self, step):

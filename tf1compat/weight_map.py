@@ -193,7 +193,7 @@ def check_aligned(paths, maps):
   weights as the first does, so that no variable goes unpaired.
 
   Runs without a snapshot are left to the tiers. Raises cli.UsageError naming the
-  unmatched keys of both sides and the run whose map to fix.
+  unmatched keys of both sides.
   """
   reference = paths[0]
   keys = {}
