@@ -50,6 +50,8 @@ class Run:
   steps: dict
   epochs: dict
   snapshot_steps: list
+  # A weight_map.WeightMap giving the run's variables the names of the others', or None.
+  weight_map: object = None
 
   @property
   def label(self):
@@ -60,7 +62,8 @@ class Run:
 
   def snapshot(self, step):
     with np.load(runlog.snapshot_path(self.path, step)) as npz:
-      return {key: npz[key] for key in npz.files}
+      weights = {key: npz[key] for key in npz.files}
+    return self.weight_map.apply(weights, self.path) if self.weight_map else weights
 
   def start_digest(self):
     """sha256 of the weights the run really started from (its step-0 snapshot), or None.
@@ -77,8 +80,8 @@ class Run:
     return digest.hexdigest()
 
 
-def load_run(path):
-  """Loads a complete run directory.
+def load_run(path, weight_map=None):
+  """Loads a complete run directory; its snapshots renamed by `weight_map` when given.
 
   Raises cli.UsageError for a missing or unfinished one; for one whose records do not
   cover its global step (steps.csv rows 1..global_step, epochs.csv rows of the epochs
@@ -104,7 +107,7 @@ def load_run(path):
     raise cli.UsageError(f'{path}: {runlog.RUN_JSON} does not say which kernels the run '
                          f'computed with ({problem}); rerun its command with this version')
   run = Run(path, manifest, steps, runlog.read_csv(os.path.join(path, runlog.EPOCHS_CSV)),
-            runlog.snapshot_steps_in(path))
+            runlog.snapshot_steps_in(path), weight_map)
   missing = _missing_records(run)
   if missing:
     raise cli.UsageError(f'{path}: an incomplete run: run.json says complete at step '
@@ -245,16 +248,18 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   }
 
 
-def compare(paths, tol, control=None):
+def compare(paths, tol, control=None, weight_maps=None):
   """Compares every run against the first; returns the whole parity.json content.
 
   `control` is the run directory of a control run of the first (the reference): with
   it the tiers are calibrated, without it they use the fixed tolerances.
+  `weight_maps`: {run directory: weight_map.WeightMap} for runs named differently.
   """
   if len(paths) < 2:
     raise cli.UsageError('compare_runs needs at least two run directories')
-  runs = [load_run(p) for p in paths]
-  control_run = load_run(control) if control else None
+  maps = weight_maps or {}
+  runs = [load_run(p, maps.get(p)) for p in paths]
+  control_run = load_run(control, maps.get(control)) if control else None
   envelope = measure_envelope(runs[0], control_run, tol) if control else None
   dropout_state = tiers.dropout_in_training(runs[0], control_run, envelope)
   pairs = [compare_pair(runs[0], other, tol, envelope, dropout_state) for other in runs[1:]]

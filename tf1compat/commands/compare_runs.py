@@ -1,6 +1,7 @@
 """compare_runs: compares finished run directories and writes the parity report.
 
 Usage: compare_runs RUN_DIR RUN_DIR [RUN_DIR...] [--control=RUN_DIR] [--output_dir=DIR]
+                    [--weight_map=RUN_DIR=MAP ...]
 """
 
 import os
@@ -15,17 +16,23 @@ from tf1compat import folders
 from tf1compat import parity
 from tf1compat import report as parity_report
 from tf1compat import runlog
+from tf1compat import weight_map
 
 
 def main(argv):
   run_dirs = argv[1:]
   if len(run_dirs) < 2:
     raise cli.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
-  report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags.FLAGS),
-                          control=flags.FLAGS.control)
+  control = flags.FLAGS.control
+  maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, control)
+  if maps:
+    weight_map.check_aligned(run_dirs + ([control] if control else []), maps)
+  report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags.FLAGS), control=control,
+                          weight_maps=maps)
+  report['weight_maps'] = {path: m.source for path, m in maps.items()}
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
   # The runs are loaded: their run.json names the data folders the report must stay out of.
-  compared = run_dirs + ([flags.FLAGS.control] if flags.FLAGS.control else [])
+  compared = run_dirs + ([control] if control else [])
   folders.check_placement(output_dir, '--output_dir',
                          [runlog.read_manifest(d).get('data', {}).get('data_dir')
                           for d in compared])
@@ -41,6 +48,13 @@ def define_flags():
   flags.DEFINE_string('control', None,
                       'Run directory of a control run of the first run (its command again, '
                       'from initial weights nudged by one ulp): calibrates the tolerances.')
+  flags.DEFINE_multi_string(
+      'weight_map', None,
+      'RUN_DIR=MAP: rename the weight keys of RUN_DIR (one of the runs compared, or the '
+      'control, which otherwise takes the first run\'s map) by MAP, a file of ordered rules '
+      '"PATTERN -> REPLACEMENT" (Python regular expressions matching whole keys; the first '
+      'that matches rewrites a key), or such rules inline, separated by ";". A key no rule '
+      'matches, or one left without a counterpart in the first run, is an error (exit 2)')
 
 
 def console_main():
