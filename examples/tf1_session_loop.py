@@ -13,7 +13,7 @@ epochs.csv, weight snapshots).
 does not exist yet, the loop writes its own freshly initialized weights there first,
 under its TF1 variable names ('hidden/kernel'). A control run, for a calibrated
 verdict, is this loop again from those weights moved by one ulp each
-(tf1compat.recorder.control_start writes them beside the file).
+(tf1compat.team_models.control_start writes them beside the file).
 """
 
 import os
@@ -29,6 +29,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 import team_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HIDDEN_UNITS = 32
 
@@ -66,18 +67,18 @@ def main(argv):
   with tf.compat.v1.Session() as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
     if os.path.exists(args.init_weights):
-      recorder.assign_session_weights(sess, recorder.load_weights(args.init_weights))
+      team_models.assign_session_weights(sess, team_models.load_weights(args.init_weights))
     else:
-      recorder.save_weights(args.init_weights, recorder.session_weights(sess))
+      team_models.save_weights(args.init_weights, team_models.session_weights(sess))
     config = recorder.RunConfig(  # recorder
-        framework='tf1', **recorder.optimizer_fields(g['optimizer']),
+        framework='tf1', **team_models.optimizer_fields(g['optimizer']),
         loss='softmax_cross_entropy', batch_size=args.batch_size,
         image_size=team_common.IMAGE_SIZE, num_classes=team_common.NUM_CLASSES, seed=args.seed,
         deterministic=True, steps_per_epoch=args.steps_per_epoch,
         data_fingerprint=recorder.data_fingerprint(x_train, y_train, x_val, y_val),
         init_weights=args.init_weights, extra=vars(args))
     with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:
-      rec.snapshot(0, recorder.session_weights(sess))  # recorder
+      rec.snapshot(0, team_models.session_weights(sess))  # recorder
       for epoch in range(1, args.epochs + 1):
         sess.run(g['reset_metrics'])
         order = team_common.batches(len(x_train), args.batch_size, args.seed, epoch)
@@ -88,12 +89,12 @@ def main(argv):
           step = rec.record_step(loss, batch_accuracy, mean_loss=mean_loss,  # recorder
                                  accuracy=accuracy)
           if rec.snapshot_due(step):  # recorder
-            rec.snapshot(step, recorder.session_weights(sess))
+            rec.snapshot(step, team_models.session_weights(sess))
         val_loss, val_accuracy = sess.run([g['loss'], g['batch_accuracy']],
                                           {g['x']: x_val, g['y']: y_val})
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_accuracy)  # recorder
         team_common.print_epoch(epoch, mean_loss, accuracy, val_loss, val_accuracy)
-      rec.finish(recorder.session_weights(sess))  # recorder
+      rec.finish(team_models.session_weights(sess))  # recorder
   print(f'{rec.step} steps in {time.perf_counter() - started:.1f}s: {args.model_dir}')
   return 0
 

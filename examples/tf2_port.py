@@ -31,6 +31,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 import team_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HIDDEN_UNITS = 32
 LEGACY_ADAM_EPSILON = 1e-8  # tf.compat.v1.train.AdamOptimizer's default
@@ -65,8 +66,8 @@ def main(argv):
   tf.config.experimental.enable_op_determinism()
   x_train, y_train, x_val, y_val = team_common.make_data(args.seed)
   model, optimizer, loss_fn, mean_loss, accuracy = build(args)
-  recorder.set_keras_weights(
-      model, recorder.load_weights(args.init_weights, weight_map=args.weight_map))
+  team_models.set_keras_weights(
+      model, team_models.load_weights(args.init_weights, weight_map=args.weight_map))
 
   @tf.function
   def train_step(x, y):
@@ -81,8 +82,8 @@ def main(argv):
     return loss, tf.reduce_mean(tf.cast(hits, tf.float32))
 
   config = recorder.RunConfig(  # recorder
-      framework='keras3', **recorder.optimizer_fields(optimizer),
-      **recorder.keras_model_fields(model), loss='keras_categorical',
+      framework='keras3', **team_models.optimizer_fields(optimizer),
+      **team_models.keras_model_fields(model), loss='keras_categorical',
       batch_size=args.batch_size, image_size=team_common.IMAGE_SIZE,
       num_classes=team_common.NUM_CLASSES, seed=args.seed, deterministic=True,
       steps_per_epoch=args.steps_per_epoch,
@@ -90,7 +91,7 @@ def main(argv):
       init_weights=args.init_weights, extra=vars(args))
   started = time.perf_counter()
   with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:
-    rec.snapshot(0, recorder.keras_weights(model))  # recorder
+    rec.snapshot(0, team_models.keras_weights(model))  # recorder
     for epoch in range(1, args.epochs + 1):
       if args.mistake != 'metrics_never_reset':
         mean_loss.reset_state()
@@ -101,14 +102,14 @@ def main(argv):
         step = rec.record_step(loss, batch_accuracy, mean_loss=mean_loss.result(),  # recorder
                                accuracy=accuracy.result())
         if rec.snapshot_due(step):  # recorder
-          rec.snapshot(step, recorder.keras_weights(model))
+          rec.snapshot(step, team_models.keras_weights(model))
       logits = model(x_val, training=False)
       val_loss = float(loss_fn(y_val, logits))
       val_accuracy = float(keras.metrics.categorical_accuracy(y_val, logits).numpy().mean())
       rec.record_epoch(val_loss=val_loss, val_accuracy=val_accuracy)  # recorder
       team_common.print_epoch(epoch, mean_loss.result(), accuracy.result(), val_loss,
                               val_accuracy)
-    rec.finish(recorder.keras_weights(model))  # recorder
+    rec.finish(team_models.keras_weights(model))  # recorder
   print(f'{rec.step} steps in {time.perf_counter() - started:.1f}s: {args.model_dir}')
   return 0
 

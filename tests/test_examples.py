@@ -15,8 +15,8 @@ from conftest import REPO
 from conftest import read_run_csv
 from conftest import read_snapshot
 from conftest import run_entry
-from tf1compat import recorder
 from tf1compat import runlog
+from tf1compat import team_models
 
 EXAMPLES = os.path.join(REPO, 'examples')
 WEIGHT_MAP = os.path.join(EXAMPLES, 'tf1_to_port.map')
@@ -52,7 +52,7 @@ def runs(tmp_path_factory):
   paths = {name: str(base / name) for name in ('tf1', 'control', 'port', *MISTAKES)}
   paths['init'] = str(base / 'init.npz')
   _finished(_example('tf1_session_loop.py', paths['tf1'], paths['init']))
-  control_init = recorder.control_start(paths['init'])
+  control_init = team_models.control_start(paths['init'])
   procs = [_example('tf1_session_loop.py', paths['control'], control_init),
            _example('tf2_port.py', paths['port'], paths['init'])]
   procs += [_example('tf2_port.py', paths[name], paths['init'], f'--mistake={name}')
@@ -73,7 +73,7 @@ def _compare(runs, out, *names, control=True):
 
 
 def test_the_port_starts_where_the_tf1_loop_starts(runs):
-  init = recorder.load_weights(runs['init'])
+  init = team_models.load_weights(runs['init'])
   assert sorted(init) == sorted(TF1_TO_PORT)
   tf1_start, port_start = read_snapshot(runs['tf1'], 0), read_snapshot(runs['port'], 0)
   for tf1_name, port_name in TF1_TO_PORT.items():

@@ -17,6 +17,7 @@ from tf1compat import cli
 from tf1compat import parity
 from tf1compat import recorder
 from tf1compat import runlog
+from tf1compat import team_models
 from tf1compat import weight_map
 
 CLASSES, FEATURES, BATCH = 3, 5, 8
@@ -261,24 +262,24 @@ class _Session:
 
 def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
   model = _Model()
-  assert list(recorder.keras_weights(model)) == ['seq/dense/kernel', 'seq/dense/bias']
-  recorder.set_keras_weights(model, {'seq/dense/bias': np.full(2, 7.0),
+  assert list(team_models.keras_weights(model)) == ['seq/dense/kernel', 'seq/dense/bias']
+  team_models.set_keras_weights(model, {'seq/dense/bias': np.full(2, 7.0),
                                      'seq/dense/kernel': np.eye(2)})
   assert model.weights[1].value.tolist() == [7.0, 7.0]
   with pytest.raises(cli.UsageError, match='variables without a weight: seq/dense/bias; '
                      'weights of no variable: bias:0; load'):
-    recorder.set_keras_weights(model, {'seq/dense/kernel': np.eye(2), 'bias:0': np.zeros(2)})
+    team_models.set_keras_weights(model, {'seq/dense/kernel': np.eye(2), 'bias:0': np.zeros(2)})
   session = _Session([_Variable('dense/kernel:0', value=np.zeros(3))],
                      [_Variable('bn/moving_mean:0', value=np.ones(1)),
                       _Variable('dense/kernel/Adam:0', value=np.ones(3))])
-  recorder.assign_session_weights(session, {'dense/kernel': np.arange(3.0),
+  team_models.assign_session_weights(session, {'dense/kernel': np.arange(3.0),
                                             'bn/moving_mean': np.full(1, 5.0)})
   # TF's output index dropped; BatchNorm's statistics in, the optimizer's slots out.
-  weights = recorder.session_weights(session)
+  weights = team_models.session_weights(session)
   assert {k: v.tolist() for k, v in weights.items()} == {'dense/kernel': [0.0, 1.0, 2.0],
                                                           'bn/moving_mean': [5.0]}
   with pytest.raises(cli.UsageError, match='weights of no variable: dense/kernel:0; load'):
-    recorder.assign_session_weights(session, {**weights, 'dense/kernel:0': 2})
+    team_models.assign_session_weights(session, {**weights, 'dense/kernel:0': 2})
 
 
 def test_batch_norm_runs_must_snapshot_the_moving_statistics(tmp_path):
@@ -301,7 +302,7 @@ def test_optimizer_fields_read_what_the_optimizer_really_has():
       return {'name': 'adam', 'learning_rate': float(np.float32(0.001)), 'beta_1': 0.9,
               'beta_2': 0.999, 'epsilon': 1e-7, 'amsgrad': False}
 
-  tf1, keras = recorder.optimizer_fields(AdamOptimizer()), recorder.optimizer_fields(Adam())
+  tf1, keras = team_models.optimizer_fields(AdamOptimizer()), team_models.optimizer_fields(Adam())
   assert tf1 == {'optimizer': 'AdamOptimizer', 'learning_rate': 0.001, 'beta_1': 0.9,
                  'beta_2': 0.999, 'epsilon': 1e-8}
   assert keras['learning_rate'] == 0.001 and keras['epsilon'] == 1e-7
@@ -310,10 +311,10 @@ def test_optimizer_fields_read_what_the_optimizer_really_has():
 def test_control_start_moves_every_nonzero_weight_by_one_ulp(tmp_path):
   init = str(tmp_path / 'init.npz')
   start = {'k': np.array([1.0, -3.5, 0.0, 1e-30], np.float32), 'n': np.arange(3)}
-  recorder.save_weights(init, start)
-  control = recorder.control_start(init)
+  team_models.save_weights(init, start)
+  control = team_models.control_start(init)
   assert control == str(tmp_path / 'init-ulp.npz')
-  nudged = recorder.load_weights(control)
+  nudged = team_models.load_weights(control)
   k = start['k']
   up, down = np.nextafter(k, np.float32(np.inf)), np.nextafter(k, np.float32(-np.inf))
   assert np.all(np.where(k == 0, nudged['k'] == 0, (nudged['k'] == up) | (nudged['k'] == down)))
