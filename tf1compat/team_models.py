@@ -93,7 +93,7 @@ def _checked_names(names, weights, where):
   problems = [f'{what}: {weight_maps.listed(sorted(keys))}' for what, keys in unmatched if keys]
   if problems:
     raise cli.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
-                         'names with a weight map (recorder.load_weights(path, weight_map))')
+                         'names with a weight map (team_models.load_weights(path, weight_map))')
 
 
 def set_keras_weights(model, weights):

@@ -5,7 +5,7 @@ where it does not drop the output index as recorder's helpers do), its Keras 3 p
 Keras does ('sequential/dense/kernel'). A weight map rewrites the snapshot keys of
 the run it is given for, so that compare_runs pairs each variable with its counterpart
 (`compare_runs --weight_map=RUN_DIR=MAP`), and it lets the port load the legacy loop's
-initial weights under its own names (recorder.load_weights).
+initial weights under its own names (team_models.load_weights).
 
 A map is a list of rules, one per line of a file (blank lines and lines starting with
 '#' are skipped) or separated by ';' when given inline:
