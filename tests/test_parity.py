@@ -403,7 +403,20 @@ def test_accuracy_metric_class_is_named_when_losses_agree_and_accuracies_do_not(
                flags_extra={**EXACT, **dropout, 'fit_accuracy': 'Accuracy'})
   named = _compare(c, d)['pairs'][0]['pitfalls'][0]
   assert named['name'] == 'accuracy_metric_class' and named['judged_by'] == 'curve'
+  # Uncalibrated: over the fixed band.
   assert named['margin'] == pytest.approx(accuracies[-1] / 0.05)
+  # Calibrated by a control whose accuracies are 0.02 apart: the band is 3 x 0.02 = 0.06,
+  # the margin the difference over the control's 0.02.
+  control = make_run(str(tmp_path / 'control'), accuracies=accuracies + 0.02,
+                     flags_extra=dropout)
+  pair = parity.compare([c, d], parity.Tolerances(), control=control)['pairs'][0]
+  val = pair['curve_tier']['series']['val_accuracy']
+  np.testing.assert_allclose(val['limit'], [0.06, 0.06])
+  named = pair['pitfalls'][0]
+  assert named['name'] == 'accuracy_metric_class'
+  assert named['margin'] == pytest.approx(accuracies[-1] / 0.02)
+  assert f'{accuracies[-1] / 0.06:.3g}x its band, {accuracies[-1] / 0.02:.3g}x the control' in (
+      named['evidence'])
   # Losses apart as well: not this mistake.
   e = make_run(str(tmp_path / 'e'), runner='fit', losses=_losses() * 1.5,
                accuracies=np.zeros_like(accuracies), flags_extra=EXACT)

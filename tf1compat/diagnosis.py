@@ -150,7 +150,8 @@ def _accuracy_evidence(reference, other, steps, curves):
   weights on the same batch, so a batch loss within its limit with another batch
   accuracy means the accuracy is computed otherwise (margin None: exact). Elsewhere the
   curves: accuracy series over their band while the loss series are within theirs
-  (margin: the worst accuracy difference over its band).
+  (margin: the worst accuracy difference over what the control shows, its
+  envelope_ratio; uncalibrated, over the band).
   """
   series = (curves or {}).get('series', {})
   apart = [name for name, s in series.items() if name.endswith('accuracy') and not s['passed']]
@@ -163,7 +164,9 @@ def _accuracy_evidence(reference, other, steps, curves):
   evidence = (f'the losses agree (loss curves within their band'
               f'{", batch losses within the step limits" if steps is not None else ""}) but '
               f'the accuracies do not: {worst} {s["reference"][epoch]:.4g} vs '
-              f'{s["other"][epoch]:.4g} at epoch {epoch + 1} ({s["band_ratio"]:.3g}x its band)')
+              f'{s["other"][epoch]:.4g} at epoch {epoch + 1} ({s["band_ratio"]:.3g}x its band'
+              + (f', {s["envelope_ratio"]:.3g}x the control\'s difference'
+                 if s['envelope_ratio'] is not None else '') + ')')
   accuracies = [run.steps['batch_accuracy'][0] for run in (reference, other)]
   if steps is not None and steps['steps'] and accuracies[0] != accuracies[1]:
     evidence += (f'; at step 1 the same weights and batch give the same loss (relative '
@@ -171,7 +174,8 @@ def _accuracy_evidence(reference, other, steps, curves):
                  f'{accuracies[0]:.4g} vs {accuracies[1]:.4g}: one run\'s accuracy is not the '
                  'share of argmax matches')
     return evidence, None, 'step'
-  return evidence, s['band_ratio'], 'curve'
+  margin = s['band_ratio'] if s['envelope_ratio'] is None else s['envelope_ratio']
+  return evidence, margin, 'curve'
 
 
 def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
