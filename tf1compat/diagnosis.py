@@ -183,10 +183,12 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
   """Catalogued pitfalls and setup problems that fit the evidence, best fit first.
 
   Each is {name, kind, evidence, fix, corroborated, judged_by, margin}: `judged_by` is
-  the tier whose evidence names it (config, step, semantics); `margin` how far that
-  evidence stands above what correct runs show (divergence / the control's envelope on
-  the step tier, error / tolerance for running metrics; None where the evidence is
-  exact: a config difference, statistics that never moved, masks that never applied).
+  the tier whose evidence names it (config, step, curve, semantics); `margin` how far
+  that evidence stands above what correct runs show (divergence / the control's envelope
+  on the step tier, a curve difference / the control's on the curve tier, error /
+  tolerance for running metrics; None where the evidence is exact: a config difference,
+  statistics that never moved, masks that never applied, the same first batch loss with
+  another batch accuracy).
   `steps` and `weights` are the step and weight tiers, or None where a framework
   difference makes step-wise values incomparable; `curves` the curve tier. A pitfall is
   `corroborated` when the runs' own flags say the mistake was made; those come first.

@@ -124,7 +124,7 @@ def port_args(cfg):
 
 def jobs(cfg):
   """The runner jobs of check_parity config `cfg`, the pitfall (if any) injected into
-  its runners."""
+  its runners; a pitfall made only in model.fit makes fit the port without --with_fit."""
   epsilon = config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
   pitfall = pitfalls.PITFALLS.get(cfg.pitfall)
   out = []
