@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, run_entry
+from tf1compat import cli
 from tf1compat import config
 from tf1compat import harness
 from tf1compat import parity
+from tf1compat import pitfalls
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
@@ -133,13 +135,18 @@ def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp
   assert pair['envelope_ratio'] <= parity.Tolerances().envelope_multiple
 
 
+# In an order where each case retrains few runners: the port-side cases of a folder
+# reuse its legacy run and control.
 @pytest.mark.parametrize('pitfall,kind', [
     ('adam_epsilon', 'plain'),
-    ('metrics_never_reset', 'plain'),
     ('double_softmax', 'plain'),
+    ('from_logits_lost', 'plain'),
+    ('accuracy_metric_class', 'plain'),
+    ('metrics_never_reset', 'plain'),
     ('skip_update_ops', 'batch_norm'),
     ('model_call_wiring', 'batch_norm'),
     ('no_learning_phase', 'batch_norm'),
+    ('keep_prob_as_rate', 'dropout'),
     ('no_learning_phase', 'dropout'),
 ])
 def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfall, kind):
@@ -154,8 +161,10 @@ def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfa
   assert report['pitfalls'][0] == pitfall
   assert f'pitfall {pitfall}:' in result.stdout
   # Named where a number decides, it stands at least 10x above what correct runs show.
-  margin = [p for pair in report['pairs'] for p in pair['pitfalls']][0]['margin']
-  assert margin is None or margin >= 10, margin
+  first = [p for pair in report['pairs'] for p in pair['pitfalls']][0]
+  assert first['margin'] is None or first['margin'] >= 10, first
+  assert first['evidence'] and first['fix'] == pitfalls.PITFALLS[pitfall].fix
+  assert first['judged_by'] in pitfalls.PITFALLS[pitfall].judged_by
 
 
 def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_path):
@@ -187,3 +196,27 @@ def test_every_runner_gets_the_given_adam_epsilon_even_zero():
       assert passed in job.args, (given, job)
   jobs = harness.jobs(config.CheckParityConfig(pitfall='adam_epsilon'))
   assert [job.name for job in jobs if '--adam_epsilon=1e-08' not in job.args] == ['eager']
+
+
+def test_keep_prob_as_rate_gives_the_port_one_minus_the_rate():
+  cfg = config.CheckParityConfig(pitfall='keep_prob_as_rate', dropout=0.3, with_fit=True)
+  args = {job.name: job.args for job in harness.jobs(cfg)}
+  for name in ('eager', 'fit'):
+    # After the forwarded --dropout=0.3 (absl: the last value wins): 1 - 0.3.
+    assert args[name][-1] == '--dropout=0.7', args[name]
+  assert not any(a.startswith('--dropout=') for a in args['graph'] + args['control'])
+  harness.check_pitfall_requirements(cfg)
+  for dropout, message in ((0.5, 'which every runner has already'), (0.0, '--dropout=0.3')):
+    with pytest.raises(cli.UsageError, match=message):
+      harness.check_pitfall_requirements(config.CheckParityConfig(
+          pitfall='keep_prob_as_rate', dropout=dropout))
+
+
+def test_a_pitfall_made_in_model_fit_checks_model_fit():
+  """Without --with_fit the fit loop takes the custom loop's place as the port."""
+  jobs = harness.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class'))
+  assert [job.name for job in jobs] == ['graph', 'control', 'fit']
+  assert '--fit_accuracy=Accuracy' in jobs[2].args and '--loop=fit' in jobs[2].args
+  jobs = harness.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class', with_fit=True))
+  assert [job.name for job in jobs if '--fit_accuracy=Accuracy' in job.args] == ['fit']
+  assert [job.name for job in jobs] == ['graph', 'control', 'eager', 'fit']

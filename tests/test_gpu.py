@@ -68,7 +68,8 @@ def test_graph_runner_is_reproducible_bit_for_bit(tiny_data_dir, tmp_path):
 def test_every_pitfall_is_named_first_on_the_gpu(name, tiny_data_dir, tmp_path):
   flags = [f for f in tiny_run_flags(tiny_data_dir, 'unused') if '--model_dir' not in f]
   needs = pitfalls.PITFALLS[name].needs
-  model = ['--batch_norm'] if 'batch_norm' in needs else (['--dropout=0.5'] if needs else [])
+  # 0.3, not 0.5: 1 - 0.5 = 0.5 would hide keep_prob_as_rate.
+  model = ['--batch_norm'] if 'batch_norm' in needs else (['--dropout=0.3'] if needs else [])
   result, report = _check_parity(str(tmp_path / name), *flags, *model, f'--pitfall={name}')
   assert result.returncode == 1, result.stderr[-3000:]
   assert report['pairs'][0]['pitfalls'][0]['name'] == name

@@ -14,13 +14,15 @@ def _case(name):
 
 
 def test_applicable_pitfalls_follow_the_model():
-  assert matrix.applicable_pitfalls(_case('default')) == [
-      'adam_epsilon', 'double_softmax', 'metrics_never_reset']
+  # The port's mistakes first (the case's legacy run and control are reused by them).
+  port = ['accuracy_metric_class', 'adam_epsilon', 'double_softmax', 'from_logits_lost']
+  assert matrix.applicable_pitfalls(_case('default')) == [*port, 'metrics_never_reset']
   assert matrix.applicable_pitfalls(_case('batch_norm')) == [
-      'adam_epsilon', 'double_softmax', 'metrics_never_reset', 'model_call_wiring',
-      'no_learning_phase', 'skip_update_ops']
-  assert 'no_learning_phase' in matrix.applicable_pitfalls(_case('dropout'))
-  assert 'skip_update_ops' not in matrix.applicable_pitfalls(_case('dropout'))
+      *port, 'metrics_never_reset', 'model_call_wiring', 'no_learning_phase',
+      'skip_update_ops']
+  assert matrix.applicable_pitfalls(_case('dropout')) == [
+      *port, 'keep_prob_as_rate', 'metrics_never_reset', 'no_learning_phase']
+  assert 'keep_prob_as_rate' not in matrix.applicable_pitfalls(_case('batch_norm'))
 
 
 def test_markdown_shows_margins_and_misses():

@@ -322,3 +322,102 @@ def test_a_setting_on_one_side_is_named_and_the_tiers_decide(field, keys, port_v
   assert [d['field'] for d in pair['lint']] == [field]
   assert pair['lint'][0]['setting'] and pair['lint'][0]['other'] == port_value
   assert pair['verdict'] == 'PASS'
+
+
+# The port's flags that remove the known framework differences (check_parity's --exact).
+EXACT = {'tf1_adam': True, 'tf1_bn_variance': True}
+
+
+def _names(pair):
+  return [p['name'] for p in pair['pitfalls']]
+
+
+def test_keep_prob_as_rate_is_named_from_the_dropout_rates(tmp_path):
+  """Rates that sum to 1 are a keep_prob taken for a rate; another rate is a mismatch only."""
+  a = make_run(str(tmp_path / 'a'), flags_extra={'dropout': 0.3})
+  b = make_run(str(tmp_path / 'b'), runner='eager', flags_extra={'dropout': 1 - 0.3, **EXACT})
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['verdict'] == 'FAIL'
+  assert [d['field'] for d in pair['lint']] == ['dropout']
+  assert _names(pair) == ['keep_prob_as_rate']
+  named = pair['pitfalls'][0]
+  assert (named['judged_by'], named['margin'], named['corroborated']) == ('config', None, True)
+  assert 'Dropout rate 0.3 vs 0.7 = 1 - 0.3' in named['evidence']
+  assert 'drops 70% of the activations where graph:a drops 30%' in named['evidence']
+  c = make_run(str(tmp_path / 'c'), runner='eager', flags_extra={'dropout': 0.6, **EXACT})
+  pair = _compare(a, c)['pairs'][0]
+  assert pair['verdict'] == 'FAIL' and 'keep_prob_as_rate' not in _names(pair)
+
+
+def _probabilities_loss(logits, label):
+  """Keras' categorical cross-entropy with from_logits=False, in numpy: the outputs
+  divided by their sum and clipped to [1e-7, 1 - 1e-7]."""
+  p = np.clip(logits / logits.sum(), 1e-7, 1 - 1e-7)
+  return -np.log(p[label])
+
+
+def test_from_logits_lost_is_named_from_the_recorded_loss(tmp_path):
+  logits, label = np.array([2.0, -1.0, 0.5]), 1
+  on_logits = np.log(np.exp(logits).sum()) - logits[label]  # 3.24 (softmax cross-entropy)
+  on_probabilities = _probabilities_loss(logits, label)  # -log(1e-7) = 16.1: -1/1.5 clipped
+  assert on_probabilities == pytest.approx(-np.log(1e-7))
+  losses = _losses()
+  a = make_run(str(tmp_path / 'a'), losses=np.r_[on_logits, losses[1:]])
+  b = make_run(str(tmp_path / 'b'), runner='eager', flags_extra=EXACT,
+               losses=np.r_[on_probabilities, losses[1:] * 2],
+               manifest_extra={'loss': 'keras_categorical_probs', 'from_logits': False})
+  pair = _compare(a, b)['pairs'][0]
+  assert {d['field'] for d in pair['lint']} == {'loss', 'from_logits'}
+  # Not no_learning_phase, though the model has BatchNorm and the first losses differ.
+  assert _names(pair) == ['from_logits_lost']
+  evidence = pair['pitfalls'][0]['evidence']
+  assert 'eager:b computes its loss (keras_categorical_probs) with from_logits=False' in evidence
+  assert f'({on_logits:.6g} vs {on_probabilities:.6g})' in evidence
+  # A softmax output with a loss for probabilities is a consistent pair: neither mistake.
+  c = make_run(str(tmp_path / 'c'), runner='eager', flags_extra=EXACT,
+               manifest_extra={'loss': 'keras_categorical_probs', 'from_logits': False,
+                               'final_activation': 'softmax'})
+  pair = _compare(a, c)['pairs'][0]
+  assert pair['verdict'] == 'FAIL'
+  assert not {'from_logits_lost', 'double_softmax'} & set(_names(pair))
+
+
+def test_accuracy_metric_class_is_named_when_losses_agree_and_accuracies_do_not(tmp_path):
+  accuracies = np.linspace(0.1, 0.9, EPOCHS * STEPS_PER_EPOCH).round(3)
+  a = make_run(str(tmp_path / 'a'), accuracies=accuracies)
+  b = make_run(str(tmp_path / 'b'), runner='fit', accuracies=np.zeros_like(accuracies),
+               flags_extra={**EXACT, 'fit_accuracy': 'Accuracy'})
+  pair = _compare(a, b)['pairs'][0]
+  assert pair['tiers']['step']['passed'] and not pair['tiers']['curve']['passed']
+  assert _names(pair) == ['accuracy_metric_class']
+  named = pair['pitfalls'][0]
+  # Step 1: the same loss from the same weights and batch, batch accuracy 0.1 vs 0.
+  assert (named['judged_by'], named['margin'], named['corroborated']) == ('step', None, True)
+  assert 'batch accuracy 0.1 vs 0' in named['evidence']
+  # The worst curve: validation accuracy, 0.9 (the last step of epoch 2) vs 0, band 0.05.
+  assert 'val_accuracy 0.9 vs 0 at epoch 2 (18x its band)' in named['evidence']
+  # With Dropout the step tier is not judged: the curves name it, with their margin.
+  dropout = {'dropout': 0.3}
+  c = make_run(str(tmp_path / 'c'), accuracies=accuracies, flags_extra=dropout)
+  d = make_run(str(tmp_path / 'd'), runner='fit', accuracies=np.zeros_like(accuracies),
+               flags_extra={**EXACT, **dropout, 'fit_accuracy': 'Accuracy'})
+  named = _compare(c, d)['pairs'][0]['pitfalls'][0]
+  assert named['name'] == 'accuracy_metric_class' and named['judged_by'] == 'curve'
+  # Uncalibrated: over the fixed band.
+  assert named['margin'] == pytest.approx(accuracies[-1] / 0.05)
+  # Calibrated by a control whose accuracies are 0.02 apart: the band is 3 x 0.02 = 0.06,
+  # the margin the difference over the control's 0.02.
+  control = make_run(str(tmp_path / 'control'), accuracies=accuracies + 0.02,
+                     flags_extra=dropout)
+  pair = parity.compare([c, d], parity.Tolerances(), control=control)['pairs'][0]
+  val = pair['curve_tier']['series']['val_accuracy']
+  np.testing.assert_allclose(val['limit'], [0.06, 0.06])
+  named = pair['pitfalls'][0]
+  assert named['name'] == 'accuracy_metric_class'
+  assert named['margin'] == pytest.approx(accuracies[-1] / 0.02)
+  assert f'{accuracies[-1] / 0.06:.3g}x its band, {accuracies[-1] / 0.02:.3g}x the control' in (
+      named['evidence'])
+  # Losses apart as well: not this mistake.
+  e = make_run(str(tmp_path / 'e'), runner='fit', losses=_losses() * 1.5,
+               accuracies=np.zeros_like(accuracies), flags_extra=EXACT)
+  assert 'accuracy_metric_class' not in _names(_compare(a, e)['pairs'][0])

@@ -18,7 +18,12 @@ DEFAULT_SNAPSHOT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
 # runner unless --pitfall=adam_epsilon).
 LEGACY_ADAM_EPSILON = 1e-8
 
-LOSSES = ('softmax_cross_entropy', 'keras_categorical')
+LOSSES = ('softmax_cross_entropy', 'keras_categorical', 'keras_categorical_probs')
+# Whether each --loss takes logits: keras_categorical_probs is Keras' categorical
+# cross-entropy with its default from_logits=False, which expects probabilities (the
+# from_logits_lost mistake on a model that returns logits).
+LOSS_TAKES_LOGITS = {'softmax_cross_entropy': True, 'keras_categorical': True,
+                     'keras_categorical_probs': False}
 FINAL_ACTIVATIONS = ('none', 'softmax')
 LOOPS = ('custom', 'fit')
 # --on_bad_record: stop at the first bad record, or leave bad records out and count them.
@@ -28,6 +33,11 @@ STRATEGIES = ('default', 'mirrored', 'multi_worker')
 TF32_MODES = ('default', 'on', 'off')
 # --onednn: TensorFlow's default (on for x86 CPUs), or forced on or off.
 ONEDNN_MODES = ('default', 'on', 'off')
+# --fit_accuracy: the keras.metrics class model.fit compiles as its accuracy.
+# CategoricalAccuracy compares argmaxes, as the legacy loop's tf.metrics.accuracy does;
+# Accuracy compares labels and outputs element by element (the accuracy_metric_class
+# mistake: about 0 on one-hot labels and logits).
+FIT_ACCURACY_METRICS = ('CategoricalAccuracy', 'Accuracy')
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -102,6 +112,7 @@ class EagerConfig(TrainingConfig):
   cpu_devices: int = 1
   tf1_bn_variance: bool = False
   tf1_adam: bool = False
+  fit_accuracy: str = 'CategoricalAccuracy'
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,10 @@ setup problems (pitfalls.py) that fit the tiers' evidence are named, best fit fi
 TensorFlow-free.
 """
 
+import numpy as np
+
 from tf1compat import calibration
+from tf1compat import config
 from tf1compat import model
 from tf1compat import pitfalls
 from tf1compat import runlog
@@ -110,18 +113,85 @@ def _envelope_ratio(tier, index=None):
   return ratios[index] if ratios else None
 
 
+# Two Dropout rates that sum to 1 within this are a keep_prob taken for a rate (flags
+# hold the rates as given, e.g. 0.3 and 0.7, whose float sum is 1 within 1e-16).
+KEEP_PROB_ATOL = 1e-6
+# Final activations after which a model returns logits (run.json's final_activation).
+LOGITS_ACTIVATIONS = (None, 'none', 'linear')
+
+
+def _keep_prob_evidence(reference, other, field):
+  """The evidence of keep_prob_as_rate from the lint's dropout difference, or None."""
+  rates = field['reference'], field['other']
+  if not all(isinstance(r, (int, float)) and 0 < r < 1 for r in rates) or (
+      abs(rates[0] + rates[1] - 1) > KEEP_PROB_ATOL):
+    return None
+  return (f'Dropout rate {rates[0]:g} vs {rates[1]:g} = 1 - {rates[0]:g}: {other.label} '
+          f'drops {rates[1]:.0%} of the activations where {reference.label} drops '
+          f'{rates[0]:.0%}, as when a TF1 keep_prob is passed as a rate')
+
+
+def _from_logits_evidence(reference, other, field):
+  """The evidence of from_logits_lost from the lint's from_logits difference, or None:
+  a loss for probabilities on a model that returns logits."""
+  for run, value, twin in ((other, field['other'], reference),
+                           (reference, field['reference'], other)):
+    if value is False and run.manifest.get('final_activation') in LOGITS_ACTIVATIONS:
+      return (f'{run.label} computes its loss ({run.manifest.get("loss")}) with '
+              f'from_logits=False on a model that returns logits (final activation '
+              f'{run.manifest.get("final_activation")}), {twin.label} with from_logits=True')
+  return None
+
+
+def _accuracy_evidence(reference, other, steps, curves):
+  """(evidence, margin, tier) when the losses agree and the accuracies do not, else None.
+
+  The step tier decides where it is judged: at step 1 both runs evaluate the same
+  weights on the same batch, so a batch loss within its limit with another batch
+  accuracy means the accuracy is computed otherwise (margin None: exact). Elsewhere the
+  curves: accuracy series over their band while the loss series are within theirs
+  (margin: the worst accuracy difference over what the control shows, its
+  envelope_ratio; uncalibrated, over the band).
+  """
+  series = (curves or {}).get('series', {})
+  apart = [name for name, s in series.items() if name.endswith('accuracy') and not s['passed']]
+  if (not apart or (steps is not None and not steps['passed']) or
+      not all(s['passed'] for name, s in series.items() if name.endswith('loss'))):
+    return None
+  worst = max(apart, key=lambda name: series[name]['band_ratio'])
+  s = series[worst]
+  epoch = int(np.argmax(np.asarray(s['difference']) / np.asarray(s['limit'])))
+  evidence = (f'the losses agree (loss curves within their band'
+              f'{", batch losses within the step limits" if steps is not None else ""}) but '
+              f'the accuracies do not: {worst} {s["reference"][epoch]:.4g} vs '
+              f'{s["other"][epoch]:.4g} at epoch {epoch + 1} ({s["band_ratio"]:.3g}x its band'
+              + (f', {s["envelope_ratio"]:.3g}x the control\'s difference'
+                 if s['envelope_ratio'] is not None else '') + ')')
+  accuracies = [run.steps['batch_accuracy'][0] for run in (reference, other)]
+  if steps is not None and steps['steps'] and accuracies[0] != accuracies[1]:
+    evidence += (f'; at step 1 the same weights and batch give the same loss (relative '
+                 f'difference {steps["relative_difference"][0]:.1e}) but batch accuracy '
+                 f'{accuracies[0]:.4g} vs {accuracies[1]:.4g}: one run\'s accuracy is not the '
+                 'share of argmax matches')
+    return evidence, None, 'step'
+  margin = s['band_ratio'] if s['envelope_ratio'] is None else s['envelope_ratio']
+  return evidence, margin, 'curve'
+
+
 def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
-             dropout_state=None):
+             dropout_state=None, curves=None):
   """Catalogued pitfalls and setup problems that fit the evidence, best fit first.
 
   Each is {name, kind, evidence, fix, corroborated, judged_by, margin}: `judged_by` is
-  the tier whose evidence names it (config, step, semantics); `margin` how far that
-  evidence stands above what correct runs show (divergence / the control's envelope on
-  the step tier, error / tolerance for running metrics; None where the evidence is
-  exact: a config difference, statistics that never moved, masks that never applied).
+  the tier whose evidence names it (config, step, curve, semantics); `margin` how far
+  that evidence stands above what correct runs show (divergence / the control's envelope
+  on the step tier, a curve difference / the control's on the curve tier, error /
+  tolerance for running metrics; None where the evidence is exact: a config difference,
+  statistics that never moved, masks that never applied, the same first batch loss with
+  another batch accuracy).
   `steps` and `weights` are the step and weight tiers, or None where a framework
-  difference makes step-wise values incomparable. A pitfall is `corroborated` when the
-  runs' own flags say the mistake was made; those come first.
+  difference makes step-wise values incomparable; `curves` the curve tier. A pitfall is
+  `corroborated` when the runs' own flags say the mistake was made; those come first.
   """
   found = []
 
@@ -155,14 +225,24 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
       if ratios:
         evidence += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'
     add('adam_epsilon', evidence, True)
-  if 'final activation' in fields:
+  first_losses = (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
+                  f'vs {steps["other_loss"][0]:.6g})' if first_step_differs else '')
+  softmax_runs = [run for run in (reference, other)
+                  if run.manifest.get('final_activation') == 'softmax']
+  # A softmax with a loss for probabilities is a consistent pair, not this mistake.
+  if 'final activation' in fields and all(run.manifest.get('from_logits', True)
+                                          for run in softmax_runs):
     d = fields['final activation']
-    evidence = (f'final activation {d["reference"]} vs {d["other"]} with losses that take '
-                'logits')
-    if first_step_differs:
-      evidence += (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
-                   f'vs {steps["other_loss"][0]:.6g})')
-    add('double_softmax', evidence, True)
+    add('double_softmax', f'final activation {d["reference"]} vs {d["other"]} with losses '
+        f'that take logits{first_losses}', True)
+  if 'from_logits' in fields:
+    evidence = _from_logits_evidence(reference, other, fields['from_logits'])
+    if evidence:
+      add('from_logits_lost', evidence + first_losses, True)
+  if 'dropout' in fields:
+    evidence = _keep_prob_evidence(reference, other, fields['dropout'])
+    if evidence:
+      add('keep_prob_as_rate', evidence, True)
   for run in (reference, other):
     for value_name, info in semantics[run.path].items():
       if info['kind'] == tiers.METRICS_SINCE_START:
@@ -188,7 +268,14 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
         'which drew other Dropout masks, has the same first batch loss (relative difference '
         f'{dropout_state["control_first_step_difference"]:.1e}): the masks never applied, '
         'Dropout ran in inference mode', reference.flag('feed_learning_phase') is False)
-  if first_step_differs and 'final activation' not in fields:
+  accuracy = _accuracy_evidence(reference, other, steps, curves)
+  if accuracy:
+    evidence, margin, tier = accuracy
+    add('accuracy_metric_class', evidence,
+        any(run.flag('fit_accuracy') not in (None, config.FIT_ACCURACY_METRICS[0])
+            for run in (reference, other)), margin, judged_by=tier)
+  # A config difference in what the forward pass or the loss computes explains it.
+  if first_step_differs and not {'final activation', 'from_logits'} & set(fields):
     for run in (reference, other):
       if run.flag('batch_norm') or (run.flag('dropout') or 0) > 0:
         add('no_learning_phase',

@@ -103,13 +103,18 @@ def build_model(cfg, num_classes, distributed=False):
 
 
 def per_example_loss(loss_name, labels, outputs):
-  """The per-example loss of --loss on logits, [batch].
+  """The per-example loss of --loss on the model's outputs, [batch].
 
   softmax_cross_entropy is the graph loop's `tf.nn.softmax_cross_entropy_with_logits`;
-  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits.
+  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits;
+  keras_categorical_probs is that loss with Keras' default from_logits=False, which
+  normalizes the outputs by their sum and clips them to [1e-7, 1 - 1e-7] as if they were
+  probabilities (the from_logits_lost mistake on logits).
   """
   if loss_name == 'keras_categorical':
     return keras.losses.categorical_crossentropy(labels, outputs, from_logits=True)
+  if loss_name == 'keras_categorical_probs':
+    return keras.losses.categorical_crossentropy(labels, outputs)
   return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels),
                                                  logits=outputs)
 

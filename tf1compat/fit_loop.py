@@ -118,6 +118,17 @@ class FitRecorder(keras.callbacks.Callback):
       self._bar = None
 
 
+def accuracy_metric(class_name):
+  """The keras.metrics accuracy `class_name` (--fit_accuracy) fit compiles, named 'accuracy'.
+
+  Not the string 'accuracy': Keras 3.15 resolves it by the shapes of labels and outputs
+  (CategoricalAccuracy for this model's one-hot labels, measured), where the class a team
+  writes is taken as it is. keras.metrics.Accuracy compares labels and outputs element by
+  element, so on one-hot labels and logits it shows about 0 (keras-team/keras#18796).
+  """
+  return getattr(keras.metrics, class_name)(name='accuracy')
+
+
 def resume_step(backup_dir, steps_per_epoch):
   """The step BackupAndRestore will resume from: completed epochs x steps per epoch."""
   path = os.path.join(backup_dir, _BACKUP_METADATA)
@@ -163,7 +174,7 @@ def train(backend, cfg, spec, log, schedule, signals):
   # jit_compile explicitly: fit's 'auto' would turn XLA on on a GPU without op
   # determinism, where the custom loop compiles only with --jit_compile.
   model.compile(optimizer=backend.optimizer, loss=backend.loss,
-                metrics=[keras.metrics.CategoricalAccuracy(name='accuracy')],
+                metrics=[accuracy_metric(cfg.fit_accuracy)],
                 jit_compile=cfg.jit_compile, steps_per_execution=1)
   if cfg.jit_compile and not model.jit_compile:
     # Keras 3 declines XLA under op determinism (with the warning above); the manifest

@@ -80,7 +80,9 @@ def define_training_flags(defaults):
   flags.DEFINE_enum('loss', default('loss'), config.LOSSES,
                     'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
                     "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
-                    "seed's fix.")
+                    "seed's fix; keras_categorical_probs: keras categorical_crossentropy with "
+                    'its default from_logits=False, which expects probabilities: on the '
+                    "model's logits it is the from_logits_lost mistake.")
   flags.DEFINE_enum('final_activation', default('final_activation'), config.FINAL_ACTIVATIONS,
                     'Activation of the last Dense layer. The losses take logits, so softmax here '
                     'reproduces the double-softmax mistake.')
@@ -193,6 +195,16 @@ def define_eager_flags():
                     "accumulators: Keras' formula, TF1's float rounding. Keras' own Adam rounds "
                     'differently by an ulp, and Adam amplifies that chaotically; with this switch '
                     'a matched comparison with the graph runner is bit for bit on CPU.')
+  flags.DEFINE_enum('fit_accuracy', default('fit_accuracy'), config.FIT_ACCURACY_METRICS,
+                    '--loop=fit: the keras.metrics class model.fit compiles as its accuracy. '
+                    'CategoricalAccuracy compares argmaxes, as the legacy tf.metrics.accuracy '
+                    'does; Accuracy compares labels and outputs element by element (the '
+                    'accuracy_metric_class mistake).')
+  flags.register_multi_flags_validator(
+      ['loop', 'fit_accuracy'],
+      lambda v: v['loop'] == 'fit' or v['fit_accuracy'] == config.FIT_ACCURACY_METRICS[0],
+      message='--fit_accuracy applies to --loop=fit only (the custom loop computes its '
+              'accuracy itself)')
 
 
 def define_runner_flags(runner_config):

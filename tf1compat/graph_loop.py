@@ -79,6 +79,9 @@ def per_example_loss(loss_name, labels, logits):
   if loss_name == 'keras_categorical':
     # The seed's "fix"; numerically the same as the default on logits.
     return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits, from_logits=True)
+  if loss_name == 'keras_categorical_probs':
+    # Keras' default from_logits=False: the logits taken for probabilities.
+    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits)
   return tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2(
       labels=tf.stop_gradient(labels), logits=logits)
 

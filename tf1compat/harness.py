@@ -78,18 +78,30 @@ def control_job(reference, cfg):
                    (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
+# The model switches pitfalls need (Pitfall.needs): the layer each adds, and a value that
+# shows every pitfall needing it (a Dropout rate of 0.5 would hide keep_prob_as_rate).
+_LAYERS = {'batch_norm': ('BatchNormalization', '--batch_norm'),
+           'dropout': ('Dropout', '--dropout=0.3')}
+
+
 def check_pitfall_requirements(cfg):
-  """Raises cli.UsageError when --pitfall needs --batch_norm/--dropout and has neither."""
+  """Raises cli.UsageError when --pitfall needs --batch_norm/--dropout and has neither, or
+  when the arguments it would inject are those every runner has already."""
   if not cfg.pitfall:
     return
-  needs = pitfalls.PITFALLS[cfg.pitfall].needs
-  if not needs:
-    return
+  pitfall = pitfalls.PITFALLS[cfg.pitfall]
   has = {'batch_norm': bool(cfg.batch_norm), 'dropout': cfg.dropout > 0}
-  if not any(has[n] for n in needs):
-    wanted = ' or '.join(f'--{n}' + ('=0.5' if n == 'dropout' else '') for n in needs)
-    raise cli.UsageError(f'--pitfall={cfg.pitfall} shows only in a model with layer '
-                         f'updates or a learning phase: add {wanted}')
+  if pitfall.needs and not any(has[n] for n in pitfall.needs):
+    layers = ' or '.join(_LAYERS[n][0] for n in pitfall.needs)
+    wanted = ' or '.join(_LAYERS[n][1] for n in pitfall.needs)
+    raise cli.UsageError(f'--pitfall={cfg.pitfall} shows only in a model with {layers}: '
+                         f'add {wanted}')
+  derived = pitfall.args_from_config(cfg) if pitfall.args_from_config else ()
+  if derived and set(derived) <= set(forwarded_args(cfg)):
+    names = ', '.join(arg.split('=')[0] for arg in derived)
+    raise cli.UsageError(f'--pitfall={cfg.pitfall} would give the port {" ".join(derived)}, '
+                         f'which every runner has already: it cannot show; choose another '
+                         f'{names}')
 
 
 def forwarded_args(cfg):
@@ -112,13 +124,17 @@ def port_args(cfg):
 
 def jobs(cfg):
   """The runner jobs of check_parity config `cfg`, the pitfall (if any) injected into
-  its runners."""
+  its runners; a pitfall made only in model.fit makes fit the port without --with_fit."""
   epsilon = config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
   pitfall = pitfalls.PITFALLS.get(cfg.pitfall)
   out = []
-  runners = [('graph', 'train_graph', ()), ('eager', 'train_eager', ('--loop=custom',))]
-  if cfg.with_fit:
-    runners.append(('fit', 'train_eager', ('--loop=fit',)))
+  ports = [('eager', 'train_eager', ('--loop=custom',)), ('fit', 'train_eager', ('--loop=fit',))]
+  chosen = [port for port in ports if port[0] == 'eager' or cfg.with_fit]
+  if pitfall and 'graph' not in pitfall.runners and not any(
+      name in pitfall.runners for name, _, _ in chosen):
+    # A mistake made only in model.fit, without --with_fit: fit is the port checked.
+    chosen = [port for port in ports if port[0] in pitfall.runners]
+  runners = [('graph', 'train_graph', ()), *chosen]
   for name, command, own in runners:
     args = list(own)
     if name != 'graph':
@@ -130,6 +146,8 @@ def jobs(cfg):
       args.append(f'--adam_epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
+      if pitfall.args_from_config:
+        args.extend(pitfall.args_from_config(cfg))
     out.append(RunnerJob(name, command, tuple(args)))
     if name == 'graph' and cfg.calibrate:
       out.append(control_job(out[-1], cfg))

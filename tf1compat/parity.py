@@ -227,7 +227,7 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   passed = all(t['passed'] for t in verdicts.values() if t['judged'])
   named = [] if passed else diagnosis.diagnose(
       reference, other, lint_found, steps if step_judged else None,
-      weights if step_judged else None, semantics, bn_states, dropout_state)
+      weights if step_judged else None, semantics, bn_states, dropout_state, curves)
   ratios = [r for r in (steps['max_envelope_ratio'], weights['max_envelope_ratio'])
             if r is not None and step_judged]
   return {

@@ -13,8 +13,8 @@ import dataclasses
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Problem:
   """A named cause of a difference: which tiers' evidence names it, and its fix."""
-  # The tiers whose evidence names it (config, step, semantics): the first unless the
-  # diagnosis found it in another.
+  # The tiers whose evidence names it (config, step, curve, semantics): the first unless
+  # the diagnosis found it in another.
   judged_by: tuple
   fix: str
 
@@ -26,6 +26,14 @@ class Pitfall(Problem):
   args: tuple = ()  # added to those runners' arguments
   omits: tuple = ()  # flags check_parity sets for every runner, left out in those runners'
   needs: tuple = ()  # model switches of which one must be on for it to show
+  # check_parity's config -> more arguments for those runners, made from the values every
+  # runner gets (None: none).
+  args_from_config: object = None
+
+
+def _keep_prob_args(cfg):
+  """The port's Dropout rate when the legacy keep_prob (1 - its rate) is taken for a rate."""
+  return (f'--dropout={1 - cfg.dropout:.6g}',)
 
 
 PITFALLS = {
@@ -58,6 +66,39 @@ PITFALLS = {
         runners=('eager', 'fit'), args=('--final_activation=softmax',), judged_by=('config',),
         fix='Return logits from the model (no final softmax) when the loss takes '
             'logits, or use from_logits=False with a softmax output.'),
+    # Citations: the issue threads where teams made each mistake.
+    'keep_prob_as_rate': Pitfall(
+        # TF1's tf.nn.dropout(x, keep_prob) keeps keep_prob; TF2's tf.nn.dropout(x, rate)
+        # and Keras' Dropout(rate) drop rate. A positional 0.8 keeps 80% in TF1 and drops
+        # 80% in TF2 (google-research/bert#1089, google-research/google-research#369), and
+        # a keep_prob copied into a rate does the same (hunkim/DeepLearningZeroToAll#204,
+        # pudae/tensorflow-densenet#22).
+        runners=('eager', 'fit'), args_from_config=_keep_prob_args, needs=('dropout',),
+        judged_by=('config',),
+        fix='Pass rate = 1 - keep_prob: TF1\'s tf.nn.dropout(x, keep_prob) keeps keep_prob, '
+            'keras.layers.Dropout(rate) and TF2\'s tf.nn.dropout(x, rate) drop rate (see '
+            'google-research/bert#1089, hunkim/DeepLearningZeroToAll#204).'),
+    'from_logits_lost': Pitfall(
+        # keras.losses.categorical_crossentropy(y, logits) with its default
+        # from_logits=False divides the logits by their sum and clips them to
+        # [1e-7, 1 - 1e-7] as probabilities, without a warning (keras-team/tf-keras#47,
+        # xiph/LPCNet#97, cleverhans-lab/cleverhans#25).
+        runners=('eager', 'fit'), args=('--loss=keras_categorical_probs',),
+        judged_by=('config',),
+        fix='Pass from_logits=True when the model returns logits: '
+            'keras.losses.categorical_crossentropy(y, logits, from_logits=True) or '
+            'CategoricalCrossentropy(from_logits=True); its default False takes the logits '
+            'for probabilities, silently (keras-team/tf-keras#47).'),
+    'accuracy_metric_class': Pitfall(
+        # model.compile(metrics=[keras.metrics.Accuracy()]) for the string 'accuracy':
+        # Accuracy compares labels and outputs element by element, about 0 on one-hot
+        # labels and logits (keras-team/keras#18796, keras-team/tf-keras#15,
+        # tensorflow/tensorflow#38004). Keras 3.15 resolves the string 'accuracy' to
+        # CategoricalAccuracy here (measured), so the string itself is no mistake.
+        runners=('fit',), args=('--fit_accuracy=Accuracy',), judged_by=('step', 'curve'),
+        fix='Compile with keras.metrics.CategoricalAccuracy() (what the string \'accuracy\' '
+            'resolves to for one-hot labels): keras.metrics.Accuracy() compares labels and '
+            'outputs element by element and shows about 0 on logits (keras-team/keras#18796).'),
 }
 
 SETUP_PROBLEMS = {

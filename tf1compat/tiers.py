@@ -211,7 +211,11 @@ def curve_tier(reference, other, tol, envelope=None):
   """Per-epoch train/val loss and accuracy within a band.
 
   The band is the fixed tolerance (curve_rtol, accuracy_atol) or, with an envelope,
-  curve_multiple times the control's running curve difference where that is wider.
+  curve_multiple times the control's running curve difference where that is wider. A
+  series' `band_ratio` is its worst difference over the band; with an envelope its
+  `envelope_ratio` is that difference over what the control shows, the band / curve_multiple
+  (the control's difference, floored at the fixed tolerance / curve_multiple), as the
+  step tier's divergence over the envelope.
   """
   n = min(len(reference.epochs.get('epoch', [])), len(other.epochs.get('epoch', [])))
   result = {'epochs': n, 'series': {}, 'passed': n > 0,
@@ -228,7 +232,10 @@ def curve_tier(reference, other, tol, envelope=None):
         'reference': list(map(float, reference.epochs[name][:n])),
         'other': list(map(float, other.epochs[name][:n])),
         'difference': diff.tolist(), 'limit': limit.tolist(),
-        'band_ratio': float(np.max(diff / limit)), 'passed': passed}
+        'band_ratio': float(np.max(diff / limit)),
+        'envelope_ratio': (float(np.max(diff / limit)) * tol.curve_multiple if control
+                           else None),
+        'passed': passed}
     result['passed'] = result['passed'] and passed
   return result
 

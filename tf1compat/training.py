@@ -313,7 +313,8 @@ def start_manifest(cfg, spec, *, versions, device, kernels, optimizer_name, epsi
       versions=versions, device=device, kernels=kernels,
       optimizer={'name': optimizer_name, 'learning_rate': cfg.learning_rate,
                  'beta_1': cfg.adam_beta1, 'beta_2': cfg.adam_beta2, 'epsilon': epsilon},
-      loss=cfg.loss, from_logits=True, final_activation=cfg.final_activation,
+      loss=cfg.loss, from_logits=config.LOSS_TAKES_LOGITS[cfg.loss],
+      final_activation=cfg.final_activation,
       batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed,
       deterministic=cfg.deterministic, data=spec.manifest(),
       init_weights_sha256=(runlog.file_sha256(cfg.init_weights) if cfg.init_weights
