@@ -163,6 +163,15 @@ def labeled_image(serialized, num_classes, parse=None):
   return (_decode(image) if image.dtype == tf.string else image), label
 
 
+def check_parser(parse, num_classes):
+  """Traces the --features parser `parse` as the pipeline does (tf.data's map, in a
+  graph of its own, nothing run), so that a parser breaking plugins' contract stops a
+  run with its PluginError before anything is built or written."""
+  with tf.Graph().as_default():
+    tf.data.Dataset.from_tensors(tf.constant(b'')).map(
+        lambda record: labeled_image(record, num_classes, parse))
+
+
 def parse_example(serialized, image_size, num_classes, parse=None):
   """Turns one serialized record into (standardized image, one-hot label): a
   tf.train.Example of the seed's schema, or what the --features parser `parse` reads.

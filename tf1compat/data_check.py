@@ -355,6 +355,8 @@ def check_data_dir(data_dir, num_classes=None, on_bad_record='fail',
     num_classes = info.get('num_classes', config.CALTECH256_CLASSES)
   skip = on_bad_record == 'skip'
   parse = plugins.load_parser(features)
+  if parse:
+    data.check_parser(parse, num_classes)
   train_check = check_records(train_files, num_classes, data_dir=data_dir, skip=skip,
                               parse=parse)
   val_check = check_records(val_files, num_classes, data_dir=data_dir, skip=skip, parse=parse)

@@ -71,6 +71,7 @@ import dataclasses
 import importlib
 import inspect
 import re
+import sys
 
 import numpy as np
 
@@ -103,6 +104,11 @@ _FIX_NAMES = ('pass the same explicit name= to every layer that has weights, und
 class PluginError(cli.UsageError):
   """A --model or --features plug-in that cannot be used; the message names the fix."""
 
+  # Raised while tf.data traces a --features parser, it would otherwise reach the user as
+  # AutoGraph's rewrite, the staging traceback in its message: AutoGraph passes an
+  # exception with this attribute through as it is.
+  ag_pass_through = True
+
 
 def is_spec(spec):
   """Whether `spec` reads `package.module:function` (the flags' validator)."""
@@ -134,8 +140,8 @@ def load(flag, spec):
                         f'defines ({SPEC_FORMAT})')
     target = getattr(target, part)
   if not callable(target):
-    raise PluginError(f'{where}: {module_name}.{attribute} is a {type(target).__name__}, '
-                      f'not a function; name a function ({SPEC_FORMAT})')
+    raise PluginError(f'{where}: {module_name}.{attribute} is not callable (it is of type '
+                      f'{type(target).__name__}); name a function ({SPEC_FORMAT})')
   return target
 
 
@@ -156,8 +162,10 @@ def load_parser(spec):
 
 def keras_label(keras):
   """'tf-keras 2.21.0' or 'Keras 3.15.1': which Keras a process builds with."""
-  name = 'tf-keras' if keras.__name__.startswith('tf_keras') else 'Keras'
-  return f'{name} {getattr(keras, "__version__", "")}'.strip()
+  package = keras.__name__.split('.')[0]
+  name = 'tf-keras' if package == 'tf_keras' else 'Keras'
+  # tf.keras under legacy Keras is a submodule of tf_keras, which holds the version.
+  return f'{name} {getattr(sys.modules.get(package), "__version__", "")}'.strip()
 
 
 def _declared(builder, where):
