@@ -10,9 +10,9 @@ Every record's framing and data checksums are verified: the headers here, the da
 TensorFlow's own record reader (C++; CRC-32C in Python runs at about 18 MB/s, a minute
 for Caltech256). Images are checked by their structure (image_bytes); under
 --on_bad_record=skip every image is also decoded once by TensorFlow (data.decode_failures)
-so that the pipeline has nothing left to drop at run time. Records of a team's own schema (--features,
-plugins.py) are verified by framing and checksum only; under skip they go through the
-team's parser and the decode once. Measured on this project's
+so that the pipeline has nothing left to drop at run time. Records of a team's own
+schema (--features, plugins.py) are verified by framing and checksum only; under skip
+they go through the team's parser and the decode once. Measured on this project's
 2-core machine, 30,000 records of 19 kB JPEGs (560 MB, page cache warm): 1.65 s (0.85 s
 before the data checksums and the full JPEG walk), and 10 to 11.5 s under skip.
 """

@@ -1,8 +1,8 @@
 """The legacy TF1 graph-mode training loop, written the way TF1 teams wrote it.
 
 One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
-seed's ConvNet (or a team's model, --model) wired onto its output with `Input(tensor=features)`, the loss, a
-`tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
+seed's ConvNet (or a team's model, --model) wired onto its output with
+`Input(tensor=features)`, the loss, a `tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
 `tf.compat.v1.metrics` running metrics in a `metrics` variable scope, a validation
 pipeline with its own initializable iterator, and a `tf.compat.v1.train.Saver` that
 checkpoints the weights, the optimizer slots, the global step, the training

@@ -118,8 +118,9 @@ def is_spec(spec):
 def load(flag, spec):
   """The function that `spec` ('package.module:function') names, for --`flag`.
 
-  Raises PluginError when the module or the attribute does not exist or is not callable;
-  other errors raised while importing the module are the module's own and propagate.
+  Raises PluginError when the module, a module it imports or the attribute does not
+  exist, or the attribute is not callable; other errors raised while importing the
+  module are the module's own and propagate.
   """
   where = f'--{flag}={spec}'
   if not is_spec(spec):
@@ -128,7 +129,7 @@ def load(flag, spec):
   try:
     target = importlib.import_module(module_name)
   except ModuleNotFoundError as e:
-    if e.name and module_name.startswith(e.name):
+    if e.name and (module_name + '.').startswith(e.name + '.'):
       raise PluginError(f'{where}: no module named {e.name!r}; put the folder that holds '
                         f'{module_name.replace(".", "/")}.py on PYTHONPATH, or install its '
                         'package') from e
@@ -187,10 +188,19 @@ def _declared(builder, where):
 
 
 def _refused_switch(where, name):
+  """The PluginError of a switch the run needs and the builder does not declare."""
   default, flag = SWITCHES[name]
+  add = f'add a {name}={default!r} parameter'
+  if name == 'batch_norm_layer':
+    return PluginError(f'{where}: its model holds BatchNormalization layers, and {flag} '
+                       f'needs them built from the batch_norm_layer class it passes; {add} '
+                       'and build them with (batch_norm_layer or '
+                       'keras.layers.BatchNormalization)')
+  if name == 'logits_dtype':
+    return PluginError(f'{where}: its output is not float32 under {flag}, and the loss needs '
+                       f'float32 logits; {add} and pass it as the last layer\'s dtype=')
   return PluginError(f'{where}: the builder takes no {name} argument, so {flag} would change '
-                     f'nothing; add a {name}={default!r} parameter that honours it, or run '
-                     'without it')
+                     f'nothing; {add} that honours it, or run without {flag}')
 
 
 def _dims(shape):
