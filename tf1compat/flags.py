@@ -128,8 +128,9 @@ def define_training_flags(defaults):
                       'maps one serialized record to (image bytes or a decoded [H, W, 3] '
                       'image, integer label) before the shared resize, standardization, '
                       "one-hot and batching. Unset: the seed's schema ('image' bytes, int64 "
-                      "'label'). The pre-flight check then verifies only each record's "
-                      'framing and checksum.')
+                      "'label'). The pre-flight check then verifies each record's framing and "
+                      'checksum only (under --on_bad_record=skip also the parser and the '
+                      'decode).')
   for name, example in (('model', 'team_model:build'), ('features', 'team_records:parse')):
     flags.register_validator(name, lambda spec: spec is None or plugins.is_spec(spec),
                              message=f'--{name} takes {plugins.SPEC_FORMAT}, e.g. {example}')
