@@ -77,6 +77,11 @@ class TrainingConfig(DataConfig):
   overwrite: bool = False
   log_every: int = 100
   checkpoint_every: int = 500
+  # A team's model builder and record parser, 'package.module:function' (plugins.py).
+  # None: the seed's ConvNet (plugins.DEFAULT_MODEL) and the seed's record schema; unset
+  # fields leave the runners' arguments and older run.json files as they were.
+  model: str | None = None
+  features: str | None = None
 
   @property
   def total_steps(self):

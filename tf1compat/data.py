@@ -22,6 +22,7 @@ import struct
 import tensorflow as tf
 
 from tf1compat import cli
+from tf1compat import plugins
 from tf1compat import tfrecord
 
 # The seed's schema: what `bin/make_records` writes and what a Caltech256 TFRecord
@@ -109,34 +110,77 @@ def fingerprint(files):
   return digest.hexdigest()
 
 
-def preprocess_image(image_bytes, image_size):
-  """Decodes image bytes to 3 channels, pads-and-resizes to a square, standardizes.
-
-  JPEG (grey and CMYK included), PNG, GIF (first frame), BMP and WebP all decode; for
-  JPEG the pixels are those of the seed's `decode_jpeg`.
-  """
-  image = _decode(image_bytes)
-  image = tf.image.resize_with_pad(image, image_size, image_size)
-  return tf.image.per_image_standardization(image)
-
-
-def parse_example(serialized, image_size, num_classes):
-  """Turns one serialized tf.Example into (standardized image, one-hot label).
-
-  A label outside [0, num_classes) fails the pipeline: its one-hot would be all
-  zeros and would train silently wrong.
-  """
-  example = tf.io.parse_single_example(serialized, FEATURES)
-  label = example['label']
+def _checked_label(label, num_classes):
+  """`label` as int64, failing the pipeline when it lies outside [0, num_classes): its
+  one-hot would be all zeros and would train silently wrong."""
+  label = tf.cast(label, tf.int64)
   check = tf.debugging.assert_less(
       label, tf.constant(num_classes, tf.int64),
       message=f'label out of range [0, {num_classes}): check --num_classes')
   check_nonneg = tf.debugging.assert_non_negative(
       label, message=f'label out of range [0, {num_classes}): negative label')
   with tf.control_dependencies([check, check_nonneg]):
-    label = tf.identity(label)
-  image = preprocess_image(example['image'], image_size)
-  return image, tf.one_hot(label, num_classes)
+    return tf.identity(label)
+
+
+def _team_example(serialized, parse):
+  """(image bytes or a float32 image [H, W, 3], label) of a --features parser, its output
+  checked as plugins' contract says (PluginError while the pipeline is traced)."""
+  where = f'--features={parse.spec}'
+  result = parse(serialized)
+  if not isinstance(result, (tuple, list)) or len(result) != 2:
+    raise plugins.PluginError(f'{where}: the parser returned a {type(result).__name__}; '
+                              'return a pair (image, label)')
+  image, label = (tf.convert_to_tensor(value) for value in result)
+  if image.dtype == tf.string:
+    if image.shape.rank not in (None, 0):
+      raise plugins.PluginError(f'{where}: its image is {image.shape} strings; return the '
+                                'bytes of one encoded image (a scalar) or a decoded image')
+    image = tf.ensure_shape(image, [])
+  elif image.dtype.is_floating or image.dtype.is_integer:
+    if not image.shape.is_compatible_with([None, None, 3]):
+      raise plugins.PluginError(f'{where}: its image has shape {image.shape}; return a '
+                                'decoded image [height, width, 3] or encoded image bytes')
+    image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+  else:
+    raise plugins.PluginError(f'{where}: its image is {image.dtype.name}; return encoded '
+                              'image bytes (tf.string) or a decoded image of numbers')
+  if not label.dtype.is_integer or not label.shape.is_compatible_with([]):
+    raise plugins.PluginError(f'{where}: its label is {label.dtype.name} {label.shape}; '
+                              'return one integer class index')
+  return image, tf.ensure_shape(label, [])
+
+
+def labeled_image(serialized, num_classes, parse=None):
+  """(decoded image [H, W, 3], int64 label in [0, num_classes)) of one record: the seed's
+  schema, or the --features parser `parse` (plugins' contract) when given."""
+  if parse is None:
+    example = tf.io.parse_single_example(serialized, FEATURES)
+    image, label = example['image'], example['label']
+  else:
+    image, label = _team_example(serialized, parse)
+  label = _checked_label(label, num_classes)
+  return (_decode(image) if image.dtype == tf.string else image), label
+
+
+def check_parser(parse, num_classes):
+  """Traces the --features parser `parse` as the pipeline does (tf.data's map, in a
+  graph of its own, nothing run), so that a parser breaking plugins' contract stops a
+  run with its PluginError before anything is built or written."""
+  with tf.Graph().as_default():
+    tf.data.Dataset.from_tensors(tf.constant(b'')).map(
+        lambda record: labeled_image(record, num_classes, parse))
+
+
+def parse_example(serialized, image_size, num_classes, parse=None):
+  """Turns one serialized record into (standardized image, one-hot label): a
+  tf.train.Example of the seed's schema, or what the --features parser `parse` reads.
+
+  A label outside [0, num_classes) fails the pipeline.
+  """
+  image, label = labeled_image(serialized, num_classes, parse)
+  image = tf.image.resize_with_pad(image, image_size, image_size)
+  return tf.image.per_image_standardization(image), tf.one_hot(label, num_classes)
 
 
 def _record_reader(files, exclusions):
@@ -165,7 +209,8 @@ def _record_reader(files, exclusions):
 
 
 def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training=True,
-                 shuffle_buffer=10000, num_parallel_calls=tf.data.AUTOTUNE, skip=None):
+                 shuffle_buffer=10000, num_parallel_calls=tf.data.AUTOTUNE, skip=None,
+                 parse=None):
   """Builds the seed's input pipeline over `files`, for graph or eager mode alike.
 
   Training: file-name shuffle, records, shuffle of the serialized records (about a
@@ -179,7 +224,8 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   check has decoded every image already (decode_failures), so a record that still
   fails (a file changed since the check) fails the pipeline as under fail, rather than
   vanish from run.json's counts. With nothing to exclude the records and their order
-  are those of the default pipeline.
+  are those of the default pipeline. `parse`: None for the seed's schema, or the
+  --features parser (plugins.Parser) that reads each record before the shared steps.
 
   Returns a `tf.data.Dataset` of (images [B, S, S, 3] float32, labels [B, C] float32).
   """
@@ -192,7 +238,7 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
     dataset = dataset.shuffle(shuffle_buffer, seed=seed + RECORD_SHUFFLE_SEED_OFFSET)
     dataset = dataset.repeat()
   dataset = dataset.map(
-      lambda record: parse_example(record, image_size, num_classes),
+      lambda record: parse_example(record, image_size, num_classes, parse),
       num_parallel_calls=num_parallel_calls, deterministic=True)
   dataset = dataset.batch(batch_size, drop_remainder=training)
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
@@ -201,13 +247,14 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   return dataset.with_options(options)
 
 
-def decode_failures(records):
-  """{(file, index): why}: the records among `records` ({file: record indices}) whose
-  image the pipeline's decode (tf.io.decode_image, 3 channels) rejects.
+def decode_failures(records, num_classes, parse=None):
+  """{(file, index): why}: the records among `records` ({file: record indices}) that
+  the pipeline's parse and decode (`labeled_image`: the seed's schema or the --features
+  parser `parse`, tf.io.decode_image to 3 channels, the label's range) reject.
 
   One parallel tf.data pass in a graph and Session of its own, so graph and eager
-  processes run it alike; then each failure is decoded alone for its message. Measured:
-  see data_check (the pre-flight check runs it under --on_bad_record=skip).
+  processes run it alike; then each failure is parsed and decoded alone for its message.
+  Measured: see data_check (the pre-flight check runs it under --on_bad_record=skip).
   """
   files = sorted(path for path, indices in records.items() if indices)
   if not files:
@@ -225,8 +272,7 @@ def decode_failures(records):
       return dataset.map(lambda index, record: (number * (1 << 32) + index, record))
 
     def decode(key, record):
-      image = tf.io.parse_single_example(record, {'image': FEATURES['image']})['image']
-      return key, tf.shape(_decode(image))[0]
+      return key, tf.shape(labeled_image(record, num_classes, parse)[0])[0]
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(files), dtype=tf.int64), files)).flat_map(read)
@@ -234,7 +280,7 @@ def decode_failures(records):
     decoded = tf.compat.v1.data.make_one_shot_iterator(
         dataset.ignore_errors().map(lambda key, _: key).batch(4096)).get_next()
     blob = tf.compat.v1.placeholder(tf.string, [])
-    alone = _decode(blob)
+    alone = labeled_image(blob, num_classes, parse)
   survivors = set()
   with tf.compat.v1.Session(graph=graph) as session:
     while True:
@@ -247,9 +293,8 @@ def decode_failures(records):
       lost = {index for index in records[path] if (number << 32) | index not in survivors}
       for record in tfrecord.walk(path) if lost else ():
         if record.index in lost:
-          image = tf.train.Example.FromString(record.data).features.feature['image']
           try:
-            session.run(alone, {blob: image.bytes_list.value[0]})
+            session.run(alone, {blob: record.data})
             failures[(path, record.index)] = 'it fails in the input pipeline'
           except tf.errors.InvalidArgumentError as e:
             failures[(path, record.index)] = error_line(e.message)
@@ -351,6 +396,13 @@ def input_errors(spec):
     raise pipeline_error(spec, e) from e
 
 
+def undecodable(why, parse=None):
+  """What a record that decode_failures reports (`why`) fails at, for a message."""
+  if parse is None:
+    return f"'image' does not decode ({why})"
+  return f'--features={parse.spec} or the decode of its image fails ({why})'
+
+
 def pipeline_error(spec, error):
   """The one-line DataError of an input-pipeline failure at run time.
 
@@ -370,11 +422,11 @@ def pipeline_error(spec, error):
                      'it with bin/make_records')
   failures = {}
   if files and isinstance(error, tf.errors.InvalidArgumentError):
-    failures = decode_failures(spec.checked_records())
+    failures = decode_failures(spec.checked_records(), spec.num_classes, spec.parse)
   if failures:
     (path, index), why = min(failures.items())
-    return DataError(f"--data_dir={spec.data_dir}: {os.path.basename(path)} record {index}: "
-                     f"'image' does not decode ({why}); rewrite it with bin/make_records, or "
+    return DataError(f'--data_dir={spec.data_dir}: {os.path.basename(path)} record {index}: '
+                     f'{undecodable(why, spec.parse)}; rewrite it with bin/make_records, or '
                      'pass --on_bad_record=skip to train without it (the check then decodes '
                      'every image first)')
   return DataError(f'--data_dir={spec.data_dir}: the input pipeline failed '

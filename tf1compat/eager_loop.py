@@ -37,6 +37,7 @@ from tf1compat import distribution as distribution_lib
 from tf1compat import fit_loop
 from tf1compat import model as model_lib
 from tf1compat import numerics
+from tf1compat import plugins
 from tf1compat import runlog
 from tf1compat import tf1_kernels
 from tf1compat import training
@@ -82,7 +83,8 @@ def make_optimizer(cfg):
 
 
 def build_model(cfg, num_classes, distributed=False):
-  """The seed's ConvNet in Keras 3 with the run's model fields.
+  """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
+  model fields, checked by plugins.build_model.
 
   `distributed`: BatchNormalization normalizes with the moments of the global batch,
   not of each replica's share, so that a distributed run computes what a one-device
@@ -93,8 +95,8 @@ def build_model(cfg, num_classes, distributed=False):
     batch_norm_layer = tf1_kernels.TF1BatchNormalization
   elif distributed:
     batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
-  return model_lib.build_model(
-      keras, num_classes=num_classes, image_size=cfg.image_size,
+  return plugins.build_model(
+      cfg.model, keras, num_classes=num_classes, image_size=cfg.image_size,
       batch_norm=cfg.batch_norm, dropout=cfg.dropout,
       final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
       batch_norm_layer=batch_norm_layer,
@@ -144,9 +146,11 @@ def model_weights(model):
   return {key: variable.numpy() for key, variable in model_lib.weight_items(model)}
 
 
-def load_init_weights(model, path):
-  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape)."""
+def load_init_weights(model, path, model_spec=None):
+  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape);
+  `model_spec`: the run's --model, whose key mismatches plugins names."""
   items = model_lib.weight_items(model)
+  plugins.check_weight_file(model_spec, path, [key for key, _ in items], keras)
   weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
   for key, variable in items:
     variable.assign(weights[key])
@@ -205,7 +209,7 @@ class EagerBackend(training.Backend):
     self._dataset_hook = dataset_hook or (lambda dataset, training: dataset)
     self.model = build_model(cfg, spec.num_classes, distributed=distribution.distributed)
     if cfg.init_weights:
-      load_init_weights(self.model, cfg.init_weights)
+      load_init_weights(self.model, cfg.init_weights, cfg.model)
     self.optimizer = make_optimizer(cfg)
     self._strategy = distribution.strategy
     self._global_batch = cfg.batch_size
@@ -228,7 +232,7 @@ class EagerBackend(training.Backend):
         training=training_split, skip=self._spec.skip(split),
         image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
         batch_size=self._cfg.batch_size, seed=self._cfg.seed,
-        shuffle_buffer=self._cfg.shuffle_buffer)
+        shuffle_buffer=self._cfg.shuffle_buffer, parse=self._spec.parse)
     return self._dataset_hook(dataset, training_split)
 
   def train_batches(self, skip_batches=0, fresh_iterators=False):
@@ -403,6 +407,8 @@ def run(cfg, dataset_hook=None):
     signals.reclaim()
     distribution_lib.check_batch(distribution, cfg.batch_size)
     spec = training.check_data(cfg)
+    # Before configure() seeds the process, so that the run's numbers do not depend on it.
+    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, spec.num_classes))
     configure(cfg)
     # Model, optimizer and metrics are created in the scope, so they are mirrored.
     with distribution.strategy.scope():

@@ -14,6 +14,7 @@ from tf1compat import matrix
 from tf1compat import model
 from tf1compat import parity
 from tf1compat import pitfalls
+from tf1compat import plugins
 
 
 
@@ -118,6 +119,23 @@ def define_training_flags(defaults):
   flags.DEFINE_integer('checkpoint_every', default('checkpoint_every'),
                        'Write a checkpoint every this many steps (and at every epoch end).',
                        lower_bound=1)
+  flags.DEFINE_string('model', default('model'),
+                      'Your own model: a builder named as package.module:function, importable '
+                      '(on PYTHONPATH), called with the Keras module of the runner and the '
+                      "run's shapes; it returns a functional Keras model whose layers with "
+                      'weights are named explicitly (README, "Your own model"). Unset: the '
+                      f"seed's ConvNet ({plugins.DEFAULT_MODEL}).")
+  flags.DEFINE_string('features', default('features'),
+                      'Your own record schema: a parser named as package.module:function that '
+                      'maps one serialized record to (image bytes or a decoded [H, W, 3] '
+                      'image, integer label) before the shared resize, standardization, '
+                      "one-hot and batching. Unset: the seed's schema ('image' bytes, int64 "
+                      "'label'). The pre-flight check then verifies each record's framing and "
+                      'checksum only (under --on_bad_record=skip also the parser and the '
+                      'decode).')
+  for name, example in (('model', 'team_model:build'), ('features', 'team_records:parse')):
+    flags.register_validator(name, lambda spec: spec is None or plugins.is_spec(spec),
+                             message=f'--{name} takes {plugins.SPEC_FORMAT}, e.g. {example}')
 
 
 def define_graph_flags():

@@ -1,8 +1,8 @@
 """The legacy TF1 graph-mode training loop, written the way TF1 teams wrote it.
 
 One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
-seed's ConvNet wired onto its output with `Input(tensor=features)`, the loss, a
-`tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
+seed's ConvNet (or a team's model, --model) wired onto its output with
+`Input(tensor=features)`, the loss, a `tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
 `tf.compat.v1.metrics` running metrics in a `metrics` variable scope, a validation
 pipeline with its own initializable iterator, and a `tf.compat.v1.train.Saver` that
 checkpoints the weights, the optimizer slots, the global step, the training
@@ -35,6 +35,7 @@ from tf1compat import config
 from tf1compat import data
 from tf1compat import model
 from tf1compat import numerics
+from tf1compat import plugins
 from tf1compat import runlog
 from tf1compat import training
 
@@ -65,13 +66,23 @@ def make_optimizer(cfg):
 
 
 def build_model(cfg, num_classes, **wiring):
-  """The seed's ConvNet in tf-keras with the run's model fields; `wiring`: input_tensor
-  and dropout_seed for the training model."""
-  return model.build_model(
-      tf.keras, num_classes=num_classes, image_size=cfg.image_size,
+  """The run's model (--model, by default the seed's ConvNet) in tf-keras with the run's
+  model fields, checked by plugins.build_model; `wiring`: input_tensor and dropout_seed
+  for the training model."""
+  return plugins.build_model(
+      cfg.model, tf.keras, num_classes=num_classes, image_size=cfg.image_size,
       batch_norm=cfg.batch_norm, dropout=cfg.dropout,
       final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
       **wiring)
+
+
+def check_model(cfg, num_classes):
+  """plugins.check_stable_names on builds in a graph of their own (no variable of them is
+  ever initialized, and the training graph's op seeds stay as they were)."""
+  with tf.Graph().as_default():
+    # Random initializers need a seed under op determinism, even unrun.
+    tf.compat.v1.set_random_seed(cfg.seed)
+    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, num_classes))
 
 
 def per_example_loss(loss_name, labels, logits):
@@ -156,7 +167,8 @@ class GraphBackend(training.Backend):
         self._spec.train_files if training_split else self._spec.val_files,
         image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
         batch_size=self._cfg.batch_size, seed=self._cfg.seed, training=training_split,
-        shuffle_buffer=self._cfg.shuffle_buffer, skip=self._spec.skip(split))
+        shuffle_buffer=self._cfg.shuffle_buffer, skip=self._spec.skip(split),
+        parse=self._spec.parse)
     return self._dataset_hook(dataset, training_split)
 
   def _build_training(self):
@@ -235,6 +247,7 @@ class GraphBackend(training.Backend):
 
   def _load_weights(self, path):
     shapes = {key: tuple(v.shape.as_list()) for key, v in self._weight_items}
+    plugins.check_weight_file(self._cfg.model, path, list(shapes), tf.keras)
     weights = runlog.load_weights(path, shapes)
     self._sess.run(self._assign_weights,
                    {self._weight_placeholders[key]: value for key, value in weights.items()})
@@ -408,6 +421,7 @@ def run(cfg, dataset_hook=None):
     # The data (pre-flight check), the graph and --init_weights are checked before the
     # run directory is touched, so a bad flag or file leaves no half-started run behind.
     spec = training.check_data(cfg)
+    check_model(cfg, spec.num_classes)
     backend = GraphBackend(cfg, spec, dataset_hook)
     try:
       if cfg.save_init_weights:

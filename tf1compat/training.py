@@ -279,10 +279,10 @@ def check_paths(cfg):
 
 def check_data(cfg):
   """The DataSpec of --data_dir (or of the embedded dataset when it is unset), after the
-  pre-flight check of its records."""
+  pre-flight check of its records (of --features' schema, when given)."""
   data_dir = cfg.data_dir or records.embedded_data_dir()
   return data_check.check_data_dir(data_dir, cfg.num_classes, cfg.on_bad_record,
-                                   cfg.allow_num_classes_mismatch)
+                                   cfg.allow_num_classes_mismatch, cfg.features)
 
 
 def save_init_weights(cfg, weights):
