@@ -167,6 +167,8 @@ def _init_weights_paths(cfg, output_dir):
     digest = runlog.file_sha256(cfg.init_weights)[:12]
     return cfg.init_weights, os.path.join(output_dir, f'init_weights-given-{digest}-ulp.npz')
   shape = {name: getattr(cfg, name) for name in _INIT_FIELDS}
+  if cfg.model:  # a team's model has its own initial weights; the seed's digests stay
+    shape['model'] = cfg.model
   digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
   return (os.path.join(output_dir, f'init_weights-{digest}.npz'),
           os.path.join(output_dir, f'init_weights-{digest}-ulp.npz'))

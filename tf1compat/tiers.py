@@ -30,6 +30,8 @@ LINT_FIELDS = (
     ('shuffle buffer', ('flags', 'shuffle_buffer')),
     ('steps per epoch', ('flags', 'steps_per_epoch')),
     ('tensorflow version', ('versions', 'tensorflow')),
+    ('model', ('flags', 'model')),
+    ('record parser', ('flags', 'features')),
 )
 # Process settings that change the numbers, not the math (numerics.py): named by the
 # lint, but a port may run with another one as long as the tiers pass (what the
