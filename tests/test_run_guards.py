@@ -328,6 +328,33 @@ def test_compare_runs_refuses_a_complete_run_whose_records_are_not(damage, expec
   assert not (tmp_path / 'report').exists()
 
 
+def _garble_a_loss(model_dir):
+  path = os.path.join(model_dir, 'steps.csv')
+  with open(path) as f:
+    lines = f.readlines()
+  lines[2] = lines[2].replace(lines[2].split(',')[2], 'garbage', 1)
+  with open(path, 'w') as f:
+    f.writelines(lines)
+
+
+def _garble_a_snapshot(model_dir):
+  with open(os.path.join(model_dir, 'weights', 'step-000002.npz'), 'wb') as f:
+    f.write(b'not an npz')
+
+
+@pytest.mark.parametrize('damage,damaged', [
+    (_garble_a_loss, 'steps.csv'), (_garble_a_snapshot, 'weights/step-000002.npz')])
+def test_compare_runs_names_a_damaged_file_of_a_run(damage, damaged, references, tmp_path):
+  damaged_run = str(tmp_path / 'damaged')
+  shutil.copytree(references('graph'), damaged_run)
+  damage(damaged_run)
+  proc = run_entry('compare_runs', references('graph'), damaged_run,
+                   f'--output_dir={tmp_path / "report"}')
+  _one_line(proc, 2, f'{os.path.join(damaged_run, damaged)} is damaged',
+            "rerun the run's command with --overwrite")
+  assert not (tmp_path / 'report').exists()
+
+
 # --- 15.6 a damaged run.json or latest checkpoint --------------------------------------------
 
 def test_a_damaged_run_json_is_named_and_overwrite_replaces_only_the_run(data, references,

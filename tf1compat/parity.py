@@ -61,8 +61,7 @@ class Run:
     return self.manifest.get('flags', {}).get(name, default)
 
   def snapshot(self, step):
-    with np.load(runlog.snapshot_path(self.path, step)) as npz:
-      weights = {key: npz[key] for key in npz.files}
+    weights = runlog.read_snapshot(self.path, step)
     return self.weight_map.apply(weights, self.path) if self.weight_map else weights
 
   def start_digest(self):

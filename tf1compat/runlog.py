@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import zipfile
 
 import numpy as np
 
@@ -200,15 +201,34 @@ def load_weights(path, expected_shapes=None):
 
 
 def read_csv(path):
-  """Rows of a steps/epochs CSV as a dict of float numpy columns (empty when absent)."""
+  """Rows of a steps/epochs CSV as a dict of float numpy columns (empty when absent).
+
+  Raises cli.UsageError naming the file when a value is not a number or a row is short:
+  a damaged run is named, not a traceback.
+  """
   if not os.path.exists(path):
     return {}
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   if not rows:
     return {}
-  return {name: np.array([float(r[name]) if r[name] != '' else np.nan for r in rows])
-          for name in rows[0]}
+  try:
+    return {name: np.array([float(r[name]) if r[name] != '' else np.nan for r in rows])
+            for name in rows[0]}
+  except (TypeError, ValueError) as e:
+    raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
+                         'to write it again') from e
+
+
+def read_snapshot(model_dir, step):
+  """{key: array} of the weight snapshot after `step`; cli.UsageError naming a damaged one."""
+  path = snapshot_path(model_dir, step)
+  try:
+    with np.load(path) as npz:
+      return {key: npz[key] for key in npz.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
+                         'to write it again') from e
 
 
 def count_rows(path):
