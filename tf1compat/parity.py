@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -61,7 +62,13 @@ class Run:
     return self.manifest.get('flags', {}).get(name, default)
 
   def snapshot(self, step):
-    weights = runlog.read_snapshot(self.path, step)
+    path = runlog.snapshot_path(self.path, step)
+    try:
+      with np.load(path) as npz:
+        weights = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with '
+                           '--overwrite to write it again') from e
     return self.weight_map.apply(weights, self.path) if self.weight_map else weights
 
   def start_digest(self):

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import zipfile
 
 import numpy as np
 
@@ -216,17 +215,6 @@ def read_csv(path):
     return {name: np.array([float(r[name]) if r[name] != '' else np.nan for r in rows])
             for name in rows[0]}
   except (TypeError, ValueError) as e:
-    raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
-                         'to write it again') from e
-
-
-def read_snapshot(model_dir, step):
-  """{key: array} of the weight snapshot after `step`; cli.UsageError naming a damaged one."""
-  path = snapshot_path(model_dir, step)
-  try:
-    with np.load(path) as npz:
-      return {key: npz[key] for key in npz.files}
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
                          'to write it again') from e
 
