@@ -78,17 +78,20 @@ def lint(reference, other):
   if None not in starts and starts[0] != starts[1]:
     found.append({'field': START_FIELD, 'reference': starts[0][:12], 'other': starts[1][:12],
                   'equivalent': False})
-  for label, keys in LINT_FIELDS:
-    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
-    if a != b:
-      equivalent = label == 'loss' and {a, b} <= EQUIVALENT_LOSSES
-      found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
-  for label, keys in SETTING_FIELDS:
-    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
-    if a != b:
-      found.append({'field': label, 'reference': a, 'other': b, 'equivalent': True,
-                    'setting': True})
+  for label, a, b in _differing(reference, other, LINT_FIELDS):
+    equivalent = label == 'loss' and {a, b} <= EQUIVALENT_LOSSES
+    found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
+  found += [{'field': label, 'reference': a, 'other': b, 'equivalent': True, 'setting': True}
+            for label, a, b in _differing(reference, other, SETTING_FIELDS)]
   return found
+
+
+def _differing(reference, other, fields):
+  """(label, reference value, other value) of each of `fields` the two manifests differ in."""
+  for label, keys in fields:
+    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
+    if a != b:
+      yield label, a, b
 
 
 def step_tier(reference, other, tol, envelope=None):
