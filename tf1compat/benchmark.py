@@ -45,8 +45,9 @@ compares each loop with its own bound, so it measures what the pipeline costs th
 
 The roofline runs in a worker of its own at the start of each round that trains: a
 square matmul's GFLOP/s after warm-up (seconds), and in the first round the FLOPs per
-image of the runners' model, counted from its layers (the three loops build the same
-model with model.build_model; no measured switch changes its layers).
+image of the runners' model (the seed's ConvNet, or --model), counted from its layers
+(the three loops build the same model with model.build_model; no measured switch
+changes its layers).
 
 No TensorFlow in this process: each worker sets its process up (legacy Keras and TF1
 behaviour for the graph runner, Keras 3 otherwise) before TensorFlow is first imported.
@@ -214,7 +215,8 @@ def train_spec(settings, data, measurement, model_dir):
       # line: the timed steps do nothing a plain training step would not.
       snapshot_steps=(), checkpoint_every=settings.total_steps + 1,
       log_every=settings.total_steps + 1, deterministic=settings.deterministic,
-      on_bad_record=settings.on_bad_record, **{name: True for name in measurement.switches})
+      model=settings.model, on_bad_record=settings.on_bad_record,
+      **{name: True for name in measurement.switches})
   if measurement.runner == 'graph':
     runner_config = config.GraphConfig(**fields)
   else:

@@ -38,6 +38,11 @@ ONEDNN_MODES = ('default', 'on', 'off')
 # Accuracy compares labels and outputs element by element (the accuracy_metric_class
 # mistake: about 0 on one-hot labels and logits).
 FIT_ACCURACY_METRICS = ('CategoricalAccuracy', 'Accuracy')
+# --fit_lr_schedule: how model.fit applies the run's learning-rate schedule. optimizer: a
+# Keras schedule on optimizer.iterations, step by step like the legacy
+# exponential_decay on the global step; epoch_callback: keras.callbacks.LearningRateScheduler,
+# which sets the rate once per epoch (the lr_schedule_per_epoch mistake).
+FIT_LR_SCHEDULES = ('optimizer', 'epoch_callback')
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +65,12 @@ class TrainingConfig(DataConfig):
   epochs: int = 3
   steps_per_epoch: int = 1000
   learning_rate: float = 0.001
+  # Exponential decay of the learning rate on the step counter, as
+  # tf.compat.v1.train.exponential_decay: lr * rate ** (step / decay_steps), floored with
+  # staircase. 0 decay steps: a constant rate.
+  lr_decay_steps: int = 0
+  lr_decay_rate: float = 0.5
+  lr_staircase: bool = False
   adam_beta1: float = 0.9
   adam_beta2: float = 0.999
   adam_epsilon: float | None = None
@@ -86,6 +97,14 @@ class TrainingConfig(DataConfig):
   @property
   def total_steps(self):
     return self.epochs * self.steps_per_epoch
+
+  def lr_schedule(self):
+    """run.json's description of the learning-rate schedule (None: a constant rate)."""
+    if not self.lr_decay_steps:
+      return None
+    return {'name': 'exponential_decay', 'decay_steps': self.lr_decay_steps,
+            'decay_rate': self.lr_decay_rate, 'staircase': self.lr_staircase,
+            'updated': 'per_step'}
 
   def snapshot_steps_within(self):
     """The sorted snapshot steps within the run, the last step included."""
@@ -118,6 +137,13 @@ class EagerConfig(TrainingConfig):
   tf1_bn_variance: bool = False
   tf1_adam: bool = False
   fit_accuracy: str = 'CategoricalAccuracy'
+  fit_lr_schedule: str = 'optimizer'
+  # The custom loop adds the model's regularization losses (model.losses) to its loss;
+  # False is the regularization_dropped mistake (fit always adds them).
+  add_regularization_losses: bool = True
+  # BatchNormalization is built with the momentum the model gives it; False builds it with
+  # Keras' default 0.99 (the bn_momentum_default mistake).
+  keep_bn_momentum: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -212,6 +238,7 @@ class BenchmarkConfig(DataConfig):
   pipeline_batches: int | None = None  # None: one pass over the training records
   records: int = 10240  # of the synthetic dataset written without data_dir
   deterministic: bool = True  # the runners' own default
+  model: str | None = None  # the runners' --model (None: the seed's ConvNet)
 
   @property
   def total_steps(self):

@@ -45,6 +45,15 @@ KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
            'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
 
 
+def batch_norm_layers(run):
+  """How many BatchNormalization layers the run's model has: run.json's model_summary, or
+  for older runs and recorded loops the seed's ConvNet's under the batch_norm flag."""
+  summary = run.manifest.get('model_summary')
+  if isinstance(summary, dict) and 'batch_norm_layers' in summary:
+    return summary['batch_norm_layers']
+  return len(model.CONV_FILTERS) if run.flag('batch_norm') else 0
+
+
 def bessel_factor(run, layer_index):
   """n/(n-1) for the batch variance of bn<layer_index>: n = batch x height x width."""
   size = run.manifest.get('image_size') or run.flag('image_size')
@@ -74,11 +83,13 @@ def known_differences(reference, other):
   found = {}
   if _kernel(reference, 'adam') != _kernel(other, 'adam'):
     found['adam_rounding'] = {}
-  if reference.flag('batch_norm') and other.flag('batch_norm') and (
+  if batch_norm_layers(reference) and batch_norm_layers(other) and (
       _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
-    found['bn_moving_variance'] = {
+    # Predicted from the seed's ConvNet's geometry, which only it has.
+    found['bn_moving_variance'] = ({
         'predicted_factor_last_layer': bessel_factor(reference, len(model.CONV_FILTERS)),
         'predicted_factor_first_layer': bessel_factor(reference, 1)}
+        if reference.flag('model') is None else {})
   if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0:
     found['dropout_masks'] = {'rate': other.flag('dropout')}
   replicas = [run.manifest.get('replicas', 1) for run in (reference, other)]
@@ -178,6 +189,62 @@ def _accuracy_evidence(reference, other, steps, curves):
   return evidence, margin, 'curve'
 
 
+# Two learning rates within this relative difference are the same rate (float32
+# evaluations of one schedule by the two frameworks differ by an ulp, 3e-7 measured).
+LR_RTOL = 1e-5
+
+
+def _lr_per_epoch_evidence(reference, other):
+  """(evidence, the run that holds its rate per epoch) when one run's learning rate
+  stays at each epoch's first value while the other's changes step by step, from the
+  same value at each epoch start; else None."""
+  spe = reference.flag('steps_per_epoch') or other.flag('steps_per_epoch')
+  rates = [np.asarray(run.steps['learning_rate'], np.float64) for run in (reference, other)]
+  n = min(len(r) for r in rates)
+  if not spe or n < 2:
+    return None
+  rates = [r[:n] for r in rates]
+  if np.allclose(rates[0], rates[1], rtol=LR_RTOL, atol=0):
+    return None
+  starts = np.arange(n) // spe * spe
+  for held, (run, twin) in ((1, (other, reference)), (0, (reference, other))):
+    mine, theirs = rates[held], rates[1 - held]
+    if not (np.allclose(mine, mine[starts], rtol=LR_RTOL, atol=0) and
+            np.allclose(mine[starts], theirs[starts], rtol=LR_RTOL, atol=0)):
+      continue
+    step = int(np.argmax(~np.isclose(mine, theirs, rtol=LR_RTOL, atol=0)))
+    return (f'{run.label} holds the learning rate for each epoch at the rate of its first '
+            f'step, {twin.label} changes it every step: the same {theirs[0]:.4g} at step 1, '
+            f'then {mine[step]:.4g} vs {theirs[step]:.4g} at step {step + 1} and '
+            f'{mine[n - 1]:.4g} vs {theirs[n - 1]:.4g} at step {n} (steps.csv '
+            'learning_rate)'), run
+  return None
+
+
+def _bn_momentum_evidence(reference, other, field):
+  """The evidence of bn_momentum_default from the lint's BatchNorm momentum difference:
+  the moving means' change over the first snapshot interval, measured against the ratio
+  the momenta predict."""
+  evidence = f'BatchNorm momentum {field["reference"]} vs {field["other"]}'
+  momenta = [field[side] for side in ('reference', 'other')]
+  common = sorted(set(reference.snapshot_steps) & set(other.snapshot_steps))
+  if not (all(isinstance(m, list) and len(m) == 1 for m in momenta) and len(common) > 1
+          and common[0] == 0):
+    return evidence
+  changes = []
+  for run in (reference, other):
+    start, after = run.snapshot(0), run.snapshot(common[1])
+    keys = [k for k in start if k.endswith('moving_mean')]
+    changes.append(sum(float(np.linalg.norm(after[k] - start[k])) for k in keys))
+  if not changes[0]:
+    return evidence
+  predicted = (1 - momenta[1][0]) / (1 - momenta[0][0])
+  steps = 'step 1' if common[1] == 1 else f'steps 1-{common[1]}'
+  return (f'{evidence}: over {steps} the moving means of {other.label} moved '
+          f'{changes[1] / changes[0]:.3g}x as far as those of {reference.label}, where '
+          f'(1 - {momenta[1][0]:g}) / (1 - {momenta[0][0]:g}) = {predicted:.3g} predicts it')
+
+
 def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
              dropout_state=None, curves=None):
   """Catalogued pitfalls and setup problems that fit the evidence, best fit first.
@@ -243,6 +310,22 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
     evidence = _keep_prob_evidence(reference, other, fields['dropout'])
     if evidence:
       add('keep_prob_as_rate', evidence, True)
+  if tiers.REGULARIZATION_FIELD in fields:
+    for run, twin in ((other, reference), (reference, other)):
+      terms = (run.manifest.get('model_summary') or {}).get('regularization_losses')
+      if run.manifest.get('regularization_in_loss') is False and terms:
+        add('regularization_dropped',
+            f'{run.label} leaves its model\'s {terms} regularization losses (model.losses) '
+            f'out of its loss, {twin.label} adds them{first_losses}', True)
+        break
+  if tiers.BN_MOMENTUM_FIELD in fields:
+    add('bn_momentum_default',
+        _bn_momentum_evidence(reference, other, fields[tiers.BN_MOMENTUM_FIELD]), True)
+  lr_evidence = _lr_per_epoch_evidence(reference, other)
+  if lr_evidence:
+    evidence, run = lr_evidence
+    schedule = (run.manifest.get('optimizer') or {}).get('schedule') or {}
+    add('lr_schedule_per_epoch', evidence, schedule.get('updated') == 'per_epoch')
   for run in (reference, other):
     for value_name, info in semantics[run.path].items():
       if info['kind'] == tiers.METRICS_SINCE_START:
@@ -275,9 +358,10 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
         any(run.flag('fit_accuracy') not in (None, config.FIT_ACCURACY_METRICS[0])
             for run in (reference, other)), margin, judged_by=tier)
   # A config difference in what the forward pass or the loss computes explains it.
-  if first_step_differs and not {'final activation', 'from_logits'} & set(fields):
+  if first_step_differs and not {'final activation', 'from_logits',
+                                 tiers.REGULARIZATION_FIELD} & set(fields):
     for run in (reference, other):
-      if run.flag('batch_norm') or (run.flag('dropout') or 0) > 0:
+      if batch_norm_layers(run) or (run.flag('dropout') or 0) > 0:
         add('no_learning_phase',
             f'the first batch loss differs ({steps["reference_loss"][0]:.6g} vs '
             f'{steps["other_loss"][0]:.6g}) with the same initial weights and data: the '

@@ -71,11 +71,39 @@ def kernels(cfg):
                                   else runlog.BN_VARIANCE_BIASED)}
 
 
+def learning_rate_schedule(cfg):
+  """keras.optimizers.schedules.ExponentialDecay of --lr_decay_steps, the twin of the
+  graph loop's exponential_decay on the global step; None for a constant rate."""
+  if not cfg.lr_decay_steps:
+    return None
+  return keras.optimizers.schedules.ExponentialDecay(
+      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+
+
+def lr_per_epoch(cfg):
+  """Whether model.fit sets the rate once per epoch (--fit_lr_schedule=epoch_callback)."""
+  return cfg.loop == 'fit' and cfg.fit_lr_schedule == 'epoch_callback'
+
+
+def lr_schedule_manifest(cfg):
+  """run.json's optimizer.schedule: the run's schedule as this runner applies it."""
+  schedule = cfg.lr_schedule()
+  if schedule and lr_per_epoch(cfg):
+    schedule['updated'] = 'per_epoch'
+  return schedule
+
+
 def make_optimizer(cfg):
-  """Keras 3 Adam with the run's hyper-parameters, loss-scaled under mixed precision
-  (with the replicas' agreement on finite gradients, distribution.AgreedLossScaleOptimizer)."""
+  """Keras 3 Adam with the run's hyper-parameters and learning-rate schedule on
+  optimizer.iterations, loss-scaled under mixed precision (with the replicas' agreement
+  on finite gradients, distribution.AgreedLossScaleOptimizer).
+
+  Under --fit_lr_schedule=epoch_callback the optimizer starts at the constant rate and
+  fit's LearningRateScheduler sets it (fit_loop).
+  """
   adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
-  optimizer = adam(learning_rate=cfg.learning_rate, beta_1=cfg.adam_beta1,
+  schedule = None if lr_per_epoch(cfg) else learning_rate_schedule(cfg)
+  optimizer = adam(learning_rate=schedule or cfg.learning_rate, beta_1=cfg.adam_beta1,
                    beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
   if cfg.mixed_precision:
     optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
@@ -95,6 +123,9 @@ def build_model(cfg, num_classes, distributed=False):
     batch_norm_layer = tf1_kernels.TF1BatchNormalization
   elif distributed:
     batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
+  if not cfg.keep_bn_momentum:
+    batch_norm_layer = _keras_default_momentum(
+        batch_norm_layer or keras.layers.BatchNormalization)
   return plugins.build_model(
       cfg.model, keras, num_classes=num_classes, image_size=cfg.image_size,
       batch_norm=cfg.batch_norm, dropout=cfg.dropout,
@@ -102,6 +133,22 @@ def build_model(cfg, num_classes, distributed=False):
       batch_norm_layer=batch_norm_layer,
       # The loss must see float32 logits under mixed_float16.
       logits_dtype='float32' if cfg.mixed_precision else None)
+
+
+def _keras_default_momentum(layer_class):
+  """`layer_class` that leaves out the momentum the model gives it: a port that writes
+  BatchNormalization() gets Keras' 0.99 (--nokeep_bn_momentum)."""
+  def build(*args, momentum=None, **kwargs):
+    del momentum
+    return layer_class(*args, **kwargs)
+  return build
+
+
+def regularization_loss(model):
+  """The sum of the model's regularization losses (0 without any), which a custom loop
+  adds to its loss itself (fit does)."""
+  losses = model.losses
+  return tf.add_n(losses) if losses else tf.constant(0.0, tf.float32)
 
 
 def per_example_loss(loss_name, labels, outputs):
@@ -211,6 +258,7 @@ class EagerBackend(training.Backend):
     if cfg.init_weights:
       load_init_weights(self.model, cfg.init_weights, cfg.model)
     self.optimizer = make_optimizer(cfg)
+    self.lr_schedule = learning_rate_schedule(cfg)
     self._strategy = distribution.strategy
     self._global_batch = cfg.batch_size
     self._replicas = distribution.replicas
@@ -260,9 +308,13 @@ class EagerBackend(training.Backend):
     return training.start_manifest(
         self._cfg, self._spec, versions=runlog.versions(keras.__version__, tf.__version__),
         device=device, kernels=kernels(self._cfg), optimizer_name=optimizer_name(self._cfg),
-        epsilon=adam_epsilon(self._cfg), **self.distribution.manifest(),
+        epsilon=adam_epsilon(self._cfg), lr_schedule=lr_schedule_manifest(self._cfg),
+        **self.distribution.manifest(),
         dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),
-        jit_compile=self._cfg.jit_compile)
+        jit_compile=self._cfg.jit_compile,
+        model_summary=model_lib.summary(self.model, keras),
+        # fit adds them itself.
+        regularization_in_loss=self._cfg.loop == 'fit' or self._cfg.add_regularization_losses)
 
   def attach(self, log, agreement=None):
     """Points checkpoints and TensorBoard at the (open) run directory of `log`.
@@ -304,6 +356,10 @@ class EagerBackend(training.Backend):
       # One device keeps reduce_mean: the graph runner's op, bit for bit.
       loss = (tf.reduce_mean(per_example) if self._replicas == 1 else
               tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch))
+      if self._cfg.add_regularization_losses:
+        # Each replica adds its share: the sum over the replicas adds them once.
+        loss += (regularization_loss(self.model) if self._replicas == 1 else
+                 tf.nn.scale_regularization_loss(regularization_loss(self.model)))
       # Identity without loss scaling; LossScaleOptimizer scales here and unscales
       # the gradients in apply_gradients.
       scaled_loss = self.optimizer.scale_loss(loss)
@@ -318,6 +374,8 @@ class EagerBackend(training.Backend):
   def _train_step(self, images, labels, stop_flag):
     sum_over_replicas = functools.partial(self._strategy.reduce, tf.distribute.ReduceOp.SUM,
                                           axis=None)
+    # Read before the update increments optimizer.iterations: the rate this step applies.
+    learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
     loss, correct, stop_flags = map(
         sum_over_replicas,
         self._strategy.run(self._replica_step, args=(images, labels, stop_flag)))
@@ -325,12 +383,16 @@ class EagerBackend(training.Backend):
     self._step.assign_add(1)
     # One tensor, so that the host fetches the step's numbers in one transfer.
     return tf.stack([loss, correct / self._global_batch, self._train_loss.result(),
-                     self._train_accuracy.result(), stop_flags])
+                     self._train_accuracy.result(), learning_rate, stop_flags])
 
   def _eval_step(self, images, labels):
     outputs = self.model(images, training=False)
-    # Per-example losses: the last, smaller batch weighs by its size, as in fit.
-    self._val_loss.update_state(per_example_loss(self._cfg.loss, labels, outputs))
+    # Per-example losses: the last, smaller batch weighs by its size, as in fit; with the
+    # regularization losses, as fit's validation loss.
+    losses = per_example_loss(self._cfg.loss, labels, outputs)
+    if self._cfg.add_regularization_losses:
+      losses += regularization_loss(self.model)
+    self._val_loss.update_state(losses)
     self._val_accuracy.update_state(labels, outputs)
 
   def restore(self):
@@ -353,8 +415,8 @@ class EagerBackend(training.Backend):
     stop_flag = self._agreement.local_flag() if self._agreement else 0.0
     values = self._train_fn(images, labels, tf.constant(stop_flag, tf.float32)).numpy()
     if self._agreement:
-      self._agreement.agree(values[4])
-    return training.StepResult(*(float(v) for v in values[:4]))
+      self._agreement.agree(values[5])
+    return training.StepResult(*(float(v) for v in values[:5]))
 
   def reset_metrics(self):
     self._train_loss.reset_state()

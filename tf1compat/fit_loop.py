@@ -64,6 +64,7 @@ class FitRecorder(keras.callbacks.Callback):
     self._previous = (0.0, 0.0)
     self._bar = None
     self._epoch_started = 0.0
+    self._learning_rate = None
     self.final_metrics = None
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -76,6 +77,9 @@ class FitRecorder(keras.callbacks.Callback):
 
   def on_train_batch_begin(self, batch, logs=None):
     self._recorder.start_step()
+    # Before the step's update: the rate it applies (a schedule's, or the callback's).
+    self._learning_rate = float(keras.ops.convert_to_numpy(
+        self.model.optimizer.learning_rate))
 
   def on_train_batch_end(self, batch, logs=None):
     k = batch + 1
@@ -88,7 +92,8 @@ class FitRecorder(keras.callbacks.Callback):
                                     * self._batch_size) / self._batch_size)
     step = (self._epoch - 1) * self._schedule.steps_per_epoch + k
     self._recorder.record_step(
-        step, training.StepResult(loss, batch_accuracy, mean_loss, accuracy),
+        step, training.StepResult(loss, batch_accuracy, mean_loss, accuracy,
+                                  self._learning_rate),
         self._backend.write_scalars)
     self._bar.update(loss=mean_loss, accuracy=accuracy)
     if self._signals.caught:
@@ -127,6 +132,15 @@ def accuracy_metric(class_name):
   element, so on one-hot labels and logits it shows about 0 (keras-team/keras#18796).
   """
   return getattr(keras.metrics, class_name)(name='accuracy')
+
+
+def per_epoch_learning_rate(schedule, steps_per_epoch):
+  """keras.callbacks.LearningRateScheduler with the step `schedule` evaluated at each
+  epoch's first step, the rate then held for the whole epoch: a per-step schedule ported
+  into Keras' per-epoch callback (--fit_lr_schedule=epoch_callback, the
+  lr_schedule_per_epoch mistake)."""
+  return keras.callbacks.LearningRateScheduler(
+      lambda epoch, rate: float(keras.ops.convert_to_numpy(schedule(epoch * steps_per_epoch))))
 
 
 def resume_step(backup_dir, steps_per_epoch):
@@ -186,6 +200,8 @@ def train(backend, cfg, spec, log, schedule, signals):
   callback = FitRecorder(recorder, schedule, cfg.batch_size, backend, signals, backup_dir)
   backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True,
                                             delete_checkpoint=False)
+  rate_callbacks = ([per_epoch_learning_rate(backend.lr_schedule, spe)]
+                    if cfg.fit_lr_schedule == 'epoch_callback' else [])
   try:
     # A known length keeps Keras from warning, after every first validation pass,
     # that the input "ran out of data; interrupting training".
@@ -196,7 +212,8 @@ def train(backend, cfg, spec, log, schedule, signals):
     with data.input_errors(spec):
       model.fit(train_dataset, epochs=schedule.epochs, steps_per_epoch=spe,
                 validation_data=val_dataset, validation_steps=validation_steps,
-                callbacks=[FiniteWeights(recorder, spe), backup, callback], shuffle=False,
+                callbacks=[*rate_callbacks, FiniteWeights(recorder, spe), backup, callback],
+                shuffle=False,
                 verbose=0)
   finally:
     callback.close()

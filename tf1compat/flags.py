@@ -71,6 +71,17 @@ def define_training_flags(defaults):
                        'Training steps per epoch.', lower_bound=1)
   flags.DEFINE_float('learning_rate', default('learning_rate'),
                      'Adam learning rate.', lower_bound=0.0)
+  flags.DEFINE_integer('lr_decay_steps', default('lr_decay_steps'),
+                       'Decay the learning rate exponentially on the step counter: '
+                       'learning_rate * lr_decay_rate ** (step / lr_decay_steps), as '
+                       'tf.compat.v1.train.exponential_decay on the global step (graph) and '
+                       'keras.optimizers.schedules.ExponentialDecay on optimizer.iterations '
+                       '(eager). 0: a constant rate.', lower_bound=0)
+  flags.DEFINE_float('lr_decay_rate', default('lr_decay_rate'),
+                     'The learning rate\'s factor per --lr_decay_steps steps.',
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_bool('lr_staircase', default('lr_staircase'),
+                    'Decay in whole steps of --lr_decay_steps (an integer exponent).')
   flags.DEFINE_float('adam_beta1', default('adam_beta1'),
                      'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_float('adam_beta2', default('adam_beta2'),
@@ -218,6 +229,29 @@ def define_eager_flags():
                     'CategoricalAccuracy compares argmaxes, as the legacy tf.metrics.accuracy '
                     'does; Accuracy compares labels and outputs element by element (the '
                     'accuracy_metric_class mistake).')
+  flags.DEFINE_enum('fit_lr_schedule', default('fit_lr_schedule'), config.FIT_LR_SCHEDULES,
+                    '--loop=fit with --lr_decay_steps: optimizer: the schedule on '
+                    'optimizer.iterations, step by step as the legacy loop; epoch_callback: '
+                    'keras.callbacks.LearningRateScheduler, which sets the rate once per epoch '
+                    '(the lr_schedule_per_epoch mistake).')
+  flags.DEFINE_bool('add_regularization_losses', default('add_regularization_losses'),
+                    "--loop=custom: add the model's regularization losses (model.losses) to the "
+                    'loss, as the legacy loop adds them by hand and fit does itself; false is '
+                    'the regularization_dropped mistake.')
+  flags.DEFINE_bool('keep_bn_momentum', default('keep_bn_momentum'),
+                    'Build BatchNormalization with the momentum the model gives it; false builds '
+                    "it with Keras' default 0.99 (the bn_momentum_default mistake: TF1 "
+                    "contrib/slim batch norm's decay was 0.999).")
+  flags.register_multi_flags_validator(
+      ['loop', 'fit_lr_schedule', 'add_regularization_losses'],
+      lambda v: (v['loop'] == 'fit' or v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0]) and (
+          v['loop'] == 'custom' or v['add_regularization_losses']),
+      message='--fit_lr_schedule applies to --loop=fit only, and --noadd_regularization_losses '
+              'to --loop=custom only (fit adds model.losses itself)')
+  flags.register_multi_flags_validator(
+      ['fit_lr_schedule', 'lr_decay_steps'],
+      lambda v: v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0] or v['lr_decay_steps'] > 0,
+      message='--fit_lr_schedule=epoch_callback needs a schedule to apply: --lr_decay_steps')
   flags.register_multi_flags_validator(
       ['loop', 'fit_accuracy'],
       lambda v: v['loop'] == 'fit' or v['fit_accuracy'] == config.FIT_ACCURACY_METRICS[0],
@@ -388,3 +422,8 @@ def define_benchmark_flags():
   flags.DEFINE_bool('deterministic', default('deterministic'),
                     "The runners' --deterministic (their default). Keras declines XLA in "
                     'model.fit under op determinism.')
+  flags.DEFINE_string('model', default('model'),
+                      "The runners' --model: a builder named as package.module:function (e.g. "
+                      "tf1compat.resnet:resnet_small). Unset: the seed's ConvNet.")
+  flags.register_validator('model', lambda spec: spec is None or plugins.is_spec(spec),
+                           message=f'--model takes {plugins.SPEC_FORMAT}')

@@ -58,11 +58,34 @@ def adam_epsilon(cfg):
   return config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
 
 
-def make_optimizer(cfg):
-  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters."""
+def learning_rate_schedule(cfg, global_step):
+  """The learning rate of the step `global_step` counts: --learning_rate, decayed by
+  tf.compat.v1.train.exponential_decay on the global step under --lr_decay_steps."""
+  if not cfg.lr_decay_steps:
+    return tf.constant(cfg.learning_rate, tf.float32)
+  return tf.compat.v1.train.exponential_decay(
+      cfg.learning_rate, global_step, cfg.lr_decay_steps, cfg.lr_decay_rate,
+      staircase=cfg.lr_staircase)
+
+
+def make_optimizer(cfg, rate):
+  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters at learning rate
+  `rate` (learning_rate_schedule())."""
   return tf.compat.v1.train.AdamOptimizer(
-      learning_rate=cfg.learning_rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
+      learning_rate=rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
       epsilon=adam_epsilon(cfg))
+
+
+def regularization_loss(keras_model):
+  """The sum of the model's regularization losses (0 without any).
+
+  Keras regularizers never fill TF1's REGULARIZATION_LOSSES collection, so
+  tf.compat.v1.losses.get_regularization_loss() misses them: a loop on the model's
+  tensors adds model.losses itself, as fit does.
+  """
+  if not keras_model.losses:
+    return tf.constant(0.0, tf.float32)
+  return tf.add_n(keras_model.losses)
 
 
 def build_model(cfg, num_classes, **wiring):
@@ -203,7 +226,10 @@ class GraphBackend(training.Backend):
     self._update_ops_run = len(update_ops)
     self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
 
-    self._loss = tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
+    self._loss = (tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
+                  + regularization_loss(self.model))
+    # model.losses builds the regularizers' ops when read: read before the graph is final.
+    self.model_summary = model.summary(self.model, tf.keras)
     label_classes, predicted_classes = _classes(labels, logits)
     self._batch_accuracy = tf.reduce_mean(
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
@@ -212,8 +238,12 @@ class GraphBackend(training.Backend):
                                                    predicted_classes)
 
     self._global_step = tf.compat.v1.train.get_or_create_global_step()
+    # Read in the same run as the train op, before it increments the global step: the
+    # rate this step applies.
+    self._learning_rate = learning_rate_schedule(cfg, self._global_step)
     with tf.control_dependencies(update_ops):
-      self._train_op = make_optimizer(cfg).minimize(self._loss, global_step=self._global_step)
+      self._train_op = make_optimizer(cfg, self._learning_rate).minimize(
+          self._loss, global_step=self._global_step)
     self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
   def _build_evaluation(self):
@@ -229,7 +259,9 @@ class GraphBackend(training.Backend):
     self._val_iterator = tf.compat.v1.data.make_initializable_iterator(self._dataset(False))
     features, labels = self._val_iterator.get_next()
     logits = self.model(features)
-    losses = per_example_loss(self._cfg.loss, labels, logits)
+    # As Keras' evaluate: the validation loss holds the regularization losses too.
+    losses = (per_example_loss(self._cfg.loss, labels, logits)
+              + regularization_loss(self.model))
     (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
      _, self._reset_val_metrics) = _running_metrics('validation', losses,
                                                     *_classes(labels, logits))
@@ -298,7 +330,7 @@ class GraphBackend(training.Backend):
         values = self._sess.run(
             {'train': self._train_op, 'loss': self._loss,
              'batch_accuracy': self._batch_accuracy, 'mean_loss': self._mean_loss_update,
-             'accuracy': self._accuracy_update},
+             'accuracy': self._accuracy_update, 'learning_rate': self._learning_rate},
             self._train_feed)
     except tf.errors.OutOfRangeError as e:
       # The training pipeline repeats forever, so it only ends when it is empty.
@@ -306,7 +338,8 @@ class GraphBackend(training.Backend):
                            'records; write some with bin/make_records') from e
     return training.StepResult(
         loss=float(values['loss']), batch_accuracy=float(values['batch_accuracy']),
-        mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']))
+        mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']),
+        learning_rate=float(values['learning_rate']))
 
   def reset_metrics(self):
     self._sess.run(self._reset_train_metrics)
@@ -432,9 +465,10 @@ def run(cfg, dataset_hook=None):
         log.update(**training.start_manifest(
             cfg, spec, versions=runlog.versions(tf_keras.__version__, tf.__version__),
             device=device, kernels=KERNELS, optimizer_name=optimizer_name(cfg),
-            epsilon=adam_epsilon(cfg), strategy='default', replicas=1, workers=1,
-            devices=[], dtype_policy='float32', jit_compile=False,
-            settings=numerics.settings(),
+            epsilon=adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
+            replicas=1, workers=1, devices=[], dtype_policy='float32', jit_compile=False,
+            settings=numerics.settings(), model_summary=backend.model_summary,
+            regularization_in_loss=True,
             graph=backend.describe()))
         return training.train(backend, log, training.schedule(
             cfg, reset_metrics=cfg.reset_metrics == 'epoch'), signals)

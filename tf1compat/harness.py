@@ -23,6 +23,7 @@ from tf1compat import config
 from tf1compat import folders
 from tf1compat import parity
 from tf1compat import pitfalls
+from tf1compat import plugins
 from tf1compat import process
 from tf1compat import progress
 from tf1compat import report as parity_report
@@ -78,23 +79,36 @@ def control_job(reference, cfg):
                    (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
-# The model switches pitfalls need (Pitfall.needs): the layer each adds, and a value that
-# shows every pitfall needing it (a Dropout rate of 0.5 would hide keep_prob_as_rate).
-_LAYERS = {'batch_norm': ('BatchNormalization', '--batch_norm'),
-           'dropout': ('Dropout', '--dropout=0.3')}
+# What pitfalls need (Pitfall.needs): what it is, and what adds it. A Dropout rate of 0.5
+# would hide keep_prob_as_rate.
+_NEEDS = {'batch_norm': ('BatchNormalization', '--batch_norm'),
+          'dropout': ('Dropout', '--dropout=0.3'),
+          'regularization': ('regularized weights (model.losses)',
+                             '--model=tf1compat.resnet:resnet_small'),
+          'lr_schedule': ('a learning-rate schedule', '--lr_decay_steps=40'),
+          'batch_norm_momentum': ('BatchNormalization at another momentum than Keras\' 0.99',
+                                  '--model=tf1compat.resnet:resnet_small')}
 
 
 def check_pitfall_requirements(cfg):
-  """Raises cli.UsageError when --pitfall needs --batch_norm/--dropout and has neither, or
-  when the arguments it would inject are those every runner has already."""
+  """Raises cli.UsageError when --pitfall needs what the run has not (Pitfall.needs), or
+  when the arguments it would inject are those every runner has already.
+
+  The seed's ConvNet has BatchNormalization only with --batch_norm, at Keras' momentum,
+  and no regularizers; the layers of another model are known once it is built, so the
+  run goes on.
+  """
   if not cfg.pitfall:
     return
   pitfall = pitfalls.PITFALLS[cfg.pitfall]
-  has = {'batch_norm': bool(cfg.batch_norm), 'dropout': cfg.dropout > 0}
+  own_model = cfg.model not in (None, plugins.DEFAULT_MODEL)
+  has = {'batch_norm': bool(cfg.batch_norm) or own_model, 'dropout': cfg.dropout > 0,
+         'regularization': own_model, 'batch_norm_momentum': own_model,
+         'lr_schedule': cfg.lr_decay_steps > 0}
   if pitfall.needs and not any(has[n] for n in pitfall.needs):
-    layers = ' or '.join(_LAYERS[n][0] for n in pitfall.needs)
-    wanted = ' or '.join(_LAYERS[n][1] for n in pitfall.needs)
-    raise cli.UsageError(f'--pitfall={cfg.pitfall} shows only in a model with {layers}: '
+    what = ' or '.join(_NEEDS[n][0] for n in pitfall.needs)
+    wanted = ' or '.join(_NEEDS[n][1] for n in pitfall.needs)
+    raise cli.UsageError(f'--pitfall={cfg.pitfall} shows only in a run with {what}: '
                          f'add {wanted}')
   derived = pitfall.args_from_config(cfg) if pitfall.args_from_config else ()
   if derived and set(derived) <= set(forwarded_args(cfg)):

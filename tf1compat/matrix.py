@@ -30,14 +30,16 @@ REAL_DATA = 'real_digits'
 class Case:
   name: str
   args: tuple
-  # The model switch the args turn on: the pitfalls that need it (their `needs`) apply.
-  model: str = ''
+  # What the args give the run: the pitfalls that need one of these (their `needs`) apply.
+  has: tuple = ()
 
 
 CASES = (
     Case('default', ()),
-    Case('batch_norm', ('--batch_norm',), 'batch_norm'),
-    Case('dropout', ('--dropout=0.3',), 'dropout'),
+    Case('batch_norm', ('--batch_norm',), ('batch_norm',)),
+    Case('dropout', ('--dropout=0.3',), ('dropout',)),
+    Case('resnet_small', ('--model=tf1compat.resnet:resnet_small', '--lr_decay_steps=40'),
+         ('batch_norm', 'regularization', 'lr_schedule', 'batch_norm_momentum')),
     Case('image_32', ('--image_size=32',)),
     Case('image_96', ('--image_size=96',)),
     Case('batch_8', ('--batch_size=8',)),
@@ -55,7 +57,7 @@ CASE_NAMES = tuple(case.name for case in CASES)
 def applicable_pitfalls(case):
   """The catalogued pitfalls that can show in this case's model."""
   names = [name for name, pitfall in sorted(pitfalls.PITFALLS.items())
-           if not pitfall.needs or case.model in pitfall.needs]
+           if not pitfall.needs or set(case.has) & set(pitfall.needs)]
   # Port-side pitfalls first: the legacy run and its control are then reused by them.
   return sorted(names, key=lambda n: 'graph' in pitfalls.PITFALLS[n].runners)
 

@@ -76,3 +76,31 @@ def weight_items(model):
     for variable in layer.weights:
       key_of[id(variable)] = weight_key(layer, variable)
   return [(key_of[id(v)], v) for v in model.weights]
+
+
+def _layers(model):
+  """Every layer of `model`, those of nested models included."""
+  for layer in model.layers:
+    yield layer
+    if hasattr(layer, 'layers'):
+      yield from _layers(layer)
+
+
+def summary(model, keras):
+  """run.json's model_summary: what of the model's make-up a port may change unseen.
+
+  The BatchNormalization layers' momentum and epsilon, the Dropout layers, and how many
+  regularization losses the model holds (model.losses: a loop on Input(tensor=...) or
+  a custom TF2 loop must add them to its loss itself). `keras` is the module the
+  model was built with.
+  """
+  layers = list(_layers(model))
+  batch_norms = [layer for layer in layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+  return {
+      'batch_norm_layers': len(batch_norms),
+      'batch_norm_momentum': sorted({float(layer.momentum) for layer in batch_norms}),
+      'batch_norm_epsilon': sorted({float(layer.epsilon) for layer in batch_norms}),
+      'dropout_layers': sum(isinstance(layer, keras.layers.Dropout) for layer in layers),
+      'regularization_losses': len(model.losses),
+  }

@@ -25,7 +25,11 @@ class Pitfall(Problem):
   runners: tuple  # 'graph', or the port's 'eager' and 'fit'
   args: tuple = ()  # added to those runners' arguments
   omits: tuple = ()  # flags check_parity sets for every runner, left out in those runners'
-  needs: tuple = ()  # model switches of which one must be on for it to show
+  # What the model or the run must have for it to show, one of them enough: the switches
+  # 'batch_norm' and 'dropout', or 'regularization' (regularized weights),
+  # 'batch_norm_momentum' (BatchNorm at another momentum than Keras' default) and
+  # 'lr_schedule' (--lr_decay_steps).
+  needs: tuple = ()
   # check_parity's config -> more arguments for those runners, made from the values every
   # runner gets (None: none).
   args_from_config: object = None
@@ -99,6 +103,42 @@ PITFALLS = {
         fix='Compile with keras.metrics.CategoricalAccuracy() (what the string \'accuracy\' '
             'resolves to for one-hot labels): keras.metrics.Accuracy() compares labels and '
             'outputs element by element and shows about 0 on logits (keras-team/keras#18796).'),
+    'regularization_dropped': Pitfall(
+        # A custom TF2 loop whose loss is the data loss alone: Keras keeps the
+        # regularizers' penalties in model.losses, which fit adds and a GradientTape loop
+        # must add itself (hunglc007/tensorflow-yolov4-tflite#369,
+        # pythonlessons/TensorFlow-2.x-YOLOv3#165, tensorflow/tensorflow#21237: TF's own
+        # eager DenseNet example, tensorflow/tensorflow#30866).
+        runners=('eager',), args=('--noadd_regularization_losses',),
+        needs=('regularization',), judged_by=('config',),
+        fix='Add the model\'s regularization losses to the loss of a custom loop: '
+            'loss = data_loss + tf.add_n(model.losses) (under a tf.distribute strategy '
+            'tf.nn.scale_regularization_loss of that sum); fit adds them itself '
+            '(hunglc007/tensorflow-yolov4-tflite#369, tensorflow/tensorflow#21237).'),
+    'lr_schedule_per_epoch': Pitfall(
+        # tf.compat.v1.train.exponential_decay(lr, global_step, ...) decays every step;
+        # keras.callbacks.LearningRateScheduler is called once per epoch with the epoch
+        # index, so a step schedule ported into it holds each epoch's first rate
+        # (Rochester-NRT/RocAlphaGo#148, stickeritis/sticker#145, tensorflow/tensorflow#52529:
+        # decay_steps counts steps, not epochs).
+        runners=('fit',), args=('--fit_lr_schedule=epoch_callback',), needs=('lr_schedule',),
+        judged_by=('step',),
+        fix='Keep a per-step schedule per step: pass a '
+            'keras.optimizers.schedules.LearningRateSchedule (e.g. ExponentialDecay with the '
+            'same decay_steps, evaluated on optimizer.iterations) as the optimizer\'s '
+            'learning_rate instead of a LearningRateScheduler callback, which fit calls once '
+            'per epoch (Rochester-NRT/RocAlphaGo#148, stickeritis/sticker#145).'),
+    'bn_momentum_default': Pitfall(
+        # TF1's tf.contrib.layers.batch_norm / slim decay defaults to 0.999, Keras'
+        # BatchNormalization momentum to 0.99: a port that writes BatchNormalization()
+        # moves the moving statistics 10x faster (keras-team/keras#6839,
+        # cleverhans-lab/entangled-watermark#4, tensorlayer/TensorLayer#104).
+        runners=('eager', 'fit'), args=('--nokeep_bn_momentum',),
+        needs=('batch_norm_momentum',),
+        judged_by=('config',),
+        fix='Pass the legacy decay as the momentum: keras.layers.BatchNormalization('
+            'momentum=0.999) for tf.contrib.layers.batch_norm\'s default decay (Keras\' own '
+            'default is 0.99; momentum = decay, keras-team/keras#6839); check epsilon too.'),
 }
 
 SETUP_PROBLEMS = {

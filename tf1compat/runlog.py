@@ -70,7 +70,8 @@ MANIFEST_FIELDS = {
     # Every runner at start (training.start_manifest); the config lint compares them.
     'versions': 'python, tensorflow and keras versions',
     'device': "'CPU' or 'GPU (name)'",
-    'optimizer': 'name, learning_rate, beta_1, beta_2 and the epsilon really used',
+    'optimizer': 'name, learning_rate, beta_1, beta_2, the epsilon really used and the '
+                 'learning-rate schedule (null: constant)',
     KERNELS: "'adam' and 'batch_norm_variance': the kernels' rounding (parity reads them)",
     'loss': '--loss', 'from_logits': 'the loss takes logits',
     'final_activation': '--final_activation', 'batch_size': 'the global batch',
@@ -82,6 +83,9 @@ MANIFEST_FIELDS = {
     'dtype_policy': 'the Keras dtype policy', 'jit_compile': 'whether the steps ran under XLA',
     'settings': 'what changes the numbers: tf32, op_determinism, onednn, threads, GPU, CUDA',
     'graph': "the graph runner's own block (wiring, update ops, learning phase...)",
+    'model_summary': 'BatchNorm momentum/epsilon, Dropout layers, regularization losses '
+                     '(model.summary)',
+    'regularization_in_loss': "whether the loss adds the model's regularization losses",
     # The driver, as the run goes and ends (training.Recorder).
     'global_step': 'steps done', 'last_checkpoint': 'path of the latest checkpoint',
     'failure': 'why a failed run stopped', 'final_metrics': 'the last epochs.csv metrics',

@@ -10,6 +10,9 @@ import numpy as np
 
 from tf1compat import calibration
 
+# Labels of the lint fields the diagnosis reads.
+REGULARIZATION_FIELD = 'regularization losses in the loss'
+BN_MOMENTUM_FIELD = 'BatchNorm momentum'
 # Manifest fields whose difference changes the math, as (label, path in run.json).
 LINT_FIELDS = (
     ('optimizer learning_rate', ('optimizer', 'learning_rate')),
@@ -32,6 +35,11 @@ LINT_FIELDS = (
     ('tensorflow version', ('versions', 'tensorflow')),
     ('model', ('flags', 'model')),
     ('record parser', ('flags', 'features')),
+    ('learning-rate schedule', ('optimizer', 'schedule')),
+    (REGULARIZATION_FIELD, ('regularization_in_loss',)),
+    ('regularization losses', ('model_summary', 'regularization_losses')),
+    (BN_MOMENTUM_FIELD, ('model_summary', 'batch_norm_momentum')),
+    ('BatchNorm epsilon', ('model_summary', 'batch_norm_epsilon')),
 )
 # Process settings that change the numbers, not the math (numerics.py): named by the
 # lint, but a port may run with another one as long as the tiers pass (what the

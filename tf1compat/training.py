@@ -31,12 +31,14 @@ class StepResult:
   """What one training step reports, as Python floats.
 
   loss / batch_accuracy: of this batch; mean_loss / accuracy: the running metrics the
-  user is shown (since the last reset).
+  user is shown (since the last reset); learning_rate: the rate this step applied (None:
+  the constant --learning_rate).
   """
   loss: float
   batch_accuracy: float
   mean_loss: float
   accuracy: float
+  learning_rate: float | None = None
 
 
 class Backend:
@@ -119,7 +121,9 @@ class Recorder:
     self.log.append_step({
         'step': step, 'epoch': epoch, 'loss': result.loss,
         'batch_accuracy': result.batch_accuracy, 'mean_loss': result.mean_loss,
-        'accuracy': result.accuracy, 'learning_rate': self.schedule.learning_rate,
+        'accuracy': result.accuracy,
+        'learning_rate': (self.schedule.learning_rate if result.learning_rate is None
+                          else result.learning_rate),
         'seconds': seconds})
     if scalars_fn is not None:
       scalars_fn(step, {'train/batch_loss': result.loss, 'train/mean_loss': result.mean_loss,
@@ -305,14 +309,16 @@ def open_run(cfg, spec, runner, model_dir=None):
 
 
 def start_manifest(cfg, spec, *, versions, device, kernels, optimizer_name, epsilon,
-                   **runner_fields):
+                   lr_schedule, **runner_fields):
   """The run.json fields every runner writes at start (runlog.MANIFEST_FIELDS; the config
-  lint compares them); `runner_fields` are the runner's own (distribution, dtype policy,
-  its block)."""
+  lint compares them); `lr_schedule`: the learning-rate schedule as the runner applies it
+  (cfg.lr_schedule(), or None); `runner_fields` are the runner's own (distribution, dtype
+  policy, model summary, its block)."""
   return runlog.start_fields(
       versions=versions, device=device, kernels=kernels,
       optimizer={'name': optimizer_name, 'learning_rate': cfg.learning_rate,
-                 'beta_1': cfg.adam_beta1, 'beta_2': cfg.adam_beta2, 'epsilon': epsilon},
+                 'beta_1': cfg.adam_beta1, 'beta_2': cfg.adam_beta2, 'epsilon': epsilon,
+                 'schedule': lr_schedule},
       loss=cfg.loss, from_logits=config.LOSS_TAKES_LOGITS[cfg.loss],
       final_activation=cfg.final_activation,
       batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed,
