@@ -284,8 +284,8 @@ def metric_semantics(run):
 
 
 def _bn_keys(weights):
-  return [k for k in weights if k.startswith('bn') and k.endswith(('moving_mean',
-                                                                   'moving_variance'))]
+  """The BatchNorm moving statistics among `weights`, whatever their layers are named."""
+  return [k for k in weights if k.endswith(('/moving_mean', '/moving_variance'))]
 
 
 def batch_norm_state(run):
