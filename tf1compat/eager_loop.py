@@ -9,7 +9,8 @@ the model, the optimizer, the step, the running metrics and the training-data
 iterator, so a rerun resumes mid-epoch on exactly the batches an uninterrupted run
 would see. `--loop=fit` (runner 'fit') trains the same backend's model with Keras
 `model.fit` (fit_loop.py). The steps have the graph loop's names: `build_model`,
-`make_optimizer`, `per_example_loss`, `train_step`, `evaluate`, `export`.
+`learning_rate_schedule`, `make_optimizer`, `regularization_loss`, `per_example_loss`,
+`train_step`, `evaluate`, `export`.
 
 Under `--strategy=mirrored|multi_worker` (`distribution`) both run in the strategy's
 scope on the replicas' slices of the same global batches; the custom loop's

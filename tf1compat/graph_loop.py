@@ -2,7 +2,9 @@
 
 One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
 seed's ConvNet (or a team's model, --model) wired onto its output with
-`Input(tensor=features)`, the loss, a `tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates`,
+`Input(tensor=features)`, the loss with the model's regularization losses added by hand,
+a `tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates` (its rate
+`exponential_decay` on the global step under --lr_decay_steps),
 `tf.compat.v1.metrics` running metrics in a `metrics` variable scope, a validation
 pipeline with its own initializable iterator, and a `tf.compat.v1.train.Saver` that
 checkpoints the weights, the optimizer slots, the global step, the training
