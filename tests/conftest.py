@@ -4,6 +4,8 @@ Entry points run as subprocesses, because the graph runner's TF1 process setup a
 the eager runner's Keras 3 must never share a process (this one included).
 """
 
+import concurrent.futures
+import functools
 import os
 import subprocess
 import sys
@@ -50,10 +52,29 @@ def tiny_data_dir(tmp_path_factory):
   return out
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-  """Keeps the embedded-dataset cache of the tests away from the user's."""
-  monkeypatch.setenv('TF1COMPAT_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+@pytest.fixture(scope='session', autouse=True)
+def _isolated_cache(tmp_path_factory):
+  """Keeps the embedded-dataset cache of the tests away from the user's (session-wide, so
+  that the runs of module and session fixtures see it too)."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('TF1COMPAT_CACHE', str(tmp_path_factory.getbasetemp() / 'cache'))
+    yield
+
+
+def at_once(*calls):
+  """Calls the functions `calls` (no arguments; each typically runs an entry point) in
+  threads, at least two at a time; returns their results in order, re-raising the first
+  failure.
+
+  A runner spends most of its seconds starting TensorFlow on one core: on this project's
+  2-core machine two at a time take about 60% as long as one after the other.
+  """
+  with pytest.MonkeyPatch.context() as patch:
+    # Runners sharing a GPU must not each reserve all of its memory.
+    patch.setenv('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
+    with concurrent.futures.ThreadPoolExecutor(max(2, os.cpu_count() or 1)) as pool:
+      futures = [pool.submit(call) for call in calls]
+      return [future.result() for future in futures]
 
 
 def tiny_run_flags(data_dir, model_dir, *extra):
@@ -61,6 +82,48 @@ def tiny_run_flags(data_dir, model_dir, *extra):
   return [f'--data_dir={data_dir}', f'--model_dir={model_dir}', f'--image_size={TINY_IMAGE_SIZE}',
           '--batch_size=8', '--epochs=2', '--steps_per_epoch=6', '--shuffle_buffer=64',
           '--snapshot_steps=0,1,2,5', *extra]
+
+
+@pytest.fixture(scope='session')
+def graph_init_weights(tiny_data_dir, tmp_path_factory):
+  """Initial weights of the default model for the tiny dataset, written once by
+  train_graph --save_init_weights (which trains nothing and makes no run directory)."""
+  root = tmp_path_factory.mktemp('graph_init')
+  path, model_dir = str(root / 'init.npz'), str(root / 'never_created')
+  proc = run_entry('train_graph', *tiny_run_flags(tiny_data_dir, model_dir,
+                                                  f'--save_init_weights={path}'))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not os.path.exists(model_dir)
+  return path
+
+
+# The flags of runs that get interrupted, and of their `references`: 2 epochs of 8 steps
+# (tiny_run_flags has 6), room for a signal to land mid-epoch; periodic checkpoints every
+# 3 steps for SIGKILL.
+EPOCHS, STEPS_PER_EPOCH = 2, 8
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+KILL_FLAGS = (f'--epochs={EPOCHS}', f'--steps_per_epoch={STEPS_PER_EPOCH}',
+              '--checkpoint_every=3')
+# runner -> (script, its arguments): the runs `references` holds.
+REFERENCE_RUNNERS = {'graph': ('train_graph',), 'eager': ('train_eager', '--loop=custom'),
+                     'fit': ('train_eager', '--loop=fit')}
+
+
+@pytest.fixture(scope='session')
+def references(tiny_data_dir, tmp_path_factory):
+  """(runner -> model_dir) of uninterrupted KILL_FLAGS runs on the tiny dataset, one per
+  runner of REFERENCE_RUNNERS, trained once for the session. Tests copy them before
+  changing anything."""
+  root = tmp_path_factory.mktemp('references')
+  made = {runner: str(root / runner) for runner in REFERENCE_RUNNERS}
+
+  def train(runner):
+    script, *args = REFERENCE_RUNNERS[runner]
+    proc = run_entry(script, *tiny_run_flags(tiny_data_dir, made[runner], *KILL_FLAGS, *args))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+  at_once(*(functools.partial(train, runner) for runner in made))
+  return made.__getitem__
 
 
 def read_run_csv(model_dir, name=runlog.STEPS_CSV):

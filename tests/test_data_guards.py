@@ -7,6 +7,7 @@ afterwards and that nothing temporary is left behind. Cases that must pass the
 pre-flight check stop right after it with --save_init_weights (no training).
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -23,7 +24,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY, read_run_csv, run_entry, tiny_run_flags
+from conftest import (KILL_FLAGS, REFERENCE_RUNNERS, REPO, TINY, at_once, read_run_csv, run_entry,
+                      tiny_run_flags)
 from tf1compat import data
 from tf1compat import image_bytes
 from tf1compat import records
@@ -204,31 +206,61 @@ def test_an_unfinished_conversion_is_refused_by_the_runners(tiny_data_dir, tmp_p
 
 def test_num_classes_that_disagrees_with_dataset_json_needs_the_switch(tiny_data_dir, tmp_path):
   before = _hashes(tiny_data_dir)
-  line = _one_line(run_entry('train_graph', *tiny_run_flags(tiny_data_dir, tmp_path / 'run',
-                                                            '--num_classes=5')))
+  refused, proc = at_once(
+      functools.partial(run_entry, 'train_graph', *tiny_run_flags(
+          tiny_data_dir, tmp_path / 'run', '--num_classes=5')),
+      functools.partial(run_entry, 'train_eager', f'--data_dir={tiny_data_dir}',
+                        '--num_classes=5', '--allow_num_classes_mismatch',
+                        f'--save_init_weights={tmp_path / "i.npz"}'))
+  line = _one_line(refused)
   assert (f'--num_classes=5 disagrees with {os.path.join(tiny_data_dir, data.DATASET_JSON)} '
           f'({NUM_CLASSES} classes); drop --num_classes, or pass --allow_num_classes_mismatch'
           ) in line
-  proc = run_entry('train_eager', f'--data_dir={tiny_data_dir}', '--num_classes=5',
-                   '--allow_num_classes_mismatch', f'--save_init_weights={tmp_path / "i.npz"}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert _hashes(tiny_data_dir) == before
 
 
-@pytest.mark.parametrize('content,expected', [
-    ('[]', 'holds a JSON list, not an object with num_classes'),
-    ('{"num_classes": "ten"}', "num_classes is 'ten', not an integer of at least 2"),
-    ('{"num_classes": 4, "files": ["train-00009-of-00010.tfrecord"]}',
-     'train-00009-of-00010.tfrecord is listed in dataset.json but missing'),
-])
-def test_dataset_json_of_the_wrong_shape_is_one_line(content, expected, tiny_data_dir,
-                                                     tmp_path):
-  data_dir = _copy(tiny_data_dir, tmp_path / 'data')
-  (tmp_path / 'data' / data.DATASET_JSON).write_text(content)
-  before = _hashes(data_dir)
-  line = _one_line(run_entry('train_eager', *tiny_run_flags(data_dir, tmp_path / 'run')))
-  assert expected in line
-  assert _hashes(data_dir) == before and not (tmp_path / 'run').exists()
+# dataset.json -> what the error line says about it.
+WRONG_DATASET_JSON = {
+    '[]': 'holds a JSON list, not an object with num_classes',
+    '{"num_classes": "ten"}': "num_classes is 'ten', not an integer of at least 2",
+    '{"num_classes": 4, "files": ["train-00009-of-00010.tfrecord"]}':
+        'train-00009-of-00010.tfrecord is listed in dataset.json but missing',
+}
+
+
+def _runs_on_damaged_copies(tiny_data_dir, root, cases, damage):
+  """{case: (CompletedProcess, data_dir, the data's hashes before the run, model_dir, what
+  `damage` returned)}: for each (case, script) of `cases`, `script` on a copy of the tiny
+  dataset that `damage(case, data_dir)` changed; the runs at once."""
+  folders, calls = {}, []
+  for index, (case, script) in enumerate(cases):
+    data_dir = _copy(tiny_data_dir, root / str(index) / 'data')
+    damaged = damage(case, data_dir)
+    model_dir = root / str(index) / 'run'
+    folders[case] = (data_dir, _hashes(data_dir), model_dir, damaged)
+    calls.append(functools.partial(run_entry, script, *tiny_run_flags(data_dir, model_dir)))
+  return {case: (proc, *folders[case]) for case, proc in zip(folders, at_once(*calls))}
+
+
+@pytest.fixture(scope='module')
+def wrong_dataset_json_runs(tiny_data_dir, tmp_path_factory):
+  """The refusals of copies of the tiny dataset whose dataset.json is each of
+  WRONG_DATASET_JSON."""
+  def write(content, data_dir):
+    with open(os.path.join(data_dir, data.DATASET_JSON), 'w') as f:
+      f.write(content)
+  return _runs_on_damaged_copies(tiny_data_dir, tmp_path_factory.mktemp('dataset_json'),
+                                 [(content, 'train_eager') for content in WRONG_DATASET_JSON],
+                                 write)
+
+
+@pytest.mark.parametrize('content', WRONG_DATASET_JSON)
+def test_dataset_json_of_the_wrong_shape_is_one_line(content, wrong_dataset_json_runs):
+  proc, data_dir, before, model_dir, _ = wrong_dataset_json_runs[content]
+  line = _one_line(proc)
+  assert WRONG_DATASET_JSON[content] in line
+  assert _hashes(data_dir) == before and not model_dir.exists()
 
 
 # --- 2 and 4. what the pre-flight check finds ---------------------------------------------
@@ -253,33 +285,47 @@ def _damaged_png():
   return bytes(png)
 
 
-@pytest.mark.parametrize('name,image,expected', [
-    ('gif', _truncated_gif, "'image' is a truncated GIF"),
-    ('bmp', _truncated_bmp, "'image' is a truncated BMP"),
-    ('png', _damaged_png, "'image' is a damaged PNG (its IDAT chunk fails its CRC)"),
-])
-def test_truncated_gif_bmp_and_damaged_png_are_named_before_the_run(name, image, expected,
-                                                                   tiny_data_dir, tmp_path):
-  data_dir = _copy(tiny_data_dir, tmp_path / 'data')
-  shard = tmp_path / 'data' / 'train-00000-of-00002.tfrecord'
-  serialized = _records_of(shard)
-  serialized[3] = _example(image())
-  _rewrite(shard, serialized)
-  before = _hashes(data_dir)
-  script = 'train_graph' if name == 'bmp' else 'train_eager'
-  line = _one_line(run_entry(script, *tiny_run_flags(data_dir, tmp_path / 'run')))
-  assert f'--data_dir={data_dir}: train-00000-of-00002.tfrecord record 3: {expected}' in line
-  assert _hashes(data_dir) == before and not (tmp_path / 'run').exists()
+# name -> (the image that replaces training record 3, what the error line says about it)
+BAD_IMAGES = {
+    'gif': (_truncated_gif, "'image' is a truncated GIF"),
+    'bmp': (_truncated_bmp, "'image' is a truncated BMP"),
+    'png': (_damaged_png, "'image' is a damaged PNG (its IDAT chunk fails its CRC)"),
+}
 
 
-def test_a_damaged_validation_shard_is_named_before_the_run(tiny_data_dir, tmp_path):
-  data_dir = _copy(tiny_data_dir, tmp_path / 'data')
-  name, offset = _damaged_val(data_dir)
-  before = _hashes(data_dir)
-  line = _one_line(run_entry('train_graph', *tiny_run_flags(data_dir, tmp_path / 'run')))
+@pytest.fixture(scope='module')
+def preflight_runs(tiny_data_dir, tmp_path_factory):
+  """The refusals of the pre-flight check below: 'gif', 'bmp' and 'png' of BAD_IMAGES, and
+  'val' with a damaged validation record (what damaging it returned: its shard and offset)."""
+  def damage(case, data_dir):
+    if case == 'val':
+      return _damaged_val(data_dir)
+    shard = os.path.join(data_dir, 'train-00000-of-00002.tfrecord')
+    serialized = _records_of(shard)
+    serialized[3] = _example(BAD_IMAGES[case][0]())
+    _rewrite(shard, serialized)
+    return None
+  cases = [('gif', 'train_eager'), ('bmp', 'train_graph'), ('png', 'train_eager'),
+           ('val', 'train_graph')]
+  return _runs_on_damaged_copies(tiny_data_dir, tmp_path_factory.mktemp('preflight'), cases,
+                                 damage)
+
+
+@pytest.mark.parametrize('name', BAD_IMAGES)
+def test_truncated_gif_bmp_and_damaged_png_are_named_before_the_run(name, preflight_runs):
+  proc, data_dir, before, model_dir, _ = preflight_runs[name]
+  line = _one_line(proc)
+  assert (f'--data_dir={data_dir}: train-00000-of-00002.tfrecord record 3: '
+          f'{BAD_IMAGES[name][1]}') in line
+  assert _hashes(data_dir) == before and not model_dir.exists()
+
+
+def test_a_damaged_validation_shard_is_named_before_the_run(preflight_runs):
+  proc, data_dir, before, model_dir, (name, offset) = preflight_runs['val']
+  line = _one_line(proc)
   assert (f'{name} record 2: its bytes are damaged (data checksum mismatch in the record at '
           f'byte {offset}); copy the file again') in line
-  assert _hashes(data_dir) == before and not (tmp_path / 'run').exists()
+  assert _hashes(data_dir) == before and not model_dir.exists()
 
 
 def test_skip_counts_every_record_it_leaves_out_file_by_file(tiny_data_dir, tmp_path):
@@ -334,25 +380,19 @@ def test_a_run_time_decode_failure_names_the_record(tiny_data_dir, tmp_path):
 
 # --- 3. the epoch-end checkpoint comes before evaluating; a repaired file resumes ---------
 
-@pytest.fixture(scope='module')
-def eager_reference(tiny_data_dir, tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp('reference') / 'run')
-  proc = run_entry('train_eager', *tiny_run_flags(tiny_data_dir, model_dir))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return model_dir
-
-
 def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resumes(
-    eager_reference, tiny_data_dir, tmp_path):
+    references, tiny_data_dir, tmp_path):
   data_dir = _copy(tiny_data_dir, tmp_path / 'data')
   original = _hashes(data_dir)
   model_dir = str(tmp_path / 'run')
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
-  args = tiny_run_flags(data_dir, model_dir)
+  # The flags of the session's eager reference run (epochs of 8 steps, checkpoints every 3).
+  script, *extra = REFERENCE_RUNNERS['eager']
+  args = tiny_run_flags(data_dir, model_dir, *KILL_FLAGS, *extra)
   # The file is damaged once training runs (the pre-flight check passed it): the first
-  # evaluation, at the end of epoch 1 (step 6), reads it.
+  # evaluation, at the end of epoch 1 (step 8), reads it.
   with open(tmp_path / 'stderr.txt', 'w') as log:
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', 'train_eager'), *args],
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script), *args],
                             stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -366,20 +406,21 @@ def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resume
   assert (f'{name} record 2: its bytes are damaged (data checksum mismatch in the record at '
           f'byte {offset}); copy the file again') in stderr.strip().splitlines()[-1]
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_FAILED
-  # The epoch's training is kept: its checkpoint was written before the evaluation.
+  # The epoch's training is kept: its checkpoint was written before the evaluation (the
+  # periodic one before it is step 6's).
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, runlog.CHECKPOINTS_DIR))
-  assert latest.endswith('-6'), latest
+  assert latest.endswith('-8'), latest
   assert read_run_csv(model_dir, runlog.EPOCHS_CSV) == {}
 
   shutil.copy(os.path.join(tiny_data_dir, name), os.path.join(data_dir, name))  # repaired
   assert _hashes(data_dir) == original
-  proc = run_entry('train_eager', *args)
+  proc = run_entry(script, *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert re.search(r'resuming \S+ from step 6', proc.stderr)
-  assert 'evaluating epoch 1, which ended at the checkpoint of step 6' in proc.stderr
+  assert re.search(r'resuming \S+ from step 8', proc.stderr)
+  assert 'evaluating epoch 1, which ended at the checkpoint of step 8' in proc.stderr
   for name, columns in ((runlog.STEPS_CSV, runlog.STEP_COLUMNS),
                         (runlog.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
-    got, expected = read_run_csv(model_dir, name), read_run_csv(eager_reference, name)
+    got, expected = read_run_csv(model_dir, name), read_run_csv(references('eager'), name)
     for column in columns[:-1]:  # all but seconds
       np.testing.assert_array_equal(got[column], expected[column], err_msg=f'{name} {column}')
   assert not _temporaries(model_dir)
@@ -389,15 +430,18 @@ def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resume
 
 def test_output_dir_that_is_a_file_or_not_writable(tmp_path):
   (tmp_path / 'file').write_text('the user\'s file')
-  line = _one_line(run_entry('make_records', *SMALL, f'--output_dir={tmp_path / "file"}'))
-  assert f'--output_dir={tmp_path / "file"}: a file, not a folder; pass a folder' in line
-  assert (tmp_path / 'file').read_text() == 'the user\'s file'
   if os.geteuid() == 0:
     read_only = '/sys/tf1compat-records'  # root writes anywhere else
   else:
     (tmp_path / 'ro').mkdir(mode=0o555)
     read_only = str(tmp_path / 'ro' / 'records')
-  line = _one_line(run_entry('make_records', *SMALL, f'--output_dir={read_only}'))
+  a_file, not_writable = at_once(
+      functools.partial(run_entry, 'make_records', *SMALL, f'--output_dir={tmp_path / "file"}'),
+      functools.partial(run_entry, 'make_records', *SMALL, f'--output_dir={read_only}'))
+  line = _one_line(a_file)
+  assert f'--output_dir={tmp_path / "file"}: a file, not a folder; pass a folder' in line
+  assert (tmp_path / 'file').read_text() == 'the user\'s file'
+  line = _one_line(not_writable)
   assert f'--output_dir={read_only}: cannot write there (' in line
   assert 'choose a folder you can write to' in line
   assert not _temporaries(tmp_path)
@@ -413,8 +457,11 @@ def test_image_entries_that_are_no_readable_files_are_reported_and_skipped(tmp_p
   (root / '002.dog' / 'b.jpg').write_bytes(_image('JPEG', seed=1))
   before = _hashes(root)
   out = tmp_path / 'records'
-  proc = run_entry('make_records', f'--image_dir={root}', f'--output_dir={out}',
-                   '--val_fraction=0')
+  proc, a_file = at_once(
+      functools.partial(run_entry, 'make_records', f'--image_dir={root}', f'--output_dir={out}',
+                        '--val_fraction=0'),
+      functools.partial(run_entry, 'make_records', f'--image_dir={root / "001.cat" / "a.jpg"}',
+                        f'--output_dir={tmp_path / "other"}'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr
   info = json.loads((out / data.DATASET_JSON).read_text())
@@ -424,8 +471,7 @@ def test_image_entries_that_are_no_readable_files_are_reported_and_skipped(tmp_p
       '001.cat/folder.jpg': 'unreadable (Is a directory)'}
   assert 'skipping 001.cat/folder.jpg: unreadable (Is a directory)' in proc.stderr
   assert _hashes(root) == before and not _temporaries(tmp_path)
-  line = _one_line(run_entry('make_records', f'--image_dir={root / "001.cat" / "a.jpg"}',
-                             f'--output_dir={tmp_path / "other"}'))
+  line = _one_line(a_file)
   assert 'a.jpg: a file, not a folder; pass a folder with one sub-folder of images' in line
   assert not (tmp_path / 'other').exists()
 

@@ -1,9 +1,11 @@
 """bin/train_graph end to end: subprocess runs on the tiny dataset, checked with numpy.
 
-Each run costs a TensorFlow import and a graph build, so the runs are module fixtures
-shared by the tests that read them. Runs last 2 epochs of 6 steps (tiny_run_flags).
+Each run costs a TensorFlow import and a graph build, so the runs are a module fixture
+shared by the tests that read them, trained two or more at a time. Runs last 2 epochs of
+6 steps (tiny_run_flags).
 """
 
+import functools
 import json
 import os
 import shutil
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import read_run_csv, read_snapshot, run_entry
+from conftest import at_once, read_run_csv, read_snapshot, run_entry
 from conftest import tiny_run_flags
 from tf1compat import runlog
 
@@ -46,45 +48,33 @@ def run_dirs(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def init_file(tiny_data_dir, run_dirs):
-  """Initial weights of the default model, written by --save_init_weights."""
-  path = str(run_dirs / 'init.npz')
-  model_dir = str(run_dirs / 'never_created')
-  _train(tiny_data_dir, model_dir, f'--save_init_weights={path}')
-  assert not os.path.exists(model_dir)
-  return path
+def runs(tiny_data_dir, run_dirs, graph_init_weights):
+  """{name: run directory} of every run the tests read, trained at once."""
+  dropout = ('--dropout=0.5', f'--init_weights={graph_init_weights}')
+  flags = {
+      # The correct loop, with BatchNormalization so that update ops matter.
+      'base': BATCH_NORM_FLAGS,
+      # The seed's loop: metrics never reset, BatchNormalization updates not run.
+      'mistakes': ('--batch_norm', '--update_ops=false', '--reset_metrics=never'),
+      'model_call': ('--batch_norm', '--wiring=model_call'),
+      # Two runs with the same flags and one that does not feed the learning phase.
+      'dropout_a': dropout,
+      'dropout_b': dropout,
+      'dropout_no_phase': (*dropout, '--feed_learning_phase=false'),
+  }
+  return dict(zip(flags, at_once(*(
+      functools.partial(_train, tiny_data_dir, str(run_dirs / name), *extra)
+      for name, extra in flags.items()))))
 
 
 @pytest.fixture(scope='module')
-def base_run(tiny_data_dir, run_dirs):
-  """The correct loop, with BatchNormalization so that update ops matter."""
-  return _train(tiny_data_dir, str(run_dirs / 'base'), *BATCH_NORM_FLAGS)
+def base_run(runs):
+  return runs['base']
 
 
 @pytest.fixture(scope='module')
-def mistakes_run(tiny_data_dir, run_dirs):
-  """The seed's loop: metrics never reset, BatchNormalization updates not run."""
-  return _train(tiny_data_dir, str(run_dirs / 'mistakes'), '--batch_norm', '--update_ops=false',
-                '--reset_metrics=never')
-
-
-@pytest.fixture(scope='module')
-def model_call_run(tiny_data_dir, run_dirs):
-  return _train(tiny_data_dir, str(run_dirs / 'model_call'), '--batch_norm',
-                '--wiring=model_call')
-
-
-def _dropout_run(data_dir, model_dir, init_file, *extra):
-  return _train(data_dir, model_dir, '--dropout=0.5', f'--init_weights={init_file}', *extra)
-
-
-@pytest.fixture(scope='module')
-def dropout_runs(tiny_data_dir, run_dirs, init_file):
-  """Two runs with the same flags and one that does not feed the learning phase."""
-  return (_dropout_run(tiny_data_dir, str(run_dirs / 'dropout_a'), init_file),
-          _dropout_run(tiny_data_dir, str(run_dirs / 'dropout_b'), init_file),
-          _dropout_run(tiny_data_dir, str(run_dirs / 'dropout_no_phase'), init_file,
-                       '--feed_learning_phase=false'))
+def dropout_runs(runs):
+  return runs['dropout_a'], runs['dropout_b'], runs['dropout_no_phase']
 
 
 def test_short_run_completes_with_a_well_formed_run_directory(base_run):
@@ -162,7 +152,8 @@ def test_running_metrics_reset_at_each_epoch(base_run):
   np.testing.assert_allclose(epochs['train_loss'], per_epoch, rtol=1e-6)
 
 
-def test_running_metrics_never_reset_average_since_step_one(mistakes_run):
+def test_running_metrics_never_reset_average_since_step_one(runs):
+  mistakes_run = runs['mistakes']
   steps = read_run_csv(mistakes_run)
   since = [0] * TOTAL_STEPS
   np.testing.assert_allclose(steps['mean_loss'], _running_mean(steps['loss'], since), rtol=1e-6)
@@ -180,9 +171,9 @@ def test_batch_norm_statistics_move_with_update_ops(base_run):
     assert not np.allclose(first[key], last[key]), key
 
 
-@pytest.mark.parametrize('which', ['mistakes_run', 'model_call_run'])
-def test_batch_norm_statistics_stay_without_update_ops(which, request):
-  model_dir = request.getfixturevalue(which)
+@pytest.mark.parametrize('which', ['mistakes', 'model_call'])
+def test_batch_norm_statistics_stay_without_update_ops(which, runs):
+  model_dir = runs[which]
   first, last = read_snapshot(model_dir, 0), read_snapshot(model_dir, TOTAL_STEPS)
   for key in BN_STATS:
     np.testing.assert_array_equal(first[key], last[key], err_msg=key)
@@ -208,15 +199,17 @@ def test_feeding_the_learning_phase_changes_the_dropout_loss(dropout_runs):
   assert runlog.read_manifest(not_fed)['graph']['exact_resume'] is True
 
 
-def test_init_weights_and_same_flags_reproduce_the_run_bit_for_bit(dropout_runs, init_file):
+def test_init_weights_and_same_flags_reproduce_the_run_bit_for_bit(dropout_runs,
+                                                                   graph_init_weights):
   first, second, _ = dropout_runs
-  initial = runlog.load_weights(init_file)
+  initial = runlog.load_weights(graph_init_weights)
   for model_dir in dropout_runs:
     step0 = read_snapshot(model_dir, 0)
     assert set(step0) == set(initial)
     for key, value in initial.items():
       np.testing.assert_array_equal(step0[key], value, err_msg=key)
-    assert runlog.read_manifest(model_dir)['init_weights_sha256'] == runlog.file_sha256(init_file)
+    assert runlog.read_manifest(model_dir)['init_weights_sha256'] == runlog.file_sha256(
+        graph_init_weights)
   a, b = read_run_csv(first), read_run_csv(second)
   assert a['loss'][0] == b['loss'][0]
   for column in METRIC_COLUMNS:
@@ -299,8 +292,8 @@ def test_require_gpu_without_a_gpu_is_a_usage_error(tiny_data_dir, run_dirs):
   assert not os.path.exists(model_dir)
 
 
-def test_save_init_weights_writes_the_model_weights(init_file):
-  weights = runlog.load_weights(init_file)
+def test_save_init_weights_writes_the_model_weights(graph_init_weights):
+  weights = runlog.load_weights(graph_init_weights)
   assert weights['conv1/kernel'].shape == (3, 3, 3, 64)
   assert weights['logits/kernel'].shape == (256, 4)
   assert not any(key.startswith('bn') for key in weights)

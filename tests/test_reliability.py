@@ -7,6 +7,7 @@ SIGTERM, SIGINT and SIGKILL in the middle of an epoch lose nothing: the rerun of
 same command ends on the weights of a run that was never interrupted, bit for bit.
 """
 
+import functools
 import io
 import os
 import re
@@ -19,8 +20,8 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import (TINY, csv_rows, read_run_csv, read_snapshot, run_entry, signal_after,
-                      tiny_run_flags)
+from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, csv_rows,
+                      read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
 from tf1compat import atomic
 from tf1compat import data
 from tf1compat import records
@@ -28,12 +29,7 @@ from tf1compat import runlog
 from tf1compat import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
-# Runs that get interrupted last 2 epochs of 8 steps (tiny_run_flags has 6): room for a
-# signal to land mid-epoch. Periodic checkpoints every 3 steps for SIGKILL.
-EPOCHS, STEPS_PER_EPOCH = 2, 8
-TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
-KILL_FLAGS = (f'--epochs={EPOCHS}', f'--steps_per_epoch={STEPS_PER_EPOCH}',
-              '--checkpoint_every=3')
+# Runs that get interrupted take conftest's KILL_FLAGS, as its `references` do.
 BAD_FILE = 'train-bad.tfrecord'
 
 
@@ -125,12 +121,23 @@ def _expect_usage_error(proc, *substrings):
   return line
 
 
+@pytest.fixture(scope='module')
+def bad_file_runs(tiny_data_dir, tmp_path_factory):
+  """{name: (CompletedProcess, data_dir, model_dir)} of every BAD_FILES case, run at once."""
+  root = tmp_path_factory.mktemp('bad_files')
+  folders, calls = {}, []
+  for name, (content, (script, *args), _) in BAD_FILES.items():
+    data_dir = _with_bad_file(tiny_data_dir, root / name / 'data', content())
+    folders[name] = (data_dir, root / name / 'run')
+    calls.append(functools.partial(run_entry, script,
+                                   *tiny_run_flags(data_dir, folders[name][1], *args)))
+  return {name: (proc, *folders[name]) for name, proc in zip(folders, at_once(*calls))}
+
+
 @pytest.mark.parametrize('name', sorted(BAD_FILES))
-def test_bad_record_file_stops_before_the_run_starts(name, tiny_data_dir, tmp_path):
-  content, (script, *args), expected = BAD_FILES[name]
-  data_dir = _with_bad_file(tiny_data_dir, tmp_path / 'data', content())
-  model_dir = tmp_path / 'run'
-  proc = run_entry(script, *tiny_run_flags(data_dir, model_dir, *args))
+def test_bad_record_file_stops_before_the_run_starts(name, bad_file_runs):
+  _, (script, *_), expected = BAD_FILES[name]
+  proc, data_dir, model_dir = bad_file_runs[name]
   line = _expect_usage_error(proc, f'--data_dir={data_dir}: ', *expected)
   assert line.startswith(f'{script}: ')
   # One line: TensorFlow's start-up lines, held back until a run starts, never come.
@@ -138,19 +145,33 @@ def test_bad_record_file_stops_before_the_run_starts(name, tiny_data_dir, tmp_pa
   assert not model_dir.exists()
 
 
-@pytest.mark.parametrize('name', ['missing', 'empty', 'no_matching_files'])
-def test_data_dir_without_records_is_a_usage_error(name, tmp_path):
-  data_dir = tmp_path / 'data'
-  expected = 'no such directory'
-  if name != 'missing':
-    data_dir.mkdir()
-    expected = 'no train-*.tfrecord or *.tfrecord files'
-  if name == 'no_matching_files':
-    (data_dir / 'train.csv').write_text('image,label\n')
-    (data_dir / 'images').mkdir()
-  model_dir = tmp_path / 'run'
-  proc = run_entry('train_graph' if name == 'empty' else 'train_eager',
-                   *tiny_run_flags(data_dir, model_dir))
+NO_RECORDS = ('missing', 'empty', 'no_matching_files')
+
+
+@pytest.fixture(scope='module')
+def no_records_runs(tmp_path_factory):
+  """{case of NO_RECORDS: (CompletedProcess, data_dir, model_dir)}, run at once."""
+  root = tmp_path_factory.mktemp('no_records')
+  folders, calls = {}, []
+  for name in NO_RECORDS:
+    data_dir, model_dir = root / name / 'data', root / name / 'run'
+    (root / name).mkdir()
+    if name != 'missing':
+      data_dir.mkdir()
+    if name == 'no_matching_files':
+      (data_dir / 'train.csv').write_text('image,label\n')
+      (data_dir / 'images').mkdir()
+    folders[name] = (data_dir, model_dir)
+    calls.append(functools.partial(run_entry, 'train_graph' if name == 'empty' else 'train_eager',
+                                   *tiny_run_flags(data_dir, model_dir)))
+  return {name: (proc, *folders[name]) for name, proc in zip(folders, at_once(*calls))}
+
+
+@pytest.mark.parametrize('name', NO_RECORDS)
+def test_data_dir_without_records_is_a_usage_error(name, no_records_runs):
+  proc, data_dir, model_dir = no_records_runs[name]
+  expected = ('no such directory' if name == 'missing'
+              else 'no train-*.tfrecord or *.tfrecord files')
   _expect_usage_error(proc, f'--data_dir={data_dir}: {expected}', 'bin/make_records')
   assert not model_dir.exists()
 
@@ -288,24 +309,6 @@ def _resume(script, args, model_dir, log_path):
 RUNNERS = {'graph': ('train_graph',), 'eager': ('train_eager', '--loop=custom')}
 
 
-@pytest.fixture(scope='module')
-def references(tiny_data_dir, tmp_path_factory):
-  """{runner: model_dir} of uninterrupted runs, one per runner, created on first use."""
-  root = tmp_path_factory.mktemp('references')
-  made = {}
-
-  def get(runner):
-    if runner not in made:
-      script, *args = RUNNERS[runner]
-      model_dir = str(root / runner)
-      proc = run_entry(script, *_kill_flags(tiny_data_dir, model_dir, *args))
-      assert proc.returncode == 0, proc.stderr[-3000:]
-      made[runner] = model_dir
-    return made[runner]
-
-  return get
-
-
 @pytest.mark.parametrize('runner', sorted(RUNNERS))
 def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
     runner, references, tiny_data_dir, tmp_path):
@@ -350,13 +353,11 @@ def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
   _assert_same_run(model_dir, reference)
 
 
-def test_fit_sigint_resumes_at_the_last_epoch_end(tiny_data_dir, tmp_path):
+def test_fit_sigint_resumes_at_the_last_epoch_end(references, tiny_data_dir, tmp_path):
   def args(model_dir):
     return _kill_flags(tiny_data_dir, model_dir, '--loop=fit')
 
-  reference = str(tmp_path / 'reference')
-  proc = run_entry('train_eager', *args(reference))
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  reference = references('fit')
   model_dir = str(tmp_path / 'run')
   log_path = str(tmp_path / 'stderr.txt')
   # Two steps into the second epoch.
@@ -375,14 +376,25 @@ def test_fit_sigint_resumes_at_the_last_epoch_end(tiny_data_dir, tmp_path):
 
 # --- numeric faults ----------------------------------------------------------------------
 
+@pytest.fixture(scope='module')
+def nan_runs(tiny_data_dir, tmp_path_factory):
+  """{runner: (CompletedProcess, model_dir)} of a run per runner whose loss becomes NaN.
+
+  Adam moves every weight by about the learning rate: after one step of 1e30 the weights
+  are huge but finite, and the second step's loss overflows to NaN.
+  """
+  root = tmp_path_factory.mktemp('nan')
+  model_dirs = {runner: str(root / runner) for runner in RUNNERS}
+  procs = at_once(*(functools.partial(
+      run_entry, RUNNERS[runner][0], *tiny_run_flags(
+          tiny_data_dir, model_dirs[runner], *RUNNERS[runner][1:], '--learning_rate=1e30',
+          '--checkpoint_every=1')) for runner in RUNNERS))
+  return {runner: (proc, model_dirs[runner]) for runner, proc in zip(RUNNERS, procs)}
+
+
 @pytest.mark.parametrize('runner', sorted(RUNNERS))
-def test_nan_loss_exits_3_and_names_a_checkpoint_that_loads(runner, tiny_data_dir, tmp_path):
-  # Adam moves every weight by about the learning rate: after one step of 1e30 the
-  # weights are huge but finite, and the second step's loss overflows to NaN.
-  script, *extra = RUNNERS[runner]
-  model_dir = str(tmp_path / 'run')
-  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, model_dir, *extra,
-                                           '--learning_rate=1e30', '--checkpoint_every=1'))
+def test_nan_loss_exits_3_and_names_a_checkpoint_that_loads(runner, nan_runs):
+  proc, model_dir = nan_runs[runner]
   assert proc.returncode == 3, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr
   line = proc.stderr.strip().splitlines()[-1]

@@ -4,11 +4,13 @@ two processes never share a run directory, and what a run reads back is whole.
 Every case runs the real entry points as subprocesses and checks the exit code, the one
 line on stderr, that the data folder is byte for byte what it was (sha256 of every file),
 and that the run directories hold each step and epoch exactly once. Most cases stop
-before training; the runs that train are shared within the module.
+before training; the uninterrupted runs they compare with are conftest's `references`,
+trained once per session.
 """
 
 import csv
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -22,11 +24,10 @@ import numpy as np
 import pytest
 
 import tf1compat
-from conftest import REPO, csv_rows, run_entry, signal_after, tiny_run_flags
-# test_reliability's uninterrupted reference runs (made here on first use) and its check
-# that a resumed run ends as they do, bit for bit.
-from test_reliability import (EPOCHS, KILL_FLAGS, RUNNERS, STEPS_PER_EPOCH, TOTAL_STEPS,
-                              _assert_same_run, references)
+from conftest import (EPOCHS, KILL_FLAGS, REPO, STEPS_PER_EPOCH, TOTAL_STEPS, at_once, csv_rows,
+                      run_entry, signal_after, tiny_run_flags)
+# test_reliability's check that a resumed run ends as conftest's `references` do, bit for bit.
+from test_reliability import RUNNERS, _assert_same_run
 
 
 def _digest(folder, skip=()):
@@ -111,12 +112,22 @@ def _placements(data):
   }
 
 
+@pytest.fixture(scope='module')
+def placement_runs(data):
+  """{case of _placements: (CompletedProcess, whether its --model_dir existed before)},
+  every case run at once."""
+  placements = _placements(data)
+  existed = {case: os.path.exists(model_dir) for case, (_, model_dir, _, _) in placements.items()}
+  procs = at_once(*(functools.partial(run_entry, script, *_flags(data, model_dir, *extra))
+                    for script, model_dir, extra, _ in placements.values()))
+  return {case: (proc, existed[case]) for case, proc in zip(placements, procs)}
+
+
 @pytest.mark.parametrize('case', ['is_the_data', 'inside_the_data', 'contains_the_data',
                                   'inside_the_cache', 'inside_the_package'])
-def test_a_run_directory_among_the_data_cache_or_code_is_refused(case, data):
-  script, model_dir, extra, relation = _placements(data)[case]
-  existed = os.path.exists(model_dir)
-  proc = run_entry(script, *_flags(data, model_dir, *extra))
+def test_a_run_directory_among_the_data_cache_or_code_is_refused(case, data, placement_runs):
+  _, model_dir, _, relation = _placements(data)[case]
+  proc, existed = placement_runs[case]
   _one_line(proc, 2, f'--model_dir={model_dir} {relation}', 'choose a --model_dir outside it')
   assert data.intact()
   assert os.path.exists(model_dir) == existed
@@ -158,9 +169,11 @@ def test_overwrite_leaves_a_folder_that_holds_anything_else_alone(data, tmp_path
 def test_two_runs_at_once_one_trains_the_other_names_it_and_a_sigkill_leaves_no_lock(
     data, tmp_path):
   model_dir = str(tmp_path / 'run')
-  # Long enough to be killed mid-run: checkpoints every 20 steps.
-  args = tiny_run_flags(data.path, model_dir, '--epochs=1', '--steps_per_epoch=1000',
-                        '--checkpoint_every=20', '--log_every=1000')
+  # Long enough to be killed mid-run (at step 60; 140 steps, about a second, to spare):
+  # checkpoints every 20 steps.
+  steps = 200
+  args = tiny_run_flags(data.path, model_dir, '--epochs=1', f'--steps_per_epoch={steps}',
+                        '--checkpoint_every=20', f'--log_every={steps}')
   command = [sys.executable, os.path.join(REPO, 'bin', 'train_graph'), *args]
   logs = [tmp_path / f'stderr{k}.txt' for k in range(2)]
   procs = []
@@ -197,7 +210,7 @@ def test_two_runs_at_once_one_trains_the_other_names_it_and_a_sigkill_leaves_no_
   assert f'resuming {model_dir} from step ' in proc.stderr
   resumed = int(proc.stderr.split(f'resuming {model_dir} from step ')[1].split()[0])
   assert killed_at - 20 <= resumed <= killed_at and resumed % 20 == 0, (resumed, killed_at)
-  _assert_whole(model_dir, steps=1000, epochs=1)
+  _assert_whole(model_dir, steps=steps, epochs=1)
   assert data.intact()
 
 
@@ -246,14 +259,10 @@ def test_check_parity_refuses_to_replace_a_run_whose_arguments_changed(data, tmp
 # --- 15.4 initial weights must be finite -----------------------------------------------------
 
 @pytest.fixture(scope='module')
-def nan_init(data, tmp_path_factory):
+def nan_init(graph_init_weights, tmp_path_factory):
   """(an .npz of initial weights with one NaN, the key that holds it)."""
   root = tmp_path_factory.mktemp('init')
-  good = str(root / 'good.npz')
-  proc = run_entry('train_graph', *_flags(data, str(root / 'unused'),
-                                          f'--save_init_weights={good}'))
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with np.load(good) as npz:
+  with np.load(graph_init_weights) as npz:
     weights = {key: npz[key] for key in npz.files}
   key = sorted(weights)[0]
   weights[key].flat[0] = np.nan
