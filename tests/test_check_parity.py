@@ -1,16 +1,21 @@
 """bin/check_parity end to end: matched runners pass, each catalogued pitfall fails and is named.
 
 The runs share one output folder per model kind, so that check_parity reuses the runner
-whose arguments did not change (as it does for users) and the suite stays short.
+whose arguments did not change (as it does for users) and the suite stays short. One
+fixture makes every check of those folders, each folder's in order and the three folders
+at once (2 cores: each runner spends most of its time starting TensorFlow on one); the
+tests read what each check left.
 """
 
+import functools
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-from conftest import TINY_IMAGE_SIZE, run_entry
+from conftest import TINY_IMAGE_SIZE, at_once, run_entry
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import harness
@@ -19,12 +24,21 @@ from tf1compat import pitfalls
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
-
-
-@pytest.fixture(scope='module')
-def output_dirs(tmp_path_factory):
-  base = tmp_path_factory.mktemp('check_parity')
-  return {kind: str(base / kind) for kind in ('plain', 'batch_norm', 'dropout')}
+KINDS = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3']}
+# In an order where each case retrains few runners: the port-side cases of a folder
+# reuse its legacy run and control.
+PITFALL_CASES = [
+    ('adam_epsilon', 'plain'),
+    ('double_softmax', 'plain'),
+    ('from_logits_lost', 'plain'),
+    ('accuracy_metric_class', 'plain'),
+    ('metrics_never_reset', 'plain'),
+    ('skip_update_ops', 'batch_norm'),
+    ('model_call_wiring', 'batch_norm'),
+    ('no_learning_phase', 'batch_norm'),
+    ('keep_prob_as_rate', 'dropout'),
+    ('no_learning_phase', 'dropout'),
+]
 
 
 def _check(tiny_data_dir, output_dir, *args):
@@ -37,12 +51,78 @@ def _check(tiny_data_dir, output_dir, *args):
   return result, report
 
 
-def test_matched_runners_pass(tiny_data_dir, output_dirs):
-  result, report = _check(tiny_data_dir, output_dirs['plain'], '--with_fit')
+def _copy_without_weights(output_dir, copy):
+  """The folder as it is now, its reports, logs and event files (later checks replace them)."""
+  shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns(
+      'checkpoints', 'weights', 'export', '*.keras', '*.npz'))
+  return str(copy)
+
+
+def _plain_checks(tiny_data_dir, out, base):
+  done = {'matched': _check(tiny_data_dir, out, '--with_fit')}
+  done['matched_folder'] = _copy_without_weights(out, base / 'plain_matched')
+  done['rerun'] = _check(tiny_data_dir, out, '--with_fit')
+  done['rerun_folder'] = _copy_without_weights(out, base / 'plain_rerun')
+  return done
+
+
+def _batch_norm_checks(tiny_data_dir, out, base):
+  """A port that sums in another order (another intra-op thread count) against the
+  folder's legacy run and control, before the pitfalls replace them."""
+  done = {'batch_norm': _check(tiny_data_dir, out, '--batch_norm')}
+  with open(os.path.join(out, harness.STATE_JSON)) as f:
+    port_args = [a for a in json.load(f)['eager'] if not a.startswith('--model_dir=')]
+  other = str(base / 'eager_other_rounding')
+  threads = {'TF_NUM_INTRAOP_THREADS': str(harness.control_threads())}
+  trained = run_entry('train_eager', *port_args, f'--model_dir={other}', env=threads)
+  report_dir = base / 'other_rounding_report'
+  compared = run_entry('compare_runs', os.path.join(out, 'graph'), other,
+                       f'--control={os.path.join(out, "control")}', f'--output_dir={report_dir}')
+  done['other_rounding'] = (trained, compared, report_dir)
+  return done
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+  return tmp_path_factory.mktemp('check_parity')
+
+
+@pytest.fixture(scope='module')
+def output_dirs(base):
+  return {kind: str(base / kind) for kind in KINDS}
+
+
+@pytest.fixture(scope='module')
+def checks(tiny_data_dir, base, output_dirs):
+  """{step: what it left}: the plain folder's matched check with --with_fit ('matched')
+  and its rerun ('rerun'), each as (CompletedProcess, parity.json or None), with a copy
+  of the folder after each ('matched_folder', 'rerun_folder'); the batch_norm folder's
+  matched check ('batch_norm') and the port with other rounding ('other_rounding'); then
+  every (pitfall, kind) of PITFALL_CASES in its kind's folder, with --overwrite: the
+  folder holds the runs of the previous case, which check_parity does not replace unasked."""
+  first = {'plain': _plain_checks, 'batch_norm': _batch_norm_checks}
+
+  def folder(kind):
+    done = first[kind](tiny_data_dir, output_dirs[kind], base) if kind in first else {}
+    for pitfall, case_kind in PITFALL_CASES:
+      if case_kind == kind:
+        done[pitfall, kind] = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}',
+                                     *KINDS[kind], '--overwrite')
+    return done
+
+  steps = {}
+  for done in at_once(*(functools.partial(folder, kind) for kind in KINDS)):
+    steps.update(done)
+  return steps
+
+
+def test_matched_runners_pass(checks, output_dirs):
+  result, report = checks['matched']
+  folder = checks['matched_folder']
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'VERDICT: PASS' in result.stdout
   for name in ('parity.md', 'parity.json', 'parity.png'):
-    assert os.path.getsize(os.path.join(output_dirs['plain'], name)) > 0
+    assert os.path.getsize(os.path.join(folder, name)) > 0
   assert report['verdict'] == 'PASS'
   assert [r['runner'] for r in report['runs']] == ['graph', 'eager', 'fit']
   # Calibrated by the control run, which is no pair of its own.
@@ -62,24 +142,24 @@ def test_matched_runners_pass(tiny_data_dir, output_dirs):
   assert len(result.stdout.splitlines()) < 25, result.stdout
   assert 'cuda' not in result.stdout.lower() and 'WARNING' not in result.stdout
   for name in ('graph', 'control', 'eager', 'fit'):
-    with open(os.path.join(output_dirs['plain'], name, 'runner.log')) as f:
+    with open(os.path.join(folder, name, 'runner.log')) as f:
       assert 'done:' in f.read()
 
 
-def test_rerun_reuses_complete_runs(tiny_data_dir, output_dirs):
-  result, report = _check(tiny_data_dir, output_dirs['plain'], '--with_fit')
+def test_rerun_reuses_complete_runs(checks):
+  result, report = checks['rerun']
   assert result.returncode == 0
   assert result.stdout.count('reusing the complete run') == 4
   assert report['verdict'] == 'PASS'
 
 
-def test_output_folder_is_a_tensorboard_logdir(output_dirs):
+def test_output_folder_is_a_tensorboard_logdir(checks):
   """TensorBoard's own loader finds every runner's scalars and the comparison series,
   which hold parity.json's numbers."""
   # pylint: disable=g-import-not-at-top
   from tensorboard.backend.event_processing import plugin_event_multiplexer
   from tensorboard.util import tensor_util
-  out = output_dirs['plain']
+  out = checks['rerun_folder']
   multiplexer = plugin_event_multiplexer.EventMultiplexer()
   multiplexer.AddRunsFromDirectory(out)
   multiplexer.Reload()
@@ -109,24 +189,15 @@ def test_output_folder_is_a_tensorboard_logdir(output_dirs):
                              10 * np.maximum(envelope, 2.0 ** -23), rtol=1e-6)
 
 
-def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp_path):
+def test_correct_port_with_other_rounding_passes(checks):
   """A port that sums in another order (another intra-op thread count) is correct but
-  not bit-identical: it passes, within the envelope. Runs before the batch_norm
-  pitfalls, which then reuse its port run."""
-  out = output_dirs['batch_norm']
-  result, report = _check(tiny_data_dir, out, '--batch_norm')
+  not bit-identical: it passes, within the envelope."""
+  result, _ = checks['batch_norm']
   assert result.returncode == 0, result.stdout[-3000:]
-  with open(os.path.join(out, harness.STATE_JSON)) as f:
-    port_args = [a for a in json.load(f)['eager'] if not a.startswith('--model_dir=')]
-  other = str(tmp_path / 'eager_other_rounding')
-  threads = {'TF_NUM_INTRAOP_THREADS': str(harness.control_threads())}
-  trained = run_entry('train_eager', *port_args, f'--model_dir={other}', env=threads)
+  trained, compared, report_dir = checks['other_rounding']
   assert trained.returncode == 0, trained.stderr[-3000:]
-  compared = run_entry('compare_runs', os.path.join(out, 'graph'), other,
-                       f'--control={os.path.join(out, "control")}',
-                       f'--output_dir={tmp_path / "report"}')
   assert compared.returncode == 0, compared.stdout
-  with open(tmp_path / 'report' / 'parity.json') as f:
+  with open(report_dir / 'parity.json') as f:
     pair = json.load(f)['pairs'][0]
   assert pair['tiers']['step']['judged'] and pair['step_tier']['calibrated']
   if pair['bit_identical']:
@@ -135,26 +206,9 @@ def test_correct_port_with_other_rounding_passes(tiny_data_dir, output_dirs, tmp
   assert pair['envelope_ratio'] <= parity.Tolerances().envelope_multiple
 
 
-# In an order where each case retrains few runners: the port-side cases of a folder
-# reuse its legacy run and control.
-@pytest.mark.parametrize('pitfall,kind', [
-    ('adam_epsilon', 'plain'),
-    ('double_softmax', 'plain'),
-    ('from_logits_lost', 'plain'),
-    ('accuracy_metric_class', 'plain'),
-    ('metrics_never_reset', 'plain'),
-    ('skip_update_ops', 'batch_norm'),
-    ('model_call_wiring', 'batch_norm'),
-    ('no_learning_phase', 'batch_norm'),
-    ('keep_prob_as_rate', 'dropout'),
-    ('no_learning_phase', 'dropout'),
-])
-def test_each_pitfall_fails_and_is_named_first(tiny_data_dir, output_dirs, pitfall, kind):
-  extra = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3']}[kind]
-  # --overwrite: the folder holds the runs of the previous case, which check_parity does
-  # not replace unasked.
-  result, report = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}', *extra,
-                          '--overwrite')
+@pytest.mark.parametrize('pitfall,kind', PITFALL_CASES)
+def test_each_pitfall_fails_and_is_named_first(checks, pitfall, kind):
+  result, report = checks[pitfall, kind]
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'VERDICT: FAIL' in result.stdout
   assert report['pitfall_injected'] == pitfall
