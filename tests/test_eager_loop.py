@@ -1,10 +1,12 @@
 """bin/train_eager (issue 4): the custom tf.function loop and model.fit, end to end.
 
 Every run is a subprocess on the tiny synthetic dataset (Keras 3 never shares the test
-process). Runs are module-scoped and shared between assertions: each costs seconds of
-TensorFlow start-up on a 2-core machine.
+process). Runs are module-scoped and shared between assertions, and those that do not
+depend on each other train at once: each costs seconds of TensorFlow start-up on a
+2-core machine.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -14,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import (REPO, TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry,
-                      run_python, tiny_run_flags)
+from conftest import (REPO, TINY, TINY_IMAGE_SIZE, at_once, read_run_csv, read_snapshot,
+                      run_entry, run_python, tiny_run_flags)
 from tf1compat import atomic
 from tf1compat import runlog
 
@@ -70,12 +72,13 @@ def loop_args(tiny_data_dir, init_weights):
 
 @pytest.fixture(scope='module')
 def runs(loop_args, workdir):
-  """{'custom': run dir, 'fit': run dir}: both loops, same init weights and epsilon."""
-  out = {}
-  for loop in ('custom', 'fit'):
-    out[loop] = str(workdir / loop)
-    train_eager(*loop_args(loop, out[loop]))
-  return out
+  """{'custom': run dir, 'fit': run dir}: both loops, same init weights and epsilon; and
+  'jit': the custom loop's first 2 steps with --jit_compile."""
+  args = {loop: loop_args(loop, str(workdir / loop)) for loop in ('custom', 'fit')}
+  args['jit'] = loop_args('custom', str(workdir / 'jit'), '--jit_compile', '--epochs=1',
+                          '--steps_per_epoch=2')
+  at_once(*(functools.partial(train_eager, *flags) for flags in args.values()))
+  return {name: str(workdir / name) for name in args}
 
 
 def test_save_init_weights_writes_every_model_weight(init_weights):
@@ -166,10 +169,8 @@ def test_running_metrics_are_reset_every_epoch(runs, loop):
   np.testing.assert_array_equal(scaled, np.round(scaled))
 
 
-def test_jit_compile_gives_the_same_first_step_loss(runs, loop_args, workdir):
-  model_dir = str(workdir / 'jit')
-  train_eager(*loop_args('custom', model_dir, '--jit_compile', '--epochs=1',
-                         '--steps_per_epoch=2'))
+def test_jit_compile_gives_the_same_first_step_loss(runs):
+  model_dir = runs['jit']
   assert runlog.read_manifest(model_dir)['jit_compile'] is True
   jit, plain = read_run_csv(model_dir)['loss'], read_run_csv(runs['custom'])['loss']
   np.testing.assert_allclose(jit[:2], plain[:2], rtol=1e-6)
@@ -183,15 +184,31 @@ def test_rerun_of_a_complete_run_is_refused(runs, loop_args):
   assert 'complete eager run' in line and '--overwrite' in line
 
 
-def test_custom_loop_resumes_mid_epoch_on_the_same_batches(runs, loop_args, workdir):
-  # A copy of the finished run, rewound to its step-3 checkpoint as if it had been
-  # interrupted there: the rerun must redo steps 4..12 exactly as the first run did.
-  model_dir = str(workdir / 'custom_resumed')
-  shutil.copytree(runs['custom'], model_dir)
-  with open(os.path.join(model_dir, runlog.CHECKPOINTS_DIR, 'checkpoint'), 'w') as f:
+@pytest.fixture(scope='module')
+def resumed_runs(runs, loop_args, workdir):
+  """{loop: (run dir, CompletedProcess)}: copies of both loops' runs, rewound as if
+  interrupted, then rerun (at once).
+
+  'custom' is rewound to its step-3 checkpoint: the rerun must redo steps 4..12 exactly
+  as the first run did. 'fit' is back at the end of epoch 1: BackupAndRestore keeps the
+  previous epoch's state as *.bkp (double_checkpoint), made current here.
+  """
+  dirs = {loop: str(workdir / f'{loop}_resumed') for loop in ('custom', 'fit')}
+  for loop, model_dir in dirs.items():
+    shutil.copytree(runs[loop], model_dir)
+    mark_interrupted(model_dir)
+  with open(os.path.join(dirs['custom'], runlog.CHECKPOINTS_DIR, 'checkpoint'), 'w') as f:
     f.write('model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
-  mark_interrupted(model_dir)
-  proc = train_eager(*loop_args('custom', model_dir))
+  backup = os.path.join(dirs['fit'], runlog.CHECKPOINTS_DIR, 'backup')
+  for name in ('latest.weights.h5', 'training_metadata.json'):
+    os.replace(os.path.join(backup, name + '.bkp'), os.path.join(backup, name))
+  procs = at_once(*(functools.partial(train_eager, *loop_args(loop, model_dir))
+                    for loop, model_dir in dirs.items()))
+  return {loop: (dirs[loop], proc) for loop, proc in zip(dirs, procs)}
+
+
+def test_custom_loop_resumes_mid_epoch_on_the_same_batches(runs, resumed_runs):
+  model_dir, proc = resumed_runs['custom']
   assert 'resuming' in proc.stderr
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_COMPLETE
   original, resumed = read_run_csv(runs['custom']), read_run_csv(model_dir)
@@ -206,16 +223,8 @@ def test_custom_loop_resumes_mid_epoch_on_the_same_batches(runs, loop_args, work
     np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
-def test_fit_resumes_at_the_last_epoch_end(runs, loop_args, workdir):
-  # BackupAndRestore keeps the previous epoch's state as *.bkp (double_checkpoint):
-  # made current, the run is back at the end of epoch 1.
-  model_dir = str(workdir / 'fit_resumed')
-  shutil.copytree(runs['fit'], model_dir)
-  backup = os.path.join(model_dir, runlog.CHECKPOINTS_DIR, 'backup')
-  for name in ('latest.weights.h5', 'training_metadata.json'):
-    os.replace(os.path.join(backup, name + '.bkp'), os.path.join(backup, name))
-  mark_interrupted(model_dir)
-  proc = train_eager(*loop_args('fit', model_dir))
+def test_fit_resumes_at_the_last_epoch_end(runs, resumed_runs):
+  model_dir, proc = resumed_runs['fit']
   assert f'from step {STEPS_PER_EPOCH}' in proc.stderr
   original, resumed = read_run_csv(runs['fit']), read_run_csv(model_dir)
   for name in runlog.STEP_COLUMNS[:-1]:
@@ -225,26 +234,35 @@ def test_fit_resumes_at_the_last_epoch_end(runs, loop_args, workdir):
     np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
-def test_nan_loss_in_fit_exits_3_and_marks_the_run_failed(tiny_data_dir, workdir):
-  # Adam moves every weight by about the learning rate: 1e30 overflows at step 2.
-  model_dir = str(workdir / 'nan')
-  proc = train_eager(*tiny_run_flags(tiny_data_dir, model_dir, '--loop=fit',
-                                     '--learning_rate=1e30'), expect=3)
-  assert 'Traceback' not in proc.stderr
-  assert 'loss is nan at step 2' in last_line(proc.stderr)
-  assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_FAILED
-
-
-def test_fit_without_model_dir_writes_runs_fit(tiny_data_dir, tmp_path):
-  """Every runner's default run directory is runs/<runner>: fit's is not the custom
-  loop's runs/eager. (A learning rate that overflows at step 2 keeps the run short.)"""
+@pytest.fixture(scope='module')
+def fit_nan_run(tiny_data_dir, workdir):
+  """(CompletedProcess, the folder it ran in) of model.fit started without --model_dir,
+  whose loss overflows: Adam moves every weight by about the learning rate, and 1e30
+  overflows at step 2."""
+  cwd = workdir / 'fit_nan'
+  cwd.mkdir()
   args = [arg for arg in tiny_run_flags(tiny_data_dir, 'unused') if '--model_dir' not in arg]
   proc = subprocess.run([sys.executable, os.path.join(REPO, 'bin', 'train_eager'), '--loop=fit',
-                         '--learning_rate=1e30', *args], cwd=tmp_path, capture_output=True,
+                         '--learning_rate=1e30', *args], cwd=cwd, capture_output=True,
                         text=True, check=False)
+  return proc, cwd
+
+
+def test_nan_loss_in_fit_exits_3_and_marks_the_run_failed(fit_nan_run):
+  proc, cwd = fit_nan_run
   assert proc.returncode == 3, proc.stderr[-2000:]
-  assert runlog.read_manifest(str(tmp_path / 'runs' / 'fit'))['runner'] == 'fit'
-  assert not (tmp_path / 'runs' / 'eager').exists()
+  assert 'Traceback' not in proc.stderr
+  assert 'loss is nan at step 2' in last_line(proc.stderr)
+  assert runlog.read_manifest(str(cwd / 'runs' / 'fit'))['status'] == runlog.STATUS_FAILED
+
+
+def test_fit_without_model_dir_writes_runs_fit(fit_nan_run):
+  """Every runner's default run directory is runs/<runner>: fit's is not the custom
+  loop's runs/eager."""
+  proc, cwd = fit_nan_run
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert runlog.read_manifest(str(cwd / 'runs' / 'fit'))['runner'] == 'fit'
+  assert not (cwd / 'runs' / 'eager').exists()
 
 
 def test_label_out_of_range_is_a_usage_error(tiny_data_dir, workdir):
