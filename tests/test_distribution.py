@@ -7,6 +7,7 @@ run must train on the same batches and compute the same steps, to round-off.
 The model has BatchNorm, so the moments of the global batch are checked as well.
 """
 
+import functools
 import json
 import os
 import signal
@@ -18,8 +19,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (REPO, csv_rows, read_run_csv, read_snapshot, run_entry, run_python,
-                      signal_after, tiny_run_flags)
+from conftest import (REPO, at_once, csv_rows, read_run_csv, read_snapshot, run_entry,
+                      run_python, signal_after, tiny_run_flags)
 from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import distribution
@@ -67,18 +68,24 @@ def run_flags(tiny_data_dir, workdir):
 
 
 @pytest.fixture(scope='module')
-def single(run_flags, workdir):
-  """The one-device custom-loop run every distributed run is held against."""
-  model_dir = workdir / 'single'
-  train_eager(*run_flags(model_dir))
-  return str(model_dir)
+def runs(run_flags, workdir):
+  """{name: run directory}, trained at once: 'single', the one-device custom-loop run
+  every distributed run is held against; 'mirrored', the custom loop and 'fit_mirrored',
+  model.fit, under MirroredStrategy."""
+  flags = {'single': (), 'mirrored': MIRRORED, 'fit_mirrored': ('--loop=fit', *MIRRORED)}
+  at_once(*(functools.partial(train_eager, *run_flags(workdir / name, *extra))
+            for name, extra in flags.items()))
+  return {name: str(workdir / name) for name in flags}
 
 
 @pytest.fixture(scope='module')
-def mirrored(run_flags, workdir):
-  model_dir = workdir / 'mirrored'
-  train_eager(*run_flags(model_dir, *MIRRORED))
-  return str(model_dir)
+def single(runs):
+  return runs['single']
+
+
+@pytest.fixture(scope='module')
+def mirrored(runs):
+  return runs['mirrored']
 
 
 def assert_same_training(run, reference):
@@ -114,11 +121,10 @@ def test_mirrored_over_two_logical_cpus_trains_as_one_device(mirrored, single):
   assert not pair['tiers']['step']['judged']
 
 
-def test_fit_on_mirrored_trains_as_one_device(run_flags, workdir, single):
+def test_fit_on_mirrored_trains_as_one_device(runs, single):
   """model.fit under the strategy sees the custom loop's batches, in order: Keras' own
   peek at the data (to build its metrics) does not shift or reshuffle them."""
-  model_dir = str(workdir / 'fit_mirrored')
-  train_eager(*run_flags(model_dir, '--loop=fit', *MIRRORED))
+  model_dir = runs['fit_mirrored']
   assert runlog.read_manifest(model_dir)['strategy'] == 'mirrored'
   assert_same_training(model_dir, single)
   got = read_run_csv(model_dir, runlog.EPOCHS_CSV)
@@ -207,8 +213,8 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   that step and exit 143; rerunning both resumes from the chief's checkpoint."""
   model_dir = str(tmp_path / 'multi_worker')
   # Epochs long enough for the signal to land mid-epoch.
-  total = 2 * 30
-  args = run_flags(model_dir, '--strategy=multi_worker', '--steps_per_epoch=30')
+  total = 2 * 15
+  args = run_flags(model_dir, '--strategy=multi_worker', '--steps_per_epoch=15')
   scratch = [tmp_path / f'tmp{index}' for index in range(2)]
   workers = _start_workers(args, scratch)
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
@@ -237,19 +243,33 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   np.testing.assert_allclose(losses[:TOTAL_STEPS], read_run_csv(single)['loss'], rtol=TOL.step_rtol)
 
 
-@pytest.mark.parametrize('script,args,expected', [
-    ('train_graph', ['--strategy=mirrored'], 'train_graph is the single-device TF1 loop'),
-    ('train_eager', ['--strategy=mirrored', '--cpu_devices=3'],
-     '--batch_size=8 is the global batch and must split evenly over the 3 replicas'),
-    ('train_eager', ['--strategy=multi_worker', '--loop=fit'],
-     '--loop=fit does not run under --strategy=multi_worker'),
-])
-def test_strategy_usage_errors(script, args, expected, tiny_data_dir, tmp_path):
-  proc = run_entry(script, *tiny_run_flags(tiny_data_dir, str(tmp_path / 'run'), *args))
+# (script, its arguments) -> what its error line says
+STRATEGY_USAGE_ERRORS = {
+    ('train_graph', '--strategy=mirrored'): 'train_graph is the single-device TF1 loop',
+    ('train_eager', '--strategy=mirrored', '--cpu_devices=3'):
+        '--batch_size=8 is the global batch and must split evenly over the 3 replicas',
+    ('train_eager', '--strategy=multi_worker', '--loop=fit'):
+        '--loop=fit does not run under --strategy=multi_worker',
+}
+
+
+@pytest.fixture(scope='module')
+def usage_error_runs(tiny_data_dir, workdir):
+  """{case of STRATEGY_USAGE_ERRORS: (CompletedProcess, its --model_dir)}, run at once."""
+  model_dirs = {case: str(workdir / f'usage{index}' / 'run')
+                for index, case in enumerate(STRATEGY_USAGE_ERRORS)}
+  procs = at_once(*(functools.partial(run_entry, case[0], *tiny_run_flags(
+      tiny_data_dir, model_dir, *case[1:])) for case, model_dir in model_dirs.items()))
+  return {case: (proc, model_dirs[case]) for case, proc in zip(model_dirs, procs)}
+
+
+@pytest.mark.parametrize('case', STRATEGY_USAGE_ERRORS, ids=' '.join)
+def test_strategy_usage_errors(case, usage_error_runs):
+  proc, model_dir = usage_error_runs[case]
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert expected in proc.stderr.strip().splitlines()[-1]
+  assert STRATEGY_USAGE_ERRORS[case] in proc.stderr.strip().splitlines()[-1]
   assert 'Traceback' not in proc.stderr
-  assert not os.path.exists(tmp_path / 'run')
+  assert not os.path.exists(model_dir)
 
 
 @pytest.mark.parametrize('tf_config,expected', [
@@ -312,20 +332,24 @@ print(*kernel.numpy().ravel().tolist(), float(optimizer.dynamic_scale.numpy()))
 '''
 
 
-def _one_replica_overflows(optimizer):
-  """(weights, loss scale) after one mirrored step whose second replica overflows."""
-  result = run_python(_ONE_REPLICA_OVERFLOWS, optimizer)
-  assert result.returncode == 0, result.stderr[-4000:]
-  *weights, scale = (float(value) for value in result.stdout.split())
-  return weights, scale
+def _one_replica_overflows(*optimizers):
+  """[(weights, loss scale)] after one mirrored step whose second replica overflows, per
+  optimizer (in processes at once)."""
+  out = []
+  for result in at_once(*(functools.partial(run_python, _ONE_REPLICA_OVERFLOWS, optimizer)
+                          for optimizer in optimizers)):
+    assert result.returncode == 0, result.stderr[-4000:]
+    *weights, scale = (float(value) for value in result.stdout.split())
+    out.append((weights, scale))
+  return out
 
 
 def test_an_overflow_on_one_replica_skips_the_step_on_all():
   """Mixed precision under a mirrored strategy: a float16-style overflow on one replica
   must skip the update and halve the loss scale, as on one device."""
-  weights, scale = _one_replica_overflows('keras')
+  (weights, scale), agreed = _one_replica_overflows('keras', 'agreed')
   # What this test guards against: Keras 3.15 checks the first replica's gradients only.
   assert not np.all(np.isfinite(weights)) and scale == 32768.0
-  weights, scale = _one_replica_overflows('agreed')
+  weights, scale = agreed
   assert weights == [1.0, 1.0]
   assert scale == 16384.0
