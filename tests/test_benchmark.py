@@ -6,11 +6,12 @@ workers receive, the compute-only dataset hook, the roofline's FLOP count (again
 count by hand) and its figures are checked on their own.
 """
 
+import functools
 import json
 
 import pytest
 
-from conftest import TINY_IMAGE_SIZE, run_entry, run_python
+from conftest import TINY_IMAGE_SIZE, at_once, run_entry, run_python
 from tf1compat import benchmark
 from tf1compat import benchmark_figures
 from tf1compat import benchmark_workers
@@ -21,16 +22,36 @@ TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64'
              '--pipeline_batches=2']
 
 
-@pytest.fixture(scope='module')
-def smoke(tmp_path_factory):
-  """(CompletedProcess, figures) of one tiny run of every measurement."""
-  out = tmp_path_factory.mktemp('benchmark')
-  json_path = str(out / 'figures.json')
-  result = run_entry('benchmark', *TINY_ARGS, f'--output_dir={out / "work"}',
+def _benchmark(out, *args):
+  """(CompletedProcess, figures or None) of bin/benchmark with TINY_ARGS and `args`."""
+  json_path = out / 'figures.json'
+  result = run_entry('benchmark', *TINY_ARGS, *args, f'--output_dir={out / "work"}',
                      f'--json={json_path}')
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  if not json_path.exists():
+    return result, None
   with open(json_path) as f:
     return result, json.load(f)
+
+
+@pytest.fixture(scope='module')
+def runs(tiny_data_dir, tmp_path_factory):
+  """{'smoke': one tiny run of every measurement, 'user_data': two measurements on the
+  tiny dataset}, each (CompletedProcess, figures), run at once (no timing is asserted)."""
+  out = tmp_path_factory.mktemp('benchmark')
+  (out / 'smoke').mkdir()
+  (out / 'user_data').mkdir()
+  smoke, user_data = at_once(
+      functools.partial(_benchmark, out / 'smoke'),
+      functools.partial(_benchmark, out / 'user_data', f'--data_dir={tiny_data_dir}',
+                        '--measurements=pipeline_optimized,eager'))
+  return {'smoke': smoke, 'user_data': user_data}
+
+
+@pytest.fixture(scope='module')
+def smoke(runs):
+  result, figures = runs['smoke']
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result, figures
 
 
 def test_json_holds_every_figure(smoke):
@@ -81,14 +102,9 @@ def test_table_shows_every_measurement_and_target(smoke):
   assert 'GFLOP per image' in result.stdout
 
 
-def test_user_data_is_read_without_its_validation_files(tiny_data_dir, tmp_path):
-  json_path = str(tmp_path / 'figures.json')
-  result = run_entry('benchmark', *TINY_ARGS, f'--data_dir={tiny_data_dir}',
-                     '--measurements=pipeline_optimized,eager', f'--output_dir={tmp_path / "w"}',
-                     f'--json={json_path}')
+def test_user_data_is_read_without_its_validation_files(runs):
+  result, figures = runs['user_data']
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(json_path) as f:
-    figures = json.load(f)
   assert set(figures['measurements']) == {'pipeline_optimized', 'eager'}
   # The tiny dataset's own class count and only its training records (4 x 16).
   assert figures['settings']['num_classes'] == 4
