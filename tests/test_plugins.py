@@ -5,6 +5,7 @@ One check_parity run (module fixture) carries the team's model and schema togeth
 broken plug-ins stop before training, and the loading errors are checked in-process.
 """
 
+import functools
 import glob
 import json
 import os
@@ -12,7 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry
+from conftest import (REPO, TINY, TINY_IMAGE_SIZE, at_once, read_run_csv, read_snapshot,
+                      run_entry)
 from tf1compat import plugins
 from tf1compat import runlog
 
@@ -166,21 +168,36 @@ def _one_line_exit_2(result, *expected):
     assert text in lines[0], lines[0]
 
 
-@pytest.mark.parametrize('runner,spec,expected', [
-    ('train_graph', 'no_such_team_module:build',
-     ("no module named 'no_such_team_module'", 'put the folder that holds '
-      'no_such_team_module.py on PYTHONPATH')),
-    ('train_eager', 'team_model:returns_layer',
-     ('returned a keras.src.layers.core.dense.Dense, not a Keras 3',
-      'return keras.Model(inputs, outputs)')),
-    ('train_graph', 'team_model:auto_named',
-     ('dense/kernel became dense_1/kernel when built again', 'pass the same explicit name=')),
-])
-def test_broken_builders_end_with_one_line(tiny_data_dir, tmp_path, runner, spec, expected):
-  result = run_entry(runner, f'--data_dir={tiny_data_dir}', f'--model_dir={tmp_path / "run"}',
-                     f'--model={spec}', *RUN, env=TEAM_ENV)
-  _one_line_exit_2(result, f'{runner}: --model={spec}: ', *expected)
-  assert not os.path.exists(tmp_path / 'run')
+# (runner, --model) -> what its error line says
+BROKEN_BUILDERS = {
+    ('train_graph', 'no_such_team_module:build'):
+        ("no module named 'no_such_team_module'", 'put the folder that holds '
+         'no_such_team_module.py on PYTHONPATH'),
+    ('train_eager', 'team_model:returns_layer'):
+        ('returned a keras.src.layers.core.dense.Dense, not a Keras 3',
+         'return keras.Model(inputs, outputs)'),
+    ('train_graph', 'team_model:auto_named'):
+        ('dense/kernel became dense_1/kernel when built again', 'pass the same explicit name='),
+}
+
+
+@pytest.fixture(scope='module')
+def broken_builder_runs(tiny_data_dir, tmp_path_factory):
+  """{case of BROKEN_BUILDERS: (CompletedProcess, its --model_dir)}, run at once."""
+  root = tmp_path_factory.mktemp('broken_builders')
+  model_dirs = {case: str(root / str(index) / 'run')
+                for index, case in enumerate(BROKEN_BUILDERS)}
+  procs = at_once(*(functools.partial(
+      run_entry, runner, f'--data_dir={tiny_data_dir}', f'--model_dir={model_dirs[runner, spec]}',
+      f'--model={spec}', *RUN, env=TEAM_ENV) for runner, spec in BROKEN_BUILDERS))
+  return {case: (proc, model_dirs[case]) for case, proc in zip(BROKEN_BUILDERS, procs)}
+
+
+@pytest.mark.parametrize('runner,spec', BROKEN_BUILDERS)
+def test_broken_builders_end_with_one_line(broken_builder_runs, runner, spec):
+  result, model_dir = broken_builder_runs[runner, spec]
+  _one_line_exit_2(result, f'{runner}: --model={spec}: ', *BROKEN_BUILDERS[runner, spec])
+  assert not os.path.exists(model_dir)
 
 
 def test_names_that_differ_between_the_kerases_are_named(tiny_data_dir, tmp_path):
