@@ -1,5 +1,6 @@
 """The image-folder converter, the synthetic dataset and bin/make_records."""
 
+import functools
 import io
 import json
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_entry, run_python
+from conftest import at_once, run_entry, run_python
 
 
 def _jpeg(image, **kwargs):
@@ -210,8 +211,11 @@ def test_synthetic_is_learnable(tmp_path):
 
 def test_make_records_command(image_folder, tmp_path):
   out = str(tmp_path / 'out')
-  result = run_entry('make_records', f'--image_dir={image_folder}', f'--output_dir={out}',
-                     '--val_fraction=0.5', '--num_shards=1')
+  result, missing = at_once(
+      functools.partial(run_entry, 'make_records', f'--image_dir={image_folder}',
+                        f'--output_dir={out}', '--val_fraction=0.5', '--num_shards=1'),
+      functools.partial(run_entry, 'make_records', f'--image_dir={tmp_path / "nope"}',
+                        f'--output_dir={tmp_path / "o2"}'))
   assert result.returncode == 0, result.stderr
   with open(os.path.join(out, 'dataset.json')) as f:
     info = json.load(f)
@@ -219,16 +223,16 @@ def test_make_records_command(image_folder, tmp_path):
   assert info['num_skipped'] == 1
   assert '002_0003.jpg' in result.stderr  # the skipped file is reported
 
-  again = run_entry('make_records', f'--image_dir={image_folder}', f'--output_dir={out}')
+  again, neither = at_once(
+      functools.partial(run_entry, 'make_records', f'--image_dir={image_folder}',
+                        f'--output_dir={out}'),
+      functools.partial(run_entry, 'make_records', f'--output_dir={out}'))
   assert again.returncode == 2
   assert 'already holds TFRecords' in again.stderr and '--overwrite' in again.stderr
   assert 'Traceback' not in again.stderr
 
-  neither = run_entry('make_records', f'--output_dir={out}')
   assert neither.returncode == 2
   assert '--image_dir' in neither.stderr and 'Traceback' not in neither.stderr
 
-  missing = run_entry('make_records', f'--image_dir={tmp_path / "nope"}',
-                      f'--output_dir={tmp_path / "o2"}')
   assert missing.returncode == 2
   assert 'no such directory' in missing.stderr and 'Traceback' not in missing.stderr
