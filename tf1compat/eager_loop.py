@@ -94,17 +94,13 @@ def lr_schedule_manifest(cfg):
   return schedule
 
 
-def make_optimizer(cfg):
-  """Keras 3 Adam with the run's hyper-parameters and learning-rate schedule on
-  optimizer.iterations, loss-scaled under mixed precision (with the replicas' agreement
-  on finite gradients, distribution.AgreedLossScaleOptimizer).
-
-  Under --fit_lr_schedule=epoch_callback the optimizer starts at the constant rate and
-  fit's LearningRateScheduler sets it (fit_loop).
-  """
+def make_optimizer(cfg, rate):
+  """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
+  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed
+  precision (with the replicas' agreement on finite gradients,
+  distribution.AgreedLossScaleOptimizer)."""
   adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
-  schedule = None if lr_per_epoch(cfg) else learning_rate_schedule(cfg)
-  optimizer = adam(learning_rate=schedule or cfg.learning_rate, beta_1=cfg.adam_beta1,
+  optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
                    beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
   if cfg.mixed_precision:
     optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
@@ -258,8 +254,12 @@ class EagerBackend(training.Backend):
     self.model = build_model(cfg, spec.num_classes, distributed=distribution.distributed)
     if cfg.init_weights:
       load_init_weights(self.model, cfg.init_weights, cfg.model)
-    self.optimizer = make_optimizer(cfg)
     self.lr_schedule = learning_rate_schedule(cfg)
+    # Under --fit_lr_schedule=epoch_callback the optimizer starts at the constant rate and
+    # fit's LearningRateScheduler sets it (fit_loop).
+    self.optimizer = make_optimizer(
+        cfg, cfg.learning_rate if lr_per_epoch(cfg) or self.lr_schedule is None
+        else self.lr_schedule)
     self._strategy = distribution.strategy
     self._global_batch = cfg.batch_size
     self._replicas = distribution.replicas
