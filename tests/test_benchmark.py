@@ -8,6 +8,7 @@ count by hand) and its figures are checked on their own.
 
 import functools
 import json
+import os
 
 import pytest
 
@@ -16,6 +17,7 @@ from tf1compat import benchmark
 from tf1compat import benchmark_figures
 from tf1compat import benchmark_workers
 from tf1compat import config
+from tf1compat import cpu_info
 
 TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64',
              '--shuffle_buffer=32', '--repetitions=1', '--steps=2', '--warmup_steps=1',
@@ -100,6 +102,12 @@ def test_table_shows_every_measurement_and_target(smoke):
   assert figures['device']['description'] in result.stdout
   assert f'{benchmark_figures.LOOP_DTYPE} peak' in result.stdout
   assert 'GFLOP per image' in result.stdout
+  # The peak says what it was measured with: this CPU's extensions, oneDNN as it ran.
+  roofline = figures['roofline']
+  assert roofline['vector_extensions'] == cpu_info.describe()['vector_extensions']
+  if 'TF_ENABLE_ONEDNN_OPTS' in os.environ:
+    assert roofline['onednn'] == (os.environ['TF_ENABLE_ONEDNN_OPTS'] == '1')
+  assert f'oneDNN {"on" if roofline["onednn"] else "off"}' in result.stdout
 
 
 def test_user_data_is_read_without_its_validation_files(runs):
@@ -206,6 +214,7 @@ print(json.dumps(counts))
 
 def _roofline_round(flops, gflops):
   return {'peak': {'device': 'CPU', 'matmul_size': 2048, 'tensor_float_32': True,
+                   'onednn': False, 'vector_extensions': ['avx', 'avx2', 'fma'],
                    'gflops': {'float32': gflops}},
           'flops': flops, 'other_load_cores': 0.0, 'wall_seconds': 1.0}
 

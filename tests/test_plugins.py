@@ -88,10 +88,12 @@ def test_team_model_and_schema_pass_check_parity(parity_run):
     assert (flags['model'], flags['features']) == ('team_model:build', 'team_model:parse')
 
 
-def test_team_schema_first_batch_loss_identical(parity_run):
+def test_team_schema_first_batch_loss_agrees(parity_run):
   _, output_dir = parity_run
   graph, eager = (read_run_csv(os.path.join(output_dir, name)) for name in ('graph', 'eager'))
-  assert graph['loss'][0] == eager['loss'][0]
+  # Same weights, same batch: the two frameworks' forward passes agree to float32 rounding
+  # (bit for bit on some CPUs, not on every one: never required).
+  np.testing.assert_allclose(eager['loss'][0], graph['loss'][0], rtol=1e-6)
   assert np.isfinite(graph['loss'][0])
 
 

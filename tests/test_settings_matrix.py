@@ -3,7 +3,10 @@
 import json
 import os
 
-from conftest import run_entry, tiny_run_flags
+import pytest
+
+from conftest import run_entry, run_python, tiny_run_flags
+from tf1compat import cpu_info
 from tf1compat import runlog
 from tf1compat import settings_matrix
 
@@ -19,20 +22,47 @@ def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(out, settings_matrix.JSON)) as f:
     rows = json.load(f)
+  # oneDNN's default depends on the CPU (and TF_ENABLE_ONEDNN_OPTS): the oneDNN row is the
+  # one that changes what the defaults row ran with, as TensorFlow recorded it.
+  defaults_onednn = runlog.read_manifest(os.path.join(out, 'defaults', 'eager'))[
+      'settings']['onednn']
+  onednn_row = 'onednn_off' if defaults_onednn else 'onednn_on'
   # No GPU here: the GPU rows (TF32, mixed precision) do not apply.
-  assert sorted(rows) == ['defaults', 'jit_compile', 'nodeterministic', 'onednn_off']
+  assert sorted(rows) == sorted(['defaults', 'jit_compile', 'nodeterministic', onednn_row])
   assert rows['defaults']['verdict'] == 'PASS' and rows['defaults']['settings_named'] == []
   assert rows['defaults']['step_time_vs_defaults'] == 1.0
   # Each row's port really ran with its setting (its own run.json), and the lint named it.
   ports = {name: runlog.read_manifest(os.path.join(out, name, 'eager')) for name in rows}
   assert ports['nodeterministic']['deterministic'] is False
-  assert ports['onednn_off']['settings']['onednn'] is False
-  assert ports['onednn_off']['settings']['onednn'] != ports['defaults']['settings']['onednn']
+  assert ports[onednn_row]['settings']['onednn'] is (not defaults_onednn)
   assert ports['jit_compile']['jit_compile'] is True
   assert rows['nodeterministic']['settings_named'] == ['deterministic']
-  assert rows['onednn_off']['settings_named'] == ['oneDNN']
+  assert rows[onednn_row]['settings_named'] == ['oneDNN']
   assert rows['jit_compile']['settings_named'] == ['jit_compile']
   with open(os.path.join(out, settings_matrix.MARKDOWN)) as f:
     table = f.read()
   assert all(rows[name]['label'] in table for name in rows)
+  # The table names the CPU and the default it found.
+  assert cpu_info.describe()['model'] in table
+  assert f'the port ran with it {"on" if defaults_onednn else "off"} in the defaults row' in table
   assert 'table: ' in result.stdout
+
+
+@pytest.mark.parametrize('default_on', [True, False])
+def test_the_onednn_row_changes_what_the_defaults_row_ran_with(default_on):
+  port = {'device': 'CPU', 'settings': {'onednn': default_on}}
+  rows = [row.name for row in settings_matrix.rows_after_defaults(port)]
+  assert rows == ['nodeterministic', 'onednn_off' if default_on else 'onednn_on', 'jit_compile']
+  on_gpu = [row.name for row in settings_matrix.rows_after_defaults({**port, 'device': 'GPU:0'})]
+  assert on_gpu[-2:] == ['tf32_off', 'mixed_precision']
+
+
+@pytest.mark.parametrize('forced', ['0', '1'])
+def test_recorded_onednn_is_what_tensorflow_runs_with(forced):
+  """run.json's settings.onednn (what the lint, the matrix and the calibration read) comes
+  from TensorFlow, not from a constant: it follows TF_ENABLE_ONEDNN_OPTS either way."""
+  proc = run_python('import json; from tf1compat import numerics; '
+                    'print(json.dumps(numerics.settings()))',
+                    env={cpu_info.ONEDNN_ENV: forced})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.splitlines()[-1])['onednn'] is (forced == '1')

@@ -6,10 +6,10 @@ TensorFlow-free: it reads what the workers measured, as benchmark.run collects i
 
 import dataclasses
 import os
-import platform
 import statistics
 
 from tf1compat import atomic
+from tf1compat import cpu_info
 
 # Other processes busy on more than this many cores, on average, during a measurement
 # make its figures noisy enough to say so.
@@ -138,7 +138,8 @@ def roofline_figures(rounds, results):
   last = rounds[-1]['peak']
   block = {
       'device': last['device'], 'matmul_size': last['matmul_size'],
-      'tensor_float_32': last['tensor_float_32'],
+      'tensor_float_32': last['tensor_float_32'], 'onednn': last['onednn'],
+      'vector_extensions': last['vector_extensions'],
       'peak_gflops': {dtype: _summary([g for r in rounds for g in r['peak']['gflops'][dtype]])
                       for dtype in last['gflops']},
       'flops': rounds[0]['flops'], **_pooled_load(rounds)}
@@ -173,24 +174,9 @@ def check_targets(figures):
   return out
 
 
-def cpu_description():
-  """'<model name>, N cores' of this machine (the cores this process may run on)."""
-  model_name = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          model_name = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return f'{model_name}, {cores} cores', cores
-
-
 def device_block(results):
   """The device the training ran on (the runners' manifests say CPU or GPU) and the host."""
-  cpu, cores = cpu_description()
+  cpu = cpu_info.describe()
   accelerator, versions = 'CPU', {}
   for result in results.values():
     if result.get('device'):
@@ -200,9 +186,11 @@ def device_block(results):
       keras_version = manifest_versions.pop('keras', None)
       versions.update(manifest_versions)
       versions['tf_keras' if result['runner'] == 'graph' else 'keras'] = keras_version
-  description = f'CPU ({cpu})' if accelerator == 'CPU' else f'{accelerator}; host CPU {cpu}'
-  return {'description': description, 'accelerator': accelerator, 'cpu': cpu,
-          'cpu_cores': cores, 'versions': versions}
+  host = f'{cpu["model"]}, {cpu["cores"]} cores'
+  description = f'CPU ({host})' if accelerator == 'CPU' else f'{accelerator}; host CPU {host}'
+  return {'description': description, 'accelerator': accelerator, 'cpu': host,
+          'cpu_cores': cpu['cores'], 'cpu_vector_extensions': cpu['vector_extensions'],
+          'versions': versions}
 
 
 def _format_rate(summary):
@@ -229,6 +217,14 @@ def _training_row(result, bound):
           + _cell(result.get('fraction_of_peak'), 8, '.2f'))
 
 
+def _cpu_kernels(block):
+  """Which kernels a CPU peak was measured with: the vector extensions and oneDNN."""
+  avx512 = [f for f in block['vector_extensions'] if f.startswith('avx512')]
+  widest = ('AVX-512 (' + ' '.join(avx512) + ')' if avx512
+            else 'AVX2' if 'avx2' in block['vector_extensions'] else 'no AVX2')
+  return f'{widest}, oneDNN {"on" if block["onednn"] else "off"}'
+
+
 def _roofline_lines(block):
   """The roofline's lines: each dtype's matmul peak, then the FLOPs per image, with
   TensorFlow's own count beside them."""
@@ -236,7 +232,8 @@ def _roofline_lines(block):
   tf32 = ''
   if block['device'] == 'GPU' and block['tensor_float_32']:
     tf32 = ' (float32 as TensorFloat-32)'
-  lines = [f'roofline: {block["matmul_size"]}-square matmuls on the {block["device"]}{tf32}',
+  lines = [f'roofline: {block["matmul_size"]}-square matmuls on the {block["device"]}{tf32}'
+           + (f', {_cpu_kernels(block)}' if block['device'] == 'CPU' else ''),
            f'{"":32}{"GFLOP/s":>28}{"":10}{"others":>8}']
   lines += [f'  {dtype + " peak":30}{_format_rate(summary):>28}{"":10}'
             f'{_cell(block["other_load_cores"], 8, ".2f")}'

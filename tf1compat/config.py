@@ -31,7 +31,7 @@ ON_BAD_RECORD = ('fail', 'skip')
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
 # --tf32: TensorFlow's default (on where the GPU has it), or forced on or off.
 TF32_MODES = ('default', 'on', 'off')
-# --onednn: TensorFlow's default (on for x86 CPUs), or forced on or off.
+# --onednn: TensorFlow's default (which depends on the CPU: cpu_info), or forced on or off.
 ONEDNN_MODES = ('default', 'on', 'off')
 # --fit_accuracy: the keras.metrics class model.fit compiles as its accuracy.
 # CategoricalAccuracy compares argmaxes, as the legacy loop's tf.metrics.accuracy does;

@@ -118,8 +118,10 @@ def define_training_flags(defaults):
                     "default: TensorFlow's (on); on/off: forced. A legacy run and its port must "
                     'match (the config lint names a difference).')
   flags.DEFINE_enum('onednn', default('onednn'), config.ONEDNN_MODES,
-                    "oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS): default: TensorFlow's (on for "
-                    'x86); on/off: forced. They sum in another order than the plain kernels.')
+                    "oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS): default: TensorFlow's, which "
+                    'depends on the CPU (on x86 with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, '
+                    'off on others; run.json records it); on/off: forced. They sum in another '
+                    'order than the plain kernels.')
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
@@ -372,7 +374,8 @@ def define_check_parity_flags():
                                    '--port_flags=--jit_compile,--nodeterministic')
   flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
                     'Run the matched check once per setting that applies on this device '
-                    '(the port without op determinism, without oneDNN, with XLA; on a GPU also '
+                    '(the port without op determinism, with oneDNN turned the other way than this '
+                    'CPU runs it by default, with XLA; on a GPU also '
                     'TF32 off and mixed precision) and write settings_matrix.md: the verdict, '
                     'the divergence over the envelope and the step time of each.')
 

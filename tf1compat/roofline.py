@@ -35,6 +35,8 @@ setup.
 import math
 import time
 
+from tf1compat import cpu_info
+
 CONVENTION = ('2 FLOPs per multiply-add of Conv2D and Dense kernels; training step = '
               'forward + weight gradients + input gradients of the layers after the first '
               'weighted one (3 x forward less the first layer); biases, activations, '
@@ -172,11 +174,19 @@ def matmul_gflops(dtype, size, repetitions):
 
 def measure_peak(repetitions):
   """The device's matmul peak: {'device' ('CPU' or 'GPU'), 'matmul_size',
-  'tensor_float_32', 'gflops': {dtype: [GFLOP/s of each window]}}."""
+  'tensor_float_32', 'onednn', 'vector_extensions' (the CPU's, cpu_info), 'gflops':
+  {dtype: [GFLOP/s of each window]}}.
+
+  A CPU's peak depends on its widest vector unit and on whether oneDNN or Eigen runs the
+  matmul: the figures say which, as this process ran.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   device = 'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'
   size = MATMUL_SIZE[device]
   return {'device': device, 'matmul_size': size,
           'tensor_float_32': tf.config.experimental.tensor_float_32_execution_enabled(),
+          'onednn': bool(_pywrap_util_port.IsMklEnabled()),
+          'vector_extensions': cpu_info.describe()['vector_extensions'],
           'gflops': {dtype: matmul_gflops(dtype, size, repetitions)
                      for dtype in PEAK_DTYPES[device]}}

@@ -7,6 +7,12 @@ only (`--port_flags`), in a folder of its own, and reads three things: the verdi
 port's divergence over the control's envelope, and the port's median step time against
 the defaults row's. A team learns which settings its port may use and stay equivalent,
 and what each costs or gains. TensorFlow-free: the runs are check_parity's subprocesses.
+
+Which rows apply is read from the defaults row's own runs, never assumed: oneDNN is on
+by default on some x86 CPUs and off on others (TensorFlow 2.21 turns it on only where
+AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX exist), so the oneDNN row is the one that
+changes what the port ran with (`onednn_off` where it ran with oneDNN, `onednn_on`
+where not), and the GPU rows apply where the defaults row ran on a GPU.
 """
 
 import dataclasses
@@ -14,6 +20,7 @@ import os
 import statistics
 
 from tf1compat import atomic
+from tf1compat import cpu_info
 from tf1compat import harness
 from tf1compat import progress
 from tf1compat import runlog
@@ -31,10 +38,11 @@ class Row:
   gpu_only: bool = False
 
 
-ROWS = (
-    Row('defaults', 'the legacy run\'s settings', ()),
+DEFAULTS = Row('defaults', 'the legacy run\'s settings', ())
+ONEDNN_ROWS = {True: Row('onednn_off', 'oneDNN off', ('--onednn=off',)),
+               False: Row('onednn_on', 'oneDNN on', ('--onednn=on',))}
+OTHER_ROWS = (
     Row('nodeterministic', 'op determinism off', ('--nodeterministic',)),
-    Row('onednn_off', 'oneDNN off', ('--onednn=off',)),
     Row('jit_compile', 'XLA (--jit_compile)', ('--jit_compile',)),
     # TF32 and float16 only change anything on a GPU (TF32 needs Ampere or later).
     Row('tf32_off', 'TF32 off', ('--tf32=off',), gpu_only=True),
@@ -42,14 +50,19 @@ ROWS = (
 )
 
 
+def rows_after_defaults(port_manifest):
+  """The rows to run after the defaults row, given its port's run.json: the oneDNN row
+  that changes the port's oneDNN as it ran, and the GPU rows where it ran on a GPU."""
+  on_gpu = (port_manifest.get('device') or '').startswith('GPU')
+  onednn = ONEDNN_ROWS[bool(port_manifest['settings']['onednn'])]
+  return [OTHER_ROWS[0], onednn,
+          *(row for row in OTHER_ROWS[1:] if on_gpu or not row.gpu_only)]
+
+
 def _median_step_seconds(model_dir):
   seconds = runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))['seconds']
   # The first step traces (and compiles) the step: not what a step costs.
   return statistics.median(float(s) for s in seconds[1:]) if len(seconds) > 1 else None
-
-
-def _on_gpu(report):
-  return any((r.get('device') or '').startswith('GPU') for r in report['runs'])
 
 
 def _result(row, report, row_dir):
@@ -67,29 +80,43 @@ def run(cfg, tolerances):
   """Runs the rows that apply on this device; returns {row name: result}.
 
   `cfg` is the check_parity config (its --port_flags apply to every row, the row's
-  on top), `tolerances` parity.Tolerances. The defaults row runs first: where it ran
-  (its run.json) decides whether the GPU rows apply. Writes settings_matrix.md/json
+  on top), `tolerances` parity.Tolerances. The defaults row runs first: its port's
+  run.json decides the oneDNN row and whether the GPU rows apply. Writes
+  settings_matrix.md (the CPU and oneDNN's default found, then the table) and .json
   into cfg.output_dir.
   """
   results = {}
-  on_gpu = False
-  for row in ROWS:
-    if row.gpu_only and not on_gpu:
-      continue
+
+  def run_row(row):
     row_dir = os.path.join(cfg.output_dir, row.name)
     progress.say(f'settings matrix: the port with {row.label}')
     report = harness.run(dataclasses.replace(
         cfg, output_dir=row_dir, settings_matrix=False,
         port_flags=cfg.port_flags + row.port_flags), tolerances)
-    on_gpu = on_gpu or _on_gpu(report)
     results[row.name] = _result(row, report, row_dir)
+    return row_dir
+
+  port = runlog.read_manifest(os.path.join(run_row(DEFAULTS), 'eager'))
+  onednn_default = bool(port['settings']['onednn'])
+  progress.say(f'settings matrix: the defaults row ran with oneDNN '
+               f'{"on" if onednn_default else "off"}; its row turns it '
+               f'{"off" if onednn_default else "on"}')
+  for row in rows_after_defaults(port):
+    run_row(row)
   defaults = results['defaults']['port_step_seconds']
   for result in results.values():
     step = result['port_step_seconds']
     result['step_time_vs_defaults'] = step / defaults if step and defaults else None
   atomic.atomic_write_json(os.path.join(cfg.output_dir, JSON), results)
-  atomic.atomic_write_text(os.path.join(cfg.output_dir, MARKDOWN),
-                           '\n'.join(['# Settings matrix', '', *table_lines(results)]) + '\n')
+  machine = [f'Measured on {cpu_info.summary(cpu_info.describe())}.',
+             f'oneDNN: TensorFlow\'s default on this CPU is '
+             f'{"on" if cpu_info.onednn_default() else "off"}; the port ran with it '
+             f'{"on" if onednn_default else "off"} in the defaults row'
+             + (f' ({cpu_info.ONEDNN_ENV}={os.environ[cpu_info.ONEDNN_ENV]} here)'
+                if cpu_info.ONEDNN_ENV in os.environ else '')
+             + f', so the oneDNN row turns it {"off" if onednn_default else "on"}.']
+  atomic.atomic_write_text(os.path.join(cfg.output_dir, MARKDOWN), '\n'.join(
+      ['# Settings matrix', '', *machine, '', *table_lines(results)]) + '\n')
   return results
 
 
