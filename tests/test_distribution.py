@@ -34,6 +34,9 @@ SNAPSHOTS = [0, 1, 2, 5, TOTAL_STEPS]
 # by nothing, so whatever differs here is the distribution.
 MODEL_FLAGS = ('--batch_norm', '--tf1_adam', '--tf1_bn_variance')
 MIRRORED = ('--strategy=mirrored', '--cpu_devices=2')
+# The first batch loss depends only on the batch and the initial weights: the same
+# global batch, computed in two halves, agrees to float32 round-off.
+FIRST_LOSS_RTOL = 1e-6
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -89,18 +92,30 @@ def mirrored(runs):
 
 
 def assert_same_training(run, reference):
-  """Every batch loss within the step tolerance, the same accuracies, and the weights at
-  every snapshot within the weight tolerance."""
+  """The same batches and the same update, then the same training on the curves.
+
+  Two replicas sum the gradients in another order than one device sums the batch, and
+  Adam amplifies the last bits chaotically: measured on one CPU, two replicas kept within
+  6e-6 of one device over 12 steps with oneDNN and parted by 3.2e-4 at step 5 without it
+  (while a one-device control from weights one ulp apart stayed within 1.5e-6). So, as
+  the harness does for `replica_reduction`: the first batch loss (the same batch on the
+  same weights), the weights after the first update, and the whole run on the curves.
+  """
   got, expected = read_run_csv(run), read_run_csv(reference)
   np.testing.assert_array_equal(got['step'], np.arange(1, TOTAL_STEPS + 1))
-  np.testing.assert_allclose(got['loss'], expected['loss'], rtol=TOL.step_rtol, atol=0)
-  np.testing.assert_array_equal(got['batch_accuracy'], expected['batch_accuracy'])
+  np.testing.assert_allclose(got['loss'][0], expected['loss'][0], rtol=FIRST_LOSS_RTOL)
+  assert got['batch_accuracy'][0] == expected['batch_accuracy'][0]
   assert runlog.snapshot_steps_in(run) == SNAPSHOTS
-  for step in SNAPSHOTS:
+  for step in (0, 1):
     a, b = read_snapshot(reference, step), read_snapshot(run, step)
     assert sorted(a) == sorted(b)
     for key in a:
       assert calibration.variable_difference(a[key], b[key]) <= TOL.weight_rtol, (step, key)
+  report = parity.compare([reference, run], TOL)
+  pair = report['pairs'][0]
+  assert report['verdict'] == 'PASS', pair['tiers']
+  assert pair['framework_differences']['replica_reduction']['replicas'][0] == 1
+  assert pair['tiers']['curve']['passed'] and not pair['tiers']['step']['judged']
 
 
 def test_mirrored_over_two_logical_cpus_trains_as_one_device(mirrored, single):
@@ -108,17 +123,9 @@ def test_mirrored_over_two_logical_cpus_trains_as_one_device(mirrored, single):
   assert manifest['status'] == runlog.STATUS_COMPLETE
   assert (manifest['strategy'], manifest['replicas'], manifest['workers']) == ('mirrored', 2, 1)
   assert manifest['devices'] == ['/device:CPU:0', '/device:CPU:1']
-  # The first batch loss depends only on the batch and the initial weights: the same
-  # global batch, computed in two halves.
-  first = read_run_csv(mirrored)['loss'][0], read_run_csv(single)['loss'][0]
-  assert abs(first[0] - first[1]) <= 1e-6 * first[1]
   assert_same_training(mirrored, single)
-  # The harness names the difference and judges the pair on the curves.
   report = parity.compare([single, mirrored], TOL)
-  pair = report['pairs'][0]
-  assert report['verdict'] == 'PASS', pair['tiers']
-  assert pair['framework_differences']['replica_reduction']['replicas'] == [1, 2]
-  assert not pair['tiers']['step']['judged']
+  assert report['pairs'][0]['framework_differences']['replica_reduction']['replicas'] == [1, 2]
 
 
 def test_fit_on_mirrored_trains_as_one_device(runs, single):
@@ -126,11 +133,8 @@ def test_fit_on_mirrored_trains_as_one_device(runs, single):
   peek at the data (to build its metrics) does not shift or reshuffle them."""
   model_dir = runs['fit_mirrored']
   assert runlog.read_manifest(model_dir)['strategy'] == 'mirrored'
+  # Its validation curve, too, is judged by the curve tier.
   assert_same_training(model_dir, single)
-  got = read_run_csv(model_dir, runlog.EPOCHS_CSV)
-  expected = read_run_csv(single, runlog.EPOCHS_CSV)
-  np.testing.assert_allclose(got['val_loss'], expected['val_loss'], rtol=TOL.step_rtol)
-  np.testing.assert_array_equal(got['val_accuracy'], expected['val_accuracy'])
 
 
 def test_interrupted_mirrored_run_resumes_exactly(run_flags, tmp_path, mirrored):
@@ -239,8 +243,9 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   assert (manifest['status'], manifest['global_step']) == (runlog.STATUS_COMPLETE, total)
   losses = read_run_csv(model_dir)['loss']
   np.testing.assert_array_equal(read_run_csv(model_dir)['step'], np.arange(1, total + 1))
-  # The stream of batches does not depend on the epoch length.
-  np.testing.assert_allclose(losses[:TOTAL_STEPS], read_run_csv(single)['loss'], rtol=TOL.step_rtol)
+  # The stream of batches does not depend on the epoch length: the first batch is the
+  # one-device run's (later steps part chaotically, see assert_same_training).
+  np.testing.assert_allclose(losses[0], read_run_csv(single)['loss'][0], rtol=FIRST_LOSS_RTOL)
 
 
 # (script, its arguments) -> what its error line says
