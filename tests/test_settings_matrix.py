@@ -39,6 +39,13 @@ def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
   assert rows['nodeterministic']['settings_named'] == ['deterministic']
   assert rows[onednn_row]['settings_named'] == ['oneDNN']
   assert rows['jit_compile']['settings_named'] == ['jit_compile']
+  # The rows change the port only: they share the defaults row's legacy run and control.
+  for name in rows:
+    with open(os.path.join(out, name, 'parity.json')) as f:
+      report = json.load(f)
+    assert report['runs'][0]['path'] == os.path.join(out, 'defaults', 'graph')
+    assert report['control'] == os.path.join(out, 'defaults', 'control')
+    assert os.path.exists(os.path.join(out, name, 'graph')) == (name == 'defaults')
   with open(os.path.join(out, settings_matrix.MARKDOWN)) as f:
     table = f.read()
   assert all(rows[name]['label'] in table for name in rows)

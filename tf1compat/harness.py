@@ -190,13 +190,13 @@ def _init_weights_paths(cfg, output_dir):
 
 def _write_init_weights(path, nudged, common):
   """Writes what is missing of the initial weights `path` (by the legacy runner) and of
-  their nudge `nudged`."""
+  their nudge `nudged` (None: no control runs here)."""
   if not os.path.exists(path):
     code = _run(RunnerJob('init', 'train_graph', ()), common + [f'--save_init_weights={path}'],
                 path + '.log', total_steps=0)
     if code:
       raise runner_error('init', code, path + '.log')
-  if not os.path.exists(nudged):
+  if nudged and not os.path.exists(nudged):
     runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(path)))
 
 
@@ -330,14 +330,18 @@ def runner_error(name, code, log_path):
                    f'{log_path})')
 
 
-def run(cfg, tolerances):
+def run(cfg, tolerances, reuse=None):
   """The check_parity job of config.CheckParityConfig `cfg`, judged with parity.Tolerances
   `tolerances`; returns the parity report (its verdict decides the exit code).
 
   Before anything is written: --output_dir must lie apart from the data (and the cache
   and the package), a given --init_weights must load, the folder's lock is taken, and no
-  run whose arguments changed is replaced without --overwrite.
+  run whose arguments changed is replaced without --overwrite. `reuse` maps job names
+  ('graph', 'control') to complete run directories made by another check with the same
+  arguments and initial weights (the settings matrix's rows share the defaults row's
+  legacy run and control): they are compared, not trained again.
   """
+  reuse = reuse or {}
   check_pitfall_requirements(cfg)
   output_dir = cfg.output_dir
   folders.check_placement(output_dir, '--output_dir', [cfg.data_dir])
@@ -354,15 +358,20 @@ def run(cfg, tolerances):
   previous = _read_state(state_path, cfg.overwrite)
   planned = []
   for job in jobs(cfg):
+    if job.name in reuse:
+      if not _complete(reuse[job.name]):
+        raise RuntimeError(f'{reuse[job.name]} is not a complete run to reuse')
+      continue
     model_dir = os.path.join(output_dir, job.name)
     start = nudged if job.name == CONTROL else init_weights
     args = common + [f'--model_dir={model_dir}', f'--init_weights={start}', *job.args]
     recorded = args + [f'{k}={v}' for k, v in job.env]
     _refuse_replacing(cfg, job.name, model_dir, previous.get(job.name), recorded)
     planned.append((job, model_dir, args, recorded))
-  _write_init_weights(init_weights, nudged, common)
+  controls = any(job.name == CONTROL for job, _, _, _ in planned)
+  _write_init_weights(init_weights, nudged if controls else None, common)
   state = {}
-  run_dirs = {}
+  run_dirs = dict(reuse)
   for job, model_dir, args, recorded in planned:
     # --overwrite replaces the runs whose arguments changed; the others are reused or
     # resumed as without it (a pitfall then retrains only the runner it is injected in).
@@ -379,8 +388,9 @@ def run(cfg, tolerances):
       if code:
         raise runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
-  compared = [d for name, d in run_dirs.items() if name != CONTROL]
+  compared = [run_dirs[job.name] for job in jobs(cfg) if job.name != CONTROL]
   report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
   report['pitfall_injected'] = cfg.pitfall
+  report['init_weights'] = init_weights
   parity_report.write_report(report, output_dir)
   return report

@@ -67,12 +67,13 @@ def _median_step_seconds(model_dir):
 
 def _result(row, report, row_dir):
   pair = report['pairs'][0]
+  legacy, port = (r['path'] for r in report['runs'][:2])
   return {'label': row.label, 'port_flags': list(row.port_flags), 'verdict': pair['verdict'],
           'envelope_ratio': pair['envelope_ratio'],
           'settings_named': [d['field'] for d in pair['lint'] if d.get('setting')],
           'pitfalls': [p['name'] for p in pair['pitfalls']],
-          'port_step_seconds': _median_step_seconds(os.path.join(row_dir, 'eager')),
-          'legacy_step_seconds': _median_step_seconds(os.path.join(row_dir, 'graph')),
+          'port_step_seconds': _median_step_seconds(port),
+          'legacy_step_seconds': _median_step_seconds(legacy),
           'output_dir': row_dir}
 
 
@@ -86,27 +87,35 @@ def run(cfg, tolerances):
   into cfg.output_dir.
   """
   results = {}
+  shared = {}
 
   def run_row(row):
     row_dir = os.path.join(cfg.output_dir, row.name)
     progress.say(f'settings matrix: the port with {row.label}')
     report = harness.run(dataclasses.replace(
         cfg, output_dir=row_dir, settings_matrix=False,
-        port_flags=cfg.port_flags + row.port_flags), tolerances)
+        port_flags=cfg.port_flags + row.port_flags), tolerances, reuse=shared)
     results[row.name] = _result(row, report, row_dir)
-    return row_dir
+    return report
 
-  port = runlog.read_manifest(os.path.join(run_row(DEFAULTS), 'eager'))
+  defaults = run_row(DEFAULTS)
+  # Every row changes the port only: the defaults row's legacy run and control, from
+  # the same initial weights, serve them all (two runners fewer per row).
+  shared['graph'] = defaults['runs'][0]['path']
+  if defaults['control']:
+    shared[harness.CONTROL] = defaults['control']
+  cfg = dataclasses.replace(cfg, init_weights=defaults['init_weights'])
+  port = runlog.read_manifest(defaults['runs'][1]['path'])
   onednn_default = bool(port['settings']['onednn'])
   progress.say(f'settings matrix: the defaults row ran with oneDNN '
                f'{"on" if onednn_default else "off"}; its row turns it '
                f'{"off" if onednn_default else "on"}')
   for row in rows_after_defaults(port):
     run_row(row)
-  defaults = results['defaults']['port_step_seconds']
+  defaults_step = results['defaults']['port_step_seconds']
   for result in results.values():
     step = result['port_step_seconds']
-    result['step_time_vs_defaults'] = step / defaults if step and defaults else None
+    result['step_time_vs_defaults'] = step / defaults_step if step and defaults_step else None
   atomic.atomic_write_json(os.path.join(cfg.output_dir, JSON), results)
   machine = [f'Measured on {cpu_info.summary(cpu_info.describe())}.',
              f'oneDNN: TensorFlow\'s default on this CPU is '
