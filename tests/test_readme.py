@@ -1,36 +1,206 @@
-"""The README tells the truth about flags: its generated flag reference is what the
-commands define, and every flag it mentions exists."""
+"""The README and the manual in docs/ tell the truth: the flag reference in docs/flags.md
+is what the commands define, every flag they mention exists, every command the README
+shows parses as its program parses it, every relative link resolves, and the pitfall
+table holds the catalogue's fixes."""
 
+import glob
+import importlib.util
+import itertools
+import json
 import os
 import re
+import shlex
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, at_once, run_python
 from tf1compat import flag_reference
+from tf1compat import pitfalls
 
 # absl's own flags every command has, and TensorBoard's --logdir in its command line.
 OTHER_FLAGS = {'help', 'helpshort', 'helpfull', 'flagfile', 'verbosity', 'version', 'logdir'}
+# Programs the README's commands run that are not ours: their arguments are not checked.
+NOT_OURS = {'python3', 'pip', 'pytest', '.', 'apt-get', 'tensorboard'}
+# Fenced blocks of the README: commands (checked), program output, code.
+FENCE_LANGUAGES = {'sh', 'text', 'python'}
+README_MAX_LINES, DOC_MAX_LINES = 200, 400
+_FENCE = re.compile(r'^ *```(\w*)\n(.*?)^ *```$', re.M | re.S)
+
+# In a fresh process: command NAME's flags as flag_reference reads them, then each argv of
+# ARGVS parsed by absl as the command parses it (validators included), without running.
+_READ_AND_PARSE = r'''
+import json, sys
+from absl import flags
+from tf1compat import flag_reference
+name, argvs = sys.argv[1], json.loads(sys.argv[2])
+out = {'flags': flag_reference.defined_flags(name), 'errors': []}
+for argv in argvs:
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS([name, *argv])
+  except flags.Error as e:
+    out['errors'].append(f'{name} {" ".join(argv)}: {e}')
+print(json.dumps(out))
+'''
 
 
-def _readme():
-  with open(os.path.join(REPO, 'README.md')) as f:
+def _read(path):
+  with open(os.path.join(REPO, path)) as f:
     return f.read()
 
 
-def test_flag_reference_is_current():
-  readme = _readme()
-  assert flag_reference.markdown() in readme, (
-      'the README\'s flag reference is stale: replace it with the output of '
+def _documents():
+  """{path in the repository: text} of README.md and every docs/*.md."""
+  docs = sorted(glob.glob(os.path.join(REPO, 'docs', '*.md')))
+  return {path: _read(path) for path in ['README.md'] + [os.path.relpath(d, REPO) for d in docs]}
+
+
+def _readme_commands():
+  """Every command of the README's sh blocks as an argv: continued lines joined, `&&`
+  chains split, leading VAR=value assignments dropped."""
+  commands = []
+  for language, body in _FENCE.findall(_read('README.md')):
+    if language != 'sh':
+      continue
+    for line in body.replace('\\\n', ' ').splitlines():
+      tokens = shlex.split(line)
+      for is_and, group in itertools.groupby(tokens, lambda token: token == '&&'):
+        if not is_and:
+          argv = list(itertools.dropwhile(lambda t: re.fullmatch(r'\w+=.*', t), group))
+          commands.append(argv)
+  return commands
+
+
+def _ours(argv):
+  """(program, args) of a command of ours: a command by name (bin/NAME or its console
+  script) or an example loop (python examples/NAME.py); None for another program's."""
+  head = argv[0]
+  if head.startswith('bin/') or head in flag_reference.COMMANDS:
+    name = head.removeprefix('bin/')
+    assert name in flag_reference.COMMANDS and os.path.exists(os.path.join(REPO, 'bin', name)), (
+        f'the README runs {head}, which is no command of ours')
+    return name, argv[1:]
+  if head == 'python' and argv[1].startswith('examples/'):
+    return argv[1], argv[2:]
+  if head == 'python' and argv[1] == '-c':
+    return None
+  assert head in NOT_OURS, f'the README runs {head}: tell this test whether it is ours'
+  return None
+
+
+@pytest.fixture(scope='module')
+def commands():
+  """{command: {'flags': its flags, 'errors': the README's argvs of it absl refused}}, one
+  fresh process per command (the commands define some flags alike)."""
+  argvs = {name: [] for name in flag_reference.COMMANDS}
+  for program, args in filter(None, map(_ours, _readme_commands())):
+    if program in argvs:
+      argvs[program].append(args)
+
+  def read(name):
+    result = run_python(_READ_AND_PARSE, name, json.dumps(argvs[name]))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+  return dict(zip(flag_reference.COMMANDS,
+                  at_once(*[lambda name=name: read(name) for name in flag_reference.COMMANDS])))
+
+
+def test_flag_reference_is_current(commands):
+  reference = flag_reference.markdown(lambda name: commands[name]['flags'])
+  assert reference in _read('docs/flags.md'), (
+      'the flag reference in docs/flags.md is stale: replace it with the output of '
       '`python -m tf1compat.flag_reference`')
 
 
-def test_every_flag_the_readme_mentions_exists():
+def test_every_flag_the_docs_mention_exists(commands):
   known, booleans = set(OTHER_FLAGS), set()
-  for command in flag_reference.COMMANDS:
-    for flag in flag_reference.command_flags(command):
+  for command in commands.values():
+    for flag in command['flags']:
       known.add(flag['name'])
       if flag['boolean']:
         booleans.add(flag['name'])
-  mentioned = set(re.findall(r'(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])', _readme()))
-  unknown = {name for name in mentioned
-             if name not in known and not (name.startswith('no') and name[2:] in booleans)}
-  assert not unknown, f'the README mentions flags no command defines: {sorted(unknown)}'
+  unknown = {}
+  for path, text in _documents().items():
+    mentioned = set(re.findall(r'(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])', text))
+    names = sorted(name for name in mentioned
+                   if name not in known and not (name.startswith('no') and name[2:] in booleans))
+    if names:
+      unknown[path] = names
+  assert not unknown, f'flags no command defines: {unknown}'
+
+
+def _parse_example(script, args):
+  """The error an example loop's command line gives `args`, or None. Both loops parse
+  it with team_common.parse_args, read here without the loops' TensorFlow imports."""
+  with open(os.path.join(REPO, script)) as f:
+    assert 'team_common.parse_args(' in f.read(), f'{script} no longer parses its flags there'
+  spec = importlib.util.spec_from_file_location(
+      'readme_team_common', os.path.join(REPO, 'examples', 'team_common.py'))
+  team_common = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(team_common)
+  try:
+    team_common.parse_args(args, script)
+  except SystemExit:
+    return f'{script} {" ".join(args)}: refused (argparse)'
+  return None
+
+
+def test_every_command_the_readme_shows_parses(commands):
+  readme = _read('README.md')
+  languages = {language for language, _ in _FENCE.findall(readme)}
+  assert languages <= FENCE_LANGUAGES, f'fence the README\'s blocks as one of {FENCE_LANGUAGES}'
+  shown = list(filter(None, map(_ours, _readme_commands())))
+  assert ('check_parity', []) in shown, 'the main job is no longer among the commands found'
+  errors = [error for command in commands.values() for error in command['errors']]
+  errors += [_parse_example(program, args) for program, args in shown
+             if program.startswith('examples/')]
+  assert not list(filter(None, errors)), errors
+
+
+def _slug(heading):
+  """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+  return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+
+
+def test_every_relative_link_resolves():
+  documents = _documents()
+  anchors = {path: {_slug(h) for h in re.findall(r'^#+ (.*)$', _FENCE.sub('', text), re.M)}
+             for path, text in documents.items()}
+  broken = []
+  for path, text in documents.items():
+    for target in re.findall(r'\]\(([^)\s]+)\)', _FENCE.sub('', text)):
+      if re.match(r'\w+:', target):
+        continue
+      file_part, _, anchor = target.partition('#')
+      resolved = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) if file_part \
+          else path
+      if resolved not in documents and not os.path.exists(os.path.join(REPO, resolved)):
+        broken.append(f'{path}: {target} (no such file)')
+      elif anchor and anchor not in anchors.get(resolved, set()):
+        broken.append(f'{path}: {target} (no such heading)')
+  assert not broken, broken
+
+
+def test_the_pitfall_table_holds_the_catalogue():
+  table = ' '.join(_read('docs/pitfalls.md').split())
+  missing = [name for name, problem in {**pitfalls.PITFALLS, **pitfalls.SETUP_PROBLEMS}.items()
+             if f'| `{name}`' not in table or ' '.join(problem.fix.split()) not in table]
+  assert not missing, f'docs/pitfalls.md lacks these pitfalls or their current fix: {missing}'
+
+
+def test_the_manual_keeps_its_shape():
+  """A README read in minutes; docs/ one subject a file, each opening with what it is for,
+  each listed in the manual's index."""
+  documents = _documents()
+  assert len(documents['README.md'].splitlines()) <= README_MAX_LINES
+  index = documents['docs/README.md']
+  for path, text in documents.items():
+    if path == 'README.md':
+      continue
+    assert len(text.splitlines()) <= DOC_MAX_LINES, f'{path}: split it by subject'
+    title, opening = text.split('\n\n')[:2]
+    assert title.startswith('# ') and '\n' not in title, f'{path}: open with one # title'
+    assert opening[0].isalpha(), f'{path}: open with a paragraph saying what it is for'
+    if path != 'docs/README.md':
+      assert f'({os.path.basename(path)})' in index, f'docs/README.md does not list {path}'

@@ -22,9 +22,8 @@ import numpy as np
 # control that happens to stay bit-identical for a while does not turn a port's
 # last-bit difference into a failure.
 ROUNDING_FLOOR = 2.0 ** -23
-# Measured on the false-alarm matrix (README, "Parity method"): correct ports stay
-# within 2x of the envelope where it is judged; the pitfall the step tier judges stands
-# at 1.2e6x.
+# Measured on the false-alarm matrix (docs/parity.md): correct ports stay within 2x
+# of the envelope where it is judged; the pitfall the step tier judges stands at 1.2e6x.
 ENVELOPE_MULTIPLE = 10.0
 # The control's divergence beyond which two correct runs are no longer step-wise
 # predictable (its growth is exponential up to ~1e-2, then saturates at ~0.1 for weights

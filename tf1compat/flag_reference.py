@@ -1,7 +1,7 @@
-"""The README's flag reference, generated from the commands' own flag definitions.
+"""The flag reference (docs/flags.md), generated from the commands' own flag definitions.
 
-`python -m tf1compat.flag_reference` prints it (one table per command); the README holds
-it between the BEGIN and END markers, and a test checks that the two are the same text,
+`python -m tf1compat.flag_reference` prints it (one table per command); docs/flags.md
+holds it between the BEGIN and END markers, and a test checks that the two are the same text,
 so the reference cannot drift from the program. Each command's flags are read in a
 subprocess of their own: the commands define some flags alike (e.g. --output_dir), which
 one absl registry cannot hold twice.
@@ -18,13 +18,13 @@ COMMANDS = ('make_records', 'train_graph', 'train_eager', 'compare_runs', 'check
 BEGIN = '<!-- flag reference: python -m tf1compat.flag_reference -->'
 END = '<!-- end of flag reference -->'
 # absl's own flags every command has (--helpfull, --flagfile, --verbosity, ...) are left
-# out; the README names them once.
+# out; docs/flags.md names them once.
 _ABSL_MODULES = 'absl'
 
 
-def _defined_flags(name):
-  """[{name, default, boolean, help}] of the flags command `name` defines, read in this
-  process (a fresh one: see the module docstring)."""
+def defined_flags(name):
+  """[{name, default, boolean, help}] of the flags command `name` defines, defined and read
+  in this process, which must be a fresh one (see the module docstring)."""
   import importlib  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   importlib.import_module(f'{process.COMMANDS_PACKAGE}.{name}').define_flags()
@@ -60,12 +60,14 @@ def _default(flag):
   return str(value)
 
 
-def markdown():
-  """The reference: a table of flag, default and meaning for every command."""
+def markdown(flags_of=command_flags):
+  """The reference: a table of flag, default and meaning for every command. `flags_of(name)`
+  gives a command's flags as command_flags does (a caller that read them already passes its
+  own)."""
   out = []
   for name in COMMANDS:
-    out += ['', f'#### {name}', '', '| flag | default | meaning |', '|---|---|---|']
-    for flag in command_flags(name):
+    out += ['', f'## {name}', '', '| flag | default | meaning |', '|---|---|---|']
+    for flag in flags_of(name):
       meaning = ' '.join(flag['help'].split()).replace('|', '\\|')
       out.append(f'| `--{flag["name"]}` | `{_default(flag)}` | {meaning} |')
   return '\n'.join([BEGIN, *out, '', END])
@@ -73,6 +75,6 @@ def markdown():
 
 if __name__ == '__main__':
   if sys.argv[1:2] == ['--flags_of']:
-    sys.stdout.write(json.dumps(_defined_flags(sys.argv[2])) + '\n')
+    sys.stdout.write(json.dumps(defined_flags(sys.argv[2])) + '\n')
   else:
     sys.stdout.write(markdown() + '\n')

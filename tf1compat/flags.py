@@ -1,4 +1,4 @@
-"""absl flag definitions shared by the entry points (README, "Commands").
+"""absl flag definitions shared by the entry points (docs/commands.md).
 
 Each command module calls the `define_*_flags` functions it needs; its `main` turns the
 parsed flags into a frozen config (config.py) once and passes that to the library,
@@ -136,8 +136,8 @@ def define_training_flags(defaults):
                       'Your own model: a builder named as package.module:function, importable '
                       '(on PYTHONPATH), called with the Keras module of the runner and the '
                       "run's shapes; it returns a functional Keras model whose layers with "
-                      'weights are named explicitly (README, "Your own model"). Unset: the '
-                      f"seed's ConvNet ({plugins.DEFAULT_MODEL}).")
+                      'weights are named explicitly (docs/own-migration.md, "Your own model"). '
+                      f"Unset: the seed's ConvNet ({plugins.DEFAULT_MODEL}).")
   flags.DEFINE_string('features', default('features'),
                       'Your own record schema: a parser named as package.module:function that '
                       'maps one serialized record to (image bytes or a decoded [H, W, 3] '

@@ -30,7 +30,8 @@ from tf1compat import report as parity_report
 from tf1compat import runlog
 
 STATE_JSON = 'check_parity.json'
-# The port's switches that remove the known framework differences (README, "Exact mode").
+# The port's switches that remove the known framework differences (docs/parity.md,
+# "Exact mode").
 EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
 # Training fields check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'init_weights', 'save_init_weights', 'overwrite', 'adam_epsilon'})

@@ -184,7 +184,7 @@ def _num(value, fmt='{:.2g}'):
 
 
 def markdown(result):
-  """The matrix as Markdown tables (what the README shows)."""
+  """The matrix as Markdown tables (what docs/parity.md shows)."""
   out = ['| case | steps | verdict | port x envelope | bit-identical | step tier | '
          'horizon (loss/weights) | curves x band |', '|---|---|---|---|---|---|---|---|']
   for r in result['matched']:

@@ -25,7 +25,7 @@ from tf1compat import tiers
 
 @dataclasses.dataclass
 class Tolerances:
-  """How the tiers judge (defaults measured: README, "Parity method").
+  """How the tiers judge (defaults measured: docs/parity.md).
 
   With a control run: step and weight tiers pass while the divergence stays within
   `envelope_multiple` times the control's (floored at float32's rounding step), up to

@@ -183,7 +183,7 @@ def _declared(builder, where):
   if missing:
     raise PluginError(f'{where}: the builder takes no {", ".join(missing)}; its signature '
                       'must be build(keras, *, num_classes, image_size, input_tensor=None, '
-                      '...) (README, "Your own model")')
+                      '...) (docs/own-migration.md, "Your own model")')
   return names
 
 

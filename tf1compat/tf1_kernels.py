@@ -1,7 +1,7 @@
 """TF1's kernels in Keras 3: the port's switches that remove the framework differences.
 
 A matched port still differs from the legacy loop by float rounding in two places
-(README, "Exact mode"): Keras 3's Adam and its BatchNormalization compute TF1's formulas
+(docs/parity.md, "Exact mode"): Keras 3's Adam and its BatchNormalization compute TF1's formulas
 with other ops. `TF1Adam` (`--tf1_adam`) and `TF1BatchNormalization`
 (`--tf1_bn_variance`) run TF1's own kernels from a Keras 3 model, so that a matched
 comparison with the graph runner is bit for bit on CPU. Keras 3 only.
@@ -21,7 +21,7 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
   variance but returns the Bessel-corrected one (var * n / (n - 1), n = batch x height
   x width) for the moving variance, and updates the moving statistics as
   `moving -= (moving - value) * (1 - momentum)`. Keras 3 uses the biased variance and
-  unfused ops, which also round differently (README, `bn_moving_variance`). This
+  unfused ops, which also round differently (docs/parity.md, `bn_moving_variance`). This
   layer runs the same kernel (`FusedBatchNormV3`, whose gradient TF registers) and the
   same update, so a matched comparison with the graph runner is exact. Masked, renorm
   and non-image inputs fall back to the base class.
