@@ -7,6 +7,8 @@ checkpoint cadence, progress, NaN/Inf detection, SIGINT/SIGTERM handling and the
 final manifest. Keras `model.fit` drives its own loop and uses `Recorder` from a callback.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import math
