@@ -69,7 +69,7 @@ MANIFEST_FIELDS = {
     'started': 'UTC time stamp of the first start', 'updated': 'UTC time stamp of the last write',
     'status': 'running, complete, interrupted or failed',
     # Every runner at start (training.start_manifest); the config lint compares them.
-    'versions': 'python, tensorflow and keras versions',
+    'versions': 'python, numpy, tensorflow and keras versions, and which keras',
     'device': "'CPU' or 'GPU (name)'",
     'optimizer': 'name, learning_rate, beta_1, beta_2, the epsilon really used and the '
                  'learning-rate schedule (null: constant)',
@@ -84,8 +84,8 @@ MANIFEST_FIELDS = {
     'dtype_policy': 'the Keras dtype policy', 'jit_compile': 'whether the steps ran under XLA',
     'settings': 'what changes the numbers: tf32, op_determinism, onednn, threads, GPU, CUDA',
     'graph': "the graph runner's own block (wiring, update ops, learning phase...)",
-    'model_summary': 'BatchNorm momentum/epsilon, Dropout layers, regularization losses '
-                     '(model.summary)',
+    'model_summary': 'BatchNorm momentum/epsilon (and fused kernel, Keras 2), Dropout '
+                     'layers, regularization losses (model.summary)',
     'regularization_in_loss': "whether the loss adds the model's regularization losses",
     # The driver, as the run goes and ends (training.Recorder).
     'global_step': 'steps done', 'last_checkpoint': 'path of the latest checkpoint',
@@ -281,9 +281,13 @@ def start_fields(**fields):
   return fields
 
 
-def versions(keras_version, tf_version):
-  """The versions block of the manifest."""
-  return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
+def versions(tf_version, keras_implementation, keras_version):
+  """The versions block of the manifest: this process's Python and numpy, the TensorFlow
+  and the Keras (which implementation: 'keras' 3, the 'tf-keras' package, TF 1.15's
+  bundled tf.keras) the run computed with."""
+  return {'python': platform.python_version(), 'numpy': np.__version__,
+          'tensorflow': tf_version, 'keras_implementation': keras_implementation,
+          'keras': keras_version}
 
 
 class RunLog:
