@@ -173,6 +173,9 @@ class CheckParityConfig(TrainingConfig):
   mixed_precision: bool = False
   port_flags: tuple = ()
   settings_matrix: bool = False
+  # A Python with TensorFlow 1.15 (bin/legacy_env): the legacy loop also runs there, as
+  # the migration ladder's first rung (None: no such rung).
+  legacy_python: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)

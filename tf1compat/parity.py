@@ -247,6 +247,8 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
                                         for run in (reference, other)},
                          'reference_dropout': dropout_state},
       'tiers': verdicts, 'framework_differences': differences,
+      'versions': tiers.versions(reference, other),
+      'parting': tiers.parting(steps, weights),
       # divergence / envelope at the worst judged step (the limit is envelope_multiple).
       'envelope_ratio': max(ratios) if ratios else None,
       'bit_identical': steps['losses_identical'] and weights['weights_identical'],
@@ -278,3 +280,35 @@ def compare(paths, tol, control=None, weight_maps=None):
                    for r in runs],
           'pairs': pairs,
           'pitfalls': [p['name'] for pair in pairs for p in pair['pitfalls']]}
+
+
+def ladder(report, first_rung):
+  """The migration ladder of a compare() report whose reference is tf.compat.v1 on
+  TensorFlow 2.21 and whose run `first_rung` is the same loop on TensorFlow 1.15: the
+  rungs in order, TF 1.15 -> tf.compat.v1 (the pair of `first_rung`), then tf.compat.v1
+  -> each port, every rung summarized from the pair that judged it (where the two ends
+  part, by how much, over the reference stack's envelope, and the verdict)."""
+  multiple = report['tolerances']['envelope_multiple']
+  pairs = sorted(report['pairs'], key=lambda pair: pair['other'] != first_rung)
+  rungs = []
+  for pair in pairs:
+    legacy = pair['other'] == first_rung
+    ends = (pair['other_label'], pair['reference_label']) if legacy else (
+        pair['reference_label'], pair['other_label'])
+    side = {field['field']: (field['other'], field['reference']) if legacy else
+            (field['reference'], field['other']) for field in pair['versions']}
+    ratio = pair['envelope_ratio']
+    rungs.append({
+        'from': ends[0], 'to': ends[1],
+        'versions': {name: side.get(name) for name in ('TensorFlow', 'Keras implementation',
+                                                       'Keras', 'Python')},
+        'parting': pair['parting'],
+        'step_max_relative_difference': pair['step_tier']['max_relative_difference'],
+        'weight_max_relative_difference': pair['weight_tier']['max_relative_difference'],
+        'step_tier_judged': pair['tiers']['step']['judged'],
+        'envelope_ratio': ratio,
+        'inside_envelope': None if ratio is None else ratio <= multiple,
+        'framework_differences': sorted(pair['framework_differences']),
+        'bit_identical': pair['bit_identical'], 'verdict': pair['verdict'],
+    })
+  return rungs

@@ -52,13 +52,15 @@ def use_keras3():
   return value if value not in (None, '', '0') else None
 
 
-def command(name, *args):
-  """The argv that runs the project's command `name` (e.g. 'train_graph') with `args`."""
-  return [sys.executable, '-m', f'{COMMANDS_PACKAGE}.{name}', *args]
+def command(name, *args, python=None):
+  """The argv that runs the project's command `name` (e.g. 'train_graph') with `args`,
+  by this interpreter or `python` (check_parity --legacy_python's)."""
+  return [python or sys.executable, '-m', f'{COMMANDS_PACKAGE}.{name}', *args]
 
 
-def child_env(extra=()):
-  """os.environ for a subprocess of ours: this tf1compat importable first, plus `extra`.
+def child_env(extra=(), package_parent=PACKAGE_PARENT):
+  """os.environ for a subprocess of ours: this tf1compat importable first (from
+  `package_parent`, a folder that holds it), plus `extra`.
 
   GPU memory grows as needed in every process we start (TF_FORCE_GPU_ALLOW_GROWTH),
   unless the user says otherwise: TensorFlow fixes the allocator's options with its
@@ -66,7 +68,7 @@ def child_env(extra=()):
   """
   env = dict(os.environ)
   env.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get('PYTHONPATH'))
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (package_parent, env.get('PYTHONPATH'))
                                       if p)
   env.update(dict(extra))
   return env

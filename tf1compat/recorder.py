@@ -20,8 +20,9 @@ report and names the same pitfalls:
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_acc)
       rec.finish(team_models.session_weights(sess))
 
-Importing it imports no TensorFlow (numpy, absl-py through cli, and tf1compat's
-TensorFlow-free modules), so it runs in a team's pinned environment too; team_models'
+Importing it imports neither TensorFlow nor absl (numpy and tf1compat's TensorFlow-free
+modules), so it runs in a team's pinned environment too, Python 3.7 and TensorFlow 1.15
+included: `pip install recorder/` installs it alone (docs/legacy-stack.md); team_models'
 helpers, which read an optimizer or read and set a model's weights, work on the objects
 the loop hands them.
 """
@@ -166,8 +167,15 @@ def _module_version(name):
 def _versions(framework):
   # The loop's process has imported its TensorFlow and Keras: their versions are the
   # ones it ran with (the installed ones otherwise, read without importing them).
-  keras = 'tf_keras' if framework == 'tf1' else 'keras'
-  return runlog.versions(_module_version(keras), _module_version('tensorflow'))
+  tf_version = _module_version('tensorflow')
+  if framework == 'keras3':
+    return runlog.versions(tf_version, runlog.KERAS_3, _module_version('keras'))
+  if tf_version and tf_version.startswith('1.'):
+    # TensorFlow 1.x: the Keras of a TF1 loop is the one bundled as tf.keras.
+    bundled = getattr(sys.modules.get('tensorflow'), 'keras', None)
+    return runlog.versions(tf_version, runlog.KERAS_BUNDLED,
+                           getattr(bundled, '__version__', None))
+  return runlog.versions(tf_version, runlog.KERAS_TF_KERAS, _module_version('tf_keras'))
 
 
 def _device():

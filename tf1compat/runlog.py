@@ -281,10 +281,17 @@ def start_fields(**fields):
   return fields
 
 
+# run.json's versions.keras_implementation: Keras 3, the tf-keras package (Keras 2, what
+# TensorFlow 2.16+ serves as tf.keras under TF_USE_LEGACY_KERAS=1), or TF 1.x's own.
+KERAS_3 = 'keras'
+KERAS_TF_KERAS = 'tf-keras'
+KERAS_BUNDLED = 'tf.keras (bundled with TensorFlow)'
+
+
 def versions(tf_version, keras_implementation, keras_version):
   """The versions block of the manifest: this process's Python and numpy, the TensorFlow
-  and the Keras (which implementation: 'keras' 3, the 'tf-keras' package, TF 1.15's
-  bundled tf.keras) the run computed with."""
+  and the Keras (which implementation: KERAS_3, KERAS_TF_KERAS, KERAS_BUNDLED) the run
+  computed with."""
   return {'python': platform.python_version(), 'numpy': np.__version__,
           'tensorflow': tf_version, 'keras_implementation': keras_implementation,
           'keras': keras_version}

@@ -23,6 +23,8 @@ import os
 
 import tensorflow as tf
 
+from tf1compat import runlog
+
 # TensorFlow 1.15 (the real legacy stack) rather than tf.compat.v1 on TensorFlow 2.
 TF1 = tf.__version__.startswith('1.')
 
@@ -30,11 +32,6 @@ if TF1:
   from tensorflow.python import pywrap_tensorflow  # pylint: disable=g-import-not-at-top
 else:
   from tf1compat import numerics  # pylint: disable=g-import-not-at-top
-
-# How run.json names the Keras of a graph-mode process: TF 1.15's bundled tf.keras, or
-# the tf-keras package TF 2.16+ serves as tf.keras under TF_USE_LEGACY_KERAS=1.
-KERAS_BUNDLED = 'tf.keras (bundled with TensorFlow)'
-KERAS_TF_KERAS = 'tf-keras'
 
 AUTOTUNE = tf.data.experimental.AUTOTUNE if TF1 else tf.data.AUTOTUNE
 # TF2's resize (bilinear, half-pixel centres), the op both stacks' pipelines run.
@@ -67,9 +64,9 @@ def graph_keras():
   TensorFlow (process.use_legacy_keras).
   """
   if TF1:
-    return KERAS_BUNDLED, tf.keras.__version__
+    return runlog.KERAS_BUNDLED, tf.keras.__version__
   import tf_keras  # pylint: disable=g-import-not-at-top
-  return KERAS_TF_KERAS, tf_keras.__version__
+  return runlog.KERAS_TF_KERAS, tf_keras.__version__
 
 
 def enable_op_determinism():
