@@ -88,8 +88,8 @@ def create(folder, python=None):
     raise cli.UsageError(f'{folder} holds files but no virtual environment; choose an empty '
                          'or new folder')
   if not os.path.exists(target):
-    progress.say(f'python: {python}')
     _check_version(python)
+    progress.say(f'python: {python}')
     progress.say(f'venv: creating {folder}')
     _step('creating the virtual environment', [python, '-m', 'venv', folder], _INSTALL_TIMEOUT)
   progress.say(f'install: {" ".join(REQUIREMENTS)} (pip; the TensorFlow wheel is 111 MB)')
@@ -103,12 +103,17 @@ def create(folder, python=None):
 
 
 def _check_version(python):
-  done = subprocess.run([python, '-c', 'import sys; print(*sys.version_info[:2])'],
-                        capture_output=True, text=True, check=False)
+  try:
+    done = subprocess.run([python, '-c', 'import sys; print(*sys.version_info[:2])'],
+                          capture_output=True, text=True, check=False)
+  except OSError as e:
+    raise cli.UsageError(f'--python={python}: it does not run ({e.strerror}); pass the path '
+                         'of a Python 3.7') from e
   version = tuple(int(v) for v in done.stdout.split()) if done.returncode == 0 else None
   if version != PYTHON_VERSION:
-    raise cli.UsageError(f'--python={python} is not a Python 3.7 ({version or "it does not run"}); '
-                         'pass the path of a Python 3.7')
+    found = 'it does not run' if version is None else 'it is Python {}.{}'.format(*version)
+    raise cli.UsageError(f'--python={python} is not a Python 3.7 ({found}); pass the path of '
+                         'a Python 3.7')
 
 
 def check(python):

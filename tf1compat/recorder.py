@@ -168,6 +168,8 @@ def _versions(framework):
   # The loop's process has imported its TensorFlow and Keras: their versions are the
   # ones it ran with (the installed ones otherwise, read without importing them).
   tf_version = _module_version('tensorflow')
+  if tf_version is None:
+    return runlog.versions(None, None, None)
   if framework == 'keras3':
     return runlog.versions(tf_version, runlog.KERAS_3, _module_version('keras'))
   if tf_version and tf_version.startswith('1.'):
