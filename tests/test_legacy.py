@@ -24,6 +24,7 @@ from tf1compat import harness
 from tf1compat import legacy_env
 from tf1compat import parity
 from tf1compat import runlog
+from tf1compat import team_models
 from tf1compat import tiers
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
@@ -286,3 +287,35 @@ def test_the_recorder_alone_on_python37_and_numpy_118(python37, tmp_path):
   assert run.manifest['versions']['tensorflow'] is None
   assert run.snapshot_steps == [0, 2, 6] and len(run.steps['loss']) == 6
   assert tiers.metric_semantics(run)['loss']['kind'] == tiers.METRICS_PER_EPOCH
+
+
+@pytest.mark.legacy
+def test_a_teams_session_loop_recorded_on_tensorflow_115_passes_against_tf_2(legacy_python,
+                                                                              tmp_path):
+  """examples/tf1_session_loop.py, recorded by the recorder, on TensorFlow 1.15 and on
+  this TensorFlow from one start; compare_runs judges the first rung of a team's own loop
+  (calibrated by the loop on this TensorFlow again, one ulp apart)."""
+  examples = os.path.join(REPO, 'examples')
+  source = legacy_env.source_path(str(tmp_path / 'src'))
+  init = str(tmp_path / 'init.npz')
+
+  def loop(python, name, start):
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join((source, examples))}
+    done = subprocess.run(
+        [python, os.path.join(examples, 'tf1_session_loop.py'), '--epochs=2',
+         '--steps_per_epoch=8', f'--model_dir={tmp_path / name}', f'--init_weights={start}'],
+        capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return str(tmp_path / name)
+
+  reference = loop(sys.executable, 'tf2', init)
+  control = loop(sys.executable, 'control', team_models.control_start(init))
+  legacy = loop(legacy_python, 'tf115', init)
+  assert runlog.read_manifest(legacy)['versions']['tensorflow'] == '1.15.0'
+  result = run_entry('compare_runs', reference, legacy, f'--control={control}',
+                     f'--output_dir={tmp_path / "report"}')
+  assert result.returncode == 0, result.stdout + result.stderr
+  with open(tmp_path / 'report' / 'parity.json') as f:
+    pair = json.load(f)['pairs'][0]
+  assert pair['verdict'] == 'PASS' and pair['lint'] == []
+  assert {v['field'] for v in pair['versions'] if not v['same']} >= {'TensorFlow', 'Python'}
