@@ -301,7 +301,11 @@ def decode_failures(records, num_classes, parse=None):
 
 
 def _decode(image_bytes):
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  # channels=3 fixes the depth, which TensorFlow 1.15's shape inference leaves unknown
+  # (the convolutions need it).
+  image.set_shape([None, None, 3])
+  return image
 
 
 def read_dataset_json(data_dir):
