@@ -7,7 +7,8 @@ and numpy 1.18 (check_parity --legacy_python, docs/legacy-stack.md). Everything 
 training graph is built from exists in both under the same `tf.compat.v1` names; what
 does not is here, and nowhere else:
 
-- the input pipeline's parallel map and its determinism option, AUTOTUNE, and the
+- the input pipeline's parallel map, its determinism option, the shuffle-and-repeat
+  fusion TF 1.15 applies by default (it draws another batch order), AUTOTUNE, and the
   TF2 `resize_with_pad` (TF 1.15's own `tf.image.resize_image_with_pad` samples other
   pixel centres, so the data would differ: 1.15 runs TF2's op through tf.compat.v2);
 - op determinism (TF 1.15 has only the TF_CUDNN_DETERMINISTIC variable, which its GPU
@@ -47,10 +48,17 @@ def parallel_map(dataset, function, num_parallel_calls):
 
 
 def deterministic_options():
-  """tf.data.Options that keep every element's order (TF 1.15: experimental_deterministic)."""
+  """tf.data.Options that keep every element's order, and on TF 1.15 the order TF 2 draws.
+
+  TF 1.15 fuses `shuffle(...).repeat()` into one ShuffleAndRepeat kernel by default, which
+  seeds its first pass with the shuffle's own seeds; TF 2 (and TF 1.15 without that
+  fusion) draws every pass's seeds from a generator seeded with them. With the fusion
+  off, TF 1.15 reads the batches TF 2.21 reads, bit for bit (tests/test_legacy.py).
+  """
   options = tf.data.Options()
   if TF1:
     options.experimental_deterministic = True
+    options.experimental_optimization.shuffle_and_repeat_fusion = False
   else:
     options.deterministic = True
   return options
