@@ -27,8 +27,10 @@ from tf1compat import runlog
 from tf1compat import team_models
 from tf1compat import tiers
 
-TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
-        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+# The first pass through the tiny training set (64 records, 8 batches of 8): past it the
+# two TensorFlows read the batches in another order (docs/legacy-stack.md, findings).
+ONE_PASS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
+            '--steps_per_epoch=4', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
 RECORDER_DIR = os.path.join(REPO, 'recorder')
 TF215 = {'python': '3.12.1', 'numpy': '2.1.0', 'tensorflow': '2.21.0',
          'keras_implementation': runlog.KERAS_TF_KERAS, 'keras': '2.21.0'}
@@ -177,20 +179,23 @@ np.savez({out!r}, images=np.stack([g[0] for g in got]), labels=np.stack([g[1] fo
 
 @pytest.mark.legacy
 def test_tensorflow_115_reads_the_same_batches(legacy_python, tiny_data_dir, tmp_path):
-  """The pipeline (shuffles, decode, resize_with_pad, standardization, one-hot) gives the
-  same batches bit for bit on TF 1.15 as on this TensorFlow: 16 batches of 8, two passes
-  over the tiny training set."""
+  """The pipeline gives TF 1.15 the batches of this TensorFlow over the first pass through
+  the tiny training set (8 batches of 8): the same records in the same order, the images
+  equal up to per_image_standardization's float32 rounding (its mean and deviation are
+  reductions whose summation order differs between the two TensorFlows' Eigen)."""
   outs = {}
   for name, python in (('tf115', legacy_python), ('here', sys.executable)):
     outs[name] = str(tmp_path / f'{name}.npz')
     env = {**os.environ, 'PYTHONPATH': legacy_env.source_path(str(tmp_path / 'src'))}
-    done = subprocess.run([python, '-c', _batches_snippet(tiny_data_dir, outs[name], 16)],
+    done = subprocess.run([python, '-c', _batches_snippet(tiny_data_dir, outs[name], 8)],
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
   with np.load(outs['tf115']) as a, np.load(outs['here']) as b:
-    assert a['images'].shape == (16, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    assert a['images'].shape == (8, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
     np.testing.assert_array_equal(a['labels'], b['labels'])
-    np.testing.assert_array_equal(a['images'], b['images'])
+    # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
+    # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
+    np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
 
 
 @pytest.fixture(scope='session')
@@ -202,7 +207,7 @@ def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
   for name, extra in (('matched', ()), ('metrics_never_reset',
                                         ('--pitfall=metrics_never_reset',))):
     result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
-                       f'--legacy_python={legacy_python}', *TINY, *extra)
+                       f'--legacy_python={legacy_python}', *ONE_PASS, *extra)
     with open(os.path.join(out, 'parity.json')) as f:
       done[name] = (result, json.load(f))
   return out, done

@@ -38,21 +38,29 @@ print(json.dumps({'python': platform.python_version(), 'tensorflow': tf.__versio
 """
 
 
+def _version(python):
+  """(major, minor) of the interpreter `python`, or None when it does not run (a pyenv
+  shim whose version is not selected, a missing file)."""
+  try:
+    done = subprocess.run([python, '-c', 'import sys; print(*sys.version_info[:2])'],
+                          capture_output=True, text=True, timeout=60, check=False)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return tuple(int(v) for v in done.stdout.split()) if done.returncode == 0 else None
+
+
 def find_python37():
-  """The machine's Python 3.7: python3.7 on PATH, else pyenv's (under `pyenv root`, or
-  $PYENV_ROOT, or ~/.pyenv); None when there is none."""
-  on_path = shutil.which('python3.7')
-  if on_path:
-    return on_path
+  """The machine's Python 3.7: the first that runs of python3.7 on PATH and pyenv's
+  (under `pyenv root`, $PYENV_ROOT or ~/.pyenv, newest first); None when none does."""
+  candidates = [shutil.which('python3.7')]
   roots = [os.environ.get('PYENV_ROOT'), os.path.expanduser('~/.pyenv')]
   if shutil.which('pyenv'):
     found = subprocess.run(['pyenv', 'root'], capture_output=True, text=True, check=False)
     roots.insert(0, found.stdout.strip() if found.returncode == 0 else None)
   for root in filter(None, roots):
-    candidates = sorted(glob.glob(os.path.join(root, _PYENV_PATTERN)))
-    if candidates:
-      return candidates[-1]
-  return None
+    candidates += sorted(glob.glob(os.path.join(root, _PYENV_PATTERN)), reverse=True)
+  return next((python for python in filter(None, candidates)
+               if _version(python) == PYTHON_VERSION), None)
 
 
 def venv_python(folder):
@@ -103,17 +111,11 @@ def create(folder, python=None):
 
 
 def _check_version(python):
-  try:
-    done = subprocess.run([python, '-c', 'import sys; print(*sys.version_info[:2])'],
-                          capture_output=True, text=True, check=False)
-  except OSError as e:
-    raise cli.UsageError(f'--python={python}: it does not run ({e.strerror}); pass the path '
-                         'of a Python 3.7') from e
-  version = tuple(int(v) for v in done.stdout.split()) if done.returncode == 0 else None
+  version = _version(python)
   if version != PYTHON_VERSION:
     found = 'it does not run' if version is None else 'it is Python {}.{}'.format(*version)
-    raise cli.UsageError(f'--python={python} is not a Python 3.7 ({found}); pass the path of '
-                         'a Python 3.7')
+    raise cli.UsageError(f'{python} is not a Python 3.7 ({found}); pass the path of one with '
+                         '--python')
 
 
 def check(python):
