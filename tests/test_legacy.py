@@ -205,7 +205,7 @@ def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('ladder'))
   done = {}
   for name, extra in (('matched', ()), ('metrics_never_reset',
-                                        ('--pitfall=metrics_never_reset',))):
+                                        ('--pitfall=metrics_never_reset', '--overwrite'))):
     result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
                        f'--legacy_python={legacy_python}', *ONE_PASS, *extra)
     with open(os.path.join(out, 'parity.json')) as f:
@@ -227,6 +227,9 @@ def test_the_ladder_passes_on_tiny_data(ladder_checks):
   assert manifest['versions']['tensorflow'] == '1.15.0'
   assert manifest['versions']['python'].startswith('3.7.')
   assert manifest['versions']['keras_implementation'] == runlog.KERAS_BUNDLED
+  # TF1's own Keras, not the TF2 API TensorFlow 1.15 imports under an inherited
+  # TF2_BEHAVIOR=1 (which TensorFlow 2 sets in this process).
+  assert manifest['versions']['keras'] == '2.2.4-tf'
   assert manifest['versions']['numpy'].startswith('1.18.')
   reference = runlog.read_manifest(os.path.join(out, 'graph'))
   assert reference['init_weights_sha256'] == manifest['init_weights_sha256']

@@ -126,7 +126,9 @@ def check(python):
   if not (os.path.isfile(python) and os.access(python, os.X_OK)):
     raise cli.UsageError(f'--legacy_python={python}: no such interpreter; {fix}')
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
+  # Neither our path nor TensorFlow 2's TF2_BEHAVIOR (process.use_legacy_keras).
   env.pop('PYTHONPATH', None)
+  env.pop('TF2_BEHAVIOR', None)
   done = subprocess.run([python, '-c', _PROBE], capture_output=True, text=True, env=env,
                         timeout=_CHECK_TIMEOUT, check=False)
   if done.returncode:

@@ -35,6 +35,10 @@ def use_legacy_keras():
   if 'tensorflow' in sys.modules and os.environ.get('TF_USE_LEGACY_KERAS') != '1':
     raise RuntimeError('TensorFlow was imported before the legacy-Keras process setup')
   os.environ['TF_USE_LEGACY_KERAS'] = '1'
+  # TensorFlow 2 sets TF2_BEHAVIOR=1 in the environment of the process that imports it,
+  # and its children inherit it; TensorFlow 1.15 would then import TF2's Keras API
+  # (tf.keras 2.3.0-tf, the V2 layers) before disable_v2_behavior() could help.
+  os.environ.pop('TF2_BEHAVIOR', None)
   os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.compat.v1.disable_v2_behavior()
