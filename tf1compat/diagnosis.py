@@ -35,6 +35,18 @@ FRAMEWORK_DIFFERENCES = {
     'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
                        'float32 run computes in float32: expected to differ from the first '
                        'step on by float16 round-off; judged on the curve tier.',
+    'tf1_rounding': 'TensorFlow 1.15 and TensorFlow 2 run the same graph through kernels that '
+                    'round differently on the CPU: float32 reductions (Sum, Mean: the loss\'s '
+                    'batch mean, global average pooling, per_image_standardization), the softmax '
+                    'cross-entropy kernel and ApplyAdam, oneDNN on or off; with oneDNN on (TF '
+                    "2's default on x86) also the fused convolutions and their input gradients. "
+                    'Last-bit differences from the first step on, which Adam amplifies; judged '
+                    "against the reference stack's envelope (docs/legacy-stack.md).",
+    'tf1_batch_order': "TensorFlow 1.15's tf.data seeds a reshuffling shuffle nested in another "
+                       "(the pipeline's file shuffle inside its record shuffle) otherwise on "
+                       'every pass after the first: the batch order parts at the second pass '
+                       'through the training data, so the step tier is judged within the first '
+                       'pass and the curves past it.',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
@@ -100,7 +112,24 @@ def known_differences(reference, other):
   policies = [run.manifest.get('dtype_policy', 'float32') for run in (reference, other)]
   if policies[0] != policies[1]:
     found['mixed_precision'] = {'dtype_policies': policies}
+  tf_versions = [str((run.manifest.get('versions') or {}).get('tensorflow')) for run in
+                 (reference, other)]
+  if [v.startswith('1.') for v in tf_versions].count(True) == 1:
+    found['tf1_rounding'] = {'tensorflow': tf_versions}
+    first_pass = first_pass_steps(reference)
+    if first_pass is not None and first_pass == first_pass_steps(other):
+      found['tf1_batch_order'] = {'first_pass_steps': first_pass}
   return found
+
+
+def first_pass_steps(run):
+  """The steps whose batches all come from the first pass through the training records
+  (our runners' run.json counts them; None for a recorded loop, whose pipeline is its own)."""
+  records = ((run.manifest.get('data') or {}).get('records') or {}).get('train')
+  batch_size = run.manifest.get('batch_size')
+  if not isinstance(records, int) or not batch_size:
+    return None
+  return records // batch_size
 
 
 def measure_bn_variance(reference, other):
