@@ -124,6 +124,29 @@ def test_the_legacy_pitfall_goes_into_the_tf115_run_and_the_reference_stays_corr
   assert harness.LEGACY not in without and '--reset_metrics=never' in without['graph'].args
 
 
+def test_with_dropout_both_legacy_runs_draw_seeded_masks_and_the_control_others():
+  jobs = {job.name: job for job in harness.jobs(config.CheckParityConfig(
+      legacy_python='/envs/tf115/bin/python', dropout=0.3, seed=5))}
+  seeds = {name: [a for a in job.args if a.startswith('--dropout_seed=')]
+           for name, job in jobs.items()}
+  assert seeds['graph'] == seeds[harness.LEGACY] == ['--dropout_seed=5']
+  assert seeds[harness.CONTROL][-1] == '--dropout_seed=6' and seeds['eager'] == []
+
+
+def test_graph_runs_seeded_alike_draw_the_same_dropout_masks(tmp_path):
+  dropout = {'dropout': 0.3, 'dropout_seed': 5}
+  reference = make_run(str(tmp_path / 'graph'), flags_extra=dropout,
+                       manifest_extra={'versions': TF215})
+  legacy = make_run(str(tmp_path / 'tf115'), flags_extra=dropout,
+                    manifest_extra={'versions': TF115})
+  other_seed = make_run(str(tmp_path / 'tf115_unseeded'), manifest_extra={'versions': TF115},
+                        flags_extra={'dropout': 0.3, 'dropout_seed': None})
+  pairs = parity.compare([reference, legacy, other_seed], parity.Tolerances())['pairs']
+  assert 'dropout_masks' not in pairs[0]['framework_differences']
+  assert pairs[0]['tiers']['step']['judged']
+  assert 'dropout_masks' in pairs[1]['framework_differences']
+
+
 def _tf1compat_imports(path):
   """The tf1compat modules and the top-level packages the module at `path` imports."""
   with open(path) as f:

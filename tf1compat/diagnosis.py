@@ -25,8 +25,10 @@ FRAMEWORK_DIFFERENCES = {
                           'Bessel-corrected batch variance (x n/(n-1)), Keras 3 with the biased '
                           'one, and the unfused Keras 3 ops round differently; judged on the '
                           'curve tier. Remove it with train_eager --tf1_bn_variance.',
-    'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, so '
-                     'per-step losses cannot match bit for bit; judged on the curve tier.',
+    'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, and '
+                     'an unseeded TF1 Dropout takes its op seed from the graph\'s op count, '
+                     'which TensorFlow 1.15 and 2 do not share, so per-step losses cannot '
+                     'match bit for bit; judged on the curve tier.',
     'replica_reduction': 'A run over several replicas sums the gradients (and BatchNorm '
                          'moments) of its replicas, in another order than one device sums the '
                          'batch: last-bit differences from the first update on, which Adam '
@@ -102,7 +104,8 @@ def known_differences(reference, other):
         'predicted_factor_last_layer': bessel_factor(reference, len(model.CONV_FILTERS)),
         'predicted_factor_first_layer': bessel_factor(reference, 1)}
         if reference.flag('model') is None else {})
-  if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0:
+  if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0 and not (
+      _same_dropout_masks(reference, other)):
     found['dropout_masks'] = {'rate': other.flag('dropout')}
   replicas = [run.manifest.get('replicas', 1) for run in (reference, other)]
   if replicas[0] != replicas[1]:
@@ -120,6 +123,14 @@ def known_differences(reference, other):
     if first_pass is not None and first_pass == first_pass_steps(other):
       found['tf1_batch_order'] = {'first_pass_steps': first_pass}
   return found
+
+
+def _same_dropout_masks(reference, other):
+  """Whether two runs draw the same Dropout masks: the graph runner on either TensorFlow
+  (tf.nn.dropout's stateful kernel) with the same explicit --dropout_seed."""
+  seeds = [run.flag('dropout_seed') for run in (reference, other)]
+  return (reference.manifest.get('runner') == other.manifest.get('runner') == 'graph'
+          and seeds[0] is not None and seeds[0] == seeds[1])
 
 
 def first_pass_steps(run):

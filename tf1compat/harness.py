@@ -177,6 +177,11 @@ def jobs(cfg):
       args.extend(port_args(cfg))
     if cfg.exact and port:
       args.extend(EXACT_PORT_ARGS)
+    if cfg.legacy_python and cfg.dropout > 0 and command == 'train_graph':
+      # An unseeded Dropout takes its op seed from the graph's op count, which the two
+      # TensorFlows' builds of one model do not share: seeded alike, they draw the same
+      # masks, and the first rung is judged step by step (the control redraws them).
+      args.append(f'--dropout_seed={cfg.seed}')
     injected = pitfall is not None and _makes(cfg, name) in pitfall.runners
     if not (injected and 'adam_epsilon' in pitfall.omits):
       args.append(f'--adam_epsilon={epsilon!r}')
