@@ -42,17 +42,18 @@ FRAMEWORK_DIFFERENCES = {
                     'batch mean, global average pooling, per_image_standardization), the softmax '
                     'cross-entropy kernel and ApplyAdam, oneDNN on or off; with oneDNN on (TF '
                     "2's default on x86) also the fused convolutions and their input gradients. "
-                    'Last-bit differences from the first step on, which Adam amplifies; judged '
-                    "against the reference stack's envelope (docs/legacy-stack.md).",
+                    'Last-bit differences from the first step on, which Adam amplifies at its '
+                    "own pace, not the control's: the step tier is reported with its ratio to "
+                    'the envelope, the curve tier judges (docs/legacy-stack.md).',
     'tf1_batch_order': "TensorFlow 1.15's tf.data seeds a reshuffling shuffle nested in another "
                        "(the pipeline's file shuffle inside its record shuffle) otherwise on "
                        'every pass after the first: the batch order parts at the second pass '
-                       'through the training data, so the step tier is judged within the first '
-                       'pass and the curves past it.',
+                       'through the training data, so the step tier measures the first pass '
+                       'only.',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
-                           'replica_reduction', 'mixed_precision'})
+                           'replica_reduction', 'mixed_precision', 'tf1_rounding'})
 # run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
 # they may have computed with.
 KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),

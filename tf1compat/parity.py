@@ -299,7 +299,11 @@ def ladder(report, first_rung):
         pair['reference_label'], pair['other_label'])
     side = {field['field']: (field['other'], field['reference']) if legacy else
             (field['reference'], field['other']) for field in pair['versions']}
-    ratio = pair['envelope_ratio']
+    # Measured whether or not the step tier is judged (a framework difference may leave
+    # it reported only): how far the rung's two ends part, over the reference's envelope.
+    ratios = [r for r in (pair['step_tier']['max_envelope_ratio'],
+                          pair['weight_tier']['max_envelope_ratio']) if r is not None]
+    ratio = max(ratios) if ratios else None
     rungs.append({
         'from': ends[0], 'to': ends[1],
         'versions': {name: side.get(name) for name in ('TensorFlow', 'Keras implementation',

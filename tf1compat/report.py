@@ -69,12 +69,11 @@ def ladder_lines(report):
   lines = ['migration ladder (each rung judged against the reference stack\'s envelope):']
   for number, rung in enumerate(report.get('ladder') or (), start=1):
     versions = rung['versions']
+    inside = {None: 'uncalibrated', True: 'inside the envelope',
+              False: 'outside the envelope'}[rung['inside_envelope']]
     if not rung['step_tier_judged']:
-      inside = ('step tier reported, not judged (' + ', '.join(
-          sorted(set(rung['framework_differences']) & diagnosis.STEP_BREAKING)) + ')')
-    else:
-      inside = {None: 'uncalibrated', True: 'inside the envelope',
-                False: 'OUTSIDE the envelope'}[rung['inside_envelope']]
+      inside += ' (step tier reported, not judged: ' + ', '.join(
+          sorted(set(rung['framework_differences']) & diagnosis.STEP_BREAKING)) + ')'
     lines.append(
         f'  rung {number}: {rung["from"]} -> {rung["to"]} (TensorFlow '
         f'{versions["TensorFlow"][0]} -> {versions["TensorFlow"][1]}, '
