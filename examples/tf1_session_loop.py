@@ -59,7 +59,9 @@ def main(argv):
   """Trains and records one run; returns the exit code."""
   args = team_common.parse_args(argv, __doc__.splitlines()[0])
   tf.compat.v1.disable_v2_behavior()
-  tf.config.experimental.enable_op_determinism()
+  # TensorFlow 1.15 has no op-determinism switch; its CPU kernels need none.
+  if hasattr(tf.config.experimental, 'enable_op_determinism'):
+    tf.config.experimental.enable_op_determinism()
   tf.compat.v1.set_random_seed(args.seed)
   x_train, y_train, x_val, y_val = team_common.make_data(args.seed)
   g = build_graph(args.learning_rate)

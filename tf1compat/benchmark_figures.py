@@ -184,6 +184,7 @@ def device_block(results):
       manifest_versions = dict(result.get('versions') or {})
       # The graph runner's 'keras' is tf-keras (Keras 2), the eager runner's Keras 3.
       keras_version = manifest_versions.pop('keras', None)
+      manifest_versions.pop('keras_implementation', None)
       versions.update(manifest_versions)
       versions['tf_keras' if result['runner'] == 'graph' else 'keras'] = keras_version
   host = f'{cpu["model"]}, {cpu["cores"]} cores'

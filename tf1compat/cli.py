@@ -6,18 +6,23 @@ memory: never a verdict); 130/143 interrupted by SIGINT/SIGTERM after a checkpoi
 Library code raises the exceptions below; `run_main` turns them into exit codes.
 """
 
-from importlib import metadata
 import os
 import platform
 import signal
 import sys
-import tempfile
 import traceback
+
+try:
+  from importlib import metadata
+except ImportError:  # Python 3.7, where the legacy runner runs TensorFlow 1.15
+  import importlib_metadata as metadata
 
 from absl import app
 from absl import flags
 
 import tf1compat
+from tf1compat import errors
+from tf1compat import held_stderr
 
 EXIT_OK = 0
 EXIT_PARITY_FAIL = 1
@@ -26,69 +31,16 @@ EXIT_NUMERIC = 3
 EXIT_FAULT = 4
 
 
-class UsageError(Exception):
-  """A mistake the user can fix (a flag, a file, the data): exit 2 with the message."""
-
-
-class NumericFault(Exception):
-  """A NaN or Inf loss: exit 3; the message names the step and the last good checkpoint."""
-
-
-class Fault(Exception):
-  """An internal or device fault (a runner that crashed): exit 4, never read as a verdict."""
-
-
-class Interrupted(Exception):
-  """SIGINT or SIGTERM arrived and a checkpoint was written: exit 128 + signal number."""
-
-  def __init__(self, signum, message):
-    super().__init__(message)
-    self.exit_code = 128 + signum
+# The library's errors (errors.py), under the names every command and test uses.
+UsageError = errors.UsageError
+NumericFault = errors.NumericFault
+Fault = errors.Fault
+Interrupted = errors.Interrupted
 
 
 def quiet_tensorflow_logs():
   """Silences TensorFlow's C++ INFO/WARNING lines unless the user asked for them."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-
-class _HeldStderr:
-  """Holds back everything written to file descriptor 2 (TensorFlow's C++ start-up lines,
-  its deprecation warnings, our own log lines) until the run has started.
-
-  A usage error found before then (bad data, a bad --init_weights, a run directory in
-  the way) is then the only line on stderr; once the run starts, or when the process
-  ends otherwise, what was held is written out in order, so nothing is lost. The held
-  text lives in a temporary file, which a process killed meanwhile leaves in $TMPDIR.
-  """
-
-  def __init__(self):
-    sys.stderr.flush()
-    self._file = tempfile.NamedTemporaryFile(prefix='tf1compat-stderr-', delete=False)
-    self._saved = os.dup(2)
-    os.dup2(self._file.fileno(), 2)
-
-  def release(self, replay):
-    sys.stderr.flush()
-    os.dup2(self._saved, 2)
-    os.close(self._saved)
-    self._file.seek(0)
-    held = self._file.read()
-    self._file.close()
-    os.remove(self._file.name)
-    if replay and held:
-      os.write(2, held)
-
-
-_held_stderr = None
-
-
-def release_stderr(replay=True):
-  """Ends run_main's hold on stderr (see hold_stderr): what was held is written out,
-  or with `replay` False dropped. A no-op when nothing is held."""
-  global _held_stderr
-  if _held_stderr is not None:
-    held, _held_stderr = _held_stderr, None
-    held.release(replay)
 
 
 def _program():
@@ -134,9 +86,9 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
   """Defines the flags (`define_flags()`), then runs `main(argv)` under absl with the
   exit-code contract. `quiet_tensorflow`: the process imports TensorFlow, whose C++
   INFO/WARNING lines are silenced unless the user asked for them. `hold_stderr`: stderr
-  is held back until the work starts (release_stderr, called when a runner opens its run
-  directory or make_records starts converting), so that a usage error before then is
-  the only line.
+  is held back until the work starts (held_stderr.release, called when a runner opens
+  its run directory or make_records starts converting), so that a usage error before
+  then is the only line.
 
   `main` returns an exit code (or None for 0); UsageError, NumericFault, Fault and
   Interrupted become one line on stderr and exit codes 2, 3, 4 and 128 + signal. Any
@@ -150,15 +102,14 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     define_flags()
 
   def guarded(argv):
-    global _held_stderr
     if hold_stderr:
-      _held_stderr = _HeldStderr()
+      held_stderr.hold()
     try:
       return main(argv) or EXIT_OK
     except UsageError as e:
       # What was held back before the run started (TensorFlow's start-up lines) would
       # bury the one line that matters.
-      release_stderr(replay=False)
+      held_stderr.release(replay=False)
       fail(EXIT_USAGE, e)
     except NumericFault as e:
       fail(EXIT_NUMERIC, e)
@@ -167,12 +118,12 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     except Interrupted as e:
       fail(e.exit_code, e)
     except Exception as e:  # pylint: disable=broad-except
-      release_stderr()
+      held_stderr.release()
       traceback.print_exc()
       fail(EXIT_FAULT, f'internal or device fault ({type(e).__name__}: {e}); the traceback '
            'is above')
     finally:
-      release_stderr()
+      held_stderr.release()
 
   try:
     app.run(guarded, flags_parser=_parse_flags)

@@ -5,10 +5,17 @@ and hands it to the library's `run(config)`; nothing below reads flags. The defa
 here are the flags' defaults (flags.py reads them from these classes), so a test or a
 team's script can build a config directly: `GraphConfig(data_dir=..., epochs=1)`.
 
-TensorFlow-free.
+TensorFlow-free; importable on Python 3.7 (the TensorFlow 1.15 legacy runner's).
 """
 
+from __future__ import annotations
+
 import dataclasses
+import sys
+
+# Keyword-only construction where Python has it (3.10 and up); on Python 3.7, where the
+# legacy runner runs TensorFlow 1.15, the same classes are built by keyword by convention.
+KEYWORD_ONLY = {'kw_only': True} if sys.version_info >= (3, 10) else {}
 
 # The embedded and the benchmark's data: the seed's Caltech256 head.
 CALTECH256_CLASSES = 257
@@ -45,7 +52,7 @@ FIT_ACCURACY_METRICS = ('CategoricalAccuracy', 'Accuracy')
 FIT_LR_SCHEDULES = ('optimizer', 'epoch_callback')
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class DataConfig:
   """What selects and shapes the data (both runners, check_parity, benchmark)."""
   data_dir: str | None = None
@@ -59,7 +66,7 @@ class DataConfig:
   allow_num_classes_mismatch: bool = False
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class TrainingConfig(DataConfig):
   """What both runners train with; check_parity forwards these to every runner."""
   epochs: int = 3
@@ -112,7 +119,7 @@ class TrainingConfig(DataConfig):
                         | {self.total_steps}))
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class GraphConfig(TrainingConfig):
   """bin/train_graph: the legacy TF1 loop; each non-default switch is a legacy mistake."""
   model_dir: str = 'runs/graph'
@@ -124,7 +131,7 @@ class GraphConfig(TrainingConfig):
   strategy: str = 'default'
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class EagerConfig(TrainingConfig):
   """bin/train_eager: the TF2 port, a custom tf.function loop or Keras model.fit."""
   model_dir: str = 'runs/eager'
@@ -146,7 +153,7 @@ class EagerConfig(TrainingConfig):
   keep_bn_momentum: bool = True
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class CheckParityConfig(TrainingConfig):
   """bin/check_parity: the training fields are forwarded to every runner.
 
@@ -166,9 +173,12 @@ class CheckParityConfig(TrainingConfig):
   mixed_precision: bool = False
   port_flags: tuple = ()
   settings_matrix: bool = False
+  # A Python with TensorFlow 1.15 (bin/legacy_env): the legacy loop also runs there, as
+  # the migration ladder's first rung (None: no such rung).
+  legacy_python: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class RecordsConfig:
   """bin/make_records: an image folder or the synthetic dataset to TFRecord shards."""
   output_dir: str | None = None
@@ -228,7 +238,7 @@ def runner_args(config, names):
   return args
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class BenchmarkConfig(DataConfig):
   """bin/benchmark: what every measurement shares (the figures' 'settings' block)."""
   steps: int = 8  # training steps per timed window
@@ -246,7 +256,7 @@ class BenchmarkConfig(DataConfig):
     return self.warmup_steps + self.repetitions * self.steps
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class MatrixConfig:
   """bin/parity_matrix: which cases of the false-alarm matrix to run, and where."""
   output_dir: str = 'runs/parity_matrix'

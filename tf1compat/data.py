@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import plugins
+from tf1compat import stacks
 from tf1compat import tfrecord
 
 # The seed's schema: what `bin/make_records` writes and what a Caltech256 TFRecord
@@ -179,7 +180,7 @@ def parse_example(serialized, image_size, num_classes, parse=None):
   A label outside [0, num_classes) fails the pipeline.
   """
   image, label = labeled_image(serialized, num_classes, parse)
-  image = tf.image.resize_with_pad(image, image_size, image_size)
+  image = stacks.resize_with_pad(image, image_size, image_size)
   return tf.image.per_image_standardization(image), tf.one_hot(label, num_classes)
 
 
@@ -209,7 +210,7 @@ def _record_reader(files, exclusions):
 
 
 def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training=True,
-                 shuffle_buffer=10000, num_parallel_calls=tf.data.AUTOTUNE, skip=None,
+                 shuffle_buffer=10000, num_parallel_calls=stacks.AUTOTUNE, skip=None,
                  parse=None):
   """Builds the seed's input pipeline over `files`, for graph or eager mode alike.
 
@@ -237,14 +238,12 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   if training:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed + RECORD_SHUFFLE_SEED_OFFSET)
     dataset = dataset.repeat()
-  dataset = dataset.map(
-      lambda record: parse_example(record, image_size, num_classes, parse),
-      num_parallel_calls=num_parallel_calls, deterministic=True)
+  dataset = stacks.parallel_map(
+      dataset, lambda record: parse_example(record, image_size, num_classes, parse),
+      num_parallel_calls)
   dataset = dataset.batch(batch_size, drop_remainder=training)
-  dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.deterministic = True
-  return dataset.with_options(options)
+  dataset = dataset.prefetch(stacks.AUTOTUNE)
+  return dataset.with_options(stacks.deterministic_options())
 
 
 def decode_failures(records, num_classes, parse=None):
@@ -276,7 +275,7 @@ def decode_failures(records, num_classes, parse=None):
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(files), dtype=tf.int64), files)).flat_map(read)
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(decode, num_parallel_calls=stacks.AUTOTUNE)
     decoded = tf.compat.v1.data.make_one_shot_iterator(
         dataset.ignore_errors().map(lambda key, _: key).batch(4096)).get_next()
     blob = tf.compat.v1.placeholder(tf.string, [])
@@ -302,7 +301,11 @@ def decode_failures(records, num_classes, parse=None):
 
 
 def _decode(image_bytes):
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  # channels=3 fixes the depth, which TensorFlow 1.15's shape inference leaves unknown
+  # (the convolutions need it).
+  image.set_shape([None, None, 3])
+  return image
 
 
 def read_dataset_json(data_dir):

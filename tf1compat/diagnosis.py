@@ -25,8 +25,10 @@ FRAMEWORK_DIFFERENCES = {
                           'Bessel-corrected batch variance (x n/(n-1)), Keras 3 with the biased '
                           'one, and the unfused Keras 3 ops round differently; judged on the '
                           'curve tier. Remove it with train_eager --tf1_bn_variance.',
-    'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, so '
-                     'per-step losses cannot match bit for bit; judged on the curve tier.',
+    'dropout_masks': 'TF1 and Keras 3 draw different dropout masks from the same seed, and '
+                     'an unseeded TF1 Dropout takes its op seed from the graph\'s op count, '
+                     'which TensorFlow 1.15 and 2 do not share, so per-step losses cannot '
+                     'match bit for bit; judged on the curve tier.',
     'replica_reduction': 'A run over several replicas sums the gradients (and BatchNorm '
                          'moments) of its replicas, in another order than one device sums the '
                          'batch: last-bit differences from the first update on, which Adam '
@@ -35,10 +37,23 @@ FRAMEWORK_DIFFERENCES = {
     'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
                        'float32 run computes in float32: expected to differ from the first '
                        'step on by float16 round-off; judged on the curve tier.',
+    'tf1_rounding': 'TensorFlow 1.15 and TensorFlow 2 run the same graph through kernels that '
+                    'round differently on the CPU: float32 reductions (Sum, Mean: the loss\'s '
+                    'batch mean, global average pooling, per_image_standardization), the softmax '
+                    'cross-entropy kernel and ApplyAdam, oneDNN on or off; with oneDNN on (TF '
+                    "2's default on x86) also the fused convolutions and their input gradients. "
+                    'Last-bit differences from the first step on, which Adam amplifies at its '
+                    "own pace, not the control's: the step tier is reported with its ratio to "
+                    'the envelope, the curve tier judges (docs/legacy-stack.md).',
+    'tf1_batch_order': "TensorFlow 1.15's tf.data seeds a reshuffling shuffle nested in another "
+                       "(the pipeline's file shuffle inside its record shuffle) otherwise on "
+                       'every pass after the first: the batch order parts at the second pass '
+                       'through the training data, so the step tier measures the first pass '
+                       'only.',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
-                           'replica_reduction', 'mixed_precision'})
+                           'replica_reduction', 'mixed_precision', 'tf1_rounding'})
 # run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
 # they may have computed with.
 KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
@@ -90,7 +105,8 @@ def known_differences(reference, other):
         'predicted_factor_last_layer': bessel_factor(reference, len(model.CONV_FILTERS)),
         'predicted_factor_first_layer': bessel_factor(reference, 1)}
         if reference.flag('model') is None else {})
-  if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0:
+  if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0 and not (
+      _same_dropout_masks(reference, other)):
     found['dropout_masks'] = {'rate': other.flag('dropout')}
   replicas = [run.manifest.get('replicas', 1) for run in (reference, other)]
   if replicas[0] != replicas[1]:
@@ -100,7 +116,32 @@ def known_differences(reference, other):
   policies = [run.manifest.get('dtype_policy', 'float32') for run in (reference, other)]
   if policies[0] != policies[1]:
     found['mixed_precision'] = {'dtype_policies': policies}
+  tf_versions = [str((run.manifest.get('versions') or {}).get('tensorflow')) for run in
+                 (reference, other)]
+  if [v.startswith('1.') for v in tf_versions].count(True) == 1:
+    found['tf1_rounding'] = {'tensorflow': tf_versions}
+    first_pass = first_pass_steps(reference)
+    if first_pass is not None and first_pass == first_pass_steps(other):
+      found['tf1_batch_order'] = {'first_pass_steps': first_pass}
   return found
+
+
+def _same_dropout_masks(reference, other):
+  """Whether two runs draw the same Dropout masks: the graph runner on either TensorFlow
+  (tf.nn.dropout's stateful kernel) with the same explicit --dropout_seed."""
+  seeds = [run.flag('dropout_seed') for run in (reference, other)]
+  return (reference.manifest.get('runner') == other.manifest.get('runner') == 'graph'
+          and seeds[0] is not None and seeds[0] == seeds[1])
+
+
+def first_pass_steps(run):
+  """The steps whose batches all come from the first pass through the training records
+  (our runners' run.json counts them; None for a recorded loop, whose pipeline is its own)."""
+  records = ((run.manifest.get('data') or {}).get('records') or {}).get('train')
+  batch_size = run.manifest.get('batch_size')
+  if not isinstance(records, int) or not batch_size:
+    return None
+  return records // batch_size
 
 
 def measure_bn_variance(reference, other):

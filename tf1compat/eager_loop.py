@@ -307,7 +307,8 @@ class EagerBackend(training.Backend):
   def start_manifest(self, device):
     """The run.json fields of the run's start (training.start_manifest)."""
     return training.start_manifest(
-        self._cfg, self._spec, versions=runlog.versions(keras.__version__, tf.__version__),
+        self._cfg, self._spec,
+        versions=runlog.versions(tf.__version__, runlog.KERAS_3, keras.__version__),
         device=device, kernels=kernels(self._cfg), optimizer_name=optimizer_name(self._cfg),
         epsilon=adam_epsilon(self._cfg), lr_schedule=lr_schedule_manifest(self._cfg),
         **self.distribution.manifest(),

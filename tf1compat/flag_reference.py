@@ -14,7 +14,7 @@ import sys
 from tf1compat import process
 
 COMMANDS = ('make_records', 'train_graph', 'train_eager', 'compare_runs', 'check_parity',
-            'parity_matrix', 'benchmark')
+            'parity_matrix', 'benchmark', 'legacy_env')
 BEGIN = '<!-- flag reference: python -m tf1compat.flag_reference -->'
 END = '<!-- end of flag reference -->'
 # absl's own flags every command has (--helpfull, --flagfile, --verbosity, ...) are left

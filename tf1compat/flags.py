@@ -372,6 +372,11 @@ def define_check_parity_flags():
   flags.register_validator('port_flags', lambda v: all(f.startswith('--') for f in v),
                            message='--port_flags takes train_eager flags, e.g. '
                                    '--port_flags=--jit_compile,--nodeterministic')
+  flags.DEFINE_string('legacy_python', default('legacy_python'),
+                      'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '
+                      'loop also runs there (run directory tf115), the first rung of the '
+                      'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
+                      'the port; a pitfall of the legacy loop goes into that run.')
   flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
                     'Run the matched check once per setting that applies on this device '
                     '(the port without op determinism, with oneDNN turned the other way than this '

@@ -8,7 +8,7 @@ process at a time a folder (a run directory, check_parity's output). TensorFlow-
 import fcntl
 import os
 
-from tf1compat import cli
+from tf1compat import errors
 
 # The lock of the process writing a folder (lock_folder): no content either, and kept.
 LOCK_FILE = '.lock'
@@ -40,7 +40,7 @@ def _within(inner, outer):
 
 
 def check_placement(path, flag, data_dirs=()):
-  """Raises cli.UsageError when `path`, a folder or file a command is about to write, is,
+  """Raises errors.UsageError when `path`, a folder or file a command is about to write, is,
   contains or lies inside a data folder of `data_dirs`, the dataset cache or the tf1compat
   package, or is or contains the folder holding the package.
 
@@ -63,7 +63,7 @@ def check_placement(path, flag, data_dirs=()):
       relation = 'lies inside'
     else:
       continue
-    raise cli.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
+    raise errors.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
                          f'(--overwrite would delete what it holds); choose a {flag} outside it')
 
 
@@ -71,12 +71,12 @@ def lock_folder(folder, flag):
   """Takes the exclusive lock of `folder` (created when missing) until this process ends.
 
   flock on folder/.lock, which holds the holder's pid: the kernel releases the lock when
-  its process dies, SIGKILL included, so a lock is never stale. Raises cli.UsageError
+  its process dies, SIGKILL included, so a lock is never stale. Raises errors.UsageError
   naming the holder's pid when another process holds it; a second call from this
   process keeps the lock it has.
   """
   if os.path.exists(folder) and not os.path.isdir(folder):
-    raise cli.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
+    raise errors.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
   os.makedirs(folder, exist_ok=True)
   key = _real(folder)
   if key in _LOCKS:
@@ -89,7 +89,7 @@ def lock_folder(folder, flag):
     lock.seek(0)
     holder = lock.read().strip() or 'unknown'
     lock.close()
-    raise cli.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
+    raise errors.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
                          f'for it to end, or choose another {flag}') from None
   lock.truncate(0)
   lock.write(f'{os.getpid()}\n')

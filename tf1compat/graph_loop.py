@@ -28,7 +28,6 @@ import os
 
 from absl import logging
 import tensorflow as tf
-import tf_keras
 
 from tf1compat import atomic
 from tf1compat import checkpoints
@@ -36,17 +35,25 @@ from tf1compat import cli
 from tf1compat import config
 from tf1compat import data
 from tf1compat import model
-from tf1compat import numerics
 from tf1compat import plugins
 from tf1compat import runlog
+from tf1compat import stacks
 from tf1compat import training
 
 RUNNER = 'graph'
 CHECKPOINT_PREFIX = 'model.ckpt'
 SERVING_SIGNATURE = 'serving_default'
-# The legacy kernels: ApplyAdam with beta-power accumulators, and fused batch norm, whose
-# moving variance takes the Bessel-corrected batch variance.
-KERNELS = {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': runlog.BN_VARIANCE_BESSEL}
+
+
+def kernels(keras_model):
+  """run.json's kernels block: ApplyAdam with beta-power accumulators, and BatchNorm's
+  moving-variance rule as the built layers compute it. Fused BatchNorm (what tf.keras
+  and tf-keras choose where they can) takes the Bessel-corrected batch variance; the
+  unfused layer the biased one."""
+  fused = [getattr(layer, 'fused', True)
+           for layer in model.batch_norm_layers(keras_model, tf.keras)]
+  variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
+  return {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': variance}
 
 
 def optimizer_name(cfg):
@@ -232,6 +239,7 @@ class GraphBackend(training.Backend):
                   + regularization_loss(self.model))
     # model.losses builds the regularizers' ops when read: read before the graph is final.
     self.model_summary = model.summary(self.model, tf.keras)
+    self.kernels = kernels(self.model)
     label_classes, predicted_classes = _classes(labels, logits)
     self._batch_accuracy = tf.reduce_mean(
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
@@ -446,11 +454,14 @@ def run(cfg, dataset_hook=None):
   described in the module docstring.
   """
   training.check_paths(cfg)
+  problem = stacks.tf32_problem(cfg.tf32)
+  if problem:
+    raise cli.UsageError(problem)
   device = training.check_device(cfg)
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  numerics.apply_tf32(cfg.tf32)
+    stacks.enable_op_determinism()
+  stacks.apply_tf32(cfg.tf32)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:
     # The data (pre-flight check), the graph and --init_weights are checked before the
@@ -465,11 +476,11 @@ def run(cfg, dataset_hook=None):
       with training.marking_failures(log):
         backend.attach(log)
         log.update(**training.start_manifest(
-            cfg, spec, versions=runlog.versions(tf_keras.__version__, tf.__version__),
-            device=device, kernels=KERNELS, optimizer_name=optimizer_name(cfg),
+            cfg, spec, versions=runlog.versions(tf.__version__, *stacks.graph_keras()),
+            device=device, kernels=backend.kernels, optimizer_name=optimizer_name(cfg),
             epsilon=adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
             replicas=1, workers=1, devices=[], dtype_policy='float32', jit_compile=False,
-            settings=numerics.settings(), model_summary=backend.model_summary,
+            settings=stacks.settings(), model_summary=backend.model_summary,
             regularization_in_loss=True,
             graph=backend.describe()))
         return training.train(backend, log, training.schedule(

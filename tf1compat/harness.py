@@ -21,6 +21,7 @@ from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import folders
+from tf1compat import legacy_env
 from tf1compat import parity
 from tf1compat import pitfalls
 from tf1compat import plugins
@@ -43,9 +44,14 @@ FORWARDED = tuple(field.name for field in dataclasses.fields(config.TrainingConf
 _INIT_FIELDS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
 
 CONTROL = 'control'
+# The legacy loop on TensorFlow 1.15 (--legacy_python): the migration ladder's first rung,
+# and the folder from which its interpreter imports tf1compat (legacy_env.source_path).
+LEGACY = 'tf115'
+LEGACY_SOURCE = '.tf115_source'
 ROLES = {'init': 'initial weights from the legacy runner',
          'graph': 'the legacy TF1 loop (reference)',
          CONTROL: 'the reference again, one ulp apart (calibration)',
+         LEGACY: 'the legacy TF1 loop on TensorFlow 1.15 (first rung)',
          'eager': 'the TF2 port, custom loop', 'fit': 'the TF2 port, model.fit'}
 
 
@@ -55,6 +61,7 @@ class RunnerJob:
   command: str    # the runner's command (process.command)
   args: tuple     # runner-specific arguments
   env: tuple = ()  # (name, value) pairs set in the runner's environment
+  python: str = None  # the interpreter (None: this one), --legacy_python's for LEGACY
 
 
 def control_threads():
@@ -137,9 +144,22 @@ def port_args(cfg):
   return args + list(cfg.port_flags)
 
 
+def _makes(cfg, name):
+  """Which runner's mistakes the run `name` carries: under --legacy_python the legacy
+  loop's go into its TensorFlow 1.15 run, never into the reference."""
+  if cfg.legacy_python and name == 'graph':
+    return None
+  return 'graph' if name == LEGACY else name
+
+
 def jobs(cfg):
   """The runner jobs of check_parity config `cfg`, the pitfall (if any) injected into
-  its runners; a pitfall made only in model.fit makes fit the port without --with_fit."""
+  its runners; a pitfall made only in model.fit makes fit the port without --with_fit.
+
+  With --legacy_python the legacy loop runs a second time on TensorFlow 1.15 (LEGACY)
+  with the same arguments; a pitfall of the legacy loop goes there, the team's
+  production loop, and the reference on this TensorFlow and its control stay correct.
+  """
   epsilon = config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
   pitfall = pitfalls.PITFALLS.get(cfg.pitfall)
   out = []
@@ -149,21 +169,29 @@ def jobs(cfg):
       name in pitfall.runners for name, _, _ in chosen):
     # A mistake made only in model.fit, without --with_fit: fit is the port checked.
     chosen = [port for port in ports if port[0] in pitfall.runners]
-  runners = [('graph', 'train_graph', ()), *chosen]
+  legacy = [(LEGACY, 'train_graph', ())] if cfg.legacy_python else []
+  runners = [('graph', 'train_graph', ()), *legacy, *chosen]
   for name, command, own in runners:
     args = list(own)
-    if name != 'graph':
+    port = command != 'train_graph'
+    if port:
       args.extend(port_args(cfg))
-    if cfg.exact and name != 'graph':
+    if cfg.exact and port:
       args.extend(EXACT_PORT_ARGS)
-    injected = pitfall is not None and name in pitfall.runners
+    if cfg.legacy_python and cfg.dropout > 0 and command == 'train_graph':
+      # An unseeded Dropout takes its op seed from the graph's op count, which the two
+      # TensorFlows' builds of one model do not share: seeded alike, they draw the same
+      # masks, and the first rung is judged step by step (the control redraws them).
+      args.append(f'--dropout_seed={cfg.seed}')
+    injected = pitfall is not None and _makes(cfg, name) in pitfall.runners
     if not (injected and 'adam_epsilon' in pitfall.omits):
       args.append(f'--adam_epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
       if pitfall.args_from_config:
         args.extend(pitfall.args_from_config(cfg))
-    out.append(RunnerJob(name, command, tuple(args)))
+    python = cfg.legacy_python if name == LEGACY else None
+    out.append(RunnerJob(name, command, tuple(args), python=python))
     if name == 'graph' and cfg.calibrate:
       out.append(control_job(out[-1], cfg))
   return out
@@ -264,7 +292,7 @@ def _refuse_replacing(cfg, job_name, model_dir, old, new):
                        f'arguments ({listed}); {way_out}')
 
 
-def _run(job, args, log_path, total_steps, model_dir=None, append=False):
+def _run(job, args, log_path, total_steps, model_dir=None, append=False, package_parent=None):
   """Runs a runner to its end, its output into `log_path`; returns its exit code.
 
   With a terminal a bar follows the run's steps.csv; otherwise one line at the start
@@ -272,8 +300,8 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False):
   which checkpoints and exits 130/143; check_parity then exits the same way, and a
   rerun resumes.
   """
-  command = process.command(job.command, *args)
-  env = process.child_env(job.env)
+  command = process.command(job.command, *args, python=job.python)
+  env = process.child_env(job.env, package_parent or process.PACKAGE_PARENT)
   # The log file is for everything: TensorFlow's own start-up lines included.
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
   steps_csv = os.path.join(model_dir, runlog.STEPS_CSV) if model_dir else None
@@ -348,6 +376,10 @@ def run(cfg, tolerances, reuse=None):
   folders.check_placement(output_dir, '--output_dir', [cfg.data_dir])
   if cfg.init_weights:
     runlog.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
+  if cfg.legacy_python:
+    found = legacy_env.check(cfg.legacy_python)
+    progress.say(f'{LEGACY}: {cfg.legacy_python}: Python {found["python"]}, TensorFlow '
+                 f'{found["tensorflow"]} (tf.keras {found["keras"]}), numpy {found["numpy"]}')
   folders.lock_folder(output_dir, '--output_dir')
   # Without --data_dir the first runner generates the embedded dataset's cache and the
   # others reuse it; this process never imports TensorFlow.
@@ -367,10 +399,15 @@ def run(cfg, tolerances, reuse=None):
     start = nudged if job.name == CONTROL else init_weights
     args = common + [f'--model_dir={model_dir}', f'--init_weights={start}', *job.args]
     recorded = args + [f'{k}={v}' for k, v in job.env]
+    if job.python:
+      recorded.append(f'python={job.python}')
     _refuse_replacing(cfg, job.name, model_dir, previous.get(job.name), recorded)
     planned.append((job, model_dir, args, recorded))
   controls = any(job.name == CONTROL for job, _, _, _ in planned)
   _write_init_weights(init_weights, nudged if controls else None, common)
+  # The legacy interpreter imports this tf1compat from a folder that holds it alone.
+  legacy_source = (legacy_env.source_path(os.path.join(output_dir, LEGACY_SOURCE))
+                   if cfg.legacy_python else None)
   state = {}
   run_dirs = dict(reuse)
   for job, model_dir, args, recorded in planned:
@@ -385,7 +422,8 @@ def run(cfg, tolerances, reuse=None):
       os.makedirs(model_dir, exist_ok=True)
       log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
       code = _run(job, args + ([] if same else ['--overwrite']), log_path,
-                  cfg.total_steps, model_dir, append=same)
+                  cfg.total_steps, model_dir, append=same,
+                  package_parent=legacy_source if job.python else None)
       if code:
         raise runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
@@ -393,5 +431,7 @@ def run(cfg, tolerances, reuse=None):
   report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
   report['pitfall_injected'] = cfg.pitfall
   report['init_weights'] = init_weights
+  if LEGACY in run_dirs:
+    report['ladder'] = parity.ladder(report, run_dirs[LEGACY])
   parity_report.write_report(report, output_dir)
   return report

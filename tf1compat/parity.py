@@ -210,11 +210,13 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
                 if k.endswith('moving_variance')}
     differences['bn_moving_variance']['measured'] = diagnosis.measure_bn_variance(
         reference, other)
-  steps = tiers.step_tier(reference, other, tol, envelope)
+  # Past the first pass through the data, TF 1.15 and TF 2 read other batches.
+  last_step = differences.get('tf1_batch_order', {}).get('first_pass_steps')
+  steps = tiers.step_tier(reference, other, tol, envelope, last_step)
   for name in diagnosis.STEP_BREAKING & set(differences):
     if steps['steps'] and not differences[name].get('measured'):
       differences[name]['measured'] = _measured(steps)
-  weights = tiers.weight_tier(reference, other, tol, excluded, envelope)
+  weights = tiers.weight_tier(reference, other, tol, excluded, envelope, last_step)
   curves = tiers.curve_tier(reference, other, tol, envelope)
   semantics = {run.path: tiers.metric_semantics(run) for run in (reference, other)}
   bn_states = {run.path: tiers.batch_norm_state(run) for run in (reference, other)}
@@ -247,6 +249,8 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
                                         for run in (reference, other)},
                          'reference_dropout': dropout_state},
       'tiers': verdicts, 'framework_differences': differences,
+      'versions': tiers.versions(reference, other),
+      'parting': tiers.parting(steps, weights),
       # divergence / envelope at the worst judged step (the limit is envelope_multiple).
       'envelope_ratio': max(ratios) if ratios else None,
       'bit_identical': steps['losses_identical'] and weights['weights_identical'],
@@ -278,3 +282,39 @@ def compare(paths, tol, control=None, weight_maps=None):
                    for r in runs],
           'pairs': pairs,
           'pitfalls': [p['name'] for pair in pairs for p in pair['pitfalls']]}
+
+
+def ladder(report, first_rung):
+  """The migration ladder of a compare() report whose reference is tf.compat.v1 on
+  TensorFlow 2.21 and whose run `first_rung` is the same loop on TensorFlow 1.15: the
+  rungs in order, TF 1.15 -> tf.compat.v1 (the pair of `first_rung`), then tf.compat.v1
+  -> each port, every rung summarized from the pair that judged it (where the two ends
+  part, by how much, over the reference stack's envelope, and the verdict)."""
+  multiple = report['tolerances']['envelope_multiple']
+  pairs = sorted(report['pairs'], key=lambda pair: pair['other'] != first_rung)
+  rungs = []
+  for pair in pairs:
+    legacy = pair['other'] == first_rung
+    ends = (pair['other_label'], pair['reference_label']) if legacy else (
+        pair['reference_label'], pair['other_label'])
+    side = {field['field']: (field['other'], field['reference']) if legacy else
+            (field['reference'], field['other']) for field in pair['versions']}
+    # Measured whether or not the step tier is judged (a framework difference may leave
+    # it reported only): how far the rung's two ends part, over the reference's envelope.
+    ratios = [r for r in (pair['step_tier']['max_envelope_ratio'],
+                          pair['weight_tier']['max_envelope_ratio']) if r is not None]
+    ratio = max(ratios) if ratios else None
+    rungs.append({
+        'from': ends[0], 'to': ends[1],
+        'versions': {name: side.get(name) for name in ('TensorFlow', 'Keras implementation',
+                                                       'Keras', 'Python')},
+        'parting': pair['parting'],
+        'step_max_relative_difference': pair['step_tier']['max_relative_difference'],
+        'weight_max_relative_difference': pair['weight_tier']['max_relative_difference'],
+        'step_tier_judged': pair['tiers']['step']['judged'],
+        'envelope_ratio': ratio,
+        'inside_envelope': None if ratio is None else ratio <= multiple,
+        'framework_differences': sorted(pair['framework_differences']),
+        'bit_identical': pair['bit_identical'], 'verdict': pair['verdict'],
+    })
+  return rungs

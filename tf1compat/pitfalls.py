@@ -9,8 +9,10 @@ named before any pitfall. TensorFlow-free.
 
 import dataclasses
 
+from tf1compat import config
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+
+@dataclasses.dataclass(frozen=True, **config.KEYWORD_ONLY)
 class Problem:
   """A named cause of a difference: which tiers' evidence names it, and its fix."""
   # The tiers whose evidence names it (config, step, curve, semantics): the first unless
@@ -19,7 +21,7 @@ class Problem:
   fix: str
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, **config.KEYWORD_ONLY)
 class Pitfall(Problem):
   """A migration mistake check_parity can inject into the runner that makes it."""
   runners: tuple  # 'graph', or the port's 'eager' and 'fit'

@@ -35,6 +35,10 @@ def use_legacy_keras():
   if 'tensorflow' in sys.modules and os.environ.get('TF_USE_LEGACY_KERAS') != '1':
     raise RuntimeError('TensorFlow was imported before the legacy-Keras process setup')
   os.environ['TF_USE_LEGACY_KERAS'] = '1'
+  # TensorFlow 2 sets TF2_BEHAVIOR=1 in the environment of the process that imports it,
+  # and its children inherit it; TensorFlow 1.15 would then import TF2's Keras API
+  # (tf.keras 2.3.0-tf, the V2 layers) before disable_v2_behavior() could help.
+  os.environ.pop('TF2_BEHAVIOR', None)
   os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.compat.v1.disable_v2_behavior()
@@ -52,13 +56,15 @@ def use_keras3():
   return value if value not in (None, '', '0') else None
 
 
-def command(name, *args):
-  """The argv that runs the project's command `name` (e.g. 'train_graph') with `args`."""
-  return [sys.executable, '-m', f'{COMMANDS_PACKAGE}.{name}', *args]
+def command(name, *args, python=None):
+  """The argv that runs the project's command `name` (e.g. 'train_graph') with `args`,
+  by this interpreter or `python` (check_parity --legacy_python's)."""
+  return [python or sys.executable, '-m', f'{COMMANDS_PACKAGE}.{name}', *args]
 
 
-def child_env(extra=()):
-  """os.environ for a subprocess of ours: this tf1compat importable first, plus `extra`.
+def child_env(extra=(), package_parent=PACKAGE_PARENT):
+  """os.environ for a subprocess of ours: this tf1compat importable first (from
+  `package_parent`, a folder that holds it), plus `extra`.
 
   GPU memory grows as needed in every process we start (TF_FORCE_GPU_ALLOW_GROWTH),
   unless the user says otherwise: TensorFlow fixes the allocator's options with its
@@ -66,7 +72,7 @@ def child_env(extra=()):
   """
   env = dict(os.environ)
   env.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (PACKAGE_PARENT, env.get('PYTHONPATH'))
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (package_parent, env.get('PYTHONPATH'))
                                       if p)
   env.update(dict(extra))
   return env

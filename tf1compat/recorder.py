@@ -20,15 +20,15 @@ report and names the same pitfalls:
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_acc)
       rec.finish(team_models.session_weights(sess))
 
-Importing it imports no TensorFlow (numpy, absl-py through cli, and tf1compat's
-TensorFlow-free modules), so it runs in a team's pinned environment too; team_models'
+Importing it imports neither TensorFlow nor absl (numpy and tf1compat's TensorFlow-free
+modules), so it runs in a team's pinned environment too, Python 3.7 and TensorFlow 1.15
+included: `pip install recorder/` installs it alone (docs/legacy-stack.md); team_models'
 helpers, which read an optimizer or read and set a model's weights, work on the objects
 the loop hands them.
 """
 
 import dataclasses
 import hashlib
-from importlib import metadata
 import math
 import numbers
 import os
@@ -38,8 +38,13 @@ from typing import Optional
 
 import numpy as np
 
-from tf1compat import cli
+try:
+  from importlib import metadata
+except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
+  metadata = None
+
 from tf1compat import config as tf1compat_config
+from tf1compat import errors
 from tf1compat import runlog
 from tf1compat import weight_map as weight_maps
 
@@ -105,7 +110,7 @@ class RunConfig:
 
   def __post_init__(self):
     if self.framework not in FRAMEWORK_DEFAULTS:
-      raise cli.UsageError(f'RunConfig(framework={self.framework!r}): give one of '
+      raise errors.UsageError(f'RunConfig(framework={self.framework!r}): give one of '
                            f'{", ".join(FRAMEWORK_DEFAULTS)}')
     # Frozen: the defaults are filled in once, as the run records them.
     for name, default in FRAMEWORK_DEFAULTS[self.framework].items():
@@ -113,16 +118,16 @@ class RunConfig:
         object.__setattr__(self, name, default)
     for name, known in _KNOWN_KERNELS.items():
       if getattr(self, name) not in known:
-        raise cli.UsageError(f'RunConfig({name}={getattr(self, name)!r}): give one of '
+        raise errors.UsageError(f'RunConfig({name}={getattr(self, name)!r}): give one of '
                              f'{", ".join(known)} (runlog)')
     if not (self.data_fingerprint or self.data_id):
-      raise cli.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
+      raise errors.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
                            'data_id: the config lint compares the data of two runs')
     if self.batch_norm and not self.image_size:
-      raise cli.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
+      raise errors.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
                            "BatchNorm's moving-variance factor from it")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-      raise cli.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
+      raise errors.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
                            'least 1, or None to end epochs with record_epoch()')
     object.__setattr__(self, 'snapshot_steps', tuple(int(s) for s in self.snapshot_steps))
 
@@ -151,6 +156,8 @@ def _module_version(name):
   module = sys.modules.get(name)
   if getattr(module, '__version__', None):
     return module.__version__
+  if metadata is None:
+    return None
   try:
     return metadata.version(name.replace('_', '-'))
   except metadata.PackageNotFoundError:
@@ -160,8 +167,17 @@ def _module_version(name):
 def _versions(framework):
   # The loop's process has imported its TensorFlow and Keras: their versions are the
   # ones it ran with (the installed ones otherwise, read without importing them).
-  keras = 'tf_keras' if framework == 'tf1' else 'keras'
-  return runlog.versions(_module_version(keras), _module_version('tensorflow'))
+  tf_version = _module_version('tensorflow')
+  if tf_version is None:
+    return runlog.versions(None, None, None)
+  if framework == 'keras3':
+    return runlog.versions(tf_version, runlog.KERAS_3, _module_version('keras'))
+  if tf_version and tf_version.startswith('1.'):
+    # TensorFlow 1.x: the Keras of a TF1 loop is the one bundled as tf.keras.
+    bundled = getattr(sys.modules.get('tensorflow'), 'keras', None)
+    return runlog.versions(tf_version, runlog.KERAS_BUNDLED,
+                           getattr(bundled, '__version__', None))
+  return runlog.versions(tf_version, runlog.KERAS_TF_KERAS, _module_version('tf_keras'))
 
 
 def _device():
@@ -199,7 +215,7 @@ class RunRecorder:
     if start_step:
       previous = runlog.read_manifest(model_dir) or {}
       if not config.steps_per_epoch or previous.get('status') in (None, runlog.STATUS_COMPLETE):
-        raise cli.UsageError(
+        raise errors.UsageError(
             f'start_step={start_step}: {model_dir} holds no unfinished run to resume, or '
             'RunConfig has no steps_per_epoch to tell its epochs by; start at 0')
     self.log = runlog.RunLog(model_dir, config.framework, config.flags(), overwrite=overwrite,
@@ -243,7 +259,7 @@ class RunRecorder:
   def __exit__(self, kind, error, traceback):
     # A NaN loss was marked by record_step; anything else must not leave the run
     # looking alive.
-    if error is not None and not isinstance(error, cli.NumericFault):
+    if error is not None and not isinstance(error, errors.NumericFault):
       self.fail(f'{kind.__name__}: {error}')
     return False
 
@@ -255,18 +271,18 @@ class RunRecorder:
     running metrics the loop shows its user, if it shows any (the semantics tier
     checks that they restart every epoch); without them the recorder writes the means
     since the epoch's first step. `learning_rate`: this step's, when it has a schedule.
-    `step`, when given, must be the next one. Raises cli.NumericFault for a NaN or Inf
+    `step`, when given, must be the next one. Raises errors.NumericFault for a NaN or Inf
     loss, after marking the run failed.
     """
     number = self.step + 1
     if step is not None and int(step) != number:
-      raise cli.UsageError(f'record_step(step={step}) after step {self.step}: record every '
+      raise errors.UsageError(f'record_step(step={step}) after step {self.step}: record every '
                            'training step once, in order, from step 1')
     loss, batch_accuracy = float(loss), float(batch_accuracy)
     if not math.isfinite(loss):
       self.log.update(status=runlog.STATUS_FAILED, global_step=self.step,
                       failure=f'loss is {loss} at step {number}')
-      raise cli.NumericFault(f'loss is {loss} at step {number}; {self.model_dir} is marked '
+      raise errors.NumericFault(f'loss is {loss} at step {number}; {self.model_dir} is marked '
                              'failed. Lower the learning rate or check the data.')
     epoch = self._epoch_of(number)
     if number > 1 and epoch != self._epoch_of(number - 1):
@@ -296,11 +312,11 @@ class RunRecorder:
     step (what our runners record); without a validation set leave `val_*` out.
     """
     if not self._epoch_rows:
-      raise cli.UsageError(f'record_epoch() with no step recorded since epoch {self._epochs}: '
+      raise errors.UsageError(f'record_epoch() with no step recorded since epoch {self._epochs}: '
                            'call it once after each epoch\'s steps')
     spe = self.config.steps_per_epoch
     if spe and self.step % spe:
-      raise cli.UsageError(f'record_epoch() at step {self.step}, inside an epoch of '
+      raise errors.UsageError(f'record_epoch() at step {self.step}, inside an epoch of '
                            f'steps_per_epoch={spe}: call it after the epoch\'s last step')
     epoch = self._epoch_of(self.step)
     last = self._epoch_rows[-1]
@@ -325,17 +341,17 @@ class RunRecorder:
     """Writes weights/step-NNNNNN.npz: `weights` ({name: array}) after `step` (0: the
     initial weights). Every snapshot of a run holds the same names."""
     if not 0 <= step <= self.step:
-      raise cli.UsageError(f'snapshot(step={step}) with {self.step} steps recorded: a '
+      raise errors.UsageError(f'snapshot(step={step}) with {self.step} steps recorded: a '
                            'snapshot holds the weights after a recorded step (0: initial)')
     arrays = {str(name): np.asarray(value) for name, value in weights.items()}
     if not arrays:
-      raise cli.UsageError(f'snapshot(step={step}) of no weights; pass {{name: array}}')
+      raise errors.UsageError(f'snapshot(step={step}) of no weights; pass {{name: array}}')
     keys = sorted(arrays)
     if self.config.batch_norm and not any(k.endswith('moving_variance') for k in keys):
-      raise cli.UsageError(f'snapshot(step={step}) holds no BatchNorm moving_variance, yet '
+      raise errors.UsageError(f'snapshot(step={step}) holds no BatchNorm moving_variance, yet '
                            'RunConfig says batch_norm=True; snapshot the moving statistics too')
     if self._keys is not None and keys != self._keys:
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'snapshot(step={step}) names other weights than the earlier snapshots (new: '
           f'{sorted(set(keys) - set(self._keys))[:5]}, missing: '
           f'{sorted(set(self._keys) - set(keys))[:5]}); snapshot every variable every time')
@@ -346,7 +362,7 @@ class RunRecorder:
     """Marks the run complete; `weights` ({name: array}, the final ones) are saved as the
     last step's snapshot unless it has one. Returns the final metrics."""
     if not self.step or not self._epochs:
-      raise cli.UsageError(f'finish() with {self.step} steps and {self._epochs} epochs '
+      raise errors.UsageError(f'finish() with {self.step} steps and {self._epochs} epochs '
                            'recorded: compare_runs needs steps and at least one epoch '
                            '(record_step, record_epoch)')
     if weights is not None and self.step not in runlog.snapshot_steps_in(self.model_dir):

@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf1compat import atomic
-from tf1compat import cli
 from tf1compat import data
 from tf1compat import folders
+from tf1compat import held_stderr
 from tf1compat import image_bytes
 from tf1compat import record_folder
 
@@ -166,7 +166,7 @@ def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, se
   """
   class_dirs = _class_dirs(src_dir)
   # The conversion starts: what make_records held back (cli.run_main) goes out.
-  cli.release_stderr()
+  held_stderr.release()
   rng = np.random.default_rng(seed)
   splits = {'train': [], 'val': []}
   skipped = []
@@ -334,7 +334,7 @@ def run(cfg):
   with record_folder.staging(out_dir) as tmp:
     try:
       if cfg.synthetic:
-        cli.release_stderr()
+        held_stderr.release()
         summary = write_synthetic(
             tmp, num_classes=cfg.synthetic_classes,
             train_per_class=cfg.synthetic_train_per_class,

@@ -48,7 +48,39 @@ def device_line(report):
 def _lint_note(difference):
   if difference.get('setting'):
     return 'a setting: named, the tiers decide'
+  if difference.get('version_default'):
+    return "a version's default: named, its rounding a framework difference the tiers judge"
   return 'numerically equivalent' if difference['equivalent'] else 'changes the math'
+
+
+def _parting_text(parting):
+  if parting['loss_step'] is None and parting['weight_step'] is None:
+    return 'never part'
+  loss = ('losses equal throughout' if parting['loss_step'] is None else
+          f'loss from step {parting["loss_step"]} ({parting["loss_difference"]:.1e})')
+  weights = ('weights equal at every snapshot' if parting['weight_step'] is None else
+             f'weights at snapshot {parting["weight_step"]} ({parting["first_variable"]} '
+             f'first, up to {parting["weight_difference"]:.1e})')
+  return f'{loss}; {weights}'
+
+
+def ladder_lines(report):
+  """The migration ladder (check_parity --legacy_python): one line per rung, in order."""
+  lines = ['migration ladder (each rung judged against the reference stack\'s envelope):']
+  for number, rung in enumerate(report.get('ladder') or (), start=1):
+    versions = rung['versions']
+    inside = {None: 'uncalibrated', True: 'inside the envelope',
+              False: 'outside the envelope'}[rung['inside_envelope']]
+    if not rung['step_tier_judged']:
+      inside += ' (step tier reported, not judged: ' + ', '.join(
+          sorted(set(rung['framework_differences']) & diagnosis.STEP_BREAKING)) + ')'
+    lines.append(
+        f'  rung {number}: {rung["from"]} -> {rung["to"]} (TensorFlow '
+        f'{versions["TensorFlow"][0]} -> {versions["TensorFlow"][1]}, '
+        f'{versions["Keras implementation"][0]} -> {versions["Keras implementation"][1]}): '
+        f'{rung["verdict"]}, {_ratio(rung["envelope_ratio"])} the envelope, {inside}; '
+        f'{_parting_text(rung["parting"])}')
+  return lines
 
 
 def summary_lines(report):
@@ -79,6 +111,8 @@ def summary_lines(report):
       lines.append('  no catalogued pitfall fits the evidence; see parity.md')
   if any(not pair['tiers']['step']['judged'] for pair in report['pairs']):
     lines.append('* step tier reported, not judged: a known framework difference (parity.md)')
+  if report.get('ladder'):
+    lines += ladder_lines(report)
   lines.append(calibration_line(report))
   lines.append(device_line(report))
   lines.append(f'VERDICT: {report["verdict"]}')
@@ -122,6 +156,34 @@ def _step_section(pair, tol):
   return out
 
 
+def _ladder_section(report):
+  """parity.md's migration ladder table (check_parity --legacy_python), or nothing."""
+  if not report.get('ladder'):
+    return []
+  out = ['## Migration ladder', '',
+         'TensorFlow 1.15 -> tf.compat.v1 on TensorFlow 2.21 -> the TF2 port. Every rung is '
+         'judged against the envelope of the reference stack (tf.compat.v1 on TensorFlow '
+         '2.21, its control run); the first rung is the same loop, the same records, batches '
+         'and initial weights on two TensorFlows.', '',
+         '| rung | from | to | TensorFlow | Keras | where they part | step max rel | '
+         'weight max rel | x envelope | identical | verdict |',
+         '|---|---|---|---|---|---|---|---|---|---|---|']
+  for number, rung in enumerate(report['ladder'], start=1):
+    versions = rung['versions']
+    note = '' if rung['step_tier_judged'] else ' (reported: ' + ', '.join(
+        rung['framework_differences']) + ')'
+    out.append(
+        f'| {number} | `{rung["from"]}` | `{rung["to"]}` | '
+        f'{versions["TensorFlow"][0]} -> {versions["TensorFlow"][1]} | '
+        f'{versions["Keras implementation"][0]} {versions["Keras"][0]} -> '
+        f'{versions["Keras implementation"][1]} {versions["Keras"][1]} | '
+        f'{_parting_text(rung["parting"])} | {_fmt(rung["step_max_relative_difference"])} | '
+        f'{_fmt(rung["weight_max_relative_difference"])}{note} | '
+        f'{_ratio(rung["envelope_ratio"])} | {"yes" if rung["bit_identical"] else "no"} | '
+        f'{rung["verdict"]} |')
+  return out + ['']
+
+
 def _markdown(report):
   tol = report['tolerances']
   out = ['# Parity report', '', f'**Verdict: {report["verdict"]}**', '',
@@ -142,6 +204,7 @@ def _markdown(report):
                                                        key=lambda kv: int(kv[0]))]
     out.append('')
   out += ['Tolerances: ' + ', '.join(f'{k}={v}' for k, v in tol.items()), '']
+  out += _ladder_section(report)
   for pair in report['pairs']:
     out += [f'## {pair["reference_label"]} vs {pair["other_label"]}: {pair["verdict"]}', '',
             f'Bit for bit identical: {"yes" if pair["bit_identical"] else "no"} (reported, '
@@ -154,6 +217,9 @@ def _markdown(report):
               f'{_lint_note(d)} |' for d in pair['lint']]
     else:
       out.append('The manifests agree on every field that changes the math.')
+    out += ['', 'Versions (recorded, not judged): ' + '; '.join(
+        f'{v["field"]} {_fmt(v["reference"])}' + ('' if v['same'] else f' vs {_fmt(v["other"])}')
+        for v in pair['versions']) + '.']
     out += _step_section(pair, tol)
     out += ['', '### Curve tier', '']
     series = pair['curve_tier']['series']

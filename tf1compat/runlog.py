@@ -24,8 +24,9 @@ import re
 import numpy as np
 
 from tf1compat import atomic
-from tf1compat import cli
+from tf1compat import errors
 from tf1compat import folders
+from tf1compat import held_stderr
 
 RUN_JSON = 'run.json'
 STEPS_CSV = 'steps.csv'
@@ -68,7 +69,7 @@ MANIFEST_FIELDS = {
     'started': 'UTC time stamp of the first start', 'updated': 'UTC time stamp of the last write',
     'status': 'running, complete, interrupted or failed',
     # Every runner at start (training.start_manifest); the config lint compares them.
-    'versions': 'python, tensorflow and keras versions',
+    'versions': 'python, numpy, tensorflow and keras versions, and which keras',
     'device': "'CPU' or 'GPU (name)'",
     'optimizer': 'name, learning_rate, beta_1, beta_2, the epsilon really used and the '
                  'learning-rate schedule (null: constant)',
@@ -83,8 +84,8 @@ MANIFEST_FIELDS = {
     'dtype_policy': 'the Keras dtype policy', 'jit_compile': 'whether the steps ran under XLA',
     'settings': 'what changes the numbers: tf32, op_determinism, onednn, threads, GPU, CUDA',
     'graph': "the graph runner's own block (wiring, update ops, learning phase...)",
-    'model_summary': 'BatchNorm momentum/epsilon, Dropout layers, regularization losses '
-                     '(model.summary)',
+    'model_summary': 'BatchNorm momentum/epsilon (and fused kernel, Keras 2), Dropout '
+                     'layers, regularization losses (model.summary)',
     'regularization_in_loss': "whether the loss adds the model's regularization losses",
     # The driver, as the run goes and ends (training.Recorder).
     'global_step': 'steps done', 'last_checkpoint': 'path of the latest checkpoint',
@@ -170,33 +171,33 @@ def save_weights(path, weights):
 def load_weights(path, expected_shapes=None):
   """Reads a weights .npz as {key: array}, checked against {key: shape} when given.
 
-  Raises cli.UsageError naming the file and the first mismatch (missing or extra
+  Raises errors.UsageError naming the file and the first mismatch (missing or extra
   key, wrong shape) or the first variable holding a NaN or Inf, so a file from a
   different model never loads half-way and a run never starts from non-finite weights.
   """
   if not os.path.exists(path):
-    raise cli.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
+    raise errors.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
   try:
     with np.load(path) as npz:
       weights = {key: npz[key] for key in npz.files}
   except (OSError, ValueError) as e:
-    raise cli.UsageError(f'{path}: not a readable .npz weights file ({e})') from e
+    raise errors.UsageError(f'{path}: not a readable .npz weights file ({e})') from e
   if expected_shapes is not None:
     missing = sorted(set(expected_shapes) - set(weights))
     extra = sorted(set(weights) - set(expected_shapes))
     if missing or extra:
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'{path}: weights do not fit this model (missing {missing[:3]}, unexpected '
           f'{extra[:3]}); check --batch_norm, --dropout and --num_classes')
     for key, shape in expected_shapes.items():
       if tuple(weights[key].shape) != tuple(shape):
-        raise cli.UsageError(
+        raise errors.UsageError(
             f'{path}: {key} has shape {tuple(weights[key].shape)}, the model expects '
             f'{tuple(shape)}; check --num_classes and the model flags')
   for key, value in weights.items():
     finite = np.isfinite(value) if value.dtype.kind in 'fc' else True
     if not np.all(finite):
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'{path}: {key} holds {np.size(value) - np.count_nonzero(finite)} NaN or Inf '
           'value(s); a run cannot train from them: write finite initial weights (e.g. with '
           '--save_init_weights)')
@@ -206,7 +207,7 @@ def load_weights(path, expected_shapes=None):
 def read_csv(path):
   """Rows of a steps/epochs CSV as a dict of float numpy columns (empty when absent).
 
-  Raises cli.UsageError naming the file when a value is not a number or a row is short:
+  Raises errors.UsageError naming the file when a value is not a number or a row is short:
   a damaged run is named, not a traceback.
   """
   if not os.path.exists(path):
@@ -219,7 +220,7 @@ def read_csv(path):
     return {name: np.array([float(r[name]) if r[name] != '' else np.nan for r in rows])
             for name in rows[0]}
   except (TypeError, ValueError) as e:
-    raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
+    raise errors.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
                          'to write it again') from e
 
 
@@ -235,7 +236,7 @@ def count_rows(path):
 def read_manifest(model_dir):
   """run.json of `model_dir` as a dict, or None when there is none.
 
-  Raises cli.UsageError naming a run.json that is not a JSON object (a damaged disk, a
+  Raises errors.UsageError naming a run.json that is not a JSON object (a damaged disk, a
   cut-off copy, a hand edit) and the way out.
   """
   path = os.path.join(model_dir, RUN_JSON)
@@ -248,7 +249,7 @@ def read_manifest(model_dir):
     manifest = e
   if not isinstance(manifest, dict):
     what = manifest if isinstance(manifest, ValueError) else 'not a JSON object'
-    raise cli.UsageError(f'{path} is damaged ({what}); rerun the run\'s command with '
+    raise errors.UsageError(f'{path} is damaged ({what}); rerun the run\'s command with '
                          '--overwrite to train it again, or use another --model_dir')
   return manifest
 
@@ -280,9 +281,20 @@ def start_fields(**fields):
   return fields
 
 
-def versions(keras_version, tf_version):
-  """The versions block of the manifest."""
-  return {'python': platform.python_version(), 'tensorflow': tf_version, 'keras': keras_version}
+# run.json's versions.keras_implementation: Keras 3, the tf-keras package (Keras 2, what
+# TensorFlow 2.16+ serves as tf.keras under TF_USE_LEGACY_KERAS=1), or TF 1.x's own.
+KERAS_3 = 'keras'
+KERAS_TF_KERAS = 'tf-keras'
+KERAS_BUNDLED = 'tf.keras (bundled with TensorFlow)'
+
+
+def versions(tf_version, keras_implementation, keras_version):
+  """The versions block of the manifest: this process's Python and numpy, the TensorFlow
+  and the Keras (which implementation: KERAS_3, KERAS_TF_KERAS, KERAS_BUNDLED) the run
+  computed with."""
+  return {'python': platform.python_version(), 'numpy': np.__version__,
+          'tensorflow': tf_version, 'keras_implementation': keras_implementation,
+          'keras': keras_version}
 
 
 class RunLog:
@@ -328,7 +340,7 @@ class RunLog:
       previous = read_manifest(self.model_dir)
       if previous is None and content(self.model_dir):
         self._refuse_foreign()
-        raise cli.UsageError(
+        raise errors.UsageError(
             f'--model_dir={self.model_dir} holds the files of a run but no run.json; pass '
             '--overwrite to replace them or choose another --model_dir')
     if previous is not None:
@@ -343,18 +355,18 @@ class RunLog:
     os.makedirs(self.path(CHECKPOINTS_DIR), exist_ok=True)
     self.update(status=STATUS_RUNNING)
     # The run has started: what the runner held back until now (cli.run_main) goes out.
-    cli.release_stderr()
+    held_stderr.release()
     return self.resuming
 
   def _refuse_foreign(self):
-    """Raises cli.UsageError when the folder holds anything a run does not write."""
+    """Raises errors.UsageError when the folder holds anything a run does not write."""
     foreign = sorted(name for name in content(self.model_dir)
                      if not written_by_a_run(self.model_dir, name))
     if foreign:
       listed = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
       deleted = ('nothing was deleted' if self.overwrite
                  else 'neither would --overwrite delete them')
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'--model_dir={self.model_dir} holds files no tf1compat run wrote ({listed}): it is '
           f'not a run directory, and {deleted}; choose another --model_dir')
 
@@ -375,22 +387,22 @@ class RunLog:
   def _check_same_run(self, previous):
     where = f'--model_dir={self.model_dir}'
     if previous.get('status') == STATUS_COMPLETE:
-      raise cli.UsageError(f'{where} holds a complete {previous.get("runner")} run; pass '
+      raise errors.UsageError(f'{where} holds a complete {previous.get("runner")} run; pass '
                            '--overwrite to replace it or choose another --model_dir')
     if previous.get('runner') != self.runner:
-      raise cli.UsageError(f'{where} holds a {previous.get("runner")} run, not a {self.runner} '
+      raise errors.UsageError(f'{where} holds a {previous.get("runner")} run, not a {self.runner} '
                            'run; choose another --model_dir or pass --overwrite')
     old_flags = previous.get('flags', {})
     for name in sorted(set(old_flags) | set(self.flags)):
       if name in OPERATIONAL_FLAGS:
         continue
       if old_flags.get(name) != self.flags.get(name):
-        raise cli.UsageError(
+        raise errors.UsageError(
             f'{where} holds a different run (--{name} was {old_flags.get(name)!r}, now '
             f'{self.flags.get(name)!r}); rerun with the same flags to resume, or pass --overwrite')
     old_fingerprint = previous.get('data', {}).get('fingerprint')
     if self.fingerprint and old_fingerprint and old_fingerprint != self.fingerprint:
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'{where} holds a run on different data (fingerprint {old_fingerprint[:12]}, now '
           f'{self.fingerprint[:12]}): the files in --data_dir changed; restore them to resume, '
           'or pass --overwrite')

@@ -13,7 +13,7 @@ import os
 import re
 
 from tf1compat import calibration
-from tf1compat import cli
+from tf1compat import errors
 from tf1compat import runlog
 from tf1compat import weight_map as weight_maps
 
@@ -39,7 +39,7 @@ def _hyper_parameter(name, value):
   if isinstance(value, dict):
     # A Keras learning-rate schedule, as its get_config() has it.
     return value
-  raise cli.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
+  raise errors.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
                        f'not a number; declare RunConfig({name}=...) yourself')
 
 
@@ -92,7 +92,7 @@ def _checked_names(names, weights, where):
                ('weights of no variable', set(weights) - set(names)))
   problems = [f'{what}: {weight_maps.listed(sorted(keys))}' for what, keys in unmatched if keys]
   if problems:
-    raise cli.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
+    raise errors.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
                          'names with a weight map (team_models.load_weights(path, weight_map))')
 
 

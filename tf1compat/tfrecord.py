@@ -6,6 +6,8 @@ pre-flight check, and the naming of a record TensorFlow's reader rejected, go th
 files with it); `frame` writes it (events.py writes TensorBoard event files with it).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 import struct

@@ -32,7 +32,6 @@ LINT_FIELDS = (
     ('dropout', ('flags', 'dropout')),
     ('shuffle buffer', ('flags', 'shuffle_buffer')),
     ('steps per epoch', ('flags', 'steps_per_epoch')),
-    ('tensorflow version', ('versions', 'tensorflow')),
     ('model', ('flags', 'model')),
     ('record parser', ('flags', 'features')),
     ('learning-rate schedule', ('optimizer', 'schedule')),
@@ -52,6 +51,25 @@ SETTING_FIELDS = (
     ('intra-op threads', ('settings', 'intra_op_threads')),
     ('inter-op threads', ('settings', 'inter_op_threads')),
     ('GPU', ('settings', 'gpu')),
+)
+# What a run computed with besides its flags: recorded in run.json's versions block and
+# reported beside the lint (tiers.versions), never judged: a TensorFlow 1.15 run and its
+# tf.compat.v1 twin on TensorFlow 2.21 differ in all of them by design. What changed
+# between versions that matters to training shows in the fields that record its effect
+# (the optimizer's epsilon, the kernels, BatchNorm's momentum, epsilon and fused kernel).
+VERSION_FIELDS = (
+    ('Python', ('versions', 'python')),
+    ('numpy', ('versions', 'numpy')),
+    ('TensorFlow', ('versions', 'tensorflow')),
+    ('Keras implementation', ('versions', 'keras_implementation')),
+    ('Keras', ('versions', 'keras')),
+)
+# Defaults that differ between Keras versions, recorded where the Keras says (Keras 2 has
+# BatchNorm's `fused`; Keras 3 has none): named when both runs record them and differ,
+# as a setting is; their rounding (BatchNorm's variance rule) is a framework difference
+# the kernels block names and the tiers judge.
+VERSION_DEFAULT_FIELDS = (
+    ('BatchNorm fused kernel', ('model_summary', 'batch_norm_fused')),
 )
 # Both losses compute softmax cross-entropy on logits; the seed's "fix" changed nothing
 # numerically. Listed, but not a mismatch.
@@ -91,7 +109,39 @@ def lint(reference, other):
     found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
   found += [{'field': label, 'reference': a, 'other': b, 'equivalent': True, 'setting': True}
             for label, a, b in _differing(reference, other, SETTING_FIELDS)]
+  found += [{'field': label, 'reference': a, 'other': b, 'equivalent': True,
+             'version_default': True}
+            for label, a, b in _differing(reference, other, VERSION_DEFAULT_FIELDS)
+            if a is not None and b is not None]
   return found
+
+
+def versions(reference, other):
+  """What each run computed with (VERSION_FIELDS): [{field, reference, other, same}],
+  reported and never judged."""
+  out = []
+  for label, keys in VERSION_FIELDS:
+    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
+    out.append({'field': label, 'reference': a, 'other': b, 'same': a == b})
+  return out
+
+
+def parting(steps, weights):
+  """Where a pair parts: the first step whose batch loss differs and by how much, and
+  the first snapshot whose weights differ, its first differing variable in the model's
+  layer order and the largest difference there (None where they never part)."""
+  rel = steps['whole_run_relative_difference']
+  first = next((i for i, d in enumerate(rel) if d > 0), None)
+  out = {'loss_step': None if first is None else first + 1,
+         'loss_difference': None if first is None else rel[first],
+         'weight_step': None, 'first_variable': None, 'weight_difference': None}
+  for entry in weights['per_step']:
+    differing = [(key, value) for key, value in model_order(entry['variables']) if value > 0]
+    if differing:
+      out.update(weight_step=entry['step'], first_variable=differing[0][0],
+                 weight_difference=max(value for _, value in differing))
+      break
+  return out
 
 
 def _differing(reference, other, fields):
@@ -102,8 +152,9 @@ def _differing(reference, other, fields):
       yield label, a, b
 
 
-def step_tier(reference, other, tol, envelope=None):
-  """The batch loss step by step, judged up to the horizon (or the first parity_steps).
+def step_tier(reference, other, tol, envelope=None, last_step=None):
+  """The batch loss step by step, judged up to the horizon (or the first parity_steps),
+  and up to `last_step` when given (where the two runs' batches part).
 
   Step 1 is the loss of the initial weights. With an envelope, step s passes while its
   relative difference is at most envelope_multiple x max(envelope(s), floor).
@@ -111,11 +162,12 @@ def step_tier(reference, other, tol, envelope=None):
   n_all = int(min(len(reference.steps['loss']), len(other.steps['loss'])))
   a, b = reference.steps['loss'][:n_all], other.steps['loss'][:n_all]
   rel_all = calibration.relative_difference(a, b)
+  judged = n_all if last_step is None else min(n_all, last_step)
   if envelope is None:
-    n = min(tol.parity_steps, n_all)
+    n = min(tol.parity_steps, judged)
     scales, limits = None, np.full(n, tol.step_rtol)
   else:
-    n = min(envelope.loss_horizon, n_all)
+    n = min(envelope.loss_horizon, judged)
     scales = np.array([envelope.loss_scale(s) for s in range(1, n + 1)])
     limits = tol.envelope_multiple * scales
   rel = rel_all[:n]
@@ -139,8 +191,9 @@ def step_tier(reference, other, tol, envelope=None):
   }
 
 
-def weight_tier(reference, other, tol, excluded=(), envelope=None):
-  """Every variable at every common snapshot step; judged up to the horizon.
+def weight_tier(reference, other, tol, excluded=(), envelope=None, last_step=None):
+  """Every variable at every common snapshot step; judged up to the horizon, and up to
+  `last_step` when given.
 
   The difference of a variable is norm-based (calibration.variable_difference); the
   `excluded` keys (a framework difference) are reported, not judged. Snapshots past
@@ -148,6 +201,8 @@ def weight_tier(reference, other, tol, excluded=(), envelope=None):
   """
   common = sorted(set(reference.snapshot_steps) & set(other.snapshot_steps))
   last_judged = tol.parity_steps if envelope is None else envelope.weight_horizon
+  if last_step is not None:
+    last_judged = min(last_judged, last_step)
   per_step = []
   first_over = None
   worst = worst_ratio = 0.0

@@ -7,6 +7,8 @@ checkpoint cadence, progress, NaN/Inf detection, SIGINT/SIGTERM handling and the
 final manifest. Keras `model.fit` drives its own loop and uses `Recorder` from a callback.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import math
@@ -15,7 +17,6 @@ import time
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from tf1compat import cli
 from tf1compat import config
@@ -24,6 +25,7 @@ from tf1compat import folders
 from tf1compat import progress
 from tf1compat import records
 from tf1compat import runlog
+from tf1compat import stacks
 
 
 @dataclasses.dataclass
@@ -229,15 +231,6 @@ def last_epoch_metrics(log):
   return {name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
 
 
-def device_description():
-  """What the run computes on, for the manifest: 'CPU', or 'GPU (name)' and ' xN' for N > 1."""
-  gpus = tf.config.list_physical_devices('GPU')
-  if not gpus:
-    return 'CPU'
-  name = tf.config.experimental.get_device_details(gpus[0]).get('device_name', gpus[0].name)
-  return f'GPU ({name})' + (f' x{len(gpus)}' if len(gpus) > 1 else '')
-
-
 def check_device(cfg):
   """Logs the device the run computes on; with --require_gpu, a CPU is a usage error.
 
@@ -245,7 +238,7 @@ def check_device(cfg):
   log line, which a batch job's console hides: this says it at the start of every run,
   and --require_gpu stops such a job before it trains on the wrong device.
   """
-  device = device_description()
+  device = stacks.device_description()
   logging.info('device: %s', device)
   if cfg.require_gpu and device == 'CPU':
     raise cli.UsageError('--require_gpu: TensorFlow sees no GPU here (it would train on the '

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from tf1compat import cli
+from tf1compat import errors
 from tf1compat import runlog
 
 ARROW = '->'
@@ -59,19 +59,19 @@ def _rule(text, where, source):
   pattern, arrow, replacement = text.partition(ARROW)
   pattern, replacement = pattern.strip(), replacement.strip()
   if not arrow or not pattern:
-    raise cli.UsageError(f'weight map {source}, {where}: {text.strip()!r} is not a rule '
+    raise errors.UsageError(f'weight map {source}, {where}: {text.strip()!r} is not a rule '
                          f'"PATTERN {ARROW} REPLACEMENT" (e.g. "hidden/(.*) {ARROW} dense/\\1")')
   try:
     compiled = re.compile(pattern)
   except re.error as e:
-    raise cli.UsageError(f'weight map {source}, {where}: {pattern!r} is not a regular '
+    raise errors.UsageError(f'weight map {source}, {where}: {pattern!r} is not a regular '
                          f'expression ({e}); fix the pattern') from e
   for number, name in _GROUP_REFERENCE.findall(replacement):
     reference = number or name
     known = (int(reference) <= compiled.groups if reference.isdigit()
              else reference in compiled.groupindex)
     if not known:
-      raise cli.UsageError(f'weight map {source}, {where}: the replacement {replacement!r} '
+      raise errors.UsageError(f'weight map {source}, {where}: the replacement {replacement!r} '
                            f'refers to group {reference}, which {pattern!r} does not have')
   return Rule(compiled, replacement, where)
 
@@ -96,7 +96,7 @@ class WeightMap:
   def load(cls, spec):
     """The map `spec` names: inline rules ('PATTERN -> REPLACEMENT; ...') or a file of rules.
 
-    Raises cli.UsageError for a missing file and for a malformed rule.
+    Raises errors.UsageError for a missing file and for a malformed rule.
     """
     if ARROW in spec:
       rules = [_rule(text, f'rule {number}', 'given inline')
@@ -104,7 +104,7 @@ class WeightMap:
                if text.strip()]
       return cls._checked(rules, 'given inline')
     if not os.path.isfile(spec):
-      raise cli.UsageError(f'weight map {spec}: no such file; give a file of rules '
+      raise errors.UsageError(f'weight map {spec}: no such file; give a file of rules '
                            f'"PATTERN {ARROW} REPLACEMENT", one per line, or the rules inline')
     with open(spec) as f:
       return cls.parse(f.read(), spec)
@@ -112,7 +112,7 @@ class WeightMap:
   @classmethod
   def _checked(cls, rules, source):
     if not rules:
-      raise cli.UsageError(f'weight map {source} holds no rules; write one '
+      raise errors.UsageError(f'weight map {source} holds no rules; write one '
                            f'"PATTERN {ARROW} REPLACEMENT" per line')
     return cls(rules, source)
 
@@ -127,19 +127,19 @@ class WeightMap:
   def rename_all(self, keys, owner):
     """{key: new key} for every key of `owner` (a run directory or a weights file).
 
-    Raises cli.UsageError naming the keys no rule matches, or two keys that become one.
+    Raises errors.UsageError naming the keys no rule matches, or two keys that become one.
     """
     renamed = {key: self.rename(key) for key in keys}
     unmatched = sorted(key for key, new in renamed.items() if new is None)
     if unmatched:
-      raise cli.UsageError(
+      raise errors.UsageError(
           f'weight map {self.source}: no rule matches {len(unmatched)} weight(s) of {owner}: '
           f'{listed(unmatched)}; add rules for them (end the map with "(.*) {ARROW} \\1" '
           'to keep the other names)')
     seen = {}
     for key, new in sorted(renamed.items()):
       if new in seen:
-        raise cli.UsageError(f'weight map {self.source}: {seen[new]} and {key} of {owner} both '
+        raise errors.UsageError(f'weight map {self.source}: {seen[new]} and {key} of {owner} both '
                              f'become {new}; make the rules tell them apart')
       seen[new] = key
     return renamed
@@ -154,7 +154,7 @@ def maps_for_runs(specs, run_dirs, control=None):
 
   Keys are the run directories as given in `run_dirs` and `control`. The control is
   the reference's own code run again, so it takes the reference's map unless a value
-  names it. Raises cli.UsageError for a value that is not RUN_DIR=MAP, names no run
+  names it. Raises errors.UsageError for a value that is not RUN_DIR=MAP, names no run
   compared, or names one run twice.
   """
   given = [p for p in (*run_dirs, control) if p]
@@ -165,14 +165,14 @@ def maps_for_runs(specs, run_dirs, control=None):
   for spec in specs or ():
     run_dir, equals, map_spec = spec.partition('=')
     if not equals or not run_dir or not map_spec:
-      raise cli.UsageError(f'--weight_map={spec}: give RUN_DIR=MAP, MAP a file of rules or '
+      raise errors.UsageError(f'--weight_map={spec}: give RUN_DIR=MAP, MAP a file of rules or '
                            f'rules inline ("PATTERN {ARROW} REPLACEMENT; ...")')
     path = by_real_path.get(os.path.realpath(run_dir))
     if path is None:
-      raise cli.UsageError(f'--weight_map={spec}: {run_dir} is none of the runs compared '
+      raise errors.UsageError(f'--weight_map={spec}: {run_dir} is none of the runs compared '
                            f'({", ".join(given)}); name one of them')
     if path in maps:
-      raise cli.UsageError(f'--weight_map names {run_dir} twice; give each run one map')
+      raise errors.UsageError(f'--weight_map names {run_dir} twice; give each run one map')
     maps[path] = WeightMap.load(map_spec)
   if control and control not in maps and run_dirs and run_dirs[0] in maps:
     maps[control] = maps[run_dirs[0]]
@@ -192,7 +192,7 @@ def check_aligned(paths, maps):
   """Checks that after `maps` ({run dir: WeightMap}) every run in `paths` names its
   weights as the first does, so that no variable goes unpaired.
 
-  Runs without a snapshot are left to the tiers. Raises cli.UsageError naming the
+  Runs without a snapshot are left to the tiers. Raises errors.UsageError naming the
   unmatched keys of both sides.
   """
   reference = paths[0]
@@ -208,7 +208,7 @@ def check_aligned(paths, maps):
       continue
     extra = sorted(keys[path] - keys[reference])
     missing = sorted(keys[reference] - keys[path])
-    raise cli.UsageError(
+    raise errors.UsageError(
         f'--weight_map: weights unmatched after the maps: {path} has {listed(extra) or "none"} '
         f'that {reference} lacks, and lacks {listed(missing) or "none"}; fix the rules '
         '(--weight_map=RUN_DIR=MAP) so that both runs name each variable alike')

@@ -1,0 +1,40 @@
+"""tf1compat-recorder: the recorder and the run-directory contract without TensorFlow, absl
+or the rest of tf1compat, for a team's own loop in its own environment (Python 3.7 and up,
+numpy): a TensorFlow 1.15 Session loop included.
+
+    pip install path/to/checkout/recorder
+
+It installs the listed modules of the checkout's tf1compat package, the same files the
+full distribution holds, so the two never disagree on the contract: install one or the
+other in an environment, not both. README: "Your own loops"; docs/legacy-stack.md.
+"""
+
+import os
+import re
+
+import setuptools
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.join(os.path.dirname(HERE), 'tf1compat')
+# What `from tf1compat import recorder, team_models` needs, and nothing that imports
+# TensorFlow or absl (tests/test_recorder_distribution.py keeps the list closed).
+MODULES = ('atomic', 'calibration', 'config', 'errors', 'folders', 'held_stderr', 'recorder',
+           'runlog', 'team_models', 'weight_map')
+
+
+def _version():
+  with open(os.path.join(PACKAGE_DIR, '__init__.py')) as f:
+    return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+
+
+setuptools.setup(
+    name='tf1compat-recorder',
+    version=_version(),
+    description="tf1compat's recorder: a team's own training loop written as a run directory "
+                'that compare_runs judges',
+    license='Apache-2.0',
+    python_requires='>=3.7',
+    install_requires=['numpy'],
+    package_dir={'tf1compat': os.path.relpath(PACKAGE_DIR, HERE)},
+    py_modules=[f'tf1compat.{name}' for name in MODULES],
+)

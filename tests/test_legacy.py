@@ -1,0 +1,383 @@
+"""The real legacy stack: the legacy loop on TensorFlow 1.15 / Python 3.7 as the migration
+ladder's first rung, and the recorder installed alone.
+
+The cheap tests run by default (no TensorFlow 1.15 needed). Those marked `legacy` need a
+Python 3.7 and make TensorFlow 1.15's environment once per session (bin/legacy_env; about
+a minute with pip's wheel cache warm, set TF1COMPAT_LEGACY_ENV=DIR to keep one across
+sessions); without a Python 3.7 they skip, saying so.
+"""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_IMAGE_SIZE, run_entry
+from test_parity import make_run
+from tf1compat import cli
+from tf1compat import config
+from tf1compat import harness
+from tf1compat import legacy_env
+from tf1compat import parity
+from tf1compat import runlog
+from tf1compat import team_models
+from tf1compat import tiers
+
+# 12 steps of 8 images: one and a half passes through the tiny training set (64 records),
+# past which the two TensorFlows read other batches (docs/legacy-stack.md, findings).
+TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
+        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+RECORDER_DIR = os.path.join(REPO, 'recorder')
+TF215 = {'python': '3.12.1', 'numpy': '2.1.0', 'tensorflow': '2.21.0',
+         'keras_implementation': runlog.KERAS_TF_KERAS, 'keras': '2.21.0'}
+TF115 = {'python': '3.7.16', 'numpy': '1.18.5', 'tensorflow': '1.15.0',
+         'keras_implementation': runlog.KERAS_BUNDLED, 'keras': '2.2.4-tf'}
+
+
+# --- default: the lint, the ladder, the jobs, the recorder's distribution -------------------
+
+def _stack_run(path, versions, fused, **kwargs):
+  return make_run(path, manifest_extra={
+      'versions': versions, 'model_summary': {'batch_norm_fused': fused}}, **kwargs)
+
+
+def test_the_lint_reports_versions_and_names_a_changed_default_without_failing(tmp_path):
+  reference, legacy = str(tmp_path / 'graph'), str(tmp_path / 'tf115')
+  _stack_run(reference, TF215, [True])
+  _stack_run(legacy, TF115, [False], weight_offsets={('conv1/kernel', 2): 1e-3})
+  report = parity.compare([reference, legacy], parity.Tolerances())
+  pair = report['pairs'][0]
+  assert pair['tiers']['config']['passed'], pair['lint']
+  assert [(d['field'], d['reference'], d['other']) for d in pair['lint']] == [
+      ('BatchNorm fused kernel', [True], [False])]
+  assert pair['lint'][0]['version_default'] and pair['lint'][0]['equivalent']
+  versions = {v['field']: v for v in pair['versions']}
+  assert versions['TensorFlow']['reference'] == '2.21.0'
+  assert versions['TensorFlow']['other'] == '1.15.0' and not versions['TensorFlow']['same']
+  assert versions['Keras implementation']['other'] == runlog.KERAS_BUNDLED
+  # Same losses; the weights part at the first snapshot after the offset, conv1 first.
+  assert pair['parting'] == {'loss_step': None, 'loss_difference': None, 'weight_step': 2,
+                             'first_variable': 'conv1/kernel',
+                             'weight_difference': pytest.approx(
+                                 pair['weight_tier']['per_step'][2]['variables']
+                                 ['conv1/kernel'])}
+  rung = parity.ladder(report, legacy)[0]
+  assert (rung['from'], rung['to']) == ('graph:tf115', 'graph:graph')
+  assert rung['versions']['TensorFlow'] == ('1.15.0', '2.21.0')
+  assert rung['parting']['weight_step'] == 2
+
+
+def test_a_different_tensorflow_alone_is_not_a_lint_difference(tmp_path):
+  reference, other = str(tmp_path / 'a'), str(tmp_path / 'b')
+  _stack_run(reference, TF215, [True])
+  _stack_run(other, TF115, [True])
+  pair = parity.compare([reference, other], parity.Tolerances())['pairs'][0]
+  assert pair['lint'] == [] and pair['verdict'] == 'PASS' and pair['bit_identical']
+  assert pair['parting']['loss_step'] is None and pair['parting']['weight_step'] is None
+
+
+def test_tf115_and_tf2_runs_are_compared_step_wise_within_the_first_pass_only(tmp_path):
+  """Our runners' TF 1.15 and TF 2 runs read other batches after the first pass through
+  the training records (32 here, batches of 8: 4 steps): the step and weight tiers stop
+  there; their kernels' rounding (tf1_rounding) leaves those tiers reported, the curves
+  judge."""
+  losses = np.linspace(2.0, 1.0, 8)
+  later = losses * np.where(np.arange(8) < 4, 1.0, 1.001)
+  data = {'records': {'train': 32, 'val': 8}}
+
+  def run(name, versions, run_losses, offset):
+    return make_run(str(tmp_path / name), losses=run_losses,
+                    weight_offsets={('logits/bias', 8): offset},
+                    manifest_extra={'versions': versions, 'data': data})
+
+  reference = run('graph', TF215, losses, 0.0)
+  legacy = run('tf115', TF115, later, 1e-2)
+  pair = parity.compare([reference, legacy], parity.Tolerances())['pairs'][0]
+  assert pair['framework_differences']['tf1_batch_order'] == {'first_pass_steps': 4}
+  assert 'tf1_rounding' in pair['framework_differences']
+  assert pair['step_tier']['steps'] == 4 and pair['weight_tier']['judged_steps'] == [0, 1, 2]
+  assert not pair['tiers']['step']['judged']
+  assert pair['verdict'] == 'PASS' and pair['parting']['loss_step'] == 5
+  # The same pair on one TensorFlow reads the same batches throughout: judged, it fails.
+  same = run('graph_again', TF215, later, 1e-2)
+  pair = parity.compare([reference, same], parity.Tolerances())['pairs'][0]
+  assert not set(pair['framework_differences']) & {'tf1_batch_order', 'tf1_rounding'}
+  assert pair['verdict'] == 'FAIL' and pair['step_tier']['first_step_over'] == 5
+
+
+def test_the_legacy_pitfall_goes_into_the_tf115_run_and_the_reference_stays_correct():
+  cfg = config.CheckParityConfig(legacy_python='/envs/tf115/bin/python',
+                                 pitfall='metrics_never_reset')
+  jobs = {job.name: job for job in harness.jobs(cfg)}
+  assert list(jobs) == ['graph', harness.CONTROL, harness.LEGACY, 'eager']
+  assert '--reset_metrics=never' in jobs[harness.LEGACY].args
+  assert jobs[harness.LEGACY].python == '/envs/tf115/bin/python'
+  for name in ('graph', harness.CONTROL, 'eager'):
+    assert '--reset_metrics=never' not in jobs[name].args and jobs[name].python is None
+  # The first rung gets the legacy loop's own arguments: no port flag, the legacy epsilon.
+  assert not set(harness.EXACT_PORT_ARGS) & set(jobs[harness.LEGACY].args)
+  assert '--adam_epsilon=1e-08' in jobs[harness.LEGACY].args
+  without = {job.name: job for job in harness.jobs(config.CheckParityConfig(
+      pitfall='metrics_never_reset'))}
+  assert harness.LEGACY not in without and '--reset_metrics=never' in without['graph'].args
+
+
+def test_with_dropout_both_legacy_runs_draw_seeded_masks_and_the_control_others():
+  jobs = {job.name: job for job in harness.jobs(config.CheckParityConfig(
+      legacy_python='/envs/tf115/bin/python', dropout=0.3, seed=5))}
+  seeds = {name: [a for a in job.args if a.startswith('--dropout_seed=')]
+           for name, job in jobs.items()}
+  assert seeds['graph'] == seeds[harness.LEGACY] == ['--dropout_seed=5']
+  assert seeds[harness.CONTROL][-1] == '--dropout_seed=6' and seeds['eager'] == []
+
+
+def test_graph_runs_seeded_alike_draw_the_same_dropout_masks(tmp_path):
+  dropout = {'dropout': 0.3, 'dropout_seed': 5}
+  reference = make_run(str(tmp_path / 'graph'), flags_extra=dropout,
+                       manifest_extra={'versions': TF215})
+  legacy = make_run(str(tmp_path / 'tf115'), flags_extra=dropout,
+                    manifest_extra={'versions': TF115})
+  other_seed = make_run(str(tmp_path / 'tf115_unseeded'), manifest_extra={'versions': TF115},
+                        flags_extra={'dropout': 0.3, 'dropout_seed': None})
+  pairs = parity.compare([reference, legacy, other_seed], parity.Tolerances())['pairs']
+  assert 'dropout_masks' not in pairs[0]['framework_differences']
+  assert 'dropout_masks' in pairs[1]['framework_differences']
+
+
+def _tf1compat_imports(path):
+  """The tf1compat modules and the top-level packages the module at `path` imports."""
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  ours, others = set(), set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == 'tf1compat':
+      ours.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      others.add(node.module.split('.')[0])
+    elif isinstance(node, ast.Import):
+      others.update(alias.name.split('.')[0] for alias in node.names)
+  return ours, others
+
+
+def test_the_recorder_distribution_holds_all_it_imports_and_no_tensorflow_or_absl():
+  with open(os.path.join(RECORDER_DIR, 'setup.py')) as f:
+    tree = ast.parse(f.read())
+  modules = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Assign) and node.targets[0].id == 'MODULES')
+  assert 'recorder' in modules and 'team_models' in modules
+  for name in modules:
+    ours, others = _tf1compat_imports(os.path.join(REPO, 'tf1compat', f'{name}.py'))
+    assert ours <= set(modules), (name, ours - set(modules))
+    assert not others & {'tensorflow', 'absl', 'keras', 'tf_keras', 'tqdm'}, (name, others)
+
+
+def test_legacy_env_without_a_python37_is_one_line_and_exit_2(tmp_path):
+  empty = tmp_path / 'no_python'
+  empty.mkdir()
+  result = run_entry('legacy_env', str(tmp_path / 'env'), env={
+      'PATH': str(empty), 'PYENV_ROOT': str(empty), 'HOME': str(empty)})
+  assert result.returncode == cli.EXIT_USAGE
+  assert result.stderr.strip().splitlines() == [
+      'legacy_env: no Python 3.7 found (python3.7 on PATH, or pyenv\'s under '
+      '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) or pass --python=PATH']
+  assert not os.path.exists(tmp_path / 'env')
+  with pytest.raises(cli.UsageError, match='no such interpreter'):
+    legacy_env.check(str(tmp_path / 'missing' / 'python'))
+
+
+# --- legacy: TensorFlow 1.15 on Python 3.7 --------------------------------------------------
+
+@pytest.fixture(scope='session')
+def python37():
+  """The machine's Python 3.7 (skips where there is none)."""
+  found = legacy_env.find_python37()
+  if found is None:
+    pytest.skip('no Python 3.7 on this host (python3.7 on PATH or pyenv\'s 3.7.*): the real '
+                'legacy stack, TensorFlow 1.15, needs one')
+  return found
+
+
+@pytest.fixture(scope='session')
+def legacy_python(python37, tmp_path_factory):
+  """A Python 3.7 with TensorFlow 1.15, made by bin/legacy_env once per session (or the
+  one in $TF1COMPAT_LEGACY_ENV, made there once)."""
+  folder = os.environ.get('TF1COMPAT_LEGACY_ENV') or str(
+      tmp_path_factory.getbasetemp() / 'legacy_env')
+  result = run_entry('legacy_env', folder, f'--python={python37}', timeout=1800)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return legacy_env.venv_python(folder)
+
+
+def _batches_snippet(data_dir, out, batches):
+  return f"""
+import numpy as np
+from tf1compat import process
+tf = process.use_legacy_keras()
+from tf1compat import data, data_check
+spec = data_check.check_data_dir({data_dir!r}, None, 'fail', False)
+dataset = data.make_dataset(spec.train_files, image_size={TINY_IMAGE_SIZE}, batch_size=8,
+                            num_classes=spec.num_classes, seed=3, shuffle_buffer=64)
+images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+with tf.compat.v1.Session() as sess:
+  got = [sess.run([images, labels]) for _ in range({batches})]
+np.savez({out!r}, images=np.stack([g[0] for g in got]), labels=np.stack([g[1] for g in got]))
+"""
+
+
+@pytest.mark.legacy
+def test_tensorflow_115_reads_the_same_batches(legacy_python, tiny_data_dir, tmp_path):
+  """The pipeline gives TF 1.15 the batches of this TensorFlow over the first pass through
+  the tiny training set (8 batches of 8): the same records in the same order, the images
+  equal up to per_image_standardization's float32 rounding (its mean and deviation are
+  reductions whose summation order differs between the two TensorFlows' Eigen)."""
+  outs = {}
+  for name, python in (('tf115', legacy_python), ('here', sys.executable)):
+    outs[name] = str(tmp_path / f'{name}.npz')
+    env = {**os.environ, 'PYTHONPATH': legacy_env.source_path(str(tmp_path / 'src'))}
+    done = subprocess.run([python, '-c', _batches_snippet(tiny_data_dir, outs[name], 8)],
+                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+  with np.load(outs['tf115']) as a, np.load(outs['here']) as b:
+    assert a['images'].shape == (8, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+    np.testing.assert_array_equal(a['labels'], b['labels'])
+    # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
+    # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
+    np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
+
+
+@pytest.fixture(scope='session')
+def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
+  """check_parity --legacy_python on the tiny data, matched and then with the seed's
+  never-reset metrics in the TF 1.15 run (which retrains that run only)."""
+  out = str(tmp_path_factory.mktemp('ladder'))
+  done = {}
+  for name, extra in (('matched', ()), ('metrics_never_reset',
+                                        ('--pitfall=metrics_never_reset', '--overwrite'))):
+    result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
+                       f'--legacy_python={legacy_python}', *TINY, *extra)
+    with open(os.path.join(out, 'parity.json')) as f:
+      done[name] = (result, json.load(f))
+  return out, done
+
+
+@pytest.mark.legacy
+def test_the_ladder_passes_on_tiny_data(ladder_checks):
+  out, done = ladder_checks
+  result, report = done['matched']
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert report['verdict'] == 'PASS'
+  assert [(r['from'], r['to']) for r in report['ladder']] == [
+      ('graph:tf115', 'graph:graph'), ('graph:graph', 'eager:eager')]
+  assert 'migration ladder' in result.stdout and 'rung 1: graph:tf115 -> graph:graph' in (
+      result.stdout)
+  manifest = runlog.read_manifest(os.path.join(out, harness.LEGACY))
+  assert manifest['versions']['tensorflow'] == '1.15.0'
+  assert manifest['versions']['python'].startswith('3.7.')
+  assert manifest['versions']['keras_implementation'] == runlog.KERAS_BUNDLED
+  # TF1's own Keras, not the TF2 API TensorFlow 1.15 imports under an inherited
+  # TF2_BEHAVIOR=1 (which TensorFlow 2 sets in this process).
+  assert manifest['versions']['keras'] == '2.2.4-tf'
+  assert manifest['versions']['numpy'].startswith('1.18.')
+  reference = runlog.read_manifest(os.path.join(out, 'graph'))
+  assert reference['init_weights_sha256'] == manifest['init_weights_sha256']
+  assert reference['data'] == manifest['data']
+  first_rung = next(p for p in report['pairs'] if p['other_label'] == 'graph:tf115')
+  assert first_rung['framework_differences']['tf1_batch_order'] == {'first_pass_steps': 8}
+  assert first_rung['step_tier']['steps'] <= 8
+
+
+@pytest.mark.legacy
+def test_a_pitfall_in_the_tf115_run_fails_and_is_named(ladder_checks):
+  _, done = ladder_checks
+  result, report = done['metrics_never_reset']
+  assert result.returncode == cli.EXIT_PARITY_FAIL, result.stdout + result.stderr
+  rung = report['ladder'][0]
+  assert rung['from'] == 'graph:tf115' and rung['verdict'] == 'FAIL'
+  legacy_pair = next(p for p in report['pairs'] if p['other_label'] == 'graph:tf115')
+  assert legacy_pair['pitfalls'][0]['name'] == 'metrics_never_reset'
+  assert report['ladder'][1]['verdict'] == 'PASS'  # the reference and the port stay matched
+
+
+_RECORDED_LOOP = """
+import sys
+import numpy as np
+from tf1compat import recorder
+config = recorder.RunConfig(framework='tf1', batch_size=8, image_size=8, num_classes=4,
+                            seed=0, steps_per_epoch=3, snapshot_steps=(0, 2),
+                            data_id='synthetic')
+rng = np.random.RandomState(0)
+weights = {'dense/kernel': rng.normal(size=(4, 4)).astype(np.float32)}
+with recorder.RunRecorder(sys.argv[1], config) as rec:
+  rec.snapshot(0, weights)
+  for epoch in range(2):
+    for _ in range(3):
+      step = rec.record_step(2.0 - 0.1 * rec.step, 0.25)
+      weights = {k: v * 0.99 for k, v in weights.items()}
+      if rec.snapshot_due(step):
+        rec.snapshot(step, weights)
+    rec.record_epoch(val_loss=1.5, val_accuracy=0.5)
+  rec.finish(weights)
+loaded = sorted(m.split('.')[0] for m in sys.modules)
+print(' '.join(sorted({m for m in loaded if m in ('absl', 'tensorflow', 'keras', 'tf_keras')})))
+"""
+
+
+@pytest.mark.legacy
+def test_the_recorder_alone_on_python37_and_numpy_118(python37, tmp_path):
+  """recorder/ installed by pip into a Python 3.7 that has numpy 1.18 and nothing else
+  records a run that this Python's parity reads."""
+  env_dir = str(tmp_path / 'recorder_env')
+  subprocess.run([python37, '-m', 'venv', env_dir], check=True, timeout=300)
+  python = legacy_env.venv_python(env_dir)
+  for what in (['numpy==1.18.5'], [RECORDER_DIR]):
+    done = subprocess.run([python, '-m', 'pip', 'install', '--quiet', *what],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+  run_dir = str(tmp_path / 'run')
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  done = subprocess.run([python, '-c', _RECORDED_LOOP, run_dir], capture_output=True,
+                        text=True, cwd=str(tmp_path), env=env, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip() == ''  # neither absl nor TensorFlow nor Keras was imported
+  run = parity.load_run(run_dir)
+  assert run.manifest['versions']['python'].startswith('3.7.')
+  assert run.manifest['versions']['numpy'] == '1.18.5'
+  assert run.manifest['versions']['tensorflow'] is None
+  assert run.snapshot_steps == [0, 2, 6] and len(run.steps['loss']) == 6
+  assert tiers.metric_semantics(run)['loss']['kind'] == tiers.METRICS_PER_EPOCH
+
+
+@pytest.mark.legacy
+def test_a_teams_session_loop_recorded_on_tensorflow_115_passes_against_tf_2(legacy_python,
+                                                                              tmp_path):
+  """examples/tf1_session_loop.py, recorded by the recorder, on TensorFlow 1.15 and on
+  this TensorFlow from one start; compare_runs judges the first rung of a team's own loop
+  (calibrated by the loop on this TensorFlow again, one ulp apart)."""
+  examples = os.path.join(REPO, 'examples')
+  source = legacy_env.source_path(str(tmp_path / 'src'))
+  init = str(tmp_path / 'init.npz')
+
+  def loop(python, name, start):
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join((source, examples))}
+    done = subprocess.run(
+        [python, os.path.join(examples, 'tf1_session_loop.py'), '--epochs=2',
+         '--steps_per_epoch=8', f'--model_dir={tmp_path / name}', f'--init_weights={start}'],
+        capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return str(tmp_path / name)
+
+  reference = loop(sys.executable, 'tf2', init)
+  control = loop(sys.executable, 'control', team_models.control_start(init))
+  legacy = loop(legacy_python, 'tf115', init)
+  assert runlog.read_manifest(legacy)['versions']['tensorflow'] == '1.15.0'
+  result = run_entry('compare_runs', reference, legacy, f'--control={control}',
+                     f'--output_dir={tmp_path / "report"}')
+  assert result.returncode == 0, result.stdout + result.stderr
+  with open(tmp_path / 'report' / 'parity.json') as f:
+    pair = json.load(f)['pairs'][0]
+  assert pair['verdict'] == 'PASS' and pair['lint'] == []
+  assert {v['field'] for v in pair['versions'] if not v['same']} >= {'TensorFlow', 'Python'}
