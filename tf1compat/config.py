@@ -147,6 +147,16 @@ class EagerConfig(TrainingConfig):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ReplayConfig:
+  """A runner's replay mode (--replay_out): the first step of the complete run in
+  `model_dir`, replayed with the run's own flags and written as a probe to `output`;
+  `batch`: a probe whose batch the step takes instead of the pipeline's (replay.py)."""
+  model_dir: str
+  output: str
+  batch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CheckParityConfig(TrainingConfig):
   """bin/check_parity: the training fields are forwarded to every runner.
 
@@ -166,6 +176,8 @@ class CheckParityConfig(TrainingConfig):
   mixed_precision: bool = False
   port_flags: tuple = ()
   settings_matrix: bool = False
+  # Localize where the codes part (localize.py) on a PASS too; a FAIL always does.
+  localize: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
