@@ -447,6 +447,8 @@ class EagerBackend(training.Backend):
     probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
     output_index = [layer.name for layer in layers].index(self.model.output_names[0])
     variables = self.model.trainable_variables
+    # Its slots before the step's tf.function is traced, as restore() builds them.
+    self.optimizer.build(variables)
     # Read before the update increments optimizer.iterations, as the train step does.
     learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
@@ -456,12 +458,12 @@ class EagerBackend(training.Backend):
         parts = self._step_loss(labels, layer_outputs[output_index])
       return layer_outputs, parts, self._apply(tape, parts[0])
 
-    keys = model_lib.weight_items(self.model)
+    items = model_lib.weight_items(self.model)
     before = model_weights(self.model)
     outputs, parts, gradients = tf.function(step, jit_compile=self._cfg.jit_compile)(
         tf.constant(images), tf.constant(labels))
     after = model_weights(self.model)
-    names = {id(variable): key for key, variable in keys}
+    names = {id(variable): key for key, variable in items}
     trainable_keys = [names[id(variable)] for variable in variables]
     return {
         'input': {'images': own[0], 'labels': own[1]},
@@ -470,7 +472,7 @@ class EagerBackend(training.Backend):
         'gradients': {key: tf.convert_to_tensor(gradient).numpy()
                       for key, gradient in zip(trainable_keys, gradients)},
         'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
-        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in keys
+        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
                   if key not in trainable_keys},
     }, learning_rate
 
@@ -558,6 +560,8 @@ def replay_run(cfg, replay_cfg):
   """Replays the first step of the run `cfg` describes (replay.run_config), as
   replay_cfg (config.ReplayConfig) says, and writes its probe. A fit run's step is the
   custom loop's on the same model, with the regularization losses fit adds (replay.py)."""
+  # One replica (replay.replayable): its step is one device's, without a strategy.
+  cfg = dataclasses.replace(cfg, strategy='default', devices=None, cpu_devices=1)
   if cfg.loop == 'fit':
     cfg = dataclasses.replace(cfg, add_regularization_losses=True)
   training.check_device(cfg)
