@@ -158,6 +158,7 @@ def test_a_floor_keeps_a_bit_identical_control_from_failing_rounding(tmp_path):
     ('regularization_dropped', 'regularization', 'agrees'),
     ('from_logits_lost', 'regularization', 'disagrees'),
     ('skip_update_ops', 'update', 'disagrees'),
+    ('skip_update_ops', 'state_after_bn', 'downstream'),
     ('metrics_never_reset', None, 'agrees'),
     ('metrics_never_reset', 'update', 'disagrees'),
     ('adam_epsilon', None, 'unconfirmed'),
@@ -168,7 +169,10 @@ def test_the_catalogue_agrees_or_disagrees(three, pitfall, change, verdict):
                    'bn': ('forward', 'bn'), 'regularization': ('loss', 'regularization')}
 
   def make(stages):
-    if change:
+    if change == 'state_after_bn':
+      stages['forward']['bn'] = stages['forward']['bn'] * 2
+      stages['state']['bn/moving_mean'] = stages['state']['bn/moving_mean'] * 2
+    elif change:
       stage, name = where_changed[change]
       stages[stage][name] = np.asarray(stages[stage][name]) * 2
 
@@ -220,3 +224,21 @@ def test_replay_refuses_runs_it_cannot_replay(tmp_path):
   inside = config.ReplayConfig(model_dir=str(run_dir), output=str(run_dir / 'probe.npz'))
   with pytest.raises(cli.UsageError, match='lies inside the run it replays'):
     replay.run_config(config.EagerConfig, inside, ('eager', 'fit'))
+
+
+def test_what_dropout_masks_feed_is_reported_not_judged(tmp_path):
+  """Two codes that draw their own masks: past the first Dropout layer nothing is
+  comparable item by item; the Dropout layer's own output still is."""
+  kinds = {'pool': ['GlobalAveragePooling2D', 'Layer'], 'dropout': ['Dropout', 'Layer'],
+           'logits': ['Dense', 'Layer']}
+  stages = _stages()
+  stages['forward'] = {name: np.ones((4, 5)) for name in kinds}
+  path = str(tmp_path / 'reference.npz')
+  probes.save(path, stages, {'step': 1, 'layer_kinds': kinds})
+  reference = probes.load(path)
+  excluded = localize.excluded_items({'dropout_masks': {}}, reference)
+  assert ('forward', 'logits') in excluded and ('forward', 'dropout') not in excluded
+  assert {('loss', 'data'), ('gradients', 'conv/kernel'), ('update', 'logits/kernel')} <= excluded
+  # The BatchNorm before the Dropout layer keeps its state judged.
+  assert ('state', 'bn/moving_mean') not in excluded
+  assert localize.excluded_items({}, reference) == set()

@@ -472,7 +472,7 @@ def export(cfg, num_classes, weights, export_dir):
 
 def _dense(value):
   """A fetched gradient as an array (sparse IndexedSlices scattered into their shape)."""
-  if isinstance(value, tf.compat.v1.IndexedSlicesValue):
+  if hasattr(value, 'indices') and hasattr(value, 'dense_shape'):
     dense = np.zeros(value.dense_shape, value.values.dtype)
     np.add.at(dense, value.indices, value.values)
     return dense

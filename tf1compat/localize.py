@@ -85,7 +85,8 @@ def _judge_stage(stage, reference, other, control, tol, excluded):
       unpaired.append(name)
       continue
     value = difference(ours, theirs[name])
-    row = {'name': name, 'difference': value, 'control': None, 'excluded': name in excluded}
+    row = {'name': name, 'difference': value, 'control': None,
+           'excluded': (stage, name) in excluded}
     if control is not None:
       row['control'] = difference(ours, controls[name]) if name in controls else 0.0
       scale = max(row['control'], calibration.ROUNDING_FLOOR)
@@ -170,7 +171,8 @@ def _first_sentence(first, reference, other, stages, calibrated, factor):
 
 def localize_pair(reference, other, control, tol, excluded=()):
   """Where the probes `reference` and `other` part, judged against `control`'s (None:
-  uncalibrated); `excluded`: items of a known framework difference, reported not judged.
+  uncalibrated); `excluded`: (stage, name) of the items a known framework difference
+  changes, reported not judged.
 
   Returns parity.json's 'where' of a pair: {judged, calibrated, step, stages: {stage:
   {rows, outside, unpaired, excluded}}, first (the first row outside, with its stage, or
@@ -179,6 +181,7 @@ def localize_pair(reference, other, control, tol, excluded=()):
   steps = {probe.meta.get('step') for probe in (reference, other, control) if probe}
   if len(steps) != 1:
     return {'judged': False, 'reason': f'the probes are of different steps ({sorted(steps)})'}
+  step = steps.pop()
   stages, first, factor = {}, None, None
   for stage in probes.STAGES:
     rows, unpaired = _judge_stage(stage, reference, other, control, tol, excluded)
@@ -191,9 +194,11 @@ def localize_pair(reference, other, control, tol, excluded=()):
         factor = _gradient_factor(reference, other, rows)
   calibrated = control is not None
   judged = sum(len(s['rows']) for s in stages.values())
+  reported = sum(len(s['excluded']) for s in stages.values())
   if first is None:
-    summary = (f'every stage of step {steps.pop()} is inside the envelope ({judged} items): the '
-               'codes do not part within the step')
+    summary = (f'every stage of step {step} is inside the envelope ({judged} items'
+               + (f', {reported} of them reported, not judged: a known framework difference'
+                  if reported else '') + '): the codes do not part within the step')
     then = []
   else:
     summary = _first_sentence(first, reference, other, stages, calibrated, factor)
@@ -201,7 +206,7 @@ def localize_pair(reference, other, control, tol, excluded=()):
     then = [f'{stage} ({len(stages[stage]["outside"])} of {len(stages[stage]["rows"])} '
             f'{_STAGE_WORDS[stage]}: {_listed(stages[stage]["outside"])})'
             for stage in later if stages[stage]['outside']]
-  return {'judged': True, 'calibrated': calibrated, 'step': next(iter(steps)) if steps else None,
+  return {'judged': True, 'calibrated': calibrated, 'step': step,
           'stages': stages, 'first': first, 'factor': factor, 'summary': summary, 'then': then,
           'items': judged}
 
@@ -211,21 +216,27 @@ def _listed(names):
   return ', '.join(names[:_LISTED]) + more
 
 
+_STAGE_PLACES = {'input': 'in the input', 'forward': 'in the forward pass',
+                 'loss': 'in the loss', 'gradients': 'in the gradients',
+                 'update': 'in the optimizer\'s update', 'state': 'in the state after the step'}
+
+
 def _expected_words(where):
   if where.stage is None:
     return 'outside one step'
-  words = where.stage
+  words = _STAGE_PLACES[where.stage]
   if where.layers:
-    words += ' at the first ' + ' or '.join(
-        'output layer' if kind == 'output' else f'{kind} layer' for kind in where.layers)
+    words += ' at the ' + ' or '.join(
+        'output layer' if kind == 'output' else f'first {kind} layer' for kind in where.layers)
   if where.part:
-    words += f' ({where.part} part)'
+    words += f' (its {where.part} part)'
   return words
 
 
 def _found_words(where):
   first = where['first']
-  return 'no stage' if first is None else f'{first["stage"]} at `{first["name"]}`'
+  return ('no stage' if first is None
+          else f'{_STAGE_PLACES[first["stage"]]} at `{first["name"]}`')
 
 
 def _at_expected_layer(expected, reference, name):
@@ -241,8 +252,9 @@ def _at_expected_layer(expected, reference, name):
 
 def agreement(named, where, reference):
   """How the localization `where` stands to each catalogued problem in `named` (the
-  pair's pitfalls): [{name, expected, verdict ('agrees', 'disagrees', 'unconfirmed'),
-  note}]."""
+  pair's pitfalls): [{name, expected, verdict, note}]. The verdict: 'agrees' (the codes
+  part where it says), 'downstream' (they differ there too, but part earlier),
+  'disagrees' (another difference is at work) or 'unconfirmed' (every stage inside)."""
   out = []
   problems = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}
   for entry in named:
@@ -253,7 +265,9 @@ def agreement(named, where, reference):
     elif first is None:
       verdict = 'unconfirmed'
     elif first['stage'] != expected.stage:
-      verdict = 'disagrees'
+      later = probes.STAGES.index(expected.stage) > probes.STAGES.index(first['stage'])
+      verdict = ('downstream' if later and where['stages'][expected.stage]['outside']
+                 else 'disagrees')
     elif expected.layers:
       verdict = ('agrees' if _at_expected_layer(expected, reference, first['name'])
                  else 'disagrees')
@@ -266,6 +280,8 @@ def agreement(named, where, reference):
                   'finds',
         'disagrees': f'{entry["name"]} would part the codes {_expected_words(expected)}, the '
                      f'replay finds {_found_words(where)}: another difference may be at work',
+        'downstream': f'{entry["name"]} would part the codes {_expected_words(expected)}; they '
+                      f'differ there too, but part earlier: {_found_words(where)}',
         'unconfirmed': f'{entry["name"]} would part the codes {_expected_words(expected)}; the '
                        'replay finds every stage inside (a difference within the control\'s, '
                        'such as one hidden in Dropout masks drawn anew)'}
@@ -275,11 +291,31 @@ def agreement(named, where, reference):
 
 
 def excluded_items(differences, reference):
-  """The items a pair's known framework differences (diagnosis.known_differences) make
-  differ, reported not judged: the moving variances under bn_moving_variance."""
-  if 'bn_moving_variance' not in differences:
-    return ()
-  return tuple(name for name in reference.items('state') if name.endswith('moving_variance'))
+  """(stage, name) of the items a pair's known framework differences
+  (diagnosis.known_differences) change, reported not judged.
+
+  bn_moving_variance: the moving variances' change. dropout_masks: the codes draw other
+  masks, so what the masks feed differs by their draw, not by the code: the layer
+  outputs after the first Dropout layer, the loss, every gradient and update, and the
+  state of the layers after it. The Dropout layer's own output stays judged: a layer
+  that drops nothing in one code stands far outside a control that draws other masks.
+  """
+  excluded = set()
+  if 'bn_moving_variance' in differences:
+    excluded |= {('state', name) for name in reference.items('state')
+                 if name.endswith('moving_variance')}
+  if 'dropout_masks' in differences:
+    layers = list(reference.items('forward'))
+    kinds = reference.meta.get('layer_kinds', {})
+    dropouts = [i for i, layer in enumerate(layers) if 'Dropout' in kinds.get(layer, ())]
+    if dropouts:
+      after = set(layers[dropouts[0] + 1:])
+      excluded |= {('forward', layer) for layer in after}
+      excluded |= {(stage, name) for stage in ('loss', 'gradients', 'update')
+                   for name in reference.items(stage)}
+      excluded |= {('state', name) for name in reference.items('state')
+                   if name.split('/')[0] in after}
+  return excluded
 
 
 def not_localized(reason):

@@ -123,9 +123,10 @@ def _where_section(where):
                f'{worst["difference"]:.2e} | {_fmt(worst["control"])} | '
                f'{worst["limit"]:.2e} |')
   unpaired = [name for info in where['stages'].values() for name in info['unpaired']]
-  excluded = [name for info in where['stages'].values() for name in info['excluded']]
+  excluded = [f'{stage} ({", ".join(info["excluded"])})' for stage, info in where['stages'].items()
+              if info['excluded']]
   if excluded:
-    out += ['', f'Reported, not judged (framework difference): {", ".join(excluded)}.']
+    out += ['', f'Reported, not judged (a known framework difference): {"; ".join(excluded)}.']
   if unpaired:
     out += ['', f'Not compared (in one probe only): {", ".join(unpaired)}.']
   for p in where.get('pitfalls', []):
