@@ -176,8 +176,9 @@ class CheckParityConfig(TrainingConfig):
   mixed_precision: bool = False
   port_flags: tuple = ()
   settings_matrix: bool = False
-  # Localize where the codes part (localize.py) on a PASS too; a FAIL always does.
-  localize: bool = False
+  # Where inside one step the codes part (localize.py): None on a FAIL, True for every
+  # pair, False never.
+  localize: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

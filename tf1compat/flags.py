@@ -408,9 +408,9 @@ def define_check_parity_flags():
                            message='--port_flags takes train_eager flags, e.g. '
                                    '--port_flags=--jit_compile,--nodeterministic')
   flags.DEFINE_bool('localize', default('localize'),
-                    'Also on a PASS, replay the first step in every runner and say where '
-                    'inside it the codes part (a FAIL always does; README, "Where the codes '
-                    'part").')
+                    'Replay the first step in every runner and say where inside it the codes '
+                    'part (README, "Where the codes part"). Unset: on a FAIL; --localize: on a '
+                    'PASS too; --nolocalize: never.')
   flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
                     'Run the matched check once per setting that applies on this device '
                     '(the port without op determinism, without oneDNN, with XLA; on a GPU also '

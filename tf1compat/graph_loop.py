@@ -228,10 +228,13 @@ class GraphBackend(training.Backend):
       update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
     if not cfg.update_ops:
       update_ops = []
-    # Each layer's output on the training batch (its latest node: under model_call the
-    # call on the batch), taken before the evaluation adds nodes; a replay fetches them.
-    self._layer_outputs = {layer.name: layer.get_output_at(-1) for layer in self.model.layers
+    # Each layer's output where the model was built (its first node), which a replay
+    # fetches: under input_tensor on the training batch itself; under model_call on the
+    # model's own Input placeholder, which the replay feeds the same batch (calling the
+    # model on the batch gives the layers no node of their own to fetch).
+    self._layer_outputs = {layer.name: layer.get_output_at(0) for layer in self.model.layers
                            if not isinstance(layer, tf.keras.layers.InputLayer)}
+    self._model_input = self.model.input if cfg.wiring == 'model_call' else None
     self._model_updates = len(model_updates)
     self._update_ops_run = len(update_ops)
     self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
@@ -364,6 +367,8 @@ class GraphBackend(training.Backend):
     images, labels = own if batch is None else batch
     # Fed in place of the iterator's output: the model and the loss read these tensors.
     feed = {**self._train_feed, self._batch[0]: images, self._batch[1]: labels}
+    if self._model_input is not None:
+      feed[self._model_input] = images
     keys = {id(variable): key for key, variable in self._weight_items}
     with_gradients = [(keys[id(variable)], gradient) for gradient, variable in self._gradients
                       if gradient is not None]

@@ -354,10 +354,10 @@ def run(cfg, tolerances):
   report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
   report['pitfall_injected'] = cfg.pitfall
   try:
-    # Where inside the first step each failed pair parts (every pair with --localize).
+    # Where inside the first step each failed pair parts (--localize: every pair).
     replay.localize_report(report, tolerances, output_dir, pairs=[
         index for index, pair in enumerate(report['pairs'])
-        if cfg.localize or pair['verdict'] == 'FAIL'])
+        if cfg.localize or (cfg.localize is None and pair['verdict'] == 'FAIL')])
   finally:
     parity_report.write_report(report, output_dir)
   return report
