@@ -367,12 +367,11 @@ class EagerBackend(training.Backend):
                       tf.nn.scale_regularization_loss(regularization_loss(self.model)))
     return data_loss + regularization, data_loss, regularization
 
-  def _apply(self, tape, loss):
-    """The step's gradients of `loss` (recorded on `tape`), applied; returns them."""
+  def _apply(self, tape, scaled_loss):
+    """The gradients of the step's `scaled_loss` (recorded on `tape`), applied; returns
+    them."""
     variables = self.model.trainable_variables
-    # Identity without loss scaling; LossScaleOptimizer scales here and unscales the
-    # gradients in apply_gradients.
-    gradients = tape.gradient(self.optimizer.scale_loss(loss), variables)
+    gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
     return gradients
 
@@ -380,7 +379,10 @@ class EagerBackend(training.Backend):
     with tf.GradientTape() as tape:
       outputs = self.model(images, training=True)
       loss, _, _ = self._step_loss(labels, outputs)
-    self._apply(tape, loss)
+      # Identity without loss scaling; LossScaleOptimizer scales here and unscales
+      # the gradients in apply_gradients.
+      scaled_loss = self.optimizer.scale_loss(loss)
+    self._apply(tape, scaled_loss)
     self._train_accuracy.update_state(labels, outputs)
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
@@ -456,6 +458,7 @@ class EagerBackend(training.Backend):
       with tf.GradientTape() as tape:
         layer_outputs = probe(images, training=True)
         parts = self._step_loss(labels, layer_outputs[output_index])
+      # One replica in float32 (replay.replayable): no loss scaling to undo.
       return layer_outputs, parts, self._apply(tape, parts[0])
 
     items = model_lib.weight_items(self.model)
