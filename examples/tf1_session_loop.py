@@ -5,7 +5,8 @@ batches from the team's own pipeline (team_common.py), tf.compat.v1.layers, soft
 cross-entropy on logits, AdamOptimizer.minimize, tf.compat.v1.metrics running means
 reset at every epoch, one Session. The lines marked `# recorder` are all it takes to
 write a run directory that compare_runs judges like our runners' (run.json, steps.csv,
-epochs.csv, weight snapshots).
+epochs.csv, weight snapshots), and a probe of the first step (its layer outputs and
+gradients) for compare_runs --localize.
 
     python examples/tf1_session_loop.py --model_dir=runs/tf1 --init_weights=runs/init.npz
 
@@ -45,14 +46,19 @@ def build_graph(learning_rate):
   labels, predictions = tf.argmax(y, 1), tf.argmax(logits, 1)
   batch_accuracy = tf.reduce_mean(tf.cast(tf.equal(labels, predictions), tf.float32))
   optimizer = tf.compat.v1.train.AdamOptimizer(learning_rate)
-  train_op = optimizer.minimize(loss)
+  # minimize() in its two halves, so that the first step's gradients can be probed.
+  gradients = optimizer.compute_gradients(loss)
+  train_op = optimizer.apply_gradients(gradients)
   # The running means the loop shows; their local variables are reset every epoch.
   _, mean_loss = tf.compat.v1.metrics.mean(loss)
   _, accuracy = tf.compat.v1.metrics.accuracy(labels, predictions)
   reset_metrics = tf.compat.v1.variables_initializer(tf.compat.v1.local_variables())
+  # What a probe of a step reads: its layer outputs, gradients and loss.
+  probe = {'outputs': {'hidden': hidden, 'logits': logits}, 'loss': loss,
+           'gradients': {team_models.variable_name(v): g for g, v in gradients}}
   return dict(x=x, y=y, loss=loss, batch_accuracy=batch_accuracy, optimizer=optimizer,
               train_op=train_op, mean_loss=mean_loss, accuracy=accuracy,
-              reset_metrics=reset_metrics)
+              reset_metrics=reset_metrics, probe=probe)
 
 
 def main(argv):
@@ -85,11 +91,14 @@ def main(argv):
         sess.run(g['reset_metrics'])
         order = team_common.batches(len(x_train), args.batch_size, args.seed, epoch)
         for index in order[:args.steps_per_epoch]:
-          _, loss, batch_accuracy, mean_loss, accuracy = sess.run(
-              [g['train_op'], g['loss'], g['batch_accuracy'], g['mean_loss'], g['accuracy']],
-              {g['x']: x_train[index], g['y']: y_train[index]})
+          probed = g['probe'] if rec.step == 0 else {}  # recorder: the first step's
+          _, loss, batch_accuracy, mean_loss, accuracy, probe = sess.run(
+              [g['train_op'], g['loss'], g['batch_accuracy'], g['mean_loss'], g['accuracy'],
+               probed], {g['x']: x_train[index], g['y']: y_train[index]})
           step = rec.record_step(loss, batch_accuracy, mean_loss=mean_loss,  # recorder
                                  accuracy=accuracy)
+          if probe:  # recorder
+            rec.probe(step, batch=(x_train[index], y_train[index]), **probe)
           if rec.snapshot_due(step):  # recorder
             rec.snapshot(step, team_models.session_weights(sess))
         val_loss, val_accuracy = sess.run([g['loss'], g['batch_accuracy']],

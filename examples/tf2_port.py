@@ -5,8 +5,10 @@ Keras' own names), keras.optimizers.Adam with the legacy epsilon passed explicit
 tf.function train step with GradientTape, Keras metrics reset at every epoch, on the
 same numpy batches (team_common.py). It starts from the TF1 loop's initial weights,
 renamed to its own variables by the weight map tf1_to_port.map. The lines marked
-`# recorder` write the run directory; the optimizer's and the model's settings are read
-from the objects themselves, so a mistake in them is recorded as made.
+`# recorder` write the run directory and a probe of the first step (its layer outputs,
+named as the TF1 loop names its layers, and gradients) for compare_runs --localize; the
+optimizer's and the model's settings are read from the objects themselves, so a mistake
+in them is recorded as made.
 
     python examples/tf2_port.py --model_dir=runs/port --init_weights=runs/init.npz
     bin/compare_runs runs/tf1 runs/port --weight_map=runs/tf1=examples/tf1_to_port.map
@@ -68,18 +70,23 @@ def main(argv):
   model, optimizer, loss_fn, mean_loss, accuracy = build(args)
   team_models.set_keras_weights(
       model, team_models.load_weights(args.init_weights, weight_map=args.weight_map))
+  # The model with every layer's output as well, and the variables' names: a step's probe.
+  layer_outputs = keras.Model(model.inputs, [layer.output for layer in model.layers])
+  names = [team_models.variable_name(v) for v in model.trainable_variables]
 
   @tf.function
   def train_step(x, y):
     with tf.GradientTape() as tape:
-      logits = model(x, training=True)
+      hidden, logits = layer_outputs(x, training=True)
       loss = loss_fn(y, logits)
     gradients = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(gradients, model.trainable_variables))
     mean_loss.update_state(loss)
     accuracy.update_state(y, logits)
     hits = tf.equal(tf.argmax(y, 1), tf.argmax(logits, 1))
-    return loss, tf.reduce_mean(tf.cast(hits, tf.float32))
+    probe = {'outputs': {'hidden': hidden, 'logits': logits}, 'loss': loss,
+             'gradients': dict(zip(names, gradients))}
+    return loss, tf.reduce_mean(tf.cast(hits, tf.float32)), probe
 
   config = recorder.RunConfig(  # recorder
       framework='keras3', **team_models.optimizer_fields(optimizer),
@@ -98,9 +105,11 @@ def main(argv):
         accuracy.reset_state()
       order = team_common.batches(len(x_train), args.batch_size, args.seed, epoch)
       for index in order[:args.steps_per_epoch]:
-        loss, batch_accuracy = train_step(x_train[index], y_train[index])
+        loss, batch_accuracy, probe = train_step(x_train[index], y_train[index])
         step = rec.record_step(loss, batch_accuracy, mean_loss=mean_loss.result(),  # recorder
                                accuracy=accuracy.result())
+        if step == 1:  # recorder: the first step's probe
+          rec.probe(step, batch=(x_train[index], y_train[index]), **probe)
         if rec.snapshot_due(step):  # recorder
           rec.snapshot(step, team_models.keras_weights(model))
       logits = model(x_val, training=False)

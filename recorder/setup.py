@@ -18,8 +18,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIR = os.path.join(os.path.dirname(HERE), 'tf1compat')
 # What `from tf1compat import recorder, team_models` needs, and nothing that imports
 # TensorFlow or absl (tests/test_recorder_distribution.py keeps the list closed).
-MODULES = ('atomic', 'calibration', 'config', 'errors', 'folders', 'held_stderr', 'recorder',
-           'runlog', 'team_models', 'weight_map')
+MODULES = ('atomic', 'calibration', 'config', 'errors', 'folders', 'held_stderr', 'probes',
+           'recorder', 'runlog', 'team_models', 'weight_map')
 
 
 def _version():

@@ -1,12 +1,17 @@
 """A team's own model and record schema, outside the package (tests/test_plugins.py).
 
 `build` follows plugins' builder contract: --model=team_model:build with tests/ on
-PYTHONPATH. `parse` and `parse_pixels` follow its parser contract (--features). The
+PYTHONPATH. `parse` and `parse_pixels` follow its parser contract (--features).
+`convnet_conv3_elu` is a port of the seed's ConvNet with an uncatalogued mistake. The
 other builders break the contract one way each.
 """
 
 import tensorflow as tf
 
+from tf1compat import model
+
+# The convolution convnet_conv3_elu activates otherwise.
+ELU_LAYER = 3
 # The team's records: 'photo/encoded' JPEG bytes and 'photo/class', numbered from 1;
 # the pixel variant stores decoded pixels and their shape.
 ENCODED, CLASS = 'photo/encoded', 'photo/class'
@@ -24,6 +29,21 @@ def build(keras, *, num_classes, image_size, input_tensor=None, batch_norm_layer
   x = keras.layers.GlobalMaxPooling2D(name='pool')(x)
   outputs = keras.layers.Dense(num_classes, dtype=logits_dtype, name='head')(x)
   return keras.Model(inputs, outputs, name='team_net')
+
+
+def convnet_conv3_elu(keras, *, num_classes, image_size, input_tensor=None):
+  """The seed's ConvNet (tf1compat.model) as a port with a mistake no catalogue holds:
+  conv3 activates with ELU instead of ReLU. Same layers, names and shapes, so it loads
+  the seed's weights; check_parity gives it to the port only (--port_flags=--model=...)."""
+  inputs = keras.Input(shape=(image_size, image_size, 3), tensor=input_tensor, name='images')
+  x = inputs
+  for index, filters in enumerate(model.CONV_FILTERS, start=1):
+    x = keras.layers.Conv2D(filters, (3, 3), strides=(2, 2), kernel_initializer='he_normal',
+                            activation='elu' if index == ELU_LAYER else 'relu',
+                            name=f'conv{index}')(x)
+  x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
+  outputs = keras.layers.Dense(num_classes, kernel_initializer='he_normal', name='logits')(x)
+  return keras.Model(inputs, outputs, name='convnet')
 
 
 def auto_named(keras, *, num_classes, image_size, input_tensor=None):

@@ -63,7 +63,8 @@ def runs(tmp_path_factory):
 
 
 def _compare(runs, out, *names, control=True):
-  args = [runs[name] for name in names] + [f'--output_dir={out}',
+  """compare_runs of the runs `names`, localized from the probes the loops recorded."""
+  args = [runs[name] for name in names] + [f'--output_dir={out}', '--localize',
                                            f'--weight_map={runs["tf1"]}={WEIGHT_MAP}']
   if control:
     args.append(f'--control={runs["control"]}')
@@ -96,6 +97,17 @@ def test_the_port_passes(runs, tmp_path, control):
   assert set(pair['framework_differences']) == {'adam_rounding'}
   assert pair['weight_tier']['common_steps'] == [0, 1, 2, 5, 10, 16]
   assert report['weight_maps'][runs['tf1']] == WEIGHT_MAP
+  # Their probes of step 1 pair up (layer outputs by the names both gave them, gradients
+  # through the weight map) and nothing parts; the two Adam kernels' rounding of the
+  # update, a known framework difference, is reported, not judged.
+  where = pair['where']
+  assert where['judged'] and where['calibrated'] == control and where['first'] is None, where
+  stages = where['stages']
+  assert [row['name'] for row in stages['forward']['rows']] == ['hidden', 'logits']
+  assert sorted(row['name'] for row in stages['gradients']['rows']) == sorted(
+      TF1_TO_PORT.values())
+  assert sorted(stages['update']['excluded']) == sorted(TF1_TO_PORT.values())
+  assert not any(info['unpaired'] for info in stages.values())
 
 
 def test_each_mistake_of_the_port_fails_and_is_named_first(runs, tmp_path):
@@ -104,6 +116,14 @@ def test_each_mistake_of_the_port_fails_and_is_named_first(runs, tmp_path):
   for name, pair in zip(MISTAKES, report['pairs']):
     assert pair['verdict'] == 'FAIL'
     assert pair['pitfalls'][0]['name'] == name, pair['pitfalls']
+  # Neither parts the codes where a replay of step 1 may judge: metrics act outside one
+  # step; Keras' epsilon changes the update, which the kernels' rounding keeps unjudged
+  # here, and the report says by how much it differs all the same.
+  verdicts = [pair['where']['pitfalls'][0] for pair in report['pairs']]
+  assert [v['verdict'] for v in verdicts] == ['unconfirmed', 'agrees']
+  assert 'keeps from being judged there' in verdicts[0]['note']
+  update = report['pairs'][0]['where']['stages']['update']['rows']
+  assert max(row['difference'] / max(row['control'], 2 ** -23) for row in update) > 100
   # The epsilon the port's optimizer really had, read from it by the recorder.
   epsilons = [runlog.read_manifest(runs[name])['optimizer']['epsilon']
               for name in ('tf1', 'port', 'adam_epsilon')]

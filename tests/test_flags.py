@@ -2,7 +2,7 @@
 
 from conftest import run_entry, run_python
 from tf1compat import cli
-from tf1compat import harness
+from tf1compat import process
 
 
 def test_runner_flags_are_the_fields_of_its_config():
@@ -71,9 +71,9 @@ def test_a_crashed_runner_is_a_fault_not_a_verdict(tmp_path):
   log = tmp_path / 'runner.log'
   log.write_text('$ python -m tf1compat.commands.train_eager\nF0000 check failed\n')
   for code, how in ((-11, 'killed by signal 11'), (4, 'exit code 4'), (1, 'exit code 1')):
-    error = harness.runner_error('eager', code, str(log))
+    error = process.runner_error('eager', code, str(log))
     assert isinstance(error, cli.Fault)
     assert str(error).startswith(f'eager runner: internal or device fault ({how}): F0000 check '
                                  'failed')
-  assert isinstance(harness.runner_error('eager', 143, str(log)), cli.Interrupted)
-  assert isinstance(harness.runner_error('eager', 2, str(log)), cli.UsageError)
+  assert isinstance(process.runner_error('eager', 143, str(log)), cli.Interrupted)
+  assert isinstance(process.runner_error('eager', 2, str(log)), cli.UsageError)

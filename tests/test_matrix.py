@@ -31,14 +31,17 @@ def test_markdown_shows_margins_and_misses():
                          'curve_band_ratio': 0.1, 'loss_horizon': 19, 'weight_horizon': 2}],
             'pitfalls': [{'case': 'default', 'pitfall': 'adam_epsilon', 'verdict': 'FAIL',
                           'named_first': True, 'judged_by': 'config', 'margin': None,
-                          'named': ['adam_epsilon']},
+                          'named': ['adam_epsilon'], 'where': 'update at conv1/kernel',
+                          'where_ratio': 2500.0, 'where_agreement': 'agrees'},
                          {'case': 'default', 'pitfall': 'no_learning_phase', 'verdict': 'PASS',
                           'named_first': False, 'judged_by': None, 'margin': None,
-                          'named': []}],
+                          'named': [], 'where': 'not localized', 'where_ratio': None,
+                          'where_agreement': None}],
             'passed': False}
   text = matrix.markdown(result)
   assert '| default | 120 | PASS | 0.029 | no | judged | 19/2 | 0.1 |' in text
-  assert '| default | adam_epsilon | FAIL | yes | config | exact |' in text
+  assert ('| default | adam_epsilon | FAIL | yes | config | exact | update at conv1/kernel | '
+          '2.5e+03x | agrees |') in text
   assert '| no_learning_phase | PASS | no: ' in text
 
 

@@ -51,6 +51,12 @@ def _manifest(output_dir, name):
   return runlog.read_manifest(os.path.join(output_dir, name))
 
 
+def _init_keys(output_dir):
+  """The weight keys of the eager run's initial weights."""
+  with np.load(_manifest(output_dir, 'eager')['flags']['init_weights']) as init:
+    return list(init.files)
+
+
 def _expected_rates(steps, per_epoch=False):
   """The legacy exponential_decay's rate at each step (its global step is step - 1)."""
   counted = np.asarray(steps) - 1
@@ -67,6 +73,14 @@ def _assert_named_first(result, report, pitfall):
   first = [p for pair in report['pairs'] for p in pair['pitfalls']][0]
   assert first['evidence'] and first['fix'] == pitfalls.PITFALLS[pitfall].fix
   return first
+
+
+def _assert_localized(report, pitfall, stage, item):
+  """The replay of step 1 parts the codes at (stage, item), and agrees with `pitfall`."""
+  where = report['pairs'][0]['where']
+  assert (where['first']['stage'], where['first']['name']) == (stage, item), where['summary']
+  assert {p['name']: p['verdict'] for p in where['pitfalls']}[pitfall] == 'agrees'
+  return where['stages']
 
 
 def test_matched_port_passes_with_a_step_schedule(tiny_data_dir, output_dir):
@@ -100,6 +114,14 @@ def test_regularization_dropped_fails_by_the_l2_penalty(tiny_data_dir, output_di
   graph_loss = read_run_csv(os.path.join(output_dir, 'graph'))['loss'][0]
   eager_loss = read_run_csv(os.path.join(output_dir, 'eager'))['loss'][0]
   np.testing.assert_allclose(graph_loss - eager_loss, penalty, rtol=1e-3)
+  # Localized: every layer output and the data loss inside, the regularization part
+  # first outside, then the gradients of the regularized kernels, and of nothing else.
+  stages = _assert_localized(report, 'regularization_dropped', 'loss', 'regularization')
+  assert stages['forward']['outside'] == [] and stages['loss']['outside'] == [
+      'regularization', 'total']
+  regularized = sorted(key for key in _init_keys(output_dir) if key.endswith('/kernel'))
+  assert len(regularized) == REGULARIZED_KERNELS
+  assert sorted(stages['gradients']['outside']) == regularized
 
 
 def test_keras_bn_momentum_fails_by_ten_times_the_moving_mean_step(tiny_data_dir, output_dir):
@@ -113,11 +135,15 @@ def test_keras_bn_momentum_fails_by_ten_times_the_moving_mean_step(tiny_data_dir
   assert len(keys) == BATCH_NORM_LAYERS
   for key in keys:
     np.testing.assert_allclose(eager[key], 10 * graph[key], rtol=1e-3, atol=1e-7)
+  # Localized: the updates of the trainables inside, the moving statistics outside.
+  stages = _assert_localized(report, 'bn_momentum_default', 'state', 'stem_bn/moving_mean')
+  assert stages['update']['outside'] == [] and stages['gradients']['outside'] == []
+  assert set(keys) <= set(stages['state']['outside'])
 
 
 def test_schedule_per_epoch_fails_with_the_rates_held(tiny_data_dir, output_dir):
   result, report = _check(tiny_data_dir, output_dir, '--pitfall=lr_schedule_per_epoch',
-                          '--overwrite')
+                          '--overwrite', '--nolocalize')
   first = _assert_named_first(result, report, 'lr_schedule_per_epoch')
   assert first['corroborated']
   fit_steps = read_run_csv(os.path.join(output_dir, 'fit'))
@@ -128,7 +154,8 @@ def test_schedule_per_epoch_fails_with_the_rates_held(tiny_data_dir, output_dir)
 
 @pytest.mark.parametrize('pitfall', ['from_logits_lost', 'accuracy_metric_class'])
 def test_earlier_pitfalls_fail_on_it_too(tiny_data_dir, output_dir, pitfall):
-  result, report = _check(tiny_data_dir, output_dir, f'--pitfall={pitfall}', '--overwrite')
+  result, report = _check(tiny_data_dir, output_dir, f'--pitfall={pitfall}', '--overwrite',
+                          '--nolocalize')
   _assert_named_first(result, report, pitfall)
 
 

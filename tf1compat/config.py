@@ -154,6 +154,16 @@ class EagerConfig(TrainingConfig):
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
+class ReplayConfig:
+  """A runner's replay mode (--replay_out): the first step of the complete run in
+  `model_dir`, replayed with the run's own flags and written as a probe to `output`;
+  `batch`: a probe whose batch the step takes instead of the pipeline's (replay.py)."""
+  model_dir: str
+  output: str
+  batch: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class CheckParityConfig(TrainingConfig):
   """bin/check_parity: the training fields are forwarded to every runner.
 
@@ -176,6 +186,9 @@ class CheckParityConfig(TrainingConfig):
   # A Python with TensorFlow 1.15 (bin/legacy_env): the legacy loop also runs there, as
   # the migration ladder's first rung (None: no such rung).
   legacy_python: str | None = None
+  # Where inside one step the codes part (localize.py): None on a FAIL, True for every
+  # pair, False never.
+  localize: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)

@@ -21,12 +21,14 @@ Importing this module sets nothing up; `run` configures the strategy, seeds, op
 determinism and the mixed-precision policy for the process it runs in.
 """
 
+import dataclasses
 import functools
 import inspect
 import os
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -39,6 +41,8 @@ from tf1compat import fit_loop
 from tf1compat import model as model_lib
 from tf1compat import numerics
 from tf1compat import plugins
+from tf1compat import probes
+from tf1compat import replay
 from tf1compat import runlog
 from tf1compat import tf1_kernels
 from tf1compat import training
@@ -351,23 +355,35 @@ class EagerBackend(training.Backend):
         self._checkpoint, self._log.path(runlog.CHECKPOINTS_DIR),
         max_to_keep=checkpoints.CHECKPOINTS_KEPT)
 
-  def _replica_step(self, images, labels, stop_flag):
-    with tf.GradientTape() as tape:
-      outputs = self.model(images, training=True)
-      per_example = self.loss(labels, outputs)
-      # One device keeps reduce_mean: the graph runner's op, bit for bit.
-      loss = (tf.reduce_mean(per_example) if self._replicas == 1 else
-              tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch))
-      if self._cfg.add_regularization_losses:
-        # Each replica adds its share: the sum over the replicas adds them once.
-        loss += (regularization_loss(self.model) if self._replicas == 1 else
-                 tf.nn.scale_regularization_loss(regularization_loss(self.model)))
-      # Identity without loss scaling; LossScaleOptimizer scales here and unscales
-      # the gradients in apply_gradients.
-      scaled_loss = self.optimizer.scale_loss(loss)
+  def _step_loss(self, labels, outputs):
+    """(the step's loss, its data part, its regularization part) on the model's `outputs`."""
+    per_example = self.loss(labels, outputs)
+    # One device keeps reduce_mean: the graph runner's op, bit for bit.
+    data_loss = (tf.reduce_mean(per_example) if self._replicas == 1 else
+                 tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch))
+    if not self._cfg.add_regularization_losses:
+      return data_loss, data_loss, tf.zeros_like(data_loss)
+    # Each replica adds its share: the sum over the replicas adds them once.
+    regularization = (regularization_loss(self.model) if self._replicas == 1 else
+                      tf.nn.scale_regularization_loss(regularization_loss(self.model)))
+    return data_loss + regularization, data_loss, regularization
+
+  def _apply(self, tape, scaled_loss):
+    """The gradients of the step's `scaled_loss` (recorded on `tape`), applied; returns
+    them."""
     variables = self.model.trainable_variables
     gradients = tape.gradient(scaled_loss, variables)
     self.optimizer.apply_gradients(zip(gradients, variables))
+    return gradients
+
+  def _replica_step(self, images, labels, stop_flag):
+    with tf.GradientTape() as tape:
+      outputs = self.model(images, training=True)
+      loss, _, _ = self._step_loss(labels, outputs)
+      # Identity without loss scaling; LossScaleOptimizer scales here and unscales
+      # the gradients in apply_gradients.
+      scaled_loss = self.optimizer.scale_loss(loss)
+    self._apply(tape, scaled_loss)
     self._train_accuracy.update_state(labels, outputs)
     correct = tf.reduce_sum(tf.cast(
         tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
@@ -419,6 +435,55 @@ class EagerBackend(training.Backend):
     if self._agreement:
       self._agreement.agree(values[5])
     return training.StepResult(*(float(v) for v in values[:5]))
+
+  def replay_step(self, batch=None):
+    """Runs the next training step as the custom loop's train step does (one device),
+    on `batch` ((images, labels), or None: the pipeline's next one), the model called
+    through a probe model that also returns every layer's output; returns its probe
+    stages (probes.STAGES) with the step's learning rate. Meant for a backend loaded with
+    a run's step-0 snapshot: the step updates these variables as training would."""
+    with data.input_errors(self._spec):
+      own = [tensor.numpy() for tensor in next(iter(self.train_batches()))]
+    images, labels = own if batch is None else batch
+    layers = [layer for layer in self.model.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
+    output_index = [layer.name for layer in layers].index(self.model.output_names[0])
+    variables = self.model.trainable_variables
+    # Its slots before the step's tf.function is traced, as restore() builds them.
+    self.optimizer.build(variables)
+    # Read before the update increments optimizer.iterations, as the train step does.
+    learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+    def step(images, labels):
+      with tf.GradientTape() as tape:
+        layer_outputs = probe(images, training=True)
+        parts = self._step_loss(labels, layer_outputs[output_index])
+      # One replica in float32 (replay.replayable): no loss scaling to undo.
+      return layer_outputs, parts, self._apply(tape, parts[0])
+
+    items = model_lib.weight_items(self.model)
+    before = model_weights(self.model)
+    outputs, parts, gradients = tf.function(step, jit_compile=self._cfg.jit_compile)(
+        tf.constant(images), tf.constant(labels))
+    after = model_weights(self.model)
+    names = {id(variable): key for key, variable in items}
+    trainable_keys = [names[id(variable)] for variable in variables]
+    return {
+        'input': {'images': own[0], 'labels': own[1]},
+        'forward': {layer.name: output.numpy() for layer, output in zip(layers, outputs)},
+        'loss': dict(zip(('total', 'data', 'regularization'), (p.numpy() for p in parts))),
+        'gradients': {key: tf.convert_to_tensor(gradient).numpy()
+                      for key, gradient in zip(trainable_keys, gradients)},
+        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
+        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
+                  if key not in trainable_keys},
+    }, learning_rate
+
+  def layer_meta(self):
+    """The probe's meta on the model: each layer's kinds and the output layer."""
+    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
+            'output_layer': self.model.output_names[0]}
 
   def reset_metrics(self):
     self._train_loss.reset_state()
@@ -493,3 +558,26 @@ def run(cfg, dataset_hook=None):
                        else None)
           backend.attach(log, agreement)
           return training.train(backend, log, schedule, agreement or signals)
+
+
+def replay_run(cfg, replay_cfg):
+  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  replay_cfg (config.ReplayConfig) says, and writes its probe. A fit run's step is the
+  custom loop's on the same model, with the regularization losses fit adds (replay.py)."""
+  # One replica (replay.replayable): its step is one device's, without a strategy.
+  cfg = dataclasses.replace(cfg, strategy='default', devices=None, cpu_devices=1)
+  if cfg.loop == 'fit':
+    cfg = dataclasses.replace(cfg, add_regularization_losses=True)
+  training.check_device(cfg)
+  distribution = distribution_lib.setup(cfg)
+  spec = training.check_data(cfg)
+  plugins.check_stable_names(cfg.model, lambda: build_model(cfg, spec.num_classes))
+  configure(cfg)
+  with distribution.strategy.scope():
+    backend = EagerBackend(cfg, spec, distribution)
+    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    stages, learning_rate = backend.replay_step(batch)
+    replay.write_probe(replay_cfg, runner(cfg), stages, {
+        **backend.layer_meta(), 'learning_rate': learning_rate, 'training': True,
+        'settings': numerics.settings()})
+  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

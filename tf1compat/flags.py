@@ -6,9 +6,12 @@ which never reads flags. Every flag's default is the default of its config field
 `define_*_flags` take the config class whose defaults they show.
 """
 
+import dataclasses
+
 from absl import flags
 
 from tf1compat import benchmark
+from tf1compat import cli
 from tf1compat import config
 from tf1compat import matrix
 from tf1compat import model
@@ -263,11 +266,45 @@ def define_eager_flags():
 
 def define_runner_flags(runner_config):
   """Every flag of a runner: the data, training and its own flags, with the defaults of
-  `runner_config` (config.GraphConfig or config.EagerConfig)."""
+  `runner_config` (config.GraphConfig or config.EagerConfig), and its replay mode's."""
   define_data_flags(runner_config)
   define_training_flags(runner_config)
   own = {config.GraphConfig: define_graph_flags, config.EagerConfig: define_eager_flags}
   own[runner_config]()
+  define_replay_flags()
+
+
+def define_replay_flags():
+  """The runners' replay mode (replay.py): config.ReplayConfig, with --model_dir."""
+  flags.DEFINE_string('replay_out', None,
+                      'Replay mode: run the first training step of the complete run in '
+                      '--model_dir once more, with its own flags, from its step-0 snapshot, '
+                      'and write what the step computes (every layer\'s output, the loss and '
+                      'its regularization part, the gradients, the update, the state) to this '
+                      '.npz; nothing of the run changes. check_parity and compare_runs '
+                      '--localize do it (docs/localization.md).')
+  flags.DEFINE_string('replay_batch', None,
+                      'Replay mode: compute on the batch of this replay (another run\'s '
+                      '--replay_out) instead of the pipeline\'s first batch.')
+
+
+def replay_config(flag_values, runner_config):
+  """config.ReplayConfig of a runner's replay mode, or None without --replay_out.
+
+  Raises cli.UsageError for --replay_batch without --replay_out, and for a training flag
+  given with it: a replay takes the run's own flags from its run.json.
+  """
+  if not flag_values.replay_out:
+    if flag_values.replay_batch:
+      raise cli.UsageError('--replay_batch applies to a replay: add --replay_out=PATH')
+    return None
+  given = [name for name in (field.name for field in dataclasses.fields(runner_config))
+           if name != 'model_dir' and flag_values[name].present]
+  if given:
+    raise cli.UsageError(f'--replay_out replays the run in --model_dir with its own flags; '
+                         f'leave out --{given[0]}')
+  return config.ReplayConfig(model_dir=flag_values.model_dir, output=flag_values.replay_out,
+                             batch=flag_values.replay_batch)
 
 
 def define_records_flags():
@@ -377,6 +414,10 @@ def define_check_parity_flags():
                       'loop also runs there (run directory tf115), the first rung of the '
                       'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
                       'the port; a pitfall of the legacy loop goes into that run.')
+  flags.DEFINE_bool('localize', default('localize'),
+                    'Replay the first step in every runner and say where inside it the codes '
+                    'part (docs/localization.md). Unset: on a FAIL; --localize: on a '
+                    'PASS too; --nolocalize: never.')
   flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
                     'Run the matched check once per setting that applies on this device '
                     '(the port without op determinism, with oneDNN turned the other way than this '

@@ -27,6 +27,7 @@ import dataclasses
 import os
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from tf1compat import atomic
@@ -36,6 +37,8 @@ from tf1compat import config
 from tf1compat import data
 from tf1compat import model
 from tf1compat import plugins
+from tf1compat import probes
+from tf1compat import replay
 from tf1compat import runlog
 from tf1compat import stacks
 from tf1compat import training
@@ -211,6 +214,7 @@ class GraphBackend(training.Backend):
     self._iterator_saveable = tf.compat.v1.data.experimental.make_saveable_from_iterator(
         iterator)
     features, labels = iterator.get_next()
+    self._batch = (features, labels)
     if cfg.wiring == 'input_tensor':
       # The input layer sits on the iterator's tensor, so model.updates are the update
       # ops of the very batch being trained on.
@@ -231,12 +235,20 @@ class GraphBackend(training.Backend):
       update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
     if not cfg.update_ops:
       update_ops = []
+    # Each layer's output where the model was built (its first node), which a replay
+    # fetches: under input_tensor on the training batch itself; under model_call on the
+    # model's own Input placeholder, which the replay feeds the same batch (calling the
+    # model on the batch gives the layers no node of their own to fetch).
+    self._layer_outputs = {layer.name: layer.get_output_at(0) for layer in self.model.layers
+                           if not isinstance(layer, tf.keras.layers.InputLayer)}
+    self._model_input = self.model.input if cfg.wiring == 'model_call' else None
     self._model_updates = len(model_updates)
     self._update_ops_run = len(update_ops)
     self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
 
-    self._loss = (tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
-                  + regularization_loss(self.model))
+    self._data_loss = tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
+    self._regularization_loss = regularization_loss(self.model)
+    self._loss = self._data_loss + self._regularization_loss
     # model.losses builds the regularizers' ops when read: read before the graph is final.
     self.model_summary = model.summary(self.model, tf.keras)
     self.kernels = kernels(self.model)
@@ -252,8 +264,11 @@ class GraphBackend(training.Backend):
     # rate this step applies.
     self._learning_rate = learning_rate_schedule(cfg, self._global_step)
     with tf.control_dependencies(update_ops):
-      self._train_op = make_optimizer(cfg, self._learning_rate).minimize(
-          self._loss, global_step=self._global_step)
+      # minimize() in its two halves, so that a replay can fetch the gradients.
+      optimizer = make_optimizer(cfg, self._learning_rate)
+      self._gradients = optimizer.compute_gradients(self._loss)
+      self._train_op = optimizer.apply_gradients(self._gradients,
+                                                 global_step=self._global_step)
     self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
   def _build_evaluation(self):
@@ -351,6 +366,46 @@ class GraphBackend(training.Backend):
         mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']),
         learning_rate=float(values['learning_rate']))
 
+  def replay_step(self, batch=None):
+    """Runs the next training step as train_step does, on `batch` ((images, labels), or
+    None: the pipeline's next one), and returns its probe stages (probes.STAGES) with the
+    step's learning rate. Meant for a backend loaded with a run's step-0 snapshot: the
+    step updates these variables as training would."""
+    own = self._sess.run(self._batch)
+    images, labels = own if batch is None else batch
+    # Fed in place of the iterator's output: the model and the loss read these tensors.
+    feed = {**self._train_feed, self._batch[0]: images, self._batch[1]: labels}
+    if self._model_input is not None:
+      feed[self._model_input] = images
+    keys = {id(variable): key for key, variable in self._weight_items}
+    with_gradients = [(keys[id(variable)], gradient) for gradient, variable in self._gradients
+                      if gradient is not None]
+    before = self.weights()
+    values = self._sess.run(
+        {'train': self._train_op, 'forward': self._layer_outputs,
+         'data': self._data_loss, 'regularization': self._regularization_loss,
+         'total': self._loss, 'learning_rate': self._learning_rate,
+         'gradients': [gradient for _, gradient in with_gradients]}, feed)
+    after = self.weights()
+    trainable = {id(variable) for variable in self.model.trainable_weights}
+    trainable_keys = [key for key, variable in self._weight_items if id(variable) in trainable]
+    stages = {
+        'input': {'images': own[0], 'labels': own[1]},
+        'forward': values['forward'],
+        'loss': {part: values[part] for part in probes.LOSS_PARTS},
+        'gradients': {key: _dense(value) for (key, _), value in zip(with_gradients,
+                                                                    values['gradients'])},
+        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
+        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in
+                  self._weight_items if key not in trainable_keys},
+    }
+    return stages, float(values['learning_rate'])
+
+  def layer_meta(self):
+    """The probe's meta on the model: each layer's kinds and the output layer."""
+    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
+            'output_layer': self.model.output_names[0]}
+
   def reset_metrics(self):
     self._sess.run(self._reset_train_metrics)
 
@@ -428,6 +483,15 @@ def export(cfg, num_classes, weights, export_dir):
   logging.info('SavedModel written to %s', export_dir)
 
 
+def _dense(value):
+  """A fetched gradient as an array (sparse IndexedSlices scattered into their shape)."""
+  if hasattr(value, 'indices') and hasattr(value, 'dense_shape'):
+    dense = np.zeros(value.dense_shape, value.values.dtype)
+    np.add.at(dense, value.indices, value.values)
+    return dense
+  return value
+
+
 def _determinism_for(cfg, device):
   """`cfg`, with op determinism off where no deterministic kernel exists for it."""
   if (cfg.deterministic and device != 'CPU' and cfg.batch_norm and
@@ -487,3 +551,27 @@ def run(cfg, dataset_hook=None):
             cfg, reset_metrics=cfg.reset_metrics == 'epoch'), signals)
     finally:
       backend.close()
+
+
+def replay_run(cfg, replay_cfg):
+  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  replay_cfg (config.ReplayConfig) says, and writes its probe. Assumes the process setup
+  described in the module docstring and the run's thread counts (replay.apply_settings)."""
+  device = training.check_device(cfg)
+  cfg = _determinism_for(cfg, device)
+  if cfg.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  numerics.apply_tf32(cfg.tf32)
+  spec = training.check_data(cfg)
+  check_model(cfg, spec.num_classes)
+  backend = GraphBackend(cfg, spec)
+  try:
+    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    stages, learning_rate = backend.replay_step(batch)
+    meta = backend.layer_meta()
+  finally:
+    backend.close()
+  replay.write_probe(replay_cfg, RUNNER, stages, {
+      **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
+      'settings': numerics.settings()})
+  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

@@ -27,6 +27,7 @@ from tf1compat import pitfalls
 from tf1compat import plugins
 from tf1compat import process
 from tf1compat import progress
+from tf1compat import replay
 from tf1compat import report as parity_report
 from tf1compat import runlog
 
@@ -224,7 +225,7 @@ def _write_init_weights(path, nudged, common):
     code = _run(RunnerJob('init', 'train_graph', ()), common + [f'--save_init_weights={path}'],
                 path + '.log', total_steps=0)
     if code:
-      raise runner_error('init', code, path + '.log')
+      raise process.runner_error('init', code, path + '.log')
   if nudged and not os.path.exists(nudged):
     runlog.save_weights(nudged, calibration.nudge_weights(runlog.load_weights(path)))
 
@@ -329,36 +330,6 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False, package
   return code
 
 
-def _last_line(log_path):
-  """The runner's own last message (its one-line error), from its log."""
-  try:
-    with open(log_path, errors='replace') as f:
-      lines = [line.strip() for line in f if line.strip()]
-  except OSError:
-    return ''
-  return lines[-1] if lines else ''
-
-
-def runner_error(name, code, log_path):
-  """The exception for a runner that ended with exit `code` (negative: killed by a signal).
-
-  Its own one-line message (the last line of its log) is kept; a usage error stays a
-  usage error, NaN/Inf a numeric fault, SIGINT/SIGTERM an interruption, and anything
-  else is a fault (exit 4), never read as a parity verdict.
-  """
-  message = _last_line(log_path)
-  if code == cli.EXIT_USAGE:
-    return cli.UsageError(f'{name} runner: {message} (log: {log_path})')
-  if code == cli.EXIT_NUMERIC:
-    return cli.NumericFault(f'{name} runner: {message} (log: {log_path})')
-  if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-    return cli.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same '
-                           'command to resume')
-  how = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
-  return cli.Fault(f'{name} runner: internal or device fault ({how}): {message} (log: '
-                   f'{log_path})')
-
-
 def run(cfg, tolerances, reuse=None):
   """The check_parity job of config.CheckParityConfig `cfg`, judged with parity.Tolerances
   `tolerances`; returns the parity report (its verdict decides the exit code).
@@ -425,7 +396,7 @@ def run(cfg, tolerances, reuse=None):
                   cfg.total_steps, model_dir, append=same,
                   package_parent=legacy_source if job.python else None)
       if code:
-        raise runner_error(job.name, code, log_path)
+        raise process.runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
   compared = [run_dirs[job.name] for job in jobs(cfg) if job.name != CONTROL]
   report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
@@ -433,5 +404,11 @@ def run(cfg, tolerances, reuse=None):
   report['init_weights'] = init_weights
   if LEGACY in run_dirs:
     report['ladder'] = parity.ladder(report, run_dirs[LEGACY])
-  parity_report.write_report(report, output_dir)
+  try:
+    # Where inside the first step each failed pair parts (--localize: every pair).
+    replay.localize_report(report, tolerances, output_dir, pairs=[
+        index for index, pair in enumerate(report['pairs'])
+        if cfg.localize or (cfg.localize is None and pair['verdict'] == 'FAIL')])
+  finally:
+    parity_report.write_report(report, output_dir)
   return report

@@ -134,14 +134,29 @@ def _matched_row(case, report):
   }
 
 
+def _where(report, pitfall):
+  """(where the replay finds the failed pair part, its difference over the control's,
+  the catalogue's verdict on it) from the report's localization (localize.py)."""
+  where = next((pair.get('where') for pair in report['pairs'] if pair['verdict'] == 'FAIL'),
+               None) or {'judged': False}
+  if not where['judged']:
+    return 'not localized', None, None
+  first = where['first']
+  verdicts = {p['name']: p['verdict'] for p in where.get('pitfalls', [])}
+  found = f'{first["stage"]} at {first["name"]}' if first else 'nothing'
+  return found, first['ratio'] if first else None, verdicts.get(pitfall)
+
+
 def _pitfall_row(case, pitfall, report):
   named = [p for pair in report['pairs'] for p in pair['pitfalls']]
   first = named[0] if named else None
+  where, where_ratio, agreement = _where(report, pitfall)
   return {'case': case.name, 'pitfall': pitfall, 'verdict': report['verdict'],
           'named_first': bool(first and first['name'] == pitfall),
           'judged_by': first['judged_by'] if first else None,
           'margin': first['margin'] if first else None,
-          'named': [p['name'] for p in named]}
+          'named': [p['name'] for p in named],
+          'where': where, 'where_ratio': where_ratio, 'where_agreement': agreement}
 
 
 def run(cfg):
@@ -193,11 +208,14 @@ def markdown(result):
                f'{"judged" if r["step_judged"] else "reported"} | '
                f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} |')
   if result['pitfalls']:
-    out += ['', '| case | pitfall | verdict | named first | judged by | margin over correct runs |',
-            '|---|---|---|---|---|---|']
+    out += ['', '| case | pitfall | verdict | named first | judged by | margin over correct runs '
+            '| where (replay of step 1) | x control | catalogue |',
+            '|---|---|---|---|---|---|---|---|---|']
     for r in result['pitfalls']:
       out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '
                  f'{"yes" if r["named_first"] else "no: " + ", ".join(r["named"])} | '
                  f'{r["judged_by"] or "-"} | '
-                 f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} |')
+                 f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} | '
+                 f'{r["where"]} | {_num(r["where_ratio"], "{:.3g}x")} | '
+                 f'{r["where_agreement"] or "-"} |')
   return '\n'.join(out) + '\n'

@@ -2,22 +2,40 @@
 
 A pitfall is a catalogued migration mistake: the runners that make it and the
 arguments that inject it (check_parity's --pitfall, harness), the model switches it
-needs to show (harness, matrix), the tiers whose evidence names it and its fix
-(parity's diagnosis, the report). A setup problem is a comparison that cannot hold,
-named before any pitfall. TensorFlow-free.
+needs to show (harness, matrix), the tiers whose evidence names it, where a replay of
+one step finds the codes part when it is made (localize.py) and its fix (parity's
+diagnosis, the report). A setup problem is a comparison that cannot hold, named before
+any pitfall. TensorFlow-free.
 """
+
+from __future__ import annotations
 
 import dataclasses
 
 from tf1compat import config
 
+@dataclasses.dataclass(frozen=True)
+class Where:
+  """Where a replay of one training step finds two codes part when a mistake is made.
+
+  `stage`: the first stage outside the envelope (probes.STAGES), or None for a mistake
+  that acts outside one step (running metrics, later steps' learning rates). `layers`
+  (forward): the first layer of one of these kinds ('output': the model's output
+  layer). `part` (loss): the part of the loss that differs first.
+  """
+  stage: str | None
+  layers: tuple = ()
+  part: str | None = None
+
 
 @dataclasses.dataclass(frozen=True, **config.KEYWORD_ONLY)
 class Problem:
-  """A named cause of a difference: which tiers' evidence names it, and its fix."""
+  """A named cause of a difference: which tiers' evidence names it, where a replay of one
+  step finds it, and its fix."""
   # The tiers whose evidence names it (config, step, curve, semantics): the first unless
   # the diagnosis found it in another.
   judged_by: tuple
+  where: Where
   fix: str
 
 
@@ -46,30 +64,36 @@ PITFALLS = {
     'adam_epsilon': Pitfall(
         # The port keeps Keras' own epsilon.
         runners=('eager', 'fit'), omits=('adam_epsilon',), judged_by=('config',),
+        where=Where('update'),
         fix='Pass the legacy epsilon explicitly: keras.optimizers.Adam(epsilon=1e-8) '
             '(TF1 AdamOptimizer default) instead of Keras\' 1e-7.'),
     'metrics_never_reset': Pitfall(
         runners=('graph',), args=('--reset_metrics=never',), judged_by=('semantics',),
+        where=Where(None),
         fix='Reset the metric local variables at every epoch start '
             '(sess.run(metrics_reset_op)); Keras: metric.reset_state().'),
     'skip_update_ops': Pitfall(
         runners=('graph',), args=('--noupdate_ops',), needs=('batch_norm',),
         judged_by=('semantics',),
+        where=Where('state'),
         fix='Create the train op under tf.control_dependencies(model.updates) so '
             'BatchNormalization moving statistics are updated.'),
     'model_call_wiring': Pitfall(
         runners=('graph',), args=('--wiring=model_call',), needs=('batch_norm',),
         judged_by=('semantics',),
+        where=Where('state'),
         fix='Build the model on the iterator tensor, Input(tensor=features), '
             'instead of calling model(features), so its update ops are the ones run.'),
     'no_learning_phase': Pitfall(
         runners=('graph',), args=('--nofeed_learning_phase',), needs=('batch_norm', 'dropout'),
         # Dropout that never acted (the control's masks) or a first batch loss that differs.
         judged_by=('semantics', 'step'),
+        where=Where('forward', layers=('BatchNormalization', 'Dropout')),
         fix='Feed tf.keras.backend.learning_phase(): 1 in training steps (TF2: '
             'model(x, training=True)).'),
     'double_softmax': Pitfall(
         runners=('eager', 'fit'), args=('--final_activation=softmax',), judged_by=('config',),
+        where=Where('forward', layers=('output',)),
         fix='Return logits from the model (no final softmax) when the loss takes '
             'logits, or use from_logits=False with a softmax output.'),
     # Citations: the issue threads where teams made each mistake.
@@ -81,6 +105,7 @@ PITFALLS = {
         # pudae/tensorflow-densenet#22).
         runners=('eager', 'fit'), args_from_config=_keep_prob_args, needs=('dropout',),
         judged_by=('config',),
+        where=Where('forward', layers=('Dropout',)),
         fix='Pass rate = 1 - keep_prob: TF1\'s tf.nn.dropout(x, keep_prob) keeps keep_prob, '
             'keras.layers.Dropout(rate) and TF2\'s tf.nn.dropout(x, rate) drop rate (see '
             'google-research/bert#1089, hunkim/DeepLearningZeroToAll#204).'),
@@ -91,6 +116,7 @@ PITFALLS = {
         # xiph/LPCNet#97, cleverhans-lab/cleverhans#25).
         runners=('eager', 'fit'), args=('--loss=keras_categorical_probs',),
         judged_by=('config',),
+        where=Where('loss', part='data'),
         fix='Pass from_logits=True when the model returns logits: '
             'keras.losses.categorical_crossentropy(y, logits, from_logits=True) or '
             'CategoricalCrossentropy(from_logits=True); its default False takes the logits '
@@ -102,6 +128,7 @@ PITFALLS = {
         # tensorflow/tensorflow#38004). Keras 3.15 resolves the string 'accuracy' to
         # CategoricalAccuracy here (measured), so the string itself is no mistake.
         runners=('fit',), args=('--fit_accuracy=Accuracy',), judged_by=('step', 'curve'),
+        where=Where(None),
         fix='Compile with keras.metrics.CategoricalAccuracy() (what the string \'accuracy\' '
             'resolves to for one-hot labels): keras.metrics.Accuracy() compares labels and '
             'outputs element by element and shows about 0 on logits (keras-team/keras#18796).'),
@@ -113,6 +140,7 @@ PITFALLS = {
         # eager DenseNet example, tensorflow/tensorflow#30866).
         runners=('eager',), args=('--noadd_regularization_losses',),
         needs=('regularization',), judged_by=('config',),
+        where=Where('loss', part='regularization'),
         fix='Add the model\'s regularization losses to the loss of a custom loop: '
             'loss = data_loss + tf.add_n(model.losses) (under a tf.distribute strategy '
             'tf.nn.scale_regularization_loss of that sum); fit adds them itself '
@@ -125,6 +153,7 @@ PITFALLS = {
         # decay_steps counts steps, not epochs).
         runners=('fit',), args=('--fit_lr_schedule=epoch_callback',), needs=('lr_schedule',),
         judged_by=('step',),
+        where=Where(None),
         fix='Keep a per-step schedule per step: pass a '
             'keras.optimizers.schedules.LearningRateSchedule (e.g. ExponentialDecay with the '
             'same decay_steps, evaluated on optimizer.iterations) as the optimizer\'s '
@@ -138,6 +167,7 @@ PITFALLS = {
         runners=('eager', 'fit'), args=('--nokeep_bn_momentum',),
         needs=('batch_norm_momentum',),
         judged_by=('config',),
+        where=Where('state'),
         fix='Pass the legacy decay as the momentum: keras.layers.BatchNormalization('
             'momentum=0.999) for tf.contrib.layers.batch_norm\'s default decay (Keras\' own '
             'default is 0.99; momentum = decay, keras-team/keras#6839); check epsilon too.'),
@@ -146,6 +176,7 @@ PITFALLS = {
 SETUP_PROBLEMS = {
     'different_start': Problem(
         judged_by=('config',),
+        where=Where('forward'),
         fix='Give every runner the same initial weights: write them once with '
             '--save_init_weights and pass that file as --init_weights to each run '
             '(check_parity does this).'),

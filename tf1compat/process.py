@@ -9,7 +9,10 @@ on their path, so nothing depends on a checkout or the current folder.
 """
 
 import os
+import signal
 import sys
+
+from tf1compat import cli
 
 COMMANDS_PACKAGE = 'tf1compat.commands'
 # The folder that holds the tf1compat package: a checkout's root or site-packages.
@@ -76,3 +79,33 @@ def child_env(extra=(), package_parent=PACKAGE_PARENT):
                                       if p)
   env.update(dict(extra))
   return env
+
+
+def last_line(log_path):
+  """The last non-empty line of a runner's log: its own one-line error."""
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = [line.strip() for line in f if line.strip()]
+  except OSError:
+    return ''
+  return lines[-1] if lines else ''
+
+
+def runner_error(name, code, log_path):
+  """The exception for a runner that ended with exit `code` (negative: killed by a signal).
+
+  Its own one-line message (the last line of its log) is kept; a usage error stays a
+  usage error, NaN/Inf a numeric fault, SIGINT/SIGTERM an interruption, and anything
+  else is a fault (exit 4), never read as a parity verdict.
+  """
+  message = last_line(log_path)
+  if code == cli.EXIT_USAGE:
+    return cli.UsageError(f'{name} runner: {message} (log: {log_path})')
+  if code == cli.EXIT_NUMERIC:
+    return cli.NumericFault(f'{name} runner: {message} (log: {log_path})')
+  if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    return cli.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same '
+                           'command to resume')
+  how = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
+  return cli.Fault(f'{name} runner: internal or device fault ({how}): {message} (log: '
+                   f'{log_path})')

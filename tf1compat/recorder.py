@@ -45,6 +45,7 @@ except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
 
 from tf1compat import config as tf1compat_config
 from tf1compat import errors
+from tf1compat import probes
 from tf1compat import runlog
 from tf1compat import weight_map as weight_maps
 
@@ -358,6 +359,40 @@ class RunRecorder:
     self._keys = keys
     self.log.save_snapshot(step, arrays)
 
+  def probe(self, step, *, batch, outputs, gradients, loss, data_loss=None,
+            regularization_loss=None):
+    """Writes probe/step-NNNNNN.npz: what training step `step` computed, for
+    `compare_runs --localize` (localize.py), which compares two loops' probes of one step
+    stage by stage. Probe the same step in both loops, the first is the simplest (both
+    start from the same weights); snapshot the weights before and after it too, and the
+    optimizer's update and the state's change are compared as well.
+
+    `batch`: (inputs, labels) the step trained on. `outputs`: {layer name: array} of the
+    layer outputs of the step's forward pass, in the model's order (the last the model's
+    output); name a layer alike in both loops, or give rules for the names in the weight
+    map. `gradients`: {variable name: array} of the gradients the step applied, named
+    as in snapshots (the weight map renames them). `loss`: the step's loss;
+    `data_loss` and `regularization_loss`, when the loop knows them, its two parts.
+    Arrays of the computation (numpy, or tensors with .numpy()).
+    """
+    if not 1 <= step <= self.step + 1:
+      raise cli.UsageError(f'probe(step={step}) with {self.step} steps recorded: probe a step '
+                           'recorded or the one about to be')
+    inputs, labels = batch
+    loss_parts = {'data': data_loss, 'regularization': regularization_loss, 'total': loss}
+    stages = {'input': {'images': inputs, 'labels': labels},
+              'forward': dict(outputs),
+              'loss': {part: value for part, value in loss_parts.items() if value is not None},
+              'gradients': dict(gradients)}
+    if not stages['forward'] or not stages['gradients']:
+      raise cli.UsageError(f'probe(step={step}) needs the layer outputs and the gradients of '
+                           'the step ({name: array} each)')
+    probes.save(probes.path_in(self.model_dir, step),
+                {stage: {str(name): _array(value) for name, value in items.items()}
+                 for stage, items in stages.items()},
+                {'runner': self.config.framework, 'step': step,
+                 'output_layer': str(list(stages['forward'])[-1])})
+
   def finish(self, weights=None):
     """Marks the run complete; `weights` ({name: array}, the final ones) are saved as the
     last step's snapshot unless it has one. Returns the final metrics."""
@@ -379,6 +414,11 @@ class RunRecorder:
   def fail(self, reason):
     """Marks the run failed with `reason` (compare_runs refuses it)."""
     self.log.update(status=runlog.STATUS_FAILED, global_step=self.step, failure=reason)
+
+
+def _array(value):
+  """A loop's value as a numpy array: tensors convert themselves (.numpy())."""
+  return np.asarray(value.numpy() if hasattr(value, 'numpy') else value)
 
 
 def data_fingerprint(*parts):

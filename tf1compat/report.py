@@ -109,6 +109,7 @@ def summary_lines(report):
       lines.append(f'    fix: {p["fix"]}')
     if pair['verdict'] == 'FAIL' and not pair['pitfalls']:
       lines.append('  no catalogued pitfall fits the evidence; see parity.md')
+    lines += where_lines(pair.get('where'))
   if any(not pair['tiers']['step']['judged'] for pair in report['pairs']):
     lines.append('* step tier reported, not judged: a known framework difference (parity.md)')
   if report.get('ladder'):
@@ -117,6 +118,54 @@ def summary_lines(report):
   lines.append(device_line(report))
   lines.append(f'VERDICT: {report["verdict"]}')
   return lines
+
+
+def where_lines(where):
+  """The console's lines on where inside the replayed step a pair parts (none when it
+  was not localized at all)."""
+  if where is None:
+    return []
+  if not where['judged']:
+    return [f'  where: not localized: {where["reason"]}']
+  lines = [f'  where: {where["summary"]}']
+  lines += [f'    {"DISAGREES" if p["verdict"] == "disagrees" else p["verdict"]}: {p["note"]}'
+            for p in where.get('pitfalls', [])]
+  return lines
+
+
+def _where_section(where):
+  """parity.md's section on where inside the replayed step the pair parts."""
+  if where is None:
+    return []
+  out = ['', '### Where the codes part', '']
+  if not where['judged']:
+    return out + [f'Not localized: {where["reason"]}.']
+  how = ('against the control\'s difference at each item' if where['calibrated']
+         else 'against --step_rtol (no control)')
+  out += [f'The step-{where["step"]} probes of both runs compared item by item, {how}: '
+          f'**{where["summary"]}**.']
+  if where['then']:
+    out += ['', 'Then: ' + '; '.join(where['then']) + '.']
+  out += ['', '| stage | items | outside | worst item | difference | control | limit |',
+          '|---|---|---|---|---|---|---|']
+  for stage, info in where['stages'].items():
+    rows = info['rows']
+    if not rows:
+      continue
+    worst = max(rows, key=lambda row: row['ratio'])
+    out.append(f'| {stage} | {len(rows)} | {len(info["outside"])} | {worst["name"]} | '
+               f'{worst["difference"]:.2e} | {_fmt(worst["control"])} | '
+               f'{worst["limit"]:.2e} |')
+  unpaired = [name for info in where['stages'].values() for name in info['unpaired']]
+  excluded = [f'{stage} ({", ".join(info["excluded"])})' for stage, info in where['stages'].items()
+              if info['excluded']]
+  if excluded:
+    out += ['', f'Reported, not judged (a known framework difference): {"; ".join(excluded)}.']
+  if unpaired:
+    out += ['', f'Not compared (in one probe only): {", ".join(unpaired)}.']
+  for p in where.get('pitfalls', []):
+    out += ['', f'- **{p["name"]}** {p["verdict"]}: {p["note"]}.']
+  return out
 
 
 def _step_section(pair, tol):
@@ -262,6 +311,7 @@ def _markdown(report):
         out.append(f'- **{p["name"]}**: {p["evidence"]}.{margin} Fix: {p["fix"]}')
     elif pair['verdict'] == 'FAIL':
       out += ['', 'No catalogued pitfall fits the evidence.']
+    out += _where_section(pair.get('where'))
     out.append('')
   out += ['![loss curves and step-wise difference](parity.png)', '']
   return '\n'.join(out)

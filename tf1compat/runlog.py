@@ -4,6 +4,7 @@
     MODEL_DIR/steps.csv                one row per training step
     MODEL_DIR/epochs.csv               one row per epoch
     MODEL_DIR/weights/step-NNNNNN.npz  all weights after that step (0 = initial)
+    MODEL_DIR/probe/step-NNNNNN.npz    what a recorded loop's step computed (probes.py)
     MODEL_DIR/checkpoints/             framework checkpoints (the runners' own)
     MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
     MODEL_DIR/export/                  SavedModel (the runners' own)
@@ -32,6 +33,8 @@ RUN_JSON = 'run.json'
 STEPS_CSV = 'steps.csv'
 EPOCHS_CSV = 'epochs.csv'
 WEIGHTS_DIR = 'weights'
+# A recorded loop's probes (RunRecorder.probe; probes.py reads and writes them).
+PROBE_DIR = 'probe'
 CHECKPOINTS_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
 KERAS_FILE = 'model.keras'
@@ -42,7 +45,7 @@ _NOT_CONTENT = frozenset({RUNNER_LOG, folders.LOCK_FILE})
 # What a runner writes into its run directory, by kind: --overwrite deletes these names
 # (and the temporaries of atomic writes) and nothing else.
 _OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
-_OWN_FOLDERS = frozenset({WEIGHTS_DIR, CHECKPOINTS_DIR, EXPORT_DIR})
+_OWN_FOLDERS = frozenset({WEIGHTS_DIR, CHECKPOINTS_DIR, EXPORT_DIR, PROBE_DIR})
 # TensorBoard's event files (tf.compat.v1.summary.FileWriter and tf.summary alike).
 _EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
 
@@ -151,7 +154,11 @@ def snapshot_path(model_dir, step):
 
 def snapshot_steps_in(model_dir):
   """Steps that have a weight snapshot in `model_dir`, sorted."""
-  folder = os.path.join(model_dir, WEIGHTS_DIR)
+  return _steps_in(os.path.join(model_dir, WEIGHTS_DIR))
+
+
+def _steps_in(folder):
+  """The steps of the step-NNNNNN.npz files in `folder`, sorted."""
   if not os.path.isdir(folder):
     return []
   steps = []
@@ -377,7 +384,7 @@ class RunLog:
       atomic.remove(os.path.join(self.model_dir, name))
 
   def _remove_temporaries(self):
-    for folder in (self.model_dir, self.path(WEIGHTS_DIR)):
+    for folder in (self.model_dir, self.path(WEIGHTS_DIR), self.path(PROBE_DIR)):
       if not os.path.isdir(folder):
         continue
       for name in os.listdir(folder):
@@ -424,6 +431,9 @@ class RunLog:
     for old in snapshot_steps_in(self.model_dir):
       if old > step:
         os.remove(snapshot_path(self.model_dir, old))
+    for old in _steps_in(self.path(PROBE_DIR)):
+      if old > step:
+        os.remove(self.path(PROBE_DIR, f'step-{old:06d}.npz'))
 
   def _truncate(self, name, columns, keep):
     path = self.path(name)

@@ -1,7 +1,7 @@
 """compare_runs: compares finished run directories and writes the parity report.
 
 Usage: compare_runs RUN_DIR RUN_DIR [RUN_DIR...] [--control=RUN_DIR] [--output_dir=DIR]
-                    [--weight_map=RUN_DIR=MAP ...]
+                    [--weight_map=RUN_DIR=MAP ...] [--localize]
 """
 
 import os
@@ -14,6 +14,7 @@ from tf1compat import cli
 from tf1compat import flags as tf1compat_flags
 from tf1compat import folders
 from tf1compat import parity
+from tf1compat import replay
 from tf1compat import report as parity_report
 from tf1compat import runlog
 from tf1compat import weight_map
@@ -27,8 +28,8 @@ def main(argv):
   maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, control)
   if maps:
     weight_map.check_aligned(run_dirs + ([control] if control else []), maps)
-  report = parity.compare(run_dirs, tf1compat_flags.tolerances(flags.FLAGS), control=control,
-                          weight_maps=maps)
+  tolerances = tf1compat_flags.tolerances(flags.FLAGS)
+  report = parity.compare(run_dirs, tolerances, control=control, weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
   # The runs are loaded: their run.json names the data folders the report must stay out of.
@@ -36,7 +37,11 @@ def main(argv):
   folders.check_placement(output_dir, '--output_dir',
                          [runlog.read_manifest(d).get('data', {}).get('data_dir')
                           for d in compared])
-  paths = parity_report.write_report(report, output_dir)
+  try:
+    if flags.FLAGS.localize:
+      replay.localize_report(report, tolerances, output_dir, weight_maps=maps)
+  finally:
+    paths = parity_report.write_report(report, output_dir)
   sys.stdout.write('\n'.join(parity_report.summary_lines(report)) + '\n')
   logging.info('report: %s', ', '.join(paths.values()))
   return cli.EXIT_OK if report['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
@@ -48,6 +53,12 @@ def define_flags():
   flags.DEFINE_string('control', None,
                       'Run directory of a control run of the first run (its command again, '
                       'from initial weights nudged by one ulp): calibrates the tolerances.')
+  flags.DEFINE_bool('localize', False,
+                    'Say where inside one training step each pair parts (README, "Where the '
+                    'codes part"): replay the first step of runs our runners made (into '
+                    'OUTPUT_DIR/localize), or read the probe a recorded loop wrote '
+                    '(RunRecorder.probe), and judge them stage by stage against the '
+                    'control\'s.')
   flags.DEFINE_multi_string(
       'weight_map', None,
       'RUN_DIR=MAP: rename the weight keys of RUN_DIR (one of the runs compared, or the '

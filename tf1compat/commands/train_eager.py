@@ -10,10 +10,15 @@ from tf1compat import cli
 from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import process
+from tf1compat import replay
 
 
 def main(argv):
   del argv
+  replay_cfg = tf1compat_flags.replay_config(flags.FLAGS, config.EagerConfig)
+  if replay_cfg:
+    _replay(replay_cfg)
+    return
   # The TF2 port always runs on Keras 3, whatever a parent process set.
   process.set_onednn(flags.FLAGS.onednn)
   ignored = process.use_keras3()
@@ -26,6 +31,16 @@ def main(argv):
     overrides['model_dir'] = os.path.join('runs', 'fit')
   stats = eager_loop.run(config.from_flags(config.EagerConfig, flags.FLAGS, **overrides))
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
+
+
+def _replay(replay_cfg):
+  """The replay mode: the run's own settings, then its first step (replay.py)."""
+  cfg = replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
+  replay.apply_settings(replay_cfg.model_dir)
+  process.set_onednn(cfg.onednn)
+  process.use_keras3()
+  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  eager_loop.replay_run(cfg, replay_cfg)
 
 
 def define_flags():

@@ -8,10 +8,15 @@ from tf1compat import cli
 from tf1compat import config
 from tf1compat import flags as tf1compat_flags
 from tf1compat import process
+from tf1compat import replay
 
 
 def main(argv):
   del argv
+  replay_cfg = tf1compat_flags.replay_config(flags.FLAGS, config.GraphConfig)
+  if replay_cfg:
+    _replay(replay_cfg)
+    return
   # Process-wide and read when TensorFlow is imported: tf.keras must be Keras 2
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
   process.set_onednn(flags.FLAGS.onednn)
@@ -19,6 +24,16 @@ def main(argv):
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
   stats = graph_loop.run(config.from_flags(config.GraphConfig, flags.FLAGS))
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
+
+
+def _replay(replay_cfg):
+  """The replay mode: the run's own settings, then its first step (replay.py)."""
+  cfg = replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
+  replay.apply_settings(replay_cfg.model_dir)
+  process.set_onednn(cfg.onednn)
+  process.use_legacy_keras()
+  from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
+  graph_loop.replay_run(cfg, replay_cfg)
 
 
 def define_flags():
