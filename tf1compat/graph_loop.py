@@ -560,8 +560,8 @@ def replay_run(cfg, replay_cfg):
   device = training.check_device(cfg)
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  numerics.apply_tf32(cfg.tf32)
+    stacks.enable_op_determinism()
+  stacks.apply_tf32(cfg.tf32)
   spec = training.check_data(cfg)
   check_model(cfg, spec.num_classes)
   backend = GraphBackend(cfg, spec)
@@ -573,5 +573,5 @@ def replay_run(cfg, replay_cfg):
     backend.close()
   replay.write_probe(replay_cfg, RUNNER, stages, {
       **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
-      'settings': numerics.settings()})
+      'settings': stacks.settings()})
   logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

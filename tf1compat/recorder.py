@@ -376,7 +376,7 @@ class RunRecorder:
     Arrays of the computation (numpy, or tensors with .numpy()).
     """
     if not 1 <= step <= self.step + 1:
-      raise cli.UsageError(f'probe(step={step}) with {self.step} steps recorded: probe a step '
+      raise errors.UsageError(f'probe(step={step}) with {self.step} steps recorded: probe a step '
                            'recorded or the one about to be')
     inputs, labels = batch
     loss_parts = {'data': data_loss, 'regularization': regularization_loss, 'total': loss}
@@ -385,7 +385,7 @@ class RunRecorder:
               'loss': {part: value for part, value in loss_parts.items() if value is not None},
               'gradients': dict(gradients)}
     if not stages['forward'] or not stages['gradients']:
-      raise cli.UsageError(f'probe(step={step}) needs the layer outputs and the gradients of '
+      raise errors.UsageError(f'probe(step={step}) needs the layer outputs and the gradients of '
                            'the step ({name: array} each)')
     probes.save(probes.path_in(self.model_dir, step),
                 {stage: {str(name): _array(value) for name, value in items.items()}
