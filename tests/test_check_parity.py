@@ -83,6 +83,11 @@ def _plain_checks(tiny_data_dir, out, base):
   # Rerun with --localize: the matched pairs' replays, which the pitfalls' checks reuse.
   done['rerun'] = _check(tiny_data_dir, out, '--with_fit', '--localize')
   done['rerun_folder'] = _copy_without_weights(out, base / 'plain_rerun')
+  # compare_runs --localize on the same runs, into the same folder: it reuses the replays.
+  runs = [os.path.join(out, name) for name in ('graph', 'eager', 'fit')]
+  done['compare_localized'] = run_entry('compare_runs', *runs,
+                                        f'--control={os.path.join(out, "control")}',
+                                        f'--output_dir={out}', '--localize')
   return done
 
 
@@ -276,6 +281,13 @@ def test_each_pitfall_fails_and_is_named_first(checks, pitfall, kind):
   assert f'where: {where["summary"]}' in result.stdout
   assert {p['name']: p['verdict'] for p in where['pitfalls']}[pitfall] == 'agrees', (
       where['pitfalls'])
+
+
+def test_compare_runs_localizes_runs_of_our_runners(checks):
+  result = checks['compare_localized']
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert result.stdout.count('where: every stage of step 1 is inside the envelope') == 2
+  assert result.stdout.count('reusing its replay of step 1') == 4
 
 
 def test_adam_epsilon_parts_the_update_with_equal_gradients(checks):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_entry
 from tf1compat import calibration
 from tf1compat import cli
 from tf1compat import config
@@ -242,3 +243,13 @@ def test_what_dropout_masks_feed_is_reported_not_judged(tmp_path):
   # The BatchNorm before the Dropout layer keeps its state judged.
   assert ('state', 'bn/moving_mean') not in excluded
   assert localize.excluded_items({}, reference) == set()
+
+
+def test_the_replay_mode_takes_the_runs_own_flags():
+  for script, args, message in (
+      ('train_graph', ['--replay_out=x.npz', '--epochs=3'], 'leave out --epochs'),
+      ('train_eager', ['--replay_batch=x.npz'], '--replay_batch applies to a replay')):
+    result = run_entry(script, *args)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert message in line

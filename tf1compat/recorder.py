@@ -15,6 +15,8 @@ report and names the same pitfalls:
         for batch in ...:
           _, loss, acc, mean_loss, mean_acc = sess.run([...])
           step = rec.record_step(loss, acc, mean_loss=mean_loss, accuracy=mean_acc)
+          if step == 1:  # optional: what the step computed, for compare_runs --localize
+            rec.probe(step, batch=batch, outputs=layer_outputs, gradients=gradients, loss=loss)
           if rec.snapshot_due(step):
             rec.snapshot(step, team_models.session_weights(sess))
         rec.record_epoch(val_loss=val_loss, val_accuracy=val_acc)
