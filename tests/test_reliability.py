@@ -24,6 +24,7 @@ from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, c
                       read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
 from tf1compat import atomic
 from tf1compat import data
+from tf1compat import errors
 from tf1compat import records
 from tf1compat import runlog
 from tf1compat import tfrecord
@@ -443,7 +444,7 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tmp_path):
   log.open()
   log.update(status=runlog.STATUS_INTERRUPTED, data={'fingerprint': '0123456789abcdef'})
   assert runlog.RunLog(model_dir, 'graph', {'seed': 0}, fingerprint='0123456789abcdef').open()
-  with pytest.raises(runlog.cli.UsageError, match=(
+  with pytest.raises(errors.UsageError, match=(
       f'--model_dir={model_dir} holds a run on different data \\(fingerprint 0123456789ab, '
       'now fedcba987654\\): the files in --data_dir changed')):
     runlog.RunLog(model_dir, 'graph', {'seed': 0}, fingerprint='fedcba9876543210').open()

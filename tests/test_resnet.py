@@ -89,6 +89,8 @@ def test_matched_port_passes_with_a_step_schedule(tiny_data_dir, output_dir):
   assert report['verdict'] == 'PASS'
   assert [r['runner'] for r in report['runs']] == ['graph', 'eager', 'fit']
   summaries = [_manifest(output_dir, name)['model_summary'] for name in ('graph', 'eager', 'fit')]
+  # Only tf-keras' layers say whether they run the fused kernel (Keras 3 has no such switch).
+  assert summaries[0].pop('batch_norm_fused') == [True]
   assert summaries[0] == summaries[1] == summaries[2] == {
       'batch_norm_layers': BATCH_NORM_LAYERS,
       'batch_norm_momentum': [resnet.BATCH_NORM_MOMENTUM],
