@@ -27,10 +27,11 @@ from tf1compat import runlog
 from tf1compat import team_models
 from tf1compat import tiers
 
-# 12 steps of 8 images: one and a half passes through the tiny training set (64 records),
-# past which the two TensorFlows read other batches (docs/legacy-stack.md, findings).
-TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
-        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+# One pass through the tiny training set (64 records, 8 batches of 8): past it the two
+# TensorFlows read other batches (tf1_batch_order), and on 16 validation images one image
+# more or less right is 0.0625, over the 0.05 band (docs/legacy-stack.md, limits).
+ONE_PASS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
+            '--steps_per_epoch=4', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
 RECORDER_DIR = os.path.join(REPO, 'recorder')
 TF215 = {'python': '3.12.1', 'numpy': '2.1.0', 'tensorflow': '2.21.0',
          'keras_implementation': runlog.KERAS_TF_KERAS, 'keras': '2.21.0'}
@@ -258,7 +259,7 @@ def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
   for name, extra in (('matched', ()), ('metrics_never_reset',
                                         ('--pitfall=metrics_never_reset', '--overwrite'))):
     result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
-                       f'--legacy_python={legacy_python}', *TINY, *extra)
+                       f'--legacy_python={legacy_python}', *ONE_PASS, *extra)
     with open(os.path.join(out, 'parity.json')) as f:
       done[name] = (result, json.load(f))
   return out, done

@@ -16,11 +16,10 @@ import subprocess
 from tf1compat import cli
 from tf1compat import progress
 
-# The real legacy stack. TensorFlow 1.15's cp37 wheel wants numpy < 1.19 and a protobuf
-# older than 4 (3.21 dropped the Python implementation 1.15's generated code needs);
-# absl-py comes with TensorFlow; tqdm draws the runner's progress bars.
-TENSORFLOW = 'tensorflow-cpu==1.15.0'
-REQUIREMENTS = (TENSORFLOW, 'numpy<1.19', 'protobuf<3.21', 'tqdm')
+# The real legacy stack. TensorFlow 1.15's cp37 wheel wants numpy < 1.19 and protobuf 3.20
+# or older (the 4.21 line refuses the generated modules 1.15 ships); absl-py comes with
+# TensorFlow; tqdm draws the runner's progress bars.
+REQUIREMENTS = ('tensorflow-cpu==1.15.0', 'numpy<1.19', 'protobuf<3.21', 'tqdm')
 PYTHON_VERSION = (3, 7)
 # Where the machine's Python 3.7 may be besides PATH: pyenv's versions.
 _PYENV_PATTERN = os.path.join('versions', '3.7.*', 'bin', 'python3.7')
@@ -30,7 +29,7 @@ _CHECK_TIMEOUT = 300
 
 # Asked of an interpreter by check(): its versions and what the graph runner imports.
 _PROBE = """
-import json, platform, sys
+import json, platform
 import absl, numpy, tqdm
 import tensorflow as tf
 print(json.dumps({'python': platform.python_version(), 'tensorflow': tf.__version__,
