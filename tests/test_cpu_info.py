@@ -39,7 +39,7 @@ def test_describe_without_cpuinfo_still_names_the_machine(tmp_path):
 
 
 def test_the_report_names_the_default_and_the_forced_setting():
-  proc = run_python('from tf1compat import cpu_info; cpu_info.main()',
+  proc = run_python('from tf1compat.commands import cpu_info as command; command.main()',
                     env={cpu_info.ONEDNN_ENV: '0'})
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()

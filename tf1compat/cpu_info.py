@@ -8,7 +8,7 @@ an AVX-512 Zen 4). Whatever depends on this reads the machine: the CPU's flags f
 (TensorFlow-free, read from /proc/cpuinfo where it exists), oneDNN's state from
 TensorFlow itself (`onednn_default`), never from a constant.
 
-`python -m tf1compat.cpu_info` prints the lot, as CI does before its tests.
+`python -m tf1compat.commands.cpu_info` prints the lot, as CI does before its tests.
 """
 
 import os
@@ -89,7 +89,7 @@ def onednn_default():
 
 
 def report_lines():
-  """The lines `python -m tf1compat.cpu_info` prints: the CPU, its vector extensions and
+  """The lines `python -m tf1compat.commands.cpu_info` prints: the CPU, its vector extensions and
   oneDNN's default here and in this environment."""
   description = describe()
   default = onednn_default()
@@ -100,11 +100,3 @@ def report_lines():
     lines.append(f'oneDNN: {ONEDNN_ENV}={forced} in this environment')
   return lines
 
-
-def main():
-  """Prints report_lines() (what CI shows before its tests)."""
-  sys.stdout.write('\n'.join(report_lines()) + '\n')
-
-
-if __name__ == '__main__':
-  main()

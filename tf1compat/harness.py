@@ -361,7 +361,8 @@ def run(cfg, tolerances, reuse=None):
   state_path = os.path.join(output_dir, STATE_JSON)
   previous = _read_state(state_path, cfg.overwrite)
   planned = []
-  for job in jobs(cfg):
+  runner_jobs = jobs(cfg)
+  for job in runner_jobs:
     if job.name in reuse:
       if not _complete(reuse[job.name]):
         raise RuntimeError(f'{reuse[job.name]} is not a complete run to reuse')
@@ -398,7 +399,7 @@ def run(cfg, tolerances, reuse=None):
       if code:
         raise process.runner_error(job.name, code, log_path)
     run_dirs[job.name] = model_dir
-  compared = [run_dirs[job.name] for job in jobs(cfg) if job.name != CONTROL]
+  compared = [run_dirs[job.name] for job in runner_jobs if job.name != CONTROL]
   report = parity.compare(compared, tolerances, control=run_dirs.get(CONTROL))
   report['pitfall_injected'] = cfg.pitfall
   report['init_weights'] = init_weights

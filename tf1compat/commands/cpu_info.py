@@ -1,0 +1,15 @@
+"""cpu_info: prints the CPU, its vector extensions and oneDNN's default here (what .ci/run
+shows before the tests, so that a red run says which kind of machine it was)."""
+
+import sys
+
+from tf1compat import cpu_info
+
+
+def main():
+  """Writes cpu_info.report_lines() to stdout."""
+  sys.stdout.write('\n'.join(cpu_info.report_lines()) + '\n')
+
+
+if __name__ == '__main__':
+  main()
