@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, at_once, run_python
+from tf1compat import data_folder
 
 # Iterates the first batches of make_dataset and saves them; argv: mode, data_dir, out,
 # number of batches, --on_bad_record.
@@ -73,7 +74,7 @@ def test_graph_and_eager_batches_are_identical(tiny_data_dir, tmp_path):
 def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf1compat import data  # pylint: disable=g-import-not-at-top
-  files = data.find_files(tiny_data_dir, 'train')
+  files = data_folder.find_files(tiny_data_dir, 'train')
 
   def labels(seed):
     dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
@@ -89,7 +90,7 @@ def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
 
 def test_validation_pipeline_reads_every_record_once_in_order(tiny_data_dir):
   from tf1compat import data  # pylint: disable=g-import-not-at-top
-  files = data.find_files(tiny_data_dir, 'val')
+  files = data_folder.find_files(tiny_data_dir, 'val')
   dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=5,
                               training=False)
   sizes = [int(x.shape[0]) for x, _ in dataset]
@@ -97,24 +98,23 @@ def test_validation_pipeline_reads_every_record_once_in_order(tiny_data_dir):
 
 
 def test_find_files_layouts(tmp_path):
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
   for name in ('a.tfrecord', 'b.tfrecord'):
     (tmp_path / name).write_bytes(b'')
-  assert [os.path.basename(f) for f in data.find_files(str(tmp_path), 'train')] == [
+  assert [os.path.basename(f) for f in data_folder.find_files(str(tmp_path), 'train')] == [
       'a.tfrecord', 'b.tfrecord']
-  assert data.find_files(str(tmp_path), 'val') == []
+  assert data_folder.find_files(str(tmp_path), 'val') == []
   (tmp_path / 'train-00000-of-00001.tfrecord').write_bytes(b'')
   (tmp_path / 'val-00000-of-00001.tfrecord').write_bytes(b'')
-  assert [os.path.basename(f) for f in data.find_files(str(tmp_path), 'train')] == [
+  assert [os.path.basename(f) for f in data_folder.find_files(str(tmp_path), 'train')] == [
       'train-00000-of-00001.tfrecord']
-  assert [os.path.basename(f) for f in data.find_files(str(tmp_path), 'val')] == [
+  assert [os.path.basename(f) for f in data_folder.find_files(str(tmp_path), 'val')] == [
       'val-00000-of-00001.tfrecord']
-  with pytest.raises(data.DataError, match='no such directory'):
-    data.find_files(str(tmp_path / 'missing'), 'train')
+  with pytest.raises(data_folder.DataError, match='no such directory'):
+    data_folder.find_files(str(tmp_path / 'missing'), 'train')
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(data.DataError, match='no train-'):
-    data.find_files(str(empty), 'train')
+  with pytest.raises(data_folder.DataError, match='no train-'):
+    data_folder.find_files(str(empty), 'train')
 
 
 def _bad_records_dir(tiny_data_dir, out):
@@ -167,7 +167,7 @@ def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_one
   assert len(labels) == 67
   np.testing.assert_array_equal(labels[-3:], [0, 1, 2])
   # --on_bad_record=skip with nothing to skip: the default pipeline's batches.
-  files = data.find_files(tiny_data_dir, 'train')
+  files = data_folder.find_files(tiny_data_dir, 'train')
   common = dict(image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=8, seed=3,
                 shuffle_buffer=20)
   default = data.make_dataset(files, **common).take(10)

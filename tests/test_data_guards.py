@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from conftest import (KILL_FLAGS, REFERENCE_RUNNERS, REPO, TINY, at_once, read_run_csv, run_entry,
                       tiny_run_flags)
-from tf1compat import data
+from tf1compat import data_folder
 from tf1compat import image_bytes
 from tf1compat import records
 from tf1compat import runlog
@@ -128,10 +128,10 @@ def test_make_records_writes_a_new_folder_whole_and_lists_its_shards(tmp_path):
   out = tmp_path / 'new' / 'records'
   proc = run_entry('make_records', *SMALL, f'--output_dir={out}')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  info = json.loads((out / data.DATASET_JSON).read_text())
-  assert sorted(os.listdir(out)) == sorted(info['files'] + [data.DATASET_JSON])
+  info = json.loads((out / data_folder.DATASET_JSON).read_text())
+  assert sorted(os.listdir(out)) == sorted(info['files'] + [data_folder.DATASET_JSON])
   assert info['files'] == ['train-00000-of-00001.tfrecord', 'val-00000-of-00001.tfrecord']
-  assert info['fingerprint'] == data.fingerprint([str(out / n) for n in info['files']])
+  assert info['fingerprint'] == data_folder.fingerprint([str(out / n) for n in info['files']])
   assert not _temporaries(tmp_path)
 
 
@@ -162,7 +162,7 @@ def test_a_killed_overwrite_leaves_the_old_records_whole_and_the_rerun_replaces_
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert not _temporaries(tmp_path)  # the dead process's staging folder is gone too
   assert (out / 'notes.txt').read_text() == 'the user\'s own file'
-  assert json.loads((out / data.DATASET_JSON).read_text())['seed'] == 1
+  assert json.loads((out / data_folder.DATASET_JSON).read_text())['seed'] == 1
 
 
 def test_foreign_records_and_dataset_json_are_never_replaced(tmp_path):
@@ -174,25 +174,25 @@ def test_foreign_records_and_dataset_json_are_never_replaced(tmp_path):
   assert f'--output_dir={out}: mine.tfrecord is not a record file bin/make_records wrote' in line
   assert 'move it away or choose another folder' in line
   (out / 'mine.tfrecord').unlink()
-  (out / data.DATASET_JSON).write_text('{"num_classes": 3}')
+  (out / data_folder.DATASET_JSON).write_text('{"num_classes": 3}')
   before = _hashes(out)
   line = _one_line(run_entry('make_records', *SMALL, f'--output_dir={out}', '--overwrite'))
-  assert f'its {data.DATASET_JSON} was not written by bin/make_records' in line
+  assert f'its {data_folder.DATASET_JSON} was not written by bin/make_records' in line
   assert _hashes(out) == before and not _temporaries(tmp_path)
 
 
 def test_an_unfinished_conversion_is_refused_by_the_runners(tiny_data_dir, tmp_path):
   # What a crash inside make_records' final moves leaves: the marker, no dataset.json.
   data_dir = _copy(tiny_data_dir, tmp_path / 'data')
-  (tmp_path / 'data' / data.DATASET_JSON).unlink()
-  (tmp_path / 'data' / data.INCOMPLETE_MARKER).write_text('')
+  (tmp_path / 'data' / data_folder.DATASET_JSON).unlink()
+  (tmp_path / 'data' / data_folder.INCOMPLETE_MARKER).write_text('')
   before = _hashes(data_dir)
-  del before[data.INCOMPLETE_MARKER]  # the test removes it below
+  del before[data_folder.INCOMPLETE_MARKER]  # the test removes it below
   line = _one_line(run_entry('train_graph', *tiny_run_flags(data_dir, tmp_path / 'run')))
   assert (f'--data_dir={data_dir}: a bin/make_records conversion into it did not finish '
-          f'({data.INCOMPLETE_MARKER} is there); rerun it with --overwrite') in line
+          f'({data_folder.INCOMPLETE_MARKER} is there); rerun it with --overwrite') in line
   # An older version's interruption: make_records' shards, no dataset.json, no marker.
-  (tmp_path / 'data' / data.INCOMPLETE_MARKER).unlink()
+  (tmp_path / 'data' / data_folder.INCOMPLETE_MARKER).unlink()
   line = _one_line(run_entry('train_eager', *tiny_run_flags(data_dir, tmp_path / 'run')))
   assert 'holds bin/make_records shards (train-00000-of-00002.tfrecord...) but no dataset.json' \
       in line
@@ -213,7 +213,7 @@ def test_num_classes_that_disagrees_with_dataset_json_needs_the_switch(tiny_data
                         '--num_classes=5', '--allow_num_classes_mismatch',
                         f'--save_init_weights={tmp_path / "i.npz"}'))
   line = _one_line(refused)
-  assert (f'--num_classes=5 disagrees with {os.path.join(tiny_data_dir, data.DATASET_JSON)} '
+  assert (f'--num_classes=5 disagrees with {os.path.join(tiny_data_dir, data_folder.DATASET_JSON)} '
           f'({NUM_CLASSES} classes); drop --num_classes, or pass --allow_num_classes_mismatch'
           ) in line
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -248,7 +248,7 @@ def wrong_dataset_json_runs(tiny_data_dir, tmp_path_factory):
   """The refusals of copies of the tiny dataset whose dataset.json is each of
   WRONG_DATASET_JSON."""
   def write(content, data_dir):
-    with open(os.path.join(data_dir, data.DATASET_JSON), 'w') as f:
+    with open(os.path.join(data_dir, data_folder.DATASET_JSON), 'w') as f:
       f.write(content)
   return _runs_on_damaged_copies(tiny_data_dir, tmp_path_factory.mktemp('dataset_json'),
                                  [(content, 'train_eager') for content in WRONG_DATASET_JSON],
@@ -464,7 +464,7 @@ def test_image_entries_that_are_no_readable_files_are_reported_and_skipped(tmp_p
                         f'--output_dir={tmp_path / "other"}'))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'Traceback' not in proc.stderr
-  info = json.loads((out / data.DATASET_JSON).read_text())
+  info = json.loads((out / data_folder.DATASET_JSON).read_text())
   assert info['counts']['train'] == 2
   assert {entry['file']: entry['reason'] for entry in info['skipped']} == {
       '001.cat/broken.png': 'unreadable (No such file or directory)',

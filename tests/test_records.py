@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import at_once, run_entry, run_python
+from tf1compat import data_folder
 
 
 def _jpeg(image, **kwargs):
@@ -67,13 +68,13 @@ def test_jpeg_components():
 
 def test_convert_image_folder(image_folder, tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import data, image_bytes, records  # pylint: disable=g-import-not-at-top
+  from tf1compat import image_bytes, records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'records')
   summary = records.convert_image_folder(str(image_folder), out, val_fraction=0.0,
                                          num_shards=2)
-  rows = _read_records(data.find_files(out, 'train'))
+  rows = _read_records(data_folder.find_files(out, 'train'))
   assert len(rows) == 5
-  assert data.find_files(out, 'val') == []
+  assert data_folder.find_files(out, 'val') == []
   labels = {name: label for name, label, _ in rows}
   assert labels == {'001.ak47/001_0001.jpg': 0, '001.ak47/001_0002.jpg': 0,
                     '002.american-flag/002_0001.png': 1, '002.american-flag/002_0002.jpg': 1,
@@ -97,11 +98,11 @@ def test_convert_image_folder(image_folder, tmp_path):
   assert info['class_counts']['train'] == [2, 2, 1]
   assert info['num_skipped'] == 1
   assert info['skipped'][0]['file'] == '002.american-flag/002_0003.jpg'
-  assert info['fingerprint'] == data.fingerprint(data.find_files(out, 'train'))
+  assert info['fingerprint'] == data_folder.fingerprint(data_folder.find_files(out, 'train'))
 
 
 def test_validation_split_is_per_class_and_seeded(tmp_path):
-  from tf1compat import data, records  # pylint: disable=g-import-not-at-top
+  from tf1compat import records  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'images'
   for cls in ('001.a', '002.b'):
     (root / cls).mkdir(parents=True)
@@ -112,7 +113,7 @@ def test_validation_split_is_per_class_and_seeded(tmp_path):
     out = str(tmp_path / f'out{run}')
     info = records.convert_image_folder(str(root), out, val_fraction=0.2, num_shards=1, seed=3)
     assert info['class_counts'] == {'train': [8, 8], 'val': [2, 2]}
-    splits.append(sorted(n for n, _, _ in _read_records(data.find_files(out, 'val'))))
+    splits.append(sorted(n for n, _, _ in _read_records(data_folder.find_files(out, 'val'))))
   assert splits[0] == splits[1]
 
 
@@ -158,7 +159,7 @@ print('records', count)
 
 def test_synthetic_is_deterministic(tmp_path):
   """Same seed, same bytes: across processes, and in the graph runner's TF1 mode too."""
-  from tf1compat import data, image_bytes, records  # pylint: disable=g-import-not-at-top
+  from tf1compat import image_bytes, records  # pylint: disable=g-import-not-at-top
   kwargs = dict(num_classes=3, train_per_class=4, val_per_class=1, num_shards=1)
   first = records.write_synthetic(str(tmp_path / 'a'), seed=5, **kwargs)
   in_graph_mode = run_python(r'''
@@ -171,12 +172,12 @@ records.write_synthetic(sys.argv[1], seed=5, num_classes=3, train_per_class=4, v
                         num_shards=1)
 ''', str(tmp_path / 'b'))
   assert in_graph_mode.returncode == 0, in_graph_mode.stderr
-  again = data.read_dataset_json(str(tmp_path / 'b'))
+  again = data_folder.read_dataset_json(str(tmp_path / 'b'))
   other = records.write_synthetic(str(tmp_path / 'c'), seed=6, **kwargs)
   assert first['fingerprint'] == again['fingerprint'] != other['fingerprint']
   for name in ('train-00000-of-00001.tfrecord', 'val-00000-of-00001.tfrecord'):
     assert (tmp_path / 'a' / name).read_bytes() == (tmp_path / 'b' / name).read_bytes()
-  rows = _read_records(data.find_files(str(tmp_path / 'a'), 'train'))
+  rows = _read_records(data_folder.find_files(str(tmp_path / 'a'), 'train'))
   assert [label for _, label, _ in rows] == [0, 1, 2] * 4
   sizes = {image_bytes.jpeg_components(blob) for _, _, blob in rows}
   assert sizes <= {1, 3}
@@ -197,9 +198,9 @@ def test_synthetic_is_learnable(tmp_path):
   out = str(tmp_path / 'synthetic')
   records.write_synthetic(out, num_classes=10, train_per_class=32, val_per_class=8)
   keras.utils.set_random_seed(0)
-  train = data.make_dataset(data.find_files(out, 'train'), image_size=32, num_classes=10,
+  train = data.make_dataset(data_folder.find_files(out, 'train'), image_size=32, num_classes=10,
                             batch_size=32, shuffle_buffer=320)
-  val = data.make_dataset(data.find_files(out, 'val'), image_size=32, num_classes=10,
+  val = data.make_dataset(data_folder.find_files(out, 'val'), image_size=32, num_classes=10,
                           batch_size=32, training=False)
   net = model.build_model(keras, num_classes=10, image_size=32)
   net.compile(optimizer='adam', loss=keras.losses.CategoricalCrossentropy(from_logits=True),

@@ -24,6 +24,7 @@ from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, c
                       read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
 from tf1compat import atomic
 from tf1compat import data
+from tf1compat import data_folder
 from tf1compat import errors
 from tf1compat import records
 from tf1compat import runlog
@@ -264,7 +265,7 @@ def test_only_input_pipeline_errors_are_data_errors():
       'crossentropy/softmax_cross_entropy_with_logits defined at ...\nlogits and labels must '
       'be broadcastable')
   for error in (at_iterator, tf.errors.DataLossError(None, None, 'corrupted record at 12')):
-    with pytest.raises(data.DataError, match='--data_dir=/data'):
+    with pytest.raises(data_folder.DataError, match='--data_dir=/data'):
       with data.input_errors(spec):
         raise error
   with pytest.raises(tf.errors.InvalidArgumentError, match='broadcastable'):

@@ -154,6 +154,9 @@ def test_schedule_per_epoch_fails_with_the_rates_held(tiny_data_dir, output_dir)
   assert _manifest(output_dir, 'fit')['optimizer']['schedule']['updated'] == 'per_epoch'
 
 
+# A slice of the whole false-alarm matrix (its resnet_small case runs every applicable
+# pitfall): opt-in with it, pytest -m matrix.
+@pytest.mark.matrix
 @pytest.mark.parametrize('pitfall', ['from_logits_lost', 'accuracy_metric_class'])
 def test_earlier_pitfalls_fail_on_it_too(tiny_data_dir, output_dir, pitfall):
   result, report = _check(tiny_data_dir, output_dir, f'--pitfall={pitfall}', '--overwrite',

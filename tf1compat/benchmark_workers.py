@@ -36,6 +36,7 @@ from absl import logging
 from tf1compat import atomic
 from tf1compat import cli
 from tf1compat import config
+from tf1compat import data_folder
 from tf1compat import process
 
 # The benchmark's synthetic records use 10 of the seed's Caltech256 classes.
@@ -92,12 +93,11 @@ def _data_worker(spec):
   runners' own pre-flight check (`data_check.check_data_dir`) with the run's on_bad_record.
   """
   process.use_keras3()
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
   from tf1compat import data_check  # pylint: disable=g-import-not-at-top
   if spec['data_dir']:
-    info = data.read_dataset_json(spec['data_dir']) or {}
+    info = data_folder.read_dataset_json(spec['data_dir']) or {}
     num_classes = spec['num_classes'] or info.get('num_classes')
-    train_files = data.find_files(spec['data_dir'], 'train')
+    train_files = data_folder.find_files(spec['data_dir'], 'train')
     data_dir = spec['train_only_dir']
     os.makedirs(data_dir, exist_ok=True)
     for old in os.listdir(data_dir):

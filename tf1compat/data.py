@@ -6,22 +6,18 @@
 the run's `--seed`, so both runners see identical batches as long as both set the same
 global seed (or neither does).
 
-Also here: finding a data directory's files and `dataset.json`, and turning an input
-pipeline failure at run time into its one-line DataError (`input_errors`). The check
-of the records before a run is `data_check`'s.
+Also here: turning an input pipeline failure at run time into its one-line DataError
+(`input_errors`). A data directory's files and `dataset.json` are `data_folder`'s; the
+check of the records before a run is `data_check`'s.
 """
 
 import contextlib
-import glob
-import hashlib
-import json
 import os
 import re
-import struct
 
 import tensorflow as tf
 
-from tf1compat import cli
+from tf1compat import data_folder
 from tf1compat import plugins
 from tf1compat import stacks
 from tf1compat import tfrecord
@@ -35,80 +31,10 @@ FEATURES = {
     'label': tf.io.FixedLenFeature([], tf.int64),
 }
 
-TRAIN_PATTERN = 'train-*.tfrecord'
-VAL_PATTERN = 'val-*.tfrecord'
-ALL_PATTERN = '*.tfrecord'
-DATASET_JSON = 'dataset.json'
-# Lies in a data folder while bin/make_records replaces the records in it (records.py):
-# a folder holding it is a conversion that did not finish.
-INCOMPLETE_MARKER = 'dataset.json.incomplete'
-
 # Offsets that turn the run's --seed into distinct op-level seeds, so that the
 # file-order shuffle and the record shuffle do not draw the same stream.
 FILE_SHUFFLE_SEED_OFFSET = 1
 RECORD_SHUFFLE_SEED_OFFSET = 2
-_LENGTH_AND_CRC = struct.Struct('<QI')
-
-
-# The shard names bin/make_records writes. A folder holding them without dataset.json is
-# a conversion that did not finish (data_check), unless another program wrote them.
-_SHARD_NAME = re.compile(r'(train|val)-\d{5}-of-\d{5}\.tfrecord')
-
-
-def is_shard_name(name):
-  """Whether `name` is a shard name that bin/make_records writes."""
-  return _SHARD_NAME.fullmatch(name) is not None
-
-
-class DataError(cli.UsageError):
-  """Input data a user supplied is missing or unusable; the message says which and why."""
-
-
-def find_files(data_dir, split):
-  """Returns the sorted TFRecord files of `split` ('train' or 'val') in `data_dir`.
-
-  Training data is `train-*.tfrecord`, or every `*.tfrecord` when there is no
-  `train-*` file (the seed's layout); validation data is `val-*.tfrecord`, which may
-  be absent (an empty list is returned). Raises DataError when training data is
-  missing.
-  """
-  if split not in ('train', 'val'):
-    raise ValueError(f'split must be train or val, got {split!r}')
-  if not os.path.isdir(data_dir):
-    raise DataError(f'--data_dir={data_dir}: no such directory; point it at a folder of '
-                    f'{TRAIN_PATTERN} files (bin/make_records writes one)')
-  if split == 'val':
-    return sorted(glob.glob(os.path.join(data_dir, VAL_PATTERN)))
-  files = sorted(glob.glob(os.path.join(data_dir, TRAIN_PATTERN)))
-  if not files:
-    files = [f for f in sorted(glob.glob(os.path.join(data_dir, ALL_PATTERN)))
-             if not os.path.basename(f).startswith('val-')]
-  if not files:
-    raise DataError(f'--data_dir={data_dir}: no {TRAIN_PATTERN} or {ALL_PATTERN} files; '
-                    'write some with bin/make_records')
-  return files
-
-
-def fingerprint(files):
-  """sha256 over the names of `files` and, record by record, each record's length and the
-  data CRC-32C its writer stored: equal only for the same records in the same files.
-
-  A content hash, not one of the bytes on disk: a copy whose data bytes were damaged
-  keeps the stored CRCs, so a damaged file copied again (or rewritten by make_records,
-  which writes the same bytes from the same input) has the fingerprint it had before,
-  and a run started before the damage resumes. The pre-flight check verifies every
-  record against these CRCs, so the data a run reads is the data they describe.
-  Reads only the framing (16 bytes a record).
-  """
-  digest = hashlib.sha256()
-  for path in sorted(files):
-    digest.update(os.path.basename(path).encode() + b'\0')
-    for record in tfrecord.walk(path, read_data=False):
-      if record.damage:
-        digest.update(f'damaged at {record.offset}'.encode())
-        break
-      digest.update(_LENGTH_AND_CRC.pack(record.length, record.crc))
-  return digest.hexdigest()
 
 
 def _checked_label(label, num_classes):
@@ -308,33 +234,6 @@ def _decode(image_bytes):
   return image
 
 
-def read_dataset_json(data_dir):
-  """The `dataset.json` of `data_dir` as a dict, or None when the folder has none.
-
-  Raises DataError for a file that is not a JSON object with an integer num_classes of
-  at least 2 (and, when present, a list of file names under 'files').
-  """
-  path = os.path.join(data_dir, DATASET_JSON)
-  if not os.path.exists(path):
-    return None
-  fix = 'rewrite it with bin/make_records, or remove it and pass --num_classes'
-  try:
-    with open(path) as f:
-      info = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(f'{path}: unreadable ({e}); {fix}') from e
-  if not isinstance(info, dict):
-    raise DataError(f'{path}: holds a JSON {type(info).__name__}, not an object with '
-                    f'num_classes; {fix}')
-  classes = info.get('num_classes')
-  if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-    raise DataError(f'{path}: num_classes is {classes!r}, not an integer of at least 2; {fix}')
-  files = info.get('files', [])
-  if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
-    raise DataError(f"{path}: 'files' is not a list of file names; {fix}")
-  return info
-
-
 # Lines of a TensorFlow runtime error that give context, not the failure.
 _ERROR_CONTEXT = ('Graph execution error', 'Detected at node', '<stack traces', '[[', 'Node:',
                   'Traceback', 'File "')
@@ -421,17 +320,17 @@ def pipeline_error(spec, error):
   if match:
     located = _damaged_record_at(files, int(match.group(1)))
   if located:
-    return DataError(f'--data_dir={spec.data_dir}: {located}; copy the file again or rewrite '
-                     'it with bin/make_records')
+    return data_folder.DataError(f'--data_dir={spec.data_dir}: {located}; copy the file again '
+                                 'or rewrite it with bin/make_records')
   failures = {}
   if files and isinstance(error, tf.errors.InvalidArgumentError):
     failures = decode_failures(spec.checked_records(), spec.num_classes, spec.parse)
   if failures:
     (path, index), why = min(failures.items())
-    return DataError(f'--data_dir={spec.data_dir}: {os.path.basename(path)} record {index}: '
-                     f'{undecodable(why, spec.parse)}; rewrite it with bin/make_records, or '
-                     'pass --on_bad_record=skip to train without it (the check then decodes '
-                     'every image first)')
-  return DataError(f'--data_dir={spec.data_dir}: the input pipeline failed '
-                   f'({type(error).__name__}: {error_line(error.message)}); rewrite the bad '
-                   'records with bin/make_records or check --num_classes')
+    return data_folder.DataError(
+        f'--data_dir={spec.data_dir}: {os.path.basename(path)} record {index}: '
+        f'{undecodable(why, spec.parse)}; rewrite it with bin/make_records, or pass '
+        '--on_bad_record=skip to train without it (the check then decodes every image first)')
+  return data_folder.DataError(f'--data_dir={spec.data_dir}: the input pipeline failed '
+                               f'({type(error).__name__}: {error_line(error.message)}); rewrite '
+                               'the bad records with bin/make_records or check --num_classes')

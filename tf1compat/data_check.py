@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf1compat import config
 from tf1compat import data
+from tf1compat import data_folder
 from tf1compat import image_bytes
 from tf1compat import plugins
 from tf1compat import tfrecord
@@ -231,7 +232,7 @@ def check_records(files, num_classes, *, data_dir, skip=False, parse=None):
   for path in files:
     file_good, file_bad = _check_file(path, num_classes, parse)
     if file_bad and not skip:
-      raise data.DataError(f'--data_dir={data_dir}: {file_bad[0]}; {file_bad[0].fix}')
+      raise data_folder.DataError(f'--data_dir={data_dir}: {file_bad[0]}; {file_bad[0].fix}')
     good.append((path, tuple(file_good)))
     bad.extend(file_bad)
   validation = Validation(tuple(good), tuple(bad))
@@ -290,43 +291,10 @@ class DataSpec:
                         for b in bad[:_SKIPPED_LISTED]]}
 
 
-def _dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
-  """dataset.json of `data_dir` ({} without one), refused when the folder is a conversion
-  that did not finish or the file disagrees with the folder or with --num_classes."""
-  info = data.read_dataset_json(data_dir)
-  where = f'--data_dir={data_dir}'
-  if os.path.exists(os.path.join(data_dir, data.INCOMPLETE_MARKER)):
-    raise data.DataError(f'{where}: a bin/make_records conversion into it did not finish '
-                         f'({data.INCOMPLETE_MARKER} is there); rerun it with --overwrite')
-  if info is None:
-    # Shards named as make_records names them, without dataset.json: a conversion that
-    # did not finish (this version's leave INCOMPLETE_MARKER; older ones left nothing).
-    shards = sorted(name for name in os.listdir(data_dir) if data.is_shard_name(name))
-    if shards and num_classes is None:
-      raise data.DataError(
-          f'{where}: it holds bin/make_records shards ({shards[0]}...) but no '
-          f'{data.DATASET_JSON}: the conversion did not finish; rerun bin/make_records with '
-          '--overwrite (or pass --num_classes if another program wrote these shards)')
-    return {}
-  missing = [name for name in info.get('files', ())
-             if not os.path.exists(os.path.join(data_dir, name))]
-  if missing:
-    raise data.DataError(f'{where}: {missing[0]} is listed in {data.DATASET_JSON} but missing '
-                         f'({len(missing)} file(s) missing); copy the folder again or rerun '
-                         'bin/make_records')
-  if (num_classes is not None and num_classes != info['num_classes']
-      and not allow_num_classes_mismatch):
-    raise data.DataError(
-        f'--num_classes={num_classes} disagrees with {os.path.join(data_dir, data.DATASET_JSON)}'
-        f' ({info["num_classes"]} classes); drop --num_classes, or pass '
-        f'--allow_num_classes_mismatch to train {num_classes} classes on it')
-  return info
-
-
 def _fingerprint(files, bad):
-  """The data's content fingerprint (data.fingerprint), and with --on_bad_record=skip the
+  """The data's content fingerprint (data_folder.fingerprint), and with --on_bad_record=skip the
   records left out: a run resumes only on the very records it trains on."""
-  digest = data.fingerprint(files)
+  digest = data_folder.fingerprint(files)
   if not bad:
     return digest
   left_out = ''.join(f'\n{os.path.basename(b.path)} {b.index} {b.tail}' for b in bad)
@@ -340,7 +308,7 @@ def check_data_dir(data_dir, num_classes=None, on_bad_record='fail',
   `num_classes` wins when given; otherwise `dataset.json`'s, else Caltech256's 257. A
   folder that a make_records conversion left unfinished is refused, and so is a
   `num_classes` that disagrees with dataset.json unless `allow_num_classes_mismatch`.
-  The fingerprint is a content hash of the records (data.fingerprint), so edited data
+  The fingerprint is a content hash of the records (data_folder.fingerprint), so edited data
   never passes for the data a manifest names, while a damaged file restored does. The
   pre-flight check (`check_records`) raises DataError for bad data unless
   `on_bad_record` is 'skip', and for training files without a single good record;
@@ -348,9 +316,9 @@ def check_data_dir(data_dir, num_classes=None, on_bad_record='fail',
   'package.module:function' (plugins), for records of another schema (check_records).
   Returns the DataSpec.
   """
-  train_files = data.find_files(data_dir, 'train')
-  val_files = data.find_files(data_dir, 'val')
-  info = _dataset_info(data_dir, num_classes, allow_num_classes_mismatch)
+  train_files = data_folder.find_files(data_dir, 'train')
+  val_files = data_folder.find_files(data_dir, 'val')
+  info = data_folder.dataset_info(data_dir, num_classes, allow_num_classes_mismatch)
   if num_classes is None:
     num_classes = info.get('num_classes', config.CALTECH256_CLASSES)
   skip = on_bad_record == 'skip'
@@ -362,8 +330,8 @@ def check_data_dir(data_dir, num_classes=None, on_bad_record='fail',
   val_check = check_records(val_files, num_classes, data_dir=data_dir, skip=skip, parse=parse)
   if not train_check.good_records:
     skipped = f' ({len(train_check.bad)} bad ones left out)' if train_check.bad else ''
-    raise data.DataError(f'--data_dir={data_dir}: the training files hold no usable records'
-                         f'{skipped}; write some with bin/make_records')
+    raise data_folder.DataError(f'--data_dir={data_dir}: the training files hold no usable records'
+                                f'{skipped}; write some with bin/make_records')
   digest = _fingerprint(train_files + val_files, train_check.bad + val_check.bad)
   if not val_check.good_records:
     # Evaluating nothing would report a loss of 0: without records, no validation.

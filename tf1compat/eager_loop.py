@@ -41,6 +41,7 @@ from tf1compat import fit_loop
 from tf1compat import model as model_lib
 from tf1compat import numerics
 from tf1compat import plugins
+from tf1compat import preflight
 from tf1compat import probes
 from tf1compat import replay
 from tf1compat import runlog
@@ -528,7 +529,7 @@ def run(cfg, dataset_hook=None):
   input pipeline. Under --strategy=multi_worker every worker runs this; only the chief
   writes MODEL_DIR.
   """
-  training.check_paths(cfg)
+  preflight.check(cfg)
   device = training.check_device(cfg)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:

@@ -35,8 +35,10 @@ from tf1compat import checkpoints
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import data
+from tf1compat import data_folder
 from tf1compat import model
 from tf1compat import plugins
+from tf1compat import preflight
 from tf1compat import probes
 from tf1compat import replay
 from tf1compat import runlog
@@ -359,8 +361,8 @@ class GraphBackend(training.Backend):
             self._train_feed)
     except tf.errors.OutOfRangeError as e:
       # The training pipeline repeats forever, so it only ends when it is empty.
-      raise data.DataError(f'--data_dir={self._spec.data_dir}: the training files hold no '
-                           'records; write some with bin/make_records') from e
+      raise data_folder.DataError(f'--data_dir={self._spec.data_dir}: the training files hold no '
+                                  'records; write some with bin/make_records') from e
     return training.StepResult(
         loss=float(values['loss']), batch_accuracy=float(values['batch_accuracy']),
         mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']),
@@ -517,7 +519,7 @@ def run(cfg, dataset_hook=None):
   cli.NumericFault and cli.Interrupted as training.train. Assumes the process setup
   described in the module docstring.
   """
-  training.check_paths(cfg)
+  preflight.check(cfg)
   problem = stacks.tf32_problem(cfg.tf32)
   if problem:
     raise cli.UsageError(problem)

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 
-from tf1compat import data
+from tf1compat import data_folder
 
 # What dataset.json says it is: written by bin/make_records.
 DATASET_FORMAT = 'tf1compat-records/1'
@@ -32,7 +32,7 @@ def _own_files(out_dir):
   an older version lists none, and its shards are those named as make_records names
   them. DataError for a dataset.json that make_records did not write.
   """
-  json_path = os.path.join(out_dir, data.DATASET_JSON)
+  json_path = os.path.join(out_dir, data_folder.DATASET_JSON)
   records_present = [os.path.basename(path) for path in glob_records(out_dir)]
   if not os.path.exists(json_path):
     ours = []
@@ -43,15 +43,16 @@ def _own_files(out_dir):
     except (OSError, ValueError):
       info = None
     if not isinstance(info, dict) or info.get('format') != DATASET_FORMAT:
-      raise data.DataError(f'--output_dir={out_dir}: its {data.DATASET_JSON} was not written '
-                           'by bin/make_records; move it away or choose another folder')
+      raise data_folder.DataError(
+          f'--output_dir={out_dir}: its {data_folder.DATASET_JSON} was not written by '
+          'bin/make_records; move it away or choose another folder')
     listed = info.get('files')
-    ours = [data.DATASET_JSON] + [
+    ours = [data_folder.DATASET_JSON] + [
         name for name in records_present
-        if (name in listed if isinstance(listed, list) else data.is_shard_name(name))]
-  if os.path.exists(os.path.join(out_dir, data.INCOMPLETE_MARKER)):
-    ours += [data.INCOMPLETE_MARKER] + [name for name in records_present
-                                        if data.is_shard_name(name) and name not in ours]
+        if (name in listed if isinstance(listed, list) else data_folder.is_shard_name(name))]
+  if os.path.exists(os.path.join(out_dir, data_folder.INCOMPLETE_MARKER)):
+    ours += [data_folder.INCOMPLETE_MARKER] + [
+        name for name in records_present if data_folder.is_shard_name(name) and name not in ours]
   return ours, [name for name in records_present if name not in ours]
 
 
@@ -73,20 +74,20 @@ def check_output_dir(out_dir, overwrite):
   """Refuses an --output_dir that make_records must not write into; returns the names of
   the files it wrote there before (to replace)."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise data.DataError(f'--output_dir={out_dir}: a file, not a folder; pass a folder (it is '
-                         'created if missing)')
+    raise data_folder.DataError(f'--output_dir={out_dir}: a file, not a folder; pass a folder '
+                                '(it is created if missing)')
   if not os.path.isdir(out_dir):
     return []
   ours, foreign = _own_files(out_dir)
   if (ours or foreign) and not overwrite:
-    raise data.DataError(f'--output_dir={out_dir} already holds TFRecords or a '
-                         f'{data.DATASET_JSON}; pass --overwrite to replace them or choose '
-                         'another folder')
+    raise data_folder.DataError(f'--output_dir={out_dir} already holds TFRecords or a '
+                                f'{data_folder.DATASET_JSON}; pass --overwrite to replace them or '
+                                'choose another folder')
   if foreign:
-    raise data.DataError(f'--output_dir={out_dir}: {foreign[0]} is not a record file '
-                         'bin/make_records wrote there (its dataset.json does not list it), '
-                         'and the runners would read it with the new shards; move it away or '
-                         'choose another folder')
+    raise data_folder.DataError(f'--output_dir={out_dir}: {foreign[0]} is not a record file '
+                                'bin/make_records wrote there (its dataset.json does not list '
+                                'it), and the runners would read it with the new shards; move it '
+                                'away or choose another folder')
   return ours
 
 
@@ -113,8 +114,8 @@ def staging(out_dir):
     for path in made:
       with contextlib.suppress(OSError):
         os.rmdir(path)
-    raise data.DataError(f'--output_dir={out_dir}: cannot write there ({e.strerror}); choose '
-                         'a folder you can write to') from e
+    raise data_folder.DataError(f'--output_dir={out_dir}: cannot write there ({e.strerror}); '
+                                'choose a folder you can write to') from e
   try:
     yield tmp
   finally:
@@ -138,15 +139,15 @@ def install(tmp, out_dir, old_files):
   if not os.path.isdir(out_dir):
     os.rename(tmp, out_dir)
     return
-  marker = os.path.join(out_dir, data.INCOMPLETE_MARKER)
+  marker = os.path.join(out_dir, data_folder.INCOMPLETE_MARKER)
   with open(marker, 'w') as f:
     f.write('bin/make_records is replacing the records here; if it is not running, rerun it '
             'with --overwrite\n')
   # dataset.json first: from here on the folder reads as unfinished, marker or not.
-  for name in sorted(old_files, key=lambda name: name != data.DATASET_JSON):
-    if name != data.INCOMPLETE_MARKER:
+  for name in sorted(old_files, key=lambda name: name != data_folder.DATASET_JSON):
+    if name != data_folder.INCOMPLETE_MARKER:
       os.remove(os.path.join(out_dir, name))
-  new_files = sorted(os.listdir(tmp), key=lambda name: name == data.DATASET_JSON)
+  new_files = sorted(os.listdir(tmp), key=lambda name: name == data_folder.DATASET_JSON)
   for name in new_files:
     os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
   os.remove(marker)
@@ -154,4 +155,4 @@ def install(tmp, out_dir, old_files):
 
 def glob_records(folder):
   """Every *.tfrecord file directly in `folder`."""
-  return sorted(glob.glob(os.path.join(folder, data.ALL_PATTERN)))
+  return sorted(glob.glob(os.path.join(folder, data_folder.ALL_PATTERN)))

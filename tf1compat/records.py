@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf1compat import atomic
-from tf1compat import data
+from tf1compat import data_folder
 from tf1compat import folders
 from tf1compat import held_stderr
 from tf1compat import image_bytes
@@ -101,10 +101,12 @@ def _split_names(class_dir_names):
 
 
 def _write_dataset_json(out_dir, summary):
-  record_files = sorted(data.find_files(out_dir, 'train') + data.find_files(out_dir, 'val'))
+  record_files = sorted(data_folder.find_files(out_dir, 'train')
+                        + data_folder.find_files(out_dir, 'val'))
   summary['files'] = [os.path.basename(path) for path in record_files]
-  summary['fingerprint'] = data.fingerprint(record_files)
-  with atomic.atomic_path(os.path.join(out_dir, data.DATASET_JSON)) as tmp, open(tmp, 'w') as f:
+  summary['fingerprint'] = data_folder.fingerprint(record_files)
+  json_path = os.path.join(out_dir, data_folder.DATASET_JSON)
+  with atomic.atomic_path(json_path) as tmp, open(tmp, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   return summary
 
@@ -131,17 +133,17 @@ def _class_dirs(src_dir):
   """The sorted class sub-folders of `src_dir`; DataError when there are none to read."""
   if not os.path.isdir(src_dir):
     what = 'a file, not a folder' if os.path.exists(src_dir) else 'no such directory'
-    raise data.DataError(f'--image_dir={src_dir}: {what}; pass a folder with one sub-folder '
-                         'of images per class (Caltech256 layout)')
+    raise data_folder.DataError(f'--image_dir={src_dir}: {what}; pass a folder with one sub-folder '
+                                'of images per class (Caltech256 layout)')
   try:
     class_dirs = sorted(d for d in os.listdir(src_dir)
                         if os.path.isdir(os.path.join(src_dir, d)))
   except OSError as e:
-    raise data.DataError(f'--image_dir={src_dir}: unreadable ({e.strerror}); make it '
-                         'readable or pass another folder') from e
+    raise data_folder.DataError(f'--image_dir={src_dir}: unreadable ({e.strerror}); make it '
+                                'readable or pass another folder') from e
   if not class_dirs:
-    raise data.DataError(f'--image_dir={src_dir}: no class sub-folders; expected e.g. '
-                         '001.ak47/001_0001.jpg')
+    raise data_folder.DataError(f'--image_dir={src_dir}: no class sub-folders; expected e.g. '
+                                '001.ak47/001_0001.jpg')
   return class_dirs
 
 
@@ -175,8 +177,8 @@ def convert_image_folder(src_dir, out_dir, *, val_fraction=0.1, num_shards=4, se
     try:
       files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
     except OSError as e:
-      raise data.DataError(f'--image_dir={src_dir}: {folder} is unreadable ({e.strerror}); '
-                           'make it readable or move it out') from e
+      raise data_folder.DataError(f'--image_dir={src_dir}: {folder} is unreadable ({e.strerror}); '
+                                  'make it readable or move it out') from e
     converted = []
     for name in files:
       rel = f'{class_dir}/{name}'
@@ -280,8 +282,8 @@ def _cache_error(error):
            else f'the cache folder {folders.cache_dir()}')
   what = ('is a file, not a folder' if os.path.isfile(folders.cache_dir())
           else f'cannot be written ({error.strerror or error})')
-  return data.DataError(f'{where} {what}; point TF1COMPAT_CACHE at a folder you can write '
-                        'to, or pass --data_dir')
+  return data_folder.DataError(f'{where} {what}; point TF1COMPAT_CACHE at a folder you can write '
+                               'to, or pass --data_dir')
 
 
 def cached_synthetic(name, **kwargs):
@@ -294,7 +296,7 @@ def cached_synthetic(name, **kwargs):
   first copy stays. A cache path that is a file or not writable is a DataError.
   """
   target = os.path.join(folders.cache_dir(), name)
-  if os.path.exists(os.path.join(target, data.DATASET_JSON)):
+  if os.path.exists(os.path.join(target, data_folder.DATASET_JSON)):
     return target
   try:
     os.makedirs(folders.cache_dir(), exist_ok=True)
@@ -306,7 +308,7 @@ def cached_synthetic(name, **kwargs):
     os.replace(tmp, target)
   except OSError:
     # Another process renamed its copy into place first; theirs is as good as ours.
-    if not os.path.exists(os.path.join(target, data.DATASET_JSON)):
+    if not os.path.exists(os.path.join(target, data_folder.DATASET_JSON)):
       raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -346,9 +348,9 @@ def run(cfg):
       record_folder.install(tmp, out_dir, old_files)
     except (OSError, tf.errors.OpError) as e:
       why = getattr(e, 'strerror', None) or getattr(e, 'message', None) or str(e)
-      raise data.DataError(f'--output_dir={out_dir}: writing the records failed '
-                           f'({why.splitlines()[0]}); free some space or choose another '
-                           'folder, then rerun') from e
+      raise data_folder.DataError(f'--output_dir={out_dir}: writing the records failed '
+                                  f'({why.splitlines()[0]}); free some space or choose another '
+                                  'folder, then rerun') from e
   logging.info('wrote %d training and %d validation records of %d classes to %s '
                '(%d files skipped)', summary['counts']['train'], summary['counts']['val'],
                summary['num_classes'], out_dir, summary['num_skipped'])

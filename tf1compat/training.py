@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 
 from absl import logging
@@ -21,7 +20,6 @@ import numpy as np
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import data_check
-from tf1compat import folders
 from tf1compat import progress
 from tf1compat import records
 from tf1compat import runlog
@@ -253,25 +251,6 @@ def schedule(cfg, reset_metrics=True):
                   snapshot_steps=cfg.snapshot_steps_within(),
                   checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
                   learning_rate=cfg.learning_rate, reset_metrics=reset_metrics)
-
-
-def check_paths(cfg):
-  """Refuses what the run would write among the user's data, in the dataset cache or in
-  the package (folders.check_placement): --model_dir, or --save_init_weights when given
-  (then no run directory is written), which must not replace the --init_weights file.
-
-  Checked first, before anything is read or written.
-  """
-  if not cfg.save_init_weights:
-    folders.check_placement(cfg.model_dir, '--model_dir', [cfg.data_dir])
-    return
-  path = cfg.save_init_weights
-  folders.check_placement(path, '--save_init_weights', [cfg.data_dir])
-  if os.path.isdir(path):
-    raise cli.UsageError(f'--save_init_weights={path} is a folder; name the .npz file to write')
-  if cfg.init_weights and os.path.exists(path) and os.path.samefile(path, cfg.init_weights):
-    raise cli.UsageError(f'--save_init_weights={path} is the --init_weights file, which is '
-                         'never replaced; choose another path')
 
 
 def check_data(cfg):

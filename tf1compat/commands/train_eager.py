@@ -9,6 +9,7 @@ from absl import logging
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import flags as tf1compat_flags
+from tf1compat import preflight
 from tf1compat import process
 from tf1compat import replay
 
@@ -19,17 +20,21 @@ def main(argv):
   if replay_cfg:
     _replay(replay_cfg)
     return
-  # The TF2 port always runs on Keras 3, whatever a parent process set.
-  process.set_onednn(flags.FLAGS.onednn)
-  ignored = process.use_keras3()
-  if ignored:
-    logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
-  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
   overrides = {}
   if flags.FLAGS.loop == 'fit' and not flags.FLAGS['model_dir'].present:
     # runs/<runner>, as for every runner: fit must not share the custom loop's folder.
     overrides['model_dir'] = os.path.join('runs', 'fit')
-  stats = eager_loop.run(config.from_flags(config.EagerConfig, flags.FLAGS, **overrides))
+  cfg = config.from_flags(config.EagerConfig, flags.FLAGS, **overrides)
+  # A mistake in its paths, data folder or initial weights ends the run before
+  # TensorFlow's start, which takes seconds.
+  preflight.check(cfg)
+  # The TF2 port always runs on Keras 3, whatever a parent process set.
+  process.set_onednn(cfg.onednn)
+  ignored = process.use_keras3()
+  if ignored:
+    logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
+  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  stats = eager_loop.run(cfg)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 

@@ -7,6 +7,7 @@ from absl import logging
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import flags as tf1compat_flags
+from tf1compat import preflight
 from tf1compat import process
 from tf1compat import replay
 
@@ -17,12 +18,16 @@ def main(argv):
   if replay_cfg:
     _replay(replay_cfg)
     return
+  cfg = config.from_flags(config.GraphConfig, flags.FLAGS)
+  # A mistake in its paths, data folder or initial weights ends the run before
+  # TensorFlow's start, which takes seconds.
+  preflight.check(cfg)
   # Process-wide and read when TensorFlow is imported: tf.keras must be Keras 2
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
-  process.set_onednn(flags.FLAGS.onednn)
+  process.set_onednn(cfg.onednn)
   process.use_legacy_keras()
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
-  stats = graph_loop.run(config.from_flags(config.GraphConfig, flags.FLAGS))
+  stats = graph_loop.run(cfg)
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
 
 
