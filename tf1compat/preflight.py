@@ -46,4 +46,4 @@ def check_paths(cfg):
     raise errors.UsageError(f'--save_init_weights={path} is a folder; name the .npz file to write')
   if cfg.init_weights and os.path.exists(path) and os.path.samefile(path, cfg.init_weights):
     raise errors.UsageError(f'--save_init_weights={path} is the --init_weights file, which is '
-                         'never replaced; choose another path')
+                            'never replaced; choose another path')
