@@ -529,7 +529,7 @@ def run(cfg, dataset_hook=None):
   input pipeline. Under --strategy=multi_worker every worker runs this; only the chief
   writes MODEL_DIR.
   """
-  preflight.check(cfg)
+  preflight.check_paths(cfg)
   device = training.check_device(cfg)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with cli.SignalCatcher() as signals:

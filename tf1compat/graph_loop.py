@@ -519,7 +519,7 @@ def run(cfg, dataset_hook=None):
   cli.NumericFault and cli.Interrupted as training.train. Assumes the process setup
   described in the module docstring.
   """
-  preflight.check(cfg)
+  preflight.check_paths(cfg)
   problem = stacks.tf32_problem(cfg.tf32)
   if problem:
     raise cli.UsageError(problem)

@@ -3,10 +3,10 @@
 Where the run would write (--model_dir, or the --save_init_weights file), the data folder's
 files and dataset.json, and that --init_weights loads. A mistake in any of them ends the run
 with its one line before TensorFlow starts, which alone takes about 2.5 CPU-seconds of a
-2-core EPYC. TensorFlow-free: the runners' commands call `check` before their process setup,
-and graph_loop.run and eager_loop.run call it first for every other caller; what needs
-TensorFlow (every record, the model, the device) is checked after it, in training and the
-runners.
+2-core EPYC. TensorFlow-free: the runners' commands call `check` before their process setup.
+graph_loop.run and eager_loop.run call only `check_paths` first: the data folder and the
+initial weights they check again anyway (data_check, the backends' load), together with what
+needs TensorFlow (every record, the model, the device).
 """
 
 from __future__ import annotations
