@@ -288,6 +288,19 @@ def test_mixed_precision_smoke_ignores_legacy_keras_env(tiny_data_dir, workdir):
   assert all(value.dtype == np.float32 for value in read_snapshot(model_dir, 2).values())
 
 
+def test_a_keras3_process_starts_without_matplotlib_and_a_team_module_still_imports_it():
+  """process.use_keras3 keeps Keras' image-gallery helpers from loading matplotlib (half a
+  CPU-second of every eager runner's start), and nothing else loses it."""
+  proc = run_python('import sys\n'
+                    'from tf1compat import process\n'
+                    'process.use_keras3()\n'
+                    'print("tensorflow" in sys.modules, "matplotlib" in sys.modules)\n'
+                    'import matplotlib.pyplot\n'
+                    'print(matplotlib.pyplot.__name__)\n')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ['True', 'False', 'matplotlib.pyplot']
+
+
 _BN_LAYERS = r'''
 import json, sys
 import numpy as np
