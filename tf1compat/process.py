@@ -58,9 +58,10 @@ def use_keras3():
   value = os.environ.pop('TF_USE_LEGACY_KERAS', None)
   os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   # `import tensorflow` loads Keras 3, and Keras 3 loads matplotlib for its image-gallery
-  # helpers: 0.5 of the 3.1 CPU-seconds of that import (measured, alternated 4 times),
-  # in every eager runner, replay and benchmark worker, which draw nothing. Keras' own
-  # helpers then find no matplotlib; a later import (a team's module) loads it as usual.
+  # helpers: about 0.5 CPU-seconds of every eager runner, replay and benchmark worker,
+  # which draw nothing (a tiny run took 5.7 CPU-s with it, 5.2 without, alternated 5
+  # times). Keras' own helpers then find no matplotlib; a later import (a team's module)
+  # loads it as usual.
   hidden = 'matplotlib' not in sys.modules
   if hidden:
     sys.modules['matplotlib'] = None
