@@ -1,6 +1,8 @@
 """cpu_info: the CPU's model and vector extensions read from the machine, oneDNN's default
 from TensorFlow (what .ci/run prints before the tests)."""
 
+import re
+
 from conftest import run_python
 from tf1compat import cpu_info
 
@@ -47,3 +49,7 @@ def test_the_report_names_the_default_and_the_forced_setting():
   assert lines[1] in ("oneDNN: TensorFlow's default on this CPU is on",
                       "oneDNN: TensorFlow's default on this CPU is off")
   assert lines[2] == 'oneDNN: TF_ENABLE_ONEDNN_OPTS=0 in this environment'
+  # This host's speed for the suite: the CPU time of the probe's TensorFlow start.
+  start_up = re.fullmatch(r'start-up: a process that imports TensorFlow took ([0-9.]+) '
+                          r'CPU-seconds here', lines[3])
+  assert start_up and float(start_up.group(1)) > 0, lines[3]

@@ -13,6 +13,7 @@ TensorFlow itself (`onednn_default`), never from a constant.
 
 import os
 import platform
+import resource
 import subprocess
 import sys
 
@@ -77,26 +78,41 @@ _ONEDNN_PROBE = ('from tensorflow.python.util import _pywrap_util_port; '
                  'print(int(_pywrap_util_port.IsMklEnabled()))')
 
 
+def _probe_onednn():
+  """(oneDNN's default, the CPU-seconds the probe's process took): a fresh process without
+  TF_ENABLE_ONEDNN_OPTS imports TensorFlow and asks it."""
+  env = {k: v for k, v in os.environ.items() if k != ONEDNN_ENV}
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  out = subprocess.run([sys.executable, '-c', _ONEDNN_PROBE], env=env, capture_output=True,
+                       text=True, check=True)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  return out.stdout.strip().splitlines()[-1] == '1', cpu_seconds
+
+
 def onednn_default():
   """Whether TensorFlow turns oneDNN on by default on this CPU, as TensorFlow itself says
   in a fresh process without TF_ENABLE_ONEDNN_OPTS (the choice is made once, when
   TensorFlow loads). Costs a TensorFlow start (seconds)."""
-  env = {k: v for k, v in os.environ.items() if k != ONEDNN_ENV}
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  out = subprocess.run([sys.executable, '-c', _ONEDNN_PROBE], env=env, capture_output=True,
-                       text=True, check=True)
-  return out.stdout.strip().splitlines()[-1] == '1'
+  return _probe_onednn()[0]
 
 
 def report_lines():
-  """The lines `python -m tf1compat.commands.cpu_info` prints: the CPU, its vector extensions and
-  oneDNN's default here and in this environment."""
+  """The lines `python -m tf1compat.commands.cpu_info` prints: the CPU, its vector
+  extensions, oneDNN's default here and in this environment, and what a TensorFlow
+  start costs here.
+
+  The last is this host's speed for the test suite, whose time is mostly ~210 such
+  starts (docs/performance.md): hosts are compared by it, not by the suite's minutes.
+  """
   description = describe()
-  default = onednn_default()
+  default, start_seconds = _probe_onednn()
   lines = [f'cpu: {summary(description)}',
            f'oneDNN: TensorFlow\'s default on this CPU is {"on" if default else "off"}']
   forced = os.environ.get(ONEDNN_ENV)
   if forced is not None:
     lines.append(f'oneDNN: {ONEDNN_ENV}={forced} in this environment')
+  lines.append(f'start-up: a process that imports TensorFlow took {start_seconds:.1f} '
+               'CPU-seconds here')
   return lines
-

@@ -8,6 +8,7 @@ module name (`python -m tf1compat.commands.NAME`), with the importing tf1compat 
 on their path, so nothing depends on a checkout or the current folder.
 """
 
+import importlib
 import os
 import signal
 import sys
@@ -66,7 +67,7 @@ def use_keras3():
   if hidden:
     sys.modules['matplotlib'] = None
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    importlib.import_module('tensorflow')
   finally:
     if hidden and sys.modules.get('matplotlib', False) is None:
       del sys.modules['matplotlib']

@@ -1,5 +1,6 @@
-"""cpu_info: prints the CPU, its vector extensions and oneDNN's default here (what .ci/run
-shows before the tests, so that a red run says which kind of machine it was)."""
+"""cpu_info: prints the CPU, its vector extensions, oneDNN's default here and the CPU time
+of a TensorFlow start (what .ci/run shows before the tests, so that a red or slow run says
+which kind of machine it was)."""
 
 import sys
 
