@@ -57,7 +57,7 @@ def test_variable_difference_is_norm_based():
 
 def test_envelope_horizon_and_limits_match_numpy(tmp_path):
   reference, control, port = _runs(tmp_path, 0.5 * CONTROL_DRIFT)
-  report = parity.compare([reference, port], parity.Tolerances(), control=control)
+  report = parity.compare([reference, port], parity.Tolerances(), controls=[control])
   envelope = report['calibration']
   losses = _losses()
   control_rel = np.abs(losses * (1 + CONTROL_DRIFT) - losses) / losses
@@ -79,7 +79,7 @@ def test_a_port_past_the_envelope_fails_before_the_horizon_only(tmp_path):
   drift = np.zeros(N)
   drift[2] = 20 * CONTROL_DRIFT[2]      # step 3: 20x the control, inside the horizon
   reference, control, port = _runs(tmp_path, drift)
-  pair = parity.compare([reference, port], parity.Tolerances(), control=control)['pairs'][0]
+  pair = parity.compare([reference, port], parity.Tolerances(), controls=[control])['pairs'][0]
   assert pair['verdict'] == 'FAIL'
   assert pair['step_tier']['first_step_over'] == 3
   assert pair['envelope_ratio'] == pytest.approx(20, rel=1e-6)
@@ -87,7 +87,7 @@ def test_a_port_past_the_envelope_fails_before_the_horizon_only(tmp_path):
   late[6] = 20 * CONTROL_DRIFT[6]       # step 7: past the horizon, the curves decide
   reference, control, port = _runs(tmp_path / 'late', late)
   assert parity.compare([reference, port], parity.Tolerances(),
-                        control=control)['verdict'] == 'PASS'
+                        controls=[control])['verdict'] == 'PASS'
 
 
 def test_a_bit_identical_control_leaves_the_rounding_floor(tmp_path):
@@ -96,7 +96,7 @@ def test_a_bit_identical_control_leaves_the_rounding_floor(tmp_path):
   control = make_run(str(tmp_path / 'control'), losses=losses)
   port = make_run(str(tmp_path / 'port'), runner='eager',
                   losses=losses * (1 + 5 * calibration.ROUNDING_FLOOR), flags_extra=EXACT_PORT)
-  report = parity.compare([reference, port], parity.Tolerances(), control=control)
+  report = parity.compare([reference, port], parity.Tolerances(), controls=[control])
   assert report['verdict'] == 'PASS'
   assert report['pairs'][0]['envelope_ratio'] == pytest.approx(5, rel=1e-3)
 
@@ -105,12 +105,12 @@ def test_a_control_of_another_run_is_refused(tmp_path):
   reference, _, port = _runs(tmp_path, np.zeros(N))
   other = make_run(str(tmp_path / 'other'), epsilon=1e-7)
   with pytest.raises(cli.UsageError, match='not a control of'):
-    parity.compare([reference, port], parity.Tolerances(), control=other)
+    parity.compare([reference, port], parity.Tolerances(), controls=[other])
 
 
 def test_report_shows_the_calibration(tmp_path):
   reference, control, port = _runs(tmp_path, 0.5 * CONTROL_DRIFT)
-  report = parity.compare([reference, port], parity.Tolerances(), control=control)
+  report = parity.compare([reference, port], parity.Tolerances(), controls=[control])
   lines = parity_report.summary_lines(report)
   assert 'x envelope' in lines[0]
   assert '0.5x' in lines[1]
@@ -132,7 +132,7 @@ def test_dropout_that_never_acted_is_named(tmp_path):
                       flags_extra={**dropout, 'dropout_seed': 1})
   port = make_run(str(tmp_path / 'port'), runner='eager', losses=losses,
                   flags_extra={'dropout': 0.3, **EXACT_PORT})
-  report = parity.compare([reference, port], parity.Tolerances(), control=inactive)
+  report = parity.compare([reference, port], parity.Tolerances(), controls=[inactive])
   assert report['verdict'] == 'FAIL'
   assert report['pitfalls'][0] == 'no_learning_phase'
   state = report['pairs'][0]['semantics_tier']['reference_dropout']
@@ -140,6 +140,6 @@ def test_dropout_that_never_acted_is_named(tmp_path):
   masks = np.r_[4e-3, np.full(N - 1, 1e-2)]
   active = make_run(str(tmp_path / 'active'), losses=losses * (1 + masks),
                     flags_extra={**dropout, 'dropout_seed': 1})
-  pair = parity.compare([reference, port], parity.Tolerances(), control=active)['pairs'][0]
+  pair = parity.compare([reference, port], parity.Tolerances(), controls=[active])['pairs'][0]
   assert pair['semantics_tier']['reference_dropout']['active']
   assert 'no_learning_phase' not in [p['name'] for p in pair['pitfalls']]

@@ -156,7 +156,7 @@ def test_matched_runners_pass(checks, output_dirs):
   assert report['verdict'] == 'PASS'
   assert [r['runner'] for r in report['runs']] == ['graph', 'eager', 'fit']
   # Calibrated by the control run, which is no pair of its own.
-  assert report['control'] == os.path.join(output_dirs['plain'], 'control')
+  assert report['controls'] == [os.path.join(output_dirs['plain'], 'control')]
   assert report['calibration']['loss_horizon'] >= 1
   tolerances = parity.Tolerances()
   for pair in report['pairs']:

@@ -409,7 +409,7 @@ def test_accuracy_metric_class_is_named_when_losses_agree_and_accuracies_do_not(
   # the margin the difference over the control's 0.02.
   control = make_run(str(tmp_path / 'control'), accuracies=accuracies + 0.02,
                      flags_extra=dropout)
-  pair = parity.compare([c, d], parity.Tolerances(), control=control)['pairs'][0]
+  pair = parity.compare([c, d], parity.Tolerances(), controls=[control])['pairs'][0]
   val = pair['curve_tier']['series']['val_accuracy']
   np.testing.assert_allclose(val['limit'], [0.06, 0.06])
   named = pair['pitfalls'][0]

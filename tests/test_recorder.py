@@ -383,7 +383,7 @@ def test_malformed_weight_maps(text, message, tmp_path):
 
 
 def test_maps_for_runs():
-  maps = weight_map.maps_for_runs(['a/=x -> y'], ['a', 'b'], control='c')
+  maps = weight_map.maps_for_runs(['a/=x -> y'], ['a', 'b'], controls=['c'])
   assert set(maps) == {'a', 'c'} and maps['c'] is maps['a']
   for specs, message in ((['a'], 'give RUN_DIR=MAP'), (['z=x -> y'], 'none of the runs'),
                          (['a=x -> y', 'a=y -> x'], 'names a twice'),

@@ -44,7 +44,7 @@ def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
     with open(os.path.join(out, name, 'parity.json')) as f:
       report = json.load(f)
     assert report['runs'][0]['path'] == os.path.join(out, 'defaults', 'graph')
-    assert report['control'] == os.path.join(out, 'defaults', 'control')
+    assert report['controls'] == [os.path.join(out, 'defaults', 'control')]
     assert os.path.exists(os.path.join(out, name, 'graph')) == (name == 'defaults')
   with open(os.path.join(out, settings_matrix.MARKDOWN)) as f:
     table = f.read()

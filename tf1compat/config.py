@@ -127,6 +127,8 @@ class GraphConfig(TrainingConfig):
   update_ops: bool = True
   reset_metrics: str = 'epoch'
   dropout_seed: int | None = None
+  # check_parity's controls: every weight one ulp up or down after each step (graph_loop).
+  nudge_seed: int | None = None
   feed_learning_phase: bool = True
   strategy: str = 'default'
 

@@ -171,6 +171,12 @@ def define_graph_flags():
                        "Op seed of the Dropout masks (default: from --seed). check_parity's "
                        'control run draws other masks with it, as every port does.',
                        lower_bound=0)
+  flags.DEFINE_integer('nudge_seed', default('nudge_seed'),
+                       'After every training step, move every non-zero weight by one ulp, up '
+                       'or down at random from this seed and the step (default: never). '
+                       "check_parity's controls use it to measure how far rounding that "
+                       'differs at every step, as a port\'s kernels do, carries a run.',
+                       lower_bound=0)
   flags.DEFINE_bool('feed_learning_phase', default('feed_learning_phase'),
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')

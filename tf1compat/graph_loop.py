@@ -122,6 +122,35 @@ def check_model(cfg, num_classes):
     plugins.check_stable_names(cfg.model, lambda: build_model(cfg, num_classes))
 
 
+# The integer type of each float type's bits (one ulp is one unit of them).
+_BITS = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32,
+         tf.float64: tf.int64}
+
+
+def nudge_each_step(weight_items, train_op, global_step, seed):
+  """An op that runs `train_op`, then moves every non-zero weight by one ulp, up or down
+  at random (from `seed` and the step just taken, so a resumed run draws the same).
+
+  calibration.nudge_weights' rule, applied after every step: a correct port rounds
+  differently at every step where its kernels differ, and that per-step difference can
+  grow faster than a one-time nudge of the start (a control that differed only at its
+  start stayed near 2e-6 for 37 steps while a correct port reached 1e-2).
+  """
+  with tf.control_dependencies([train_op]):
+    step_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(global_step, tf.int64)])
+    nudges = []
+    for index, (_, variable) in enumerate(weight_items):
+      value = tf.identity(variable)
+      bits_type = _BITS[value.dtype.base_dtype]
+      # One ulp away from zero is +1 on the magnitude's bits, for either sign.
+      up = tf.random.stateless_uniform(tf.shape(value), step_seed + index) < 0.5
+      bits = tf.bitcast(value, bits_type)
+      moved = tf.bitcast(bits + tf.where(up, tf.ones_like(bits), -tf.ones_like(bits)),
+                         value.dtype.base_dtype)
+      nudges.append(tf.compat.v1.assign(variable, tf.where(tf.equal(value, 0), value, moved)))
+    return tf.group(*nudges)
+
+
 def per_example_loss(loss_name, labels, logits):
   """Cross-entropy of each example, as the seed wrote it (`--loss` picks which)."""
   if loss_name == 'keras_categorical':
@@ -271,6 +300,9 @@ class GraphBackend(training.Backend):
       self._gradients = optimizer.compute_gradients(self._loss)
       self._train_op = optimizer.apply_gradients(self._gradients,
                                                  global_step=self._global_step)
+    if cfg.nudge_seed is not None:
+      self._train_op = nudge_each_step(model.weight_items(self.model), self._train_op,
+                                       self._global_step, cfg.nudge_seed)
     self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
   def _build_evaluation(self):

@@ -349,7 +349,8 @@ def localize_report(report, found, tol, weight_maps=None, pairs=None):
       raise path or cli.UsageError(f'{run_dir}: no probe')
     return load(path, run_dir, maps.get(run_dir))
 
-  control_dir = report.get('control')
+  # The control that differs once: the per-step one's first step is the reference's.
+  control_dir = (report.get('controls') or [None])[0]
   for index, pair in enumerate(report['pairs']):
     if pairs is not None and index not in pairs:
       continue

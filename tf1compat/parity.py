@@ -3,8 +3,8 @@
 TensorFlow-free: it reads what runners wrote (runlog's contract) and judges it with
 numpy. Runs are compared pairwise against the first (the reference, normally the
 legacy graph run) on the tiers (tiers.py); a pair that fails is explained by the
-pitfalls that fit (diagnosis.py). With a control run (calibration.py) the step, weight
-and curve tiers are judged against the measured divergence of two correct runs;
+pitfalls that fit (diagnosis.py). With control runs (calibration.py) the step, weight
+and curve tiers are judged against the widest measured divergence of correct runs;
 without one, against fixed tolerances over the first steps. report.py writes the result.
 """
 
@@ -163,7 +163,8 @@ def _missing_records(run):
 
 
 # How a control may differ from its reference: its start is nudged by one ulp, and the
-# harness turns op determinism off in it (a reduction-order change, as on a GPU).
+# harness turns op determinism off in it (a reduction-order change, as on a GPU); the
+# per-step control's nudges are a flag (--nudge_seed) the lint does not read.
 CONTROL_DIFFERENCES = frozenset({tiers.START_FIELD, 'init-weights sha256', 'deterministic'})
 
 
@@ -258,30 +259,43 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   }
 
 
-def compare(paths, tol, control=None, weight_maps=None):
+def compare(paths, tol, controls=(), weight_maps=None):
   """Compares every run against the first; returns the whole parity.json content.
 
-  `control` is the run directory of a control run of the first (the reference): with
-  it the tiers are calibrated, without it they use the fixed tolerances.
+  `controls` are run directories of control runs of the first (the reference): with
+  them the tiers are calibrated by the widest of their envelopes (calibration.widest),
+  without them they use the fixed tolerances. The first control is the one whose
+  Dropout masks and first step differ (the localization's and the Dropout check's).
   `weight_maps`: {run directory: weight_map.WeightMap} for runs named differently.
   """
   if len(paths) < 2:
     raise cli.UsageError('compare_runs needs at least two run directories')
   maps = weight_maps or {}
   runs = [load_run(p, maps.get(p)) for p in paths]
-  control_run = load_run(control, maps.get(control)) if control else None
-  envelope = measure_envelope(runs[0], control_run, tol) if control else None
-  dropout_state = tiers.dropout_in_training(runs[0], control_run, envelope)
+  control_runs = [load_run(c, maps.get(c)) for c in controls]
+  envelope = calibration.widest([measure_envelope(runs[0], c, tol) for c in control_runs],
+                                tol.horizon_level) if control_runs else None
+  dropout_state = tiers.dropout_in_training(
+      runs[0], control_runs[0] if control_runs else None, envelope)
   pairs = [compare_pair(runs[0], other, tol, envelope, dropout_state) for other in runs[1:]]
   verdict = 'PASS' if all(p['verdict'] == 'PASS' for p in pairs) else 'FAIL'
   return {'verdict': verdict, 'tolerances': dataclasses.asdict(tol),
           'calibration': envelope.as_dict() if envelope else None,
-          'control': control,
+          'controls': list(controls),
           'runs': [{'path': r.path, 'label': r.label, 'runner': r.manifest.get('runner'),
                     'device': r.manifest.get('device'), 'steps': len(r.steps['step'])}
                    for r in runs],
           'pairs': pairs,
           'pitfalls': [p['name'] for pair in pairs for p in pair['pitfalls']]}
+
+
+def rests_on_numbers(report):
+  """Whether calibrated report `report` fails some pair on the step, weight or curve tiers
+  alone (its config and semantics tiers passed): the FAIL that a wider envelope, another
+  control's, could still overturn. A config or semantics FAIL stands as it is."""
+  return report['calibration'] is not None and any(
+      pair['verdict'] == 'FAIL' and pair['tiers']['config']['passed']
+      and pair['tiers']['semantics']['passed'] for pair in report['pairs'])
 
 
 def ladder(report, first_rung):

@@ -210,8 +210,7 @@ def localize_report(report, tol, out_dir, weight_maps=None, pairs=None):
   chosen = range(len(report['pairs'])) if pairs is None else sorted(pairs)
   if not chosen:
     return
-  run_dirs = [report['pairs'][0]['reference'], *([report['control']] if report.get('control')
-                                                  else []),
+  run_dirs = [report['pairs'][0]['reference'], *report.get('controls', [])[:1],
               *(report['pairs'][index]['other'] for index in chosen)]
   found, to_replay = {}, {}
   for name, run_dir in zip(_names(run_dirs), run_dirs):

@@ -32,7 +32,10 @@ def calibration_line(report):
   if not envelope:
     return (f'uncalibrated: fixed tolerances over the first {tol["parity_steps"]} steps '
             '(give a control run to calibrate them)')
-  return (f'calibrated by control {envelope["control"]}: judged up to step '
+  controls = envelope['controls']
+  which = (f'control {controls[0]}' if len(controls) == 1 else
+           f'controls {", ".join(controls)} (the widest at each step)')
+  return (f'calibrated by {which}: judged up to step '
           f'{envelope["loss_horizon"]} (losses) and {envelope["weight_horizon"]} (weights), '
           f'limit {tol["envelope_multiple"]:g}x the control\'s divergence')
 
@@ -242,10 +245,12 @@ def _markdown(report):
   out += ['', calibration_line(report) + '.', '']
   envelope = report.get('calibration')
   if envelope:
-    out += [f'Control run: `{report["control"]}`, the reference run again from initial weights '
-            'moved by one ulp each, under a different reduction order. Its divergence from the '
-            'reference is the envelope of correct runs:', '',
-            '| step | control loss divergence (running max) |', '|---|---|']
+    out += ['Control runs: ' + ', '.join(f'`{path}`' for path in report['controls']) + '. A '
+            'control is the reference run again, from initial weights moved by one ulp each '
+            'under another reduction order (`control`), or moved by one ulp after every step '
+            '(`control_per_step`, run before a FAIL that rests on numbers alone stands). The '
+            'widest of their divergences from the reference is the envelope of correct runs:',
+            '', '| step | control loss divergence (running max) |', '|---|---|']
     loss = envelope['loss']
     shown = sorted({s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, len(loss)) if s <= len(loss)})
     out += [f'| {s} | {loss[s - 1]:.2e} |' for s in shown]

@@ -102,8 +102,8 @@ def run(cfg, tolerances):
   # Every row changes the port only: the defaults row's legacy run and control, from
   # the same initial weights, serve them all (two runners fewer per row).
   shared['graph'] = defaults['runs'][0]['path']
-  if defaults['control']:
-    shared[harness.CONTROL] = defaults['control']
+  for control in defaults['controls']:
+    shared[os.path.basename(control)] = control
   cfg = dataclasses.replace(cfg, init_weights=defaults['init_weights'])
   port = runlog.read_manifest(defaults['runs'][1]['path'])
   onednn_default = bool(port['settings']['onednn'])

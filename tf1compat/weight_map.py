@@ -149,15 +149,15 @@ class WeightMap:
     return {new: weights[key] for key, new in self.rename_all(weights, owner).items()}
 
 
-def maps_for_runs(specs, run_dirs, control=None):
+def maps_for_runs(specs, run_dirs, controls=()):
   """{run directory: WeightMap} from compare_runs' --weight_map values 'RUN_DIR=MAP'.
 
-  Keys are the run directories as given in `run_dirs` and `control`. The control is
+  Keys are the run directories as given in `run_dirs` and `controls`. A control is
   the reference's own code run again, so it takes the reference's map unless a value
   names it. Raises errors.UsageError for a value that is not RUN_DIR=MAP, names no run
   compared, or names one run twice.
   """
-  given = [p for p in (*run_dirs, control) if p]
+  given = [p for p in (*run_dirs, *controls) if p]
   by_real_path = {}
   for path in given:
     by_real_path.setdefault(os.path.realpath(path), path)
@@ -174,8 +174,9 @@ def maps_for_runs(specs, run_dirs, control=None):
     if path in maps:
       raise errors.UsageError(f'--weight_map names {run_dir} twice; give each run one map')
     maps[path] = WeightMap.load(map_spec)
-  if control and control not in maps and run_dirs and run_dirs[0] in maps:
-    maps[control] = maps[run_dirs[0]]
+  for control in controls:
+    if control not in maps and run_dirs and run_dirs[0] in maps:
+      maps[control] = maps[run_dirs[0]]
   return maps
 
 

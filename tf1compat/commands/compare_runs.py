@@ -1,6 +1,6 @@
 """compare_runs: compares finished run directories and writes the parity report.
 
-Usage: compare_runs RUN_DIR RUN_DIR [RUN_DIR...] [--control=RUN_DIR] [--output_dir=DIR]
+Usage: compare_runs RUN_DIR RUN_DIR [RUN_DIR...] [--control=RUN_DIR ...] [--output_dir=DIR]
                     [--weight_map=RUN_DIR=MAP ...] [--localize]
 """
 
@@ -24,16 +24,16 @@ def main(argv):
   run_dirs = argv[1:]
   if len(run_dirs) < 2:
     raise cli.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
-  control = flags.FLAGS.control
-  maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, control)
+  controls = flags.FLAGS.control or []
+  maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, controls)
   if maps:
-    weight_map.check_aligned(run_dirs + ([control] if control else []), maps)
+    weight_map.check_aligned(run_dirs + controls, maps)
   tolerances = tf1compat_flags.tolerances(flags.FLAGS)
-  report = parity.compare(run_dirs, tolerances, control=control, weight_maps=maps)
+  report = parity.compare(run_dirs, tolerances, controls=controls, weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
   # The runs are loaded: their run.json names the data folders the report must stay out of.
-  compared = run_dirs + ([control] if control else [])
+  compared = run_dirs + controls
   folders.check_placement(output_dir, '--output_dir',
                          [runlog.read_manifest(d).get('data', {}).get('data_dir')
                           for d in compared])
@@ -50,9 +50,13 @@ def main(argv):
 def define_flags():
   """Defines the compare_runs flags (also read by flag_reference)."""
   tf1compat_flags.define_parity_flags()
-  flags.DEFINE_string('control', None,
-                      'Run directory of a control run of the first run (its command again, '
-                      'from initial weights nudged by one ulp): calibrates the tolerances.')
+  flags.DEFINE_multi_string(
+      'control', None,
+      'Run directory of a control run of the first run, its command again: from initial '
+      'weights nudged by one ulp (team_models.control_start), or moved by one ulp after '
+      'every step (train_graph --nudge_seed). Calibrates the tolerances; given more than '
+      'once, by the widest of the controls at each step (the first is the one the '
+      'localization replays).')
   flags.DEFINE_bool('localize', False,
                     'Say where inside one training step each pair parts (README, "Where the '
                     'codes part"): replay the first step of runs our runners made (into '
