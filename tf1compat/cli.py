@@ -80,6 +80,26 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(EXIT_USAGE, f'{e} (see --helpfull)')
+  except UnicodeDecodeError as e:
+    # absl reads flag files as UTF-8 and lets the decoding error through.
+    fail(EXIT_USAGE, f'--flagfile={_undecodable_flagfile(argv)}: not UTF-8 text ({e.reason} at '
+                     f'byte {e.start}); save it as UTF-8')
+
+
+def _undecodable_flagfile(argv):
+  """The first --flagfile named in `argv` that is not UTF-8 ('?' when a nested one is)."""
+  for arg in argv[1:]:
+    name, _, path = arg.lstrip('-').partition('=')
+    if name != 'flagfile':
+      continue
+    try:
+      with open(path, 'rb') as f:
+        f.read().decode('utf-8')
+    except UnicodeDecodeError:
+      return path
+    except OSError:
+      continue
+  return '?'
 
 
 def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False):
