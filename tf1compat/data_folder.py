@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import re
 import struct
 
 from tf1compat import errors
 from tf1compat import tfrecord
+from tf1compat import user_files
 
 TRAIN_PATTERN = 'train-*.tfrecord'
 VAL_PATTERN = 'val-*.tfrecord'
@@ -101,10 +101,9 @@ def read_dataset_json(data_dir):
     return None
   fix = 'rewrite it with bin/make_records, or remove it and pass --num_classes'
   try:
-    with open(path) as f:
-      info = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(f'{path}: unreadable ({e}); {fix}') from e
+    info = user_files.read_json(path, '', fix)
+  except errors.UsageError as e:
+    raise DataError(str(e)) from e
   if not isinstance(info, dict):
     raise DataError(f'{path}: holds a JSON {type(info).__name__}, not an object with '
                     f'num_classes; {fix}')

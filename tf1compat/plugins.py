@@ -73,10 +73,9 @@ import inspect
 import re
 import sys
 
-import numpy as np
-
 from tf1compat import cli
 from tf1compat import model as model_lib
+from tf1compat import user_files
 from tf1compat import weight_map
 
 DEFAULT_MODEL = 'tf1compat.model:build_model'
@@ -307,15 +306,12 @@ def check_stable_names(spec, build):
 def check_weight_file(spec, path, keys, keras):
   """PluginError when the .npz at `path` holds other weight keys than the model of
   --model=`spec` (`keys`, as built with `keras`): the two Kerases named its layers
-  differently, or the file is another model's. The seed's ConvNet (spec None) and files
-  that do not load are left to runlog.load_weights, which names the flags to check."""
+  differently, or the file is another model's. The seed's ConvNet (spec None) is left to
+  runlog.load_weights, which names the flags to check."""
   if spec is None:
     return
-  try:
-    with np.load(path) as npz:
-      stored = set(npz.files)
-  except (OSError, ValueError):
-    return
+  stored = set(user_files.load_npz(path, '--init_weights=', 'write the weights again '
+                                   '(--save_init_weights writes a run\'s initial weights)'))
   missing, unexpected = sorted(set(keys) - stored), sorted(stored - set(keys))
   if missing or unexpected:
     raise PluginError(

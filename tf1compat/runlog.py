@@ -17,7 +17,6 @@ This module is TensorFlow-free so that the parity harness can read runs cheaply.
 import csv
 import datetime
 import hashlib
-import json
 import os
 import platform
 import re
@@ -28,6 +27,7 @@ from tf1compat import atomic
 from tf1compat import errors
 from tf1compat import folders
 from tf1compat import held_stderr
+from tf1compat import user_files
 
 RUN_JSON = 'run.json'
 STEPS_CSV = 'steps.csv'
@@ -184,11 +184,12 @@ def load_weights(path, expected_shapes=None):
   """
   if not os.path.exists(path):
     raise errors.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
-  try:
-    with np.load(path) as npz:
-      weights = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError) as e:
-    raise errors.UsageError(f'{path}: not a readable .npz weights file ({e})') from e
+  weights = user_files.load_npz(path, '', 'write the weights again (--save_init_weights '
+                                'writes a run\'s initial weights)')
+  for key, value in weights.items():
+    if value.dtype.kind not in 'biufc':
+      raise errors.UsageError(f'{path}: {key} holds {value.dtype} values, not numbers; write '
+                              'the weights again as numeric arrays')
   if expected_shapes is not None:
     missing = sorted(set(expected_shapes) - set(weights))
     extra = sorted(set(weights) - set(expected_shapes))
@@ -249,15 +250,10 @@ def read_manifest(model_dir):
   path = os.path.join(model_dir, RUN_JSON)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except ValueError as e:
-    manifest = e
+  fix = "rerun the run's command with --overwrite to train it again, or use another --model_dir"
+  manifest = user_files.read_json(path, '', fix)
   if not isinstance(manifest, dict):
-    what = manifest if isinstance(manifest, ValueError) else 'not a JSON object'
-    raise errors.UsageError(f'{path} is damaged ({what}); rerun the run\'s command with '
-                         '--overwrite to train it again, or use another --model_dir')
+    raise errors.UsageError(f'{path} is damaged (not a JSON object); {fix}')
   return manifest
 
 
