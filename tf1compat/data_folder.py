@@ -15,6 +15,7 @@ import os
 import re
 import struct
 
+from tf1compat import config
 from tf1compat import errors
 from tf1compat import tfrecord
 from tf1compat import user_files
@@ -108,8 +109,10 @@ def read_dataset_json(data_dir):
     raise DataError(f'{path}: holds a JSON {type(info).__name__}, not an object with '
                     f'num_classes; {fix}')
   classes = info.get('num_classes')
-  if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-    raise DataError(f'{path}: num_classes is {classes!r}, not an integer of at least 2; {fix}')
+  if (isinstance(classes, bool) or not isinstance(classes, int)
+      or not 2 <= classes <= config.INT_MAX):
+    raise DataError(f'{path}: num_classes is {classes!r}, not an integer in [2, '
+                    f'{config.INT_MAX}]; {fix}')
   files = info.get('files', [])
   if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
     raise DataError(f"{path}: 'files' is not a list of file names; {fix}")

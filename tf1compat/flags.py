@@ -20,21 +20,9 @@ from tf1compat import parity
 from tf1compat import pitfalls
 from tf1compat import plugins
 
-# The largest value of every integer flag unless it says otherwise: counts and sizes reach
-# TensorFlow as int32 shapes and attributes, and the step counters' product (epochs x
-# steps per epoch) must stay within TensorFlow's int64 global step. absl takes any Python
-# integer, and one past int64 crashed TensorFlow (issue 41: a segfault).
-INT_MAX = 2**31 - 1
-# Seeds: numpy's legacy seeding (np.random.seed, which keras.utils.set_random_seed calls
-# in the eager runner) takes [0, 2**32 - 1]; TensorFlow's op seeds are int64, so the
-# pipeline's seed offsets (data.py) and check_parity's --dropout_seed=seed+1 stay in range.
-SEED_MAX = 2**32 - 1
-# TensorFlow's op seeds are int64 (--dropout_seed is an op seed, never numpy's).
-OP_SEED_MAX = 2**63 - 1
 
-
-def _integer(name, default, help_text, lower_bound, upper_bound=INT_MAX):
-  """absl.flags.DEFINE_integer with an upper bound always (INT_MAX unless given)."""
+def _integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
+  """absl.flags.DEFINE_integer with an upper bound always (config.INT_MAX unless given)."""
   flags.DEFINE_integer(name, default, help_text, lower_bound=lower_bound,
                        upper_bound=upper_bound)
 
@@ -74,7 +62,7 @@ def define_data_flags(defaults=config.DataConfig):
   _integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
   _integer('seed', default('seed'),
            'Seeds every random op, shuffles included.', lower_bound=0,
-           upper_bound=SEED_MAX)
+           upper_bound=config.SEED_MAX)
   _integer('shuffle_buffer', default('shuffle_buffer'),
            'Records in the shuffle buffer.', lower_bound=1)
   flags.DEFINE_enum('on_bad_record', default('on_bad_record'), config.ON_BAD_RECORD,
@@ -198,7 +186,7 @@ def define_graph_flags():
   _integer('dropout_seed', default('dropout_seed'),
            "Op seed of the Dropout masks (default: from --seed). check_parity's "
            'control run draws other masks with it, as every port does.',
-           lower_bound=0, upper_bound=OP_SEED_MAX)
+           lower_bound=0, upper_bound=config.OP_SEED_MAX)
   flags.DEFINE_bool('feed_learning_phase', default('feed_learning_phase'),
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
@@ -351,7 +339,7 @@ def define_records_flags():
   _integer('num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
   _integer('seed', default('seed'),
            'Seed of the validation split and the synthetic images.',
-           lower_bound=0, upper_bound=SEED_MAX)
+           lower_bound=0, upper_bound=config.SEED_MAX)
   _integer('synthetic_classes', default('synthetic_classes'),
            'Classes of the synthetic dataset.',
            lower_bound=2)
