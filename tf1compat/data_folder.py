@@ -143,6 +143,15 @@ def dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
     raise DataError(f'{where}: {missing[0]} is listed in {DATASET_JSON} but missing '
                     f'({len(missing)} file(s) missing); copy the folder again or rerun '
                     'bin/make_records')
+  # make_records writes no shard without records: one emptied to 0 bytes lost them all,
+  # as a missing one did (a TFRecord file of 0 bytes reads as no records, no damage).
+  emptied = [name for name in info.get('files', ())
+             if os.path.isfile(os.path.join(data_dir, name))
+             and os.path.getsize(os.path.join(data_dir, name)) == 0]
+  if emptied:
+    raise DataError(f'{where}: {emptied[0]} is listed in {DATASET_JSON} but empty (0 bytes: '
+                    f'{len(emptied)} file(s) emptied, their records missing); copy the folder '
+                    'again or rerun bin/make_records')
   if (num_classes is not None and num_classes != info['num_classes']
       and not allow_num_classes_mismatch):
     raise DataError(
