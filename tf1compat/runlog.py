@@ -419,6 +419,36 @@ class RunLog:
     self.manifest['updated'] = now()
     atomic.atomic_write_json(self.path(RUN_JSON), self.manifest)
 
+  def check_rows(self, step, steps_per_epoch):
+    """Refuses to resume at the checkpoint of `step` when steps.csv or epochs.csv lacks a row
+    before it (errors.UsageError naming the file): the rerun redoes only the steps after
+    the checkpoint, so a lost row would stay lost and the run end complete without it.
+
+    Rows after `step` are no reason (truncate_after drops them), nor the row of the epoch
+    that ended at `step` (the run stopped in its evaluation, which the rerun redoes).
+    """
+    done_epochs = step // steps_per_epoch
+    evaluated = ({done_epochs, done_epochs - 1} if step % steps_per_epoch == 0
+                 else {done_epochs})
+    for name, column, columns, wanted in ((STEPS_CSV, 'step', STEP_COLUMNS, {step}),
+                                          (EPOCHS_CSV, 'epoch', EPOCH_COLUMNS, evaluated)):
+      numbers = [number for number in self._numbers(name, column, columns)
+                 if number <= max(wanted)]
+      if not any(numbers == list(range(1, last + 1)) for last in wanted):
+        raise errors.UsageError(
+            f'{self.path(name)}: {len(numbers)} {column} row(s) up to the checkpoint at step '
+            f'{step}, which needs {column}s 1 to {max(wanted)}: rows were lost, and a resumed '
+            'run would end without them; restore the file, or rerun with --overwrite to '
+            'train again')
+
+  def _numbers(self, name, column, columns):
+    """The `column` of the whole rows of the CSV `name` (empty without the file)."""
+    path = self.path(name)
+    if not os.path.exists(path):
+      return []
+    with open(path, newline='') as f:
+      return [int(row[column]) for row in csv.DictReader(f) if _whole_row(row, columns)]
+
   def truncate_after(self, step, steps_per_epoch):
     """Drops rows a restored checkpoint at `step` has not seen (they will be redone)."""
     self._truncate(STEPS_CSV, STEP_COLUMNS, lambda row: int(row['step']) <= step)
