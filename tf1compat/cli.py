@@ -6,6 +6,7 @@ memory: never a verdict); 130/143 interrupted by SIGINT/SIGTERM after a checkpoi
 Library code raises the exceptions below; `run_main` turns them into exit codes.
 """
 
+import contextlib
 import os
 import platform
 import signal
@@ -136,6 +137,7 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     except Fault as e:
       fail(EXIT_FAULT, e)
     except Interrupted as e:
+      held_stderr.release(replay=False)
       fail(e.exit_code, e)
     except Exception as e:  # pylint: disable=broad-except
       held_stderr.release()
@@ -152,6 +154,29 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     if e.code == 1 and any(arg.split('=')[0] in _HELP_FLAGS for arg in sys.argv[1:]):
       sys.exit(EXIT_OK)
     raise
+
+
+@contextlib.contextmanager
+def signals_interrupt(message):
+  """In the block, SIGINT and SIGTERM raise Interrupted(signum, `message`) where the code
+  is, so that its `finally` blocks and context managers remove what it had half-written
+  and the command ends in one line with exit 130 or 143 (Python's own SIGINT is a
+  KeyboardInterrupt traceback, its SIGTERM a silent death that leaves temporaries).
+
+  For a command without checkpoints to write between steps (make_records); what must not
+  be cut in the middle blocks the signals meanwhile (record_folder.install).
+  """
+  def interrupt(signum, frame):
+    del frame
+    raise Interrupted(signum, f'interrupted by {signal.Signals(signum).name}; {message}')
+
+  previous = {signum: signal.signal(signum, interrupt)
+              for signum in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 class SignalCatcher:

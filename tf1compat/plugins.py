@@ -127,6 +127,8 @@ def load(flag, spec):
   module_name, _, attribute = spec.partition(':')
   try:
     target = importlib.import_module(module_name)
+  except SystemExit as e:
+    raise _exited(where, f'importing {module_name}', e) from e
   except ModuleNotFoundError as e:
     if e.name and (module_name + '.').startswith(e.name + '.'):
       raise PluginError(f'{where}: no module named {e.name!r}; put the folder that holds '
@@ -152,7 +154,18 @@ class Parser:
   function: object
 
   def __call__(self, serialized):
-    return self.function(serialized)
+    try:
+      return self.function(serialized)
+    except SystemExit as e:
+      raise _exited(f'--features={self.spec}', 'the parser', e) from e
+
+
+def _exited(where, what, error):
+  """The PluginError of a plug-in that called sys.exit: a team's script exits, a plug-in
+  must not (an exit 0 there ended a runner silently, with no run directory)."""
+  return PluginError(f'{where}: {what} called sys.exit({error.code!r}) instead of returning; '
+                     'a plug-in returns (or raises an exception) and never exits the runner: '
+                     'remove the sys.exit call')
 
 
 def load_parser(spec):
@@ -277,8 +290,11 @@ def build_model(spec, keras, *, num_classes, image_size, input_tensor=None, **sw
   refused = sorted(left_out - _CHECKED_AFTER_BUILD)
   if refused:
     raise _refused_switch(where, refused[0])
-  model = builder(keras, num_classes=num_classes, image_size=image_size,
-                  input_tensor=input_tensor, **passed)
+  try:
+    model = builder(keras, num_classes=num_classes, image_size=image_size,
+                    input_tensor=input_tensor, **passed)
+  except SystemExit as e:
+    raise _exited(where, 'the builder', e) from e
   check_model(model, keras, where, num_classes=num_classes, image_size=image_size,
               input_tensor=input_tensor)
   if ('batch_norm_layer' in left_out
