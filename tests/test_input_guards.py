@@ -318,7 +318,7 @@ def test_make_records_skips_a_fifo_and_refuses_one_class(tmp_path):
   with open(tmp_path / 'out' / 'dataset.json') as f:
     summary = json.load(f)
   assert summary['skipped'] == [{'file': '001.ant/pipe.jpg',
-                                 'reason': 'not a regular file (a folder, FIFO, socket or device)'}]
+                                 'reason': 'not a regular file (a FIFO, socket or device)'}]
   _one_line(one, 2, 'one class sub-folder (001.ant)')
   assert _digests(single) == before and not os.path.exists(tmp_path / 'one')
 

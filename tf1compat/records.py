@@ -153,8 +153,9 @@ def _read_image_file(path):
   file: a folder, a broken link, a file without read permission, a FIFO or a device
   (opening a FIFO waits for a writer: make_records hung on one)."""
   try:
-    if not stat.S_ISREG(os.stat(path).st_mode):
-      return None, 'not a regular file (a folder, FIFO, socket or device)'
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+      return None, 'not a regular file (a FIFO, socket or device)'
     with open(path, 'rb') as f:
       return f.read(), None
   except OSError as e:
