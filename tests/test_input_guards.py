@@ -28,6 +28,7 @@ from conftest import REPO, TINY_IMAGE_SIZE, at_once, read_run_csv, run_entry, ru
 from tf1compat import flag_reference
 from tf1compat import runlog
 from test_parity import make_run
+from test_run_guards import _one_line
 
 
 def _digests(*paths):
@@ -41,17 +42,6 @@ def _digests(*paths):
         with open(path, 'rb') as f:
           found[path] = hashlib.sha256(f.read()).hexdigest()
   return found
-
-
-def _one_line(proc, code=2, *substrings):
-  """Asserts exit `code` and one line on stderr holding `substrings`; returns the line."""
-  assert proc.returncode == code, proc.stderr[-3000:]
-  assert 'Traceback' not in proc.stderr
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1, proc.stderr[-3000:]
-  for text in substrings:
-    assert text in lines[0], lines[0]
-  return lines[0]
 
 
 @pytest.fixture(scope='module')
