@@ -19,7 +19,7 @@ PACKAGE_DIR = os.path.join(os.path.dirname(HERE), 'tf1compat')
 # What `from tf1compat import recorder, team_models` needs, and nothing that imports
 # TensorFlow or absl (tests/test_recorder_distribution.py keeps the list closed).
 MODULES = ('atomic', 'calibration', 'config', 'errors', 'folders', 'held_stderr', 'probes',
-           'recorder', 'runlog', 'team_models', 'weight_map')
+           'recorder', 'runlog', 'team_models', 'user_files', 'weight_map')
 
 
 def _version():

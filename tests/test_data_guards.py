@@ -223,7 +223,7 @@ def test_num_classes_that_disagrees_with_dataset_json_needs_the_switch(tiny_data
 # dataset.json -> what the error line says about it.
 WRONG_DATASET_JSON = {
     '[]': 'holds a JSON list, not an object with num_classes',
-    '{"num_classes": "ten"}': "num_classes is 'ten', not an integer of at least 2",
+    '{"num_classes": "ten"}': "num_classes is 'ten', not an integer in [2, 2147483647]",
     '{"num_classes": 4, "files": ["train-00009-of-00010.tfrecord"]}':
         'train-00009-of-00010.tfrecord is listed in dataset.json but missing',
 }

@@ -6,6 +6,7 @@ memory: never a verdict); 130/143 interrupted by SIGINT/SIGTERM after a checkpoi
 Library code raises the exceptions below; `run_main` turns them into exit codes.
 """
 
+import contextlib
 import os
 import platform
 import signal
@@ -80,6 +81,26 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(EXIT_USAGE, f'{e} (see --helpfull)')
+  except UnicodeDecodeError as e:
+    # absl reads flag files as UTF-8 and lets the decoding error through.
+    fail(EXIT_USAGE, f'--flagfile={_undecodable_flagfile(argv)}: not UTF-8 text ({e.reason} at '
+                     f'byte {e.start}); save it as UTF-8')
+
+
+def _undecodable_flagfile(argv):
+  """The first --flagfile named in `argv` that is not UTF-8 ('?' when a nested one is)."""
+  for arg in argv[1:]:
+    name, _, path = arg.lstrip('-').partition('=')
+    if name != 'flagfile':
+      continue
+    try:
+      with open(path, 'rb') as f:
+        f.read().decode('utf-8')
+    except UnicodeDecodeError:
+      return path
+    except OSError:
+      continue
+  return '?'
 
 
 def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False):
@@ -116,6 +137,7 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     except Fault as e:
       fail(EXIT_FAULT, e)
     except Interrupted as e:
+      held_stderr.release(replay=False)
       fail(e.exit_code, e)
     except Exception as e:  # pylint: disable=broad-except
       held_stderr.release()
@@ -132,6 +154,29 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
     if e.code == 1 and any(arg.split('=')[0] in _HELP_FLAGS for arg in sys.argv[1:]):
       sys.exit(EXIT_OK)
     raise
+
+
+@contextlib.contextmanager
+def signals_interrupt(message):
+  """In the block, SIGINT and SIGTERM raise Interrupted(signum, `message`) where the code
+  is, so that its `finally` blocks and context managers remove what it had half-written
+  and the command ends in one line with exit 130 or 143 (Python's own SIGINT is a
+  KeyboardInterrupt traceback, its SIGTERM a silent death that leaves temporaries).
+
+  For a command without checkpoints to write between steps (make_records); what must not
+  be cut in the middle blocks the signals meanwhile (record_folder.install).
+  """
+  def interrupt(signum, frame):
+    del frame
+    raise Interrupted(signum, f'interrupted by {signal.Signals(signum).name}; {message}')
+
+  previous = {signum: signal.signal(signum, interrupt)
+              for signum in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
 
 
 class SignalCatcher:

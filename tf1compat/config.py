@@ -25,6 +25,19 @@ DEFAULT_SNAPSHOT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
 # runner unless --pitfall=adam_epsilon).
 LEGACY_ADAM_EPSILON = 1e-8
 
+# The largest value of every integer flag (flags.py) and of dataset.json's num_classes,
+# unless a flag says otherwise: counts and sizes reach TensorFlow as int32 shapes and
+# attributes, and the step counters' product (epochs x steps per epoch) must stay within
+# TensorFlow's int64 global step. absl takes any Python integer, and one past int64
+# crashed TensorFlow (issue 41: a segfault).
+INT_MAX = 2**31 - 1
+# Seeds: numpy's legacy seeding (np.random.seed, which keras.utils.set_random_seed calls
+# in the eager runner) takes [0, 2**32 - 1]; TensorFlow's op seeds are int64, so the
+# pipeline's seed offsets (data.py) and check_parity's --dropout_seed=seed+1 stay in range.
+SEED_MAX = 2**32 - 1
+# TensorFlow's op seeds are int64 (--dropout_seed is an op seed, never numpy's).
+OP_SEED_MAX = 2**63 - 1
+
 LOSSES = ('softmax_cross_entropy', 'keras_categorical', 'keras_categorical_probs')
 # Whether each --loss takes logits: keras_categorical_probs is Keras' categorical
 # cross-entropy with its default from_logits=False, which expects probabilities (the

@@ -272,6 +272,18 @@ class DataSpec:
       return None
     return (self.train_check if split == 'train' else self.val_check).exclusions()
 
+  def shuffle_buffer(self, requested):
+    """The record shuffle's buffer for --shuffle_buffer=`requested`: at most the training
+    records a run reads.
+
+    Capped, not refused: tf.data fills a shuffle buffer only with the records there are,
+    so a buffer at least as big as the data is a full shuffle, and a TF user writes
+    shuffle(10000) on a small dataset expecting exactly that (measured: the same order for
+    a buffer of the record count and of 10**6). TensorFlow however reserves the whole
+    buffer up front: 2e9 slots segfaulted (issue 41), the cap keeps the same batches.
+    """
+    return min(requested, max(1, self.train_check.good_records))
+
   def checked_records(self):
     """{file: (indices of the records a run reads)} of both splits."""
     return dict(self.train_check.good + self.val_check.good)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import re
 import struct
 
+from tf1compat import config
 from tf1compat import errors
 from tf1compat import tfrecord
+from tf1compat import user_files
 
 TRAIN_PATTERN = 'train-*.tfrecord'
 VAL_PATTERN = 'val-*.tfrecord'
@@ -101,16 +102,17 @@ def read_dataset_json(data_dir):
     return None
   fix = 'rewrite it with bin/make_records, or remove it and pass --num_classes'
   try:
-    with open(path) as f:
-      info = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(f'{path}: unreadable ({e}); {fix}') from e
+    info = user_files.read_json(path, '', fix)
+  except errors.UsageError as e:
+    raise DataError(str(e)) from e
   if not isinstance(info, dict):
     raise DataError(f'{path}: holds a JSON {type(info).__name__}, not an object with '
                     f'num_classes; {fix}')
   classes = info.get('num_classes')
-  if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
-    raise DataError(f'{path}: num_classes is {classes!r}, not an integer of at least 2; {fix}')
+  if (isinstance(classes, bool) or not isinstance(classes, int)
+      or not 2 <= classes <= config.INT_MAX):
+    raise DataError(f'{path}: num_classes is {classes!r}, not an integer in [2, '
+                    f'{config.INT_MAX}]; {fix}')
   files = info.get('files', [])
   if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
     raise DataError(f"{path}: 'files' is not a list of file names; {fix}")
@@ -141,6 +143,15 @@ def dataset_info(data_dir, num_classes, allow_num_classes_mismatch):
     raise DataError(f'{where}: {missing[0]} is listed in {DATASET_JSON} but missing '
                     f'({len(missing)} file(s) missing); copy the folder again or rerun '
                     'bin/make_records')
+  # make_records writes no shard without records: one emptied to 0 bytes lost them all,
+  # as a missing one did (a TFRecord file of 0 bytes reads as no records, no damage).
+  emptied = [name for name in info.get('files', ())
+             if os.path.isfile(os.path.join(data_dir, name))
+             and os.path.getsize(os.path.join(data_dir, name)) == 0]
+  if emptied:
+    raise DataError(f'{where}: {emptied[0]} is listed in {DATASET_JSON} but empty (0 bytes: '
+                    f'{len(emptied)} file(s) emptied, their records missing); copy the folder '
+                    'again or rerun bin/make_records')
   if (num_classes is not None and num_classes != info['num_classes']
       and not allow_num_classes_mismatch):
     raise DataError(

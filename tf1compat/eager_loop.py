@@ -286,7 +286,8 @@ class EagerBackend(training.Backend):
         training=training_split, skip=self._spec.skip(split),
         image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
         batch_size=self._cfg.batch_size, seed=self._cfg.seed,
-        shuffle_buffer=self._cfg.shuffle_buffer, parse=self._spec.parse)
+        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
+        parse=self._spec.parse)
     return self._dataset_hook(dataset, training_split)
 
   def train_batches(self, skip_batches=0, fresh_iterators=False):

@@ -7,6 +7,7 @@ which never reads flags. Every flag's default is the default of its config field
 """
 
 import dataclasses
+import math
 
 from absl import flags
 
@@ -19,6 +20,20 @@ from tf1compat import parity
 from tf1compat import pitfalls
 from tf1compat import plugins
 
+
+def _integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
+  """absl.flags.DEFINE_integer with an upper bound always (config.INT_MAX unless given)."""
+  flags.DEFINE_integer(name, default, help_text, lower_bound=lower_bound,
+                       upper_bound=upper_bound)
+
+
+def _float(name, default, help_text, lower_bound=None, upper_bound=None):
+  """absl.flags.DEFINE_float that refuses NaN and infinity too: absl's bounds are
+  comparisons, which NaN passes, and --learning_rate=nan trained to a NaN loss (exit 3)."""
+  flags.DEFINE_float(name, default, help_text, lower_bound=lower_bound,
+                     upper_bound=upper_bound)
+  flags.register_validator(name, lambda value: value is None or math.isfinite(value),
+                           message=f'--{name} takes a finite number, not nan or inf')
 
 
 def _int_list_validator(name):
@@ -39,16 +54,17 @@ def define_data_flags(defaults=config.DataConfig):
                       '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
                       'generated once into a cache folder ($TF1COMPAT_CACHE or '
                       '~/.cache/tf1compat).')
-  flags.DEFINE_integer('num_classes', default('num_classes'),
-                       'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
-                       lower_bound=2)
-  flags.DEFINE_integer('image_size', default('image_size'), 'Side of the square input images.',
-                       lower_bound=model.MIN_IMAGE_SIZE)
-  flags.DEFINE_integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
-  flags.DEFINE_integer('seed', default('seed'),
-                       'Seeds every random op, shuffles included.', lower_bound=0)
-  flags.DEFINE_integer('shuffle_buffer', default('shuffle_buffer'),
-                       'Records in the shuffle buffer.', lower_bound=1)
+  _integer('num_classes', default('num_classes'),
+           'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
+           lower_bound=2)
+  _integer('image_size', default('image_size'), 'Side of the square input images.',
+           lower_bound=model.MIN_IMAGE_SIZE)
+  _integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
+  _integer('seed', default('seed'),
+           'Seeds every random op, shuffles included.', lower_bound=0,
+           upper_bound=config.SEED_MAX)
+  _integer('shuffle_buffer', default('shuffle_buffer'),
+           'Records in the shuffle buffer.', lower_bound=1)
   flags.DEFINE_enum('on_bad_record', default('on_bad_record'), config.ON_BAD_RECORD,
                     'What to do with a bad record (truncated, not a tf.train.Example, without '
                     'image or label, label outside [0, num_classes), image bytes that do not '
@@ -69,29 +85,29 @@ def define_training_flags(defaults):
   default = lambda name: config.default(defaults, name)
   if 'model_dir' in defaults.__dataclass_fields__:
     flags.DEFINE_string('model_dir', default('model_dir'), 'The run directory.')
-  flags.DEFINE_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
-  flags.DEFINE_integer('steps_per_epoch', default('steps_per_epoch'),
-                       'Training steps per epoch.', lower_bound=1)
-  flags.DEFINE_float('learning_rate', default('learning_rate'),
-                     'Adam learning rate.', lower_bound=0.0)
-  flags.DEFINE_integer('lr_decay_steps', default('lr_decay_steps'),
-                       'Decay the learning rate exponentially on the step counter: '
-                       'learning_rate * lr_decay_rate ** (step / lr_decay_steps), as '
-                       'tf.compat.v1.train.exponential_decay on the global step (graph) and '
-                       'keras.optimizers.schedules.ExponentialDecay on optimizer.iterations '
-                       '(eager). 0: a constant rate.', lower_bound=0)
-  flags.DEFINE_float('lr_decay_rate', default('lr_decay_rate'),
-                     'The learning rate\'s factor per --lr_decay_steps steps.',
-                     lower_bound=0.0, upper_bound=1.0)
+  _integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
+  _integer('steps_per_epoch', default('steps_per_epoch'),
+           'Training steps per epoch.', lower_bound=1)
+  _float('learning_rate', default('learning_rate'),
+         'Adam learning rate.', lower_bound=0.0)
+  _integer('lr_decay_steps', default('lr_decay_steps'),
+           'Decay the learning rate exponentially on the step counter: '
+           'learning_rate * lr_decay_rate ** (step / lr_decay_steps), as '
+           'tf.compat.v1.train.exponential_decay on the global step (graph) and '
+           'keras.optimizers.schedules.ExponentialDecay on optimizer.iterations '
+           '(eager). 0: a constant rate.', lower_bound=0)
+  _float('lr_decay_rate', default('lr_decay_rate'),
+         'The learning rate\'s factor per --lr_decay_steps steps.',
+         lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_bool('lr_staircase', default('lr_staircase'),
                     'Decay in whole steps of --lr_decay_steps (an integer exponent).')
-  flags.DEFINE_float('adam_beta1', default('adam_beta1'),
-                     'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_float('adam_beta2', default('adam_beta2'),
-                     'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
-  flags.DEFINE_float('adam_epsilon', default('adam_epsilon'),
-                     "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
-                     lower_bound=0.0)
+  _float('adam_beta1', default('adam_beta1'),
+         'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
+  _float('adam_beta2', default('adam_beta2'),
+         'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
+  _float('adam_epsilon', default('adam_epsilon'),
+         "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
+         lower_bound=0.0)
   flags.DEFINE_enum('loss', default('loss'), config.LOSSES,
                     'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
                     "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
@@ -103,9 +119,9 @@ def define_training_flags(defaults):
                     'reproduces the double-softmax mistake.')
   flags.DEFINE_bool('batch_norm', default('batch_norm'),
                     'Add BatchNormalization after each convolution.')
-  flags.DEFINE_float('dropout', default('dropout'),
-                     'Dropout rate before the logits (0: no Dropout layer).',
-                     lower_bound=0.0, upper_bound=0.99)
+  _float('dropout', default('dropout'),
+         'Dropout rate before the logits (0: no Dropout layer).',
+         lower_bound=0.0, upper_bound=0.99)
   flags.DEFINE_string('init_weights', default('init_weights'),
                       '.npz of initial weights (keys as in weight snapshots).')
   flags.DEFINE_string('save_init_weights', default('save_init_weights'),
@@ -130,11 +146,11 @@ def define_training_flags(defaults):
                     'CPU (what a CUDA driver or library mismatch silently does).')
   flags.DEFINE_bool('overwrite', default('overwrite'),
                     'Replace a completed run directory (an interrupted one is resumed).')
-  flags.DEFINE_integer('log_every', default('log_every'),
-                       'Without a terminal, log progress every this many steps.', lower_bound=1)
-  flags.DEFINE_integer('checkpoint_every', default('checkpoint_every'),
-                       'Write a checkpoint every this many steps (and at every epoch end).',
-                       lower_bound=1)
+  _integer('log_every', default('log_every'),
+           'Without a terminal, log progress every this many steps.', lower_bound=1)
+  _integer('checkpoint_every', default('checkpoint_every'),
+           'Write a checkpoint every this many steps (and at every epoch end).',
+           lower_bound=1)
   flags.DEFINE_string('model', default('model'),
                       'Your own model: a builder named as package.module:function, importable '
                       '(on PYTHONPATH), called with the Keras module of the runner and the '
@@ -167,16 +183,16 @@ def define_graph_flags():
   flags.DEFINE_enum('reset_metrics', default('reset_metrics'), ('epoch', 'never'),
                     'epoch: reset tf.metrics local variables at each epoch start and before '
                     'evaluation; never: the seed\'s loop.')
-  flags.DEFINE_integer('dropout_seed', default('dropout_seed'),
-                       "Op seed of the Dropout masks (default: from --seed). check_parity's "
-                       'control run draws other masks with it, as every port does.',
-                       lower_bound=0)
-  flags.DEFINE_integer('nudge_seed', default('nudge_seed'),
-                       'After every training step, move every non-zero weight by one ulp, up '
-                       'or down at random from this seed and the step (default: never). '
-                       "check_parity's controls use it to measure how far rounding that "
-                       'differs at every step, as a port\'s kernels do, carries a run.',
-                       lower_bound=0)
+  _integer('dropout_seed', default('dropout_seed'),
+           "Op seed of the Dropout masks (default: from --seed). check_parity's "
+           'control run draws other masks with it, as every port does.',
+           lower_bound=0, upper_bound=config.OP_SEED_MAX)
+  _integer('nudge_seed', default('nudge_seed'),
+           'After every training step, move every non-zero weight by one ulp, up or down '
+           'at random from this seed and the step (default: never). check_parity\'s '
+           'controls use it to measure how far rounding that differs at every step, as a '
+           'port\'s kernels do, carries a run.',
+           lower_bound=0, upper_bound=config.OP_SEED_MAX)
   flags.DEFINE_bool('feed_learning_phase', default('feed_learning_phase'),
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
@@ -208,10 +224,10 @@ def define_eager_flags():
   flags.DEFINE_list('devices', default('devices'),
                     '--strategy=mirrored: the devices to mirror over, e.g. GPU:0,GPU:1. '
                     'Default: every local GPU, else every (logical) CPU.')
-  flags.DEFINE_integer('cpu_devices', default('cpu_devices'),
-                       'Split the host CPU into this many logical devices, so that '
-                       '--strategy=mirrored can run (and be tested) without GPUs.',
-                       lower_bound=1)
+  _integer('cpu_devices', default('cpu_devices'),
+           'Split the host CPU into this many logical devices, so that '
+           '--strategy=mirrored can run (and be tested) without GPUs.',
+           lower_bound=1)
   flags.register_multi_flags_validator(
       ['strategy', 'devices', 'cpu_devices'],
       lambda v: (not v['devices'] or v['strategy'] == 'mirrored') and (
@@ -323,22 +339,22 @@ def define_records_flags():
                       '001.ak47/001_0001.jpg) to convert.')
   flags.DEFINE_bool('synthetic', default('synthetic'),
                     'Write the embedded synthetic dataset instead.')
-  flags.DEFINE_float('val_fraction', default('val_fraction'),
-                     'Share of each class written to val-* shards.',
-                     lower_bound=0.0, upper_bound=0.9)
-  flags.DEFINE_integer('num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
-  flags.DEFINE_integer('seed', default('seed'),
-                       'Seed of the validation split and the synthetic images.',
-                       lower_bound=0)
-  flags.DEFINE_integer('synthetic_classes', default('synthetic_classes'),
-                       'Classes of the synthetic dataset.',
-                       lower_bound=2)
-  flags.DEFINE_integer('synthetic_train_per_class', default('synthetic_train_per_class'),
-                       'Synthetic training images per class.',
-                       lower_bound=1)
-  flags.DEFINE_integer('synthetic_val_per_class', default('synthetic_val_per_class'),
-                       'Synthetic validation images per class.',
-                       lower_bound=0)
+  _float('val_fraction', default('val_fraction'),
+         'Share of each class written to val-* shards.',
+         lower_bound=0.0, upper_bound=0.9)
+  _integer('num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
+  _integer('seed', default('seed'),
+           'Seed of the validation split and the synthetic images.',
+           lower_bound=0, upper_bound=config.SEED_MAX)
+  _integer('synthetic_classes', default('synthetic_classes'),
+           'Classes of the synthetic dataset.',
+           lower_bound=2)
+  _integer('synthetic_train_per_class', default('synthetic_train_per_class'),
+           'Synthetic training images per class.',
+           lower_bound=1)
+  _integer('synthetic_val_per_class', default('synthetic_val_per_class'),
+           'Synthetic validation images per class.',
+           lower_bound=0)
   flags.DEFINE_bool('overwrite', default('overwrite'), 'Replace records already in --output_dir.')
   flags.mark_flag_as_required('output_dir')
   flags.register_multi_flags_validator(
@@ -352,11 +368,11 @@ def define_parity_flags(output_dir=None):
   defaults = parity.Tolerances()
   flags.DEFINE_string('output_dir', output_dir,
                       'Folder for parity.md, parity.json and parity.png.')
-  flags.DEFINE_integer('parity_steps', defaults.parity_steps,
-                       'Without a control run: the steps (and snapshot steps) the step tier '
-                       'judges.', lower_bound=1)
+  _integer('parity_steps', defaults.parity_steps,
+           'Without a control run: the steps (and snapshot steps) the step tier '
+           'judges.', lower_bound=1)
   for name, lower_bound, meaning in _TOLERANCE_FLAGS:
-    flags.DEFINE_float(name, getattr(defaults, name), meaning, lower_bound=lower_bound)
+    _float(name, getattr(defaults, name), meaning, lower_bound=lower_bound)
 
 
 # The float fields of parity.Tolerances as flags: (name, lower bound, meaning).
@@ -404,9 +420,9 @@ def define_check_parity_flags():
                     "The port's tf.distribute strategy (train_eager --strategy; the graph "
                     'runner stays single-device). Multi-worker runs are started per worker and '
                     'compared with compare_runs.')
-  flags.DEFINE_integer('cpu_devices', default('cpu_devices'),
-                       "The port's --cpu_devices (logical CPU devices for "
-                       '--strategy=mirrored without GPUs).', lower_bound=1)
+  _integer('cpu_devices', default('cpu_devices'),
+           "The port's --cpu_devices (logical CPU devices for "
+           '--strategy=mirrored without GPUs).', lower_bound=1)
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     "Run the port with --mixed_precision.")
   flags.DEFINE_list('port_flags', list(default('port_flags')),
@@ -454,26 +470,26 @@ def define_benchmark_flags():
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')
-  flags.DEFINE_integer('repetitions', default('repetitions'),
-                       'Timed windows per measurement and round; figures are the median, min '
-                       'and max over all windows.', lower_bound=1)
-  flags.DEFINE_integer('rounds', default('rounds'),
-                       'Runs of the whole sequence of measurements, each in fresh processes; '
-                       'the windows of all rounds are pooled. More rounds spread slow phases '
-                       'of a shared machine over all measurements instead of one.',
-                       lower_bound=1)
-  flags.DEFINE_integer('steps', default('steps'), 'Training steps per timed window.',
-                       lower_bound=1)
-  flags.DEFINE_integer('warmup_steps', default('warmup_steps'),
-                       'Training steps run before timing (tracing, buffers filling).',
-                       lower_bound=0)
-  flags.DEFINE_integer('pipeline_batches', default('pipeline_batches'),
-                       'Batches per timed window of a pipeline. Default: one pass over the '
-                       "training records, so that the seed pipeline's buffer drain and refill "
-                       'both count.', lower_bound=1)
-  flags.DEFINE_integer('records', default('records'),
-                       'Training records of the synthetic benchmark dataset (without '
-                       '--data_dir), written once into the cache folder.', lower_bound=1)
+  _integer('repetitions', default('repetitions'),
+           'Timed windows per measurement and round; figures are the median, min '
+           'and max over all windows.', lower_bound=1)
+  _integer('rounds', default('rounds'),
+           'Runs of the whole sequence of measurements, each in fresh processes; '
+           'the windows of all rounds are pooled. More rounds spread slow phases '
+           'of a shared machine over all measurements instead of one.',
+           lower_bound=1)
+  _integer('steps', default('steps'), 'Training steps per timed window.',
+           lower_bound=1)
+  _integer('warmup_steps', default('warmup_steps'),
+           'Training steps run before timing (tracing, buffers filling).',
+           lower_bound=0)
+  _integer('pipeline_batches', default('pipeline_batches'),
+           'Batches per timed window of a pipeline. Default: one pass over the '
+           "training records, so that the seed pipeline's buffer drain and refill "
+           'both count.', lower_bound=1)
+  _integer('records', default('records'),
+           'Training records of the synthetic benchmark dataset (without '
+           '--data_dir), written once into the cache folder.', lower_bound=1)
   flags.DEFINE_bool('deterministic', default('deterministic'),
                     "The runners' --deterministic (their default). Keras declines XLA in "
                     'model.fit under op determinism.')

@@ -233,7 +233,8 @@ class GraphBackend(training.Backend):
         self._spec.train_files if training_split else self._spec.val_files,
         image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
         batch_size=self._cfg.batch_size, seed=self._cfg.seed, training=training_split,
-        shuffle_buffer=self._cfg.shuffle_buffer, skip=self._spec.skip(split),
+        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
+        skip=self._spec.skip(split),
         parse=self._spec.parse)
     return self._dataset_hook(dataset, training_split)
 

@@ -91,6 +91,9 @@ def create(folder, python=None):
                          '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) '
                          'or pass --python=PATH')
   target = venv_python(folder)
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise cli.UsageError(f'{folder} is a file, not a folder; pass a new or empty folder to make '
+                         'the environment in')
   if os.path.exists(folder) and os.listdir(folder) and not os.path.exists(target):
     raise cli.UsageError(f'{folder} holds files but no virtual environment; choose an empty '
                          'or new folder')
@@ -122,22 +125,46 @@ def check(python):
   process of its own. Raises cli.UsageError when it does not run, lacks what the graph
   runner imports, or runs another TensorFlow than 1.x."""
   fix = f'make one with bin/legacy_env DIR (it installs {" ".join(REQUIREMENTS)})'
-  if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+  if not os.path.isfile(python):
     raise cli.UsageError(f'--legacy_python={python}: no such interpreter; {fix}')
+  if not os.access(python, os.X_OK):
+    raise cli.UsageError(f'--legacy_python={python} is not executable; chmod +x it, or {fix}')
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'}
   # Neither our path nor TensorFlow 2's TF2_BEHAVIOR (process.use_legacy_keras).
   env.pop('PYTHONPATH', None)
   env.pop('TF2_BEHAVIOR', None)
-  done = subprocess.run([python, '-c', _PROBE], capture_output=True, text=True, env=env,
-                        timeout=_CHECK_TIMEOUT, check=False)
+  try:
+    done = subprocess.run([python, '-c', _PROBE], capture_output=True, text=True, env=env,
+                          errors='replace', timeout=_CHECK_TIMEOUT, check=False)
+  except OSError as e:
+    raise cli.UsageError(f'--legacy_python={python} does not start ({e.strerror}); {fix}') from e
   if done.returncode:
     last = (done.stderr.strip().splitlines() or ['no output'])[-1]
     raise cli.UsageError(f'--legacy_python={python}: it cannot import what the graph runner '
                          f'needs ({last}); {fix}')
-  found = json.loads(done.stdout.strip().splitlines()[-1])
+  found = _probe_answer(done.stdout)
+  if found is None:
+    # It ran and exited 0 without the probe's answer: /bin/true, a wrapper script, a
+    # program that prints its own version.
+    said = (done.stdout.strip().splitlines() or ['nothing'])[-1][:80]
+    raise cli.UsageError(f'--legacy_python={python} ran but is not a Python interpreter (it '
+                         f'printed {said!r} for a Python script); {fix}')
   if not found['tensorflow'].startswith('1.'):
     raise cli.UsageError(f'--legacy_python={python} runs TensorFlow {found["tensorflow"]}, not '
                          f'1.x; {fix}')
+  return found
+
+
+def _probe_answer(stdout):
+  """The versions _PROBE prints as its last line, or None when `stdout` does not end in them."""
+  lines = stdout.strip().splitlines()
+  try:
+    found = json.loads(lines[-1]) if lines else None
+  except ValueError:
+    return None
+  keys = ('python', 'tensorflow', 'numpy', 'keras')
+  if not isinstance(found, dict) or not all(isinstance(found.get(key), str) for key in keys):
+    return None
   return found
 
 

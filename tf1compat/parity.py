@@ -12,7 +12,6 @@ import collections
 import dataclasses
 import hashlib
 import os
-import zipfile
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from tf1compat import cli
 from tf1compat import diagnosis
 from tf1compat import runlog
 from tf1compat import tiers
+from tf1compat import user_files
 
 
 @dataclasses.dataclass
@@ -63,12 +63,8 @@ class Run:
 
   def snapshot(self, step):
     path = runlog.snapshot_path(self.path, step)
-    try:
-      with np.load(path) as npz:
-        weights = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      raise cli.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with '
-                           '--overwrite to write it again') from e
+    weights = user_files.load_npz(path, '', "rerun the run's command with --overwrite to "
+                                  'write it again')
     return self.weight_map.apply(weights, self.path) if self.weight_map else weights
 
   def start_digest(self):

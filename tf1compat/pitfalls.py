@@ -174,6 +174,12 @@ PITFALLS = {
 }
 
 SETUP_PROBLEMS = {
+    'different_data': Problem(
+        judged_by=('config',),
+        where=Where('forward'),
+        fix='Train every run on the same records: point each at the same --data_dir (the '
+            'same files, copied whole), with the same --on_bad_record; run.json\'s data '
+            'block names each run\'s folder and records.'),
     'different_start': Problem(
         judged_by=('config',),
         where=Where('forward'),

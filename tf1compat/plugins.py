@@ -73,10 +73,9 @@ import inspect
 import re
 import sys
 
-import numpy as np
-
 from tf1compat import cli
 from tf1compat import model as model_lib
+from tf1compat import user_files
 from tf1compat import weight_map
 
 DEFAULT_MODEL = 'tf1compat.model:build_model'
@@ -128,6 +127,8 @@ def load(flag, spec):
   module_name, _, attribute = spec.partition(':')
   try:
     target = importlib.import_module(module_name)
+  except SystemExit as e:
+    raise _exited(where, f'importing {module_name}', e) from e
   except ModuleNotFoundError as e:
     if e.name and (module_name + '.').startswith(e.name + '.'):
       raise PluginError(f'{where}: no module named {e.name!r}; put the folder that holds '
@@ -153,7 +154,18 @@ class Parser:
   function: object
 
   def __call__(self, serialized):
-    return self.function(serialized)
+    try:
+      return self.function(serialized)
+    except SystemExit as e:
+      raise _exited(f'--features={self.spec}', 'the parser', e) from e
+
+
+def _exited(where, what, error):
+  """The PluginError of a plug-in that called sys.exit: a team's script exits, a plug-in
+  must not (an exit 0 there ended a runner silently, with no run directory)."""
+  return PluginError(f'{where}: {what} called sys.exit({error.code!r}) instead of returning; '
+                     'a plug-in returns (or raises an exception) and never exits the runner: '
+                     'remove the sys.exit call')
 
 
 def load_parser(spec):
@@ -278,8 +290,11 @@ def build_model(spec, keras, *, num_classes, image_size, input_tensor=None, **sw
   refused = sorted(left_out - _CHECKED_AFTER_BUILD)
   if refused:
     raise _refused_switch(where, refused[0])
-  model = builder(keras, num_classes=num_classes, image_size=image_size,
-                  input_tensor=input_tensor, **passed)
+  try:
+    model = builder(keras, num_classes=num_classes, image_size=image_size,
+                    input_tensor=input_tensor, **passed)
+  except SystemExit as e:
+    raise _exited(where, 'the builder', e) from e
   check_model(model, keras, where, num_classes=num_classes, image_size=image_size,
               input_tensor=input_tensor)
   if ('batch_norm_layer' in left_out
@@ -307,15 +322,12 @@ def check_stable_names(spec, build):
 def check_weight_file(spec, path, keys, keras):
   """PluginError when the .npz at `path` holds other weight keys than the model of
   --model=`spec` (`keys`, as built with `keras`): the two Kerases named its layers
-  differently, or the file is another model's. The seed's ConvNet (spec None) and files
-  that do not load are left to runlog.load_weights, which names the flags to check."""
+  differently, or the file is another model's. The seed's ConvNet (spec None) is left to
+  runlog.load_weights, which names the flags to check."""
   if spec is None:
     return
-  try:
-    with np.load(path) as npz:
-      stored = set(npz.files)
-  except (OSError, ValueError):
-    return
+  stored = set(user_files.load_npz(path, '--init_weights=', 'write the weights again '
+                                   '(--save_init_weights writes a run\'s initial weights)'))
   missing, unexpected = sorted(set(keys) - stored), sorted(stored - set(keys))
   if missing or unexpected:
     raise PluginError(

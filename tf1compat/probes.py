@@ -19,12 +19,12 @@ entry (the order of each stage, the layers' kinds, the runner). TensorFlow-free.
 import dataclasses
 import json
 import os
-import zipfile
 
 import numpy as np
 
 from tf1compat import errors
 from tf1compat import runlog
+from tf1compat import user_files
 
 STAGES = ('input', 'forward', 'loss', 'gradients', 'update', 'state')
 # The loss stage's items, in the order the step builds them: where the parts are known,
@@ -61,14 +61,14 @@ def save(path, stages, meta):
 
 def load(path):
   """The Probe at `path`; raises errors.UsageError for a missing or damaged file."""
+  fix = 'write it again (replay or RunRecorder.probe)'
+  arrays = user_files.load_npz(path, '', fix)
   try:
-    with np.load(path) as npz:
-      meta = json.loads(str(npz[META]))
-      stages = {stage: {name: npz[f'{stage}/{name}'] for name in names}
-                for stage, names in meta['order'].items()}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    raise errors.UsageError(f'{path}: not a readable probe ({e}); write it again '
-                         '(replay or RunRecorder.probe)') from e
+    meta = json.loads(str(arrays[META]))
+    stages = {stage: {name: arrays[f'{stage}/{name}'] for name in names}
+              for stage, names in meta['order'].items()}
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise errors.UsageError(f'{path}: not a probe ({type(e).__name__}: {e}); {fix}') from e
   return Probe(path, meta, stages)
 
 

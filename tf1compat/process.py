@@ -8,16 +8,54 @@ module name (`python -m tf1compat.commands.NAME`), with the importing tf1compat 
 on their path, so nothing depends on a checkout or the current folder.
 """
 
+import atexit
 import importlib
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 
 from tf1compat import cli
 
 COMMANDS_PACKAGE = 'tf1compat.commands'
 # The folder that holds the tf1compat package: a checkout's root or site-packages.
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The temporary folder of each TensorFlow process of ours (use_private_temp_folder).
+_TEMP_FOLDER = re.compile(r'tf1compat-(\d+)-[^/]+')
+
+
+def use_private_temp_folder():
+  """Gives this process a temporary folder of its own, tf1compat-PID-* in the system's,
+  removed when it exits, and removes those of processes that are gone.
+
+  AutoGraph writes each function it converts as __autograph_generated_file*.py into
+  tempfile.gettempdir() and removes them at exit: a process ended by SIGKILL, the OOM
+  killer or a crash left them in /tmp (measured: 22 files for one eager and one graph run
+  killed mid-run), run after run. Here they go with the folder, at the latest when the
+  next runner starts.
+  """
+  base = tempfile.gettempdir()
+  for name in os.listdir(base):
+    match = _TEMP_FOLDER.fullmatch(name)
+    if match and not _alive(int(match.group(1))):
+      shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+  folder = tempfile.mkdtemp(prefix=f'tf1compat-{os.getpid()}-', dir=base)
+  atexit.register(shutil.rmtree, folder, True)
+  tempfile.tempdir = folder
+  # TensorFlow's C++ side (and any child) reads TMPDIR.
+  os.environ['TMPDIR'] = folder
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    pass  # another user's
+  return True
 
 
 def set_onednn(mode):
@@ -38,6 +76,7 @@ def use_legacy_keras():
   """
   if 'tensorflow' in sys.modules and os.environ.get('TF_USE_LEGACY_KERAS') != '1':
     raise RuntimeError('TensorFlow was imported before the legacy-Keras process setup')
+  use_private_temp_folder()
   os.environ['TF_USE_LEGACY_KERAS'] = '1'
   # TensorFlow 2 sets TF2_BEHAVIOR=1 in the environment of the process that imports it,
   # and its children inherit it; TensorFlow 1.15 would then import TF2's Keras API
@@ -56,6 +95,7 @@ def use_keras3():
   The graph runner's setting, inherited from a parent process, would turn tf.keras
   into Keras 2. GPU memory is allocated as needed (see child_env).
   """
+  use_private_temp_folder()
   value = os.environ.pop('TF_USE_LEGACY_KERAS', None)
   os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   # `import tensorflow` loads Keras 3, and Keras 3 loads matplotlib for its image-gallery

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 
 from tf1compat import data_folder
 
@@ -23,6 +24,7 @@ DATASET_FORMAT = 'tf1compat-records/1'
 # inside an existing one ('.make_records-PID'). A killed process leaves its own behind;
 # the next run removes those whose process is gone.
 _STAGING = re.compile(r'\.(?:.+\.)?make_records-(\d+)')
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _own_files(out_dir):
@@ -132,10 +134,21 @@ def install(tmp, out_dir, old_files):
   A new folder is one rename: whole or absent. Into an existing folder (which may hold
   the user's other files) the files move one by one: INCOMPLETE_MARKER first, then the
   old records of make_records go, the new shards come and dataset.json comes last,
-  then the marker goes. An interruption in between leaves the marker, and the runners
-  refuse the folder with a line that says to rerun make_records; nothing but what
-  make_records wrote is ever removed.
+  then the marker goes. SIGINT and SIGTERM wait until the move is done; a SIGKILL or a
+  crash in between leaves the marker, and the runners refuse the folder with a line that
+  says to rerun make_records; nothing but what make_records wrote is ever removed.
   """
+  # A signal now would leave the folder half-replaced (refused, but to be rerun): it
+  # waits until the move is done (cli.signals_interrupt raises it then).
+  blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+  try:
+    _move(tmp, out_dir, old_files)
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _move(tmp, out_dir, old_files):
+  """install's moves, with the signals blocked."""
   if not os.path.isdir(out_dir):
     os.rename(tmp, out_dir)
     return

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 
 from absl import logging
@@ -149,8 +150,12 @@ def _class_dirs(src_dir):
 
 def _read_image_file(path):
   """(bytes, None), or (None, why) for an entry named like an image that is no readable
-  file: a folder, a broken link, a file without read permission."""
+  file: a folder, a broken link, a file without read permission, a FIFO or a device
+  (opening a FIFO waits for a writer: make_records hung on one)."""
   try:
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+      return None, 'not a regular file (a FIFO, socket or device)'
     with open(path, 'rb') as f:
       return f.read(), None
   except OSError as e:
@@ -332,7 +337,13 @@ def run(cfg):
   out_dir = cfg.output_dir
   old_files = record_folder.check_output_dir(out_dir, cfg.overwrite)
   if not cfg.synthetic:
-    _class_dirs(cfg.image_dir)
+    class_dirs = _class_dirs(cfg.image_dir)
+    if len(class_dirs) < 2:
+      # The runners refuse a dataset.json of fewer than 2 classes (a softmax over one
+      # class learns nothing): such records are no dataset.
+      raise data_folder.DataError(
+          f'--image_dir={cfg.image_dir}: one class sub-folder ({class_dirs[0]}); the runners '
+          'train at least 2 classes: add a sub-folder of images per class')
   with record_folder.staging(out_dir) as tmp:
     try:
       if cfg.synthetic:

@@ -17,7 +17,6 @@ This module is TensorFlow-free so that the parity harness can read runs cheaply.
 import csv
 import datetime
 import hashlib
-import json
 import os
 import platform
 import re
@@ -28,6 +27,7 @@ from tf1compat import atomic
 from tf1compat import errors
 from tf1compat import folders
 from tf1compat import held_stderr
+from tf1compat import user_files
 
 RUN_JSON = 'run.json'
 STEPS_CSV = 'steps.csv'
@@ -184,11 +184,12 @@ def load_weights(path, expected_shapes=None):
   """
   if not os.path.exists(path):
     raise errors.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
-  try:
-    with np.load(path) as npz:
-      weights = {key: npz[key] for key in npz.files}
-  except (OSError, ValueError) as e:
-    raise errors.UsageError(f'{path}: not a readable .npz weights file ({e})') from e
+  weights = user_files.load_npz(path, '', 'write the weights again (--save_init_weights '
+                                'writes a run\'s initial weights)')
+  for key, value in weights.items():
+    if value.dtype.kind not in 'biufc':
+      raise errors.UsageError(f'{path}: {key} holds {value.dtype} values, not numbers; write '
+                              'the weights again as numeric arrays')
   if expected_shapes is not None:
     missing = sorted(set(expected_shapes) - set(weights))
     extra = sorted(set(weights) - set(expected_shapes))
@@ -249,15 +250,10 @@ def read_manifest(model_dir):
   path = os.path.join(model_dir, RUN_JSON)
   if not os.path.exists(path):
     return None
-  try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except ValueError as e:
-    manifest = e
+  fix = "rerun the run's command with --overwrite to train it again, or use another --model_dir"
+  manifest = user_files.read_json(path, '', fix)
   if not isinstance(manifest, dict):
-    what = manifest if isinstance(manifest, ValueError) else 'not a JSON object'
-    raise errors.UsageError(f'{path} is damaged ({what}); rerun the run\'s command with '
-                         '--overwrite to train it again, or use another --model_dir')
+    raise errors.UsageError(f'{path} is damaged (not a JSON object); {fix}')
   return manifest
 
 
@@ -422,6 +418,36 @@ class RunLog:
     self.manifest.update(fields)
     self.manifest['updated'] = now()
     atomic.atomic_write_json(self.path(RUN_JSON), self.manifest)
+
+  def check_rows(self, step, steps_per_epoch):
+    """Refuses to resume at the checkpoint of `step` when steps.csv or epochs.csv lacks a row
+    before it (errors.UsageError naming the file): the rerun redoes only the steps after
+    the checkpoint, so a lost row would stay lost and the run end complete without it.
+
+    Rows after `step` are no reason (truncate_after drops them), nor the row of the epoch
+    that ended at `step` (the run stopped in its evaluation, which the rerun redoes).
+    """
+    done_epochs = step // steps_per_epoch
+    evaluated = ({done_epochs, done_epochs - 1} if step % steps_per_epoch == 0
+                 else {done_epochs})
+    for name, column, columns, wanted in ((STEPS_CSV, 'step', STEP_COLUMNS, {step}),
+                                          (EPOCHS_CSV, 'epoch', EPOCH_COLUMNS, evaluated)):
+      numbers = [number for number in self._numbers(name, column, columns)
+                 if number <= max(wanted)]
+      if not any(numbers == list(range(1, last + 1)) for last in wanted):
+        raise errors.UsageError(
+            f'{self.path(name)}: {len(numbers)} {column} row(s) up to the checkpoint at step '
+            f'{step}, which needs {column}s 1 to {max(wanted)}: rows were lost, and a resumed '
+            'run would end without them; restore the file, or rerun with --overwrite to '
+            'train again')
+
+  def _numbers(self, name, column, columns):
+    """The `column` of the whole rows of the CSV `name` (empty without the file)."""
+    path = self.path(name)
+    if not os.path.exists(path):
+      return []
+    with open(path, newline='') as f:
+      return [int(row[column]) for row in csv.DictReader(f) if _whole_row(row, columns)]
 
   def truncate_after(self, step, steps_per_epoch):
     """Drops rows a restored checkpoint at `step` has not seen (they will be redone)."""

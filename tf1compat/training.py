@@ -190,11 +190,13 @@ class Recorder:
   def begin(self, step, checkpoint):
     """Starts recording at `step`, restored from `checkpoint` (0 and None: a new run).
 
-    Drops the rows and snapshots after `step` (a resumed run redoes them), saves the
+    Refuses a resume whose CSVs lost rows before `step` (RunLog.check_rows), drops the
+    rows and snapshots after `step` (a resumed run redoes them), saves the
     initial weights' snapshot of a new run; returns the final metrics recorded so far.
     """
     self._started = time.time()
     self.last_checkpoint = checkpoint
+    self.log.check_rows(step, self.schedule.steps_per_epoch)
     self.log.truncate_after(step, self.schedule.steps_per_epoch)
     if step:
       self.checkpoint_step = step

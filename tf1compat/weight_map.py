@@ -27,6 +27,7 @@ import numpy as np
 
 from tf1compat import errors
 from tf1compat import runlog
+from tf1compat import user_files
 
 ARROW = '->'
 INLINE_SEPARATOR = ';'
@@ -106,8 +107,9 @@ class WeightMap:
     if not os.path.isfile(spec):
       raise errors.UsageError(f'weight map {spec}: no such file; give a file of rules '
                            f'"PATTERN {ARROW} REPLACEMENT", one per line, or the rules inline')
-    with open(spec) as f:
-      return cls.parse(f.read(), spec)
+    text = user_files.read_text(spec, 'weight map ', f'write it as UTF-8 text, one rule '
+                                f'"PATTERN {ARROW} REPLACEMENT" per line')
+    return cls.parse(text, spec)
 
   @classmethod
   def _checked(cls, rules, source):
@@ -185,8 +187,8 @@ def snapshot_keys(run_dir):
   steps = runlog.snapshot_steps_in(run_dir)
   if not steps:
     return None
-  with np.load(runlog.snapshot_path(run_dir, steps[0])) as npz:
-    return list(npz.files)
+  return list(user_files.load_npz(runlog.snapshot_path(run_dir, steps[0]), '',
+                                  "rerun the run's command with --overwrite to write it again"))
 
 
 def check_aligned(paths, maps):

@@ -11,8 +11,11 @@ from tf1compat import flags as tf1compat_flags
 def main(argv):
   del argv
   cfg = config.from_flags(config.RecordsConfig, flags.FLAGS)
-  from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-  records.run(cfg)
+  with cli.signals_interrupt('nothing was half-written: --output_dir holds its old records '
+                             'or the new ones whole, the images are untouched; rerun the '
+                             'same command (with --overwrite if it holds the new ones)'):
+    from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    records.run(cfg)
 
 
 def define_flags():
