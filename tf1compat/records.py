@@ -330,7 +330,7 @@ def run(cfg):
   Returns the dataset summary (the content of dataset.json).
   """
   out_dir = cfg.output_dir
-  old_files = record_folder.check_output_dir(out_dir, cfg.overwrite)
+  old_files = record_folder.check_output_dir(out_dir, cfg.overwrite, cfg.image_dir)
   if not cfg.synthetic:
     _class_dirs(cfg.image_dir)
   with record_folder.staging(out_dir) as tmp:
