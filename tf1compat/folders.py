@@ -74,6 +74,7 @@ def check_output(path, flag, *, folder, data_dirs=(), read_runs=(), overwrite=No
   `path`
   - is not UTF-8 (TensorFlow and run.json take UTF-8 paths only),
   - lies under a file, or is a file where a folder goes or a folder where a file goes,
+  - is in a folder this process cannot write into (a read-only file system),
   - is among the data of `data_dirs`, the cache or the package (check_placement),
   - is or lies inside a run directory of `read_runs`, which the command reads,
   - is an existing file, unless `overwrite` (the command's --overwrite; None where it has
@@ -91,6 +92,11 @@ def check_output(path, flag, *, folder, data_dirs=(), read_runs=(), overwrite=No
   if not os.path.isdir(above):
     raise errors.UsageError(f'{flag}={path} lies under {above}, which is a file; choose a '
                             f'{flag} in a folder')
+  writes_into = path if folder and os.path.isdir(path) else above
+  # access() answers EROFS for a read-only file system even to root, who ignores modes.
+  if not os.access(writes_into, os.W_OK | os.X_OK):
+    raise errors.UsageError(f'{flag}={path}: cannot write into {writes_into} (read-only or no '
+                            f'permission); choose a {flag} in a folder you can write to')
   check_placement(path, flag, data_dirs)
   target = _real(path)
   for run in read_runs:
