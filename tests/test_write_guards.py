@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from conftest import REPO, at_once, run_entry, tiny_run_flags
+from tf1compat import benchmark_figures
 from tf1compat import errors
 from tf1compat import runlog
 
@@ -63,8 +64,8 @@ def _entry(prefix, name, *args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-def _full_disk(limit=_FULL_AT):
-  return (sys.executable, '-c', _LIMITED, str(limit))
+# The command prefix of a process whose disk is full past _FULL_AT bytes a file.
+_FULL_DISK = (sys.executable, '-c', _LIMITED, str(_FULL_AT))
 
 
 @pytest.fixture(scope='module')
@@ -98,7 +99,6 @@ def test_benchmark_never_writes_into_the_data_or_over_a_file_it_did_not_write(da
 
 
 def test_benchmark_json_replaces_a_benchmarks_figures_only(tmp_path):
-  from tf1compat import benchmark_figures  # pylint: disable=g-import-not-at-top
   figures, other = tmp_path / 'figures.json', tmp_path / 'other.json'
   figures.write_text(json.dumps({'device': {}, 'settings': {}, 'measurements': {}}))
   other.write_text(json.dumps({'settings': {}}))
@@ -273,9 +273,9 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_no_temporary(data,
   path, digest = data
   model_dir, parity_dir = tmp_path / 'run', tmp_path / 'parity'
   run, parity = at_once(
-      functools.partial(_entry, _full_disk(), 'train_graph', *tiny_run_flags(path, str(model_dir))),
+      functools.partial(_entry, _FULL_DISK, 'train_graph', *tiny_run_flags(path, str(model_dir))),
       # Its first runner writes the initial weights (--save_init_weights) and meets the limit.
-      functools.partial(_entry, _full_disk(), 'check_parity', f'--data_dir={path}',
+      functools.partial(_entry, _FULL_DISK, 'check_parity', f'--data_dir={path}',
                         f'--output_dir={parity_dir}', '--image_size=32'))
   _one_line(run, f'cannot write into {model_dir / "weights"}: File too large', last=True)
   assert runlog.read_manifest(str(model_dir))['status'] == 'failed'

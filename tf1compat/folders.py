@@ -108,7 +108,7 @@ def check_output(path, flag, *, folder, data_dirs=(), read_runs=(), overwrite=No
     return
   if folder and not os.path.isdir(path):
     raise errors.UsageError(f'{flag}={path} is a file, not a folder; choose another {flag}')
-  if not folder and (os.path.isdir(path) or not os.path.isfile(path)):
+  if not folder and not os.path.isfile(path):
     raise errors.UsageError(f'{flag}={path} is not a file; name the file to write')
   if not folder and not overwrite and not (replaceable and replaceable(path)):
     fix = 'move it away' if overwrite is None else 'pass --overwrite to replace it'

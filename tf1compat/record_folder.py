@@ -49,7 +49,7 @@ def _own_files(out_dir):
           'bin/make_records; move it away or choose another folder')
     listed = info.get('files')
     shards = [name for name in records_present if data_folder.is_shard_name(name)
-              and (name in listed if isinstance(listed, list) else True)]
+              and (not isinstance(listed, list) or name in listed)]
     # Named as make_records names its shards and listed are not enough: a file put there
     # under such a name (or listed by hand) is the user's. The shards are those it wrote
     # when they are exactly the records its fingerprint describes.

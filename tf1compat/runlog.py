@@ -153,10 +153,14 @@ def foreign_below(folder, name):
   if name in _OWN_BELOW and os.path.isdir(path):
     foreign = []
     for root, dirs, files in os.walk(path):
-      for entry in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-        below = os.path.relpath(os.path.join(root, entry), path).replace(os.sep, '/')
-        if (os.path.islink(os.path.join(root, entry))
-            or not (_OWN_BELOW[name].fullmatch(below) or atomic.TEMPORARY_NAME.fullmatch(entry))):
+      for entry in dirs + files:
+        entry_path = os.path.join(root, entry)
+        below = os.path.relpath(entry_path, path).replace(os.sep, '/')
+        # A folder below is the run's when all below it is (a link never).
+        ours = (not os.path.islink(entry_path) and (
+            entry in dirs or _OWN_BELOW[name].fullmatch(below)
+            or atomic.TEMPORARY_NAME.fullmatch(entry)))
+        if not ours:
           foreign.append(f'{name}/{below}')
     return sorted(foreign)
   if name in _OWN_FILES or _EVENTS_NAME.fullmatch(name):
