@@ -19,7 +19,9 @@ import sys
 import pytest
 
 from conftest import REPO, at_once, run_entry, tiny_run_flags
+from tf1compat import benchmark
 from tf1compat import benchmark_figures
+from tf1compat import config
 from tf1compat import errors
 from tf1compat import runlog
 
@@ -104,6 +106,9 @@ def test_benchmark_json_replaces_a_benchmarks_figures_only(tmp_path):
   other.write_text(json.dumps({'settings': {}}))
   assert benchmark_figures.is_figures_file(str(figures))
   assert not benchmark_figures.is_figures_file(str(other))
+  # Figures written into --output_dir do not make it foreign to the next benchmark.
+  other.unlink()
+  benchmark.check_outputs(config.BenchmarkConfig(), str(tmp_path), str(figures))
 
 
 # --- 2, 4. make_records: the image folder, and the records it did not write -----------------

@@ -308,10 +308,12 @@ def check_outputs(settings, output_dir, json_path):
   """Refuses, before anything is measured, an --output_dir or a --json where the benchmark
   must not write (folders.check_output): among the data, the cache or the package; an
   --output_dir holding anything but the benchmark's own folders (run() replaces what they
-  hold); a --json file that is not a benchmark's figures."""
+  hold) and figures; a --json file that is not a benchmark's figures."""
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[settings.data_dir])
   own = {_DATA_DIR, _ROOFLINE_DIR, *MEASUREMENT_NAMES}
-  foreign = sorted(set(runlog.content(output_dir)) - own)
+  # A --json may have gone there too.
+  foreign = sorted(name for name in set(runlog.content(output_dir)) - own
+                   if not benchmark_figures.is_figures_file(os.path.join(output_dir, name)))
   if foreign:
     raise errors.UsageError(f'--output_dir={output_dir} holds files the benchmark did not write '
                             f'({", ".join(foreign[:3])}); choose another --output_dir')
