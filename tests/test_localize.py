@@ -223,7 +223,7 @@ def test_replay_refuses_runs_it_cannot_replay(tmp_path):
   with pytest.raises(cli.UsageError, match='over 2 replicas'):
     replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
   inside = config.ReplayConfig(model_dir=str(run_dir), output=str(run_dir / 'probe.npz'))
-  with pytest.raises(cli.UsageError, match='lies inside the run it replays'):
+  with pytest.raises(cli.UsageError, match='a run directory this command reads'):
     replay.run_config(config.EagerConfig, inside, ('eager', 'fit'))
 
 

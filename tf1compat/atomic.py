@@ -45,6 +45,12 @@ def atomic_path(path):
     if os.path.isdir(tmp):
       remove(path)
     os.replace(tmp, path)
+  except OSError as e:
+    remove(tmp)
+    if e.filename is None:
+      # A write through an open file names no file: the error must name where it failed.
+      raise OSError(e.errno, e.strerror, path) from e
+    raise
   except BaseException:
     remove(tmp)
     raise

@@ -66,6 +66,8 @@ from tf1compat import atomic
 from tf1compat import benchmark_figures
 from tf1compat import cli
 from tf1compat import config
+from tf1compat import errors
+from tf1compat import folders
 from tf1compat import process
 from tf1compat import runlog
 
@@ -74,6 +76,9 @@ _WORKER_MODULE = 'tf1compat.benchmark_workers'
 _RESULT_JSON = 'result.json'
 _SPEC_JSON = 'spec.json'
 _LOG_FILE = 'worker.log'
+# The folders run() writes into --output_dir besides one per measurement.
+_DATA_DIR = 'data'
+_ROOFLINE_DIR = 'roofline'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +304,24 @@ def _timed(measure, *args):
   return measured
 
 
+def check_outputs(settings, output_dir, json_path):
+  """Refuses, before anything is measured, an --output_dir or a --json where the benchmark
+  must not write (folders.check_output): among the data, the cache or the package; an
+  --output_dir holding anything but the benchmark's own folders (run() replaces what they
+  hold) and figures; a --json file that is not a benchmark's figures."""
+  folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[settings.data_dir])
+  own = {_DATA_DIR, _ROOFLINE_DIR, *MEASUREMENT_NAMES}
+  # A --json may have gone there too.
+  foreign = sorted(name for name in set(runlog.content(output_dir)) - own
+                   if not benchmark_figures.is_figures_file(os.path.join(output_dir, name)))
+  if foreign:
+    raise errors.UsageError(f'--output_dir={output_dir} holds files the benchmark did not write '
+                            f'({", ".join(foreign[:3])}); choose another --output_dir')
+  if json_path:
+    folders.check_output(json_path, '--json', folder=False, data_dirs=[settings.data_dir],
+                         replaceable=benchmark_figures.is_figures_file)
+
+
 def run(settings, output_dir, measurement_names=None):
   """Runs the measurements named in `measurement_names` (None or empty: all); returns the
   figures (JSON-ready).
@@ -310,12 +333,12 @@ def run(settings, output_dir, measurement_names=None):
   measurements = selected_measurements(measurement_names)
   os.makedirs(output_dir, exist_ok=True)
   logging.info('preparing the benchmark data')
-  data = _run_worker(os.path.join(output_dir, 'data'), {
+  data = _run_worker(os.path.join(output_dir, _DATA_DIR), {
       'kind': 'data', 'data_dir': settings.data_dir, 'num_classes': settings.num_classes,
       'records': settings.records, 'seed': settings.seed,
       'allow_num_classes_mismatch': settings.allow_num_classes_mismatch,
       'on_bad_record': settings.on_bad_record,
-      'train_only_dir': os.path.join(output_dir, 'data', 'train_only')})
+      'train_only_dir': os.path.join(output_dir, _DATA_DIR, 'train_only')})
   if settings.pipeline_batches is None:
     settings = dataclasses.replace(
         settings, pipeline_batches=-(-data['records'] // settings.batch_size))
@@ -333,7 +356,7 @@ def run(settings, output_dir, measurement_names=None):
     if trains:
       logging.info('round %d/%d: measuring the roofline', round_index, settings.rounds)
       roofline_rounds.append(_timed(_measure_roofline, settings, data, round_index == 1,
-                                    os.path.join(output_dir, 'roofline')))
+                                    os.path.join(output_dir, _ROOFLINE_DIR)))
     for index, measurement in enumerate(measurements, start=1):
       logging.info('round %d/%d: measuring %s (%d/%d)', round_index, settings.rounds,
                    measurement.name, index, len(measurements))

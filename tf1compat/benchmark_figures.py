@@ -5,6 +5,7 @@ TensorFlow-free: it reads what the workers measured, as benchmark.run collects i
 """
 
 import dataclasses
+import json
 import os
 import statistics
 
@@ -287,6 +288,20 @@ def format_table(figures):
               f'during {", ".join(noisy)}; those figures are noisy, rerun on a quiet machine']
   lines.append(f'\nwall time {figures["wall_seconds"]:.0f} s')
   return '\n'.join(lines)
+
+
+# The blocks every figures file holds: what tells one that write_json wrote.
+_FIGURES_KEYS = frozenset({'device', 'settings', 'measurements'})
+
+
+def is_figures_file(path):
+  """Whether `path` holds the figures of a benchmark (what --json may replace)."""
+  try:
+    with open(path) as f:
+      figures = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(figures, dict) and _FIGURES_KEYS <= set(figures)
 
 
 def write_json(path, figures):

@@ -112,7 +112,8 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
   then is the only line.
 
   `main` returns an exit code (or None for 0); UsageError, NumericFault, Fault and
-  Interrupted become one line on stderr and exit codes 2, 3, 4 and 128 + signal. Any
+  Interrupted become one line on stderr and exit codes 2, 3, 4 and 128 + signal; so does a
+  write the disk or folder refused (errors.write_refused: exit 2). Any
   other exception is a bug or a device fault: its traceback, then one line, exit 4
   (Python's own 1 would read as a parity FAIL).
   `--version` prints version_line(); help flags exit 0.
@@ -140,6 +141,11 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
       held_stderr.release(replay=False)
       fail(e.exit_code, e)
     except Exception as e:  # pylint: disable=broad-except
+      refused = errors.write_refused(e)
+      if refused:
+        # A full disk or a read-only folder is the user's to fix, wherever the write was.
+        held_stderr.release(replay=False)
+        fail(EXIT_USAGE, refused)
       held_stderr.release()
       traceback.print_exc()
       fail(EXIT_FAULT, f'internal or device fault ({type(e).__name__}: {e}); the traceback '

@@ -6,6 +6,16 @@ but the standard library: the recorder's modules raise them in a team's own proc
 which may have no absl (Python 3.7 and up).
 """
 
+import errno
+import os
+import re
+
+# What a disk or a folder answers a write it refuses: a read-only file system, no space, a
+# quota, a file-size limit, no permission. The user's to fix, wherever the write was.
+WRITE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM)
+# An absolute path in an error's text.
+_PATH = re.compile(r"/[^\s;:'\"(){}\[\],]+")
+
 
 class UsageError(Exception):
   """A mistake the user can fix (a flag, a file, the data): exit 2 with the message."""
@@ -25,3 +35,32 @@ class Interrupted(Exception):
   def __init__(self, signum, message):
     super().__init__(message)
     self.exit_code = 128 + signum
+
+
+def write_refused(error):
+  """The UsageError for `error` when it is a write the disk or folder refused (WRITE_ERRNOS),
+  naming the folder and the fix; None for any other error.
+
+  An OSError carries its errno and file. TensorFlow's own file system (checkpoints, event
+  files, SavedModels) and HDF5 (model.fit's backup) put the system's message and the file
+  into their error's text, where they are read: this module imports no TensorFlow.
+  """
+  if not isinstance(error, OSError) and not type(error).__module__.startswith('tensorflow'):
+    return None
+  text = str(error)
+  if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+    why = os.strerror(error.errno)
+  else:
+    why = next((os.strerror(code) for code in WRITE_ERRNOS if os.strerror(code) in text), None)
+    if why is None:
+      return None
+  if isinstance(error, OSError) and isinstance(error.filename, (str, bytes)):
+    path = os.fsdecode(error.filename)
+  else:
+    # The file is the last path the text names before the system's message.
+    paths = _PATH.findall(text.split(why)[0])
+    path = paths[-1] if paths else None
+  where = (f'cannot write into {os.path.dirname(os.path.abspath(path))}' if path
+           else 'a write failed')
+  return UsageError(f'{where}: {why}; free some space or choose a folder you can write to, '
+                    'then rerun')

@@ -125,7 +125,8 @@ def define_training_flags(defaults):
   flags.DEFINE_string('init_weights', default('init_weights'),
                       '.npz of initial weights (keys as in weight snapshots).')
   flags.DEFINE_string('save_init_weights', default('save_init_weights'),
-                      'Write the initial weights to this .npz and exit without training.')
+                      'Write the initial weights to this .npz and exit without training (an '
+                      'existing file is replaced only with --overwrite).')
   flags.DEFINE_list('snapshot_steps', [str(s) for s in default('snapshot_steps')],
                     'Steps after which all weights are saved (0: initial); the last step is '
                     'always saved.')
@@ -145,7 +146,8 @@ def define_training_flags(defaults):
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
   flags.DEFINE_bool('overwrite', default('overwrite'),
-                    'Replace a completed run directory (an interrupted one is resumed).')
+                    'Replace a completed run directory (an interrupted one is resumed), or the '
+                    'file --save_init_weights names.')
   _integer('log_every', default('log_every'),
            'Without a terminal, log progress every this many steps.', lower_bound=1)
   _integer('checkpoint_every', default('checkpoint_every'),
@@ -466,7 +468,8 @@ def define_benchmark_flags():
   default = lambda name: config.default(config.BenchmarkConfig, name)
   flags.DEFINE_string('output_dir', 'runs/benchmark',
                       "Folder for the measurements' run directories and worker logs.")
-  flags.DEFINE_string('json', None, 'Also write the figures to this JSON file.')
+  flags.DEFINE_string('json', None, 'Also write the figures to this JSON file (an existing '
+                      "file only when it holds a benchmark's figures).")
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')

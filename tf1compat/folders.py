@@ -67,6 +67,54 @@ def check_placement(path, flag, data_dirs=()):
                          f'(--overwrite would delete what it holds); choose a {flag} outside it')
 
 
+def check_output(path, flag, *, folder, data_dirs=(), read_runs=(), overwrite=None,
+                 replaceable=None):
+  """The one rule for every path a command writes (a folder when `folder`, else a file):
+  raises errors.UsageError naming `flag` and the fix, before anything is written, when
+  `path`
+  - is not UTF-8 (TensorFlow and run.json take UTF-8 paths only),
+  - lies under a file, or is a file where a folder goes or a folder where a file goes,
+  - is in a folder this process cannot write into (a read-only file system),
+  - is among the data of `data_dirs`, the cache or the package (check_placement),
+  - is or lies inside a run directory of `read_runs`, which the command reads,
+  - is an existing file, unless `overwrite` (the command's --overwrite; None where it has
+    none) is set or `replaceable(path)` says tf1compat wrote it for this flag.
+  """
+  try:
+    path.encode('utf-8')
+  except UnicodeEncodeError:
+    shown = os.fsencode(path).decode('utf-8', 'backslashreplace')
+    raise errors.UsageError(f'{flag}={shown} is not UTF-8 (TensorFlow writes UTF-8 paths only); '
+                            f'choose a {flag} whose name is UTF-8') from None
+  above = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(above):
+    above = os.path.dirname(above)
+  if not os.path.isdir(above):
+    raise errors.UsageError(f'{flag}={path} lies under {above}, which is a file; choose a '
+                            f'{flag} in a folder')
+  writes_into = path if folder and os.path.isdir(path) else above
+  # access() answers EROFS for a read-only file system even to root, who ignores modes.
+  if not os.access(writes_into, os.W_OK | os.X_OK):
+    raise errors.UsageError(f'{flag}={path}: cannot write into {writes_into} (read-only or no '
+                            f'permission); choose a {flag} in a folder you can write to')
+  check_placement(path, flag, data_dirs)
+  target = _real(path)
+  for run in read_runs:
+    if run and _within(target, _real(run)):
+      relation = 'is' if target == _real(run) else 'lies inside'
+      raise errors.UsageError(f'{flag}={path} {relation} {run}, a run directory this command '
+                              f'reads; choose a {flag} outside it')
+  if not os.path.lexists(path):
+    return
+  if folder and not os.path.isdir(path):
+    raise errors.UsageError(f'{flag}={path} is a file, not a folder; choose another {flag}')
+  if not folder and not os.path.isfile(path):
+    raise errors.UsageError(f'{flag}={path} is not a file; name the file to write')
+  if not folder and not overwrite and not (replaceable and replaceable(path)):
+    fix = 'move it away' if overwrite is None else 'pass --overwrite to replace it'
+    raise errors.UsageError(f'{flag}={path} already exists; {fix}, or choose another {flag}')
+
+
 def lock_folder(folder, flag):
   """Takes the exclusive lock of `folder` (created when missing) until this process ends.
 

@@ -402,7 +402,7 @@ def run(cfg, tolerances, reuse=None):
   reuse = reuse or {}
   check_pitfall_requirements(cfg)
   output_dir = cfg.output_dir
-  folders.check_placement(output_dir, '--output_dir', [cfg.data_dir])
+  folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[cfg.data_dir])
   if cfg.init_weights:
     runlog.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
   if cfg.legacy_python:

@@ -87,19 +87,26 @@ def _available_memory():
 
 
 def check_paths(cfg):
-  """Refuses what the run would write among the user's data, in the dataset cache or in
-  the package (folders.check_placement): --model_dir, or --save_init_weights when given
-  (then no run directory is written), which must not replace the --init_weights file.
+  """Refuses what the run would write where tf1compat must not (folders.check_output):
+  --model_dir (with --overwrite: one holding files no run wrote, which it would not
+  delete), or --save_init_weights when given (then no run directory is written),
+  which must name a .npz file, never the --init_weights file, and an existing file only
+  with --overwrite.
 
   Checked first, before anything is read or written.
   """
   if not cfg.save_init_weights:
-    folders.check_placement(cfg.model_dir, '--model_dir', [cfg.data_dir])
+    folders.check_output(cfg.model_dir, '--model_dir', folder=True, data_dirs=[cfg.data_dir])
+    if cfg.overwrite:
+      # RunLog.open checks it again under the folder's lock.
+      runlog.refuse_foreign(cfg.model_dir, overwrite=True)
     return
   path = cfg.save_init_weights
-  folders.check_placement(path, '--save_init_weights', [cfg.data_dir])
-  if os.path.isdir(path):
-    raise errors.UsageError(f'--save_init_weights={path} is a folder; name the .npz file to write')
+  if not path.endswith('.npz'):
+    raise errors.UsageError(f'--save_init_weights={path}: name a .npz file (numpy writes that '
+                            'format only)')
   if cfg.init_weights and os.path.exists(path) and os.path.samefile(path, cfg.init_weights):
     raise errors.UsageError(f'--save_init_weights={path} is the --init_weights file, which is '
                             'never replaced; choose another path')
+  folders.check_output(path, '--save_init_weights', folder=False, data_dirs=[cfg.data_dir],
+                       overwrite=cfg.overwrite)

@@ -15,6 +15,7 @@ import shutil
 import signal
 
 from tf1compat import data_folder
+from tf1compat import folders
 
 # What dataset.json says it is: written by bin/make_records.
 DATASET_FORMAT = 'tf1compat-records/1'
@@ -49,9 +50,19 @@ def _own_files(out_dir):
           f'--output_dir={out_dir}: its {data_folder.DATASET_JSON} was not written by '
           'bin/make_records; move it away or choose another folder')
     listed = info.get('files')
-    ours = [data_folder.DATASET_JSON] + [
-        name for name in records_present
-        if (name in listed if isinstance(listed, list) else data_folder.is_shard_name(name))]
+    shards = [name for name in records_present if data_folder.is_shard_name(name)
+              and (not isinstance(listed, list) or name in listed)]
+    # Named as make_records names its shards and listed are not enough: a file put there
+    # under such a name (or listed by hand) is the user's. The shards are those it wrote
+    # when they are exactly the records its fingerprint describes.
+    if shards and data_folder.fingerprint(
+        [os.path.join(out_dir, name) for name in shards]) != info.get('fingerprint'):
+      raise data_folder.DataError(
+          f'--output_dir={out_dir}: its records are not those its {data_folder.DATASET_JSON} '
+          'describes (changed, added or removed since bin/make_records wrote them), and '
+          '--overwrite deletes only what make_records wrote; move them away or choose another '
+          'folder')
+    ours = [data_folder.DATASET_JSON] + shards
   if os.path.exists(os.path.join(out_dir, data_folder.INCOMPLETE_MARKER)):
     ours += [data_folder.INCOMPLETE_MARKER] + [
         name for name in records_present if data_folder.is_shard_name(name) and name not in ours]
@@ -72,12 +83,15 @@ def _remove_stale_staging(folder):
       pass  # alive, another user's
 
 
-def check_output_dir(out_dir, overwrite):
-  """Refuses an --output_dir that make_records must not write into; returns the names of
-  the files it wrote there before (to replace)."""
+def check_output_dir(out_dir, overwrite, image_dir=None):
+  """Refuses an --output_dir that make_records must not write into: a file, one among
+  `image_dir` (the images it reads: its staging folder would read as a class), the cache
+  or the package (folders.check_output), or a folder holding records it did not write;
+  returns the names of the files it wrote there before (to replace)."""
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise data_folder.DataError(f'--output_dir={out_dir}: a file, not a folder; pass a folder '
                                 '(it is created if missing)')
+  folders.check_output(out_dir, '--output_dir', folder=True, data_dirs=[image_dir])
   if not os.path.isdir(out_dir):
     return []
   ours, foreign = _own_files(out_dir)

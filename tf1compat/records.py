@@ -326,16 +326,17 @@ def embedded_data_dir(seed=0):
   return cached_synthetic(f'synthetic-v{SYNTHETIC_VERSION}-seed{seed}', seed=seed)
 
 
-def run(cfg):
+def run(cfg, old_files):
   """bin/make_records: converts `image_dir` or writes the synthetic dataset into `output_dir`.
 
-  `cfg` is a config.RecordsConfig. The records are written into a temporary folder and
-  moved into place when complete (`record_folder.install`); with `overwrite`, the records that
-  make_records wrote there before are replaced then, and nothing else is touched.
-  Returns the dataset summary (the content of dataset.json).
+  `cfg` is a config.RecordsConfig; `old_files` what record_folder.check_output_dir, which
+  the command calls before TensorFlow starts, returned for it. The records are written
+  into a temporary folder and moved into place when complete (`record_folder.install`);
+  with `overwrite`, the records that make_records wrote there before (`old_files`) are
+  replaced then, and nothing else is touched. Returns the dataset summary (the content of
+  dataset.json).
   """
   out_dir = cfg.output_dir
-  old_files = record_folder.check_output_dir(out_dir, cfg.overwrite)
   if not cfg.synthetic:
     class_dirs = _class_dirs(cfg.image_dir)
     if len(class_dirs) < 2:

@@ -31,6 +31,7 @@ import subprocess
 import numpy as np
 
 from tf1compat import cli
+from tf1compat import errors
 from tf1compat import folders
 from tf1compat import localize
 from tf1compat import probes
@@ -68,14 +69,14 @@ def run_config(config_class, replay_cfg, runner_names):
 
   Raises cli.UsageError when the run directory holds no complete run of one of
   `runner_names` with a step-0 snapshot, or one that is not replayable, and when the
-  probe would be written into it, among the data or into the package.
+  probe would be written into it, among the data, into the package or over a file that
+  is not a probe (folders.check_output).
   """
   model_dir = replay_cfg.model_dir
-  if os.path.commonpath([os.path.realpath(replay_cfg.output),
-                         os.path.realpath(model_dir)]) == os.path.realpath(model_dir):
-    raise cli.UsageError(f'--replay_out={replay_cfg.output} lies inside the run it replays; a '
-                         'replay only reads --model_dir: write it elsewhere')
   manifest = runlog.read_manifest(model_dir)
+  folders.check_output(replay_cfg.output, '--replay_out', folder=False,
+                       data_dirs=[(manifest or {}).get('flags', {}).get('data_dir')],
+                       read_runs=[model_dir], replaceable=_is_probe)
   if manifest is None:
     raise cli.UsageError(f'--model_dir={model_dir}: no {runlog.RUN_JSON}; --replay_out '
                          'replays a run our runners made')
@@ -98,8 +99,16 @@ def run_config(config_class, replay_cfg, runner_names):
             for name, value in manifest.get('flags', {}).items() if name in fields}
   cfg = dataclasses.replace(config_class(**values), model_dir=model_dir, init_weights=start,
                             save_init_weights=None, overwrite=False)
-  folders.check_placement(replay_cfg.output, '--replay_out', [cfg.data_dir])
   return cfg
+
+
+def _is_probe(path):
+  """Whether `path` holds a probe (a replay's, which --replay_out replaces)."""
+  try:
+    probes.load(path)
+  except errors.UsageError:
+    return False
+  return True
 
 
 def apply_settings(model_dir):

@@ -45,9 +45,26 @@ _NOT_CONTENT = frozenset({RUNNER_LOG, folders.LOCK_FILE})
 # What a runner writes into its run directory, by kind: --overwrite deletes these names
 # (and the temporaries of atomic writes) and nothing else.
 _OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
-_OWN_FOLDERS = frozenset({WEIGHTS_DIR, CHECKPOINTS_DIR, EXPORT_DIR, PROBE_DIR})
 # TensorBoard's event files (tf.compat.v1.summary.FileWriter and tf.summary alike).
 _EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
+# What the writers of each of those folders name the files below it (the path under the
+# folder, '/'-separated): weight snapshots and probes; TensorFlow's checkpoints (a Saver's
+# model.ckpt-N, a CheckpointManager's ckpt-N), their state file, the temporaries of a save
+# in progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
+# atomic writes, are a run's: --overwrite deletes no other file there.
+_STEP_FILE = re.compile(r'step-\d+\.npz')
+_CHECKPOINT_PART = r'(?:\.index|\.meta|\.data-\d{5}-of-\d{5})(?:\.tempstate\d+)?'
+_OWN_BELOW = {
+    WEIGHTS_DIR: _STEP_FILE,
+    PROBE_DIR: _STEP_FILE,
+    CHECKPOINTS_DIR: re.compile(
+        r'checkpoint(?:\.tmp\w+)?'
+        rf'|(?:model\.)?ckpt-\d+{_CHECKPOINT_PART}'
+        rf'|(?:model\.)?ckpt-\d+_temp\w*/part-\d{{5}}-of-\d{{5}}{_CHECKPOINT_PART}'
+        r'|backup/(?:latest\.weights\.h5|training_metadata\.json)(?:\.bkp)?'),
+    EXPORT_DIR: re.compile(r'saved_model\.pb|fingerprint\.pb|keras_metadata\.pb'
+                           r'|variables/variables(?:\.index|\.data-\d{5}-of-\d{5})'),
+}
 
 STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
                 'learning_rate', 'seconds')
@@ -121,16 +138,46 @@ def content(folder):
 
 def written_by_a_run(folder, name):
   """Whether `name` in `folder` is something a runner writes into a run directory (what
-  --overwrite may delete): its files and folders by kind, event files and temporaries.
-  A link is never ours."""
+  --overwrite may delete): its files by kind, event files and temporaries, and its
+  folders when all below them is what their writers name so (_OWN_BELOW). A link is
+  never ours."""
+  return not foreign_below(folder, name)
+
+
+def foreign_below(folder, name):
+  """What of `name` in the run directory `folder` no runner wrote: [] when it all is a
+  run's (written_by_a_run), else the paths relative to `folder` that are not."""
   path = os.path.join(folder, name)
   if os.path.islink(path):
-    return False
-  if name in _OWN_FOLDERS:
-    return os.path.isdir(path)
+    return [name]
+  if name in _OWN_BELOW and os.path.isdir(path):
+    foreign = []
+    for root, dirs, files in os.walk(path):
+      for entry in dirs + files:
+        entry_path = os.path.join(root, entry)
+        below = os.path.relpath(entry_path, path).replace(os.sep, '/')
+        # A folder below is the run's when all below it is (a link never).
+        ours = (not os.path.islink(entry_path) and (
+            entry in dirs or _OWN_BELOW[name].fullmatch(below)
+            or atomic.TEMPORARY_NAME.fullmatch(entry)))
+        if not ours:
+          foreign.append(f'{name}/{below}')
+    return sorted(foreign)
   if name in _OWN_FILES or _EVENTS_NAME.fullmatch(name):
-    return os.path.isfile(path)
-  return bool(atomic.TEMPORARY_NAME.fullmatch(name))
+    return [] if os.path.isfile(path) else [name]
+  return [] if atomic.TEMPORARY_NAME.fullmatch(name) else [name]
+
+
+def refuse_foreign(model_dir, overwrite):
+  """Raises errors.UsageError when `model_dir` holds anything a run does not write
+  (foreign_below), which --overwrite (`overwrite`) never deletes."""
+  foreign = sorted(path for name in content(model_dir) for path in foreign_below(model_dir, name))
+  if foreign:
+    listed = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
+    deleted = 'nothing was deleted' if overwrite else 'neither would --overwrite delete them'
+    raise errors.UsageError(
+        f'--model_dir={model_dir} holds files no tf1compat run wrote ({listed}), and {deleted}; '
+        'move them away or choose another --model_dir')
 
 
 def now():
@@ -171,8 +218,10 @@ def _steps_in(folder):
 
 def save_weights(path, weights):
   """Writes {key: array} as .npz atomically (`atomic_path`)."""
-  with atomic.atomic_path(path) as tmp:
-    np.savez(tmp, **weights)
+  # Into an open file: given a name, numpy appends .npz where it is missing and writes
+  # beside the temporary that atomic_path removes on an error.
+  with atomic.atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **weights)
 
 
 def load_weights(path, expected_shapes=None):
@@ -342,7 +391,7 @@ class RunLog:
     else:
       previous = read_manifest(self.model_dir)
       if previous is None and content(self.model_dir):
-        self._refuse_foreign()
+        refuse_foreign(self.model_dir, self.overwrite)
         raise errors.UsageError(
             f'--model_dir={self.model_dir} holds the files of a run but no run.json; pass '
             '--overwrite to replace them or choose another --model_dir')
@@ -361,21 +410,9 @@ class RunLog:
     held_stderr.release()
     return self.resuming
 
-  def _refuse_foreign(self):
-    """Raises errors.UsageError when the folder holds anything a run does not write."""
-    foreign = sorted(name for name in content(self.model_dir)
-                     if not written_by_a_run(self.model_dir, name))
-    if foreign:
-      listed = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
-      deleted = ('nothing was deleted' if self.overwrite
-                 else 'neither would --overwrite delete them')
-      raise errors.UsageError(
-          f'--model_dir={self.model_dir} holds files no tf1compat run wrote ({listed}): it is '
-          f'not a run directory, and {deleted}; choose another --model_dir')
-
   def _clear(self):
     # Everything or nothing: one file the run did not write keeps the whole folder.
-    self._refuse_foreign()
+    refuse_foreign(self.model_dir, self.overwrite)
     for name in content(self.model_dir):
       atomic.remove(os.path.join(self.model_dir, name))
 

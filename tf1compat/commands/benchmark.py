@@ -25,6 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f'unexpected arguments {argv[1:]}; benchmark takes flags only')
   settings = config.from_flags(config.BenchmarkConfig, flags.FLAGS)
+  benchmark.check_outputs(settings, flags.FLAGS.output_dir, flags.FLAGS.json)
   figures = benchmark.run(settings, flags.FLAGS.output_dir, flags.FLAGS.measurements)
   sys.stdout.write(benchmark_figures.format_table(figures) + '\n')
   if flags.FLAGS.json:

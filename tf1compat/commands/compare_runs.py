@@ -32,11 +32,12 @@ def main(argv):
   report = parity.compare(run_dirs, tolerances, controls=controls, weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
-  # The runs are loaded: their run.json names the data folders the report must stay out of.
+  # The runs are loaded: their run.json names the data folders the report must stay out
+  # of, as it must stay out of the runs themselves.
   compared = run_dirs + controls
-  folders.check_placement(output_dir, '--output_dir',
-                         [runlog.read_manifest(d).get('data', {}).get('data_dir')
-                          for d in compared])
+  folders.check_output(output_dir, '--output_dir', folder=True,
+                       data_dirs=[runlog.read_manifest(d).get('data', {}).get('data_dir')
+                                  for d in compared], read_runs=compared)
   try:
     if flags.FLAGS.localize:
       replay.localize_report(report, tolerances, output_dir, weight_maps=maps)

@@ -6,16 +6,19 @@ from absl import flags
 from tf1compat import cli
 from tf1compat import config
 from tf1compat import flags as tf1compat_flags
+from tf1compat import record_folder
 
 
 def main(argv):
   del argv
   cfg = config.from_flags(config.RecordsConfig, flags.FLAGS)
+  # Where it would write is checked before TensorFlow's start, which takes seconds.
+  old_files = record_folder.check_output_dir(cfg.output_dir, cfg.overwrite, cfg.image_dir)
   with cli.signals_interrupt('nothing was half-written: --output_dir holds its old records '
                              'or the new ones whole, the images are untouched; rerun the '
                              'same command (with --overwrite if it holds the new ones)'):
     from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
-    records.run(cfg)
+    records.run(cfg, old_files)
 
 
 def define_flags():
