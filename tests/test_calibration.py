@@ -90,6 +90,44 @@ def test_a_port_past_the_envelope_fails_before_the_horizon_only(tmp_path):
                         controls=[control])['verdict'] == 'PASS'
 
 
+def test_the_widest_of_two_controls_judges(tmp_path):
+  """A port that forks where one control did not is judged against the other, which
+  forked too (calibration.widest: the larger envelope at every step, horizons anew)."""
+  fork = np.zeros(N)
+  fork[2:] = 5e-4 * 10.0 ** np.arange(N - 2)     # a jump at step 3, then chaos
+  reference, once, port = _runs(tmp_path, fork)
+  per_step = make_run(str(tmp_path / 'per_step'), losses=_losses() * (1 + 0.5 * fork),
+                      flags_extra={'nudge_seed': 1})
+  alone = parity.compare([reference, port], parity.Tolerances(), controls=[once])
+  assert alone['verdict'] == 'FAIL' and parity.rests_on_numbers(alone)
+  both = parity.compare([reference, port], parity.Tolerances(), controls=[once, per_step])
+  assert both['verdict'] == 'PASS'
+  assert both['controls'] == [once, per_step]
+  losses = _losses()
+  expected = np.maximum.accumulate(np.maximum(CONTROL_DRIFT, 0.5 * fork) * losses / losses)
+  np.testing.assert_allclose(both['calibration']['loss'], expected, rtol=1e-9)
+  # The per-step control passes 1e-3 at step 4 (5e-3), before the first one (step 6).
+  assert both['calibration']['loss_horizon'] == 3
+  assert both['pairs'][0]['envelope_ratio'] == pytest.approx(2, rel=1e-6)
+  lines = parity_report.summary_lines(both)
+  assert any('controls graph:control, graph:per_step (the widest at each step)' in line
+             for line in lines), lines
+
+
+def test_only_a_fail_on_numbers_alone_asks_for_another_control(tmp_path):
+  reference, control, port = _runs(tmp_path, np.zeros(N))
+  report = parity.compare([reference, port], parity.Tolerances(), controls=[control])
+  assert report['verdict'] == 'PASS' and not parity.rests_on_numbers(report)
+  other = make_run(str(tmp_path / 'other'), runner='eager', epsilon=1e-7, losses=_losses(),
+                   flags_extra=EXACT_PORT)
+  report = parity.compare([reference, other], parity.Tolerances(), controls=[control])
+  assert report['verdict'] == 'FAIL'
+  assert not report['pairs'][0]['tiers']['config']['passed']
+  assert not parity.rests_on_numbers(report)  # the math differs: no control can change that
+  uncalibrated = parity.compare([reference, port], parity.Tolerances())
+  assert not parity.rests_on_numbers(uncalibrated)
+
+
 def test_a_bit_identical_control_leaves_the_rounding_floor(tmp_path):
   losses = _losses()
   reference = make_run(str(tmp_path / 'reference'), losses=losses)

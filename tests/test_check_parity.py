@@ -21,6 +21,7 @@ from tf1compat import config
 from tf1compat import harness
 from tf1compat import parity
 from tf1compat import pitfalls
+from tf1compat import runlog
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
@@ -75,6 +76,22 @@ def _copy_without_weights(output_dir, copy):
   shutil.copytree(output_dir, copy, ignore=shutil.ignore_patterns(
       'checkpoints', 'weights', 'export', '*.keras', '*.npz'))
   return str(copy)
+
+
+def _ulp_distances(out, step):
+  """{variable: the distinct distances in ulps between the legacy run's weights and its
+  per-step control's at snapshot `step`, over the non-zero ones; 'zeros kept': whether
+  every zero stayed zero}."""
+  runs = [runlog.snapshot_path(os.path.join(out, name), step)
+          for name in ('graph', harness.PER_STEP_CONTROL)]
+  with np.load(runs[0]) as reference, np.load(runs[1]) as nudged:
+    distances = {'zeros kept': all(np.all(nudged[k][reference[k] == 0] == 0)
+                                   for k in reference.files)}
+    for key in reference.files:
+      a, b = reference[key], nudged[key]
+      ulps = np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32))
+      distances[key] = sorted(set(ulps[a != 0].tolist()))
+  return distances
 
 
 def _plain_checks(tiny_data_dir, out, base):
@@ -138,6 +155,8 @@ def checks(tiny_data_dir, base, output_dirs):
       if kind == 'plain' and (pitfall, case_kind) == ('from_logits_lost', 'plain'):
         done[UNCATALOGUED] = _check(tiny_data_dir, output_dirs[kind], *UNCATALOGUED_ARGS,
                                     '--overwrite', env=TEAM_ENV)
+        # Its FAIL rests on numbers: the per-step control ran beside the legacy run.
+        done['per_step_nudges'] = _ulp_distances(output_dirs[kind], step=1)
     return done
 
   steps = {}
@@ -319,6 +338,21 @@ def test_an_uncatalogued_mistake_fails_and_is_localized(checks):
   assert where['stages']['forward']['outside'][0] == 'conv3'
   assert 'the 2 layer output(s) before it are inside' in where['summary']
   assert where['pitfalls'] == []
+  # A FAIL on numbers alone stands only once the second kind of control agrees.
+  assert 'a second control, one ulp apart after every step' in result.stdout
+  out = os.path.dirname(report['controls'][0])
+  assert report['controls'] == [os.path.join(out, 'control'),
+                                os.path.join(out, harness.PER_STEP_CONTROL)]
+  assert 'controls graph:control, graph:control_per_step' in result.stdout
+
+
+def test_the_per_step_control_moves_every_weight_by_one_ulp(checks):
+  """After step 1 (numpy's bits as the oracle): the legacy run's weights, each non-zero
+  one moved by exactly one ulp, every zero kept."""
+  distances = checks['per_step_nudges']
+  assert distances.pop('zeros kept')
+  assert len(distances) == 10
+  assert all(found == [1] for found in distances.values()), distances
 
 
 def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_path):

@@ -184,7 +184,7 @@ def _train_worker(spec):
   """Runs a runner as its command would, optionally on one batch held in memory."""
   cfg = config_from_spec(spec)
   # The runners' own process setup, before TensorFlow is imported.
-  process.set_onednn(cfg.onednn)
+  process.set_cpu_kernels(cfg.onednn)
   if spec['runner'] == 'graph':
     process.use_legacy_keras()
     from tf1compat import graph_loop as loop  # pylint: disable=g-import-not-at-top

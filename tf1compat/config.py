@@ -104,6 +104,7 @@ class TrainingConfig(DataConfig):
   deterministic: bool = True
   tf32: str = 'default'
   onednn: str = 'default'
+  intra_op_threads: int = 0
   require_gpu: bool = False
   overwrite: bool = False
   log_every: int = 100

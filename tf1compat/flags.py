@@ -142,6 +142,9 @@ def define_training_flags(defaults):
                     'depends on the CPU (on x86 with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, '
                     'off on others; run.json records it); on/off: forced. They sum in another '
                     'order than the plain kernels.')
+  _integer('intra_op_threads', default('intra_op_threads'),
+           "Threads of one op (TF_NUM_INTRAOP_THREADS; 0: TensorFlow's, one per core). "
+           'Another count sums in another order.', lower_bound=0, upper_bound=1024)
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')

@@ -20,10 +20,19 @@ from tf1compat import pitfalls
 from tf1compat import process
 from tf1compat import progress
 
-# The real-image case: scikit-learn's scanned handwritten digits (1,797 8x8 grey images
+# The real-image cases: scikit-learn's scanned handwritten digits (1,797 8x8 grey images
 # of 10 classes, shipped inside the package), written as a Caltech-layout image folder
 # and converted by make_records like any user's folder.
 REAL_DATA = 'real_digits'
+REAL_ARGS = ('--image_size=32', '--epochs=2', '--steps_per_epoch=30')
+# Correct ports whose kernels round differently from the reference's at every step:
+# oneDNN turned the other way, one intra-op thread instead of one per core, XLA. The
+# references run with oneDNN forced, so each case means the same on every CPU whatever
+# TensorFlow's default there.
+CROSS_KERNELS = (('onednn_port_on', ('--onednn=off', '--port_flags=--onednn=on')),
+                 ('onednn_port_off', ('--onednn=on', '--port_flags=--onednn=off')),
+                 ('threads_port_1', ('--port_flags=--intra_op_threads=1',)),
+                 ('xla_port', ('--port_flags=--jit_compile',)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,8 @@ class Case:
   args: tuple
   # What the args give the run: the pitfalls that need one of these (their `needs`) apply.
   has: tuple = ()
+  # Trains on the real digits (real_data_dir) instead of the embedded dataset.
+  real_data: bool = False
 
 
 CASES = (
@@ -49,7 +60,17 @@ CASES = (
     Case('with_fit', ('--with_fit',)),
     Case('noexact', ('--noexact',)),
     Case('steps_300', ('--steps_per_epoch=100',)),
-    Case(REAL_DATA, ('--image_size=32', '--epochs=2', '--steps_per_epoch=30')),
+    Case(REAL_DATA, REAL_ARGS, real_data=True),
+    *(Case(name, args) for name, args in CROSS_KERNELS),
+    *(Case(f'{REAL_DATA}_{name}', REAL_ARGS + args, real_data=True)
+      for name, args in CROSS_KERNELS),
+    # Longer runs, where a per-step difference has the time to grow.
+    Case(f'{REAL_DATA}_120_onednn_port_on',
+         ('--image_size=32', '--epochs=4', '--steps_per_epoch=30', *CROSS_KERNELS[0][1]),
+         real_data=True),
+    Case(f'{REAL_DATA}_300_onednn_port_off',
+         ('--image_size=32', '--epochs=10', '--steps_per_epoch=30', *CROSS_KERNELS[1][1]),
+         real_data=True),
 )
 CASE_NAMES = tuple(case.name for case in CASES)
 
@@ -168,7 +189,7 @@ def run(cfg):
   matched, pitfall_rows = [], []
   for case in selected:
     args = list(case.args)
-    if case.name == REAL_DATA:
+    if case.real_data:
       args.append(f'--data_dir={real_data_dir(output_dir)}')
     case_dir = os.path.join(output_dir, case.name)
     _, report = _check(args, case_dir)

@@ -58,14 +58,18 @@ def _alive(pid):
   return True
 
 
-def set_onednn(mode):
-  """Turns oneDNN's CPU kernels on or off ('default': TensorFlow's choice) for this
-  process; read once, when TensorFlow loads, so it must precede the first import."""
-  if mode == 'default':
+def set_cpu_kernels(onednn, intra_op_threads=0):
+  """Turns oneDNN's CPU kernels on or off ('default': TensorFlow's choice) and sets the
+  intra-op thread count (0: TensorFlow's, one per core) for this process; both are read
+  once, when TensorFlow loads, so this must precede the first import."""
+  if onednn == 'default' and not intra_op_threads:
     return
   if 'tensorflow' in sys.modules:
     raise RuntimeError('TensorFlow was imported before --onednn was applied')
-  os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1' if mode == 'on' else '0'
+  if onednn != 'default':
+    os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1' if onednn == 'on' else '0'
+  if intra_op_threads:
+    os.environ['TF_NUM_INTRAOP_THREADS'] = str(intra_op_threads)
 
 
 def use_legacy_keras():

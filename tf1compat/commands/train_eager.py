@@ -29,7 +29,7 @@ def main(argv):
   # TensorFlow's start, which takes seconds.
   preflight.check(cfg)
   # The TF2 port always runs on Keras 3, whatever a parent process set.
-  process.set_onednn(cfg.onednn)
+  process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   ignored = process.use_keras3()
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
@@ -42,7 +42,7 @@ def _replay(replay_cfg):
   """The replay mode: the run's own settings, then its first step (replay.py)."""
   cfg = replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
   replay.apply_settings(replay_cfg.model_dir)
-  process.set_onednn(cfg.onednn)
+  process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_keras3()
   from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
   eager_loop.replay_run(cfg, replay_cfg)

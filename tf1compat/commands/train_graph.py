@@ -24,7 +24,7 @@ def main(argv):
   preflight.check(cfg)
   # Process-wide and read when TensorFlow is imported: tf.keras must be Keras 2
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
-  process.set_onednn(cfg.onednn)
+  process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
   stats = graph_loop.run(cfg)
@@ -35,7 +35,7 @@ def _replay(replay_cfg):
   """The replay mode: the run's own settings, then its first step (replay.py)."""
   cfg = replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
   replay.apply_settings(replay_cfg.model_dir)
-  process.set_onednn(cfg.onednn)
+  process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
   from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
   graph_loop.replay_run(cfg, replay_cfg)
