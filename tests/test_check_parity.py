@@ -338,12 +338,17 @@ def test_an_uncatalogued_mistake_fails_and_is_localized(checks):
   assert where['stages']['forward']['outside'][0] == 'conv3'
   assert 'the 2 layer output(s) before it are inside' in where['summary']
   assert where['pitfalls'] == []
-  # A FAIL on numbers alone stands only once the second kind of control agrees.
-  assert 'a second control, one ulp apart after every step' in result.stdout
+  # A FAIL on numbers alone stands only once the other kinds of control agree.
+  assert result.stdout.count('the FAIL rests on numbers alone') == 2
   out = os.path.dirname(report['controls'][0])
-  assert report['controls'] == [os.path.join(out, 'control'),
-                                os.path.join(out, harness.PER_STEP_CONTROL)]
-  assert 'controls graph:control, graph:control_per_step' in result.stdout
+  assert report['controls'] == [os.path.join(out, name) for name in (
+      'control', harness.PER_STEP_CONTROL, harness.KERNELS_CONTROL)]
+  assert ('controls graph:control, graph:control_per_step, graph:control_kernels (the '
+          'widest at each step)') in result.stdout
+  with open(os.path.join(out, harness.KERNELS_CONTROL, 'run.json')) as f:
+    kernels = json.load(f)['settings']['onednn']
+  with open(os.path.join(out, 'graph', 'run.json')) as f:
+    assert kernels != json.load(f)['settings']['onednn']
 
 
 def test_the_per_step_control_moves_every_weight_by_one_ulp(checks):

@@ -6,7 +6,7 @@ directory; the console shows one line per phase, or a bar per runner on a termin
 All runners get the same common flags, one initial-weights file and one Adam epsilon;
 `--pitfall` injects one catalogued mistake into the runner where teams make it. A
 control run of the reference (calibration.py) calibrates the verdict; a FAIL that rests
-on numbers alone stands only once a second control, of the other kind, agrees.
+on numbers alone stands only once controls of the other kinds agree.
 """
 
 import dataclasses
@@ -47,6 +47,7 @@ _INIT_FIELDS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'd
 
 CONTROL = 'control'
 PER_STEP_CONTROL = 'control_per_step'
+KERNELS_CONTROL = 'control_kernels'
 # The legacy loop on TensorFlow 1.15 (--legacy_python): the migration ladder's first rung,
 # and the folder from which its interpreter imports tf1compat (legacy_env.source_path).
 LEGACY = 'tf115'
@@ -55,6 +56,7 @@ ROLES = {'init': 'initial weights from the legacy runner',
          'graph': 'the legacy TF1 loop (reference)',
          CONTROL: 'the reference again, one ulp apart (calibration)',
          PER_STEP_CONTROL: 'the reference again, one ulp apart after every step (calibration)',
+         KERNELS_CONTROL: 'the reference again, oneDNN turned the other way (calibration)',
          LEGACY: 'the legacy TF1 loop on TensorFlow 1.15 (first rung)',
          'eager': 'the TF2 port, custom loop', 'fit': 'the TF2 port, model.fit'}
 
@@ -91,18 +93,26 @@ def control_job(reference, cfg):
                    (('TF_NUM_INTRAOP_THREADS', str(control_threads())),))
 
 
-def per_step_control_job(reference):
-  """The reference job again from the same start, every weight moved by one ulp after
-  every step (--nudge_seed): rounding that differs at every step, as a port's kernels
-  do, which a control that differs only at its start does not measure.
+def escalation_jobs(reference, reference_dir):
+  """The controls of the other kinds, in the order a FAIL on numbers alone asks for them
+  (harness.run): the `reference` job again from the same start,
 
-  Measured on 600 real scanned digits at 32 px (docs/parity.md): where one branch of a
-  forking trajectory took the reference and control_job, this control took the other,
-  the one correct ports with other kernels took; where it kept the reference's branch,
-  control_job took the other. Each kind covers the other's blind spot.
+  - every weight moved by one ulp after every step (--nudge_seed): rounding that differs
+    at every step, which a control that differs only at its start does not measure;
+  - with oneDNN turned the other way than the reference in `reference_dir` ran: other
+    kernels at every step, which also round a gradient that is rounding noise (a sum
+    that cancels) otherwise, and Adam turns such a gradient into a step of the learning
+    rate's size (measured: 7e-4 apart after step 1 while every other control was 3e-6).
+
+  Measured on the real digits (docs/parity.md, "Two kinds of control, then three"): the
+  trajectory of correct runs forks, and which branch a control takes is a coin toss;
+  the three kinds together took every branch a correct port took.
   """
-  return RunnerJob(PER_STEP_CONTROL, reference.command,
-                   (*reference.args, f'--nudge_seed={calibration.NUDGE_SEED}'))
+  onednn = runlog.read_manifest(reference_dir)['settings']['onednn']
+  return [RunnerJob(PER_STEP_CONTROL, reference.command,
+                    (*reference.args, f'--nudge_seed={calibration.NUDGE_SEED}')),
+          RunnerJob(KERNELS_CONTROL, reference.command,
+                    (*reference.args, f'--onednn={"off" if onednn else "on"}'))]
 
 
 # What pitfalls need (Pitfall.needs): what it is, and what adds it. A Dropout rate of 0.5
@@ -350,7 +360,8 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False, package
 def _controls(run_dirs):
   """The control runs among `run_dirs` ({job name: run directory}), the one that differs
   once first (the localization replays it)."""
-  return [run_dirs[name] for name in (CONTROL, PER_STEP_CONTROL) if name in run_dirs]
+  return [run_dirs[name] for name in (CONTROL, PER_STEP_CONTROL, KERNELS_CONTROL)
+          if name in run_dirs]
 
 
 def _plan(cfg, job, common, output_dir, init_weights, nudged, previous):
@@ -424,12 +435,6 @@ def run(cfg, tolerances, reuse=None):
   for name, model_dir in reuse.items():
     if not _complete(model_dir):
       raise RuntimeError(f'{model_dir} is not a complete run to reuse')
-  # Planned now, so that a folder it could not be written to stops the check before
-  # anything trains; trained only where the verdict needs it.
-  per_step = (_plan(cfg, per_step_control_job(next(job for job in runner_jobs
-                                                     if job.name == 'graph')),
-                    common, output_dir, init_weights, nudged, previous)
-              if cfg.calibrate and PER_STEP_CONTROL not in reuse else None)
   controls = any(job.name == CONTROL for job, _, _, _ in planned)
   _write_init_weights(init_weights, nudged if controls else None, common)
   # The legacy interpreter imports this tf1compat from a folder that holds it alone.
@@ -441,16 +446,21 @@ def run(cfg, tolerances, reuse=None):
     run_dirs[item[0].name] = _train(cfg, item, previous, state, state_path, legacy_source)
   compared = [run_dirs[job.name] for job in runner_jobs if job.name != CONTROL]
   report = parity.compare(compared, tolerances, controls=_controls(run_dirs))
-  # A PASS judged by one control passes the widest of two as well; a FAIL on numbers
-  # alone may be a fork the first control did not take (calibration.py). A per-step
-  # control an earlier check made with these arguments is always counted.
-  made = per_step and previous.get(PER_STEP_CONTROL) == per_step[3] and _complete(per_step[1])
-  if per_step and (made or parity.rests_on_numbers(report)):
+  # A PASS judged by some controls passes the widest of more as well; a FAIL on numbers
+  # alone may be a fork the controls so far did not take (calibration.py). A control an
+  # earlier check made with these arguments is always counted.
+  reference = next(job for job in runner_jobs if job.name == 'graph')
+  for job in escalation_jobs(reference, run_dirs['graph']) if cfg.calibrate else ():
+    if job.name in run_dirs:
+      continue
+    planned = _plan(cfg, job, common, output_dir, init_weights, nudged, previous)
+    made = previous.get(job.name) == planned[3] and _complete(planned[1])
+    if not (made or parity.rests_on_numbers(report)):
+      continue
     if not made:
-      progress.say('the FAIL rests on numbers alone: a second control, one ulp apart after '
-                   'every step, before it stands')
-    run_dirs[PER_STEP_CONTROL] = _train(cfg, per_step, previous, state, state_path,
-                                        legacy_source)
+      progress.say('the FAIL rests on numbers alone: another kind of control before it '
+                   'stands')
+    run_dirs[job.name] = _train(cfg, planned, previous, state, state_path, legacy_source)
     report = parity.compare(compared, tolerances, controls=_controls(run_dirs))
   report['pitfall_injected'] = cfg.pitfall
   report['init_weights'] = init_weights

@@ -246,11 +246,12 @@ def _markdown(report):
   envelope = report.get('calibration')
   if envelope:
     out += ['Control runs: ' + ', '.join(f'`{path}`' for path in report['controls']) + '. A '
-            'control is the reference run again, from initial weights moved by one ulp each '
-            'under another reduction order (`control`), or moved by one ulp after every step '
-            '(`control_per_step`, run before a FAIL that rests on numbers alone stands). The '
-            'widest of their divergences from the reference is the envelope of correct runs:',
-            '', '| step | control loss divergence (running max) |', '|---|---|']
+            'control is the reference run again: from initial weights moved by one ulp each, '
+            'under another reduction order (`control`); and, before a FAIL that rests on '
+            'numbers alone stands, with every weight moved by one ulp after every step '
+            '(`control_per_step`) and with oneDNN turned the other way (`control_kernels`). '
+            'The widest of their divergences from the reference is the envelope of correct '
+            'runs:', '', '| step | control loss divergence (running max) |', '|---|---|']
     loss = envelope['loss']
     shown = sorted({s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, len(loss)) if s <= len(loss)})
     out += [f'| {s} | {loss[s - 1]:.2e} |' for s in shown]
