@@ -162,10 +162,10 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   if training:
     # One file order for every pass: a reshuffling shuffle nested inside the reshuffling
     # record shuffle is reseeded otherwise by TensorFlow 1.15 than by 2.21 on each pass
-    # after the first (measured: the second to fourth passes' batches differed, the first
-    # pass's were identical). The record shuffle alone, reseeded on each pass by its own
-    # generator, draws the same orders in both (measured: 20 passes bit for bit,
-    # docs/legacy-stack.md), and each pass stays a shuffle of every record once. One
+    # after the first (measured on the embedded data: the first pass's batches identical,
+    # the second to fourth passes' not). The record shuffle alone, reseeded on each pass
+    # by its own generator, draws the same orders in both (measured: 20 passes bit for
+    # bit, docs/legacy-stack.md), and each pass stays a shuffle of every record once. One
     # shuffle over the repeated stream of records instead (no reseeding at all) also
     # agrees, but mixes the passes: 73% of a pass's records distinct, some twice in one
     # batch, and a buffer that reaches into the next passes.
