@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, run_entry
+from test_data import bad_records_dir
 from test_parity import make_run
 from tf1compat import cli
 from tf1compat import config
@@ -212,7 +213,7 @@ def legacy_python(python37, tmp_path_factory):
   return legacy_env.venv_python(folder)
 
 
-def _batches_snippet(data_dir, out, batches):
+def _batches_snippet(data_dir, out, batches, on_bad_record):
   """The first `batches` training batches in this stack, each with the fingerprints of its
   serialized records (farmhash, which both TensorFlows compute alike)."""
   return f"""
@@ -223,15 +224,34 @@ from tf1compat import data, data_check
 parse_example = data.parse_example
 data.parse_example = lambda record, *args: (*parse_example(record, *args),
                                             tf.strings.to_hash_bucket_fast(record, 2**62))
-spec = data_check.check_data_dir({data_dir!r}, None, 'fail', False)
+spec = data_check.check_data_dir({data_dir!r}, None, {on_bad_record!r}, False)
 dataset = data.make_dataset(spec.train_files, image_size={TINY_IMAGE_SIZE}, batch_size=8,
-                            num_classes=spec.num_classes, seed=3, shuffle_buffer=64)
+                            num_classes=spec.num_classes, seed=3, shuffle_buffer=64,
+                            skip=spec.skip('train'))
 batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
 with tf.compat.v1.Session() as sess:
   got = [sess.run(batch) for _ in range({batches})]
 np.savez({out!r}, **{{name: np.stack([g[k] for g in got])
                      for k, name in enumerate(('images', 'labels', 'records'))}})
 """
+
+
+def _batches_in_both_stacks(legacy_python, data_dir, tmp_path, batches, on_bad_record='fail'):
+  """{'tf115': ..., 'here': ...}: the first `batches` training batches in each stack
+  (_batches_snippet's arrays)."""
+  outs = {}
+  for name, python in (('tf115', legacy_python), ('here', sys.executable)):
+    outs[name] = str(tmp_path / f'{name}.npz')
+    env = {**os.environ, 'PYTHONPATH': legacy_env.source_path(str(tmp_path / 'src'))}
+    done = subprocess.run(
+        [python, '-c', _batches_snippet(data_dir, outs[name], batches, on_bad_record)],
+        capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+  out = {}
+  for name, path in outs.items():
+    with np.load(path) as npz:
+      out[name] = {key: npz[key] for key in npz.files}
+  return out
 
 
 @pytest.mark.legacy
@@ -241,24 +261,33 @@ def test_tensorflow_115_reads_the_same_batches(legacy_python, tiny_data_dir, tmp
   the same labels, bit for bit, the images equal up to per_image_standardization's float32
   rounding (its mean and deviation are reductions whose summation order differs between
   the two TensorFlows' Eigen)."""
-  outs, batches = {}, PASSES * 8
-  for name, python in (('tf115', legacy_python), ('here', sys.executable)):
-    outs[name] = str(tmp_path / f'{name}.npz')
-    env = {**os.environ, 'PYTHONPATH': legacy_env.source_path(str(tmp_path / 'src'))}
-    done = subprocess.run([python, '-c', _batches_snippet(tiny_data_dir, outs[name], batches)],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-  with np.load(outs['tf115']) as a, np.load(outs['here']) as b:
-    assert a['images'].shape == (batches, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
-    np.testing.assert_array_equal(a['records'], b['records'])
-    np.testing.assert_array_equal(a['labels'], b['labels'])
-    # Every pass reads every record once, and the passes in other orders.
-    passes = a['records'].reshape(PASSES, -1)
-    assert [len(set(p)) for p in passes] == [64] * PASSES
-    assert len({p.tobytes() for p in passes}) == PASSES
-    # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
-    # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
-    np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
+  batches = PASSES * 8
+  got = _batches_in_both_stacks(legacy_python, tiny_data_dir, tmp_path, batches)
+  a, b = got['tf115'], got['here']
+  assert a['images'].shape == (batches, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+  np.testing.assert_array_equal(a['records'], b['records'])
+  np.testing.assert_array_equal(a['labels'], b['labels'])
+  # Every pass reads every record once, and the passes in other orders.
+  passes = a['records'].reshape(PASSES, -1)
+  assert [len(set(p)) for p in passes] == [64] * PASSES
+  assert len({p.tobytes() for p in passes}) == PASSES
+  # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
+  # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
+  np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
+
+
+@pytest.mark.legacy
+def test_tensorflow_115_skips_the_bad_records_this_tensorflow_skips(legacy_python,
+                                                                    tiny_data_dir, tmp_path):
+  """--on_bad_record=skip on TF 1.15: its check finds the bad records (tf.data's
+  ignore_errors, through stacks), and the batches of three passes over the 67 good records
+  are this TensorFlow's."""
+  data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  batches = PASSES * 67 // 8
+  got = _batches_in_both_stacks(legacy_python, data_dir, tmp_path, batches, 'skip')
+  np.testing.assert_array_equal(got['tf115']['records'], got['here']['records'])
+  np.testing.assert_array_equal(got['tf115']['labels'], got['here']['labels'])
+  assert len(set(got['here']['records'].ravel())) == 67
 
 
 @pytest.fixture(scope='session')

@@ -213,7 +213,7 @@ def decode_failures(records, num_classes, parse=None):
         (tf.range(len(files), dtype=tf.int64), files)).flat_map(read)
     dataset = dataset.map(decode, num_parallel_calls=stacks.AUTOTUNE)
     decoded = tf.compat.v1.data.make_one_shot_iterator(
-        dataset.ignore_errors().map(lambda key, _: key).batch(4096)).get_next()
+        stacks.ignore_errors(dataset).map(lambda key, _: key).batch(4096)).get_next()
     blob = tf.compat.v1.placeholder(tf.string, [])
     alone = labeled_image(blob, num_classes, parse)
   survivors = set()

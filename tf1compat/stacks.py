@@ -7,10 +7,11 @@ and numpy 1.18 (check_parity --legacy_python, docs/legacy-stack.md). Everything 
 training graph is built from exists in both under the same `tf.compat.v1` names; what
 does not is here, and nowhere else:
 
-- the input pipeline's parallel map, its determinism option, the shuffle-and-repeat
-  fusion TF 1.15 applies by default (it draws another batch order), AUTOTUNE, and the
-  TF2 `resize_with_pad` (TF 1.15's own `tf.image.resize_image_with_pad` samples other
-  pixel centres, so the data would differ: 1.15 runs TF2's op through tf.compat.v2);
+- the input pipeline's parallel map, ignore_errors (the check of --on_bad_record=skip),
+  its determinism option, the shuffle-and-repeat fusion TF 1.15 applies by default (it
+  draws another batch order), AUTOTUNE, and the TF2 `resize_with_pad` (TF 1.15's own
+  `tf.image.resize_image_with_pad` samples other pixel centres, so the data would
+  differ: 1.15 runs TF2's op through tf.compat.v2);
 - op determinism (TF 1.15 has only the TF_CUDNN_DETERMINISTIC variable, which its GPU
   build reads for cuDNN), TF32 (TF 1.15 predates it: off), the settings run.json records,
   the GPU's description;
@@ -45,6 +46,14 @@ def parallel_map(dataset, function, num_parallel_calls):
   if TF1:
     return dataset.map(function, num_parallel_calls=num_parallel_calls)
   return dataset.map(function, num_parallel_calls=num_parallel_calls, deterministic=True)
+
+
+def ignore_errors(dataset):
+  """`dataset` without the elements whose computation fails (TF 1.15 has no
+  Dataset.ignore_errors, only the tf.data.experimental transformation)."""
+  if TF1:
+    return dataset.apply(tf.data.experimental.ignore_errors())
+  return dataset.ignore_errors()
 
 
 def deterministic_options():
