@@ -167,8 +167,8 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
     # by its own generator, draws the same orders in both (measured: 20 passes bit for
     # bit, docs/legacy-stack.md), and each pass stays a shuffle of every record once. One
     # shuffle over the repeated stream of records instead (no reseeding at all) also
-    # agrees, but mixes the passes: 73% of a pass's records distinct, some twice in one
-    # batch, and a buffer that reaches into the next passes.
+    # agrees, but mixes the passes: 72 to 77% of a pass's records distinct, some twice in
+    # one batch, and a buffer that reaches into the next passes.
     dataset = dataset.shuffle(len(files), seed=seed + FILE_SHUFFLE_SEED_OFFSET,
                               reshuffle_each_iteration=False)
   dataset = dataset.flat_map(_record_reader(files, skip))
