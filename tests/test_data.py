@@ -77,14 +77,18 @@ def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
   files = data_folder.find_files(tiny_data_dir, 'train')
 
   def labels(seed):
+    """The labels of the first three passes through the 64 records, a pass a row."""
     dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
                                 batch_size=64, seed=seed, shuffle_buffer=64)
-    return next(iter(dataset))[1].numpy().argmax(axis=1)
+    return np.stack([y.numpy().argmax(axis=1) for _, y in dataset.take(3)])
 
-  first_epoch = labels(0)
-  # A shuffle buffer as large as the data gives each record exactly once per epoch.
-  np.testing.assert_array_equal(np.bincount(first_epoch, minlength=4), [16, 16, 16, 16])
-  assert not np.array_equal(first_epoch, labels(1))
+  passes = labels(0)
+  # A shuffle buffer as large as the data gives each record exactly once per pass, and
+  # each pass another order.
+  for one_pass in passes:
+    np.testing.assert_array_equal(np.bincount(one_pass, minlength=4), [16, 16, 16, 16])
+  assert len({one_pass.tobytes() for one_pass in passes}) == 3
+  assert not np.array_equal(passes[0], labels(1)[0])
   del tf
 
 
@@ -117,7 +121,7 @@ def test_find_files_layouts(tmp_path):
     data_folder.find_files(str(empty), 'train')
 
 
-def _bad_records_dir(tiny_data_dir, out):
+def bad_records_dir(tiny_data_dir, out):
   """A copy of the tiny dataset plus train-bad.tfrecord: 3 good records among bad ones."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf1compat import records  # pylint: disable=g-import-not-at-top
@@ -140,7 +144,7 @@ def _bad_records_dir(tiny_data_dir, out):
 
 def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_data_dir,
                                                                          tmp_path):
-  data_dir = _bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
   outputs = _dump_both_modes(data_dir, tmp_path, 20, on_bad_record='skip')
   graph, eager = outputs['graph'], outputs['eager']
   assert sorted(graph.files) == sorted(eager.files)
@@ -154,7 +158,7 @@ def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_dat
 def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_ones(
     tiny_data_dir, tmp_path):
   from tf1compat import data, data_check  # pylint: disable=g-import-not-at-top
-  data_dir = _bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
   spec = data_check.check_data_dir(data_dir, 4, 'skip')
   assert spec.train_check.good_records == 64 + 3
   assert [str(bad).split(':')[0] for bad in spec.train_check.bad] == [

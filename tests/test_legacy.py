@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, run_entry
+from test_data import bad_records_dir
 from test_parity import make_run
 from tf1compat import cli
 from tf1compat import config
@@ -27,11 +28,11 @@ from tf1compat import runlog
 from tf1compat import team_models
 from tf1compat import tiers
 
-# One pass through the tiny training set (64 records, 8 batches of 8): past it the two
-# TensorFlows read other batches (tf1_batch_order), and on 16 validation images one image
-# more or less right is 0.0625, over the 0.05 band (docs/legacy-stack.md, limits).
-ONE_PASS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
-            '--steps_per_epoch=4', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+# Three passes through the tiny training set (64 records, 8 batches of 8 a pass): both
+# TensorFlows read the same batches at every step, whatever the pass.
+PASSES = 3
+THREE_PASSES = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=3',
+                '--steps_per_epoch=8', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
 RECORDER_DIR = os.path.join(REPO, 'recorder')
 TF215 = {'python': '3.12.1', 'numpy': '2.1.0', 'tensorflow': '2.21.0',
          'keras_implementation': runlog.KERAS_TF_KERAS, 'keras': '2.21.0'}
@@ -81,11 +82,11 @@ def test_a_different_tensorflow_alone_is_not_a_lint_difference(tmp_path):
   assert pair['parting']['loss_step'] is None and pair['parting']['weight_step'] is None
 
 
-def test_tf115_and_tf2_runs_are_compared_step_wise_within_the_first_pass_only(tmp_path):
-  """Our runners' TF 1.15 and TF 2 runs read other batches after the first pass through
-  the training records (32 here, batches of 8: 4 steps): the step and weight tiers stop
-  there; their kernels' rounding (tf1_rounding) leaves those tiers reported, the curves
-  judge."""
+def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
+  """Our runners' TF 1.15 and TF 2 runs read the same batches on every pass through the
+  training records (32 here, batches of 8: 4 steps a pass): the step and weight tiers
+  measure every step; their kernels' rounding (tf1_rounding) leaves those tiers reported,
+  the curves judge."""
   losses = np.linspace(2.0, 1.0, 8)
   later = losses * np.where(np.arange(8) < 4, 1.0, 1.001)
   data = {'records': {'train': 32, 'val': 8}}
@@ -98,15 +99,14 @@ def test_tf115_and_tf2_runs_are_compared_step_wise_within_the_first_pass_only(tm
   reference = run('graph', TF215, losses, 0.0)
   legacy = run('tf115', TF115, later, 1e-2)
   pair = parity.compare([reference, legacy], parity.Tolerances())['pairs'][0]
-  assert pair['framework_differences']['tf1_batch_order'] == {'first_pass_steps': 4}
-  assert 'tf1_rounding' in pair['framework_differences']
-  assert pair['step_tier']['steps'] == 4 and pair['weight_tier']['judged_steps'] == [0, 1, 2]
-  assert not pair['tiers']['step']['judged']
+  assert list(pair['framework_differences']) == ['tf1_rounding']
+  assert pair['step_tier']['steps'] == 8 and pair['weight_tier']['judged_steps'] == [0, 1, 2, 8]
+  assert pair['step_tier']['first_step_over'] == 5 and not pair['tiers']['step']['judged']
   assert pair['verdict'] == 'PASS' and pair['parting']['loss_step'] == 5
-  # The same pair on one TensorFlow reads the same batches throughout: judged, it fails.
+  # The same pair on one TensorFlow: judged, it fails.
   same = run('graph_again', TF215, later, 1e-2)
   pair = parity.compare([reference, same], parity.Tolerances())['pairs'][0]
-  assert not set(pair['framework_differences']) & {'tf1_batch_order', 'tf1_rounding'}
+  assert 'tf1_rounding' not in pair['framework_differences']
   assert pair['verdict'] == 'FAIL' and pair['step_tier']['first_step_over'] == 5
 
 
@@ -213,41 +213,81 @@ def legacy_python(python37, tmp_path_factory):
   return legacy_env.venv_python(folder)
 
 
-def _batches_snippet(data_dir, out, batches):
+def _batches_snippet(data_dir, out, batches, on_bad_record):
+  """The first `batches` training batches in this stack, each with the fingerprints of its
+  serialized records (farmhash, which both TensorFlows compute alike)."""
   return f"""
 import numpy as np
 from tf1compat import process
 tf = process.use_legacy_keras()
 from tf1compat import data, data_check
-spec = data_check.check_data_dir({data_dir!r}, None, 'fail', False)
+parse_example = data.parse_example
+data.parse_example = lambda record, *args: (*parse_example(record, *args),
+                                            tf.strings.to_hash_bucket_fast(record, 2**62))
+spec = data_check.check_data_dir({data_dir!r}, None, {on_bad_record!r}, False)
 dataset = data.make_dataset(spec.train_files, image_size={TINY_IMAGE_SIZE}, batch_size=8,
-                            num_classes=spec.num_classes, seed=3, shuffle_buffer=64)
-images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+                            num_classes=spec.num_classes, seed=3, shuffle_buffer=64,
+                            skip=spec.skip('train'))
+batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
 with tf.compat.v1.Session() as sess:
-  got = [sess.run([images, labels]) for _ in range({batches})]
-np.savez({out!r}, images=np.stack([g[0] for g in got]), labels=np.stack([g[1] for g in got]))
+  got = [sess.run(batch) for _ in range({batches})]
+np.savez({out!r}, **{{name: np.stack([g[k] for g in got])
+                     for k, name in enumerate(('images', 'labels', 'records'))}})
 """
 
 
-@pytest.mark.legacy
-def test_tensorflow_115_reads_the_same_batches(legacy_python, tiny_data_dir, tmp_path):
-  """The pipeline gives TF 1.15 the batches of this TensorFlow over the first pass through
-  the tiny training set (8 batches of 8): the same records in the same order, the images
-  equal up to per_image_standardization's float32 rounding (its mean and deviation are
-  reductions whose summation order differs between the two TensorFlows' Eigen)."""
+def _batches_in_both_stacks(legacy_python, data_dir, tmp_path, batches, on_bad_record='fail'):
+  """{'tf115': ..., 'here': ...}: the first `batches` training batches in each stack
+  (_batches_snippet's arrays)."""
   outs = {}
   for name, python in (('tf115', legacy_python), ('here', sys.executable)):
     outs[name] = str(tmp_path / f'{name}.npz')
     env = {**os.environ, 'PYTHONPATH': legacy_env.source_path(str(tmp_path / 'src'))}
-    done = subprocess.run([python, '-c', _batches_snippet(tiny_data_dir, outs[name], 8)],
-                          capture_output=True, text=True, env=env, timeout=600, check=False)
+    done = subprocess.run(
+        [python, '-c', _batches_snippet(data_dir, outs[name], batches, on_bad_record)],
+        capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-  with np.load(outs['tf115']) as a, np.load(outs['here']) as b:
-    assert a['images'].shape == (8, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
-    np.testing.assert_array_equal(a['labels'], b['labels'])
-    # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
-    # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
-    np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
+  out = {}
+  for name, path in outs.items():
+    with np.load(path) as npz:
+      out[name] = {key: npz[key] for key in npz.files}
+  return out
+
+
+@pytest.mark.legacy
+def test_tensorflow_115_reads_the_same_batches(legacy_python, tiny_data_dir, tmp_path):
+  """The pipeline gives TF 1.15 the batches of this TensorFlow over three passes through
+  the tiny training set (8 batches of 8 a pass): the same records in the same order with
+  the same labels, bit for bit, the images equal up to per_image_standardization's float32
+  rounding (its mean and deviation are reductions whose summation order differs between
+  the two TensorFlows' Eigen)."""
+  batches = PASSES * 8
+  got = _batches_in_both_stacks(legacy_python, tiny_data_dir, tmp_path, batches)
+  a, b = got['tf115'], got['here']
+  assert a['images'].shape == (batches, 8, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3)
+  np.testing.assert_array_equal(a['records'], b['records'])
+  np.testing.assert_array_equal(a['labels'], b['labels'])
+  # Every pass reads every record once, and the passes in other orders.
+  passes = a['records'].reshape(PASSES, -1)
+  assert [len(set(p)) for p in passes] == [64] * PASSES
+  assert len({p.tobytes() for p in passes}) == PASSES
+  # Standardized pixels are about unit-sized; float32 rounding of the image's mean and
+  # deviation moves them by a few ulps of the mean (measured: at most 3.4e-6).
+  np.testing.assert_allclose(a['images'], b['images'], rtol=0, atol=2e-5)
+
+
+@pytest.mark.legacy
+def test_tensorflow_115_skips_the_bad_records_this_tensorflow_skips(legacy_python,
+                                                                    tiny_data_dir, tmp_path):
+  """--on_bad_record=skip on TF 1.15: its check finds the bad records (tf.data's
+  ignore_errors, through stacks), and the batches of three passes over the 67 good records
+  are this TensorFlow's."""
+  data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
+  batches = PASSES * 67 // 8
+  got = _batches_in_both_stacks(legacy_python, data_dir, tmp_path, batches, 'skip')
+  np.testing.assert_array_equal(got['tf115']['records'], got['here']['records'])
+  np.testing.assert_array_equal(got['tf115']['labels'], got['here']['labels'])
+  assert len(set(got['here']['records'].ravel())) == 67
 
 
 @pytest.fixture(scope='session')
@@ -259,7 +299,7 @@ def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
   for name, extra in (('matched', ()), ('metrics_never_reset',
                                         ('--pitfall=metrics_never_reset', '--overwrite'))):
     result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
-                       f'--legacy_python={legacy_python}', *ONE_PASS, *extra)
+                       f'--legacy_python={legacy_python}', *THREE_PASSES, *extra)
     with open(os.path.join(out, 'parity.json')) as f:
       done[name] = (result, json.load(f))
   return out, done
@@ -287,8 +327,10 @@ def test_the_ladder_passes_on_tiny_data(ladder_checks):
   assert reference['init_weights_sha256'] == manifest['init_weights_sha256']
   assert reference['data'] == manifest['data']
   first_rung = next(p for p in report['pairs'] if p['other_label'] == 'graph:tf115')
-  assert first_rung['framework_differences']['tf1_batch_order'] == {'first_pass_steps': 8}
-  assert first_rung['step_tier']['steps'] <= 8
+  # The same batches on every pass: the step tier measures every step up to the horizon.
+  assert list(first_rung['framework_differences']) == ['tf1_rounding']
+  assert first_rung['step_tier']['steps'] == min(PASSES * 8,
+                                                 report['calibration']['loss_horizon'])
 
 
 @pytest.mark.legacy

@@ -140,8 +140,9 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
                  parse=None):
   """Builds the seed's input pipeline over `files`, for graph or eager mode alike.
 
-  Training: file-name shuffle, records, shuffle of the serialized records (about a
-  hundred times cheaper than the seed's shuffle of decoded float images), repeat,
+  Training: file-name shuffle (once: the same file order on every pass), records,
+  shuffle of the serialized records (about a hundred times cheaper than the seed's
+  shuffle of decoded float images; another order on every pass), repeat,
   parallel parse/decode with a deterministic order, batch, prefetch. Evaluation
   (`training=False`): the files in order, once, no shuffle.
 
@@ -159,11 +160,20 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   files = sorted(files)
   dataset = tf.data.Dataset.from_tensor_slices(files)
   if training:
-    dataset = dataset.shuffle(len(files), seed=seed + FILE_SHUFFLE_SEED_OFFSET)
+    # One file order for every pass: a reshuffling shuffle nested inside the reshuffling
+    # record shuffle is reseeded otherwise by TensorFlow 1.15 than by 2.21 on each pass
+    # after the first (measured on the embedded data: the first pass's batches identical,
+    # the second to fourth passes' not). The record shuffle alone, reseeded on each pass
+    # by its own generator, draws the same orders in both (measured: 20 passes bit for
+    # bit, docs/legacy-stack.md), and each pass stays a shuffle of every record once. One
+    # shuffle over the repeated stream of records instead (no reseeding at all) also
+    # agrees, but mixes the passes: 72 to 77% of a pass's records distinct, some twice in
+    # one batch, and a buffer that reaches into the next passes.
+    dataset = dataset.shuffle(len(files), seed=seed + FILE_SHUFFLE_SEED_OFFSET,
+                              reshuffle_each_iteration=False)
   dataset = dataset.flat_map(_record_reader(files, skip))
   if training:
-    dataset = dataset.shuffle(shuffle_buffer, seed=seed + RECORD_SHUFFLE_SEED_OFFSET)
-    dataset = dataset.repeat()
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed + RECORD_SHUFFLE_SEED_OFFSET).repeat()
   dataset = stacks.parallel_map(
       dataset, lambda record: parse_example(record, image_size, num_classes, parse),
       num_parallel_calls)
@@ -203,7 +213,7 @@ def decode_failures(records, num_classes, parse=None):
         (tf.range(len(files), dtype=tf.int64), files)).flat_map(read)
     dataset = dataset.map(decode, num_parallel_calls=stacks.AUTOTUNE)
     decoded = tf.compat.v1.data.make_one_shot_iterator(
-        dataset.ignore_errors().map(lambda key, _: key).batch(4096)).get_next()
+        stacks.ignore_errors(dataset).map(lambda key, _: key).batch(4096)).get_next()
     blob = tf.compat.v1.placeholder(tf.string, [])
     alone = labeled_image(blob, num_classes, parse)
   survivors = set()

@@ -45,11 +45,6 @@ FRAMEWORK_DIFFERENCES = {
                     'Last-bit differences from the first step on, which Adam amplifies at its '
                     "own pace, not the control's: the step tier is reported with its ratio to "
                     'the envelope, the curve tier judges (docs/legacy-stack.md).',
-    'tf1_batch_order': "TensorFlow 1.15's tf.data seeds a reshuffling shuffle nested in another "
-                       "(the pipeline's file shuffle inside its record shuffle) otherwise on "
-                       'every pass after the first: the batch order parts at the second pass '
-                       'through the training data, so the step tier measures the first pass '
-                       'only.',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
@@ -120,9 +115,6 @@ def known_differences(reference, other):
                  (reference, other)]
   if [v.startswith('1.') for v in tf_versions].count(True) == 1:
     found['tf1_rounding'] = {'tensorflow': tf_versions}
-    first_pass = first_pass_steps(reference)
-    if first_pass is not None and first_pass == first_pass_steps(other):
-      found['tf1_batch_order'] = {'first_pass_steps': first_pass}
   return found
 
 
@@ -132,16 +124,6 @@ def _same_dropout_masks(reference, other):
   seeds = [run.flag('dropout_seed') for run in (reference, other)]
   return (reference.manifest.get('runner') == other.manifest.get('runner') == 'graph'
           and seeds[0] is not None and seeds[0] == seeds[1])
-
-
-def first_pass_steps(run):
-  """The steps whose batches all come from the first pass through the training records
-  (our runners' run.json counts them; None for a recorded loop, whose pipeline is its own)."""
-  records = ((run.manifest.get('data') or {}).get('records') or {}).get('train')
-  batch_size = run.manifest.get('batch_size')
-  if not isinstance(records, int) or not batch_size:
-    return None
-  return records // batch_size
 
 
 def measure_bn_variance(reference, other):

@@ -207,13 +207,11 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
                 if k.endswith('moving_variance')}
     differences['bn_moving_variance']['measured'] = diagnosis.measure_bn_variance(
         reference, other)
-  # Past the first pass through the data, TF 1.15 and TF 2 read other batches.
-  last_step = differences.get('tf1_batch_order', {}).get('first_pass_steps')
-  steps = tiers.step_tier(reference, other, tol, envelope, last_step)
+  steps = tiers.step_tier(reference, other, tol, envelope)
   for name in diagnosis.STEP_BREAKING & set(differences):
     if steps['steps'] and not differences[name].get('measured'):
       differences[name]['measured'] = _measured(steps)
-  weights = tiers.weight_tier(reference, other, tol, excluded, envelope, last_step)
+  weights = tiers.weight_tier(reference, other, tol, excluded, envelope)
   curves = tiers.curve_tier(reference, other, tol, envelope)
   semantics = {run.path: tiers.metric_semantics(run) for run in (reference, other)}
   bn_states = {run.path: tiers.batch_norm_state(run) for run in (reference, other)}

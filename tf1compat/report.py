@@ -216,8 +216,7 @@ def _ladder_section(report):
          'TensorFlow 1.15 -> tf.compat.v1 on TensorFlow 2.21 -> the TF2 port. Every rung is '
          'judged against the envelope of the reference stack (tf.compat.v1 on TensorFlow '
          '2.21, its control run); the first rung is the same loop from the same initial '
-         'weights on two TensorFlows, on the same records in the same order over the first '
-         'pass through them (tf1_batch_order).', '',
+         'weights on two TensorFlows, on the same batches at every step.', '',
          '| rung | from | to | TensorFlow | Keras | where they part | step max rel | '
          'weight max rel | x envelope | identical | verdict |',
          '|---|---|---|---|---|---|---|---|---|---|---|']

@@ -7,10 +7,11 @@ and numpy 1.18 (check_parity --legacy_python, docs/legacy-stack.md). Everything 
 training graph is built from exists in both under the same `tf.compat.v1` names; what
 does not is here, and nowhere else:
 
-- the input pipeline's parallel map, its determinism option, the shuffle-and-repeat
-  fusion TF 1.15 applies by default (it draws another batch order), AUTOTUNE, and the
-  TF2 `resize_with_pad` (TF 1.15's own `tf.image.resize_image_with_pad` samples other
-  pixel centres, so the data would differ: 1.15 runs TF2's op through tf.compat.v2);
+- the input pipeline's parallel map, ignore_errors (the check of --on_bad_record=skip),
+  its determinism option, the shuffle-and-repeat fusion TF 1.15 applies by default (it
+  draws another batch order), AUTOTUNE, and the TF2 `resize_with_pad` (TF 1.15's own
+  `tf.image.resize_image_with_pad` samples other pixel centres, so the data would
+  differ: 1.15 runs TF2's op through tf.compat.v2);
 - op determinism (TF 1.15 has only the TF_CUDNN_DETERMINISTIC variable, which its GPU
   build reads for cuDNN), TF32 (TF 1.15 predates it: off), the settings run.json records,
   the GPU's description;
@@ -47,13 +48,23 @@ def parallel_map(dataset, function, num_parallel_calls):
   return dataset.map(function, num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
+def ignore_errors(dataset):
+  """`dataset` without the elements whose computation fails (TF 1.15 has no
+  Dataset.ignore_errors, only the tf.data.experimental transformation)."""
+  if TF1:
+    return dataset.apply(tf.data.experimental.ignore_errors())
+  return dataset.ignore_errors()
+
+
 def deterministic_options():
   """tf.data.Options that keep every element's order, and on TF 1.15 the order TF 2 draws.
 
   TF 1.15 fuses `shuffle(...).repeat()` into one ShuffleAndRepeat kernel by default, which
   seeds its first pass with the shuffle's own seeds; TF 2 (and TF 1.15 without that
   fusion) draws every pass's seeds from a generator seeded with them. With the fusion
-  off, TF 1.15 reads the batches TF 2.21 reads, bit for bit (tests/test_legacy.py).
+  off, TF 1.15 reads the batches TF 2.21 reads on every pass, bit for bit
+  (tests/test_legacy.py); with it, every batch differs (measured on 32 batches,
+  docs/legacy-stack.md).
   """
   options = tf.data.Options()
   if TF1:

@@ -152,9 +152,8 @@ def _differing(reference, other, fields):
       yield label, a, b
 
 
-def step_tier(reference, other, tol, envelope=None, last_step=None):
-  """The batch loss step by step, judged up to the horizon (or the first parity_steps),
-  and up to `last_step` when given (where the two runs' batches part).
+def step_tier(reference, other, tol, envelope=None):
+  """The batch loss step by step, judged up to the horizon (or the first parity_steps).
 
   Step 1 is the loss of the initial weights. With an envelope, step s passes while its
   relative difference is at most envelope_multiple x max(envelope(s), floor).
@@ -162,12 +161,11 @@ def step_tier(reference, other, tol, envelope=None, last_step=None):
   n_all = int(min(len(reference.steps['loss']), len(other.steps['loss'])))
   a, b = reference.steps['loss'][:n_all], other.steps['loss'][:n_all]
   rel_all = calibration.relative_difference(a, b)
-  judged = n_all if last_step is None else min(n_all, last_step)
   if envelope is None:
-    n = min(tol.parity_steps, judged)
+    n = min(tol.parity_steps, n_all)
     scales, limits = None, np.full(n, tol.step_rtol)
   else:
-    n = min(envelope.loss_horizon, judged)
+    n = min(envelope.loss_horizon, n_all)
     scales = np.array([envelope.loss_scale(s) for s in range(1, n + 1)])
     limits = tol.envelope_multiple * scales
   rel = rel_all[:n]
@@ -191,9 +189,8 @@ def step_tier(reference, other, tol, envelope=None, last_step=None):
   }
 
 
-def weight_tier(reference, other, tol, excluded=(), envelope=None, last_step=None):
-  """Every variable at every common snapshot step; judged up to the horizon, and up to
-  `last_step` when given.
+def weight_tier(reference, other, tol, excluded=(), envelope=None):
+  """Every variable at every common snapshot step; judged up to the horizon.
 
   The difference of a variable is norm-based (calibration.variable_difference); the
   `excluded` keys (a framework difference) are reported, not judged. Snapshots past
@@ -201,8 +198,6 @@ def weight_tier(reference, other, tol, excluded=(), envelope=None, last_step=Non
   """
   common = sorted(set(reference.snapshot_steps) & set(other.snapshot_steps))
   last_judged = tol.parity_steps if envelope is None else envelope.weight_horizon
-  if last_step is not None:
-    last_judged = min(last_judged, last_step)
   per_step = []
   first_over = None
   worst = worst_ratio = 0.0
