@@ -100,9 +100,32 @@ def test_every_numeric_flag_of_every_command_is_bounded_and_finite():
     ('train_eager', '--learning_rate=nan', '--learning_rate takes a finite number'),
     ('check_parity', '--adam_epsilon=inf', '--adam_epsilon takes a finite number'),
     ('make_records', '--val_fraction=nan', '--val_fraction takes a finite number'),
+    ('train_graph', '--adam_beta1=1', '--adam_beta1 must be below 1.0'),
+    ('check_parity', '--adam_beta2=1', '--adam_beta2 must be below 1.0'),
 ])
 def test_out_of_range_and_non_finite_flags_are_refused_at_parsing(script, flag, expected):
   _one_line(run_entry(script, flag), 2, expected)
+
+
+@pytest.mark.parametrize('script,args,expected', [
+    # absl took an empty value as the flag unset: the run trained on the embedded dataset,
+    # or trained instead of writing the initial weights.
+    ('train_graph', ['--data_dir='], '--data_dir= is empty'),
+    ('train_eager', ['--save_init_weights='], '--save_init_weights= is empty'),
+    ('make_records', ['--synthetic', '--output_dir= '], '--output_dir= is empty'),
+    ('compare_runs', ['--control=', 'a', 'b'], '--control= is empty'),
+    # absl left them in argv, where they were ignored: `--overwrite false` overwrote.
+    ('train_graph', ['--overwrite', 'false'], "unexpected arguments ['false']"),
+    ('train_eager', ['data'], "unexpected arguments ['data']"),
+    ('make_records', ['--synthetic', '--output_dir={tmp}/out', 'data'],
+     "unexpected arguments ['data']"),
+])
+def test_an_empty_flag_value_or_a_stray_argument_is_one_line(script, args, expected, tmp_path):
+  args = [arg.format(tmp=tmp_path) for arg in args]
+  proc = run_entry(script, f'--model_dir={tmp_path}/run', *args) if script.startswith(
+      'train') else run_entry(script, *args)
+  _one_line(proc, 2, expected)
+  assert not os.listdir(tmp_path)
 
 
 def test_a_shuffle_buffer_and_batch_beyond_memory_are_refused_before_tensorflow(data, tmp_path):
@@ -197,6 +220,20 @@ def test_dataset_json_and_emptied_shards_are_refused_before_tensorflow(data, tmp
 
 
 # --- the legacy interpreter --------------------------------------------------------
+
+@pytest.mark.parametrize('make', ['folder', 'dangling_link', 'fifo'])
+def test_a_shard_that_is_no_readable_file_is_one_line(make, data, tmp_path):
+  copy = str(tmp_path / 'data')
+  shutil.copytree(data, copy)
+  before = _digests(copy)
+  shard = os.path.join(copy, 'train-00009-of-00002.tfrecord')
+  {'folder': os.mkdir, 'dangling_link': functools.partial(os.symlink, '/nonexistent'),
+   'fifo': os.mkfifo}[make](shard)
+  proc = run_entry('train_graph', *_preflight_flags(copy, tmp_path), timeout=60)
+  _one_line(proc, 2, shard)
+  (os.rmdir if make == 'folder' else os.remove)(shard)
+  assert _digests(copy) == before
+
 
 def test_legacy_python_that_is_not_python_or_not_executable(data, tmp_path):
   version_script, not_executable = tmp_path / 'python', tmp_path / 'noexec'
