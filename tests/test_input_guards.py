@@ -371,6 +371,47 @@ def test_make_records_interrupted_is_one_line_and_leaves_nothing(signum, tmp_pat
   assert sorted(os.listdir(tmp_path)) == ['images', 'stderr']
 
 
+@pytest.mark.parametrize('script,signum', [('train_eager', signal.SIGTERM),
+                                           ('compare_runs', signal.SIGINT)])
+def test_a_signal_before_the_work_starts_is_one_line(script, signum, tmp_path):
+  # A --flagfile that is a FIFO holds the command inside its flag parsing, where a SIGTERM
+  # was a silent death (-15) and a SIGINT a KeyboardInterrupt traceback.
+  fifo = str(tmp_path / 'flags')
+  os.mkfifo(fifo)
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script),
+                           f'--flagfile={fifo}'], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  wchan = f'/proc/{proc.pid}/wchan'
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline and os.path.exists(wchan):
+    with open(wchan) as f:
+      if 'partner' in f.read():  # blocked opening the FIFO (wait_for_partner)
+        break
+    time.sleep(0.1)
+  proc.send_signal(signum)
+  _, stderr = proc.communicate(timeout=60)
+  _one_line(subprocess.CompletedProcess(proc.args, proc.returncode, '', stderr), 128 + signum,
+            f'interrupted by {signal.Signals(signum).name}')
+  assert sorted(os.listdir(tmp_path)) == ['flags']
+
+
+def test_a_copied_run_resumes_from_its_own_checkpoints(tmp_path):
+  # The graph runner's Saver wrote absolute paths into the state file: a run directory
+  # copied elsewhere restored the original's checkpoint, or none once it was gone.
+  copy = tmp_path / 'copy' / 'checkpoints'
+  copy.mkdir(parents=True)
+  for name in ('model.ckpt-3.index', 'model.ckpt-6.index'):
+    (copy / name).write_bytes(b'')
+  (copy / 'checkpoint').write_text(
+      'model_checkpoint_path: "/gone/run/checkpoints/model.ckpt-6"\n'
+      'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-3"\n'
+      'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-6"\n')
+  proc = run_python('import sys; from tf1compat import checkpoints; '
+                    'print(checkpoints.checkpoint_candidates(sys.argv[1]))', str(copy))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == str([f'{copy}/model.ckpt-6', f'{copy}/model.ckpt-3'])
+
+
 def test_a_plugin_that_calls_sys_exit_is_one_line(data, tmp_path):
   (tmp_path / 'exiting.py').write_text('import sys\n\ndef build(keras, **shapes):\n'
                                       '  sys.exit(0)\n')

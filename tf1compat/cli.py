@@ -152,6 +152,18 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
   (Python's own 1 would read as a parity FAIL).
   `--version` prints version_line(); help flags exit 0.
   """
+  # Until a runner's SignalCatcher takes them over, SIGINT and SIGTERM end the command in
+  # one line: while TensorFlow started, a SIGINT was a KeyboardInterrupt traceback and a
+  # SIGTERM a silent death (exit -15).
+  with signals_interrupt('rerun the same command (an interrupted run resumes)'):
+    try:
+      _run(main, define_flags, quiet_tensorflow, hold_stderr)
+    except Interrupted as e:
+      fail(e.exit_code, e)
+
+
+def _run(main, define_flags, quiet_tensorflow, hold_stderr):
+  """run_main's work, under its signal handlers."""
   if quiet_tensorflow:
     quiet_tensorflow_logs()
   if define_flags is not None:
