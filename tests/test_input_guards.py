@@ -395,6 +395,19 @@ def test_a_signal_before_the_work_starts_is_one_line(script, signum, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['flags']
 
 
+def test_legacy_env_refuses_an_empty_folder_name_a_folder_under_a_file_and_not_python(tmp_path):
+  # '' made the environment in the current folder; a folder under a file and a --python
+  # that prints no version ended in exit 4.
+  a_file = tmp_path / 'file'
+  a_file.write_text('mine')
+  procs = at_once(lambda: run_entry('legacy_env', ''),
+                  lambda: run_entry('legacy_env', f'{a_file}/env', f'--python={sys.executable}'),
+                  lambda: run_entry('legacy_env', f'{tmp_path}/env', '--python=/bin/true'))
+  for proc, expected in zip(procs, ('legacy_env DIR', 'which is a file', 'not a Python 3.7')):
+    _one_line(proc, 2, expected)
+  assert sorted(os.listdir(tmp_path)) == ['file'] and a_file.read_text() == 'mine'
+
+
 def test_a_copied_run_resumes_from_its_own_checkpoints(tmp_path):
   # The graph runner's Saver wrote absolute paths into the state file: a run directory
   # copied elsewhere restored the original's checkpoint, or none once it was gone.
