@@ -100,9 +100,32 @@ def test_every_numeric_flag_of_every_command_is_bounded_and_finite():
     ('train_eager', '--learning_rate=nan', '--learning_rate takes a finite number'),
     ('check_parity', '--adam_epsilon=inf', '--adam_epsilon takes a finite number'),
     ('make_records', '--val_fraction=nan', '--val_fraction takes a finite number'),
+    ('train_graph', '--adam_beta1=1', '--adam_beta1 must be below 1.0'),
+    ('check_parity', '--adam_beta2=1', '--adam_beta2 must be below 1.0'),
 ])
 def test_out_of_range_and_non_finite_flags_are_refused_at_parsing(script, flag, expected):
   _one_line(run_entry(script, flag), 2, expected)
+
+
+@pytest.mark.parametrize('script,args,expected', [
+    # absl took an empty value as the flag unset: the run trained on the embedded dataset,
+    # or trained instead of writing the initial weights.
+    ('train_graph', ['--data_dir='], '--data_dir= is empty'),
+    ('train_eager', ['--save_init_weights='], '--save_init_weights= is empty'),
+    ('make_records', ['--synthetic', '--output_dir= '], '--output_dir= is empty'),
+    ('compare_runs', ['--control=', 'a', 'b'], '--control= is empty'),
+    # absl left them in argv, where they were ignored: `--overwrite false` overwrote.
+    ('train_graph', ['--overwrite', 'false'], "unexpected arguments ['false']"),
+    ('train_eager', ['data'], "unexpected arguments ['data']"),
+    ('make_records', ['--synthetic', '--output_dir={tmp}/out', 'data'],
+     "unexpected arguments ['data']"),
+])
+def test_an_empty_flag_value_or_a_stray_argument_is_one_line(script, args, expected, tmp_path):
+  args = [arg.format(tmp=tmp_path) for arg in args]
+  proc = run_entry(script, f'--model_dir={tmp_path}/run', *args) if script.startswith(
+      'train') else run_entry(script, *args)
+  _one_line(proc, 2, expected)
+  assert not os.listdir(tmp_path)
 
 
 def test_a_shuffle_buffer_and_batch_beyond_memory_are_refused_before_tensorflow(data, tmp_path):
@@ -197,6 +220,20 @@ def test_dataset_json_and_emptied_shards_are_refused_before_tensorflow(data, tmp
 
 
 # --- the legacy interpreter --------------------------------------------------------
+
+@pytest.mark.parametrize('make', ['folder', 'dangling_link', 'fifo'])
+def test_a_shard_that_is_no_readable_file_is_one_line(make, data, tmp_path):
+  copy = str(tmp_path / 'data')
+  shutil.copytree(data, copy)
+  before = _digests(copy)
+  shard = os.path.join(copy, 'train-00009-of-00002.tfrecord')
+  {'folder': os.mkdir, 'dangling_link': functools.partial(os.symlink, '/nonexistent'),
+   'fifo': os.mkfifo}[make](shard)
+  proc = run_entry('train_graph', *_preflight_flags(copy, tmp_path), timeout=60)
+  _one_line(proc, 2, shard)
+  (os.rmdir if make == 'folder' else os.remove)(shard)
+  assert _digests(copy) == before
+
 
 def test_legacy_python_that_is_not_python_or_not_executable(data, tmp_path):
   version_script, not_executable = tmp_path / 'python', tmp_path / 'noexec'
@@ -332,6 +369,60 @@ def test_make_records_interrupted_is_one_line_and_leaves_nothing(signum, tmp_pat
       f'make_records: interrupted by {signal.Signals(signum).name}; nothing was half-written')
   assert _digests(images) == before
   assert sorted(os.listdir(tmp_path)) == ['images', 'stderr']
+
+
+@pytest.mark.parametrize('script,signum', [('train_eager', signal.SIGTERM),
+                                           ('compare_runs', signal.SIGINT)])
+def test_a_signal_before_the_work_starts_is_one_line(script, signum, tmp_path):
+  # A --flagfile that is a FIFO holds the command inside its flag parsing, where a SIGTERM
+  # was a silent death (-15) and a SIGINT a KeyboardInterrupt traceback.
+  fifo = str(tmp_path / 'flags')
+  os.mkfifo(fifo)
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script),
+                           f'--flagfile={fifo}'], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  wchan = f'/proc/{proc.pid}/wchan'
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline and os.path.exists(wchan):
+    with open(wchan) as f:
+      if 'partner' in f.read():  # blocked opening the FIFO (wait_for_partner)
+        break
+    time.sleep(0.1)
+  proc.send_signal(signum)
+  _, stderr = proc.communicate(timeout=60)
+  _one_line(subprocess.CompletedProcess(proc.args, proc.returncode, '', stderr), 128 + signum,
+            f'interrupted by {signal.Signals(signum).name}')
+  assert sorted(os.listdir(tmp_path)) == ['flags']
+
+
+def test_legacy_env_refuses_an_empty_folder_name_a_folder_under_a_file_and_not_python(tmp_path):
+  # '' made the environment in the current folder; a folder under a file and a --python
+  # that prints no version ended in exit 4.
+  a_file = tmp_path / 'file'
+  a_file.write_text('mine')
+  procs = at_once(lambda: run_entry('legacy_env', ''),
+                  lambda: run_entry('legacy_env', f'{a_file}/env', f'--python={sys.executable}'),
+                  lambda: run_entry('legacy_env', f'{tmp_path}/env', '--python=/bin/true'))
+  for proc, expected in zip(procs, ('legacy_env DIR', 'which is a file', 'not a Python 3.7')):
+    _one_line(proc, 2, expected)
+  assert sorted(os.listdir(tmp_path)) == ['file'] and a_file.read_text() == 'mine'
+
+
+def test_a_copied_run_resumes_from_its_own_checkpoints(tmp_path):
+  # The graph runner's Saver wrote absolute paths into the state file: a run directory
+  # copied elsewhere restored the original's checkpoint, or none once it was gone.
+  copy = tmp_path / 'copy' / 'checkpoints'
+  copy.mkdir(parents=True)
+  for name in ('model.ckpt-3.index', 'model.ckpt-6.index'):
+    (copy / name).write_bytes(b'')
+  (copy / 'checkpoint').write_text(
+      'model_checkpoint_path: "/gone/run/checkpoints/model.ckpt-6"\n'
+      'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-3"\n'
+      'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-6"\n')
+  proc = run_python('import sys; from tf1compat import checkpoints; '
+                    'print(checkpoints.checkpoint_candidates(sys.argv[1]))', str(copy))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == str([f'{copy}/model.ckpt-6', f'{copy}/model.ckpt-3'])
 
 
 def test_a_plugin_that_calls_sys_exit_is_one_line(data, tmp_path):

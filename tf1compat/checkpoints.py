@@ -42,11 +42,20 @@ def checkpoint_candidates(checkpoint_dir):
       logging.warning('%s: the checkpoint state file is missing or damaged; looking for '
                       'checkpoints by name', checkpoint_dir)
     return sorted(on_disk, key=_checkpoint_step, reverse=True)
-  latest = state.model_checkpoint_path
-  older = (on_disk | set(state.all_model_checkpoint_paths)) - {latest}
+  # Checkpoints live in the folder itself: a state file written with absolute paths (the
+  # graph runner's before it saved relative ones) names the folder the run was made in,
+  # which for a copied run directory is another run's, or gone.
+  latest = _here(checkpoint_dir, state.model_checkpoint_path)
+  older = (on_disk | {_here(checkpoint_dir, path)
+                      for path in state.all_model_checkpoint_paths}) - {latest}
   return [latest] + sorted((path for path in older
                             if _checkpoint_step(path) < _checkpoint_step(latest)),
                            key=_checkpoint_step, reverse=True)
+
+
+def _here(checkpoint_dir, path):
+  """The checkpoint `path` as a file of `checkpoint_dir`."""
+  return os.path.join(checkpoint_dir, os.path.basename(path))
 
 
 def restore_newest(checkpoint_dir, restore):

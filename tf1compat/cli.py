@@ -78,13 +78,47 @@ def _parse_flags(argv):
     sys.stdout.write(version_line() + '\n')
     sys.exit(EXIT_OK)
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
   except flags.Error as e:
     fail(EXIT_USAGE, f'{e} (see --helpfull)')
   except UnicodeDecodeError as e:
     # absl reads flag files as UTF-8 and lets the decoding error through.
     fail(EXIT_USAGE, f'--flagfile={_undecodable_flagfile(argv)}: not UTF-8 text ({e.reason} at '
                      f'byte {e.start}); save it as UTF-8')
+  empty = _empty_flag()
+  if empty:
+    # absl takes --data_dir= (often `--data_dir=$DIR` with DIR unset) as the flag unset: the
+    # run trained on the embedded dataset, --save_init_weights= trained instead of saving.
+    fail(EXIT_USAGE, f'--{empty}= is empty (an unset shell variable?); give it a value, or '
+                     'leave the flag out for its default')
+  return remaining
+
+
+def _empty_flag():
+  """The name of the first of the commands' own text flags given an empty value, or None."""
+  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
+    if owner.startswith('absl'):
+      continue
+    for flag in defined:
+      values = flag.value if isinstance(flag, flags.MultiFlag) else [flag.value]
+      if flag.present and any(isinstance(v, str) and not v.strip() for v in values or ()):
+        return flag.name
+  return None
+
+
+def flags_only(argv):
+  """Raises UsageError when the command line holds arguments that are not flags.
+
+  For the commands that take none: absl leaves them in `argv`, where they were silently
+  ignored (`--overwrite false` is --overwrite and a stray 'false').
+  """
+  extra = argv[1:]
+  if not extra:
+    return
+  hint = ''
+  if any(arg.lower() in ('true', 'false', '0', '1', 'yes', 'no') for arg in extra):
+    hint = ' (a switch is --NAME or --noNAME, or --NAME=false)'
+  raise UsageError(f'unexpected arguments {extra}; {_program()} takes flags only{hint}')
 
 
 def _undecodable_flagfile(argv):
@@ -118,6 +152,18 @@ def run_main(main, define_flags=None, quiet_tensorflow=False, hold_stderr=False)
   (Python's own 1 would read as a parity FAIL).
   `--version` prints version_line(); help flags exit 0.
   """
+  # Until a runner's SignalCatcher takes them over, SIGINT and SIGTERM end the command in
+  # one line: while TensorFlow started, a SIGINT was a KeyboardInterrupt traceback and a
+  # SIGTERM a silent death (exit -15).
+  with signals_interrupt('rerun the same command (an interrupted run resumes)'):
+    try:
+      _run(main, define_flags, quiet_tensorflow, hold_stderr)
+    except Interrupted as e:
+      fail(e.exit_code, e)
+
+
+def _run(main, define_flags, quiet_tensorflow, hold_stderr):
+  """run_main's work, under its signal handlers."""
   if quiet_tensorflow:
     quiet_tensorflow_logs()
   if define_flags is not None:

@@ -58,7 +58,7 @@ def find_files(data_dir, split):
     raise DataError(f'--data_dir={data_dir}: no such directory; point it at a folder of '
                     f'{TRAIN_PATTERN} files (bin/make_records writes one)')
   if split == 'val':
-    return sorted(glob.glob(os.path.join(data_dir, VAL_PATTERN)))
+    return _readable(sorted(glob.glob(os.path.join(data_dir, VAL_PATTERN))))
   files = sorted(glob.glob(os.path.join(data_dir, TRAIN_PATTERN)))
   if not files:
     files = [f for f in sorted(glob.glob(os.path.join(data_dir, ALL_PATTERN)))
@@ -66,6 +66,23 @@ def find_files(data_dir, split):
   if not files:
     raise DataError(f'--data_dir={data_dir}: no {TRAIN_PATTERN} or {ALL_PATTERN} files; '
                     'write some with bin/make_records')
+  return _readable(files)
+
+
+def _readable(files):
+  """`files`, or DataError naming the first that is not a file this process can read: a
+  folder or a dangling link named like a shard ended a run with exit 4 and a traceback."""
+  for path in files:
+    if os.path.isdir(path):
+      why = 'a folder, not a TFRecord file'
+    elif not os.path.isfile(path):
+      why = ('a link to nothing' if os.path.islink(path) else 'not a regular file')
+    elif not os.access(path, os.R_OK):
+      why = 'not readable (no permission)'
+    else:
+      continue
+    raise DataError(f'{path}: {why}; remove it from the data folder, or rename it so that '
+                    'it does not end in .tfrecord')
   return files
 
 

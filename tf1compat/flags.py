@@ -27,13 +27,17 @@ def _integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
                        upper_bound=upper_bound)
 
 
-def _float(name, default, help_text, lower_bound=None, upper_bound=None):
+def _float(name, default, help_text, lower_bound=None, upper_bound=None, below=None):
   """absl.flags.DEFINE_float that refuses NaN and infinity too: absl's bounds are
-  comparisons, which NaN passes, and --learning_rate=nan trained to a NaN loss (exit 3)."""
+  comparisons, which NaN passes, and --learning_rate=nan trained to a NaN loss (exit 3).
+  `below`: an exclusive upper bound, which absl's bounds cannot say."""
   flags.DEFINE_float(name, default, help_text, lower_bound=lower_bound,
                      upper_bound=upper_bound)
   flags.register_validator(name, lambda value: value is None or math.isfinite(value),
                            message=f'--{name} takes a finite number, not nan or inf')
+  if below is not None:
+    flags.register_validator(name, lambda value: value is None or value < below,
+                             message=f'--{name} must be below {below}')
 
 
 def _int_list_validator(name):
@@ -101,10 +105,12 @@ def define_training_flags(defaults):
          lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_bool('lr_staircase', default('lr_staircase'),
                     'Decay in whole steps of --lr_decay_steps (an integer exponent).')
+  # Adam divides by 1 - beta1**t and scales by sqrt(1 - beta2**t): a beta of 1 trained to
+  # a NaN loss (beta1, exit 3) or left every weight where it was (beta2).
   _float('adam_beta1', default('adam_beta1'),
-         'Adam beta1.', lower_bound=0.0, upper_bound=1.0)
+         'Adam beta1, in [0, 1).', lower_bound=0.0, below=1.0)
   _float('adam_beta2', default('adam_beta2'),
-         'Adam beta2.', lower_bound=0.0, upper_bound=1.0)
+         'Adam beta2, in [0, 1).', lower_bound=0.0, below=1.0)
   _float('adam_epsilon', default('adam_epsilon'),
          "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
          lower_bound=0.0)

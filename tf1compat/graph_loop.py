@@ -212,7 +212,10 @@ class GraphBackend(training.Backend):
       self._saver = tf.compat.v1.train.Saver(
           var_list=(tf.compat.v1.global_variables() + self._train_metric_variables
                     + [self._iterator_saveable]),
-          max_to_keep=checkpoints.CHECKPOINTS_KEPT)
+          max_to_keep=checkpoints.CHECKPOINTS_KEPT,
+          # The state file names checkpoints by file name, as CheckpointManager does: with
+          # absolute paths a run directory copied elsewhere resumed from the original's.
+          save_relative_paths=True)
       self._build_weight_loader()
       initialize = tf.group(tf.compat.v1.global_variables_initializer(),
                             tf.compat.v1.local_variables_initializer())

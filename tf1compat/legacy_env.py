@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 from tf1compat import cli
+from tf1compat import folders
 from tf1compat import progress
 
 # The real legacy stack. TensorFlow 1.15's cp37 wheel wants numpy < 1.19 and protobuf 3.20
@@ -45,7 +46,11 @@ def _version(python):
                           capture_output=True, text=True, timeout=60, check=False)
   except (OSError, subprocess.TimeoutExpired):
     return None
-  return tuple(int(v) for v in done.stdout.split()) if done.returncode == 0 else None
+  words = done.stdout.split()
+  # Something that runs but is not Python (/bin/true) prints no version.
+  if done.returncode != 0 or len(words) != 2 or not all(w.isdigit() for w in words):
+    return None
+  return tuple(int(w) for w in words)
 
 
 def find_python37():
@@ -91,6 +96,9 @@ def create(folder, python=None):
                          '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) '
                          'or pass --python=PATH')
   target = venv_python(folder)
+  # Under a file, in a read-only folder, among the data or the package: refused before
+  # venv fails on it (exit 4).
+  folders.check_output(folder, 'legacy_env DIR', folder=True)
   if os.path.exists(folder) and not os.path.isdir(folder):
     raise cli.UsageError(f'{folder} is a file, not a folder; pass a new or empty folder to make '
                          'the environment in')

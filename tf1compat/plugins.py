@@ -170,7 +170,27 @@ def _exited(where, what, error):
 
 def load_parser(spec):
   """The Parser of --features=`spec`, or None for the seed's schema (spec None)."""
-  return Parser(spec, load('features', spec)) if spec else None
+  if not spec:
+    return None
+  function = load('features', spec)
+  _check_call(function, f'--features={spec}', 'parse(serialized)', None)
+  return Parser(spec, function)
+
+
+def _check_call(function, where, contract, *args, **kwargs):
+  """PluginError when `function` cannot be called with `args` and `kwargs` as the runner
+  will call it: the TypeError of a signature that does not fit (build(num_classes, ...),
+  which takes keras as num_classes) surfaced inside the run as a fault with a traceback."""
+  try:
+    signature = inspect.signature(function)
+  except (TypeError, ValueError):
+    return  # No readable signature (a builtin): the call itself will tell.
+  try:
+    signature.bind(*args, **kwargs)
+  except TypeError as e:
+    raise PluginError(f'{where}: its signature {function.__name__}{signature} cannot be called '
+                      f'as {contract} ({e}); docs/own-migration.md, "Your own model", '
+                      'gives the contract') from None
 
 
 def keras_label(keras):
@@ -290,6 +310,9 @@ def build_model(spec, keras, *, num_classes, image_size, input_tensor=None, **sw
   refused = sorted(left_out - _CHECKED_AFTER_BUILD)
   if refused:
     raise _refused_switch(where, refused[0])
+  _check_call(builder, where, 'build(keras, *, num_classes, image_size, input_tensor=None, '
+              '...)', keras, num_classes=num_classes, image_size=image_size,
+              input_tensor=input_tensor, **passed)
   try:
     model = builder(keras, num_classes=num_classes, image_size=image_size,
                     input_tensor=input_tensor, **passed)

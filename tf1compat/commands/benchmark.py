@@ -22,8 +22,7 @@ from tf1compat import flags as tf1compat_flags
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f'unexpected arguments {argv[1:]}; benchmark takes flags only')
+  cli.flags_only(argv)
   settings = config.from_flags(config.BenchmarkConfig, flags.FLAGS)
   benchmark.check_outputs(settings, flags.FLAGS.output_dir, flags.FLAGS.json)
   figures = benchmark.run(settings, flags.FLAGS.output_dir, flags.FLAGS.measurements)

@@ -20,8 +20,7 @@ from tf1compat import settings_matrix
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f'unexpected arguments {argv[1:]}; check_parity takes flags only')
+  cli.flags_only(argv)
   cfg = config.from_flags(config.CheckParityConfig, flags.FLAGS)
   if cfg.settings_matrix:
     results = settings_matrix.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))

@@ -13,7 +13,7 @@ from tf1compat import legacy_env
 
 
 def main(argv):
-  if len(argv) != 2:
+  if len(argv) != 2 or not argv[1].strip():
     raise cli.UsageError('pass the folder to make the environment in: legacy_env DIR')
   legacy_env.create(argv[1], flags.FLAGS.python)
 

@@ -10,7 +10,7 @@ from tf1compat import record_folder
 
 
 def main(argv):
-  del argv
+  cli.flags_only(argv)
   cfg = config.from_flags(config.RecordsConfig, flags.FLAGS)
   # Where it would write is checked before TensorFlow's start, which takes seconds.
   old_files = record_folder.check_output_dir(cfg.output_dir, cfg.overwrite, cfg.image_dir)

@@ -16,8 +16,7 @@ from tf1compat import matrix
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise cli.UsageError(f'unexpected arguments {argv[1:]}; parity_matrix takes flags only')
+  cli.flags_only(argv)
   cfg = config.from_flags(config.MatrixConfig, flags.FLAGS)
   result = matrix.run(cfg)
   sys.stdout.write(matrix.markdown(result))

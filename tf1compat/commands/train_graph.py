@@ -13,7 +13,7 @@ from tf1compat import replay
 
 
 def main(argv):
-  del argv
+  cli.flags_only(argv)
   replay_cfg = tf1compat_flags.replay_config(flags.FLAGS, config.GraphConfig)
   if replay_cfg:
     _replay(replay_cfg)
