@@ -359,7 +359,10 @@ def test_make_records_interrupted_is_one_line_and_leaves_nothing(signum, tmp_pat
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', 'make_records'),
                              f'--image_dir={images}', f'--output_dir={tmp_path}/out'],
                             stdout=subprocess.DEVNULL, stderr=log)
-    time.sleep(1.0)  # in TensorFlow's import or the conversion
+    # In TensorFlow's import or the conversion: once the command catches SIGTERM, its own
+    # handlers are in place (a fixed sleep sent the signal into Python's start on a busy
+    # machine, where no handler of ours could answer).
+    _wait_until_caught(proc.pid, signal.SIGTERM)
     proc.send_signal(signum)
     code = proc.wait(timeout=120)
   stderr = log_path.read_text()
@@ -369,6 +372,19 @@ def test_make_records_interrupted_is_one_line_and_leaves_nothing(signum, tmp_pat
       f'make_records: interrupted by {signal.Signals(signum).name}; nothing was half-written')
   assert _digests(images) == before
   assert sorted(os.listdir(tmp_path)) == ['images', 'stderr']
+
+
+def _wait_until_caught(pid, signum, timeout=60):
+  """Waits until process `pid` has a handler of its own for `signum` (SigCgt in
+  /proc/PID/status)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    with open(f'/proc/{pid}/status') as f:
+      caught = next(int(line.split()[1], 16) for line in f if line.startswith('SigCgt:'))
+    if caught & (1 << (signum - 1)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f'process {pid} never caught signal {signum}')
 
 
 @pytest.mark.parametrize('script,signum', [('train_eager', signal.SIGTERM),

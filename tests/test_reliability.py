@@ -181,7 +181,7 @@ def test_data_dir_without_records_is_a_usage_error(name, no_records_runs):
 @pytest.mark.parametrize('script,flag,expected', [
     ('train_graph', '--batch_size=0', '--batch_size=0'),
     ('train_eager', '--epochs=-1', '--epochs=-1'),
-    ('train_graph', '--image_size=16', '--image_size=16: 16 is not integer >= 31'),
+    ('train_graph', '--image_size=16', '--image_size=16: 16 is not an integer in the range [31, '),
 ])
 def test_flag_out_of_range_is_a_usage_error(script, flag, expected, tiny_data_dir, tmp_path):
   model_dir = tmp_path / 'run'

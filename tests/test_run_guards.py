@@ -351,15 +351,17 @@ def _garble_a_snapshot(model_dir):
     f.write(b'not an npz')
 
 
-@pytest.mark.parametrize('damage,damaged', [
-    (_garble_a_loss, 'steps.csv'), (_garble_a_snapshot, 'weights/step-000002.npz')])
-def test_compare_runs_names_a_damaged_file_of_a_run(damage, damaged, references, tmp_path):
+@pytest.mark.parametrize('damage,damaged,what', [
+    (_garble_a_loss, 'steps.csv', ' is damaged'),
+    (_garble_a_snapshot, 'weights/step-000002.npz', ': not an .npz file')])
+def test_compare_runs_names_a_damaged_file_of_a_run(damage, damaged, what, references,
+                                                    tmp_path):
   damaged_run = str(tmp_path / 'damaged')
   shutil.copytree(references('graph'), damaged_run)
   damage(damaged_run)
   proc = run_entry('compare_runs', references('graph'), damaged_run,
                    f'--output_dir={tmp_path / "report"}')
-  _one_line(proc, 2, f'{os.path.join(damaged_run, damaged)} is damaged',
+  _one_line(proc, 2, f'{os.path.join(damaged_run, damaged)}{what}',
             "rerun the run's command with --overwrite")
   assert not (tmp_path / 'report').exists()
 
@@ -376,7 +378,7 @@ def test_a_damaged_run_json_is_named_and_overwrite_replaces_only_the_run(data, r
     f.write('the log check_parity keeps\n')
   before = _digest(model_dir, skip=('.lock',))
   proc = run_entry('train_graph', *_flags(data, model_dir))
-  _one_line(proc, 2, f'{os.path.join(model_dir, "run.json")} is damaged', '--overwrite',
+  _one_line(proc, 2, f'{os.path.join(model_dir, "run.json")}: not JSON', '--overwrite',
             'another --model_dir')
   assert _digest(model_dir, skip=('.lock',)) == before
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 
 from absl import logging
@@ -92,6 +93,12 @@ class Schedule:
   @property
   def total_steps(self):
     return self.epochs * self.steps_per_epoch
+
+
+def _inside(path, folder):
+  """Whether `path` lies inside `folder`."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 class Recorder:
@@ -196,7 +203,10 @@ class Recorder:
     """
     self._started = time.time()
     self.last_checkpoint = checkpoint
-    self.log.check_rows(step, self.schedule.steps_per_epoch)
+    # Only the run directory that wrote the checkpoint holds its rows: another worker of a
+    # multi-worker run resumes from the chief's checkpoint into a scratch folder.
+    if checkpoint and _inside(checkpoint, self.log.model_dir):
+      self.log.check_rows(step, self.schedule.steps_per_epoch)
     self.log.truncate_after(step, self.schedule.steps_per_epoch)
     if step:
       self.checkpoint_step = step
