@@ -155,7 +155,9 @@ def checks(tiny_data_dir, base, output_dirs):
       if kind == 'plain' and (pitfall, case_kind) == ('from_logits_lost', 'plain'):
         done[UNCATALOGUED] = _check(tiny_data_dir, output_dirs[kind], *UNCATALOGUED_ARGS,
                                     '--overwrite', env=TEAM_ENV)
-        # Its FAIL rests on numbers: the per-step control ran beside the legacy run.
+      if (pitfall, case_kind, kind) == ('accuracy_metric_class', 'plain', 'plain'):
+        # Its FAIL rests on numbers (the curves): the other controls ran beside the
+        # folder's legacy run, which is the matched one (the mistake is the port's).
         done['per_step_nudges'] = _ulp_distances(output_dirs[kind], step=1)
     return done
 
@@ -338,7 +340,15 @@ def test_an_uncatalogued_mistake_fails_and_is_localized(checks):
   assert where['stages']['forward']['outside'][0] == 'conv3'
   assert 'the 2 layer output(s) before it are inside' in where['summary']
   assert where['pitfalls'] == []
-  # A FAIL on numbers alone stands only once the other kinds of control agree.
+  # Another model is a config difference: no control can change that, none more ran.
+  assert 'the FAIL rests on numbers alone' not in result.stdout
+  assert [os.path.basename(path) for path in report['controls']] == ['control']
+
+
+def test_a_fail_on_numbers_alone_asks_for_the_other_controls(checks):
+  """accuracy_metric_class FAILs on the curves alone: before it stands, the per-step and
+  the kernels control run, and the widest of the three judges."""
+  result, report = checks['accuracy_metric_class', 'plain']
   assert result.stdout.count('the FAIL rests on numbers alone') == 2
   out = os.path.dirname(report['controls'][0])
   assert report['controls'] == [os.path.join(out, name) for name in (
