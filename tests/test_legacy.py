@@ -24,6 +24,7 @@ from tf1compat import config
 from tf1compat import harness
 from tf1compat import legacy_env
 from tf1compat import parity
+from tf1compat import probes
 from tf1compat import runlog
 from tf1compat import team_models
 from tf1compat import tiers
@@ -33,6 +34,9 @@ from tf1compat import tiers
 PASSES = 3
 THREE_PASSES = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=3',
                 '--steps_per_epoch=8', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+# The run of docs/legacy-stack.md's false alarms: 12 steps of the tiny data.
+TWELVE_STEPS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
+                '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
 RECORDER_DIR = os.path.join(REPO, 'recorder')
 TF215 = {'python': '3.12.1', 'numpy': '2.1.0', 'tensorflow': '2.21.0',
          'keras_implementation': runlog.KERAS_TF_KERAS, 'keras': '2.21.0'}
@@ -85,8 +89,8 @@ def test_a_different_tensorflow_alone_is_not_a_lint_difference(tmp_path):
 def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
   """Our runners' TF 1.15 and TF 2 runs read the same batches on every pass through the
   training records (32 here, batches of 8: 4 steps a pass): the step and weight tiers
-  measure every step; their kernels' rounding (tf1_rounding) leaves those tiers reported,
-  the curves judge."""
+  measure every step and judge it; their kernels' rounding (tf1_rounding) is named, and
+  the controls of other kinds measure such rounding (docs/parity.md)."""
   losses = np.linspace(2.0, 1.0, 8)
   later = losses * np.where(np.arange(8) < 4, 1.0, 1.001)
   data = {'records': {'train': 32, 'val': 8}}
@@ -101,9 +105,9 @@ def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
   pair = parity.compare([reference, legacy], parity.Tolerances())['pairs'][0]
   assert list(pair['framework_differences']) == ['tf1_rounding']
   assert pair['step_tier']['steps'] == 8 and pair['weight_tier']['judged_steps'] == [0, 1, 2, 8]
-  assert pair['step_tier']['first_step_over'] == 5 and not pair['tiers']['step']['judged']
-  assert pair['verdict'] == 'PASS' and pair['parting']['loss_step'] == 5
-  # The same pair on one TensorFlow: judged, it fails.
+  assert pair['tiers']['step']['judged'] and pair['step_tier']['first_step_over'] == 5
+  assert pair['verdict'] == 'FAIL' and pair['parting']['loss_step'] == 5
+  # The same pair on one TensorFlow: judged alike.
   same = run('graph_again', TF215, later, 1e-2)
   pair = parity.compare([reference, same], parity.Tolerances())['pairs'][0]
   assert 'tf1_rounding' not in pair['framework_differences']
@@ -296,11 +300,17 @@ def ladder_checks(legacy_python, tiny_data_dir, tmp_path_factory):
   never-reset metrics in the TF 1.15 run (which retrains that run only)."""
   out = str(tmp_path_factory.mktemp('ladder'))
   done = {}
-  for name, extra in (('matched', ()), ('metrics_never_reset',
-                                        ('--pitfall=metrics_never_reset', '--overwrite'))):
+  for name, extra in (('matched', ('--localize',)),
+                      ('metrics_never_reset', ('--pitfall=metrics_never_reset', '--overwrite'))):
     result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={out}',
                        f'--legacy_python={legacy_python}', *THREE_PASSES, *extra)
     with open(os.path.join(out, 'parity.json')) as f:
+      done[name] = (result, json.load(f))
+  for name, extra in (('batch_norm', '--batch_norm'), ('dropout', '--dropout=0.3')):
+    folder = str(tmp_path_factory.mktemp(f'ladder_{name}'))
+    result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={folder}',
+                       f'--legacy_python={legacy_python}', *TWELVE_STEPS, extra)
+    with open(os.path.join(folder, 'parity.json')) as f:
       done[name] = (result, json.load(f))
   return out, done
 
@@ -327,10 +337,26 @@ def test_the_ladder_passes_on_tiny_data(ladder_checks):
   assert reference['init_weights_sha256'] == manifest['init_weights_sha256']
   assert reference['data'] == manifest['data']
   first_rung = next(p for p in report['pairs'] if p['other_label'] == 'graph:tf115')
-  # The same batches on every pass: the step tier measures every step up to the horizon.
+  # The same batches on every pass: the step tier judges every step up to the horizon.
   assert list(first_rung['framework_differences']) == ['tf1_rounding']
+  assert first_rung['tiers']['step']['judged']
   assert first_rung['step_tier']['steps'] == min(PASSES * 8,
                                                  report['calibration']['loss_horizon'])
+  # The TF 1.15 run's first step replayed on TensorFlow 1.15 itself.
+  assert first_rung['where']['judged'], first_rung['where']
+  replays = os.path.join(out, 'localize')
+  assert probes.load(os.path.join(replays, 'tf115.npz')).meta['tensorflow'] == '1.15.0'
+  assert probes.load(os.path.join(replays, 'graph.npz')).meta['tensorflow'] == '2.21.0'
+
+
+@pytest.mark.legacy
+@pytest.mark.parametrize('name', ['batch_norm', 'dropout'])
+def test_the_ladder_passes_with_batch_norm_and_with_dropout(ladder_checks, name):
+  """The 12-step tiny runs that FAILed the first rung on its curves or steps before the
+  batch order was one and the controls three kinds (docs/legacy-stack.md)."""
+  result, report = ladder_checks[1][name]
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert [rung['verdict'] for rung in report['ladder']] == ['PASS', 'PASS']
 
 
 @pytest.mark.legacy

@@ -42,13 +42,13 @@ FRAMEWORK_DIFFERENCES = {
                     'batch mean, global average pooling, per_image_standardization), the softmax '
                     'cross-entropy kernel and ApplyAdam, oneDNN on or off; with oneDNN on (TF '
                     "2's default on x86) also the fused convolutions and their input gradients. "
-                    'Last-bit differences from the first step on, which Adam amplifies at its '
-                    "own pace, not the control's: the step tier is reported with its ratio to "
-                    'the envelope, the curve tier judges (docs/legacy-stack.md).',
+                    'Last-bit differences at every step, as a port with other kernels has: '
+                    'the step tier judges them against the widest of the controls, the '
+                    'per-step and the kernels control among them (docs/parity.md).',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'dropout_masks',
-                           'replica_reduction', 'mixed_precision', 'tf1_rounding'})
+                           'replica_reduction', 'mixed_precision'})
 # run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
 # they may have computed with.
 KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),

@@ -581,5 +581,5 @@ def replay_run(cfg, replay_cfg):
     stages, learning_rate = backend.replay_step(batch)
     replay.write_probe(replay_cfg, runner(cfg), stages, {
         **backend.layer_meta(), 'learning_rate': learning_rate, 'training': True,
-        'settings': numerics.settings()})
+        'settings': numerics.settings(), 'tensorflow': tf.__version__})
   logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

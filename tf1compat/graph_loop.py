@@ -611,5 +611,5 @@ def replay_run(cfg, replay_cfg):
     backend.close()
   replay.write_probe(replay_cfg, RUNNER, stages, {
       **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
-      'settings': stacks.settings()})
+      'settings': stacks.settings(), 'tensorflow': tf.__version__})
   logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

@@ -468,9 +468,12 @@ def run(cfg, tolerances, reuse=None):
     report['ladder'] = parity.ladder(report, run_dirs[LEGACY])
   try:
     # Where inside the first step each failed pair parts (--localize: every pair).
+    # The TensorFlow 1.15 run replays on TensorFlow 1.15, where it trained.
     replay.localize_report(report, tolerances, output_dir, pairs=[
         index for index, pair in enumerate(report['pairs'])
-        if cfg.localize or (cfg.localize is None and pair['verdict'] == 'FAIL')])
+        if cfg.localize or (cfg.localize is None and pair['verdict'] == 'FAIL')],
+        interpreters={run_dirs[LEGACY]: (cfg.legacy_python, legacy_source)}
+        if LEGACY in run_dirs else None)
   finally:
     parity_report.write_report(report, output_dir)
   return report

@@ -166,8 +166,9 @@ def _current(path, run_dir, fed_digest):
       os.path.join(run_dir, runlog.RUN_JSON)) and meta.get('fed_batch_sha256') == fed_digest)
 
 
-def _replay(name, run_dir, out_dir, batch_path=None):
-  """The probe path of run `name`'s replay in `out_dir`, made unless a current one is there."""
+def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
+  """The probe path of run `name`'s replay in `out_dir`, made unless a current one is there,
+  by `interpreter` ((python, the folder it imports tf1compat from); None: this one's)."""
   out = os.path.join(out_dir, f'{name}.npz')
   fed_digest = probes.load(batch_path).meta['batch_sha256'] if batch_path else None
   if _current(out, run_dir, fed_digest):
@@ -179,25 +180,32 @@ def _replay(name, run_dir, out_dir, batch_path=None):
   if batch_path:
     args.append(f'--replay_batch={batch_path}')
   log_path = os.path.join(out_dir, f'{name}.log')
+  python, package_parent = interpreter or (None, process.PACKAGE_PARENT)
   with open(log_path, 'w') as log:
-    code = subprocess.run(process.command(RUNNER_COMMANDS[runner], *args), stdout=log,
-                          stderr=subprocess.STDOUT, env=process.child_env(),
+    code = subprocess.run(process.command(RUNNER_COMMANDS[runner], *args, python=python),
+                          stdout=log, stderr=subprocess.STDOUT,
+                          env=process.child_env(package_parent=package_parent),
                           check=False).returncode
   if code:
     raise process.runner_error(f'{name} replay', code, log_path)
   return out
 
 
-def replay_runs(runs, out_dir):
+def replay_runs(runs, out_dir, interpreters=None):
   """{name: probe path}: the replays of `runs` ({name: run directory}, the reference
   first) in `out_dir`. The reference is replayed on its pipeline's first batch, the
   others on the same batch (its probe's); a replay of the same run on the same batch
-  already there is reused."""
+  already there is reused. A run in `interpreters` ({run directory: (python, the folder
+  it imports tf1compat from)}) is replayed by the interpreter that trained it: a TF 1.15
+  run on TF 1.15 itself."""
+  interpreters = interpreters or {}
   os.makedirs(out_dir, exist_ok=True)
   names = list(runs)
-  reference = _replay(names[0], runs[names[0]], out_dir)
+  reference = _replay(names[0], runs[names[0]], out_dir,
+                      interpreter=interpreters.get(runs[names[0]]))
   with concurrent.futures.ThreadPoolExecutor(_AT_ONCE) as pool:
-    others = {name: pool.submit(_replay, name, runs[name], out_dir, reference)
+    others = {name: pool.submit(_replay, name, runs[name], out_dir, reference,
+                                interpreters.get(runs[name]))
               for name in names[1:]}
     return {names[0]: reference, **{name: job.result() for name, job in others.items()}}
 
@@ -211,11 +219,12 @@ def _names(run_dirs):
   return names
 
 
-def localize_report(report, tol, out_dir, weight_maps=None, pairs=None):
+def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None):
   """Adds 'where' (localize.py) to the pairs of parity report `report` whose indices are
   in `pairs` (None: all), from the probes of the reference, the control and those pairs'
   other runs: a loop's recorded probe (RunRecorder.probe), else a replay of our runner's
-  first step, written into `out_dir`/localize. `weight_maps` as parity.compare's."""
+  first step, written into `out_dir`/localize. `weight_maps` as parity.compare's;
+  `interpreters` as replay_runs'."""
   chosen = range(len(report['pairs'])) if pairs is None else sorted(pairs)
   if not chosen:
     return
@@ -236,7 +245,7 @@ def localize_report(report, tol, out_dir, weight_maps=None, pairs=None):
       to_replay[name] = run_dir
   if to_replay:
     try:
-      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR))
+      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR), interpreters)
     except cli.UsageError as e:
       replayed = {name: e for name in to_replay}
     found.update({to_replay[name]: path for name, path in replayed.items()})
