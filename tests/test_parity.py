@@ -421,3 +421,20 @@ def test_accuracy_metric_class_is_named_when_losses_agree_and_accuracies_do_not(
   e = make_run(str(tmp_path / 'e'), runner='fit', losses=_losses() * 1.5,
                accuracies=np.zeros_like(accuracies), flags_extra=EXACT)
   assert 'accuracy_metric_class' not in _names(_compare(a, e)['pairs'][0])
+
+
+def test_an_accuracy_is_judged_to_one_example_at_least(tmp_path):
+  """16 validation images: a correct port that classifies one of them otherwise is 0.0625
+  apart, over the fixed 0.05 band, and passes; two of them fail."""
+  accuracies = np.linspace(0.1, 0.9, EPOCHS * STEPS_PER_EPOCH).round(4)
+  data = {'data': {'records': {'train': 64, 'val': 16}}}
+  reference = make_run(str(tmp_path / 'reference'), accuracies=accuracies,
+                       manifest_extra=data)
+  for images, verdict in ((1, 'PASS'), (2, 'FAIL')):
+    moved = accuracies.copy()
+    moved[STEPS_PER_EPOCH - 1] += images / 16  # epochs.csv's val_accuracy of epoch 1
+    other = make_run(str(tmp_path / f'other{images}'), runner='eager', accuracies=moved,
+                     flags_extra=EXACT, manifest_extra=data)
+    series = _compare(reference, other)['pairs'][0]['curve_tier']['series']['val_accuracy']
+    assert series['limit'] == pytest.approx([1 / 16] * EPOCHS)
+    assert series['passed'] == (verdict == 'PASS'), (images, series)
