@@ -95,9 +95,10 @@ def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
   later = losses * np.where(np.arange(8) < 4, 1.0, 1.001)
   data = {'records': {'train': 32, 'val': 8}}
 
-  def run(name, versions, run_losses, offset):
+  def run(name, versions, run_losses, offset, batch_norm=False):
     return make_run(str(tmp_path / name), losses=run_losses,
                     weight_offsets={('logits/bias', 8): offset},
+                    flags_extra={'batch_norm': batch_norm},
                     manifest_extra={'versions': versions, 'data': data})
 
   reference = run('graph', TF215, losses, 0.0)
@@ -112,6 +113,12 @@ def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
   pair = parity.compare([reference, same], parity.Tolerances())['pairs'][0]
   assert 'tf1_rounding' not in pair['framework_differences']
   assert pair['verdict'] == 'FAIL' and pair['step_tier']['first_step_over'] == 5
+  # With BatchNorm, TF 1.15's kernels round as no control does: reported, not judged.
+  reference = run('graph_bn', TF215, losses, 0.0, batch_norm=True)
+  legacy = run('tf115_bn', TF115, later, 1e-2, batch_norm=True)
+  pair = parity.compare([reference, legacy], parity.Tolerances())['pairs'][0]
+  assert list(pair['framework_differences']) == ['tf1_rounding', 'tf1_batch_norm']
+  assert not pair['tiers']['step']['judged'] and pair['verdict'] == 'PASS'
 
 
 def test_the_legacy_pitfall_goes_into_the_tf115_run_and_the_reference_stays_correct():

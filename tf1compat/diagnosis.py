@@ -37,12 +37,12 @@ FRAMEWORK_DIFFERENCES = {
     'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
                        'float32 run computes in float32: expected to differ from the first '
                        'step on by float16 round-off; judged on the curve tier.',
-    'bn_fused_kernel': "One run's Keras computes BatchNormalization with the fused kernel, the "
-                       "other with separate ops (TF 1.15's Keras by default): other formulas "
-                       "for the batch statistics and their gradients, whose differences Adam "
-                       "turns into steps of the learning rate's size where a gradient is near "
-                       'zero (measured on the tiny data: one update 36x apart from the '
-                       "controls' after step 1): the step tier is reported, the curves judge.",
+    'tf1_batch_norm': "TensorFlow 1.15's BatchNormalization kernels round the batch statistics "
+                      "and their gradients otherwise than TensorFlow 2's, and no control of "
+                      "the reference's stack rounds as they do; Adam turns a gradient near "
+                      "zero into a step of the learning rate's size (measured on the tiny data "
+                      "with --batch_norm: one update 36x apart from the three controls' after "
+                      'step 1): the step tier is reported, the curves judge.',
     'tf1_rounding': 'TensorFlow 1.15 and TensorFlow 2 run the same graph through kernels that '
                     'round differently on the CPU: float32 reductions (Sum, Mean: the loss\'s '
                     'batch mean, global average pooling, per_image_standardization), the softmax '
@@ -53,7 +53,7 @@ FRAMEWORK_DIFFERENCES = {
                     'per-step and the kernels control among them (docs/parity.md).',
 }
 # Differences after which step-wise values are no longer comparable.
-STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'bn_fused_kernel',
+STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'tf1_batch_norm',
                            'dropout_masks', 'replica_reduction', 'mixed_precision'})
 # run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
 # they may have computed with.
@@ -121,10 +121,8 @@ def known_differences(reference, other):
                  (reference, other)]
   if [v.startswith('1.') for v in tf_versions].count(True) == 1:
     found['tf1_rounding'] = {'tensorflow': tf_versions}
-  fused = [(run.manifest.get('model_summary') or {}).get('batch_norm_fused')
-           for run in (reference, other)]
-  if None not in fused and fused[0] != fused[1] and batch_norm_layers(reference):
-    found['bn_fused_kernel'] = {'fused': fused}
+    if batch_norm_layers(reference):
+      found['tf1_batch_norm'] = {'batch_norm_layers': batch_norm_layers(reference)}
   return found
 
 
