@@ -114,6 +114,11 @@ def test_out_of_range_and_non_finite_flags_are_refused_at_parsing(script, flag, 
     ('train_eager', ['--save_init_weights='], '--save_init_weights= is empty'),
     ('make_records', ['--synthetic', '--output_dir= '], '--output_dir= is empty'),
     ('compare_runs', ['--control=', 'a', 'b'], '--control= is empty'),
+    # An empty list read as "all": the whole benchmark started.
+    ('benchmark', ['--measurements='], '--measurements= is empty'),
+    # Written image by image, for hours.
+    ('make_records', ['--synthetic', '--output_dir={tmp}/out', '--synthetic_classes=100000000'],
+     'would hold more than 2,000,000 images'),
     # absl left them in argv, where they were ignored: `--overwrite false` overwrote.
     ('train_graph', ['--overwrite', 'false'], "unexpected arguments ['false']"),
     ('train_eager', ['data'], "unexpected arguments ['data']"),

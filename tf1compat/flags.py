@@ -21,6 +21,9 @@ from tf1compat import pitfalls
 from tf1compat import plugins
 
 
+# The most images make_records --synthetic writes (ImageNet's training set is 1.28 million).
+SYNTHETIC_MAX_IMAGES = 2_000_000
+
 def _integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
   """absl.flags.DEFINE_integer with an upper bound always (config.INT_MAX unless given)."""
   flags.DEFINE_integer(name, default, help_text, lower_bound=lower_bound,
@@ -368,6 +371,14 @@ def define_records_flags():
            lower_bound=0)
   flags.DEFINE_bool('overwrite', default('overwrite'), 'Replace records already in --output_dir.')
   flags.mark_flag_as_required('output_dir')
+  # Written image by image: --synthetic_classes=100000000 ran for hours before its first
+  # shard; a set larger than ImageNet's training set is a typo, not a test set.
+  flags.register_multi_flags_validator(
+      ['synthetic_classes', 'synthetic_train_per_class', 'synthetic_val_per_class'],
+      lambda v: v['synthetic_classes'] * (v['synthetic_train_per_class'] +
+                                          v['synthetic_val_per_class']) <= SYNTHETIC_MAX_IMAGES,
+      message=f'the synthetic dataset would hold more than {SYNTHETIC_MAX_IMAGES:,} images; '
+              'lower --synthetic_classes or the images per class')
   flags.register_multi_flags_validator(
       ['image_dir', 'synthetic'], lambda v: bool(v['image_dir']) != bool(v['synthetic']),
       message='pass exactly one of --image_dir=FOLDER or --synthetic')
@@ -482,6 +493,10 @@ def define_benchmark_flags():
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')
+  # An empty list (--measurements=$UNSET) read as "all" started the whole benchmark.
+  flags.register_validator('measurements', lambda names: names is None or bool(names),
+                           message='--measurements= is empty; name measurements, or leave the '
+                                   'flag out for all')
   _integer('repetitions', default('repetitions'),
            'Timed windows per measurement and round; figures are the median, min '
            'and max over all windows.', lower_bound=1)
