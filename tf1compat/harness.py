@@ -104,7 +104,7 @@ def escalation_jobs(reference, reference_dir):
     that cancels) otherwise, and Adam turns such a gradient into a step of the learning
     rate's size (measured: 7e-4 apart after step 1 while every other control was 3e-6).
 
-  Measured on the real digits (docs/parity.md, "Two kinds of control, then three"): the
+  Measured on the real digits (docs/parity.md, "Three kinds of control"): the
   trajectory of correct runs forks, and which branch a control takes is a coin toss;
   the three kinds together took every branch a correct port took.
   """
@@ -406,9 +406,9 @@ def run(cfg, tolerances, reuse=None):
   Before anything is written: --output_dir must lie apart from the data (and the cache
   and the package), a given --init_weights must load, the folder's lock is taken, and no
   run whose arguments changed is replaced without --overwrite. `reuse` maps job names
-  ('graph', 'control', 'control_per_step') to complete run directories made by another
-  check with the same arguments and initial weights (the settings matrix's rows share the
-  defaults row's legacy run and controls): they are compared, not trained again.
+  ('graph' and the controls') to complete run directories made by another check with the
+  same arguments and initial weights (the settings matrix's rows share the defaults row's
+  legacy run and controls): they are compared, not trained again.
   """
   reuse = reuse or {}
   check_pitfall_requirements(cfg)
@@ -453,14 +453,14 @@ def run(cfg, tolerances, reuse=None):
   for job in escalation_jobs(reference, run_dirs['graph']) if cfg.calibrate else ():
     if job.name in run_dirs:
       continue
-    planned = _plan(cfg, job, common, output_dir, init_weights, nudged, previous)
-    made = previous.get(job.name) == planned[3] and _complete(planned[1])
+    item = _plan(cfg, job, common, output_dir, init_weights, nudged, previous)
+    made = previous.get(job.name) == item[3] and _complete(item[1])
     if not (made or parity.rests_on_numbers(report)):
       continue
     if not made:
       progress.say('the FAIL rests on numbers alone: another kind of control before it '
                    'stands')
-    run_dirs[job.name] = _train(cfg, planned, previous, state, state_path, legacy_source)
+    run_dirs[job.name] = _train(cfg, item, previous, state, state_path, legacy_source)
     report = parity.compare(compared, tolerances, controls=_controls(run_dirs))
   report['pitfall_injected'] = cfg.pitfall
   report['init_weights'] = init_weights
