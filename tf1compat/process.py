@@ -65,7 +65,8 @@ def set_cpu_kernels(onednn, intra_op_threads=0):
   if onednn == 'default' and not intra_op_threads:
     return
   if 'tensorflow' in sys.modules:
-    raise RuntimeError('TensorFlow was imported before --onednn was applied')
+    raise RuntimeError('TensorFlow was imported before --onednn or --intra_op_threads was '
+                       'applied')
   if onednn != 'default':
     os.environ['TF_ENABLE_ONEDNN_OPTS'] = '1' if onednn == 'on' else '0'
   if intra_op_threads:
