@@ -1,4 +1,4 @@
-"""A team's legacy TF1 training loop, recorded for compare_runs by tf1compat.recorder.
+"""A team's legacy TF1 training loop, recorded for compare_runs by tf1compat.runs.recorder.
 
 The loop is written the TF1 way, as such code is found: placeholders fed with numpy
 batches from the team's own pipeline (team_common.py), tf.compat.v1.layers, softmax
@@ -14,7 +14,7 @@ gradients) for compare_runs --localize.
 does not exist yet, the loop writes its own freshly initialized weights there first,
 under its TF1 variable names ('hidden/kernel'). A control run, for a calibrated
 verdict, is this loop again from those weights moved by one ulp each
-(tf1compat.team_models.control_start writes them beside the file).
+(tf1compat.runs.team_models.control_start writes them beside the file).
 """
 
 import os
@@ -29,8 +29,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import team_common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HIDDEN_UNITS = 32
 

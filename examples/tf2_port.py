@@ -1,4 +1,4 @@
-"""The team's TF2 port of tf1_session_loop.py, recorded for compare_runs by tf1compat.recorder.
+"""The team's TF2 port of tf1_session_loop.py, recorded for compare_runs by tf1compat.runs.recorder.
 
 The port as a team writes it: a Keras 3 model (the TF1 loop's two dense layers, under
 Keras' own names), keras.optimizers.Adam with the legacy epsilon passed explicitly, a
@@ -32,8 +32,8 @@ import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import team_common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import recorder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import team_models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 HIDDEN_UNITS = 32
 LEGACY_ADAM_EPSILON = 1e-8  # tf.compat.v1.train.AdamOptimizer's default

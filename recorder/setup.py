@@ -4,9 +4,10 @@ numpy): a TensorFlow 1.15 Session loop included.
 
     pip install path/to/checkout/recorder
 
-It installs the listed modules of the checkout's tf1compat package, the same files the
-full distribution holds, so the two never disagree on the contract: install one or the
-other in an environment, not both. README: "Your own loops"; docs/legacy-stack.md.
+It installs the checkout's tf1compat/runs/ (the run-directory contract) and the package's
+__init__.py, the same files the full distribution holds, so the two never disagree on the
+contract: install one or the other in an environment, not both. README: "Your own loops";
+docs/legacy-stack.md.
 """
 
 import os
@@ -17,9 +18,8 @@ import setuptools
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE_DIR = os.path.join(os.path.dirname(HERE), 'tf1compat')
 # What `from tf1compat import recorder, team_models` needs, and nothing that imports
-# TensorFlow or absl (tests/test_recorder_distribution.py keeps the list closed).
-MODULES = ('atomic', 'calibration', 'config', 'errors', 'folders', 'held_stderr', 'probes',
-           'recorder', 'runlog', 'team_models', 'user_files', 'weight_map')
+# TensorFlow or absl (tests/test_legacy.py keeps the wing closed).
+PACKAGES = ('tf1compat', 'tf1compat.runs')
 
 
 def _version():
@@ -36,5 +36,5 @@ setuptools.setup(
     python_requires='>=3.7',
     install_requires=['numpy'],
     package_dir={'tf1compat': os.path.relpath(PACKAGE_DIR, HERE)},
-    py_modules=[f'tf1compat.{name}' for name in MODULES],
+    packages=list(PACKAGES),
 )

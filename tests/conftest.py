@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tf1compat import runlog
+from tf1compat.runs import runlog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -46,7 +46,7 @@ def run_python(code, *args, env=None, timeout=600):
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory):
   """A tiny synthetic dataset written once per test session."""
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp('tiny_data'))
   records.write_synthetic(out, **TINY)
   return out

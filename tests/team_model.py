@@ -8,7 +8,7 @@ other builders break the contract one way each.
 
 import tensorflow as tf
 
-from tf1compat import model
+from tf1compat.train.models import convnet
 
 # The convolution convnet_conv3_elu activates otherwise.
 ELU_LAYER = 3
@@ -32,12 +32,12 @@ def build(keras, *, num_classes, image_size, input_tensor=None, batch_norm_layer
 
 
 def convnet_conv3_elu(keras, *, num_classes, image_size, input_tensor=None):
-  """The seed's ConvNet (tf1compat.model) as a port with a mistake no catalogue holds:
+  """The seed's ConvNet (tf1compat.train.models.convnet) as a port with a mistake no catalogue holds:
   conv3 activates with ELU instead of ReLU. Same layers, names and shapes, so it loads
   the seed's weights; check_parity gives it to the port only (--port_flags=--model=...)."""
   inputs = keras.Input(shape=(image_size, image_size, 3), tensor=input_tensor, name='images')
   x = inputs
-  for index, filters in enumerate(model.CONV_FILTERS, start=1):
+  for index, filters in enumerate(convnet.CONV_FILTERS, start=1):
     x = keras.layers.Conv2D(filters, (3, 3), strides=(2, 2), kernel_initializer='he_normal',
                             activation='elu' if index == ELU_LAYER else 'relu',
                             name=f'conv{index}')(x)

@@ -13,11 +13,11 @@ import os
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, at_once, run_entry, run_python
-from tf1compat import benchmark
-from tf1compat import benchmark_figures
-from tf1compat import benchmark_workers
-from tf1compat import config
-from tf1compat import cpu_info
+from tf1compat.bench import benchmark
+from tf1compat.bench import benchmark_figures
+from tf1compat.bench import workers
+from tf1compat.runs import config
+from tf1compat.runtime import cpu_info
 
 TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64',
              '--shuffle_buffer=32', '--repetitions=1', '--steps=2', '--warmup_steps=1',
@@ -140,7 +140,7 @@ def test_train_specs_carry_each_runner_config_through_json(tmp_path):
   for measurement in trained:
     spec = json.loads(json.dumps(benchmark.train_spec(settings, data, measurement,
                                                       str(tmp_path / measurement.name))))
-    runner_config = benchmark_workers.config_from_spec(spec)
+    runner_config = workers.config_from_spec(spec)
     expected = config.GraphConfig if measurement.runner == 'graph' else config.EagerConfig
     assert type(runner_config) is expected, measurement.name
     assert spec['compute_only'] == measurement.compute_only
@@ -168,10 +168,10 @@ def _printed_json(code):
 def test_compute_only_hook_serves_the_first_training_batch_and_leaves_validation():
   served, kept = _printed_json(
       'import tensorflow as tf\n'
-      'from tf1compat import benchmark_workers\n'
+      'from tf1compat.bench import workers\n'
       'dataset = tf.data.Dataset.range(6).batch(2)\n'
-      'served = benchmark_workers.one_batch_in_memory(dataset, training=True)\n'
-      'kept = benchmark_workers.one_batch_in_memory(dataset, training=False)\n'
+      'served = workers.one_batch_in_memory(dataset, training=True)\n'
+      'kept = workers.one_batch_in_memory(dataset, training=False)\n'
       'print(json.dumps([[b.tolist() for b in d.take(4).as_numpy_iterator()]\n'
       '                  for d in (served, kept)]))\n')
   assert served == [[0, 1]] * 4
@@ -190,7 +190,7 @@ def test_flop_count_matches_a_count_by_hand():
   training = forward + forward + conv_b + dense
   counted, tensorflow = _printed_json('''
 import keras
-from tf1compat import roofline
+from tf1compat.bench import roofline
 inputs = keras.Input((8, 8, 3))
 x = keras.layers.Conv2D(4, 3, padding='same', name='conv_a')(inputs)
 x = keras.layers.Conv2D(8, 3, strides=2, padding='same', name='conv_b')(x)

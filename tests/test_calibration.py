@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from test_parity import EPOCHS, STEPS_PER_EPOCH, _losses, make_run
-from tf1compat import calibration
-from tf1compat import cli
-from tf1compat import parity
-from tf1compat import report as parity_report
+from tf1compat.judge import calibration
+from tf1compat.runs import nudge
+from tf1compat.runs import errors
+from tf1compat.judge import parity
+from tf1compat.judge import report as parity_report
 
 N = EPOCHS * STEPS_PER_EPOCH
 # A control that parts from the reference like a chaotic float run: 1e-7 at step 1,
@@ -33,7 +34,7 @@ def test_nudge_moves_every_nonzero_float_by_one_ulp():
              'conv1/bias': np.zeros(4, np.float32),
              'steps': np.arange(3, dtype=np.int64)}
   weights['conv1/kernel'][0, 0, 0, 0] = 0.0
-  nudged = calibration.nudge_weights(weights)
+  nudged = nudge.nudge_weights(weights)
   kernel, moved = weights['conv1/kernel'], nudged['conv1/kernel']
   assert moved.dtype == np.float32
   nonzero = kernel != 0
@@ -43,7 +44,7 @@ def test_nudge_moves_every_nonzero_float_by_one_ulp():
   assert (moved[nonzero] > kernel[nonzero]).mean() == pytest.approx(0.5, abs=0.2)
   np.testing.assert_array_equal(nudged['conv1/bias'], weights['conv1/bias'])
   np.testing.assert_array_equal(nudged['steps'], weights['steps'])
-  again = calibration.nudge_weights(weights)
+  again = nudge.nudge_weights(weights)
   np.testing.assert_array_equal(again['conv1/kernel'], moved)
 
 
@@ -142,7 +143,7 @@ def test_a_bit_identical_control_leaves_the_rounding_floor(tmp_path):
 def test_a_control_of_another_run_is_refused(tmp_path):
   reference, _, port = _runs(tmp_path, np.zeros(N))
   other = make_run(str(tmp_path / 'other'), epsilon=1e-7)
-  with pytest.raises(cli.UsageError, match='not a control of'):
+  with pytest.raises(errors.UsageError, match='not a control of'):
     parity.compare([reference, port], parity.Tolerances(), controls=[other])
 
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, at_once, run_entry
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import harness
-from tf1compat import parity
-from tf1compat import pitfalls
-from tf1compat import runlog
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.judge import harness
+from tf1compat.judge import parity
+from tf1compat.judge import pitfalls
+from tf1compat.runs import runlog
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
@@ -410,7 +410,7 @@ def test_keep_prob_as_rate_gives_the_port_one_minus_the_rate():
   assert not any(a.startswith('--dropout=') for a in args['graph'] + args['control'])
   harness.check_pitfall_requirements(cfg)
   for dropout, message in ((0.5, 'which every runner has already'), (0.0, '--dropout=0.3')):
-    with pytest.raises(cli.UsageError, match=message):
+    with pytest.raises(errors.UsageError, match=message):
       harness.check_pitfall_requirements(config.CheckParityConfig(
           pitfall='keep_prob_as_rate', dropout=dropout))
 

@@ -4,7 +4,7 @@ from TensorFlow (what .ci/run prints before the tests)."""
 import re
 
 from conftest import run_python
-from tf1compat import cpu_info
+from tf1compat.runtime import cpu_info
 
 # /proc/cpuinfo's first processor on the two CPUs this project's machines have had.
 ZEN3 = """processor\t: 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, at_once, run_python
-from tf1compat import data_folder
+from tf1compat.data import data_folder
 
 # Iterates the first batches of make_dataset and saves them; argv: mode, data_dir, out,
 # number of batches, --on_bad_record.
@@ -25,9 +25,10 @@ if mode == 'graph':
   tf.compat.v1.set_random_seed(7)
 else:
   tf.random.set_seed(7)
-from tf1compat import data, data_check
+from tf1compat.data import pipeline
+from tf1compat.data import data_check
 spec = data_check.check_data_dir(data_dir, 4, on_bad_record)
-dataset = data.make_dataset(spec.train_files, image_size=%(size)d, num_classes=4, batch_size=8,
+dataset = pipeline.make_dataset(spec.train_files, image_size=%(size)d, num_classes=4, batch_size=8,
                             seed=7, shuffle_buffer=20, skip=spec.skip('train'))
 batches = {}
 if mode == 'graph':
@@ -73,12 +74,12 @@ def test_graph_and_eager_batches_are_identical(tiny_data_dir, tmp_path):
 
 def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   files = data_folder.find_files(tiny_data_dir, 'train')
 
   def labels(seed):
     """The labels of the first three passes through the 64 records, a pass a row."""
-    dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
+    dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
                                 batch_size=64, seed=seed, shuffle_buffer=64)
     return np.stack([y.numpy().argmax(axis=1) for _, y in dataset.take(3)])
 
@@ -93,9 +94,9 @@ def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
 
 
 def test_validation_pipeline_reads_every_record_once_in_order(tiny_data_dir):
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   files = data_folder.find_files(tiny_data_dir, 'val')
-  dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=5,
+  dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=5,
                               training=False)
   sizes = [int(x.shape[0]) for x, _ in dataset]
   assert sizes == [5, 5, 5, 1]  # 16 records, the remainder kept.
@@ -124,7 +125,7 @@ def test_find_files_layouts(tmp_path):
 def bad_records_dir(tiny_data_dir, out):
   """A copy of the tiny dataset plus train-bad.tfrecord: 3 good records among bad ones."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   shutil.copytree(tiny_data_dir, out)
   rng = np.random.default_rng(5)
   good = [records.serialize_example(
@@ -157,7 +158,8 @@ def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_dat
 
 def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_ones(
     tiny_data_dir, tmp_path):
-  from tf1compat import data, data_check  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top
   data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
   spec = data_check.check_data_dir(data_dir, 4, 'skip')
   assert spec.train_check.good_records == 64 + 3
@@ -165,7 +167,7 @@ def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_one
       f'train-bad.tfrecord record {k}' for k in (1, 3, 4, 6)]
   assert spec.skip('train')[os.path.join(data_dir, 'train-bad.tfrecord')] == (6, (1, 3, 4))
   # One pass, in file order: the good records of the bad file sit last.
-  passes = data.make_dataset(spec.train_files, image_size=TINY_IMAGE_SIZE, num_classes=4,
+  passes = pipeline.make_dataset(spec.train_files, image_size=TINY_IMAGE_SIZE, num_classes=4,
                              batch_size=100, training=False, skip=spec.skip('train'))
   labels = np.concatenate([y.numpy().argmax(axis=1) for _, y in passes])
   assert len(labels) == 67
@@ -174,8 +176,8 @@ def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_one
   files = data_folder.find_files(tiny_data_dir, 'train')
   common = dict(image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=8, seed=3,
                 shuffle_buffer=20)
-  default = data.make_dataset(files, **common).take(10)
-  skipping = data.make_dataset(files, skip={}, **common).take(10)
+  default = pipeline.make_dataset(files, **common).take(10)
+  skipping = pipeline.make_dataset(files, skip={}, **common).take(10)
   for (x1, y1), (x2, y2) in zip(default, skipping):
     np.testing.assert_array_equal(x1.numpy(), x2.numpy())
     np.testing.assert_array_equal(y1.numpy(), y2.numpy())

@@ -26,11 +26,11 @@ import tensorflow as tf
 
 from conftest import (KILL_FLAGS, REFERENCE_RUNNERS, REPO, TINY, at_once, read_run_csv, run_entry,
                       tiny_run_flags)
-from tf1compat import data_folder
-from tf1compat import image_bytes
-from tf1compat import records
-from tf1compat import runlog
-from tf1compat import tfrecord
+from tf1compat.data import data_folder
+from tf1compat.data import image_bytes
+from tf1compat.data import records
+from tf1compat.runs import runlog
+from tf1compat.data import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
 TRAIN_RECORDS = TINY['train_per_class'] * NUM_CLASSES

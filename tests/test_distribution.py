@@ -21,11 +21,11 @@ import pytest
 
 from conftest import (REPO, at_once, csv_rows, read_run_csv, read_snapshot, run_entry,
                       run_python, signal_after, tiny_run_flags)
-from tf1compat import calibration
-from tf1compat import cli
-from tf1compat import distribution
-from tf1compat import parity
-from tf1compat import runlog
+from tf1compat.judge import calibration
+from tf1compat.runs import errors
+from tf1compat.train import distribution
+from tf1compat.judge import parity
+from tf1compat.runs import runlog
 
 TOL = parity.Tolerances()
 TOTAL_STEPS = 12  # tiny_run_flags: 2 epochs of 6 steps
@@ -286,7 +286,7 @@ def test_strategy_usage_errors(case, usage_error_runs):
      'only chief and worker tasks train'),
 ])
 def test_unusable_tf_config_is_a_usage_error(tf_config, expected):
-  with pytest.raises(cli.UsageError, match=expected):
+  with pytest.raises(errors.UsageError, match=expected):
     distribution.read_tf_config({'TF_CONFIG': tf_config})
 
 
@@ -310,7 +310,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
-from tf1compat import distribution
+from tf1compat.train import distribution
 
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 with strategy.scope():

@@ -18,8 +18,8 @@ import pytest
 
 from conftest import (REPO, TINY, TINY_IMAGE_SIZE, at_once, read_run_csv, read_snapshot,
                       run_entry, run_python, tiny_run_flags)
-from tf1compat import atomic
-from tf1compat import runlog
+from tf1compat.runs import atomic
+from tf1compat.runs import runlog
 
 EPSILON = '1e-07'
 COMPARED_STEPS = 10
@@ -292,7 +292,7 @@ def test_a_keras3_process_starts_without_matplotlib_and_a_team_module_still_impo
   """process.use_keras3 keeps Keras' image-gallery helpers from loading matplotlib (half a
   CPU-second of every eager runner's start), and nothing else loses it."""
   proc = run_python('import sys\n'
-                    'from tf1compat import process\n'
+                    'from tf1compat.runtime import process\n'
                     'process.use_keras3()\n'
                     'print("tensorflow" in sys.modules, "matplotlib" in sys.modules)\n'
                     'import matplotlib.pyplot\n'
@@ -305,7 +305,7 @@ _BN_LAYERS = r'''
 import json, sys
 import numpy as np
 import keras
-from tf1compat import tf1_kernels
+from tf1compat.train import tf1_kernels
 
 x = np.load(sys.argv[1])
 out = {}
@@ -355,13 +355,14 @@ os.environ['TF_USE_LEGACY_KERAS'] = '1'
 import numpy as np
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
-from tf1compat import model
+from tf1compat.train.models import keras_facts
+from tf1compat.train.models import convnet
 
-net = model.build_model(tf.keras, num_classes=int(sys.argv[2]), image_size=int(sys.argv[3]),
+net = convnet.build_model(tf.keras, num_classes=int(sys.argv[2]), image_size=int(sys.argv[3]),
                         batch_norm=True)
 with np.load(sys.argv[1]) as npz:
   weights = {key: npz[key] for key in npz.files}
-items = model.weight_items(net)
+items = keras_facts.weight_items(net)
 shapes = {key: v.shape.as_list() for key, v in items}
 net.set_weights([weights[key] for key, _ in items])
 loaded = all(np.array_equal(value, weights[key])

@@ -1,4 +1,4 @@
-"""The example loops of a team, recorded with tf1compat.recorder and judged by
+"""The example loops of a team, recorded with tf1compat.runs.recorder and judged by
 bin/compare_runs: the TF1 Session loop, its Keras 3 port, a control run, and the port
 with a migration mistake. Graph mode and Keras 3 never share a process: each loop runs
 as its own subprocess."""
@@ -15,8 +15,8 @@ from conftest import REPO
 from conftest import read_run_csv
 from conftest import read_snapshot
 from conftest import run_entry
-from tf1compat import runlog
-from tf1compat import team_models
+from tf1compat.runs import runlog
+from tf1compat.runs import team_models
 
 EXAMPLES = os.path.join(REPO, 'examples')
 WEIGHT_MAP = os.path.join(EXAMPLES, 'tf1_to_port.map')

@@ -1,20 +1,20 @@
 """Shared flag definitions: the forwarded list and the validators' one-line errors."""
 
 from conftest import run_entry, run_python
-from tf1compat import cli
-from tf1compat import process
+from tf1compat.runs import errors
+from tf1compat.runtime import process
 
 
 def test_runner_flags_are_the_fields_of_its_config():
   code = r'''
 import dataclasses
 from absl import flags
-from tf1compat import config
-from tf1compat import flags as f
+from tf1compat.runs import config
+from tf1compat.commands import flags as f
 f.define_data_flags(config.GraphConfig)
 f.define_training_flags(config.GraphConfig)
 f.define_graph_flags()
-print(','.join(sorted(fl.name for fl in flags.FLAGS.get_flags_for_module('tf1compat.flags'))))
+print(','.join(sorted(fl.name for fl in flags.FLAGS.get_flags_for_module('tf1compat.commands.flags'))))
 print(','.join(sorted(field.name for field in dataclasses.fields(config.GraphConfig))))
 '''
   result = run_python(code)
@@ -29,7 +29,8 @@ def test_check_parity_forwards_the_flags_as_given():
   code = r'''
 import sys
 from absl import flags
-from tf1compat import config, harness
+from tf1compat.runs import config
+from tf1compat.judge import harness
 from tf1compat.commands import check_parity
 check_parity.define_flags()
 flags.FLAGS(sys.argv)
@@ -57,7 +58,7 @@ def test_bad_flag_values_exit_2_with_one_line():
 
 def test_an_internal_fault_exits_4_not_1():
   """1 means parity FAIL: a bug or a device fault gets its own code, with its traceback."""
-  result = run_python('from tf1compat import cli\n'
+  result = run_python('from tf1compat.commands import cli\n'
                       'def main(argv):\n'
                       '  raise RuntimeError("CUDA_ERROR_OUT_OF_MEMORY")\n'
                       'cli.run_main(main)\n')
@@ -72,8 +73,8 @@ def test_a_crashed_runner_is_a_fault_not_a_verdict(tmp_path):
   log.write_text('$ python -m tf1compat.commands.train_eager\nF0000 check failed\n')
   for code, how in ((-11, 'killed by signal 11'), (4, 'exit code 4'), (1, 'exit code 1')):
     error = process.runner_error('eager', code, str(log))
-    assert isinstance(error, cli.Fault)
+    assert isinstance(error, errors.Fault)
     assert str(error).startswith(f'eager runner: internal or device fault ({how}): F0000 check '
                                  'failed')
-  assert isinstance(process.runner_error('eager', 143, str(log)), cli.Interrupted)
-  assert isinstance(process.runner_error('eager', 2, str(log)), cli.UsageError)
+  assert isinstance(process.runner_error('eager', 143, str(log)), errors.Interrupted)
+  assert isinstance(process.runner_error('eager', 2, str(log)), errors.UsageError)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from conftest import read_snapshot, run_entry, tiny_run_flags
-from tf1compat import pitfalls
-from tf1compat import runlog
+from tf1compat.judge import pitfalls
+from tf1compat.runs import runlog
 
 pytestmark = pytest.mark.gpu
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from conftest import at_once, read_run_csv, read_snapshot, run_entry
 from conftest import tiny_run_flags
-from tf1compat import runlog
+from tf1compat.runs import runlog
 
 STEPS_PER_EPOCH = 6
 TOTAL_STEPS = 12

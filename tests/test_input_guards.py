@@ -25,8 +25,8 @@ from PIL import Image
 import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, at_once, read_run_csv, run_entry, run_python
-from tf1compat import flag_reference
-from tf1compat import runlog
+from tf1compat.commands import flag_reference
+from tf1compat.runs import runlog
 from test_parity import make_run
 from test_run_guards import _one_line
 
@@ -62,7 +62,7 @@ def _preflight_flags(data_dir, root, *extra):
 _SWEEP = """
 import importlib, math, sys
 from absl import flags
-from tf1compat import process
+from tf1compat.runtime import process
 importlib.import_module(f'{process.COMMANDS_PACKAGE}.{sys.argv[1]}').define_flags()
 bad = []
 ours = [flag for owner, defined in flags.FLAGS.flags_by_module_dict().items()
@@ -442,7 +442,7 @@ def test_a_copied_run_resumes_from_its_own_checkpoints(tmp_path):
       'model_checkpoint_path: "/gone/run/checkpoints/model.ckpt-6"\n'
       'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-3"\n'
       'all_model_checkpoint_paths: "/gone/run/checkpoints/model.ckpt-6"\n')
-  proc = run_python('import sys; from tf1compat import checkpoints; '
+  proc = run_python('import sys; from tf1compat.train import checkpoints; '
                     'print(checkpoints.checkpoint_candidates(sys.argv[1]))', str(copy))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == str([f'{copy}/model.ckpt-6', f'{copy}/model.ckpt-3'])

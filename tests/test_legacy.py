@@ -19,15 +19,15 @@ import pytest
 from conftest import REPO, TINY_IMAGE_SIZE, run_entry
 from test_data import bad_records_dir
 from test_parity import make_run
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import harness
-from tf1compat import legacy_env
-from tf1compat import parity
-from tf1compat import probes
-from tf1compat import runlog
-from tf1compat import team_models
-from tf1compat import tiers
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.judge import harness
+from tf1compat.judge import legacy_env
+from tf1compat.judge import parity
+from tf1compat.runs import probes
+from tf1compat.runs import runlog
+from tf1compat.runs import team_models
+from tf1compat.judge import tiers
 
 # Three passes through the tiny training set (64 records, 8 batches of 8 a pass): both
 # TensorFlows read the same batches at every step, whatever the pass.
@@ -161,13 +161,14 @@ def test_graph_runs_seeded_alike_draw_the_same_dropout_masks(tmp_path):
 
 
 def _tf1compat_imports(path):
-  """The tf1compat modules and the top-level packages the module at `path` imports."""
+  """The tf1compat modules ('tf1compat.runs.runlog') and the other top-level packages the
+  module at `path` imports."""
   with open(path) as f:
     tree = ast.parse(f.read())
   ours, others = set(), set()
   for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module == 'tf1compat':
-      ours.update(alias.name for alias in node.names)
+    if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[0] == 'tf1compat':
+      ours.update(f'{node.module}.{alias.name}' for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
       others.add(node.module.split('.')[0])
     elif isinstance(node, ast.Import):
@@ -178,13 +179,17 @@ def _tf1compat_imports(path):
 def test_the_recorder_distribution_holds_all_it_imports_and_no_tensorflow_or_absl():
   with open(os.path.join(RECORDER_DIR, 'setup.py')) as f:
     tree = ast.parse(f.read())
-  modules = next(ast.literal_eval(node.value) for node in ast.walk(tree)
-                 if isinstance(node, ast.Assign) and node.targets[0].id == 'MODULES')
-  assert 'recorder' in modules and 'team_models' in modules
-  for name in modules:
-    ours, others = _tf1compat_imports(os.path.join(REPO, 'tf1compat', f'{name}.py'))
-    assert ours <= set(modules), (name, ours - set(modules))
-    assert not others & {'tensorflow', 'absl', 'keras', 'tf_keras', 'tqdm'}, (name, others)
+  packages = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Assign) and node.targets[0].id == 'PACKAGES')
+  assert packages == ('tf1compat', 'tf1compat.runs')
+  runs_dir = os.path.join(REPO, 'tf1compat', 'runs')
+  modules = {name[:-3] for name in os.listdir(runs_dir) if name.endswith('.py')}
+  assert {'recorder', 'team_models'} <= modules
+  for path in [os.path.join(REPO, 'tf1compat', '__init__.py'),
+               *(os.path.join(runs_dir, f'{name}.py') for name in sorted(modules))]:
+    ours, others = _tf1compat_imports(path)
+    assert ours <= {f'tf1compat.runs.{name}' for name in modules}, (path, ours)
+    assert not others & {'tensorflow', 'absl', 'keras', 'tf_keras', 'tqdm'}, (path, others)
 
 
 def test_legacy_env_without_a_python37_is_one_line_and_exit_2(tmp_path):
@@ -192,12 +197,12 @@ def test_legacy_env_without_a_python37_is_one_line_and_exit_2(tmp_path):
   empty.mkdir()
   result = run_entry('legacy_env', str(tmp_path / 'env'), env={
       'PATH': str(empty), 'PYENV_ROOT': str(empty), 'HOME': str(empty)})
-  assert result.returncode == cli.EXIT_USAGE
+  assert result.returncode == errors.EXIT_USAGE
   assert result.stderr.strip().splitlines() == [
       'legacy_env: no Python 3.7 found (python3.7 on PATH, or pyenv\'s under '
       '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) or pass --python=PATH']
   assert not os.path.exists(tmp_path / 'env')
-  with pytest.raises(cli.UsageError, match='no such interpreter'):
+  with pytest.raises(errors.UsageError, match='no such interpreter'):
     legacy_env.check(str(tmp_path / 'missing' / 'python'))
 
 
@@ -229,14 +234,15 @@ def _batches_snippet(data_dir, out, batches, on_bad_record):
   serialized records (farmhash, which both TensorFlows compute alike)."""
   return f"""
 import numpy as np
-from tf1compat import process
+from tf1compat.runtime import process
 tf = process.use_legacy_keras()
-from tf1compat import data, data_check
-parse_example = data.parse_example
-data.parse_example = lambda record, *args: (*parse_example(record, *args),
+from tf1compat.data import pipeline
+from tf1compat.data import data_check
+parse_example = pipeline.parse_example
+pipeline.parse_example = lambda record, *args: (*parse_example(record, *args),
                                             tf.strings.to_hash_bucket_fast(record, 2**62))
 spec = data_check.check_data_dir({data_dir!r}, None, {on_bad_record!r}, False)
-dataset = data.make_dataset(spec.train_files, image_size={TINY_IMAGE_SIZE}, batch_size=8,
+dataset = pipeline.make_dataset(spec.train_files, image_size={TINY_IMAGE_SIZE}, batch_size=8,
                             num_classes=spec.num_classes, seed=3, shuffle_buffer=64,
                             skip=spec.skip('train'))
 batch = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -370,7 +376,7 @@ def test_the_ladder_passes_with_batch_norm_and_with_dropout(ladder_checks, name)
 def test_a_pitfall_in_the_tf115_run_fails_and_is_named(ladder_checks):
   _, done = ladder_checks
   result, report = done['metrics_never_reset']
-  assert result.returncode == cli.EXIT_PARITY_FAIL, result.stdout + result.stderr
+  assert result.returncode == errors.EXIT_PARITY_FAIL, result.stdout + result.stderr
   rung = report['ladder'][0]
   assert rung['from'] == 'graph:tf115' and rung['verdict'] == 'FAIL'
   legacy_pair = next(p for p in report['pairs'] if p['other_label'] == 'graph:tf115')
@@ -381,7 +387,7 @@ def test_a_pitfall_in_the_tf115_run_fails_and_is_named(ladder_checks):
 _RECORDED_LOOP = """
 import sys
 import numpy as np
-from tf1compat import recorder
+from tf1compat.runs import recorder
 config = recorder.RunConfig(framework='tf1', batch_size=8, image_size=8, num_classes=4,
                             seed=0, steps_per_epoch=3, snapshot_steps=(0, 2),
                             data_id='synthetic')

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
-from tf1compat import calibration
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import localize
-from tf1compat import parity
-from tf1compat import probes
-from tf1compat import recorder
-from tf1compat import replay
-from tf1compat import runlog
+from tf1compat.judge import calibration
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.judge import localize
+from tf1compat.judge import parity
+from tf1compat.runs import probes
+from tf1compat.runs import recorder
+from tf1compat.train import replay
+from tf1compat.runs import runlog
 
 LAYERS = ('conv', 'bn', 'logits')
 KINDS = {'conv': ['Conv2D', 'Layer'], 'bn': ['BatchNormalization', 'Layer'],
@@ -190,7 +190,7 @@ def test_a_recorded_probe_takes_update_and_state_from_the_snapshots(tmp_path):
   after = {'dense/kernel': weights['dense/kernel'] - 0.01, 'bn/moving_mean': np.ones(2) / 10}
   with recorder.RunRecorder(str(tmp_path / 'run'), config) as rec:
     rec.snapshot(0, weights)
-    with pytest.raises(cli.UsageError, match='probe a step recorded or the one about to be'):
+    with pytest.raises(errors.UsageError, match='probe a step recorded or the one about to be'):
       rec.probe(2, batch=(np.ones((2, 2)), np.eye(2)), outputs={'dense': np.ones(2)},
                 gradients={'dense/kernel': np.ones((2, 2))}, loss=0.5)
     rec.probe(1, batch=(np.ones((2, 2)), np.eye(2)), outputs={'dense': np.ones((2, 2))},
@@ -213,17 +213,17 @@ def test_a_recorded_probe_takes_update_and_state_from_the_snapshots(tmp_path):
 def test_replay_refuses_runs_it_cannot_replay(tmp_path):
   run_dir = tmp_path / 'run'
   replay_cfg = config.ReplayConfig(model_dir=str(run_dir), output=str(tmp_path / 'out.npz'))
-  with pytest.raises(cli.UsageError, match='no run.json'):
+  with pytest.raises(errors.UsageError, match='no run.json'):
     replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
   run_dir.mkdir()
   manifest = {'runner': 'eager', 'status': 'complete', 'flags': {}, 'replicas': 2}
   (run_dir / runlog.RUN_JSON).write_text(json.dumps(manifest))
-  with pytest.raises(cli.UsageError, match='holds a eager run; replay it with train_eager'):
+  with pytest.raises(errors.UsageError, match='holds a eager run; replay it with train_eager'):
     replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
-  with pytest.raises(cli.UsageError, match='over 2 replicas'):
+  with pytest.raises(errors.UsageError, match='over 2 replicas'):
     replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
   inside = config.ReplayConfig(model_dir=str(run_dir), output=str(run_dir / 'probe.npz'))
-  with pytest.raises(cli.UsageError, match='a run directory this command reads'):
+  with pytest.raises(errors.UsageError, match='a run directory this command reads'):
     replay.run_config(config.EagerConfig, inside, ('eager', 'fit'))
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import run_entry
-from tf1compat import matrix
+from tf1compat.judge import matrix
 
 
 def _case(name):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
-from tf1compat import cli
-from tf1compat import parity
-from tf1compat import report as parity_report
-from tf1compat import runlog
-from tf1compat import tiers
+from tf1compat.runs import errors
+from tf1compat.judge import parity
+from tf1compat.judge import report as parity_report
+from tf1compat.runs import runlog
+from tf1compat.judge import tiers
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 2
@@ -268,7 +268,7 @@ def test_a_run_that_does_not_name_its_kernels_is_refused(tmp_path):
                         ('unknown', {'adam': 'sgd', 'batch_norm_variance': 'biased'})):
     old = make_run(str(tmp_path / name), runner='eager',
                    manifest_extra={runlog.KERNELS: kernels})
-    with pytest.raises(cli.UsageError, match='does not say which kernels'):
+    with pytest.raises(errors.UsageError, match='does not say which kernels'):
       _compare(a, old)
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import (REPO, TINY, TINY_IMAGE_SIZE, at_once, read_run_csv, read_snapshot,
                       run_entry)
-from tf1compat import plugins
-from tf1compat import runlog
+from tf1compat.data import record_schema
+from tf1compat.runs import runlog
 
 TESTS = os.path.join(REPO, 'tests')
 # The runners import the team's module from PYTHONPATH, as a team's would.
@@ -100,16 +100,16 @@ def test_team_schema_first_batch_loss_agrees(parity_run):
 @pytest.mark.parametrize('parser,variant', [('team_model:parse', 'encoded'),
                                             ('team_model:parse_pixels', 'pixels')])
 def test_team_schema_batches_are_the_seed_schemas(tiny_data_dir, team_data, parser, variant):
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
 
   def first_batch(data_dir, parse=None):
     files = sorted(glob.glob(os.path.join(data_dir, 'train-*.tfrecord')))
-    dataset = data.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
+    dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
                                 batch_size=8, shuffle_buffer=64, parse=parse)
     return [tensor.numpy() for tensor in next(iter(dataset))]
 
   seed_images, seed_labels = first_batch(tiny_data_dir)
-  images, labels = first_batch(team_data[variant], plugins.load_parser(parser))
+  images, labels = first_batch(team_data[variant], record_schema.load_parser(parser))
   np.testing.assert_array_equal(images, seed_images)
   np.testing.assert_array_equal(labels, seed_labels)
 
@@ -121,22 +121,22 @@ def test_team_schema_batches_are_the_seed_schemas(tiny_data_dir, team_data, pars
     ('team_model', 'name a function as package.module:function'),
 ])
 def test_plugins_that_do_not_load_name_the_fix(spec, fix):
-  with pytest.raises(plugins.PluginError, match='^--model=' + spec) as caught:
-    plugins.load('model', spec)
+  with pytest.raises(record_schema.PluginError, match='^--model=' + spec) as caught:
+    record_schema.load('model', spec)
   assert fix in str(caught.value)
 
 
 def test_a_parser_that_returns_no_pair_is_refused():
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
-  with pytest.raises(plugins.PluginError, match='returned a dict; return a pair'):
-    data.check_parser(plugins.load_parser('team_model:parse_label_only'), 4)
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
+  with pytest.raises(record_schema.PluginError, match='returned a dict; return a pair'):
+    pipeline.check_parser(record_schema.load_parser('team_model:parse_label_only'), 4)
 
 
 def test_skip_leaves_out_what_the_team_parser_rejects(team_data, tmp_path):
   """The check reads the framing only; under skip the parser, decode and label range."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import team_model  # pylint: disable=g-import-not-at-top
-  from tf1compat import data_check  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path / 'data')
   os.makedirs(data_dir)
   path = os.path.join(data_dir, 'train-00000-of-00001.tfrecord')

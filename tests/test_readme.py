@@ -14,8 +14,8 @@ import shlex
 import pytest
 
 from conftest import REPO, at_once, run_python
-from tf1compat import flag_reference
-from tf1compat import pitfalls
+from tf1compat.commands import flag_reference
+from tf1compat.judge import pitfalls
 
 # absl's own flags every command has, and TensorBoard's --logdir in its command line.
 OTHER_FLAGS = {'help', 'helpshort', 'helpfull', 'flagfile', 'verbosity', 'version', 'logdir'}
@@ -31,7 +31,7 @@ _FENCE = re.compile(r'^ *```(\w*)\n(.*?)^ *```$', re.M | re.S)
 _READ_AND_PARSE = r'''
 import json, sys
 from absl import flags
-from tf1compat import flag_reference
+from tf1compat.commands import flag_reference
 name, argvs = sys.argv[1], json.loads(sys.argv[2])
 out = {'flags': flag_reference.defined_flags(name), 'errors': []}
 for argv in argvs:
@@ -110,7 +110,7 @@ def test_flag_reference_is_current(commands):
   reference = flag_reference.markdown(lambda name: commands[name]['flags'])
   assert reference in _read('docs/flags.md'), (
       'the flag reference in docs/flags.md is stale: replace it with the output of '
-      '`python -m tf1compat.flag_reference`')
+      '`python -m tf1compat.commands.flag_reference`')
 
 
 def test_every_flag_the_docs_mention_exists(commands):

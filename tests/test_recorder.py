@@ -13,12 +13,12 @@ from conftest import read_run_csv
 from conftest import read_snapshot
 from conftest import run_entry
 from conftest import run_python
-from tf1compat import cli
-from tf1compat import parity
-from tf1compat import recorder
-from tf1compat import runlog
-from tf1compat import team_models
-from tf1compat import weight_map
+from tf1compat.runs import errors
+from tf1compat.judge import parity
+from tf1compat.runs import recorder
+from tf1compat.runs import runlog
+from tf1compat.runs import team_models
+from tf1compat.runs import weight_map
 
 CLASSES, FEATURES, BATCH = 3, 5, 8
 # The names two codes give the same two variables (a TF1 Session's and a Keras 3 port's).
@@ -163,7 +163,7 @@ def test_framework_defaults_and_the_running_means_it_computes(tmp_path):
 def test_misuse_is_a_usage_error_and_marks_the_run_failed(misuse, message, tmp_path):
   run = str(tmp_path / 'run')
   config = recorder.RunConfig(framework='tf1', batch_size=4, data_id='d')
-  with pytest.raises(cli.UsageError, match=message):
+  with pytest.raises(errors.UsageError, match=message):
     with recorder.RunRecorder(run, config) as rec:
       misuse(rec)
   assert _manifest(run)['status'] == runlog.STATUS_FAILED
@@ -175,9 +175,9 @@ def test_snapshots_must_name_the_same_weights_and_epochs_end_on_their_steps(tmp_
   rec = recorder.RunRecorder(str(tmp_path / 'run'), config)
   rec.snapshot(0, {'a': np.zeros(2), 'b': np.ones(1)})
   rec.record_step(1.0, 0.0)
-  with pytest.raises(cli.UsageError, match=r"new: \['c'\], missing: \['b'\]"):
+  with pytest.raises(errors.UsageError, match=r"new: \['c'\], missing: \['b'\]"):
     rec.snapshot(1, {'a': np.zeros(2), 'c': np.ones(1)})
-  with pytest.raises(cli.UsageError, match='inside an epoch of steps_per_epoch=2'):
+  with pytest.raises(errors.UsageError, match='inside an epoch of steps_per_epoch=2'):
     rec.record_epoch()
 
 
@@ -186,7 +186,7 @@ def test_a_nan_loss_marks_the_run_failed(tmp_path):
   with recorder.RunRecorder(run, recorder.RunConfig(framework='tf1', batch_size=4,
                                                     data_id='d')) as rec:
     rec.record_step(1.0, 0.0)
-    with pytest.raises(cli.NumericFault, match='loss is nan at step 2'):
+    with pytest.raises(errors.NumericFault, match='loss is nan at step 2'):
       rec.record_step(float('nan'), 0.0)
   manifest = _manifest(run)
   assert manifest['status'] == runlog.STATUS_FAILED and manifest['global_step'] == 1
@@ -210,7 +210,7 @@ def test_a_loop_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_pat
   rec = recorder.RunRecorder(killed, config)
   for loss in losses[:4]:  # the loop's checkpoint is of step 2; steps 3-4 are redone
     rec.record_step(loss, 0.5)
-  with pytest.raises(cli.UsageError, match='start at 0'):
+  with pytest.raises(errors.UsageError, match='start at 0'):
     recorder.RunRecorder(str(tmp_path / 'new'), config, start_step=2)
   train(recorder.RunRecorder(killed, config, start_step=2), 3)
   for name in (runlog.STEPS_CSV, runlog.EPOCHS_CSV):
@@ -266,7 +266,7 @@ def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
   team_models.set_keras_weights(model, {'seq/dense/bias': np.full(2, 7.0),
                                      'seq/dense/kernel': np.eye(2)})
   assert model.weights[1].value.tolist() == [7.0, 7.0]
-  with pytest.raises(cli.UsageError, match='variables without a weight: seq/dense/bias; '
+  with pytest.raises(errors.UsageError, match='variables without a weight: seq/dense/bias; '
                      'weights of no variable: bias:0; load'):
     team_models.set_keras_weights(model, {'seq/dense/kernel': np.eye(2), 'bias:0': np.zeros(2)})
   session = _Session([_Variable('dense/kernel:0', value=np.zeros(3))],
@@ -278,17 +278,17 @@ def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
   weights = team_models.session_weights(session)
   assert {k: v.tolist() for k, v in weights.items()} == {'dense/kernel': [0.0, 1.0, 2.0],
                                                           'bn/moving_mean': [5.0]}
-  with pytest.raises(cli.UsageError, match='weights of no variable: dense/kernel:0; load'):
+  with pytest.raises(errors.UsageError, match='weights of no variable: dense/kernel:0; load'):
     team_models.assign_session_weights(session, {**weights, 'dense/kernel:0': 2})
 
 
 def test_batch_norm_runs_must_snapshot_the_moving_statistics(tmp_path):
-  with pytest.raises(cli.UsageError, match='needs image_size'):
+  with pytest.raises(errors.UsageError, match='needs image_size'):
     recorder.RunConfig(framework='tf1', batch_size=4, data_id='d', batch_norm=True)
   config = recorder.RunConfig(framework='tf1', batch_size=4, data_id='d', batch_norm=True,
                               image_size=32)
   rec = recorder.RunRecorder(str(tmp_path / 'run'), config)
-  with pytest.raises(cli.UsageError, match='holds no BatchNorm moving_variance'):
+  with pytest.raises(errors.UsageError, match='holds no BatchNorm moving_variance'):
     rec.snapshot(0, {'conv/kernel': np.ones(2)})
   rec.snapshot(0, {'conv/kernel': np.ones(2), 'bn/moving_variance': np.ones(2)})
 
@@ -362,9 +362,9 @@ def test_weight_map_rules():
   inline = weight_map.WeightMap.load('a -> b; (c)x -> \\1')
   assert inline.apply({'a': 1, 'cx': 2}, 'run') == {'b': 1, 'c': 2}
   strict = weight_map.WeightMap.load(TF1_TO_KERAS)
-  with pytest.raises(cli.UsageError, match=r'no rule matches 2 weight\(s\) of run: a, b;'):
+  with pytest.raises(errors.UsageError, match=r'no rule matches 2 weight\(s\) of run: a, b;'):
     strict.rename_all(['logits/bias:0', 'a', 'b'], 'run')
-  with pytest.raises(cli.UsageError, match='x and y of run both become z'):
+  with pytest.raises(errors.UsageError, match='x and y of run both become z'):
     weight_map.WeightMap.load('.* -> z').rename_all(['x', 'y'], 'run')
 
 
@@ -378,7 +378,7 @@ def test_weight_map_rules():
 def test_malformed_weight_maps(text, message, tmp_path):
   path = tmp_path / 'bad.map'
   path.write_text(text)
-  with pytest.raises(cli.UsageError, match=message):
+  with pytest.raises(errors.UsageError, match=message):
     weight_map.WeightMap.load(str(path))
 
 
@@ -388,7 +388,7 @@ def test_maps_for_runs():
   for specs, message in ((['a'], 'give RUN_DIR=MAP'), (['z=x -> y'], 'none of the runs'),
                          (['a=x -> y', 'a=y -> x'], 'names a twice'),
                          (['a=missing.map'], 'no such file')):
-    with pytest.raises(cli.UsageError, match=message):
+    with pytest.raises(errors.UsageError, match=message):
       weight_map.maps_for_runs(specs, ['a', 'b'])
 
 
@@ -431,7 +431,8 @@ class Blocker(importlib.abc.MetaPathFinder):
       raise ImportError(f'{name} is blocked')
 sys.meta_path.insert(0, Blocker())
 import numpy as np
-from tf1compat import parity, recorder
+from tf1compat.judge import parity
+from tf1compat.runs import recorder
 runs = []
 for name in ('a', 'b'):
   run = sys.argv[1] + '/' + name

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import at_once, run_entry, run_python
-from tf1compat import data_folder
+from tf1compat.data import data_folder
 
 
 def _jpeg(image, **kwargs):
@@ -48,17 +48,17 @@ def image_folder(tmp_path):
 
 def _read_records(paths):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import data  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   out = []
   for record in tf.data.TFRecordDataset(paths):
-    example = tf.io.parse_single_example(record, data.FEATURES)
+    example = tf.io.parse_single_example(record, pipeline.FEATURES)
     out.append((example['filename'].numpy().decode(), int(example['label']),
                 example['image'].numpy()))
   return out
 
 
 def test_jpeg_components():
-  from tf1compat import image_bytes  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import image_bytes  # pylint: disable=g-import-not-at-top
   assert image_bytes.jpeg_components(_jpeg(Image.new('RGB', (8, 8)))) == 3
   assert image_bytes.jpeg_components(_jpeg(Image.new('RGB', (8, 8)), progressive=True)) == 3
   assert image_bytes.jpeg_components(_jpeg(Image.new('L', (8, 8)))) == 1
@@ -68,7 +68,8 @@ def test_jpeg_components():
 
 def test_convert_image_folder(image_folder, tmp_path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tf1compat import image_bytes, records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import image_bytes  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'records')
   summary = records.convert_image_folder(str(image_folder), out, val_fraction=0.0,
                                          num_shards=2)
@@ -102,7 +103,7 @@ def test_convert_image_folder(image_folder, tmp_path):
 
 
 def test_validation_split_is_per_class_and_seeded(tmp_path):
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'images'
   for cls in ('001.a', '002.b'):
     (root / cls).mkdir(parents=True)
@@ -119,7 +120,7 @@ def test_validation_split_is_per_class_and_seeded(tmp_path):
 
 def test_records_readable_by_the_seed_pipeline(image_folder, tmp_path):
   """The seed's own TF1 code, names and all, reads what the converter writes."""
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'records')
   records.convert_image_folder(str(image_folder), out, val_fraction=0.0)
   seed_pipeline = r'''
@@ -159,7 +160,8 @@ print('records', count)
 
 def test_synthetic_is_deterministic(tmp_path):
   """Same seed, same bytes: across processes, and in the graph runner's TF1 mode too."""
-  from tf1compat import image_bytes, records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import image_bytes  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   kwargs = dict(num_classes=3, train_per_class=4, val_per_class=1, num_shards=1)
   first = records.write_synthetic(str(tmp_path / 'a'), seed=5, **kwargs)
   in_graph_mode = run_python(r'''
@@ -167,7 +169,7 @@ import os, sys
 os.environ['TF_USE_LEGACY_KERAS'] = '1'
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
-from tf1compat import records
+from tf1compat.data import records
 records.write_synthetic(sys.argv[1], seed=5, num_classes=3, train_per_class=4, val_per_class=1,
                         num_shards=1)
 ''', str(tmp_path / 'b'))
@@ -184,7 +186,7 @@ records.write_synthetic(sys.argv[1], seed=5, num_classes=3, train_per_class=4, v
 
 
 def test_synthetic_has_grey_images_and_varied_sizes():
-  from tf1compat import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   images = [records.synthetic_image(rng, k % 5, 5, grey=k % 4 == 0) for k in range(20)]
   assert {im.shape[-1] for im in images} == {1, 3}
@@ -194,15 +196,17 @@ def test_synthetic_has_grey_images_and_varied_sizes():
 def test_synthetic_is_learnable(tmp_path):
   """The seed's ConvNet (Keras 3, in this process) learns it far above chance."""
   import keras  # pylint: disable=g-import-not-at-top
-  from tf1compat import data, model, records  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
+  from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import records  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'synthetic')
   records.write_synthetic(out, num_classes=10, train_per_class=32, val_per_class=8)
   keras.utils.set_random_seed(0)
-  train = data.make_dataset(data_folder.find_files(out, 'train'), image_size=32, num_classes=10,
+  train = pipeline.make_dataset(data_folder.find_files(out, 'train'), image_size=32, num_classes=10,
                             batch_size=32, shuffle_buffer=320)
-  val = data.make_dataset(data_folder.find_files(out, 'val'), image_size=32, num_classes=10,
+  val = pipeline.make_dataset(data_folder.find_files(out, 'val'), image_size=32, num_classes=10,
                           batch_size=32, training=False)
-  net = model.build_model(keras, num_classes=10, image_size=32)
+  net = convnet.build_model(keras, num_classes=10, image_size=32)
   net.compile(optimizer='adam', loss=keras.losses.CategoricalCrossentropy(from_logits=True),
               metrics=['accuracy'])
   net.fit(train, epochs=1, steps_per_epoch=100, verbose=0)

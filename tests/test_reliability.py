@@ -22,13 +22,13 @@ import tensorflow as tf
 
 from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, csv_rows,
                       read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
-from tf1compat import atomic
-from tf1compat import data
-from tf1compat import data_folder
-from tf1compat import errors
-from tf1compat import records
-from tf1compat import runlog
-from tf1compat import tfrecord
+from tf1compat.runs import atomic
+from tf1compat.data import pipeline
+from tf1compat.data import data_folder
+from tf1compat.runs import errors
+from tf1compat.data import records
+from tf1compat.runs import runlog
+from tf1compat.data import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
 # Runs that get interrupted take conftest's KILL_FLAGS, as its `references` do.
@@ -266,10 +266,10 @@ def test_only_input_pipeline_errors_are_data_errors():
       'be broadcastable')
   for error in (at_iterator, tf.errors.DataLossError(None, None, 'corrupted record at 12')):
     with pytest.raises(data_folder.DataError, match='--data_dir=/data'):
-      with data.input_errors(spec):
+      with pipeline.input_errors(spec):
         raise error
   with pytest.raises(tf.errors.InvalidArgumentError, match='broadcastable'):
-    with data.input_errors(spec):
+    with pipeline.input_errors(spec):
       raise in_model
 
 

@@ -1,4 +1,4 @@
-"""The second built-in model, tf1compat.resnet:resnet_small, through check_parity.
+"""The second built-in model, tf1compat.train.models.resnet:resnet_small, through check_parity.
 
 Its matched port passes with a step-wise learning-rate schedule, and the mistakes it
 exists to show (regularization dropped, a step schedule applied per epoch, Keras'
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import harness
-from tf1compat import pitfalls
-from tf1compat import resnet
-from tf1compat import runlog
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.judge import harness
+from tf1compat.judge import pitfalls
+from tf1compat.train.models import resnet
+from tf1compat.runs import runlog
 
-MODEL = 'tf1compat.resnet:resnet_small'
+MODEL = 'tf1compat.train.models.resnet:resnet_small'
 STEPS_PER_EPOCH = 6
 DECAY_STEPS = 6
 DECAY_RATE = 0.5
@@ -170,7 +170,7 @@ def test_earlier_pitfalls_fail_on_it_too(tiny_data_dir, output_dir, pitfall):
     ('lr_schedule_per_epoch', '--lr_decay_steps'),
 ])
 def test_pitfall_that_cannot_show_is_a_usage_error(pitfall, message):
-  with pytest.raises(cli.UsageError, match=message):
+  with pytest.raises(errors.UsageError, match=message):
     harness.check_pitfall_requirements(config.CheckParityConfig(pitfall=pitfall))
   # With what it needs, it runs.
   harness.check_pitfall_requirements(config.CheckParityConfig(

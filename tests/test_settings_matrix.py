@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import run_entry, run_python, tiny_run_flags
-from tf1compat import cpu_info
-from tf1compat import runlog
-from tf1compat import settings_matrix
+from tf1compat.runtime import cpu_info
+from tf1compat.runs import runlog
+from tf1compat.judge import settings_matrix
 
 
 def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
@@ -68,7 +68,7 @@ def test_the_onednn_row_changes_what_the_defaults_row_ran_with(default_on):
 def test_recorded_onednn_is_what_tensorflow_runs_with(forced):
   """run.json's settings.onednn (what the lint, the matrix and the calibration read) comes
   from TensorFlow, not from a constant: it follows TF_ENABLE_ONEDNN_OPTS either way."""
-  proc = run_python('import json; from tf1compat import numerics; '
+  proc = run_python('import json; from tf1compat.runtime import numerics; '
                     'print(json.dumps(numerics.settings()))',
                     env={cpu_info.ONEDNN_ENV: forced})
   assert proc.returncode == 0, proc.stderr[-3000:]

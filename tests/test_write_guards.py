@@ -19,11 +19,11 @@ import sys
 import pytest
 
 from conftest import REPO, at_once, run_entry, tiny_run_flags
-from tf1compat import benchmark
-from tf1compat import benchmark_figures
-from tf1compat import config
-from tf1compat import errors
-from tf1compat import runlog
+from tf1compat.bench import benchmark
+from tf1compat.bench import benchmark_figures
+from tf1compat.runs import config
+from tf1compat.runs import errors
+from tf1compat.runs import runlog
 
 # A small synthetic conversion: 2 classes, 8 training and 2 validation records, 1 shard each.
 SMALL = ('--synthetic', '--synthetic_classes=2', '--synthetic_train_per_class=4',

@@ -18,15 +18,15 @@ import sys
 
 import numpy as np
 
-from tf1compat import process
+from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 
-from tf1compat import config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import data_check  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import records  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import stacks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runtime import stacks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags = dict(arg[2:].split('=', 1) for arg in sys.argv[5:] if '=' in arg)
 batch_size, seed = int(flags.get('batch_size', 32)), int(flags.get('seed', 0))
@@ -35,7 +35,7 @@ if '--fusion' in sys.argv:
   options = tf.data.Options()
   options.experimental_deterministic = True
   stacks.deterministic_options = lambda: options
-parse_example = data.parse_example
+parse_example = pipeline.parse_example
 
 
 def with_fingerprint(record, *args, **kwargs):
@@ -44,11 +44,11 @@ def with_fingerprint(record, *args, **kwargs):
   return image, label, tf.strings.to_hash_bucket_fast(record, 2**62)
 
 
-data.parse_example = with_fingerprint
+pipeline.parse_example = with_fingerprint
 data_dir = records.embedded_data_dir() if sys.argv[1] == '-' else sys.argv[1]
 spec = data_check.check_data_dir(data_dir, None, 'fail', False)
 tf.compat.v1.set_random_seed(seed)
-dataset = data.make_dataset(
+dataset = pipeline.make_dataset(
     spec.train_files, image_size=int(sys.argv[2]), num_classes=spec.num_classes,
     batch_size=batch_size, seed=seed,
     shuffle_buffer=spec.shuffle_buffer(shuffle_buffer))

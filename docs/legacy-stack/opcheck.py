@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from tf1compat import process
+from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 

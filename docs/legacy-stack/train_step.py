@@ -12,23 +12,24 @@ import sys
 
 import numpy as np
 
-from tf1compat import process
+from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 
-from tf1compat import model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat import runlog  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.train.models import keras_facts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import runlog  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 init, batch, out_path = sys.argv[1:4]
 with np.load(batch) as given:
   images, labels = given['images'], given['labels']
 tf.compat.v1.set_random_seed(0)
-net = model.build_model(tf.keras, num_classes=labels.shape[1], image_size=images.shape[1],
-                        batch_norm='--batch_norm' in sys.argv,
-                        input_tensor=tf.constant(images))
+net = convnet.build_model(tf.keras, num_classes=labels.shape[1], image_size=images.shape[1],
+                          batch_norm='--batch_norm' in sys.argv,
+                          input_tensor=tf.constant(images))
 loss = tf.reduce_mean(tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2(
     labels=tf.constant(labels), logits=net.output))
-items = model.weight_items(net)
+items = keras_facts.weight_items(net)
 trainable = [(key, v) for key, v in items if any(v is w for w in net.trainable_weights)]
 fetches = {'loss': loss, **{f'out/{layer.name}': layer.output for layer in net.layers[1:]}}
 fetches.update(zip([f'grad/{key}' for key, _ in trainable],

@@ -14,11 +14,11 @@ import sys
 from absl import flags
 from absl import logging
 
-from tf1compat import benchmark
-from tf1compat import benchmark_figures
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
+from tf1compat.bench import benchmark
+from tf1compat.bench import benchmark_figures
+from tf1compat.commands import cli
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
 
 
 def main(argv):

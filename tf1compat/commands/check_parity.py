@@ -11,12 +11,13 @@ import sys
 
 from absl import flags
 
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
-from tf1compat import harness
-from tf1compat import report
-from tf1compat import settings_matrix
+from tf1compat.commands import cli
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.judge import harness
+from tf1compat.judge import report
+from tf1compat.judge import settings_matrix
 
 
 def main(argv):
@@ -28,11 +29,11 @@ def main(argv):
     sys.stdout.write(f'table: {os.path.join(cfg.output_dir, settings_matrix.MARKDOWN)}\n')
     # A setting that fails is what the table is for; the port itself must pass.
     passed = results['defaults']['verdict'] == 'PASS'
-    return cli.EXIT_OK if passed else cli.EXIT_PARITY_FAIL
+    return errors.EXIT_OK if passed else errors.EXIT_PARITY_FAIL
   result = harness.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
   sys.stdout.write('\n'.join(report.summary_lines(result)) + '\n')
   sys.stdout.write(f'report: {os.path.join(cfg.output_dir, "parity.md")}\n')
-  return cli.EXIT_OK if result['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
+  return errors.EXIT_OK if result['verdict'] == 'PASS' else errors.EXIT_PARITY_FAIL
 
 
 def define_flags():

@@ -10,20 +10,21 @@ import sys
 from absl import flags
 from absl import logging
 
-from tf1compat import cli
-from tf1compat import flags as tf1compat_flags
-from tf1compat import folders
-from tf1compat import parity
-from tf1compat import replay
-from tf1compat import report as parity_report
-from tf1compat import runlog
-from tf1compat import weight_map
+from tf1compat.commands import cli
+from tf1compat.runs import errors
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.runs import folders
+from tf1compat.judge import parity
+from tf1compat.judge import replay_runs
+from tf1compat.judge import report as parity_report
+from tf1compat.runs import runlog
+from tf1compat.runs import weight_map
 
 
 def main(argv):
   run_dirs = argv[1:]
   if len(run_dirs) < 2:
-    raise cli.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
+    raise errors.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
   controls = flags.FLAGS.control or []
   maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, controls)
   if maps:
@@ -40,12 +41,12 @@ def main(argv):
                                   for d in compared], read_runs=compared)
   try:
     if flags.FLAGS.localize:
-      replay.localize_report(report, tolerances, output_dir, weight_maps=maps)
+      replay_runs.localize_report(report, tolerances, output_dir, weight_maps=maps)
   finally:
     paths = parity_report.write_report(report, output_dir)
   sys.stdout.write('\n'.join(parity_report.summary_lines(report)) + '\n')
   logging.info('report: %s', ', '.join(paths.values()))
-  return cli.EXIT_OK if report['verdict'] == 'PASS' else cli.EXIT_PARITY_FAIL
+  return errors.EXIT_OK if report['verdict'] == 'PASS' else errors.EXIT_PARITY_FAIL
 
 
 def define_flags():

@@ -4,7 +4,7 @@ which kind of machine it was)."""
 
 import sys
 
-from tf1compat import cpu_info
+from tf1compat.runtime import cpu_info
 
 
 def main():

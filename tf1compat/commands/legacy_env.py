@@ -8,13 +8,14 @@ One line per phase; exit 2 with one line when no Python 3.7 is found.
 
 from absl import flags
 
-from tf1compat import cli
-from tf1compat import legacy_env
+from tf1compat.commands import cli
+from tf1compat.runs import errors
+from tf1compat.judge import legacy_env
 
 
 def main(argv):
   if len(argv) != 2 or not argv[1].strip():
-    raise cli.UsageError('pass the folder to make the environment in: legacy_env DIR')
+    raise errors.UsageError('pass the folder to make the environment in: legacy_env DIR')
   legacy_env.create(argv[1], flags.FLAGS.python)
 
 

@@ -3,10 +3,11 @@ synthetic dataset."""
 
 from absl import flags
 
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
-from tf1compat import record_folder
+from tf1compat.commands import cli
+from tf1compat.runs import interrupts
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.data import record_folder
 
 
 def main(argv):
@@ -14,10 +15,10 @@ def main(argv):
   cfg = config.from_flags(config.RecordsConfig, flags.FLAGS)
   # Where it would write is checked before TensorFlow's start, which takes seconds.
   old_files = record_folder.check_output_dir(cfg.output_dir, cfg.overwrite, cfg.image_dir)
-  with cli.signals_interrupt('nothing was half-written: --output_dir holds its old records '
+  with interrupts.signals_interrupt('nothing was half-written: --output_dir holds its old records '
                              'or the new ones whole, the images are untouched; rerun the '
                              'same command (with --overwrite if it holds the new ones)'):
-    from tf1compat import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
+    from tf1compat.data import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     records.run(cfg, old_files)
 
 

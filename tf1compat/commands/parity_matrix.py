@@ -9,10 +9,11 @@ import sys
 
 from absl import flags
 
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
-from tf1compat import matrix
+from tf1compat.commands import cli
+from tf1compat.runs import errors
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.judge import matrix
 
 
 def main(argv):
@@ -21,7 +22,7 @@ def main(argv):
   result = matrix.run(cfg)
   sys.stdout.write(matrix.markdown(result))
   sys.stdout.write(f'matrix: {os.path.join(cfg.output_dir, "matrix.md")}\n')
-  return cli.EXIT_OK if result['passed'] else cli.EXIT_PARITY_FAIL
+  return errors.EXIT_OK if result['passed'] else errors.EXIT_PARITY_FAIL
 
 
 def define_flags():

@@ -6,12 +6,12 @@ import os
 from absl import flags
 from absl import logging
 
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
-from tf1compat import preflight
-from tf1compat import process
-from tf1compat import replay
+from tf1compat.commands import cli
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.data import preflight
+from tf1compat.runtime import process
+from tf1compat.train import replay
 
 
 def main(argv):
@@ -33,7 +33,7 @@ def main(argv):
   ignored = process.use_keras3()
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
-  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat.train import eager_loop  # pylint: disable=g-import-not-at-top
   stats = eager_loop.run(cfg)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
@@ -44,7 +44,7 @@ def _replay(replay_cfg):
   replay.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_keras3()
-  from tf1compat import eager_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat.train import eager_loop  # pylint: disable=g-import-not-at-top
   eager_loop.replay_run(cfg, replay_cfg)
 
 

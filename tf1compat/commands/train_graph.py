@@ -4,12 +4,12 @@ one-shot iterator)."""
 from absl import flags
 from absl import logging
 
-from tf1compat import cli
-from tf1compat import config
-from tf1compat import flags as tf1compat_flags
-from tf1compat import preflight
-from tf1compat import process
-from tf1compat import replay
+from tf1compat.commands import cli
+from tf1compat.runs import config
+from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.data import preflight
+from tf1compat.runtime import process
+from tf1compat.train import replay
 
 
 def main(argv):
@@ -26,7 +26,7 @@ def main(argv):
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
-  from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat.train import graph_loop  # pylint: disable=g-import-not-at-top
   stats = graph_loop.run(cfg)
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
 
@@ -37,7 +37,7 @@ def _replay(replay_cfg):
   replay.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
-  from tf1compat import graph_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat.train import graph_loop  # pylint: disable=g-import-not-at-top
   graph_loop.replay_run(cfg, replay_cfg)
 
 

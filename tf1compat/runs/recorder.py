@@ -1,0 +1,443 @@
+"""Records a team's own training loop as a run directory, for compare_runs to judge.
+
+Our runners write runlog's contract (run.json, steps.csv, epochs.csv, weight
+snapshots); any loop, a TF1 Session loop or its TF2 port, writes the same through a
+RunRecorder, so that `compare_runs THEIR_TF1_RUN THEIR_TF2_RUN` gives the same tiered
+report and names the same pitfalls:
+
+    config = recorder.RunConfig(
+        framework='tf1', batch_size=32, image_size=64, seed=0, steps_per_epoch=100,
+        data_fingerprint=recorder.data_fingerprint(x_train, y_train),
+        init_weights='init.npz', **team_models.optimizer_fields(optimizer))
+    with recorder.RunRecorder('runs/tf1', config) as rec:
+      rec.snapshot(0, team_models.session_weights(sess))
+      for epoch in ...:
+        for batch in ...:
+          _, loss, acc, mean_loss, mean_acc = sess.run([...])
+          step = rec.record_step(loss, acc, mean_loss=mean_loss, accuracy=mean_acc)
+          if step == 1:  # optional: what the step computed, for compare_runs --localize
+            rec.probe(step, batch=batch, outputs=layer_outputs, gradients=gradients, loss=loss)
+          if rec.snapshot_due(step):
+            rec.snapshot(step, team_models.session_weights(sess))
+        rec.record_epoch(val_loss=val_loss, val_accuracy=val_acc)
+      rec.finish(team_models.session_weights(sess))
+
+Importing it imports neither TensorFlow nor absl (numpy and tf1compat's TensorFlow-free
+modules), so it runs in a team's pinned environment too, Python 3.7 and TensorFlow 1.15
+included: `pip install recorder/` installs it alone (docs/legacy-stack.md); team_models'
+helpers, which read an optimizer or read and set a model's weights, work on the objects
+the loop hands them.
+"""
+
+import dataclasses
+import hashlib
+import math
+import numbers
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+try:
+  from importlib import metadata
+except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
+  metadata = None
+
+from tf1compat.runs import config as tf1compat_config
+from tf1compat.runs import errors
+from tf1compat.runs import probes
+from tf1compat.runs import runlog
+from tf1compat.runs import weight_map as weight_maps
+
+# keras.optimizers.Adam's default epsilon (Keras 3 and tf-keras alike).
+KERAS_ADAM_EPSILON = 1e-7
+# What a loop of each framework computes with unless it says otherwise: a TF1 loop
+# TF1's AdamOptimizer (fused ApplyAdam) and fused BatchNorm, a Keras 3 loop Keras' own.
+FRAMEWORK_DEFAULTS = {
+    'tf1': {'epsilon': tf1compat_config.LEGACY_ADAM_EPSILON,
+            'adam_kernel': runlog.ADAM_TF1_FUSED,
+            'batch_norm_variance': runlog.BN_VARIANCE_BESSEL},
+    'keras3': {'epsilon': KERAS_ADAM_EPSILON, 'adam_kernel': runlog.ADAM_KERAS,
+               'batch_norm_variance': runlog.BN_VARIANCE_BIASED},
+}
+_KNOWN_KERNELS = {'adam_kernel': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
+                  'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What a loop computes with: run.json's fields that the config lint compares.
+
+  `framework` is 'tf1' (a Session loop with tf.compat.v1.train.AdamOptimizer) or
+  'keras3' (a TF2 port with keras.optimizers.Adam); it sets the defaults of
+  `epsilon` (1e-8 or Keras' 1e-7) and of the kernels the run computes with,
+  `adam_kernel` (runlog.ADAM_TF1_FUSED or ADAM_KERAS) and `batch_norm_variance`
+  (runlog.BN_VARIANCE_BESSEL or BN_VARIANCE_BIASED), which tell compare_runs what
+  rounding differences to expect. Read the optimizer's values from the optimizer
+  itself (optimizer_fields) and a Keras model's from the model (keras_model_fields):
+  declared values say what the code was meant to do, not what it does.
+
+  The data: `data_fingerprint` (data_fingerprint()) or a free-text `data_id`, one of
+  them required. `image_size`: the input's side or size. `batch_norm`, `dropout`,
+  `steps_per_epoch` and `shuffle_buffer` are compared like our runners' flags.
+  `init_weights`: the initial-weights file both loops start from (its sha256 is
+  recorded). `snapshot_steps`: the steps snapshot_due() says yes to. `extra`: the
+  loop's own settings, recorded in run.json's flags block and not compared.
+  """
+  framework: str
+  batch_size: int
+  optimizer: str = 'adam'
+  learning_rate: float = 0.001
+  beta_1: float = 0.9
+  beta_2: float = 0.999
+  epsilon: Optional[float] = None
+  loss: str = 'softmax_cross_entropy'
+  from_logits: bool = True
+  final_activation: str = 'none'
+  image_size: Optional[int] = None
+  num_classes: Optional[int] = None
+  seed: Optional[int] = None
+  deterministic: Optional[bool] = None
+  adam_kernel: Optional[str] = None
+  batch_norm_variance: Optional[str] = None
+  batch_norm: bool = False
+  dropout: float = 0.0
+  steps_per_epoch: Optional[int] = None
+  shuffle_buffer: Optional[int] = None
+  data_fingerprint: Optional[str] = None
+  data_id: Optional[str] = None
+  init_weights: Optional[str] = None
+  snapshot_steps: tuple = tf1compat_config.DEFAULT_SNAPSHOT_STEPS
+  device: Optional[str] = None
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.framework not in FRAMEWORK_DEFAULTS:
+      raise errors.UsageError(f'RunConfig(framework={self.framework!r}): give one of '
+                           f'{", ".join(FRAMEWORK_DEFAULTS)}')
+    # Frozen: the defaults are filled in once, as the run records them.
+    for name, default in FRAMEWORK_DEFAULTS[self.framework].items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, default)
+    for name, known in _KNOWN_KERNELS.items():
+      if getattr(self, name) not in known:
+        raise errors.UsageError(f'RunConfig({name}={getattr(self, name)!r}): give one of '
+                             f'{", ".join(known)} (runlog)')
+    if not (self.data_fingerprint or self.data_id):
+      raise errors.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
+                           'data_id: the config lint compares the data of two runs')
+    if self.batch_norm and not self.image_size:
+      raise errors.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
+                           "BatchNorm's moving-variance factor from it")
+    if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+      raise errors.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
+                           'least 1, or None to end epochs with record_epoch()')
+    object.__setattr__(self, 'snapshot_steps', tuple(int(s) for s in self.snapshot_steps))
+
+  def flags(self):
+    """run.json's flags block: every field, JSON-ready."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in sorted(dataclasses.asdict(self).items())}
+
+  def manifest(self):
+    """The run.json fields our runners write at start (runlog.MANIFEST_FIELDS)."""
+    return runlog.start_fields(
+        versions=_versions(self.framework), device=self.device or _device(),
+        kernels={'adam': self.adam_kernel, 'batch_norm_variance': self.batch_norm_variance},
+        optimizer={'name': self.optimizer, 'learning_rate': self.learning_rate,
+                   'beta_1': self.beta_1, 'beta_2': self.beta_2, 'epsilon': self.epsilon},
+        loss=self.loss, from_logits=self.from_logits, final_activation=self.final_activation,
+        batch_size=self.batch_size, image_size=self.image_size, seed=self.seed,
+        deterministic=self.deterministic,
+        data={'fingerprint': self.data_fingerprint or self.data_id, 'data_id': self.data_id,
+              'num_classes': self.num_classes},
+        init_weights_sha256=(runlog.file_sha256(self.init_weights) if self.init_weights
+                             else None))
+
+
+def _module_version(name):
+  module = sys.modules.get(name)
+  if getattr(module, '__version__', None):
+    return module.__version__
+  if metadata is None:
+    return None
+  try:
+    return metadata.version(name.replace('_', '-'))
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def _versions(framework):
+  # The loop's process has imported its TensorFlow and Keras: their versions are the
+  # ones it ran with (the installed ones otherwise, read without importing them).
+  tf_version = _module_version('tensorflow')
+  if tf_version is None:
+    return runlog.versions(None, None, None)
+  if framework == 'keras3':
+    return runlog.versions(tf_version, runlog.KERAS_3, _module_version('keras'))
+  if tf_version and tf_version.startswith('1.'):
+    # TensorFlow 1.x: the Keras of a TF1 loop is the one bundled as tf.keras.
+    bundled = getattr(sys.modules.get('tensorflow'), 'keras', None)
+    return runlog.versions(tf_version, runlog.KERAS_BUNDLED,
+                           getattr(bundled, '__version__', None))
+  return runlog.versions(tf_version, runlog.KERAS_TF_KERAS, _module_version('tf_keras'))
+
+
+def _device():
+  """'CPU' or 'GPU (name)' as TensorFlow sees it where the loop imported it, else 'unknown'."""
+  tf = sys.modules.get('tensorflow')
+  config = getattr(tf, 'config', None)
+  if not hasattr(config, 'list_physical_devices'):
+    return 'unknown'
+  gpus = config.list_physical_devices('GPU')
+  if not gpus:
+    return 'CPU'
+  details = getattr(config.experimental, 'get_device_details', lambda device: {})(gpus[0])
+  count = f' x{len(gpus)}' if len(gpus) > 1 else ''
+  return f'GPU ({details.get("device_name", gpus[0].name)}){count}'
+
+
+class RunRecorder:
+  """Writes one run directory from a training loop; a context manager that marks the
+  run failed when the loop raises.
+
+  Opening it starts run.json (a complete run is replaced only with `overwrite`). A
+  loop that resumes from its own checkpoint passes that checkpoint's `start_step`
+  (which needs RunConfig.steps_per_epoch): the rows and snapshots after it are
+  dropped and redone. An unfinished run of the same config started over
+  (`start_step` 0) loses its rows.
+
+  Rows: record_step() once per training step, in order (step k's loss is computed on
+  the weights after step k-1, as `sess.run([train_op, loss])` and a GradientTape step
+  give it); record_epoch() at each epoch's end; snapshot() of the weights at step 0
+  (the initial weights) and wherever snapshot_due() says; finish() marks it complete.
+  """
+
+  def __init__(self, model_dir, config, *, overwrite=False, start_step=0):
+    self.config = config
+    if start_step:
+      previous = runlog.read_manifest(model_dir) or {}
+      if not config.steps_per_epoch or previous.get('status') in (None, runlog.STATUS_COMPLETE):
+        raise errors.UsageError(
+            f'start_step={start_step}: {model_dir} holds no unfinished run to resume, or '
+            'RunConfig has no steps_per_epoch to tell its epochs by; start at 0')
+    self.log = runlog.RunLog(model_dir, config.framework, config.flags(), overwrite=overwrite,
+                             fingerprint=config.data_fingerprint)
+    self.log.open()
+    self.log.truncate_after(start_step, config.steps_per_epoch or 1)
+    self.log.update(**config.manifest())
+    self.step = start_step
+    epochs = runlog.read_csv(self.log.path(runlog.EPOCHS_CSV))
+    self._epochs = len(epochs.get('epoch', ()))
+    self._final_metrics = ({name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
+                           if self._epochs else {})
+    # This epoch's (loss, batch accuracy, shown mean loss, shown accuracy) so far.
+    self._epoch_rows = self._rows_of_epoch(self._epoch_of(start_step + 1))
+    keys = weight_maps.snapshot_keys(model_dir)
+    self._keys = sorted(keys) if keys is not None else None
+    self._started = time.time()
+    self._last_time = self._epoch_time = time.perf_counter()
+
+  @property
+  def model_dir(self):
+    """The run directory."""
+    return self.log.model_dir
+
+  def _epoch_of(self, step):
+    if self.config.steps_per_epoch:
+      return (step - 1) // self.config.steps_per_epoch + 1
+    return self._epochs + 1
+
+  def _rows_of_epoch(self, epoch):
+    steps = runlog.read_csv(self.log.path(runlog.STEPS_CSV))
+    if not steps:
+      return []
+    mask = steps['epoch'] == epoch
+    return list(zip(*(steps[name][mask].tolist()
+                      for name in ('loss', 'batch_accuracy', 'mean_loss', 'accuracy'))))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    # A NaN loss was marked by record_step; anything else must not leave the run
+    # looking alive.
+    if error is not None and not isinstance(error, errors.NumericFault):
+      self.fail(f'{kind.__name__}: {error}')
+    return False
+
+  def record_step(self, loss, batch_accuracy, *, mean_loss=None, accuracy=None,
+                  learning_rate=None, step=None):
+    """Appends the steps.csv row of the next step; returns its number (1 first).
+
+    `loss` and `batch_accuracy`: of this step's batch. `mean_loss` and `accuracy`: the
+    running metrics the loop shows its user, if it shows any (the semantics tier
+    checks that they restart every epoch); without them the recorder writes the means
+    since the epoch's first step. `learning_rate`: this step's, when it has a schedule.
+    `step`, when given, must be the next one. Raises errors.NumericFault for a NaN or Inf
+    loss, after marking the run failed.
+    """
+    number = self.step + 1
+    if step is not None and int(step) != number:
+      raise errors.UsageError(f'record_step(step={step}) after step {self.step}: record every '
+                           'training step once, in order, from step 1')
+    loss, batch_accuracy = float(loss), float(batch_accuracy)
+    if not math.isfinite(loss):
+      self.log.update(status=runlog.STATUS_FAILED, global_step=self.step,
+                      failure=f'loss is {loss} at step {number}')
+      raise errors.NumericFault(f'loss is {loss} at step {number}; {self.model_dir} is marked '
+                             'failed. Lower the learning rate or check the data.')
+    epoch = self._epoch_of(number)
+    if number > 1 and epoch != self._epoch_of(number - 1):
+      self._epoch_rows = []
+    losses = [row[0] for row in self._epoch_rows] + [loss]
+    accuracies = [row[1] for row in self._epoch_rows] + [batch_accuracy]
+    mean_loss = float(np.mean(losses)) if mean_loss is None else float(mean_loss)
+    accuracy = float(np.mean(accuracies)) if accuracy is None else float(accuracy)
+    if learning_rate is None:
+      learning_rate = (self.config.learning_rate
+                       if isinstance(self.config.learning_rate, numbers.Real) else math.nan)
+    now = time.perf_counter()
+    self.log.append_step({'step': number, 'epoch': epoch, 'loss': loss,
+                          'batch_accuracy': batch_accuracy, 'mean_loss': mean_loss,
+                          'accuracy': accuracy, 'learning_rate': float(learning_rate),
+                          'seconds': now - self._last_time})
+    self._last_time = now
+    self._epoch_rows.append((loss, batch_accuracy, mean_loss, accuracy))
+    self.step = number
+    return number
+
+  def record_epoch(self, *, val_loss=None, val_accuracy=None, train_loss=None,
+                   train_accuracy=None):
+    """Appends the epochs.csv row of the epoch the last step belongs to; returns its number.
+
+    `train_loss` / `train_accuracy` default to the running metrics shown at its last
+    step (what our runners record); without a validation set leave `val_*` out.
+    """
+    if not self._epoch_rows:
+      raise errors.UsageError(f'record_epoch() with no step recorded since epoch {self._epochs}: '
+                           'call it once after each epoch\'s steps')
+    spe = self.config.steps_per_epoch
+    if spe and self.step % spe:
+      raise errors.UsageError(f'record_epoch() at step {self.step}, inside an epoch of '
+                           f'steps_per_epoch={spe}: call it after the epoch\'s last step')
+    epoch = self._epoch_of(self.step)
+    last = self._epoch_rows[-1]
+    row = {'epoch': epoch,
+           'train_loss': last[2] if train_loss is None else float(train_loss),
+           'train_accuracy': last[3] if train_accuracy is None else float(train_accuracy),
+           'val_loss': math.nan if val_loss is None else float(val_loss),
+           'val_accuracy': math.nan if val_accuracy is None else float(val_accuracy)}
+    now = time.perf_counter()
+    self.log.append_epoch({**row, 'seconds': now - self._epoch_time})
+    self._epoch_time = now
+    self._epochs = epoch
+    self._epoch_rows = []
+    self._final_metrics = {name: row[name] for name in runlog.EPOCH_METRICS}
+    return epoch
+
+  def snapshot_due(self, step):
+    """Whether RunConfig.snapshot_steps asks for the weights after `step`."""
+    return step in self.config.snapshot_steps
+
+  def snapshot(self, step, weights):
+    """Writes weights/step-NNNNNN.npz: `weights` ({name: array}) after `step` (0: the
+    initial weights). Every snapshot of a run holds the same names."""
+    if not 0 <= step <= self.step:
+      raise errors.UsageError(f'snapshot(step={step}) with {self.step} steps recorded: a '
+                           'snapshot holds the weights after a recorded step (0: initial)')
+    arrays = {str(name): np.asarray(value) for name, value in weights.items()}
+    if not arrays:
+      raise errors.UsageError(f'snapshot(step={step}) of no weights; pass {{name: array}}')
+    keys = sorted(arrays)
+    if self.config.batch_norm and not any(k.endswith('moving_variance') for k in keys):
+      raise errors.UsageError(f'snapshot(step={step}) holds no BatchNorm moving_variance, yet '
+                           'RunConfig says batch_norm=True; snapshot the moving statistics too')
+    if self._keys is not None and keys != self._keys:
+      raise errors.UsageError(
+          f'snapshot(step={step}) names other weights than the earlier snapshots (new: '
+          f'{sorted(set(keys) - set(self._keys))[:5]}, missing: '
+          f'{sorted(set(self._keys) - set(keys))[:5]}); snapshot every variable every time')
+    self._keys = keys
+    self.log.save_snapshot(step, arrays)
+
+  def probe(self, step, *, batch, outputs, gradients, loss, data_loss=None,
+            regularization_loss=None):
+    """Writes probe/step-NNNNNN.npz: what training step `step` computed, for
+    `compare_runs --localize` (localize.py), which compares two loops' probes of one step
+    stage by stage. Probe the same step in both loops, the first is the simplest (both
+    start from the same weights); snapshot the weights before and after it too, and the
+    optimizer's update and the state's change are compared as well.
+
+    `batch`: (inputs, labels) the step trained on. `outputs`: {layer name: array} of the
+    layer outputs of the step's forward pass, in the model's order (the last the model's
+    output); name a layer alike in both loops, or give rules for the names in the weight
+    map. `gradients`: {variable name: array} of the gradients the step applied, named
+    as in snapshots (the weight map renames them). `loss`: the step's loss;
+    `data_loss` and `regularization_loss`, when the loop knows them, its two parts.
+    Arrays of the computation (numpy, or tensors with .numpy()).
+    """
+    if not 1 <= step <= self.step + 1:
+      raise errors.UsageError(f'probe(step={step}) with {self.step} steps recorded: probe a step '
+                           'recorded or the one about to be')
+    inputs, labels = batch
+    loss_parts = {'data': data_loss, 'regularization': regularization_loss, 'total': loss}
+    stages = {'input': {'images': inputs, 'labels': labels},
+              'forward': dict(outputs),
+              'loss': {part: value for part, value in loss_parts.items() if value is not None},
+              'gradients': dict(gradients)}
+    if not stages['forward'] or not stages['gradients']:
+      raise errors.UsageError(f'probe(step={step}) needs the layer outputs and the gradients of '
+                           'the step ({name: array} each)')
+    probes.save(probes.path_in(self.model_dir, step),
+                {stage: {str(name): _array(value) for name, value in items.items()}
+                 for stage, items in stages.items()},
+                {'runner': self.config.framework, 'step': step,
+                 'output_layer': str(list(stages['forward'])[-1])})
+
+  def finish(self, weights=None):
+    """Marks the run complete; `weights` ({name: array}, the final ones) are saved as the
+    last step's snapshot unless it has one. Returns the final metrics."""
+    if not self.step or not self._epochs:
+      raise errors.UsageError(f'finish() with {self.step} steps and {self._epochs} epochs '
+                           'recorded: compare_runs needs steps and at least one epoch '
+                           '(record_step, record_epoch)')
+    if weights is not None and self.step not in runlog.snapshot_steps_in(self.model_dir):
+      self.snapshot(self.step, weights)
+    # A team's loop snapshots when it can, not always when snapshot_due() says: the
+    # record names the snapshots it holds (compare_runs checks a run holds what it names).
+    flags = {**self.log.manifest['flags'],
+             'snapshot_steps': runlog.snapshot_steps_in(self.model_dir)}
+    self.log.update(flags=flags, status=runlog.STATUS_COMPLETE, global_step=self.step,
+                    final_metrics=self._final_metrics, finished=runlog.now(),
+                    seconds=round(time.time() - self._started, 3))
+    return dict(self._final_metrics)
+
+  def fail(self, reason):
+    """Marks the run failed with `reason` (compare_runs refuses it)."""
+    self.log.update(status=runlog.STATUS_FAILED, global_step=self.step, failure=reason)
+
+
+def _array(value):
+  """A loop's value as a numpy array: tensors convert themselves (.numpy())."""
+  return np.asarray(value.numpy() if hasattr(value, 'numpy') else value)
+
+
+def data_fingerprint(*parts):
+  """sha256 over numpy arrays (dtype, shape, bytes) and files (name, size, bytes), in order.
+
+  Equal for the same data only: both loops fingerprint what they train on (the arrays,
+  or the files they read) and the config lint compares the two.
+  """
+  digest = hashlib.sha256()
+  for part in parts:
+    if isinstance(part, (str, os.PathLike)):
+      digest.update(f'{os.path.basename(part)}:{os.path.getsize(part)}'.encode())
+      with open(part, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          digest.update(chunk)
+    else:
+      array = np.ascontiguousarray(part)
+      digest.update(f'{array.dtype.str}{array.shape}'.encode())
+      digest.update(array.tobytes())
+  return digest.hexdigest()

@@ -1,0 +1,156 @@
+"""What the recorder reads from a team's code: optimizer fields, model fields, weights.
+
+The loops being compared are a team's own (a TF1 Session, tf-keras, Keras 3): these
+helpers read an optimizer's hyper-parameters and a model's weights as the recorder names
+them (snapshot keys "<layer>/<variable>"), and give two loops the same start (an
+initial-weights .npz written by one and loaded by the other, through a weight map where
+their names differ). They work on the objects the loop passes in and import no
+TensorFlow themselves, so the recorder still runs beside a legacy loop.
+"""
+
+import numbers
+import os
+import re
+
+from tf1compat.runs import nudge
+from tf1compat.runs import errors
+from tf1compat.runs import runlog
+from tf1compat.runs import weight_map as weight_maps
+
+# Float32 hyper-parameters read back as float64 carry noise past the 7th digit
+# (Keras' get_config gives 0.0010000000474974513 for 0.001): what the lint compares.
+_FLOAT32_DIGITS = 7
+# tf.compat.v1.GraphKeys' TRAINABLE_VARIABLES and GLOBAL_VARIABLES, named without
+# importing TensorFlow.
+_TRAINABLE_VARIABLES = 'trainable_variables'
+_GLOBAL_VARIABLES = 'variables'
+# BatchNorm's moving statistics: not trainable, yet part of the model (tiers.py checks
+# that they move).
+_MOVING_STATISTICS = ('moving_mean', 'moving_variance')
+# TensorFlow names a variable by its op and output ('hidden/kernel:0'); a snapshot key
+# is "<layer>/<variable>" (runlog's contract), without the output index.
+_OUTPUT_INDEX = re.compile(r':\d+$')
+
+
+
+def _hyper_parameter(name, value):
+  if isinstance(value, numbers.Real):
+    return float(f'{float(value):.{_FLOAT32_DIGITS}g}')
+  if isinstance(value, dict):
+    # A Keras learning-rate schedule, as its get_config() has it.
+    return value
+  raise errors.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
+                       f'not a number; declare RunConfig({name}=...) yourself')
+
+
+def optimizer_fields(optimizer):
+  """RunConfig's optimizer fields as `optimizer` really has them: a Keras optimizer
+  (Keras 3 or tf-keras) or a tf.compat.v1.train optimizer such as AdamOptimizer.
+
+  Returns {optimizer, learning_rate, beta_1, beta_2, epsilon} (those it has).
+  """
+  if hasattr(optimizer, '_lr'):
+    # TF1 optimizers keep their constructor's arguments as private attributes.
+    values = {name: getattr(optimizer, attribute) for name, attribute in (
+        ('learning_rate', '_lr'), ('beta_1', '_beta1'), ('beta_2', '_beta2'),
+        ('epsilon', '_epsilon')) if hasattr(optimizer, attribute)}
+  else:
+    values = optimizer.get_config()
+  fields = {'optimizer': type(optimizer).__name__}
+  for name in ('learning_rate', 'beta_1', 'beta_2', 'epsilon'):
+    if name in values:
+      fields[name] = _hyper_parameter(name, values[name])
+  return fields
+
+
+def keras_model_fields(model):
+  """RunConfig's model fields as a Keras model (Keras 3 or tf-keras) really has them:
+  {final_activation, batch_norm, dropout}."""
+  activation = getattr(model.layers[-1], 'activation', None)
+  name = getattr(activation, '__name__', 'linear')
+  layers = [type(layer).__name__ for layer in model.layers]
+  return {'final_activation': 'none' if name == 'linear' else name,
+          'batch_norm': any('BatchNormalization' in kind for kind in layers),
+          'dropout': max([float(layer.rate) for layer in model.layers
+                          if type(layer).__name__ == 'Dropout'], default=0.0)}
+
+
+def variable_name(variable):
+  """The snapshot key of a variable: its Keras 3 path ('sequential/dense/kernel'), or its
+  TF1 or tf-keras name without the output index ('hidden/kernel:0' -> 'hidden/kernel')."""
+  return getattr(variable, 'path', None) or _OUTPUT_INDEX.sub('', variable.name)
+
+
+def keras_weights(model):
+  """{variable name: array} of every weight of a Keras 3 or tf-keras model (in a TF1
+  graph-mode process too: model.get_weights() reads them through the session)."""
+  return dict(zip((variable_name(v) for v in model.weights), model.get_weights()))
+
+
+def _checked_names(names, weights, where):
+  unmatched = (('variables without a weight', set(names) - set(weights)),
+               ('weights of no variable', set(weights) - set(names)))
+  problems = [f'{what}: {weight_maps.listed(sorted(keys))}' for what, keys in unmatched if keys]
+  if problems:
+    raise errors.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
+                         'names with a weight map (team_models.load_weights(path, weight_map))')
+
+
+def set_keras_weights(model, weights):
+  """Sets every weight of a Keras model from {variable name: array} (keras_weights' names)."""
+  names = [variable_name(v) for v in model.weights]
+  _checked_names(names, weights, f'model {model.name}')
+  model.set_weights([weights[name] for name in names])
+
+
+def _session_variables(session, variables):
+  if variables is not None:
+    return list(variables)
+  trainable = session.graph.get_collection(_TRAINABLE_VARIABLES)
+  # By identity: a variable's == may compare values.
+  known = {id(v) for v in trainable}
+  return trainable + [v for v in session.graph.get_collection(_GLOBAL_VARIABLES)
+                      if variable_name(v).endswith(_MOVING_STATISTICS) and id(v) not in known]
+
+
+def session_weights(session, variables=None):
+  """{variable name: array} of a TF1 Session's `variables` (default: the graph's
+  trainable variables and BatchNorm's moving statistics), named by variable_name."""
+  variables = _session_variables(session, variables)
+  return dict(zip((variable_name(v) for v in variables), session.run(variables)))
+
+
+def assign_session_weights(session, weights, variables=None):
+  """Loads {variable name: array} into a TF1 Session's `variables` (default: as
+  session_weights), without adding ops to the graph."""
+  variables = _session_variables(session, variables)
+  _checked_names([variable_name(v) for v in variables], weights, 'the session')
+  for variable in variables:
+    variable.load(weights[variable_name(variable)], session)
+
+
+# Initial weights are written as weight snapshots are, {name: array} in an .npz.
+save_weights = runlog.save_weights
+
+
+def load_weights(path, weight_map=None):
+  """{name: array} of an initial-weights .npz; with `weight_map` (a weight_map.WeightMap,
+  or a file or inline rules) renamed to this loop's names."""
+  weights = runlog.load_weights(path)
+  if weight_map is None:
+    return weights
+  if not isinstance(weight_map, weight_maps.WeightMap):
+    weight_map = weight_maps.WeightMap.load(weight_map)
+  return weight_map.apply(weights, path)
+
+
+def control_start(path, control_path=None):
+  """Writes the start of a control run: the weights of `path` moved by one ulp each
+  (nudge.nudge_weights); returns its path (default: beside it, '-ulp.npz').
+
+  Run the legacy loop again from it and pass that run to compare_runs --control: its
+  divergence calibrates the tolerances.
+  """
+  control_path = control_path or f'{os.path.splitext(path)[0]}-ulp.npz'
+  save_weights(control_path, nudge.nudge_weights(runlog.load_weights(path)))
+  return control_path

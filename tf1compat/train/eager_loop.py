@@ -1,0 +1,585 @@
+"""The TF2 port of the graph loop: a custom `tf.function` loop, and what Keras fit shares.
+
+Keras 3 only (TF2's own `keras`; never `tf.compat.v1`). `EagerBackend` builds the
+model with `model.build_model`, the optimizer, the metrics and the same seeded pipeline
+as the graph runner; its custom loop (`--loop=custom`, runner 'eager') is one
+`tf.function` train step with a GradientTape and `keras.metrics`, driven by
+`training.train`. Its checkpoints are `tf.train.CheckpointManager` checkpoints holding
+the model, the optimizer, the step, the running metrics and the training-data
+iterator, so a rerun resumes mid-epoch on exactly the batches an uninterrupted run
+would see. `--loop=fit` (runner 'fit') trains the same backend's model with Keras
+`model.fit` (fit_loop.py). The steps have the graph loop's names: `build_model`,
+`learning_rate_schedule`, `make_optimizer`, `regularization_loss`, `per_example_loss`,
+`train_step`, `evaluate`, `export`.
+
+Under `--strategy=mirrored|multi_worker` (`distribution`) both run in the strategy's
+scope on the replicas' slices of the same global batches; the custom loop's
+checkpoints then hold no iterator (tf.distribute's cannot be saved) and a rerun skips
+the batches done instead.
+
+Importing this module sets nothing up; `run` configures the strategy, seeds, op
+determinism and the mixed-precision policy for the process it runs in.
+"""
+
+import dataclasses
+import functools
+import inspect
+import os
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from tf1compat.runs import atomic
+from tf1compat.train import checkpoints
+from tf1compat.runs import interrupts
+from tf1compat.data import pipeline
+from tf1compat.train import distribution as distribution_lib
+from tf1compat.train import fit_loop
+from tf1compat.train.models import keras_facts
+from tf1compat.runtime import numerics
+from tf1compat.train.models import plugins
+from tf1compat.data import preflight
+from tf1compat.runs import probes
+from tf1compat.train import replay
+from tf1compat.runs import runlog
+from tf1compat.train import tf1_kernels
+from tf1compat.train import training
+
+RUNNER_CUSTOM = 'eager'
+RUNNER_FIT = fit_loop.RUNNER
+
+
+def runner(cfg):
+  """The run's runner name: 'eager' (the custom loop) or 'fit'."""
+  return RUNNER_FIT if cfg.loop == 'fit' else RUNNER_CUSTOM
+
+
+def optimizer_name(cfg):
+  """The optimizer as run.json names it."""
+  name = 'keras.optimizers.Adam'
+  return f'{name} (TF1 fused ApplyAdam)' if cfg.tf1_adam else name
+
+
+def adam_epsilon(cfg):
+  """The epsilon the optimizer really uses: --adam_epsilon, else Keras' Adam default."""
+  if cfg.adam_epsilon is not None:
+    return cfg.adam_epsilon
+  return inspect.signature(keras.optimizers.Adam).parameters['epsilon'].default
+
+
+def kernels(cfg):
+  """Which Adam and BatchNorm moving-variance kernels the run computes with (run.json)."""
+  return {'adam': runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS,
+          'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if cfg.tf1_bn_variance
+                                  else runlog.BN_VARIANCE_BIASED)}
+
+
+def learning_rate_schedule(cfg):
+  """keras.optimizers.schedules.ExponentialDecay of --lr_decay_steps, the twin of the
+  graph loop's exponential_decay on the global step; None for a constant rate."""
+  if not cfg.lr_decay_steps:
+    return None
+  return keras.optimizers.schedules.ExponentialDecay(
+      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+
+
+def lr_per_epoch(cfg):
+  """Whether model.fit sets the rate once per epoch (--fit_lr_schedule=epoch_callback)."""
+  return cfg.loop == 'fit' and cfg.fit_lr_schedule == 'epoch_callback'
+
+
+def lr_schedule_manifest(cfg):
+  """run.json's optimizer.schedule: the run's schedule as this runner applies it."""
+  schedule = cfg.lr_schedule()
+  if schedule and lr_per_epoch(cfg):
+    schedule['updated'] = 'per_epoch'
+  return schedule
+
+
+def make_optimizer(cfg, rate):
+  """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
+  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed
+  precision (with the replicas' agreement on finite gradients,
+  distribution.AgreedLossScaleOptimizer)."""
+  adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
+  optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
+                   beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
+  if cfg.mixed_precision:
+    optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def build_model(cfg, num_classes, distributed=False):
+  """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
+  model fields, checked by plugins.build_model.
+
+  `distributed`: BatchNormalization normalizes with the moments of the global batch,
+  not of each replica's share, so that a distributed run computes what a one-device
+  run of the same global batch does.
+  """
+  batch_norm_layer = None
+  if cfg.tf1_bn_variance:
+    batch_norm_layer = tf1_kernels.TF1BatchNormalization
+  elif distributed:
+    batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
+  if not cfg.keep_bn_momentum:
+    batch_norm_layer = _keras_default_momentum(
+        batch_norm_layer or keras.layers.BatchNormalization)
+  return plugins.build_model(
+      cfg.model, keras, num_classes=num_classes, image_size=cfg.image_size,
+      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
+      batch_norm_layer=batch_norm_layer,
+      # The loss must see float32 logits under mixed_float16.
+      logits_dtype='float32' if cfg.mixed_precision else None)
+
+
+def _keras_default_momentum(layer_class):
+  """`layer_class` that leaves out the momentum the model gives it: a port that writes
+  BatchNormalization() gets Keras' 0.99 (--nokeep_bn_momentum)."""
+  def build(*args, momentum=None, **kwargs):
+    del momentum
+    return layer_class(*args, **kwargs)
+  return build
+
+
+def regularization_loss(model):
+  """The sum of the model's regularization losses (0 without any), which a custom loop
+  adds to its loss itself (fit does)."""
+  losses = model.losses
+  return tf.add_n(losses) if losses else tf.constant(0.0, tf.float32)
+
+
+def per_example_loss(loss_name, labels, outputs):
+  """The per-example loss of --loss on the model's outputs, [batch].
+
+  softmax_cross_entropy is the graph loop's `tf.nn.softmax_cross_entropy_with_logits`;
+  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits;
+  keras_categorical_probs is that loss with Keras' default from_logits=False, which
+  normalizes the outputs by their sum and clips them to [1e-7, 1 - 1e-7] as if they were
+  probabilities (the from_logits_lost mistake on logits).
+  """
+  if loss_name == 'keras_categorical':
+    return keras.losses.categorical_crossentropy(labels, outputs, from_logits=True)
+  if loss_name == 'keras_categorical_probs':
+    return keras.losses.categorical_crossentropy(labels, outputs)
+  return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels),
+                                                 logits=outputs)
+
+
+def configure(cfg):
+  """Process-wide setup before anything is built: seeds, op determinism, TF32, dtype
+  policy."""
+  # TF's own INFO lines (checkpoint sharding, SavedModel assets) would bury the
+  # progress lines; its warnings still show.
+  tf.get_logger().setLevel('WARNING')
+  keras.utils.set_random_seed(cfg.seed)
+  if cfg.deterministic:
+    tf.config.experimental.enable_op_determinism()
+    if tf.config.list_physical_devices('GPU'):
+      logging.info('op determinism is on (--deterministic, the default): cuDNN may only '
+                   'pick deterministic algorithms and scatter/segment reductions run '
+                   'serially, which costs speed; bin/benchmark --nodeterministic measures '
+                   'the cost on this host, and --nodeterministic trades reproducibility for '
+                   'it')
+  numerics.apply_tf32(cfg.tf32)
+  keras.mixed_precision.set_global_policy(
+      'mixed_float16' if cfg.mixed_precision else 'float32')
+
+
+def model_weights(model):
+  """{weight key: numpy array} of every weight of `model` (keys as in snapshots)."""
+  return {key: variable.numpy() for key, variable in keras_facts.weight_items(model)}
+
+
+def load_init_weights(model, path, model_spec=None):
+  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape);
+  `model_spec`: the run's --model, whose key mismatches plugins names."""
+  items = keras_facts.weight_items(model)
+  plugins.check_weight_file(model_spec, path, [key for key, _ in items], keras)
+  weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
+  for key, variable in items:
+    variable.assign(weights[key])
+
+
+def export(model, export_dir, keras_file):
+  """SavedModel in `export_dir` and the Keras file `keras_file`, each whole or absent."""
+  with atomic.atomic_path(export_dir) as tmp_dir:
+    model.export(tmp_dir, verbose=False)
+  with atomic.atomic_path(keras_file) as tmp_file:
+    model.save(tmp_file)
+
+
+class ScalarWriter:
+  """TensorBoard scalars in the run directory; the events file is opened on first use.
+
+  `tf.summary.scalar` lives in the tensorboard package, which is no dependency here;
+  `tf.summary.write` with the scalars plugin's metadata writes the same event.
+  """
+
+  _METADATA = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
+
+  def __init__(self, logdir):
+    self._logdir = logdir
+    self._writer = None
+
+  def __call__(self, step, scalars):
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self._logdir)
+    with self._writer.as_default(step=step):
+      for tag, value in scalars.items():
+        tf.summary.write(tag, tf.constant(value, tf.float32), metadata=self._METADATA)
+
+  def flush(self):
+    if self._writer is not None:
+      self._writer.flush()
+
+
+
+class EagerBackend(training.Backend):
+  """The port: model, optimizer, metrics, pipelines and a `tf.function` train step.
+
+  Built inside the strategy's scope, like GraphBackend from the config and the data
+  alone; `attach(log)` then points checkpoints and TensorBoard at the open run
+  directory. Every replica computes its share of the global batch's mean loss
+  (`compute_average_loss` over the global batch size), so that the gradients the
+  optimizer sums over the replicas are those of the global batch.
+  `dataset_hook(dataset, training)`, if given, wraps every input pipeline.
+  """
+
+  def __init__(self, cfg, spec, distribution, dataset_hook=None):
+    self._cfg = cfg
+    self._spec = spec
+    self.distribution = distribution
+    self._dataset_hook = dataset_hook or (lambda dataset, training: dataset)
+    self.model = build_model(cfg, spec.num_classes, distributed=distribution.distributed)
+    if cfg.init_weights:
+      load_init_weights(self.model, cfg.init_weights, cfg.model)
+    self.lr_schedule = learning_rate_schedule(cfg)
+    # Under --fit_lr_schedule=epoch_callback the optimizer starts at the constant rate and
+    # fit's LearningRateScheduler sets it (fit_loop).
+    self.optimizer = make_optimizer(
+        cfg, cfg.learning_rate if lr_per_epoch(cfg) or self.lr_schedule is None
+        else self.lr_schedule)
+    self._strategy = distribution.strategy
+    self._global_batch = cfg.batch_size
+    self._replicas = distribution.replicas
+    self._train_loss = keras.metrics.Mean(name='train_loss')
+    self._train_accuracy = keras.metrics.CategoricalAccuracy(name='train_accuracy')
+    self._val_loss = keras.metrics.Mean(name='val_loss')
+    self._val_accuracy = keras.metrics.CategoricalAccuracy(name='val_accuracy')
+    self._val_dataset = self.val_batches()
+    self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    self._train_fn = tf.function(self._train_step, jit_compile=cfg.jit_compile)
+    self._eval_fn = tf.function(self._eval_step, jit_compile=cfg.jit_compile)
+
+  def _dataset(self, training_split):
+    """The training or validation pipeline of global batches, seeded as in the graph
+    runner (its twin)."""
+    split = 'train' if training_split else 'val'
+    dataset = pipeline.make_dataset(
+        self._spec.train_files if training_split else self._spec.val_files,
+        training=training_split, skip=self._spec.skip(split),
+        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
+        batch_size=self._cfg.batch_size, seed=self._cfg.seed,
+        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
+        parse=self._spec.parse)
+    return self._dataset_hook(dataset, training_split)
+
+  def train_batches(self, skip_batches=0, fresh_iterators=False):
+    """The training batches after the first `skip_batches`, distributed over the replicas
+    of a distributed run (`fresh_iterators`: each iterator starts over, for fit)."""
+    def global_batches():
+      dataset = self._dataset(True)
+      return dataset.skip(skip_batches) if skip_batches else dataset
+
+    if not self.distribution.distributed:
+      return global_batches()
+    distribute = (distribution_lib.fresh_distributed_dataset if fresh_iterators
+                  else distribution_lib.distribute_dataset)
+    return distribute(self.distribution, global_batches, self._global_batch)
+
+  def val_batches(self):
+    """The validation batches, or None without validation records.
+
+    Not distributed: every worker evaluates the whole set on its default device.
+    """
+    return self._dataset(False) if self._spec.val_files else None
+
+  def start_manifest(self, device):
+    """The run.json fields of the run's start (training.start_manifest)."""
+    return training.start_manifest(
+        self._cfg, self._spec,
+        versions=runlog.versions(tf.__version__, runlog.KERAS_3, keras.__version__),
+        device=device, kernels=kernels(self._cfg), optimizer_name=optimizer_name(self._cfg),
+        epsilon=adam_epsilon(self._cfg), lr_schedule=lr_schedule_manifest(self._cfg),
+        **self.distribution.manifest(),
+        dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),
+        jit_compile=self._cfg.jit_compile,
+        model_summary=keras_facts.summary(self.model, keras),
+        # fit adds them itself.
+        regularization_in_loss=self._cfg.loop == 'fit' or self._cfg.add_regularization_losses)
+
+  def attach(self, log, agreement=None):
+    """Points checkpoints and TensorBoard at the (open) run directory of `log`.
+
+    `agreement`, a distribution.AgreedSignals, is told each step whether any worker
+    caught a signal.
+    """
+    self._log = log
+    self._agreement = agreement
+    self._scalars = ScalarWriter(log.model_dir)
+
+  def loss(self, labels, outputs):
+    """The run's per-example loss (what fit compiles with)."""
+    return per_example_loss(self._cfg.loss, labels, outputs)
+
+  def _make_checkpoint(self):
+    if self.distribution.distributed:
+      # tf.distribute's iterators cannot be checkpointed: `restore` makes one that
+      # skips the batches trained on already.
+      self._iterator = None
+      iterator_state = {}
+    else:
+      self._iterator = iter(self.train_batches())
+      iterator_state = {'iterator': self._iterator}
+    # Slots exist before a restore, so that it assigns them at once.
+    self.optimizer.build(self.model.trainable_variables)
+    self._checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer, step=self._step,
+        metrics=[*self._train_loss.variables, *self._train_accuracy.variables],
+        **iterator_state)
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, self._log.path(runlog.CHECKPOINTS_DIR),
+        max_to_keep=checkpoints.CHECKPOINTS_KEPT)
+
+  def _step_loss(self, labels, outputs):
+    """(the step's loss, its data part, its regularization part) on the model's `outputs`."""
+    per_example = self.loss(labels, outputs)
+    # One device keeps reduce_mean: the graph runner's op, bit for bit.
+    data_loss = (tf.reduce_mean(per_example) if self._replicas == 1 else
+                 tf.nn.compute_average_loss(per_example, global_batch_size=self._global_batch))
+    if not self._cfg.add_regularization_losses:
+      return data_loss, data_loss, tf.zeros_like(data_loss)
+    # Each replica adds its share: the sum over the replicas adds them once.
+    regularization = (regularization_loss(self.model) if self._replicas == 1 else
+                      tf.nn.scale_regularization_loss(regularization_loss(self.model)))
+    return data_loss + regularization, data_loss, regularization
+
+  def _apply(self, tape, scaled_loss):
+    """The gradients of the step's `scaled_loss` (recorded on `tape`), applied; returns
+    them."""
+    variables = self.model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    self.optimizer.apply_gradients(zip(gradients, variables))
+    return gradients
+
+  def _replica_step(self, images, labels, stop_flag):
+    with tf.GradientTape() as tape:
+      outputs = self.model(images, training=True)
+      loss, _, _ = self._step_loss(labels, outputs)
+      # Identity without loss scaling; LossScaleOptimizer scales here and unscales
+      # the gradients in apply_gradients.
+      scaled_loss = self.optimizer.scale_loss(loss)
+    self._apply(tape, scaled_loss)
+    self._train_accuracy.update_state(labels, outputs)
+    correct = tf.reduce_sum(tf.cast(
+        tf.equal(tf.argmax(labels, axis=-1), tf.argmax(outputs, axis=-1)), tf.float32))
+    return loss, correct, tf.identity(stop_flag)
+
+  def _train_step(self, images, labels, stop_flag):
+    sum_over_replicas = functools.partial(self._strategy.reduce, tf.distribute.ReduceOp.SUM,
+                                          axis=None)
+    # Read before the update increments optimizer.iterations: the rate this step applies.
+    learning_rate = tf.cast(self.optimizer.learning_rate, tf.float32)
+    loss, correct, stop_flags = map(
+        sum_over_replicas,
+        self._strategy.run(self._replica_step, args=(images, labels, stop_flag)))
+    self._train_loss.update_state(loss)
+    self._step.assign_add(1)
+    # One tensor, so that the host fetches the step's numbers in one transfer.
+    return tf.stack([loss, correct / self._global_batch, self._train_loss.result(),
+                     self._train_accuracy.result(), learning_rate, stop_flags])
+
+  def _eval_step(self, images, labels):
+    outputs = self.model(images, training=False)
+    # Per-example losses: the last, smaller batch weighs by its size, as in fit; with the
+    # regularization losses, as fit's validation loss.
+    losses = per_example_loss(self._cfg.loss, labels, outputs)
+    if self._cfg.add_regularization_losses:
+      losses += regularization_loss(self.model)
+    self._val_loss.update_state(losses)
+    self._val_accuracy.update_state(labels, outputs)
+
+  def restore(self):
+    self._make_checkpoint()
+    # The other workers resume from the chief's checkpoints.
+    path = checkpoints.restore_newest(
+        self._manager.directory if self.distribution.is_chief else
+        os.path.join(self._cfg.model_dir, runlog.CHECKPOINTS_DIR),
+        lambda path: self._checkpoint.restore(path).assert_existing_objects_matched())
+    if path is not None:
+      logging.info('restored checkpoint %s', path)
+    step = int(self._step.numpy())
+    if self._iterator is None:
+      self._iterator = iter(self.train_batches(skip_batches=step))
+    return step, path
+
+  def train_step(self):
+    with pipeline.input_errors(self._spec):
+      images, labels = next(self._iterator)
+    stop_flag = self._agreement.local_flag() if self._agreement else 0.0
+    values = self._train_fn(images, labels, tf.constant(stop_flag, tf.float32)).numpy()
+    if self._agreement:
+      self._agreement.agree(values[5])
+    return training.StepResult(*(float(v) for v in values[:5]))
+
+  def replay_step(self, batch=None):
+    """Runs the next training step as the custom loop's train step does (one device),
+    on `batch` ((images, labels), or None: the pipeline's next one), the model called
+    through a probe model that also returns every layer's output; returns its probe
+    stages (probes.STAGES) with the step's learning rate. Meant for a backend loaded with
+    a run's step-0 snapshot: the step updates these variables as training would."""
+    with pipeline.input_errors(self._spec):
+      own = [tensor.numpy() for tensor in next(iter(self.train_batches()))]
+    images, labels = own if batch is None else batch
+    layers = [layer for layer in self.model.layers
+              if not isinstance(layer, keras.layers.InputLayer)]
+    probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
+    output_index = [layer.name for layer in layers].index(self.model.output_names[0])
+    variables = self.model.trainable_variables
+    # Its slots before the step's tf.function is traced, as restore() builds them.
+    self.optimizer.build(variables)
+    # Read before the update increments optimizer.iterations, as the train step does.
+    learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+
+    def step(images, labels):
+      with tf.GradientTape() as tape:
+        layer_outputs = probe(images, training=True)
+        parts = self._step_loss(labels, layer_outputs[output_index])
+      # One replica in float32 (replay.replayable): no loss scaling to undo.
+      return layer_outputs, parts, self._apply(tape, parts[0])
+
+    items = keras_facts.weight_items(self.model)
+    before = model_weights(self.model)
+    outputs, parts, gradients = tf.function(step, jit_compile=self._cfg.jit_compile)(
+        tf.constant(images), tf.constant(labels))
+    after = model_weights(self.model)
+    names = {id(variable): key for key, variable in items}
+    trainable_keys = [names[id(variable)] for variable in variables]
+    return {
+        'input': {'images': own[0], 'labels': own[1]},
+        'forward': {layer.name: output.numpy() for layer, output in zip(layers, outputs)},
+        'loss': dict(zip(('total', 'data', 'regularization'), (p.numpy() for p in parts))),
+        'gradients': {key: tf.convert_to_tensor(gradient).numpy()
+                      for key, gradient in zip(trainable_keys, gradients)},
+        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
+        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
+                  if key not in trainable_keys},
+    }, learning_rate
+
+  def layer_meta(self):
+    """The probe's meta on the model: each layer's kinds and the output layer."""
+    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
+            'output_layer': self.model.output_names[0]}
+
+  def reset_metrics(self):
+    self._train_loss.reset_state()
+    self._train_accuracy.reset_state()
+
+  def evaluate(self):
+    if self._val_dataset is None:
+      return None
+    self._val_loss.reset_state()
+    self._val_accuracy.reset_state()
+    with pipeline.input_errors(self._spec):
+      for images, labels in self._val_dataset:
+        self._eval_fn(images, labels)
+    return float(self._val_loss.result()), float(self._val_accuracy.result())
+
+  def weights(self):
+    return model_weights(self.model)
+
+  def save_checkpoint(self, step):
+    self._scalars.flush()
+    return self._manager.save(checkpoint_number=step)
+
+  def write_scalars(self, step, scalars):
+    self._scalars(step, scalars)
+
+  def flush_scalars(self):
+    """Writes the TensorBoard events written so far to disk."""
+    self._scalars.flush()
+
+  def export(self, export_dir):
+    self._scalars.flush()
+    export(self.model, export_dir, self._log.path(runlog.KERAS_FILE))
+
+
+def run(cfg, dataset_hook=None):
+  """bin/train_eager: trains with --loop=custom or --loop=fit; returns the stats dict.
+
+  `cfg` is a config.EagerConfig. With save_init_weights, writes the freshly initialised
+  weights there and returns {'init_weights': path} without training and without a run
+  directory. The data (pre-flight check), the model and --init_weights are checked
+  before the run directory is touched. `dataset_hook(dataset, training)` wraps every
+  input pipeline. Under --strategy=multi_worker every worker runs this; only the chief
+  writes MODEL_DIR.
+  """
+  preflight.check_paths(cfg)
+  device = training.check_device(cfg)
+  # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
+  with interrupts.SignalCatcher() as signals:
+    distribution = distribution_lib.setup(cfg)
+    signals.reclaim()
+    distribution_lib.check_batch(distribution, cfg.batch_size)
+    spec = training.check_data(cfg)
+    # Before configure() seeds the process, so that the run's numbers do not depend on it.
+    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, spec.num_classes))
+    configure(cfg)
+    # Model, optimizer and metrics are created in the scope, so they are mirrored.
+    with distribution.strategy.scope():
+      backend = EagerBackend(cfg, spec, distribution, dataset_hook)
+      if cfg.save_init_weights:
+        if not distribution.is_chief:
+          return {'init_weights': cfg.save_init_weights}
+        return training.save_init_weights(cfg, backend.weights())
+      with distribution_lib.writable_model_dir(distribution, cfg.model_dir) as model_dir:
+        log = training.open_run(cfg, spec, runner(cfg), model_dir)
+        with training.marking_failures(log):
+          log.update(**backend.start_manifest(device))
+          schedule = training.schedule(cfg)
+          if cfg.loop == 'fit':
+            backend.attach(log)
+            return fit_loop.train(backend, cfg, spec, log, schedule, signals)
+          agreement = (distribution_lib.AgreedSignals(signals) if distribution.workers > 1
+                       else None)
+          backend.attach(log, agreement)
+          return training.train(backend, log, schedule, agreement or signals)
+
+
+def replay_run(cfg, replay_cfg):
+  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  replay_cfg (config.ReplayConfig) says, and writes its probe. A fit run's step is the
+  custom loop's on the same model, with the regularization losses fit adds (replay.py)."""
+  # One replica (replay.replayable): its step is one device's, without a strategy.
+  cfg = dataclasses.replace(cfg, strategy='default', devices=None, cpu_devices=1)
+  if cfg.loop == 'fit':
+    cfg = dataclasses.replace(cfg, add_regularization_losses=True)
+  training.check_device(cfg)
+  distribution = distribution_lib.setup(cfg)
+  spec = training.check_data(cfg)
+  # The run checked its model's names when it trained; the replay builds the same one.
+  configure(cfg)
+  with distribution.strategy.scope():
+    backend = EagerBackend(cfg, spec, distribution)
+    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    stages, learning_rate = backend.replay_step(batch)
+    replay.write_probe(replay_cfg, runner(cfg), stages, {
+        **backend.layer_meta(), 'learning_rate': learning_rate, 'training': True,
+        'settings': numerics.settings(), 'tensorflow': tf.__version__})
+  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

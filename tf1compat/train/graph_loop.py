@@ -1,0 +1,616 @@
+"""The legacy TF1 graph-mode training loop, written the way TF1 teams wrote it.
+
+One `tf.Graph` holds everything: a one-shot iterator over the shared pipeline, the
+seed's ConvNet (or a team's model, --model) wired onto its output with
+`Input(tensor=features)`, the loss with the model's regularization losses added by hand,
+a `tf.compat.v1.train.AdamOptimizer` train op that depends on `model.updates` (its rate
+`exponential_decay` on the global step under --lr_decay_steps),
+`tf.compat.v1.metrics` running metrics in a `metrics` variable scope, a validation
+pipeline with its own initializable iterator, and a `tf.compat.v1.train.Saver` that
+checkpoints the weights, the optimizer slots, the global step, the training
+iterator's position and the running metrics, so a rerun resumes exactly where the
+last one stopped (Dropout masks excepted: TF1's stateful random ops keep their position
+outside any checkpoint). `GraphBackend` exposes that graph and its Session to the
+shared driver in `training.py`.
+
+Process setup is the caller's job and must happen before TensorFlow is imported
+(`bin/train_graph` does it): `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2
+from `tf-keras` (`Input(tensor=...)`, `learning_phase()`, `model.updates`), then
+`tf.compat.v1.disable_v2_behavior()`. Importing this module does nothing else.
+
+The graph switches of `define_graph_flags` reproduce the legacy mistakes on request:
+`--wiring=model_call`, `--update_ops=false`, `--reset_metrics=never`,
+`--feed_learning_phase=false`.
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tf1compat.runs import atomic
+from tf1compat.train import checkpoints
+from tf1compat.runs import errors
+from tf1compat.runs import interrupts
+from tf1compat.runs import config
+from tf1compat.data import pipeline
+from tf1compat.data import data_folder
+from tf1compat.train.models import keras_facts
+from tf1compat.train.models import plugins
+from tf1compat.data import preflight
+from tf1compat.runs import probes
+from tf1compat.train import replay
+from tf1compat.runs import runlog
+from tf1compat.runtime import stacks
+from tf1compat.train import training
+
+RUNNER = 'graph'
+CHECKPOINT_PREFIX = 'model.ckpt'
+SERVING_SIGNATURE = 'serving_default'
+
+
+def kernels(keras_model):
+  """run.json's kernels block: ApplyAdam with beta-power accumulators, and BatchNorm's
+  moving-variance rule as the built layers compute it. Fused BatchNorm (what tf.keras
+  and tf-keras choose where they can) takes the Bessel-corrected batch variance; the
+  unfused layer the biased one."""
+  fused = [getattr(layer, 'fused', True)
+           for layer in keras_facts.batch_norm_layers(keras_model, tf.keras)]
+  variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
+  return {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': variance}
+
+
+def optimizer_name(cfg):
+  """The optimizer as run.json names it."""
+  del cfg  # One optimizer in the legacy loop.
+  return 'tf.compat.v1.train.AdamOptimizer'
+
+
+def adam_epsilon(cfg):
+  """The epsilon the optimizer really uses: --adam_epsilon, else AdamOptimizer's default."""
+  return config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
+
+
+def learning_rate_schedule(cfg, global_step):
+  """The learning rate of the step `global_step` counts: --learning_rate, decayed by
+  tf.compat.v1.train.exponential_decay on the global step under --lr_decay_steps."""
+  if not cfg.lr_decay_steps:
+    return tf.constant(cfg.learning_rate, tf.float32)
+  return tf.compat.v1.train.exponential_decay(
+      cfg.learning_rate, global_step, cfg.lr_decay_steps, cfg.lr_decay_rate,
+      staircase=cfg.lr_staircase)
+
+
+def make_optimizer(cfg, rate):
+  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters at learning rate
+  `rate` (learning_rate_schedule())."""
+  return tf.compat.v1.train.AdamOptimizer(
+      learning_rate=rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
+      epsilon=adam_epsilon(cfg))
+
+
+def regularization_loss(keras_model):
+  """The sum of the model's regularization losses (0 without any).
+
+  Keras regularizers never fill TF1's REGULARIZATION_LOSSES collection, so
+  tf.compat.v1.losses.get_regularization_loss() misses them: a loop on the model's
+  tensors adds model.losses itself, as fit does.
+  """
+  if not keras_model.losses:
+    return tf.constant(0.0, tf.float32)
+  return tf.add_n(keras_model.losses)
+
+
+def build_model(cfg, num_classes, **wiring):
+  """The run's model (--model, by default the seed's ConvNet) in tf-keras with the run's
+  model fields, checked by plugins.build_model; `wiring`: input_tensor and dropout_seed
+  for the training model."""
+  return plugins.build_model(
+      cfg.model, tf.keras, num_classes=num_classes, image_size=cfg.image_size,
+      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
+      **wiring)
+
+
+def check_model(cfg, num_classes):
+  """plugins.check_stable_names on builds in a graph of their own (no variable of them is
+  ever initialized, and the training graph's op seeds stay as they were)."""
+  with tf.Graph().as_default():
+    # Random initializers need a seed under op determinism, even unrun.
+    tf.compat.v1.set_random_seed(cfg.seed)
+    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, num_classes))
+
+
+# The integer type of each float type's bits (one ulp is one unit of them).
+_BITS = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32,
+         tf.float64: tf.int64}
+
+
+def nudge_each_step(weight_items, train_op, global_step, seed):
+  """An op that runs `train_op`, then moves every non-zero weight by one ulp, up or down
+  at random (from `seed` and the step just taken, so a resumed run draws the same).
+
+  nudge.nudge_weights' rule, applied after every step: a correct port rounds
+  differently at every step where its kernels differ, and that per-step difference can
+  grow faster than a one-time nudge of the start (a control that differed only at its
+  start stayed near 2e-6 for 37 steps while a correct port reached 1e-2).
+  """
+  with tf.control_dependencies([train_op]):
+    step_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(global_step, tf.int64)])
+    nudges = []
+    for index, (_, variable) in enumerate(weight_items):
+      value = tf.identity(variable)
+      bits_type = _BITS[value.dtype.base_dtype]
+      # One ulp away from zero is +1 on the magnitude's bits, for either sign.
+      up = tf.random.stateless_uniform(tf.shape(value), step_seed + index) < 0.5
+      bits = tf.bitcast(value, bits_type)
+      moved = tf.bitcast(bits + tf.where(up, tf.ones_like(bits), -tf.ones_like(bits)),
+                         value.dtype.base_dtype)
+      nudges.append(tf.compat.v1.assign(variable, tf.where(tf.equal(value, 0), value, moved)))
+    return tf.group(*nudges)
+
+
+def per_example_loss(loss_name, labels, logits):
+  """Cross-entropy of each example, as the seed wrote it (`--loss` picks which)."""
+  if loss_name == 'keras_categorical':
+    # The seed's "fix"; numerically the same as the default on logits.
+    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits, from_logits=True)
+  if loss_name == 'keras_categorical_probs':
+    # Keras' default from_logits=False: the logits taken for probabilities.
+    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits)
+  return tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2(
+      labels=tf.stop_gradient(labels), logits=logits)
+
+
+def _classes(labels, logits):
+  """(label classes, predicted classes) of a batch, as int64."""
+  return (tf.argmax(labels, axis=-1, output_type=tf.int64),
+          tf.argmax(logits, axis=-1, output_type=tf.int64))
+
+
+def _running_metrics(scope_name, losses, label_classes, predicted_classes):
+  """tf.compat.v1.metrics mean loss and accuracy in their own variable scope.
+
+  Returns (mean_loss value, mean_loss update, accuracy value, accuracy update, the
+  scope's local variables, their reset op). Each update op returns the metric's value
+  after the update, so fetching it shows this step's batch included.
+  """
+  with tf.compat.v1.variable_scope(scope_name) as scope:
+    mean_loss, mean_loss_update = tf.compat.v1.metrics.mean(losses)
+    accuracy, accuracy_update = tf.compat.v1.metrics.accuracy(
+        labels=label_classes, predictions=predicted_classes)
+    local_variables = tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.LOCAL_VARIABLES, scope=scope.name + '/')
+    reset = tf.compat.v1.variables_initializer(var_list=local_variables)
+  return mean_loss, mean_loss_update, accuracy, accuracy_update, local_variables, reset
+
+
+class GraphBackend(training.Backend):
+  """The TF1 graph, its Session and its run-directory outputs, for `training.train`.
+
+  The constructor builds the whole graph, finalizes it, starts a Session, initializes
+  every variable and loads `--init_weights`; `attach(log)` then points checkpoints and
+  TensorBoard at the run directory once it is open. `close()` ends the Session.
+  `dataset_hook(dataset, training)`, if given, wraps every input pipeline.
+  """
+
+  def __init__(self, cfg, spec, dataset_hook=None):
+    self._cfg = cfg
+    self._spec = spec
+    self._dataset_hook = dataset_hook or (lambda dataset, training: dataset)
+    self._checkpoint_dir = None
+    self._writer = None
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      # The graph-level seed fixes every op seed that is not given explicitly (weight
+      # initializers, Dropout masks) from the order the ops are built in, so the build
+      # order below is part of what makes two runs with the same flags identical.
+      tf.compat.v1.set_random_seed(cfg.seed)
+      self._build_training()
+      self._build_evaluation()
+      self._saver = tf.compat.v1.train.Saver(
+          var_list=(tf.compat.v1.global_variables() + self._train_metric_variables
+                    + [self._iterator_saveable]),
+          max_to_keep=checkpoints.CHECKPOINTS_KEPT,
+          # The state file names checkpoints by file name, as CheckpointManager does: with
+          # absolute paths a run directory copied elsewhere resumed from the original's.
+          save_relative_paths=True)
+      self._build_weight_loader()
+      initialize = tf.group(tf.compat.v1.global_variables_initializer(),
+                            tf.compat.v1.local_variables_initializer())
+    # Nothing may add ops once training runs: a graph that grows each step is the
+    # classic TF1 leak, and finalize() turns it into an immediate error.
+    self.graph.finalize()
+    config = tf.compat.v1.ConfigProto()
+    config.gpu_options.allow_growth = True
+    self._sess = tf.compat.v1.Session(graph=self.graph, config=config)
+    self._sess.run(initialize)
+    if cfg.init_weights:
+      self._load_weights(cfg.init_weights)
+
+  def _dataset(self, training_split):
+    """The training or validation pipeline (the eager runner's twin reads the same)."""
+    split = 'train' if training_split else 'val'
+    dataset = pipeline.make_dataset(
+        self._spec.train_files if training_split else self._spec.val_files,
+        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
+        batch_size=self._cfg.batch_size, seed=self._cfg.seed, training=training_split,
+        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
+        skip=self._spec.skip(split),
+        parse=self._spec.parse)
+    return self._dataset_hook(dataset, training_split)
+
+  def _build_training(self):
+    cfg = self._cfg
+    iterator = tf.compat.v1.data.make_one_shot_iterator(self._dataset(True))
+    # The iterator's position (shuffle buffer, RNG state, files read) goes into every
+    # checkpoint, so a resumed run sees the batches an uninterrupted one would have.
+    self._iterator_saveable = tf.compat.v1.data.experimental.make_saveable_from_iterator(
+        iterator)
+    features, labels = iterator.get_next()
+    self._batch = (features, labels)
+    if cfg.wiring == 'input_tensor':
+      # The input layer sits on the iterator's tensor, so model.updates are the update
+      # ops of the very batch being trained on.
+      self.model = build_model(cfg, self._spec.num_classes, input_tensor=features,
+                               dropout_seed=cfg.dropout_seed)
+      logits = self.model.output
+      model_updates = list(self.model.updates)
+      update_ops = model_updates
+    else:
+      # The seed's wiring: the model is built on its own Input placeholder and then
+      # called on the batch. model.updates now also holds updates bound to that
+      # placeholder, which cannot run without feeding it ("You must feed a value for
+      # placeholder tensor 'images'"), so legacy code fell back on the tf.layers idiom,
+      # the UPDATE_OPS collection, which Keras layers never fill: no update op runs.
+      self.model = build_model(cfg, self._spec.num_classes, dropout_seed=cfg.dropout_seed)
+      logits = self.model(features)
+      model_updates = list(self.model.updates)
+      update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+    if not cfg.update_ops:
+      update_ops = []
+    # Each layer's output where the model was built (its first node), which a replay
+    # fetches: under input_tensor on the training batch itself; under model_call on the
+    # model's own Input placeholder, which the replay feeds the same batch (calling the
+    # model on the batch gives the layers no node of their own to fetch).
+    self._layer_outputs = {layer.name: layer.get_output_at(0) for layer in self.model.layers
+                           if not isinstance(layer, tf.keras.layers.InputLayer)}
+    self._model_input = self.model.input if cfg.wiring == 'model_call' else None
+    self._model_updates = len(model_updates)
+    self._update_ops_run = len(update_ops)
+    self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
+
+    self._data_loss = tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
+    self._regularization_loss = regularization_loss(self.model)
+    self._loss = self._data_loss + self._regularization_loss
+    # model.losses builds the regularizers' ops when read: read before the graph is final.
+    self.model_summary = keras_facts.summary(self.model, tf.keras)
+    self.kernels = kernels(self.model)
+    label_classes, predicted_classes = _classes(labels, logits)
+    self._batch_accuracy = tf.reduce_mean(
+        tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
+    (_, self._mean_loss_update, _, self._accuracy_update, self._train_metric_variables,
+     self._reset_train_metrics) = _running_metrics('metrics', self._loss, label_classes,
+                                                   predicted_classes)
+
+    self._global_step = tf.compat.v1.train.get_or_create_global_step()
+    # Read in the same run as the train op, before it increments the global step: the
+    # rate this step applies.
+    self._learning_rate = learning_rate_schedule(cfg, self._global_step)
+    with tf.control_dependencies(update_ops):
+      # minimize() in its two halves, so that a replay can fetch the gradients.
+      optimizer = make_optimizer(cfg, self._learning_rate)
+      self._gradients = optimizer.compute_gradients(self._loss)
+      self._train_op = optimizer.apply_gradients(self._gradients,
+                                                 global_step=self._global_step)
+    if cfg.nudge_seed is not None:
+      self._train_op = nudge_each_step(keras_facts.weight_items(self.model), self._train_op,
+                                       self._global_step, cfg.nudge_seed)
+    self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
+
+  def _build_evaluation(self):
+    """The validation pipeline and metrics, apart from the training ones.
+
+    An initializable iterator restarts the validation files at each evaluation; the
+    metrics live in their own scope so that evaluating never touches the running
+    training metrics (nor, with them, what a checkpoint resumes).
+    """
+    self._val_iterator = None
+    if not self._spec.val_files:
+      return
+    self._val_iterator = tf.compat.v1.data.make_initializable_iterator(self._dataset(False))
+    features, labels = self._val_iterator.get_next()
+    logits = self.model(features)
+    # As Keras' evaluate: the validation loss holds the regularization losses too.
+    losses = (per_example_loss(self._cfg.loss, labels, logits)
+              + regularization_loss(self.model))
+    (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
+     _, self._reset_val_metrics) = _running_metrics('validation', losses,
+                                                    *_classes(labels, logits))
+
+  def _build_weight_loader(self):
+    self._weight_items = keras_facts.weight_items(self.model)
+    self._weight_placeholders = {}
+    assigns = []
+    if self._cfg.init_weights:
+      for key, variable in self._weight_items:
+        placeholder = tf.compat.v1.placeholder(variable.dtype.base_dtype, variable.shape)
+        self._weight_placeholders[key] = placeholder
+        assigns.append(tf.compat.v1.assign(variable, placeholder))
+    self._assign_weights = tf.group(*assigns)
+
+  def _load_weights(self, path):
+    shapes = {key: tuple(v.shape.as_list()) for key, v in self._weight_items}
+    plugins.check_weight_file(self._cfg.model, path, list(shapes), tf.keras)
+    weights = runlog.load_weights(path, shapes)
+    self._sess.run(self._assign_weights,
+                   {self._weight_placeholders[key]: value for key, value in weights.items()})
+    logging.info('initial weights loaded from %s', path)
+
+  def _draws_dropout_masks(self):
+    return self._cfg.dropout > 0 and self._cfg.feed_learning_phase
+
+  def describe(self):
+    """The graph-specific block of run.json."""
+    return {
+        'wiring': self._cfg.wiring,
+        'iterator': 'one_shot, checkpointed with make_saveable_from_iterator',
+        'model_updates': self._model_updates,
+        'update_ops_in_train_op': self._update_ops_run,
+        'learning_phase_fed': self._cfg.feed_learning_phase,
+        'exact_resume': not self._draws_dropout_masks(),
+        'reset_metrics': self._cfg.reset_metrics,
+        'trainable_parameters': int(sum(v.shape.num_elements()
+                                        for v in self.model.trainable_weights)),
+    }
+
+  def attach(self, log):
+    """Points checkpoints and TensorBoard events at the (open) run directory of `log`."""
+    self._checkpoint_dir = log.path(runlog.CHECKPOINTS_DIR)
+    self._writer = tf.compat.v1.summary.FileWriter(log.model_dir, graph=self.graph)
+
+  def restore(self):
+    latest = checkpoints.restore_newest(self._checkpoint_dir,
+                                     lambda path: self._saver.restore(self._sess, path))
+    if latest is None:
+      return 0, None
+    step = int(self._sess.run(self._global_step))
+    if self._draws_dropout_masks():
+      logging.warning(
+          'resumed at step %d with --dropout: the Dropout masks come from a stateful random '
+          'op whose position no checkpoint holds, so from here on they differ from an '
+          'uninterrupted run (weights, optimizer, data order and metrics resume exactly)',
+          step)
+    # Lets TensorBoard drop events the previous process wrote after this step.
+    self._writer.add_session_log(
+        tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START), step)
+    return step, latest
+
+  def train_step(self):
+    try:
+      with pipeline.input_errors(self._spec):
+        values = self._sess.run(
+            {'train': self._train_op, 'loss': self._loss,
+             'batch_accuracy': self._batch_accuracy, 'mean_loss': self._mean_loss_update,
+             'accuracy': self._accuracy_update, 'learning_rate': self._learning_rate},
+            self._train_feed)
+    except tf.errors.OutOfRangeError as e:
+      # The training pipeline repeats forever, so it only ends when it is empty.
+      raise data_folder.DataError(f'--data_dir={self._spec.data_dir}: the training files hold no '
+                                  'records; write some with bin/make_records') from e
+    return training.StepResult(
+        loss=float(values['loss']), batch_accuracy=float(values['batch_accuracy']),
+        mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']),
+        learning_rate=float(values['learning_rate']))
+
+  def replay_step(self, batch=None):
+    """Runs the next training step as train_step does, on `batch` ((images, labels), or
+    None: the pipeline's next one), and returns its probe stages (probes.STAGES) with the
+    step's learning rate. Meant for a backend loaded with a run's step-0 snapshot: the
+    step updates these variables as training would."""
+    own = self._sess.run(self._batch)
+    images, labels = own if batch is None else batch
+    # Fed in place of the iterator's output: the model and the loss read these tensors.
+    feed = {**self._train_feed, self._batch[0]: images, self._batch[1]: labels}
+    if self._model_input is not None:
+      feed[self._model_input] = images
+    keys = {id(variable): key for key, variable in self._weight_items}
+    with_gradients = [(keys[id(variable)], gradient) for gradient, variable in self._gradients
+                      if gradient is not None]
+    before = self.weights()
+    values = self._sess.run(
+        {'train': self._train_op, 'forward': self._layer_outputs,
+         'data': self._data_loss, 'regularization': self._regularization_loss,
+         'total': self._loss, 'learning_rate': self._learning_rate,
+         'gradients': [gradient for _, gradient in with_gradients]}, feed)
+    after = self.weights()
+    trainable = {id(variable) for variable in self.model.trainable_weights}
+    trainable_keys = [key for key, variable in self._weight_items if id(variable) in trainable]
+    stages = {
+        'input': {'images': own[0], 'labels': own[1]},
+        'forward': values['forward'],
+        'loss': {part: values[part] for part in probes.LOSS_PARTS},
+        'gradients': {key: _dense(value) for (key, _), value in zip(with_gradients,
+                                                                    values['gradients'])},
+        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
+        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in
+                  self._weight_items if key not in trainable_keys},
+    }
+    return stages, float(values['learning_rate'])
+
+  def layer_meta(self):
+    """The probe's meta on the model: each layer's kinds and the output layer."""
+    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
+            'output_layer': self.model.output_names[0]}
+
+  def reset_metrics(self):
+    self._sess.run(self._reset_train_metrics)
+
+  def evaluate(self):
+    if self._val_iterator is None:
+      return None
+    self._sess.run([self._val_iterator.initializer, self._reset_val_metrics])
+    feed = {self._learning_phase: False}
+    batches = 0
+    while True:
+      try:
+        with pipeline.input_errors(self._spec):
+          self._sess.run([self._val_loss_update, self._val_accuracy_update], feed)
+      except tf.errors.OutOfRangeError:
+        break
+      batches += 1
+    if not batches:
+      return None
+    val_loss, val_accuracy = self._sess.run([self._val_loss, self._val_accuracy])
+    return float(val_loss), float(val_accuracy)
+
+  def weights(self):
+    return self._sess.run({key: variable for key, variable in self._weight_items})
+
+  def save_checkpoint(self, step):
+    path = self._saver.save(self._sess, os.path.join(self._checkpoint_dir, CHECKPOINT_PREFIX),
+                            global_step=step)
+    self._writer.flush()
+    return path
+
+  def write_scalars(self, step, scalars):
+    summary = tf.compat.v1.Summary(value=[
+        tf.compat.v1.Summary.Value(tag=tag, simple_value=value)
+        for tag, value in scalars.items()])
+    self._writer.add_summary(summary, step)
+
+  def export(self, export_dir):
+    export(self._cfg, self._spec.num_classes, self.weights(), export_dir)
+
+  def close(self):
+    """Closes the TensorBoard writer and the Session."""
+    if self._writer is not None:
+      self._writer.close()
+    self._sess.close()
+
+
+def export(cfg, num_classes, weights, export_dir):
+  """A SavedModel of the trained `weights` with a serving signature on an images input.
+
+  The training model reads the iterator; the export rebuilds it in a graph of its own
+  on an Input placeholder, so the SavedModel holds neither the input pipeline nor the
+  optimizer. Whole or absent (atomic.atomic_path).
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    # The initializers run before the trained weights replace them, but they still need
+    # a seed under op determinism.
+    tf.compat.v1.set_random_seed(cfg.seed)
+    serving_model = build_model(cfg, num_classes)
+    items = keras_facts.weight_items(serving_model)
+    placeholders = {key: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
+                    for key, v in items}
+    assign = tf.group(*[tf.compat.v1.assign(v, placeholders[key]) for key, v in items])
+    signature = tf.compat.v1.saved_model.predict_signature_def(
+        inputs={'images': serving_model.input},
+        outputs={'outputs': serving_model.output,
+                 'classes': tf.argmax(serving_model.output, axis=-1)})
+    with tf.compat.v1.Session(graph=graph) as sess, atomic.atomic_path(export_dir) as tmp_dir:
+      sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
+      builder = tf.compat.v1.saved_model.Builder(tmp_dir)
+      builder.add_meta_graph_and_variables(
+          sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
+          signature_def_map={SERVING_SIGNATURE: signature}, strip_default_attrs=True)
+      builder.save()
+  logging.info('SavedModel written to %s', export_dir)
+
+
+def _dense(value):
+  """A fetched gradient as an array (sparse IndexedSlices scattered into their shape)."""
+  if hasattr(value, 'indices') and hasattr(value, 'dense_shape'):
+    dense = np.zeros(value.dense_shape, value.values.dtype)
+    np.add.at(dense, value.indices, value.values)
+    return dense
+  return value
+
+
+def _determinism_for(cfg, device):
+  """`cfg`, with op determinism off where no deterministic kernel exists for it."""
+  if (cfg.deterministic and device != 'CPU' and cfg.batch_norm and
+      not cfg.feed_learning_phase):
+    # BatchNorm's inference branch trained on (the learning phase never fed) has its
+    # gradient in FusedBatchNormGradV3 with is_training=False, which has no
+    # deterministic GPU kernel in TF 2.21: under op determinism the first step would
+    # stop with UnimplementedError. This mistake's run goes on without determinism;
+    # run.json records deterministic false and why.
+    logging.warning('--nofeed_learning_phase with --batch_norm on %s: op determinism turned '
+                    'off (no deterministic GPU kernel for its BatchNorm gradient)', device)
+    return dataclasses.replace(cfg, deterministic=False)
+  return cfg
+
+
+def run(cfg, dataset_hook=None):
+  """Trains as `cfg` (a config.GraphConfig) says and returns training.train's stats.
+
+  With save_init_weights, writes the model's initial weights there instead and returns
+  {'init_weights': path}, without a run directory. `dataset_hook(dataset, training)`
+  wraps every input pipeline (the benchmark's compute-only measurement serves one batch
+  from memory with it). Raises errors.UsageError (bad flags, files or data),
+  errors.NumericFault and errors.Interrupted as training.train. Assumes the process setup
+  described in the module docstring.
+  """
+  preflight.check_paths(cfg)
+  problem = stacks.tf32_problem(cfg.tf32)
+  if problem:
+    raise errors.UsageError(problem)
+  device = training.check_device(cfg)
+  cfg = _determinism_for(cfg, device)
+  if cfg.deterministic:
+    stacks.enable_op_determinism()
+  stacks.apply_tf32(cfg.tf32)
+  # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
+  with interrupts.SignalCatcher() as signals:
+    # The data (pre-flight check), the graph and --init_weights are checked before the
+    # run directory is touched, so a bad flag or file leaves no half-started run behind.
+    spec = training.check_data(cfg)
+    check_model(cfg, spec.num_classes)
+    backend = GraphBackend(cfg, spec, dataset_hook)
+    try:
+      if cfg.save_init_weights:
+        return training.save_init_weights(cfg, backend.weights())
+      log = training.open_run(cfg, spec, RUNNER)
+      with training.marking_failures(log):
+        backend.attach(log)
+        log.update(**training.start_manifest(
+            cfg, spec, versions=runlog.versions(tf.__version__, *stacks.graph_keras()),
+            device=device, kernels=backend.kernels, optimizer_name=optimizer_name(cfg),
+            epsilon=adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
+            replicas=1, workers=1, devices=[], dtype_policy='float32', jit_compile=False,
+            settings=stacks.settings(), model_summary=backend.model_summary,
+            regularization_in_loss=True,
+            graph=backend.describe()))
+        return training.train(backend, log, training.schedule(
+            cfg, reset_metrics=cfg.reset_metrics == 'epoch'), signals)
+    finally:
+      backend.close()
+
+
+def replay_run(cfg, replay_cfg):
+  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  replay_cfg (config.ReplayConfig) says, and writes its probe. Assumes the process setup
+  described in the module docstring and the run's thread counts (replay.apply_settings)."""
+  device = training.check_device(cfg)
+  cfg = _determinism_for(cfg, device)
+  if cfg.deterministic:
+    stacks.enable_op_determinism()
+  stacks.apply_tf32(cfg.tf32)
+  spec = training.check_data(cfg)
+  # The run checked its model's names when it trained; the replay builds the same one.
+  backend = GraphBackend(cfg, spec)
+  try:
+    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    stages, learning_rate = backend.replay_step(batch)
+    meta = backend.layer_meta()
+  finally:
+    backend.close()
+  replay.write_probe(replay_cfg, RUNNER, stages, {
+      **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
+      'settings': stacks.settings(), 'tensorflow': tf.__version__})
+  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

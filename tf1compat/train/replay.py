@@ -1,0 +1,145 @@
+"""The runners' replay mode: a finished run's first step once more, as a probe for the
+judge's localization (judge/replay_runs.py starts the replays, judge/localize.py reads them).
+
+    train_graph|train_eager --model_dir=RUN --replay_out=PROBE.npz [--replay_batch=REF.npz]
+
+rebuilds RUN's model from RUN's own run.json (its flags, its thread counts), loads its
+step-0 snapshot and runs its first training step once more as the run ran it (the
+learning phase as fed, the same kernels and loss), on the batch of REF.npz (the
+reference's probe) or on its own pipeline's first batch, and writes the step's probe
+(probes.py). The run directory is only read; the step updates the replay's own copy.
+
+Why the first step: a snapshot holds the model's weights, not the optimizer's slots,
+and the two frameworks keep those in incompatible checkpoints; at step 0 every code's
+slots are zero, so each replay starts from exactly the state its run started from,
+without converting anything. Every mistake that acts inside one step shows there; a
+mistake that acts only later (a schedule held per epoch, running metrics) leaves the
+replay of step 1 inside the envelope, and the localization says so.
+
+Model.fit's replay is the custom loop's step on the same Keras 3 model, with the
+regularization losses added as fit adds them: fit's own train_step computes the same
+loss, gradients and update (the pair fit vs graph is judged on it). Distributed and
+mixed-precision runs are not replayed (replayable). TensorFlow-free: the twins'
+replay.py (train/graph, train/eager) compute the step.
+"""
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from tf1compat.runs import errors
+from tf1compat.runs import folders
+from tf1compat.runs import probes
+from tf1compat.runs import runlog
+
+# The command that replays a run of each runner (its run.json 'runner').
+RUNNER_COMMANDS = {'graph': 'train_graph', 'eager': 'train_eager', 'fit': 'train_eager'}
+# The process settings a replay takes from the run's run.json 'settings' block.
+_THREAD_SETTINGS = {'intra_op_threads': 'TF_NUM_INTRAOP_THREADS',
+                    'inter_op_threads': 'TF_NUM_INTEROP_THREADS'}
+
+
+def replayable(manifest):
+  """Why the run of run.json `manifest` cannot be replayed by our runners, or None."""
+  if manifest.get('runner') not in RUNNER_COMMANDS:
+    return (f'it is a {manifest.get("runner")!r} run, not one of our runners\'; record a '
+            'probe in the loop (RunRecorder.probe)')
+  if manifest.get('replicas', 1) != 1:
+    return f'it ran over {manifest.get("replicas")} replicas; a replay is one device\'s step'
+  if manifest.get('dtype_policy', 'float32') != 'float32':
+    return (f'it ran under {manifest.get("dtype_policy")}; a replay compares float32 steps')
+  return None
+
+
+def run_config(config_class, replay_cfg, runner_names):
+  """The config of the complete run that replay_cfg (config.ReplayConfig) replays (its
+  run.json's flags), set up to replay its first step: its step-0 snapshot as the initial
+  weights, nothing written.
+
+  Raises errors.UsageError when the run directory holds no complete run of one of
+  `runner_names` with a step-0 snapshot, or one that is not replayable, and when the
+  probe would be written into it, among the data, into the package or over a file that
+  is not a probe (folders.check_output).
+  """
+  model_dir = replay_cfg.model_dir
+  manifest = runlog.read_manifest(model_dir)
+  folders.check_output(replay_cfg.output, '--replay_out', folder=False,
+                       data_dirs=[(manifest or {}).get('flags', {}).get('data_dir')],
+                       read_runs=[model_dir], replaceable=_is_probe)
+  if manifest is None:
+    raise errors.UsageError(f'--model_dir={model_dir}: no {runlog.RUN_JSON}; --replay_out '
+                         'replays a run our runners made')
+  runner = manifest.get('runner')
+  if runner not in runner_names:
+    raise errors.UsageError(f'--model_dir={model_dir} holds a {runner} run; replay it with '
+                         f'{RUNNER_COMMANDS.get(runner, "its own loop (RunRecorder.probe)")}')
+  if manifest.get('status') != runlog.STATUS_COMPLETE:
+    raise errors.UsageError(f'--model_dir={model_dir}: the run is {manifest.get("status")}, not '
+                         'complete; rerun its command to finish it before replaying it')
+  why_not = replayable(manifest)
+  if why_not:
+    raise errors.UsageError(f'--model_dir={model_dir} cannot be replayed: {why_not}')
+  start = runlog.snapshot_path(model_dir, 0)
+  if not os.path.exists(start):
+    raise errors.UsageError(f'--model_dir={model_dir} holds no step-0 snapshot ({start}); '
+                         'rerun it with 0 in --snapshot_steps to replay it')
+  fields = {field.name for field in dataclasses.fields(config_class)}
+  values = {name: tuple(value) if isinstance(value, list) else value
+            for name, value in manifest.get('flags', {}).items() if name in fields}
+  cfg = dataclasses.replace(config_class(**values), model_dir=model_dir, init_weights=start,
+                            save_init_weights=None, overwrite=False)
+  return cfg
+
+
+def _is_probe(path):
+  """Whether `path` holds a probe (a replay's, which --replay_out replaces)."""
+  try:
+    probes.load(path)
+  except errors.UsageError:
+    return False
+  return True
+
+
+def apply_settings(model_dir):
+  """Sets this process's thread counts as the run in `model_dir` had them (run.json's
+  settings), before TensorFlow is imported: a control ran with another intra-op count,
+  which changes its sums."""
+  manifest = runlog.read_manifest(model_dir) or {}
+  for name, variable in _THREAD_SETTINGS.items():
+    threads = (manifest.get('settings') or {}).get(name)
+    if threads:
+      os.environ[variable] = str(threads)
+
+
+def batch_digest(images, labels):
+  """sha256 of a batch's arrays: which batch a replay computed on."""
+  digest = hashlib.sha256()
+  for array in (images, labels):
+    array = np.ascontiguousarray(array)
+    digest.update(f'{array.dtype.str}{array.shape}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def read_batch(path):
+  """(images, labels) of the probe at `path` (--replay_batch): the batch to compute on."""
+  batch = probes.load(path).items('input')
+  if set(batch) != {'images', 'labels'}:
+    raise errors.UsageError(f'--replay_batch={path}: the probe holds no batch (input/images, '
+                         'input/labels); give another run\'s replay')
+  return batch['images'], batch['labels']
+
+
+def write_probe(replay_cfg, runner, stages, meta):
+  """Writes a replay's probe: `stages` (probes.STAGES), `meta` plus what says which run and
+  which batch it replays (replay_runs reuses a replay of the same)."""
+  images, labels = stages['input']['images'], stages['input']['labels']
+  fed = read_batch(replay_cfg.batch) if replay_cfg.batch else None
+  probes.save(replay_cfg.output, stages, {
+      **meta, 'runner': runner, 'step': 1, 'replayed_run': replay_cfg.model_dir,
+      'run_json_sha256': runlog.file_sha256(os.path.join(replay_cfg.model_dir,
+                                                         runlog.RUN_JSON)),
+      'batch_sha256': batch_digest(images, labels),
+      'fed_batch_sha256': batch_digest(*fed) if fed else None})
