@@ -15,7 +15,7 @@ from tf1compat.judge import localize
 from tf1compat.judge import parity
 from tf1compat.runs import probes
 from tf1compat.runs import recorder
-from tf1compat.train import replay
+from tf1compat.train import replay_mode
 from tf1compat.runs import runlog
 
 LAYERS = ('conv', 'bn', 'logits')
@@ -214,17 +214,17 @@ def test_replay_refuses_runs_it_cannot_replay(tmp_path):
   run_dir = tmp_path / 'run'
   replay_cfg = config.ReplayConfig(model_dir=str(run_dir), output=str(tmp_path / 'out.npz'))
   with pytest.raises(errors.UsageError, match='no run.json'):
-    replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
+    replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
   run_dir.mkdir()
   manifest = {'runner': 'eager', 'status': 'complete', 'flags': {}, 'replicas': 2}
   (run_dir / runlog.RUN_JSON).write_text(json.dumps(manifest))
   with pytest.raises(errors.UsageError, match='holds a eager run; replay it with train_eager'):
-    replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
+    replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
   with pytest.raises(errors.UsageError, match='over 2 replicas'):
-    replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
+    replay_mode.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
   inside = config.ReplayConfig(model_dir=str(run_dir), output=str(run_dir / 'probe.npz'))
   with pytest.raises(errors.UsageError, match='a run directory this command reads'):
-    replay.run_config(config.EagerConfig, inside, ('eager', 'fit'))
+    replay_mode.run_config(config.EagerConfig, inside, ('eager', 'fit'))
 
 
 def test_what_dropout_masks_feed_is_reported_not_judged(tmp_path):

@@ -16,8 +16,8 @@ One invocation measures, on the same data and settings:
 This module is the orchestrator: it starts one worker process per measurement
 (benchmark_workers), so that each peak memory is its own and graph mode and Keras 3
 never share a process, and benchmark_figures turns what they measured into figures and
-the table. Training measurements run the real runners (`graph_loop.run`,
-`eager_loop.run`) for one epoch of `warmup_steps + repetitions * steps` steps and read
+the table. Training measurements run the real runners (train/graph's and
+train/eager's `backend.run`) for one epoch of `warmup_steps + repetitions * steps` steps and read
 the per-step seconds of their steps.csv: the batch fetch, the step and the host sync of
 the values shown, as each runner times them. A repetition is a window of `steps`
 consecutive steps after the warm-up; at 224 pixels on 2 CPU cores, starting a process

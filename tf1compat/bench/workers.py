@@ -12,7 +12,7 @@ worker writes its result to:
   'repetitions'}: times one input pipeline; result {'first_batch_seconds',
   'window_seconds', 'peak_rss_mb', 'baseline_rss_mb'};
 - {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config'}:
-  runs `graph_loop.run` or `eager_loop.run` with the config.GraphConfig or
+  runs train/graph's or train/eager's `backend.run` with the config.GraphConfig or
   config.EagerConfig whose every field 'config' holds (config.manifest_flags of it);
   result {'peak_rss_mb'};
 - {'kind': 'roofline', 'repetitions', 'model'}: times the device's matmul peak
@@ -181,11 +181,11 @@ def _train_worker(spec):
   process.set_cpu_kernels(cfg.onednn)
   if spec['runner'] == 'graph':
     process.use_legacy_keras()
-    from tf1compat.train import graph_loop as loop  # pylint: disable=g-import-not-at-top
+    from tf1compat.train.graph import backend  # pylint: disable=g-import-not-at-top
   else:
     process.use_keras3()
-    from tf1compat.train import eager_loop as loop  # pylint: disable=g-import-not-at-top
-  loop.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)
+    from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
+  backend.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)
   return {'peak_rss_mb': _status_mb('VmHWM')}
 
 
@@ -193,12 +193,12 @@ def _model_flops(cfg):
   """The FLOPs per image of the eager runner's model on `cfg`: the layer walk, with
   TensorFlow's own count of the traced forward pass and step beside it."""
   import keras  # pylint: disable=g-import-not-at-top
-  from tf1compat.train import eager_loop  # pylint: disable=g-import-not-at-top
+  from tf1compat.train.eager import model_fn  # pylint: disable=g-import-not-at-top
   from tf1compat.bench import roofline  # pylint: disable=g-import-not-at-top
-  model = eager_loop.build_model(cfg, cfg.num_classes)
+  model = model_fn.build_model(cfg, cfg.num_classes)
   flops = roofline.layer_flops(keras, model)
   flops['tensorflow'] = roofline.tensorflow_flops(
-      model, functools.partial(eager_loop.per_example_loss, cfg.loss), cfg.image_size,
+      model, functools.partial(model_fn.per_example_loss, cfg.loss), cfg.image_size,
       cfg.num_classes)
   flops['convention'] = roofline.CONVENTION
   return flops

@@ -312,7 +312,7 @@ def define_runner_flags(runner_config):
 
 
 def define_replay_flags():
-  """The runners' replay mode (replay.py): config.ReplayConfig, with --model_dir."""
+  """The runners' replay mode (train/replay_mode.py): config.ReplayConfig, with --model_dir."""
   flags.DEFINE_string('replay_out', None,
                       'Replay mode: run the first training step of the complete run in '
                       '--model_dir once more, with its own flags, from its step-0 snapshot, '

@@ -11,7 +11,7 @@ from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.data import preflight
 from tf1compat.runtime import process
-from tf1compat.train import replay
+from tf1compat.train import replay_mode
 
 
 def main(argv):
@@ -33,19 +33,19 @@ def main(argv):
   ignored = process.use_keras3()
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
-  from tf1compat.train import eager_loop  # pylint: disable=g-import-not-at-top
-  stats = eager_loop.run(cfg)
+  from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
+  stats = backend.run(cfg)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 
 def _replay(replay_cfg):
-  """The replay mode: the run's own settings, then its first step (replay.py)."""
-  cfg = replay.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
-  replay.apply_settings(replay_cfg.model_dir)
+  """The replay mode: the run's own settings, then its first step (train/replay_mode.py)."""
+  cfg = replay_mode.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
+  replay_mode.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_keras3()
-  from tf1compat.train import eager_loop  # pylint: disable=g-import-not-at-top
-  eager_loop.replay_run(cfg, replay_cfg)
+  from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
+  backend.replay_run(cfg, replay_cfg)
 
 
 def define_flags():

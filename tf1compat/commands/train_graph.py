@@ -9,7 +9,7 @@ from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.data import preflight
 from tf1compat.runtime import process
-from tf1compat.train import replay
+from tf1compat.train import replay_mode
 
 
 def main(argv):
@@ -26,19 +26,19 @@ def main(argv):
   # (tf-keras), which still has Input(tensor=...), learning_phase() and model.updates.
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
-  from tf1compat.train import graph_loop  # pylint: disable=g-import-not-at-top
-  stats = graph_loop.run(cfg)
+  from tf1compat.train.graph import backend  # pylint: disable=g-import-not-at-top
+  stats = backend.run(cfg)
   logging.info('done: %s', ' '.join(f'{k}={v}' for k, v in sorted(stats.items())))
 
 
 def _replay(replay_cfg):
-  """The replay mode: the run's own settings, then its first step (replay.py)."""
-  cfg = replay.run_config(config.GraphConfig, replay_cfg, ('graph',))
-  replay.apply_settings(replay_cfg.model_dir)
+  """The replay mode: the run's own settings, then its first step (train/replay_mode.py)."""
+  cfg = replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
+  replay_mode.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_legacy_keras()
-  from tf1compat.train import graph_loop  # pylint: disable=g-import-not-at-top
-  graph_loop.replay_run(cfg, replay_cfg)
+  from tf1compat.train.graph import backend  # pylint: disable=g-import-not-at-top
+  backend.replay_run(cfg, replay_cfg)
 
 
 def define_flags():

@@ -5,9 +5,9 @@ files and dataset.json, that the shuffle buffer and a batch fit in memory, and t
 --init_weights loads. A mistake in any of them ends the run
 with its one line before TensorFlow starts, which alone takes about 2.5 CPU-seconds of a
 2-core EPYC. TensorFlow-free: the runners' commands call `check` before their process setup.
-graph_loop.run and eager_loop.run call only `check_paths` first: the data folder and the
-initial weights they check again anyway (data_check, the backends' load), together with what
-needs TensorFlow (every record, the model, the device).
+The backends' `run` (train/graph, train/eager) call only `check_paths` first: the data
+folder and the initial weights they check again anyway (data_check, the backends' load),
+together with what needs TensorFlow (every record, the model, the device).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Where inside one training step two codes part: their probes judged stage by stage.
 
 Each run of a pair gives the probe of the same step (probes.py): our runners by a
-replay of their first step on one batch (replay.py), a team's loop by the recorder's
+replay of their first step on one batch (train/replay_mode.py), a team's loop by the recorder's
 probe. The control, the reference's code again from weights one ulp apart under another
 reduction order, gives its probe too: its difference from the reference, item by item
 (each layer's output, each loss part, each variable's gradient, update and state

@@ -2,7 +2,7 @@
 
 For each run a FAIL names, the probe of its first step: the one its loop recorded
 (RunRecorder.probe), else a replay by the runner that trained it (`--replay_out`,
-train/replay.py), started here two at a time, on the reference's batch.
+train/replay_mode.py), started here two at a time, on the reference's batch.
 """
 
 import concurrent.futures
@@ -15,7 +15,7 @@ from tf1compat.runs import probes
 from tf1compat.runs import runlog
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
-from tf1compat.train import replay
+from tf1compat.train import replay_mode
 
 # Where check_parity and compare_runs write the replays: beside the report.
 REPLAY_DIR = 'localize'
@@ -51,7 +51,7 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
   log_path = os.path.join(out_dir, f'{name}.log')
   python, package_parent = interpreter or (None, process.PACKAGE_PARENT)
   with open(log_path, 'w') as log:
-    code = subprocess.run(process.command(replay.RUNNER_COMMANDS[runner], *args, python=python),
+    code = subprocess.run(process.command(replay_mode.RUNNER_COMMANDS[runner], *args, python=python),
                           stdout=log, stderr=subprocess.STDOUT,
                           env=process.child_env(package_parent=package_parent),
                           check=False).returncode
@@ -105,7 +105,7 @@ def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpre
     if recorded:
       found[run_dir] = recorded
       continue
-    why = replay.replayable(runlog.read_manifest(run_dir) or {})
+    why = replay_mode.replayable(runlog.read_manifest(run_dir) or {})
     if why is None and 0 not in runlog.snapshot_steps_in(run_dir):
       why = 'it holds no step-0 snapshot: rerun it with 0 in --snapshot_steps'
     if why:

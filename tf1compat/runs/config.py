@@ -142,7 +142,7 @@ class GraphConfig(TrainingConfig):
   update_ops: bool = True
   reset_metrics: str = 'epoch'
   dropout_seed: int | None = None
-  # check_parity's controls: every weight one ulp up or down after each step (graph_loop).
+  # check_parity's controls: every weight one ulp up or down after each step (train/graph/model_fn.py).
   nudge_seed: int | None = None
   feed_learning_phase: bool = True
   strategy: str = 'default'
@@ -174,7 +174,7 @@ class EagerConfig(TrainingConfig):
 class ReplayConfig:
   """A runner's replay mode (--replay_out): the first step of the complete run in
   `model_dir`, replayed with the run's own flags and written as a probe to `output`;
-  `batch`: a probe whose batch the step takes instead of the pipeline's (replay.py)."""
+  `batch`: a probe whose batch the step takes instead of the pipeline's (train/replay_mode.py)."""
   model_dir: str
   output: str
   batch: str | None = None

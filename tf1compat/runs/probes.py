@@ -10,7 +10,7 @@ A probe holds what one step computed, in the order the step computes it:
     state      every other variable's change by the step (BatchNorm moving statistics)
 
 Our runners write one by replaying their run's first step (`train_graph` /
-`train_eager --replay_out`, replay.py); a team's loop writes one with
+`train_eager --replay_out`, train/replay_mode.py); a team's loop writes one with
 `RunRecorder.probe`, whose update and state stages localize.py takes from the
 snapshots around the step. One .npz: the arrays under "STAGE/NAME" and a JSON `meta`
 entry (the order of each stage, the layers' kinds, the runner). TensorFlow-free.

@@ -1,6 +1,6 @@
 """The one place where the legacy graph runner's two stacks differ.
 
-The graph runner (graph_loop.py, train_graph) is one source for two stacks: TensorFlow
+The graph runner (train/graph/, train_graph) is one source for two stacks: TensorFlow
 2.21 with `tf.compat.v1` and tf-keras 2.21 (Python 3.10 and up), and the real legacy
 stack, TensorFlow 1.15 with its own bundled `tf.keras` (Keras 2.2.4-tf) on Python 3.7
 and numpy 1.18 (check_parity --legacy_python, docs/legacy-stack.md). Everything the

@@ -1,16 +1,17 @@
 """The TF2 port of the graph loop: a custom `tf.function` loop, and what Keras fit shares.
 
 Keras 3 only (TF2's own `keras`; never `tf.compat.v1`). `EagerBackend` builds the
-model with `model.build_model`, the optimizer, the metrics and the same seeded pipeline
+model with `model_fn.build_model`, the optimizer, the metrics and the same seeded pipeline
 as the graph runner; its custom loop (`--loop=custom`, runner 'eager') is one
 `tf.function` train step with a GradientTape and `keras.metrics`, driven by
 `training.train`. Its checkpoints are `tf.train.CheckpointManager` checkpoints holding
 the model, the optimizer, the step, the running metrics and the training-data
 iterator, so a rerun resumes mid-epoch on exactly the batches an uninterrupted run
 would see. `--loop=fit` (runner 'fit') trains the same backend's model with Keras
-`model.fit` (fit_loop.py). The steps have the graph loop's names: `build_model`,
-`learning_rate_schedule`, `make_optimizer`, `regularization_loss`, `per_example_loss`,
-`train_step`, `evaluate`, `export`.
+`model.fit` (fit.py). What the port computes is model_fn.py, the replay of a run's first
+step replay.py; train/graph/backend.py is the twin, with the same names for the same
+steps: `build_model`, `learning_rate_schedule`, `make_optimizer`, `regularization_loss`,
+`per_example_loss`, `train_step`, `evaluate`, `export`.
 
 Under `--strategy=mirrored|multi_worker` (`distribution`) both run in the strategy's
 scope on the replicas' slices of the same global batches; the custom loop's
@@ -23,151 +24,34 @@ determinism and the mixed-precision policy for the process it runs in.
 
 import dataclasses
 import functools
-import inspect
 import os
 
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tf1compat.runs import atomic
-from tf1compat.train import checkpoints
-from tf1compat.runs import interrupts
 from tf1compat.data import pipeline
-from tf1compat.train import distribution as distribution_lib
-from tf1compat.train import fit_loop
-from tf1compat.train.models import keras_facts
-from tf1compat.runtime import numerics
-from tf1compat.train.models import plugins
 from tf1compat.data import preflight
-from tf1compat.runs import probes
-from tf1compat.train import replay
+from tf1compat.runs import interrupts
 from tf1compat.runs import runlog
-from tf1compat.train import tf1_kernels
+from tf1compat.runtime import numerics
+from tf1compat.train import checkpoints
+from tf1compat.train import distribution as distribution_lib
+from tf1compat.train import replay_mode
 from tf1compat.train import training
+from tf1compat.train.eager import fit
+from tf1compat.train.eager import model_fn
+from tf1compat.train.eager import replay
+from tf1compat.train.models import keras_facts
 
 RUNNER_CUSTOM = 'eager'
-RUNNER_FIT = fit_loop.RUNNER
+RUNNER_FIT = fit.RUNNER
 
 
 def runner(cfg):
   """The run's runner name: 'eager' (the custom loop) or 'fit'."""
   return RUNNER_FIT if cfg.loop == 'fit' else RUNNER_CUSTOM
-
-
-def optimizer_name(cfg):
-  """The optimizer as run.json names it."""
-  name = 'keras.optimizers.Adam'
-  return f'{name} (TF1 fused ApplyAdam)' if cfg.tf1_adam else name
-
-
-def adam_epsilon(cfg):
-  """The epsilon the optimizer really uses: --adam_epsilon, else Keras' Adam default."""
-  if cfg.adam_epsilon is not None:
-    return cfg.adam_epsilon
-  return inspect.signature(keras.optimizers.Adam).parameters['epsilon'].default
-
-
-def kernels(cfg):
-  """Which Adam and BatchNorm moving-variance kernels the run computes with (run.json)."""
-  return {'adam': runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS,
-          'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if cfg.tf1_bn_variance
-                                  else runlog.BN_VARIANCE_BIASED)}
-
-
-def learning_rate_schedule(cfg):
-  """keras.optimizers.schedules.ExponentialDecay of --lr_decay_steps, the twin of the
-  graph loop's exponential_decay on the global step; None for a constant rate."""
-  if not cfg.lr_decay_steps:
-    return None
-  return keras.optimizers.schedules.ExponentialDecay(
-      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
-
-
-def lr_per_epoch(cfg):
-  """Whether model.fit sets the rate once per epoch (--fit_lr_schedule=epoch_callback)."""
-  return cfg.loop == 'fit' and cfg.fit_lr_schedule == 'epoch_callback'
-
-
-def lr_schedule_manifest(cfg):
-  """run.json's optimizer.schedule: the run's schedule as this runner applies it."""
-  schedule = cfg.lr_schedule()
-  if schedule and lr_per_epoch(cfg):
-    schedule['updated'] = 'per_epoch'
-  return schedule
-
-
-def make_optimizer(cfg, rate):
-  """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
-  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed
-  precision (with the replicas' agreement on finite gradients,
-  distribution.AgreedLossScaleOptimizer)."""
-  adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
-  optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
-                   beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
-  if cfg.mixed_precision:
-    optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
-  return optimizer
-
-
-def build_model(cfg, num_classes, distributed=False):
-  """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
-  model fields, checked by plugins.build_model.
-
-  `distributed`: BatchNormalization normalizes with the moments of the global batch,
-  not of each replica's share, so that a distributed run computes what a one-device
-  run of the same global batch does.
-  """
-  batch_norm_layer = None
-  if cfg.tf1_bn_variance:
-    batch_norm_layer = tf1_kernels.TF1BatchNormalization
-  elif distributed:
-    batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
-  if not cfg.keep_bn_momentum:
-    batch_norm_layer = _keras_default_momentum(
-        batch_norm_layer or keras.layers.BatchNormalization)
-  return plugins.build_model(
-      cfg.model, keras, num_classes=num_classes, image_size=cfg.image_size,
-      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
-      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
-      batch_norm_layer=batch_norm_layer,
-      # The loss must see float32 logits under mixed_float16.
-      logits_dtype='float32' if cfg.mixed_precision else None)
-
-
-def _keras_default_momentum(layer_class):
-  """`layer_class` that leaves out the momentum the model gives it: a port that writes
-  BatchNormalization() gets Keras' 0.99 (--nokeep_bn_momentum)."""
-  def build(*args, momentum=None, **kwargs):
-    del momentum
-    return layer_class(*args, **kwargs)
-  return build
-
-
-def regularization_loss(model):
-  """The sum of the model's regularization losses (0 without any), which a custom loop
-  adds to its loss itself (fit does)."""
-  losses = model.losses
-  return tf.add_n(losses) if losses else tf.constant(0.0, tf.float32)
-
-
-def per_example_loss(loss_name, labels, outputs):
-  """The per-example loss of --loss on the model's outputs, [batch].
-
-  softmax_cross_entropy is the graph loop's `tf.nn.softmax_cross_entropy_with_logits`;
-  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits;
-  keras_categorical_probs is that loss with Keras' default from_logits=False, which
-  normalizes the outputs by their sum and clips them to [1e-7, 1 - 1e-7] as if they were
-  probabilities (the from_logits_lost mistake on logits).
-  """
-  if loss_name == 'keras_categorical':
-    return keras.losses.categorical_crossentropy(labels, outputs, from_logits=True)
-  if loss_name == 'keras_categorical_probs':
-    return keras.losses.categorical_crossentropy(labels, outputs)
-  return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels),
-                                                 logits=outputs)
 
 
 def configure(cfg):
@@ -188,29 +72,6 @@ def configure(cfg):
   numerics.apply_tf32(cfg.tf32)
   keras.mixed_precision.set_global_policy(
       'mixed_float16' if cfg.mixed_precision else 'float32')
-
-
-def model_weights(model):
-  """{weight key: numpy array} of every weight of `model` (keys as in snapshots)."""
-  return {key: variable.numpy() for key, variable in keras_facts.weight_items(model)}
-
-
-def load_init_weights(model, path, model_spec=None):
-  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape);
-  `model_spec`: the run's --model, whose key mismatches plugins names."""
-  items = keras_facts.weight_items(model)
-  plugins.check_weight_file(model_spec, path, [key for key, _ in items], keras)
-  weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
-  for key, variable in items:
-    variable.assign(weights[key])
-
-
-def export(model, export_dir, keras_file):
-  """SavedModel in `export_dir` and the Keras file `keras_file`, each whole or absent."""
-  with atomic.atomic_path(export_dir) as tmp_dir:
-    model.export(tmp_dir, verbose=False)
-  with atomic.atomic_path(keras_file) as tmp_file:
-    model.save(tmp_file)
 
 
 class ScalarWriter:
@@ -239,8 +100,7 @@ class ScalarWriter:
       self._writer.flush()
 
 
-
-class EagerBackend(training.Backend):
+class EagerBackend(replay.ReplayStep, training.Backend):
   """The port: model, optimizer, metrics, pipelines and a `tf.function` train step.
 
   Built inside the strategy's scope, like GraphBackend from the config and the data
@@ -256,14 +116,14 @@ class EagerBackend(training.Backend):
     self._spec = spec
     self.distribution = distribution
     self._dataset_hook = dataset_hook or (lambda dataset, training: dataset)
-    self.model = build_model(cfg, spec.num_classes, distributed=distribution.distributed)
+    self.model = model_fn.build_model(cfg, spec.num_classes, distributed=distribution.distributed)
     if cfg.init_weights:
-      load_init_weights(self.model, cfg.init_weights, cfg.model)
-    self.lr_schedule = learning_rate_schedule(cfg)
+      model_fn.load_init_weights(self.model, cfg.init_weights, cfg.model)
+    self.lr_schedule = model_fn.learning_rate_schedule(cfg)
     # Under --fit_lr_schedule=epoch_callback the optimizer starts at the constant rate and
-    # fit's LearningRateScheduler sets it (fit_loop).
-    self.optimizer = make_optimizer(
-        cfg, cfg.learning_rate if lr_per_epoch(cfg) or self.lr_schedule is None
+    # fit's LearningRateScheduler sets it (fit.py).
+    self.optimizer = model_fn.make_optimizer(
+        cfg, cfg.learning_rate if model_fn.lr_per_epoch(cfg) or self.lr_schedule is None
         else self.lr_schedule)
     self._strategy = distribution.strategy
     self._global_batch = cfg.batch_size
@@ -315,8 +175,8 @@ class EagerBackend(training.Backend):
     return training.start_manifest(
         self._cfg, self._spec,
         versions=runlog.versions(tf.__version__, runlog.KERAS_3, keras.__version__),
-        device=device, kernels=kernels(self._cfg), optimizer_name=optimizer_name(self._cfg),
-        epsilon=adam_epsilon(self._cfg), lr_schedule=lr_schedule_manifest(self._cfg),
+        device=device, kernels=model_fn.kernels(self._cfg), optimizer_name=model_fn.optimizer_name(self._cfg),
+        epsilon=model_fn.adam_epsilon(self._cfg), lr_schedule=model_fn.lr_schedule_manifest(self._cfg),
         **self.distribution.manifest(),
         dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),
         jit_compile=self._cfg.jit_compile,
@@ -336,7 +196,7 @@ class EagerBackend(training.Backend):
 
   def loss(self, labels, outputs):
     """The run's per-example loss (what fit compiles with)."""
-    return per_example_loss(self._cfg.loss, labels, outputs)
+    return model_fn.per_example_loss(self._cfg.loss, labels, outputs)
 
   def _make_checkpoint(self):
     if self.distribution.distributed:
@@ -366,8 +226,8 @@ class EagerBackend(training.Backend):
     if not self._cfg.add_regularization_losses:
       return data_loss, data_loss, tf.zeros_like(data_loss)
     # Each replica adds its share: the sum over the replicas adds them once.
-    regularization = (regularization_loss(self.model) if self._replicas == 1 else
-                      tf.nn.scale_regularization_loss(regularization_loss(self.model)))
+    regularization = (model_fn.regularization_loss(self.model) if self._replicas == 1 else
+                      tf.nn.scale_regularization_loss(model_fn.regularization_loss(self.model)))
     return data_loss + regularization, data_loss, regularization
 
   def _apply(self, tape, scaled_loss):
@@ -409,9 +269,9 @@ class EagerBackend(training.Backend):
     outputs = self.model(images, training=False)
     # Per-example losses: the last, smaller batch weighs by its size, as in fit; with the
     # regularization losses, as fit's validation loss.
-    losses = per_example_loss(self._cfg.loss, labels, outputs)
+    losses = model_fn.per_example_loss(self._cfg.loss, labels, outputs)
     if self._cfg.add_regularization_losses:
-      losses += regularization_loss(self.model)
+      losses += model_fn.regularization_loss(self.model)
     self._val_loss.update_state(losses)
     self._val_accuracy.update_state(labels, outputs)
 
@@ -438,55 +298,6 @@ class EagerBackend(training.Backend):
       self._agreement.agree(values[5])
     return training.StepResult(*(float(v) for v in values[:5]))
 
-  def replay_step(self, batch=None):
-    """Runs the next training step as the custom loop's train step does (one device),
-    on `batch` ((images, labels), or None: the pipeline's next one), the model called
-    through a probe model that also returns every layer's output; returns its probe
-    stages (probes.STAGES) with the step's learning rate. Meant for a backend loaded with
-    a run's step-0 snapshot: the step updates these variables as training would."""
-    with pipeline.input_errors(self._spec):
-      own = [tensor.numpy() for tensor in next(iter(self.train_batches()))]
-    images, labels = own if batch is None else batch
-    layers = [layer for layer in self.model.layers
-              if not isinstance(layer, keras.layers.InputLayer)]
-    probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
-    output_index = [layer.name for layer in layers].index(self.model.output_names[0])
-    variables = self.model.trainable_variables
-    # Its slots before the step's tf.function is traced, as restore() builds them.
-    self.optimizer.build(variables)
-    # Read before the update increments optimizer.iterations, as the train step does.
-    learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
-
-    def step(images, labels):
-      with tf.GradientTape() as tape:
-        layer_outputs = probe(images, training=True)
-        parts = self._step_loss(labels, layer_outputs[output_index])
-      # One replica in float32 (replay.replayable): no loss scaling to undo.
-      return layer_outputs, parts, self._apply(tape, parts[0])
-
-    items = keras_facts.weight_items(self.model)
-    before = model_weights(self.model)
-    outputs, parts, gradients = tf.function(step, jit_compile=self._cfg.jit_compile)(
-        tf.constant(images), tf.constant(labels))
-    after = model_weights(self.model)
-    names = {id(variable): key for key, variable in items}
-    trainable_keys = [names[id(variable)] for variable in variables]
-    return {
-        'input': {'images': own[0], 'labels': own[1]},
-        'forward': {layer.name: output.numpy() for layer, output in zip(layers, outputs)},
-        'loss': dict(zip(('total', 'data', 'regularization'), (p.numpy() for p in parts))),
-        'gradients': {key: tf.convert_to_tensor(gradient).numpy()
-                      for key, gradient in zip(trainable_keys, gradients)},
-        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
-        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
-                  if key not in trainable_keys},
-    }, learning_rate
-
-  def layer_meta(self):
-    """The probe's meta on the model: each layer's kinds and the output layer."""
-    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
-            'output_layer': self.model.output_names[0]}
-
   def reset_metrics(self):
     self._train_loss.reset_state()
     self._train_accuracy.reset_state()
@@ -502,7 +313,7 @@ class EagerBackend(training.Backend):
     return float(self._val_loss.result()), float(self._val_accuracy.result())
 
   def weights(self):
-    return model_weights(self.model)
+    return model_fn.model_weights(self.model)
 
   def save_checkpoint(self, step):
     self._scalars.flush()
@@ -517,7 +328,7 @@ class EagerBackend(training.Backend):
 
   def export(self, export_dir):
     self._scalars.flush()
-    export(self.model, export_dir, self._log.path(runlog.KERAS_FILE))
+    model_fn.export(self.model, export_dir, self._log.path(runlog.KERAS_FILE))
 
 
 def run(cfg, dataset_hook=None):
@@ -538,8 +349,7 @@ def run(cfg, dataset_hook=None):
     signals.reclaim()
     distribution_lib.check_batch(distribution, cfg.batch_size)
     spec = training.check_data(cfg)
-    # Before configure() seeds the process, so that the run's numbers do not depend on it.
-    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, spec.num_classes))
+    model_fn.check_model(cfg, spec.num_classes)
     configure(cfg)
     # Model, optimizer and metrics are created in the scope, so they are mirrored.
     with distribution.strategy.scope():
@@ -555,7 +365,7 @@ def run(cfg, dataset_hook=None):
           schedule = training.schedule(cfg)
           if cfg.loop == 'fit':
             backend.attach(log)
-            return fit_loop.train(backend, cfg, spec, log, schedule, signals)
+            return fit.train(backend, cfg, spec, log, schedule, signals)
           agreement = (distribution_lib.AgreedSignals(signals) if distribution.workers > 1
                        else None)
           backend.attach(log, agreement)
@@ -563,10 +373,10 @@ def run(cfg, dataset_hook=None):
 
 
 def replay_run(cfg, replay_cfg):
-  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  """Replays the first step of the run `cfg` describes (replay_mode.run_config), as
   replay_cfg (config.ReplayConfig) says, and writes its probe. A fit run's step is the
   custom loop's on the same model, with the regularization losses fit adds (replay.py)."""
-  # One replica (replay.replayable): its step is one device's, without a strategy.
+  # One replica (replay_mode.replayable): its step is one device's, without a strategy.
   cfg = dataclasses.replace(cfg, strategy='default', devices=None, cpu_devices=1)
   if cfg.loop == 'fit':
     cfg = dataclasses.replace(cfg, add_regularization_losses=True)
@@ -577,9 +387,9 @@ def replay_run(cfg, replay_cfg):
   configure(cfg)
   with distribution.strategy.scope():
     backend = EagerBackend(cfg, spec, distribution)
-    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    batch = replay_mode.read_batch(replay_cfg.batch) if replay_cfg.batch else None
     stages, learning_rate = backend.replay_step(batch)
-    replay.write_probe(replay_cfg, runner(cfg), stages, {
+    replay_mode.write_probe(replay_cfg, runner(cfg), stages, {
         **backend.layer_meta(), 'learning_rate': learning_rate, 'training': True,
         'settings': numerics.settings(), 'tensorflow': tf.__version__})
   logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

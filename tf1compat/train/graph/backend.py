@@ -11,7 +11,8 @@ checkpoints the weights, the optimizer slots, the global step, the training
 iterator's position and the running metrics, so a rerun resumes exactly where the
 last one stopped (Dropout masks excepted: TF1's stateful random ops keep their position
 outside any checkpoint). `GraphBackend` exposes that graph and its Session to the
-shared driver in `training.py`.
+shared driver in `training.py`; what the graph computes is model_fn.py, the replay of a
+run's first step replay.py. train/eager/backend.py is the twin.
 
 Process setup is the caller's job and must happen before TensorFlow is imported
 (`bin/train_graph` does it): `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2
@@ -27,167 +28,28 @@ import dataclasses
 import os
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
-from tf1compat.runs import atomic
-from tf1compat.train import checkpoints
+from tf1compat.data import data_folder
+from tf1compat.data import pipeline
+from tf1compat.data import preflight
 from tf1compat.runs import errors
 from tf1compat.runs import interrupts
-from tf1compat.runs import config
-from tf1compat.data import pipeline
-from tf1compat.data import data_folder
-from tf1compat.train.models import keras_facts
-from tf1compat.train.models import plugins
-from tf1compat.data import preflight
-from tf1compat.runs import probes
-from tf1compat.train import replay
 from tf1compat.runs import runlog
 from tf1compat.runtime import stacks
+from tf1compat.train import checkpoints
+from tf1compat.train import replay_mode
 from tf1compat.train import training
+from tf1compat.train.graph import model_fn
+from tf1compat.train.graph import replay
+from tf1compat.train.models import keras_facts
+from tf1compat.train.models import plugins
 
 RUNNER = 'graph'
 CHECKPOINT_PREFIX = 'model.ckpt'
-SERVING_SIGNATURE = 'serving_default'
 
 
-def kernels(keras_model):
-  """run.json's kernels block: ApplyAdam with beta-power accumulators, and BatchNorm's
-  moving-variance rule as the built layers compute it. Fused BatchNorm (what tf.keras
-  and tf-keras choose where they can) takes the Bessel-corrected batch variance; the
-  unfused layer the biased one."""
-  fused = [getattr(layer, 'fused', True)
-           for layer in keras_facts.batch_norm_layers(keras_model, tf.keras)]
-  variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
-  return {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': variance}
-
-
-def optimizer_name(cfg):
-  """The optimizer as run.json names it."""
-  del cfg  # One optimizer in the legacy loop.
-  return 'tf.compat.v1.train.AdamOptimizer'
-
-
-def adam_epsilon(cfg):
-  """The epsilon the optimizer really uses: --adam_epsilon, else AdamOptimizer's default."""
-  return config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
-
-
-def learning_rate_schedule(cfg, global_step):
-  """The learning rate of the step `global_step` counts: --learning_rate, decayed by
-  tf.compat.v1.train.exponential_decay on the global step under --lr_decay_steps."""
-  if not cfg.lr_decay_steps:
-    return tf.constant(cfg.learning_rate, tf.float32)
-  return tf.compat.v1.train.exponential_decay(
-      cfg.learning_rate, global_step, cfg.lr_decay_steps, cfg.lr_decay_rate,
-      staircase=cfg.lr_staircase)
-
-
-def make_optimizer(cfg, rate):
-  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters at learning rate
-  `rate` (learning_rate_schedule())."""
-  return tf.compat.v1.train.AdamOptimizer(
-      learning_rate=rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
-      epsilon=adam_epsilon(cfg))
-
-
-def regularization_loss(keras_model):
-  """The sum of the model's regularization losses (0 without any).
-
-  Keras regularizers never fill TF1's REGULARIZATION_LOSSES collection, so
-  tf.compat.v1.losses.get_regularization_loss() misses them: a loop on the model's
-  tensors adds model.losses itself, as fit does.
-  """
-  if not keras_model.losses:
-    return tf.constant(0.0, tf.float32)
-  return tf.add_n(keras_model.losses)
-
-
-def build_model(cfg, num_classes, **wiring):
-  """The run's model (--model, by default the seed's ConvNet) in tf-keras with the run's
-  model fields, checked by plugins.build_model; `wiring`: input_tensor and dropout_seed
-  for the training model."""
-  return plugins.build_model(
-      cfg.model, tf.keras, num_classes=num_classes, image_size=cfg.image_size,
-      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
-      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
-      **wiring)
-
-
-def check_model(cfg, num_classes):
-  """plugins.check_stable_names on builds in a graph of their own (no variable of them is
-  ever initialized, and the training graph's op seeds stay as they were)."""
-  with tf.Graph().as_default():
-    # Random initializers need a seed under op determinism, even unrun.
-    tf.compat.v1.set_random_seed(cfg.seed)
-    plugins.check_stable_names(cfg.model, lambda: build_model(cfg, num_classes))
-
-
-# The integer type of each float type's bits (one ulp is one unit of them).
-_BITS = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32,
-         tf.float64: tf.int64}
-
-
-def nudge_each_step(weight_items, train_op, global_step, seed):
-  """An op that runs `train_op`, then moves every non-zero weight by one ulp, up or down
-  at random (from `seed` and the step just taken, so a resumed run draws the same).
-
-  nudge.nudge_weights' rule, applied after every step: a correct port rounds
-  differently at every step where its kernels differ, and that per-step difference can
-  grow faster than a one-time nudge of the start (a control that differed only at its
-  start stayed near 2e-6 for 37 steps while a correct port reached 1e-2).
-  """
-  with tf.control_dependencies([train_op]):
-    step_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(global_step, tf.int64)])
-    nudges = []
-    for index, (_, variable) in enumerate(weight_items):
-      value = tf.identity(variable)
-      bits_type = _BITS[value.dtype.base_dtype]
-      # One ulp away from zero is +1 on the magnitude's bits, for either sign.
-      up = tf.random.stateless_uniform(tf.shape(value), step_seed + index) < 0.5
-      bits = tf.bitcast(value, bits_type)
-      moved = tf.bitcast(bits + tf.where(up, tf.ones_like(bits), -tf.ones_like(bits)),
-                         value.dtype.base_dtype)
-      nudges.append(tf.compat.v1.assign(variable, tf.where(tf.equal(value, 0), value, moved)))
-    return tf.group(*nudges)
-
-
-def per_example_loss(loss_name, labels, logits):
-  """Cross-entropy of each example, as the seed wrote it (`--loss` picks which)."""
-  if loss_name == 'keras_categorical':
-    # The seed's "fix"; numerically the same as the default on logits.
-    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits, from_logits=True)
-  if loss_name == 'keras_categorical_probs':
-    # Keras' default from_logits=False: the logits taken for probabilities.
-    return tf.compat.v1.keras.backend.categorical_crossentropy(labels, logits)
-  return tf.compat.v1.nn.softmax_cross_entropy_with_logits_v2(
-      labels=tf.stop_gradient(labels), logits=logits)
-
-
-def _classes(labels, logits):
-  """(label classes, predicted classes) of a batch, as int64."""
-  return (tf.argmax(labels, axis=-1, output_type=tf.int64),
-          tf.argmax(logits, axis=-1, output_type=tf.int64))
-
-
-def _running_metrics(scope_name, losses, label_classes, predicted_classes):
-  """tf.compat.v1.metrics mean loss and accuracy in their own variable scope.
-
-  Returns (mean_loss value, mean_loss update, accuracy value, accuracy update, the
-  scope's local variables, their reset op). Each update op returns the metric's value
-  after the update, so fetching it shows this step's batch included.
-  """
-  with tf.compat.v1.variable_scope(scope_name) as scope:
-    mean_loss, mean_loss_update = tf.compat.v1.metrics.mean(losses)
-    accuracy, accuracy_update = tf.compat.v1.metrics.accuracy(
-        labels=label_classes, predictions=predicted_classes)
-    local_variables = tf.compat.v1.get_collection(
-        tf.compat.v1.GraphKeys.LOCAL_VARIABLES, scope=scope.name + '/')
-    reset = tf.compat.v1.variables_initializer(var_list=local_variables)
-  return mean_loss, mean_loss_update, accuracy, accuracy_update, local_variables, reset
-
-
-class GraphBackend(training.Backend):
+class GraphBackend(replay.ReplayStep, training.Backend):
   """The TF1 graph, its Session and its run-directory outputs, for `training.train`.
 
   The constructor builds the whole graph, finalizes it, starts a Session, initializes
@@ -251,26 +113,8 @@ class GraphBackend(training.Backend):
         iterator)
     features, labels = iterator.get_next()
     self._batch = (features, labels)
-    if cfg.wiring == 'input_tensor':
-      # The input layer sits on the iterator's tensor, so model.updates are the update
-      # ops of the very batch being trained on.
-      self.model = build_model(cfg, self._spec.num_classes, input_tensor=features,
-                               dropout_seed=cfg.dropout_seed)
-      logits = self.model.output
-      model_updates = list(self.model.updates)
-      update_ops = model_updates
-    else:
-      # The seed's wiring: the model is built on its own Input placeholder and then
-      # called on the batch. model.updates now also holds updates bound to that
-      # placeholder, which cannot run without feeding it ("You must feed a value for
-      # placeholder tensor 'images'"), so legacy code fell back on the tf.layers idiom,
-      # the UPDATE_OPS collection, which Keras layers never fill: no update op runs.
-      self.model = build_model(cfg, self._spec.num_classes, dropout_seed=cfg.dropout_seed)
-      logits = self.model(features)
-      model_updates = list(self.model.updates)
-      update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-    if not cfg.update_ops:
-      update_ops = []
+    self.model, logits, model_updates, update_ops = model_fn.wire_model(
+        cfg, self._spec.num_classes, features)
     # Each layer's output where the model was built (its first node), which a replay
     # fetches: under input_tensor on the training batch itself; under model_call on the
     # model's own Input placeholder, which the replay feeds the same batch (calling the
@@ -282,31 +126,31 @@ class GraphBackend(training.Backend):
     self._update_ops_run = len(update_ops)
     self._learning_phase = tf.compat.v1.keras.backend.learning_phase()
 
-    self._data_loss = tf.reduce_mean(per_example_loss(cfg.loss, labels, logits))
-    self._regularization_loss = regularization_loss(self.model)
+    self._data_loss = tf.reduce_mean(model_fn.per_example_loss(cfg.loss, labels, logits))
+    self._regularization_loss = model_fn.regularization_loss(self.model)
     self._loss = self._data_loss + self._regularization_loss
     # model.losses builds the regularizers' ops when read: read before the graph is final.
     self.model_summary = keras_facts.summary(self.model, tf.keras)
-    self.kernels = kernels(self.model)
-    label_classes, predicted_classes = _classes(labels, logits)
+    self.kernels = model_fn.kernels(self.model)
+    label_classes, predicted_classes = model_fn.classes(labels, logits)
     self._batch_accuracy = tf.reduce_mean(
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
     (_, self._mean_loss_update, _, self._accuracy_update, self._train_metric_variables,
-     self._reset_train_metrics) = _running_metrics('metrics', self._loss, label_classes,
+     self._reset_train_metrics) = model_fn.running_metrics('metrics', self._loss, label_classes,
                                                    predicted_classes)
 
     self._global_step = tf.compat.v1.train.get_or_create_global_step()
     # Read in the same run as the train op, before it increments the global step: the
     # rate this step applies.
-    self._learning_rate = learning_rate_schedule(cfg, self._global_step)
+    self._learning_rate = model_fn.learning_rate_schedule(cfg, self._global_step)
     with tf.control_dependencies(update_ops):
       # minimize() in its two halves, so that a replay can fetch the gradients.
-      optimizer = make_optimizer(cfg, self._learning_rate)
+      optimizer = model_fn.make_optimizer(cfg, self._learning_rate)
       self._gradients = optimizer.compute_gradients(self._loss)
       self._train_op = optimizer.apply_gradients(self._gradients,
                                                  global_step=self._global_step)
     if cfg.nudge_seed is not None:
-      self._train_op = nudge_each_step(keras_facts.weight_items(self.model), self._train_op,
+      self._train_op = model_fn.nudge_each_step(keras_facts.weight_items(self.model), self._train_op,
                                        self._global_step, cfg.nudge_seed)
     self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
@@ -324,11 +168,11 @@ class GraphBackend(training.Backend):
     features, labels = self._val_iterator.get_next()
     logits = self.model(features)
     # As Keras' evaluate: the validation loss holds the regularization losses too.
-    losses = (per_example_loss(self._cfg.loss, labels, logits)
-              + regularization_loss(self.model))
+    losses = (model_fn.per_example_loss(self._cfg.loss, labels, logits)
+              + model_fn.regularization_loss(self.model))
     (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
-     _, self._reset_val_metrics) = _running_metrics('validation', losses,
-                                                    *_classes(labels, logits))
+     _, self._reset_val_metrics) = model_fn.running_metrics('validation', losses,
+                                                    *model_fn.classes(labels, logits))
 
   def _build_weight_loader(self):
     self._weight_items = keras_facts.weight_items(self.model)
@@ -405,46 +249,6 @@ class GraphBackend(training.Backend):
         mean_loss=float(values['mean_loss']), accuracy=float(values['accuracy']),
         learning_rate=float(values['learning_rate']))
 
-  def replay_step(self, batch=None):
-    """Runs the next training step as train_step does, on `batch` ((images, labels), or
-    None: the pipeline's next one), and returns its probe stages (probes.STAGES) with the
-    step's learning rate. Meant for a backend loaded with a run's step-0 snapshot: the
-    step updates these variables as training would."""
-    own = self._sess.run(self._batch)
-    images, labels = own if batch is None else batch
-    # Fed in place of the iterator's output: the model and the loss read these tensors.
-    feed = {**self._train_feed, self._batch[0]: images, self._batch[1]: labels}
-    if self._model_input is not None:
-      feed[self._model_input] = images
-    keys = {id(variable): key for key, variable in self._weight_items}
-    with_gradients = [(keys[id(variable)], gradient) for gradient, variable in self._gradients
-                      if gradient is not None]
-    before = self.weights()
-    values = self._sess.run(
-        {'train': self._train_op, 'forward': self._layer_outputs,
-         'data': self._data_loss, 'regularization': self._regularization_loss,
-         'total': self._loss, 'learning_rate': self._learning_rate,
-         'gradients': [gradient for _, gradient in with_gradients]}, feed)
-    after = self.weights()
-    trainable = {id(variable) for variable in self.model.trainable_weights}
-    trainable_keys = [key for key, variable in self._weight_items if id(variable) in trainable]
-    stages = {
-        'input': {'images': own[0], 'labels': own[1]},
-        'forward': values['forward'],
-        'loss': {part: values[part] for part in probes.LOSS_PARTS},
-        'gradients': {key: _dense(value) for (key, _), value in zip(with_gradients,
-                                                                    values['gradients'])},
-        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
-        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in
-                  self._weight_items if key not in trainable_keys},
-    }
-    return stages, float(values['learning_rate'])
-
-  def layer_meta(self):
-    """The probe's meta on the model: each layer's kinds and the output layer."""
-    return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in self.model.layers},
-            'output_layer': self.model.output_names[0]}
-
   def reset_metrics(self):
     self._sess.run(self._reset_train_metrics)
 
@@ -482,53 +286,13 @@ class GraphBackend(training.Backend):
     self._writer.add_summary(summary, step)
 
   def export(self, export_dir):
-    export(self._cfg, self._spec.num_classes, self.weights(), export_dir)
+    model_fn.export(self._cfg, self._spec.num_classes, self.weights(), export_dir)
 
   def close(self):
     """Closes the TensorBoard writer and the Session."""
     if self._writer is not None:
       self._writer.close()
     self._sess.close()
-
-
-def export(cfg, num_classes, weights, export_dir):
-  """A SavedModel of the trained `weights` with a serving signature on an images input.
-
-  The training model reads the iterator; the export rebuilds it in a graph of its own
-  on an Input placeholder, so the SavedModel holds neither the input pipeline nor the
-  optimizer. Whole or absent (atomic.atomic_path).
-  """
-  graph = tf.Graph()
-  with graph.as_default():
-    # The initializers run before the trained weights replace them, but they still need
-    # a seed under op determinism.
-    tf.compat.v1.set_random_seed(cfg.seed)
-    serving_model = build_model(cfg, num_classes)
-    items = keras_facts.weight_items(serving_model)
-    placeholders = {key: tf.compat.v1.placeholder(v.dtype.base_dtype, v.shape)
-                    for key, v in items}
-    assign = tf.group(*[tf.compat.v1.assign(v, placeholders[key]) for key, v in items])
-    signature = tf.compat.v1.saved_model.predict_signature_def(
-        inputs={'images': serving_model.input},
-        outputs={'outputs': serving_model.output,
-                 'classes': tf.argmax(serving_model.output, axis=-1)})
-    with tf.compat.v1.Session(graph=graph) as sess, atomic.atomic_path(export_dir) as tmp_dir:
-      sess.run(assign, {placeholders[key]: weights[key] for key, _ in items})
-      builder = tf.compat.v1.saved_model.Builder(tmp_dir)
-      builder.add_meta_graph_and_variables(
-          sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
-          signature_def_map={SERVING_SIGNATURE: signature}, strip_default_attrs=True)
-      builder.save()
-  logging.info('SavedModel written to %s', export_dir)
-
-
-def _dense(value):
-  """A fetched gradient as an array (sparse IndexedSlices scattered into their shape)."""
-  if hasattr(value, 'indices') and hasattr(value, 'dense_shape'):
-    dense = np.zeros(value.dense_shape, value.values.dtype)
-    np.add.at(dense, value.indices, value.values)
-    return dense
-  return value
 
 
 def _determinism_for(cfg, device):
@@ -570,7 +334,7 @@ def run(cfg, dataset_hook=None):
     # The data (pre-flight check), the graph and --init_weights are checked before the
     # run directory is touched, so a bad flag or file leaves no half-started run behind.
     spec = training.check_data(cfg)
-    check_model(cfg, spec.num_classes)
+    model_fn.check_model(cfg, spec.num_classes)
     backend = GraphBackend(cfg, spec, dataset_hook)
     try:
       if cfg.save_init_weights:
@@ -580,8 +344,8 @@ def run(cfg, dataset_hook=None):
         backend.attach(log)
         log.update(**training.start_manifest(
             cfg, spec, versions=runlog.versions(tf.__version__, *stacks.graph_keras()),
-            device=device, kernels=backend.kernels, optimizer_name=optimizer_name(cfg),
-            epsilon=adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
+            device=device, kernels=backend.kernels, optimizer_name=model_fn.optimizer_name(cfg),
+            epsilon=model_fn.adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
             replicas=1, workers=1, devices=[], dtype_policy='float32', jit_compile=False,
             settings=stacks.settings(), model_summary=backend.model_summary,
             regularization_in_loss=True,
@@ -593,9 +357,9 @@ def run(cfg, dataset_hook=None):
 
 
 def replay_run(cfg, replay_cfg):
-  """Replays the first step of the run `cfg` describes (replay.run_config), as
+  """Replays the first step of the run `cfg` describes (replay_mode.run_config), as
   replay_cfg (config.ReplayConfig) says, and writes its probe. Assumes the process setup
-  described in the module docstring and the run's thread counts (replay.apply_settings)."""
+  described in the module docstring and the run's thread counts (replay_mode.apply_settings)."""
   device = training.check_device(cfg)
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:
@@ -605,12 +369,12 @@ def replay_run(cfg, replay_cfg):
   # The run checked its model's names when it trained; the replay builds the same one.
   backend = GraphBackend(cfg, spec)
   try:
-    batch = replay.read_batch(replay_cfg.batch) if replay_cfg.batch else None
+    batch = replay_mode.read_batch(replay_cfg.batch) if replay_cfg.batch else None
     stages, learning_rate = backend.replay_step(batch)
     meta = backend.layer_meta()
   finally:
     backend.close()
-  replay.write_probe(replay_cfg, RUNNER, stages, {
+  replay_mode.write_probe(replay_cfg, RUNNER, stages, {
       **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
       'settings': stacks.settings(), 'tensorflow': tf.__version__})
   logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)

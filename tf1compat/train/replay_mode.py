@@ -143,3 +143,9 @@ def write_probe(replay_cfg, runner, stages, meta):
                                                          runlog.RUN_JSON)),
       'batch_sha256': batch_digest(images, labels),
       'fed_batch_sha256': batch_digest(*fed) if fed else None})
+
+
+def layer_meta(model):
+  """A probe's meta on `model`: each layer's kinds and the output layer."""
+  return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in model.layers},
+          'output_layer': model.output_names[0]}

@@ -1,6 +1,6 @@
 """The TF2 port's Keras path: `model.compile` + `model.fit` (`--loop=fit`, runner 'fit').
 
-fit drives its own loop: the custom loop's backend (eager_loop.EagerBackend) supplies
+fit drives its own loop: the custom loop's backend (backend.EagerBackend) supplies
 the model, the optimizer, the loss and the pipelines, and callbacks record fit's steps
 and epochs through the same `training.Recorder` as every runner. `BackupAndRestore`
 resumes at epoch boundaries. Runs on one device or under --strategy=mirrored (one

@@ -1,0 +1,164 @@
+"""What the port computes, in Keras 3 (TF2's own `keras`, never `tf.compat.v1`).
+
+The model (--model, by default the seed's ConvNet) with the exact mode's BatchNorm when
+asked, the per-example loss and the regularization losses a custom loop adds itself,
+Keras' Adam (or TF1's fused ApplyAdam, --tf1_adam) and its ExponentialDecay schedule, the
+weights in and out, and the SavedModel and .keras export. train/graph/model_fn.py is its
+twin: the same names, in the same order, for what both compute; what only the port has
+(the schedule under fit, the weights' I/O) follows.
+"""
+
+import functools
+import inspect
+
+import keras
+import tensorflow as tf
+
+from tf1compat.runs import atomic
+from tf1compat.runs import runlog
+from tf1compat.train import distribution as distribution_lib
+from tf1compat.train import tf1_kernels
+from tf1compat.train.models import keras_facts
+from tf1compat.train.models import plugins
+
+
+def kernels(cfg):
+  """Which Adam and BatchNorm moving-variance kernels the run computes with (run.json)."""
+  return {'adam': runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS,
+          'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if cfg.tf1_bn_variance
+                                  else runlog.BN_VARIANCE_BIASED)}
+
+
+def optimizer_name(cfg):
+  """The optimizer as run.json names it."""
+  name = 'keras.optimizers.Adam'
+  return f'{name} (TF1 fused ApplyAdam)' if cfg.tf1_adam else name
+
+
+def adam_epsilon(cfg):
+  """The epsilon the optimizer really uses: --adam_epsilon, else Keras' Adam default."""
+  if cfg.adam_epsilon is not None:
+    return cfg.adam_epsilon
+  return inspect.signature(keras.optimizers.Adam).parameters['epsilon'].default
+
+
+def learning_rate_schedule(cfg):
+  """keras.optimizers.schedules.ExponentialDecay of --lr_decay_steps, the twin of the
+  graph loop's exponential_decay on the global step; None for a constant rate."""
+  if not cfg.lr_decay_steps:
+    return None
+  return keras.optimizers.schedules.ExponentialDecay(
+      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+
+
+def make_optimizer(cfg, rate):
+  """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
+  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed
+  precision (with the replicas' agreement on finite gradients,
+  distribution.AgreedLossScaleOptimizer)."""
+  adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
+  optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
+                   beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
+  if cfg.mixed_precision:
+    optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def build_model(cfg, num_classes, distributed=False):
+  """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
+  model fields, checked by plugins.build_model.
+
+  `distributed`: BatchNormalization normalizes with the moments of the global batch,
+  not of each replica's share, so that a distributed run computes what a one-device
+  run of the same global batch does.
+  """
+  batch_norm_layer = None
+  if cfg.tf1_bn_variance:
+    batch_norm_layer = tf1_kernels.TF1BatchNormalization
+  elif distributed:
+    batch_norm_layer = functools.partial(keras.layers.BatchNormalization, synchronized=True)
+  if not cfg.keep_bn_momentum:
+    batch_norm_layer = _keras_default_momentum(
+        batch_norm_layer or keras.layers.BatchNormalization)
+  return plugins.build_model(
+      cfg.model, keras, num_classes=num_classes, image_size=cfg.image_size,
+      batch_norm=cfg.batch_norm, dropout=cfg.dropout,
+      final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
+      batch_norm_layer=batch_norm_layer,
+      # The loss must see float32 logits under mixed_float16.
+      logits_dtype='float32' if cfg.mixed_precision else None)
+
+
+def check_model(cfg, num_classes):
+  """plugins.check_stable_names on builds of the run's model (before the process is seeded,
+  so that the run's numbers do not depend on them)."""
+  plugins.check_stable_names(cfg.model, lambda: build_model(cfg, num_classes))
+
+
+def regularization_loss(model):
+  """The sum of the model's regularization losses (0 without any), which a custom loop
+  adds to its loss itself (fit does)."""
+  losses = model.losses
+  return tf.add_n(losses) if losses else tf.constant(0.0, tf.float32)
+
+
+def per_example_loss(loss_name, labels, outputs):
+  """The per-example loss of --loss on the model's outputs, [batch].
+
+  softmax_cross_entropy is the graph loop's `tf.nn.softmax_cross_entropy_with_logits`;
+  keras_categorical is the seed's "fix", Keras' categorical cross-entropy on logits;
+  keras_categorical_probs is that loss with Keras' default from_logits=False, which
+  normalizes the outputs by their sum and clips them to [1e-7, 1 - 1e-7] as if they were
+  probabilities (the from_logits_lost mistake on logits).
+  """
+  if loss_name == 'keras_categorical':
+    return keras.losses.categorical_crossentropy(labels, outputs, from_logits=True)
+  if loss_name == 'keras_categorical_probs':
+    return keras.losses.categorical_crossentropy(labels, outputs)
+  return tf.nn.softmax_cross_entropy_with_logits(labels=tf.stop_gradient(labels),
+                                                 logits=outputs)
+
+
+def export(model, export_dir, keras_file):
+  """SavedModel in `export_dir` and the Keras file `keras_file`, each whole or absent."""
+  with atomic.atomic_path(export_dir) as tmp_dir:
+    model.export(tmp_dir, verbose=False)
+  with atomic.atomic_path(keras_file) as tmp_file:
+    model.save(tmp_file)
+
+
+def lr_per_epoch(cfg):
+  """Whether model.fit sets the rate once per epoch (--fit_lr_schedule=epoch_callback)."""
+  return cfg.loop == 'fit' and cfg.fit_lr_schedule == 'epoch_callback'
+
+
+def lr_schedule_manifest(cfg):
+  """run.json's optimizer.schedule: the run's schedule as this runner applies it."""
+  schedule = cfg.lr_schedule()
+  if schedule and lr_per_epoch(cfg):
+    schedule['updated'] = 'per_epoch'
+  return schedule
+
+
+def _keras_default_momentum(layer_class):
+  """`layer_class` that leaves out the momentum the model gives it: a port that writes
+  BatchNormalization() gets Keras' 0.99 (--nokeep_bn_momentum)."""
+  def build(*args, momentum=None, **kwargs):
+    del momentum
+    return layer_class(*args, **kwargs)
+  return build
+
+
+def model_weights(model):
+  """{weight key: numpy array} of every weight of `model` (keys as in snapshots)."""
+  return {key: variable.numpy() for key, variable in keras_facts.weight_items(model)}
+
+
+def load_init_weights(model, path, model_spec=None):
+  """Assigns the weights of the .npz at `path` (checked key by key, shape by shape);
+  `model_spec`: the run's --model, whose key mismatches plugins names."""
+  items = keras_facts.weight_items(model)
+  plugins.check_weight_file(model_spec, path, [key for key, _ in items], keras)
+  weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
+  for key, variable in items:
+    variable.assign(weights[key])
