@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 
+from tf1compat.runs import run_files
+
 from tf1compat.runs import runlog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,14 +128,14 @@ def references(tiny_data_dir, tmp_path_factory):
   return made.__getitem__
 
 
-def read_run_csv(model_dir, name=runlog.STEPS_CSV):
+def read_run_csv(model_dir, name=run_files.STEPS_CSV):
   """{column: array} of a run directory's steps.csv (or `name`)."""
   return runlog.read_csv(os.path.join(model_dir, name))
 
 
 def read_snapshot(model_dir, step):
   """{weight key: array} of the run's weight snapshot after `step`."""
-  with np.load(runlog.snapshot_path(model_dir, step)) as npz:
+  with np.load(run_files.snapshot_path(model_dir, step)) as npz:
     return {key: npz[key] for key in npz.files}
 
 
@@ -146,7 +148,7 @@ def signal_after(script, args, model_dir, rows, signum, log_path):
 
   stderr goes to `log_path` (a pipe that nobody reads while polling could fill up).
   """
-  steps = os.path.join(model_dir, runlog.STEPS_CSV)
+  steps = os.path.join(model_dir, run_files.STEPS_CSV)
   with open(log_path, 'w') as log:
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'bin', script), *args],
                             stdout=subprocess.DEVNULL, stderr=log)

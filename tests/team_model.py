@@ -32,7 +32,7 @@ def build(keras, *, num_classes, image_size, input_tensor=None, batch_norm_layer
 
 
 def convnet_conv3_elu(keras, *, num_classes, image_size, input_tensor=None):
-  """The seed's ConvNet (tf1compat.train.models.convnet) as a port with a mistake no catalogue holds:
+  """The seed's ConvNet (train/models/convnet.py) as a port with a mistake no catalogue holds:
   conv3 activates with ELU instead of ReLU. Same layers, names and shapes, so it loads
   the seed's weights; check_parity gives it to the port only (--port_flags=--model=...)."""
   inputs = keras.Input(shape=(image_size, image_size, 3), tensor=input_tensor, name='images')

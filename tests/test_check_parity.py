@@ -21,7 +21,7 @@ from tf1compat.runs import config
 from tf1compat.judge import harness
 from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
@@ -82,7 +82,7 @@ def _ulp_distances(out, step):
   """{variable: the distinct distances in ulps between the legacy run's weights and its
   per-step control's at snapshot `step`, over the non-zero ones; 'zeros kept': whether
   every zero stayed zero}."""
-  runs = [runlog.snapshot_path(os.path.join(out, name), step)
+  runs = [run_files.snapshot_path(os.path.join(out, name), step)
           for name in ('graph', harness.PER_STEP_CONTROL)]
   with np.load(runs[0]) as reference, np.load(runs[1]) as nudged:
     distances = {'zeros kept': all(np.all(nudged[k][reference[k] == 0] == 0)

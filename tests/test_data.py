@@ -80,7 +80,7 @@ def test_batches_differ_across_seeds_and_cover_all_records(tiny_data_dir):
   def labels(seed):
     """The labels of the first three passes through the 64 records, a pass a row."""
     dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
-                                batch_size=64, seed=seed, shuffle_buffer=64)
+                                    batch_size=64, seed=seed, shuffle_buffer=64)
     return np.stack([y.numpy().argmax(axis=1) for _, y in dataset.take(3)])
 
   passes = labels(0)
@@ -97,7 +97,7 @@ def test_validation_pipeline_reads_every_record_once_in_order(tiny_data_dir):
   from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   files = data_folder.find_files(tiny_data_dir, 'val')
   dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4, batch_size=5,
-                              training=False)
+                                  training=False)
   sizes = [int(x.shape[0]) for x, _ in dataset]
   assert sizes == [5, 5, 5, 1]  # 16 records, the remainder kept.
 
@@ -144,7 +144,7 @@ def bad_records_dir(tiny_data_dir, out):
 
 
 def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_data_dir,
-                                                                         tmp_path):
+                                                                        tmp_path):
   data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
   outputs = _dump_both_modes(data_dir, tmp_path, 20, on_bad_record='skip')
   graph, eager = outputs['graph'], outputs['eager']
@@ -168,7 +168,7 @@ def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_one
   assert spec.skip('train')[os.path.join(data_dir, 'train-bad.tfrecord')] == (6, (1, 3, 4))
   # One pass, in file order: the good records of the bad file sit last.
   passes = pipeline.make_dataset(spec.train_files, image_size=TINY_IMAGE_SIZE, num_classes=4,
-                             batch_size=100, training=False, skip=spec.skip('train'))
+                                 batch_size=100, training=False, skip=spec.skip('train'))
   labels = np.concatenate([y.numpy().argmax(axis=1) for _, y in passes])
   assert len(labels) == 67
   np.testing.assert_array_equal(labels[-3:], [0, 1, 2])

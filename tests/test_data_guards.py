@@ -29,6 +29,7 @@ from conftest import (KILL_FLAGS, REFERENCE_RUNNERS, REPO, TINY, at_once, read_r
 from tf1compat.data import data_folder
 from tf1compat.data import image_bytes
 from tf1compat.data import records
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.data import tfrecord
 
@@ -385,7 +386,7 @@ def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resume
   data_dir = _copy(tiny_data_dir, tmp_path / 'data')
   original = _hashes(data_dir)
   model_dir = str(tmp_path / 'run')
-  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
+  steps_csv = os.path.join(model_dir, run_files.STEPS_CSV)
   # The flags of the session's eager reference run (epochs of 8 steps, checkpoints every 3).
   script, *extra = REFERENCE_RUNNERS['eager']
   args = tiny_run_flags(data_dir, model_dir, *KILL_FLAGS, *extra)
@@ -408,9 +409,9 @@ def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resume
   assert runlog.read_manifest(model_dir)['status'] == runlog.STATUS_FAILED
   # The epoch's training is kept: its checkpoint was written before the evaluation (the
   # periodic one before it is step 6's).
-  latest = tf.train.latest_checkpoint(os.path.join(model_dir, runlog.CHECKPOINTS_DIR))
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, run_files.CHECKPOINTS_DIR))
   assert latest.endswith('-8'), latest
-  assert read_run_csv(model_dir, runlog.EPOCHS_CSV) == {}
+  assert read_run_csv(model_dir, run_files.EPOCHS_CSV) == {}
 
   shutil.copy(os.path.join(tiny_data_dir, name), os.path.join(data_dir, name))  # repaired
   assert _hashes(data_dir) == original
@@ -418,8 +419,8 @@ def test_validation_damaged_mid_run_keeps_the_epoch_and_the_repaired_file_resume
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert re.search(r'resuming \S+ from step 8', proc.stderr)
   assert 'evaluating epoch 1, which ended at the checkpoint of step 8' in proc.stderr
-  for name, columns in ((runlog.STEPS_CSV, runlog.STEP_COLUMNS),
-                        (runlog.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
+  for name, columns in ((run_files.STEPS_CSV, runlog.STEP_COLUMNS),
+                        (run_files.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
     got, expected = read_run_csv(model_dir, name), read_run_csv(references('eager'), name)
     for column in columns[:-1]:  # all but seconds
       np.testing.assert_array_equal(got[column], expected[column], err_msg=f'{name} {column}')

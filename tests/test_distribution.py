@@ -25,6 +25,7 @@ from tf1compat.judge import calibration
 from tf1compat.runs import errors
 from tf1compat.train import distribution
 from tf1compat.judge import parity
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 TOL = parity.Tolerances()
@@ -105,7 +106,7 @@ def assert_same_training(run, reference):
   np.testing.assert_array_equal(got['step'], np.arange(1, TOTAL_STEPS + 1))
   np.testing.assert_allclose(got['loss'][0], expected['loss'][0], rtol=FIRST_LOSS_RTOL)
   assert got['batch_accuracy'][0] == expected['batch_accuracy'][0]
-  assert runlog.snapshot_steps_in(run) == SNAPSHOTS
+  assert run_files.snapshot_steps_in(run) == SNAPSHOTS
   for step in (0, 1):
     a, b = read_snapshot(reference, step), read_snapshot(run, step)
     assert sorted(a) == sorted(b)
@@ -202,9 +203,9 @@ def test_two_workers_train_as_one_and_only_the_chief_writes(run_flags, tmp_path,
   assert (manifest['strategy'], manifest['replicas'], manifest['workers']) == (
       'multi_worker', 2, 2)
   assert manifest['global_step'] == TOTAL_STEPS
-  assert len(read_run_csv(model_dir, runlog.EPOCHS_CSV)['epoch']) == 2
-  assert os.path.exists(os.path.join(model_dir, runlog.EXPORT_DIR, 'saved_model.pb'))
-  assert os.path.exists(os.path.join(model_dir, runlog.CHECKPOINTS_DIR,
+  assert len(read_run_csv(model_dir, run_files.EPOCHS_CSV)['epoch']) == 2
+  assert os.path.exists(os.path.join(model_dir, run_files.EXPORT_DIR, 'saved_model.pb'))
+  assert os.path.exists(os.path.join(model_dir, run_files.CHECKPOINTS_DIR,
                                      f'ckpt-{TOTAL_STEPS}.index'))
   # Worker 1 wrote its run directory into a scratch folder, and removed it.
   assert os.listdir(scratch[1]) == []
@@ -221,7 +222,7 @@ def test_a_signal_to_one_worker_stops_all_at_one_step_and_the_rerun_resumes(
   args = run_flags(model_dir, '--strategy=multi_worker', '--steps_per_epoch=15')
   scratch = [tmp_path / f'tmp{index}' for index in range(2)]
   workers = _start_workers(args, scratch)
-  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
+  steps_csv = os.path.join(model_dir, run_files.STEPS_CSV)
   deadline = time.time() + 300
   while workers[1].poll() is None and csv_rows(steps_csv) < 8 and time.time() < deadline:
     time.sleep(0.005)

@@ -19,6 +19,7 @@ import pytest
 from conftest import (REPO, TINY, TINY_IMAGE_SIZE, at_once, read_run_csv, read_snapshot,
                       run_entry, run_python, tiny_run_flags)
 from tf1compat.runs import atomic
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 EPSILON = '1e-07'
@@ -42,7 +43,7 @@ def last_line(stderr):
 def mark_interrupted(model_dir):
   manifest = runlog.read_manifest(model_dir)
   manifest['status'] = runlog.STATUS_INTERRUPTED
-  atomic.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
+  atomic.atomic_write_json(os.path.join(model_dir, run_files.RUN_JSON), manifest)
 
 
 @pytest.fixture(scope='module')
@@ -101,7 +102,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
                                    'schedule': None}
   assert manifest['versions']['keras'].startswith('3.')
   assert manifest['flags']['loop'] == loop
-  assert manifest['init_weights_sha256'] == runlog.file_sha256(init_weights)
+  assert manifest['init_weights_sha256'] == run_files.file_sha256(init_weights)
   assert manifest['kernels']['batch_norm_variance'] == 'biased'
   # The settings that change the numbers (numerics.py), as the process ran.
   assert manifest['settings']['tf32'] is True and manifest['settings']['op_determinism'] is True
@@ -113,7 +114,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert list(steps) == list(runlog.STEP_COLUMNS)
   np.testing.assert_array_equal(steps['step'], np.arange(1, TOTAL_STEPS + 1))
   assert np.all(np.isfinite(steps['loss']))
-  epochs = read_run_csv(model_dir, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(model_dir, run_files.EPOCHS_CSV)
   assert list(epochs) == list(runlog.EPOCH_COLUMNS)
   np.testing.assert_array_equal(epochs['epoch'], [1, 2])
   assert np.all(np.isfinite(epochs['val_loss']))
@@ -121,7 +122,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert epochs['train_loss'][1] < epochs['train_loss'][0]
   assert steps['loss'][-3:].mean() < steps['loss'][:3].mean()
 
-  assert runlog.snapshot_steps_in(model_dir) == [0, 1, 2, 5, TOTAL_STEPS]
+  assert run_files.snapshot_steps_in(model_dir) == [0, 1, 2, 5, TOTAL_STEPS]
   with np.load(init_weights) as npz:
     for key, value in read_snapshot(model_dir, 0).items():
       np.testing.assert_array_equal(value, npz[key])
@@ -129,7 +130,7 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert any(name.startswith('events.') for name in names)
   assert os.path.exists(os.path.join(model_dir, 'export', 'saved_model.pb'))
   assert os.path.exists(os.path.join(model_dir, 'model.keras'))
-  assert os.listdir(os.path.join(model_dir, runlog.CHECKPOINTS_DIR))
+  assert os.listdir(os.path.join(model_dir, run_files.CHECKPOINTS_DIR))
 
 
 def test_custom_and_fit_train_alike_from_the_same_start(runs):
@@ -146,8 +147,8 @@ def test_custom_and_fit_train_alike_from_the_same_start(runs):
     expected = read_snapshot(runs['custom'], step)
     for key, value in read_snapshot(runs['fit'], step).items():
       np.testing.assert_allclose(value, expected[key], rtol=1e-5, atol=1e-7, err_msg=key)
-  custom_epochs = read_run_csv(runs['custom'], runlog.EPOCHS_CSV)
-  fit_epochs = read_run_csv(runs['fit'], runlog.EPOCHS_CSV)
+  custom_epochs = read_run_csv(runs['custom'], run_files.EPOCHS_CSV)
+  fit_epochs = read_run_csv(runs['fit'], run_files.EPOCHS_CSV)
   for name in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
     np.testing.assert_allclose(fit_epochs[name], custom_epochs[name], rtol=1e-5, err_msg=name)
 
@@ -155,7 +156,7 @@ def test_custom_and_fit_train_alike_from_the_same_start(runs):
 @pytest.mark.parametrize('loop', ['custom', 'fit'])
 def test_running_metrics_are_reset_every_epoch(runs, loop):
   steps = read_run_csv(runs[loop])
-  epochs = read_run_csv(runs[loop], runlog.EPOCHS_CSV)
+  epochs = read_run_csv(runs[loop], run_files.EPOCHS_CSV)
   for epoch in (1, 2):
     rows = steps['epoch'] == epoch
     k = np.arange(1, STEPS_PER_EPOCH + 1)
@@ -198,9 +199,9 @@ def resumed_runs(runs, loop_args, workdir):
   for loop, model_dir in dirs.items():
     shutil.copytree(runs[loop], model_dir)
     mark_interrupted(model_dir)
-  with open(os.path.join(dirs['custom'], runlog.CHECKPOINTS_DIR, 'checkpoint'), 'w') as f:
+  with open(os.path.join(dirs['custom'], run_files.CHECKPOINTS_DIR, 'checkpoint'), 'w') as f:
     f.write('model_checkpoint_path: "ckpt-3"\nall_model_checkpoint_paths: "ckpt-3"\n')
-  backup = os.path.join(dirs['fit'], runlog.CHECKPOINTS_DIR, 'backup')
+  backup = os.path.join(dirs['fit'], run_files.CHECKPOINTS_DIR, 'backup')
   for name in ('latest.weights.h5', 'training_metadata.json'):
     os.replace(os.path.join(backup, name + '.bkp'), os.path.join(backup, name))
   procs = at_once(*(functools.partial(train_eager, *loop_args(loop, model_dir))
@@ -215,8 +216,8 @@ def test_custom_loop_resumes_mid_epoch_on_the_same_batches(runs, resumed_runs):
   original, resumed = read_run_csv(runs['custom']), read_run_csv(model_dir)
   for name in runlog.STEP_COLUMNS[:-1]:  # all but seconds
     np.testing.assert_array_equal(resumed[name], original[name], err_msg=name)
-  original_epochs = read_run_csv(runs['custom'], runlog.EPOCHS_CSV)
-  resumed_epochs = read_run_csv(model_dir, runlog.EPOCHS_CSV)
+  original_epochs = read_run_csv(runs['custom'], run_files.EPOCHS_CSV)
+  resumed_epochs = read_run_csv(model_dir, run_files.EPOCHS_CSV)
   for name in runlog.EPOCH_COLUMNS[:-1]:
     np.testing.assert_array_equal(resumed_epochs[name], original_epochs[name], err_msg=name)
   expected = read_snapshot(runs['custom'], TOTAL_STEPS)
@@ -377,7 +378,7 @@ def test_snapshot_loads_into_the_graph_runners_model(tiny_data_dir, workdir):
                               '--epochs=1', '--steps_per_epoch=2'))
   assert runlog.read_manifest(model_dir)['kernels']['batch_norm_variance'] == 'bessel_corrected'
   eager = read_snapshot(model_dir, 2)
-  proc = run_python(_GRAPH_MODEL_LOADS, runlog.snapshot_path(model_dir, 2),
+  proc = run_python(_GRAPH_MODEL_LOADS, run_files.snapshot_path(model_dir, 2),
                     str(TINY['num_classes']), str(TINY_IMAGE_SIZE))
   assert proc.returncode == 0, proc.stderr[-3000:]
   graph = json.loads(proc.stdout.strip().splitlines()[-1])

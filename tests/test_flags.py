@@ -14,7 +14,8 @@ from tf1compat.commands import flags as f
 f.define_data_flags(config.GraphConfig)
 f.define_training_flags(config.GraphConfig)
 f.define_graph_flags()
-print(','.join(sorted(fl.name for fl in flags.FLAGS.get_flags_for_module('tf1compat.commands.flags'))))
+defined = flags.FLAGS.get_flags_for_module('tf1compat.commands.flags')
+print(','.join(sorted(fl.name for fl in defined)))
 print(','.join(sorted(field.name for field in dataclasses.fields(config.GraphConfig))))
 '''
   result = run_python(code)

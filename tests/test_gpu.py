@@ -17,6 +17,7 @@ import pytest
 
 from conftest import read_snapshot, run_entry, tiny_run_flags
 from tf1compat.judge import pitfalls
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 pytestmark = pytest.mark.gpu
@@ -56,9 +57,9 @@ def test_graph_runner_is_reproducible_bit_for_bit(tiny_data_dir, tmp_path):
     result = run_entry('train_graph', '--require_gpu', '--batch_norm',
                        *tiny_run_flags(tiny_data_dir, model_dir))
     assert result.returncode == 0, result.stderr[-3000:]
-  losses = [runlog.read_csv(os.path.join(d, runlog.STEPS_CSV))['loss'] for d in runs]
+  losses = [runlog.read_csv(os.path.join(d, run_files.STEPS_CSV))['loss'] for d in runs]
   np.testing.assert_array_equal(losses[0], losses[1])
-  last = max(runlog.snapshot_steps_in(runs[0]))
+  last = max(run_files.snapshot_steps_in(runs[0]))
   first, second = read_snapshot(runs[0], last), read_snapshot(runs[1], last)
   for key, value in first.items():
     np.testing.assert_array_equal(value, second[key], err_msg=key)

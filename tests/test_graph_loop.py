@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from conftest import at_once, read_run_csv, read_snapshot, run_entry
 from conftest import tiny_run_flags
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 STEPS_PER_EPOCH = 6
@@ -96,7 +97,7 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   np.testing.assert_array_equal(steps['epoch'], np.repeat([1, 2], STEPS_PER_EPOCH))
   for column in METRIC_COLUMNS:
     assert np.all(np.isfinite(steps[column])), column
-  epochs = read_run_csv(base_run, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(base_run, run_files.EPOCHS_CSV)
   assert list(epochs) == list(runlog.EPOCH_COLUMNS)
   np.testing.assert_array_equal(epochs['epoch'], [1, 2])
   assert np.all(np.isfinite(epochs['val_loss']))
@@ -105,14 +106,14 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   # Loss falls: the second epoch's mean training loss is below the first's.
   assert epochs['train_loss'][1] < epochs['train_loss'][0]
 
-  assert runlog.snapshot_steps_in(base_run) == SNAPSHOTS
+  assert run_files.snapshot_steps_in(base_run) == SNAPSHOTS
   weights = read_snapshot(base_run, 0)
   assert {'conv1/kernel', 'bn4/moving_variance', 'logits/bias'} <= set(weights)
   assert weights['logits/kernel'].shape == (256, 4)
-  checkpoints = os.path.join(base_run, runlog.CHECKPOINTS_DIR)
+  checkpoints = os.path.join(base_run, run_files.CHECKPOINTS_DIR)
   assert tf.train.latest_checkpoint(checkpoints).endswith(f'model.ckpt-{TOTAL_STEPS}')
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(base_run))
-  assert os.path.exists(os.path.join(base_run, runlog.EXPORT_DIR, 'saved_model.pb'))
+  assert os.path.exists(os.path.join(base_run, run_files.EXPORT_DIR, 'saved_model.pb'))
 
 
 def test_events_hold_the_per_step_scalars(base_run):
@@ -130,7 +131,7 @@ def test_events_hold_the_per_step_scalars(base_run):
 
 
 def test_export_serves_the_trained_weights(base_run):
-  export_dir = os.path.join(base_run, runlog.EXPORT_DIR)
+  export_dir = os.path.join(base_run, run_files.EXPORT_DIR)
   final = read_snapshot(base_run, TOTAL_STEPS)
   reader = tf.train.load_checkpoint(os.path.join(export_dir, 'variables', 'variables'))
   for key, value in final.items():
@@ -147,7 +148,7 @@ def test_running_metrics_reset_at_each_epoch(base_run):
   np.testing.assert_allclose(steps['mean_loss'], _running_mean(steps['loss'], since), rtol=1e-6)
   np.testing.assert_allclose(steps['accuracy'], _running_mean(steps['batch_accuracy'], since),
                              rtol=1e-6)
-  epochs = read_run_csv(base_run, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(base_run, run_files.EPOCHS_CSV)
   per_epoch = steps['loss'].reshape(2, STEPS_PER_EPOCH).mean(axis=1)
   np.testing.assert_allclose(epochs['train_loss'], per_epoch, rtol=1e-6)
 
@@ -161,7 +162,7 @@ def test_running_metrics_never_reset_average_since_step_one(runs):
                              rtol=1e-6)
   # What the user is shown for epoch 2 is then not epoch 2's mean.
   epoch2 = steps['loss'][STEPS_PER_EPOCH:].mean()
-  mistakes_epochs = read_run_csv(mistakes_run, runlog.EPOCHS_CSV)
+  mistakes_epochs = read_run_csv(mistakes_run, run_files.EPOCHS_CSV)
   assert not np.isclose(mistakes_epochs['train_loss'][1], epoch2, rtol=1e-6)
 
 
@@ -202,19 +203,19 @@ def test_feeding_the_learning_phase_changes_the_dropout_loss(dropout_runs):
 def test_init_weights_and_same_flags_reproduce_the_run_bit_for_bit(dropout_runs,
                                                                    graph_init_weights):
   first, second, _ = dropout_runs
-  initial = runlog.load_weights(graph_init_weights)
+  initial = run_files.load_weights(graph_init_weights)
   for model_dir in dropout_runs:
     step0 = read_snapshot(model_dir, 0)
     assert set(step0) == set(initial)
     for key, value in initial.items():
       np.testing.assert_array_equal(step0[key], value, err_msg=key)
-    assert runlog.read_manifest(model_dir)['init_weights_sha256'] == runlog.file_sha256(
+    assert runlog.read_manifest(model_dir)['init_weights_sha256'] == run_files.file_sha256(
         graph_init_weights)
   a, b = read_run_csv(first), read_run_csv(second)
   assert a['loss'][0] == b['loss'][0]
   for column in METRIC_COLUMNS:
     np.testing.assert_array_equal(a[column], b[column], err_msg=column)
-  a, b = read_run_csv(first, runlog.EPOCHS_CSV), read_run_csv(second, runlog.EPOCHS_CSV)
+  a, b = read_run_csv(first, run_files.EPOCHS_CSV), read_run_csv(second, run_files.EPOCHS_CSV)
   for column in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
     np.testing.assert_array_equal(a[column], b[column], err_msg=column)
   last_a, last_b = read_snapshot(first, TOTAL_STEPS), read_snapshot(second, TOTAL_STEPS)
@@ -236,16 +237,16 @@ def test_an_interrupted_run_resumes_exactly(tiny_data_dir, base_run, run_dirs):
   """A copy of the base run cut back to its mid-epoch checkpoint at step 8 finishes alike."""
   model_dir = str(run_dirs / 'resumed')
   shutil.copytree(base_run, model_dir)
-  checkpoints = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
+  checkpoints = os.path.join(model_dir, run_files.CHECKPOINTS_DIR)
   for name in os.listdir(checkpoints):
     if name.startswith(f'model.ckpt-{TOTAL_STEPS}.'):
       os.remove(os.path.join(checkpoints, name))
   with open(os.path.join(checkpoints, 'checkpoint'), 'w') as f:
     f.write('model_checkpoint_path: "model.ckpt-8"\nall_model_checkpoint_paths: "model.ckpt-8"\n')
-  shutil.rmtree(os.path.join(model_dir, runlog.EXPORT_DIR))
+  shutil.rmtree(os.path.join(model_dir, run_files.EXPORT_DIR))
   manifest = runlog.read_manifest(model_dir)
   manifest.update(status=runlog.STATUS_INTERRUPTED, global_step=8)
-  with open(os.path.join(model_dir, runlog.RUN_JSON), 'w') as f:
+  with open(os.path.join(model_dir, run_files.RUN_JSON), 'w') as f:
     json.dump(manifest, f)
 
   _train(tiny_data_dir, model_dir, *BATCH_NORM_FLAGS)
@@ -257,8 +258,8 @@ def test_an_interrupted_run_resumes_exactly(tiny_data_dir, base_run, run_dirs):
   # metrics of the half-done epoch all come back from the checkpoint.
   for column in METRIC_COLUMNS:
     np.testing.assert_array_equal(resumed[column], original[column], err_msg=column)
-  resumed = read_run_csv(model_dir, runlog.EPOCHS_CSV)
-  original = read_run_csv(base_run, runlog.EPOCHS_CSV)
+  resumed = read_run_csv(model_dir, run_files.EPOCHS_CSV)
+  original = read_run_csv(base_run, run_files.EPOCHS_CSV)
   for column in ('train_loss', 'val_loss'):
     np.testing.assert_array_equal(resumed[column], original[column])
   last_resumed = read_snapshot(model_dir, TOTAL_STEPS)
@@ -293,7 +294,7 @@ def test_require_gpu_without_a_gpu_is_a_usage_error(tiny_data_dir, run_dirs):
 
 
 def test_save_init_weights_writes_the_model_weights(graph_init_weights):
-  weights = runlog.load_weights(graph_init_weights)
+  weights = run_files.load_weights(graph_init_weights)
   assert weights['conv1/kernel'].shape == (3, 3, 3, 64)
   assert weights['logits/kernel'].shape == (256, 4)
   assert not any(key.startswith('bn') for key in weights)

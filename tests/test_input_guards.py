@@ -26,6 +26,7 @@ import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, at_once, read_run_csv, run_entry, run_python
 from tf1compat.commands import flag_reference
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from test_parity import make_run
 from test_run_guards import _one_line
@@ -176,13 +177,13 @@ def test_init_weights_that_do_not_decode_are_one_line(data, tmp_path):
 
 def test_a_truncated_step_0_snapshot_under_replay_out_is_one_line(tmp_path):
   run = make_run(str(tmp_path / 'run'), runner='graph')
-  manifest_path = os.path.join(run, runlog.RUN_JSON)
+  manifest_path = os.path.join(run, run_files.RUN_JSON)
   with open(manifest_path) as f:
     manifest = json.load(f)
   manifest['flags'] = {}
   with open(manifest_path, 'w') as f:
     json.dump(manifest, f)
-  snapshot = runlog.snapshot_path(run, 0)
+  snapshot = run_files.snapshot_path(run, 0)
   with open(snapshot, 'r+b') as f:
     f.truncate(200)
   before = _digests(run)
@@ -289,14 +290,14 @@ def test_a_resume_with_rows_lost_before_its_checkpoint_is_refused(buffer_runs, t
   shutil.copytree(buffer_runs[64], run)
   manifest = runlog.read_manifest(run)
   manifest['status'] = runlog.STATUS_INTERRUPTED
-  with open(os.path.join(run, runlog.RUN_JSON), 'w') as f:
+  with open(os.path.join(run, run_files.RUN_JSON), 'w') as f:
     json.dump(manifest, f)
-  steps = os.path.join(run, runlog.STEPS_CSV)
+  steps = os.path.join(run, run_files.STEPS_CSV)
   with open(steps) as f:
     lines = f.readlines()
   with open(steps, 'w') as f:
     f.writelines(lines[:3])
-  before = _digests(steps, os.path.join(run, runlog.EPOCHS_CSV))
+  before = _digests(steps, os.path.join(run, run_files.EPOCHS_CSV))
   proc = run_entry('train_graph', f'--data_dir={manifest["flags"]["data_dir"]}',
                    f'--model_dir={run}', f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8',
                    '--epochs=2', '--steps_per_epoch=3', '--shuffle_buffer=64',
@@ -307,7 +308,7 @@ def test_a_resume_with_rows_lost_before_its_checkpoint_is_refused(buffer_runs, t
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith(f'train_graph: {steps}: 2 step row(s) up to the checkpoint at step 6')
   assert 'rows were lost' in last and '--overwrite' in last
-  assert _digests(steps, os.path.join(run, runlog.EPOCHS_CSV)) == before
+  assert _digests(steps, os.path.join(run, run_files.EPOCHS_CSV)) == before
 
 
 # --- compare_runs on different data -------------------------------------------------
@@ -450,7 +451,7 @@ def test_a_copied_run_resumes_from_its_own_checkpoints(tmp_path):
 
 def test_a_plugin_that_calls_sys_exit_is_one_line(data, tmp_path):
   (tmp_path / 'exiting.py').write_text('import sys\n\ndef build(keras, **shapes):\n'
-                                      '  sys.exit(0)\n')
+                                       '  sys.exit(0)\n')
   proc = run_entry('train_graph', *_preflight_flags(data, tmp_path, '--model=exiting:build'),
                    env={'PYTHONPATH': f'{tmp_path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}'})
   _one_line(proc, 2, '--model=exiting:build: the builder called sys.exit(0)')

@@ -435,7 +435,7 @@ def test_the_recorder_alone_on_python37_and_numpy_118(python37, tmp_path):
 
 @pytest.mark.legacy
 def test_a_teams_session_loop_recorded_on_tensorflow_115_passes_against_tf_2(legacy_python,
-                                                                              tmp_path):
+                                                                             tmp_path):
   """examples/tf1_session_loop.py, recorded by the recorder, on TensorFlow 1.15 and on
   this TensorFlow from one start; compare_runs judges the first rung of a team's own loop
   (calibrated by the loop on this TensorFlow again, one ulp apart)."""

@@ -16,7 +16,7 @@ from tf1compat.judge import parity
 from tf1compat.runs import probes
 from tf1compat.runs import recorder
 from tf1compat.train import replay_mode
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 
 LAYERS = ('conv', 'bn', 'logits')
 KINDS = {'conv': ['Conv2D', 'Layer'], 'bn': ['BatchNormalization', 'Layer'],
@@ -207,7 +207,7 @@ def test_a_recorded_probe_takes_update_and_state_from_the_snapshots(tmp_path):
   np.testing.assert_allclose(probe.items('state')['bn/moving_mean'], np.ones(2) / 10)
   assert list(probe.items('loss')) == ['total']
   # A rerun over it replaces the probe with the rest of what the run wrote.
-  assert runlog.written_by_a_run(rec.model_dir, runlog.PROBE_DIR)
+  assert run_files.written_by_a_run(rec.model_dir, run_files.PROBE_DIR)
 
 
 def test_replay_refuses_runs_it_cannot_replay(tmp_path):
@@ -217,7 +217,7 @@ def test_replay_refuses_runs_it_cannot_replay(tmp_path):
     replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
   run_dir.mkdir()
   manifest = {'runner': 'eager', 'status': 'complete', 'flags': {}, 'replicas': 2}
-  (run_dir / runlog.RUN_JSON).write_text(json.dumps(manifest))
+  (run_dir / run_files.RUN_JSON).write_text(json.dumps(manifest))
   with pytest.raises(errors.UsageError, match='holds a eager run; replay it with train_eager'):
     replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
   with pytest.raises(errors.UsageError, match='over 2 replicas'):

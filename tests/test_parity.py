@@ -10,6 +10,7 @@ from conftest import run_entry
 from tf1compat.runs import errors
 from tf1compat.judge import parity
 from tf1compat.judge import report as parity_report
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.judge import tiers
 
@@ -35,7 +36,7 @@ def run_fields(runner, flags):
                else runlog.ADAM_KERAS),
       'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if graph or flags.get('tf1_bn_variance')
                               else runlog.BN_VARIANCE_BIASED)},
-      'strategy': 'default', 'replicas': 1, 'dtype_policy': 'float32', 'jit_compile': False}
+            'strategy': 'default', 'replicas': 1, 'dtype_policy': 'float32', 'jit_compile': False}
   if not graph:
     fields.update(workers=1, devices=['/device:CPU:0'])
   return fields
@@ -123,8 +124,8 @@ def test_weight_tier_names_first_variable_and_step(tmp_path):
   weights = _compare(a, b)['pairs'][0]['weight_tier']
   assert weights['first_over']['step'] == 2
   assert weights['first_over']['variable'] == 'logits/kernel'
-  ra = runlog.load_weights(runlog.snapshot_path(a, 2))['logits/kernel']
-  rb = runlog.load_weights(runlog.snapshot_path(b, 2))['logits/kernel']
+  ra = run_files.load_weights(run_files.snapshot_path(a, 2))['logits/kernel']
+  rb = run_files.load_weights(run_files.snapshot_path(b, 2))['logits/kernel']
   # Norm-based, so that variables near zero (zero-initialised biases) compare sensibly.
   expected = np.linalg.norm(ra - rb) / max(np.linalg.norm(ra), np.linalg.norm(rb))
   assert weights['first_over']['relative_difference'] == pytest.approx(expected)
@@ -305,7 +306,7 @@ def test_adam_rounding_reports_its_measured_size(tmp_path):
     ('tf32', ('settings', 'tf32'), False),
 ])
 def test_a_setting_on_one_side_is_named_and_the_tiers_decide(field, keys, port_value,
-                                                              tmp_path):
+                                                             tmp_path):
   """A process setting that differs (numerics.py) is listed by the lint as a setting; it
   does not fail the config tier: runs whose numbers agree pass."""
   manifest = {'deterministic': True, 'settings': {'tf32': True, 'onednn': True}}
@@ -316,7 +317,7 @@ def test_a_setting_on_one_side_is_named_and_the_tiers_decide(field, keys, port_v
   target[keys[-1]] = port_value
   a = make_run(str(tmp_path / 'a'), manifest_extra=manifest)
   b = make_run(str(tmp_path / 'b'), runner='eager', flags_extra={'tf1_adam': True,
-                                                               'tf1_bn_variance': True},
+                                                                 'tf1_bn_variance': True},
                manifest_extra=port)
   pair = _compare(a, b)['pairs'][0]
   assert [d['field'] for d in pair['lint']] == [field]

@@ -105,7 +105,7 @@ def test_team_schema_batches_are_the_seed_schemas(tiny_data_dir, team_data, pars
   def first_batch(data_dir, parse=None):
     files = sorted(glob.glob(os.path.join(data_dir, 'train-*.tfrecord')))
     dataset = pipeline.make_dataset(files, image_size=TINY_IMAGE_SIZE, num_classes=4,
-                                batch_size=8, shuffle_buffer=64, parse=parse)
+                                    batch_size=8, shuffle_buffer=64, parse=parse)
     return [tensor.numpy() for tensor in next(iter(dataset))]
 
   seed_images, seed_labels = first_batch(tiny_data_dir)

@@ -16,6 +16,7 @@ from conftest import run_python
 from tf1compat.runs import errors
 from tf1compat.judge import parity
 from tf1compat.runs import recorder
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runs import team_models
 from tf1compat.runs import weight_map
@@ -91,7 +92,7 @@ def numpy_loop(model_dir, *, framework='tf1', names=TF1_NAMES, epsilon=1e-8, epo
 
 
 def _manifest(model_dir):
-  with open(os.path.join(model_dir, runlog.RUN_JSON)) as f:
+  with open(os.path.join(model_dir, run_files.RUN_JSON)) as f:
     return json.load(f)
 
 
@@ -106,15 +107,15 @@ def test_a_recorded_loop_writes_the_run_directory_contract(tmp_path):
   np.testing.assert_array_equal(steps['loss'], losses)
   np.testing.assert_array_equal(steps['batch_accuracy'], accuracies)
   epoch_mean = [np.mean(losses[:k]) for k in range(1, 5)] + [np.mean(losses[4:k])
-                                                           for k in range(5, 9)]
+                                                             for k in range(5, 9)]
   np.testing.assert_allclose(steps['mean_loss'], epoch_mean, rtol=1e-15)
   assert set(steps['learning_rate']) == {0.001}
-  epochs = read_run_csv(run, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(run, run_files.EPOCHS_CSV)
   assert epochs['epoch'].tolist() == [1, 2]
   np.testing.assert_allclose(epochs['train_loss'], [epoch_mean[3], epoch_mean[7]])
   np.testing.assert_array_equal(epochs['val_loss'], [losses[3], losses[7]])
   # Step 0 is the start, the last step is saved by finish().
-  assert runlog.snapshot_steps_in(run) == [0, 1, 5, 8]
+  assert run_files.snapshot_steps_in(run) == [0, 1, 5, 8]
   np.testing.assert_array_equal(read_snapshot(run, 0)['logits/kernel:0'], _start()[0])
   manifest = _manifest(run)
   assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == 8
@@ -147,7 +148,7 @@ def test_framework_defaults_and_the_running_means_it_computes(tmp_path):
   # Without shown running means, the means since each epoch's first step.
   assert steps['mean_loss'].tolist() == [2.0, 1.5, 2.0, 0.5, 0.375]
   assert steps['epoch'].tolist() == [1, 1, 1, 2, 2]
-  epochs = read_run_csv(run, runlog.EPOCHS_CSV)
+  epochs = read_run_csv(run, run_files.EPOCHS_CSV)
   assert epochs['train_loss'].tolist() == [2.0, 0.375]
   assert math.isnan(epochs['val_loss'][0]) and epochs['val_loss'][1] == 0.1
   assert _manifest(run)['data'] == {'fingerprint': 'my data v2', 'data_id': 'my data v2',
@@ -213,7 +214,7 @@ def test_a_loop_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_pat
   with pytest.raises(errors.UsageError, match='start at 0'):
     recorder.RunRecorder(str(tmp_path / 'new'), config, start_step=2)
   train(recorder.RunRecorder(killed, config, start_step=2), 3)
-  for name in (runlog.STEPS_CSV, runlog.EPOCHS_CSV):
+  for name in (run_files.STEPS_CSV, run_files.EPOCHS_CSV):
     a, b = read_run_csv(whole, name), read_run_csv(killed, name)
     for column in set(a) - {'seconds'}:
       np.testing.assert_array_equal(a[column], b[column], err_msg=f'{name} {column}')
@@ -264,7 +265,7 @@ def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
   model = _Model()
   assert list(team_models.keras_weights(model)) == ['seq/dense/kernel', 'seq/dense/bias']
   team_models.set_keras_weights(model, {'seq/dense/bias': np.full(2, 7.0),
-                                     'seq/dense/kernel': np.eye(2)})
+                                        'seq/dense/kernel': np.eye(2)})
   assert model.weights[1].value.tolist() == [7.0, 7.0]
   with pytest.raises(errors.UsageError, match='variables without a weight: seq/dense/bias; '
                      'weights of no variable: bias:0; load'):
@@ -273,11 +274,11 @@ def test_weights_helpers_with_objects_shaped_like_keras_and_tf1():
                      [_Variable('bn/moving_mean:0', value=np.ones(1)),
                       _Variable('dense/kernel/Adam:0', value=np.ones(3))])
   team_models.assign_session_weights(session, {'dense/kernel': np.arange(3.0),
-                                            'bn/moving_mean': np.full(1, 5.0)})
+                                               'bn/moving_mean': np.full(1, 5.0)})
   # TF's output index dropped; BatchNorm's statistics in, the optimizer's slots out.
   weights = team_models.session_weights(session)
   assert {k: v.tolist() for k, v in weights.items()} == {'dense/kernel': [0.0, 1.0, 2.0],
-                                                          'bn/moving_mean': [5.0]}
+                                                         'bn/moving_mean': [5.0]}
   with pytest.raises(errors.UsageError, match='weights of no variable: dense/kernel:0; load'):
     team_models.assign_session_weights(session, {**weights, 'dense/kernel:0': 2})
 

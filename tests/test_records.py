@@ -203,9 +203,9 @@ def test_synthetic_is_learnable(tmp_path):
   records.write_synthetic(out, num_classes=10, train_per_class=32, val_per_class=8)
   keras.utils.set_random_seed(0)
   train = pipeline.make_dataset(data_folder.find_files(out, 'train'), image_size=32, num_classes=10,
-                            batch_size=32, shuffle_buffer=320)
+                                batch_size=32, shuffle_buffer=320)
   val = pipeline.make_dataset(data_folder.find_files(out, 'val'), image_size=32, num_classes=10,
-                          batch_size=32, training=False)
+                              batch_size=32, training=False)
   net = convnet.build_model(keras, num_classes=10, image_size=32)
   net.compile(optimizer='adam', loss=keras.losses.CategoricalCrossentropy(from_logits=True),
               metrics=['accuracy'])

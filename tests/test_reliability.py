@@ -27,6 +27,7 @@ from tf1compat.data import pipeline
 from tf1compat.data import data_folder
 from tf1compat.runs import errors
 from tf1compat.data import records
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.data import tfrecord
 
@@ -284,13 +285,13 @@ def _assert_same_run(resumed, reference):
   manifest = runlog.read_manifest(resumed)
   assert manifest['status'] == runlog.STATUS_COMPLETE
   assert manifest['global_step'] == TOTAL_STEPS
-  for name, columns in ((runlog.STEPS_CSV, runlog.STEP_COLUMNS),
-                        (runlog.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
+  for name, columns in ((run_files.STEPS_CSV, runlog.STEP_COLUMNS),
+                        (run_files.EPOCHS_CSV, runlog.EPOCH_COLUMNS)):
     got, expected = read_run_csv(resumed, name), read_run_csv(reference, name)
     for column in columns[:-1]:  # all but seconds
       np.testing.assert_array_equal(got[column], expected[column], err_msg=f'{name} {column}')
-  assert runlog.snapshot_steps_in(resumed) == runlog.snapshot_steps_in(reference)
-  for step in runlog.snapshot_steps_in(reference):
+  assert run_files.snapshot_steps_in(resumed) == run_files.snapshot_steps_in(reference)
+  for step in run_files.snapshot_steps_in(reference):
     expected = read_snapshot(reference, step)
     got = read_snapshot(resumed, step)
     assert sorted(got) == sorted(expected)
@@ -319,7 +320,7 @@ def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
   script, *extra = RUNNERS[runner]
   model_dir = str(tmp_path / 'run')
   args = _kill_flags(tiny_data_dir, model_dir, *extra)
-  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV)
+  steps_csv = os.path.join(model_dir, run_files.STEPS_CSV)
   log_path = str(tmp_path / 'stderr.txt')
 
   assert signal_after(script, args, model_dir, 5, signal.SIGKILL, log_path) == -signal.SIGKILL
@@ -346,7 +347,7 @@ def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
   assert f'interrupted at step {step}; checkpoint: {manifest["last_checkpoint"]}' in stderr
   # The checkpoint of that very step (weights, optimizer, step, iterator, metrics) is
   # the latest, and steps.csv ends at it.
-  checkpoint_dir = os.path.join(model_dir, runlog.CHECKPOINTS_DIR)
+  checkpoint_dir = os.path.join(model_dir, run_files.CHECKPOINTS_DIR)
   assert tf.train.latest_checkpoint(checkpoint_dir) == manifest['last_checkpoint']
   assert manifest['last_checkpoint'].endswith(f'-{step}')
   assert csv_rows(steps_csv) == step
@@ -364,7 +365,7 @@ def test_fit_sigint_resumes_at_the_last_epoch_end(references, tiny_data_dir, tmp
   log_path = str(tmp_path / 'stderr.txt')
   # Two steps into the second epoch.
   code = signal_after('train_eager', args(model_dir), model_dir, STEPS_PER_EPOCH + 2,
-                       signal.SIGINT, log_path)
+                      signal.SIGINT, log_path)
   assert code == 128 + signal.SIGINT
   manifest = runlog.read_manifest(model_dir)
   assert manifest['status'] == runlog.STATUS_INTERRUPTED
@@ -431,7 +432,7 @@ def test_a_directory_holding_a_different_run_is_refused(references, tiny_data_di
   shutil.copytree(references('graph'), model_dir)
   manifest = runlog.read_manifest(model_dir)
   manifest['status'] = runlog.STATUS_INTERRUPTED
-  atomic.atomic_write_json(os.path.join(model_dir, runlog.RUN_JSON), manifest)
+  atomic.atomic_write_json(os.path.join(model_dir, run_files.RUN_JSON), manifest)
   proc = run_entry('train_graph', *_kill_flags(tiny_data_dir, model_dir,
                                                '--learning_rate=0.002'))
   _expect_usage_error(proc, f'--model_dir={model_dir} holds a different run (--learning_rate '
@@ -459,22 +460,22 @@ def test_resume_drops_what_a_killed_process_left_half_written(tmp_path):
     log.append_step({column: step for column in runlog.STEP_COLUMNS})
   log.save_snapshot(2, {'w': np.zeros(2)})
   # A row cut off in the middle, and the temporaries of writes that never got renamed.
-  with open(log.path(runlog.STEPS_CSV), 'a') as f:
+  with open(log.path(run_files.STEPS_CSV), 'a') as f:
     f.write('4,1,0.5')
   leftovers = [log.path('run.json.tmp123'), log.path('model.tmp5.keras'),
-               log.path(runlog.WEIGHTS_DIR, '.step-000004.npz.tmp1.npz')]
+               log.path(run_files.WEIGHTS_DIR, '.step-000004.npz.tmp1.npz')]
   for path in leftovers:
     with open(path, 'w') as f:
       f.write('half')
   leftovers.append(log.path('export.tmp77'))
   os.makedirs(os.path.join(leftovers[-1], 'variables'))
-  assert runlog.snapshot_steps_in(model_dir) == [2]
+  assert run_files.snapshot_steps_in(model_dir) == [2]
 
   assert runlog.RunLog(model_dir, 'graph', {'seed': 0}).open()  # resuming
   log.truncate_after(3, 10)
   assert not any(os.path.exists(path) for path in leftovers)
-  steps = runlog.read_csv(log.path(runlog.STEPS_CSV))
+  steps = runlog.read_csv(log.path(run_files.STEPS_CSV))
   np.testing.assert_array_equal(steps['step'], [1, 2, 3])
   log.append_step({column: 4 for column in runlog.STEP_COLUMNS})
-  np.testing.assert_array_equal(runlog.read_csv(log.path(runlog.STEPS_CSV))['step'],
+  np.testing.assert_array_equal(runlog.read_csv(log.path(run_files.STEPS_CSV))['step'],
                                 [1, 2, 3, 4])

@@ -415,7 +415,7 @@ def _truncate_data(prefix):
 
 @pytest.mark.parametrize('runner,damage', [('graph', _remove_files), ('eager', _truncate_data)])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(runner, damage, references,
-                                                                 data, tmp_path):
+                                                                  data, tmp_path):
   """Killed in its second epoch, the latest checkpoint then lost (graph) or cut short
   (eager): the rerun says so, resumes from the one before and ends as a run never
   interrupted, bit for bit."""

@@ -23,6 +23,7 @@ from tf1compat.bench import benchmark
 from tf1compat.bench import benchmark_figures
 from tf1compat.runs import config
 from tf1compat.runs import errors
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 # A small synthetic conversion: 2 classes, 8 training and 2 validation records, 1 shard each.
@@ -154,7 +155,8 @@ def test_make_records_overwrite_never_deletes_records_it_did_not_write(tiny_data
 def test_the_runs_writers_name_every_file_of_a_run_directory(references):
   for runner in ('graph', 'eager', 'fit'):
     run = references(runner)
-    assert not [path for name in runlog.content(run) for path in runlog.foreign_below(run, name)]
+    assert not [path for name in run_files.content(
+        run) for path in run_files.foreign_below(run, name)]
 
 
 def test_overwrite_never_deletes_a_users_file_inside_a_run_directory(data, references, tmp_path):

@@ -19,7 +19,7 @@ data_dir = records.embedded_data_dir() if sys.argv[1] == '-' else sys.argv[1]
 spec = data_check.check_data_dir(data_dir, None, 'fail', False)
 tf.compat.v1.set_random_seed(0)
 dataset = pipeline.make_dataset(spec.train_files, image_size=int(sys.argv[2]),
-                            num_classes=spec.num_classes, batch_size=32, seed=0)
+                                num_classes=spec.num_classes, batch_size=32, seed=0)
 images, labels = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
 with tf.compat.v1.Session() as sess:
   got = sess.run({'images': images, 'labels': labels})

@@ -18,7 +18,7 @@ tf = process.use_legacy_keras()
 
 from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.train.models import keras_facts  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat.runs import runlog  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import run_files
 
 init, batch, out_path = sys.argv[1:4]
 with np.load(batch) as given:
@@ -39,7 +39,7 @@ with tf.control_dependencies(net.updates):
 feed = {tf.compat.v1.keras.backend.learning_phase(): True}
 with tf.compat.v1.Session() as sess:
   sess.run(tf.compat.v1.global_variables_initializer())
-  weights = runlog.load_weights(init)
+  weights = run_files.load_weights(init)
   for key, variable in items:
     variable.load(weights[key], sess)
   out = sess.run(fetches, feed)

@@ -68,6 +68,7 @@ from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import folders
 from tf1compat.runtime import process
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 # Workers run by module name, each on the spec file in its work folder.
@@ -142,7 +143,7 @@ def selected_measurements(names):
   unknown = sorted(set(names) - set(MEASUREMENT_NAMES))
   if unknown:
     raise errors.UsageError(f'--measurements: unknown {", ".join(unknown)}; choose from '
-                         f'{",".join(MEASUREMENT_NAMES)}')
+                            f'{",".join(MEASUREMENT_NAMES)}')
   return tuple(m for m in MEASUREMENTS if m.name in names)
 
 
@@ -245,7 +246,7 @@ def _measure_training(settings, data, measurement, work_dir):
   """One round of a training measurement: its windows' images/s and what else it showed."""
   model_dir = os.path.join(work_dir, 'run')
   result = _run_worker(work_dir, train_spec(settings, data, measurement, model_dir))
-  seconds = [float(s) for s in runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))
+  seconds = [float(s) for s in runlog.read_csv(os.path.join(model_dir, run_files.STEPS_CSV))
              ['seconds']]
   manifest = runlog.read_manifest(model_dir)
   return {
@@ -311,7 +312,7 @@ def check_outputs(settings, output_dir, json_path):
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[settings.data_dir])
   own = {_DATA_DIR, _ROOFLINE_DIR, *MEASUREMENT_NAMES}
   # A --json may have gone there too.
-  foreign = sorted(name for name in set(runlog.content(output_dir)) - own
+  foreign = sorted(name for name in set(run_files.content(output_dir)) - own
                    if not benchmark_figures.is_figures_file(os.path.join(output_dir, name)))
   if foreign:
     raise errors.UsageError(f'--output_dir={output_dir} holds files the benchmark did not write '

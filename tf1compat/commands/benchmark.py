@@ -19,6 +19,7 @@ from tf1compat.bench import benchmark_figures
 from tf1compat.commands import cli
 from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import tool_flags
 
 
 def main(argv):
@@ -35,7 +36,7 @@ def main(argv):
 def define_flags():
   """Defines the benchmark flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags(config.BenchmarkConfig)
-  tf1compat_flags.define_benchmark_flags()
+  tool_flags.define_benchmark_flags()
 
 
 def console_main():

@@ -15,6 +15,7 @@ from tf1compat.commands import cli
 from tf1compat.runs import errors
 from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import tool_flags
 from tf1compat.judge import harness
 from tf1compat.judge import report
 from tf1compat.judge import settings_matrix
@@ -24,13 +25,13 @@ def main(argv):
   cli.flags_only(argv)
   cfg = config.from_flags(config.CheckParityConfig, flags.FLAGS)
   if cfg.settings_matrix:
-    results = settings_matrix.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
+    results = settings_matrix.run(cfg, tool_flags.tolerances(flags.FLAGS))
     sys.stdout.write('\n'.join(settings_matrix.table_lines(results)) + '\n')
     sys.stdout.write(f'table: {os.path.join(cfg.output_dir, settings_matrix.MARKDOWN)}\n')
     # A setting that fails is what the table is for; the port itself must pass.
     passed = results['defaults']['verdict'] == 'PASS'
     return errors.EXIT_OK if passed else errors.EXIT_PARITY_FAIL
-  result = harness.run(cfg, tf1compat_flags.tolerances(flags.FLAGS))
+  result = harness.run(cfg, tool_flags.tolerances(flags.FLAGS))
   sys.stdout.write('\n'.join(report.summary_lines(result)) + '\n')
   sys.stdout.write(f'report: {os.path.join(cfg.output_dir, "parity.md")}\n')
   return errors.EXIT_OK if result['verdict'] == 'PASS' else errors.EXIT_PARITY_FAIL
@@ -40,8 +41,8 @@ def define_flags():
   """Defines the check_parity flags (also read by flag_reference)."""
   tf1compat_flags.define_data_flags(config.CheckParityConfig)
   tf1compat_flags.define_training_flags(config.CheckParityConfig)
-  tf1compat_flags.define_parity_flags(config.default(config.CheckParityConfig, 'output_dir'))
-  tf1compat_flags.define_check_parity_flags()
+  tool_flags.define_parity_flags(config.default(config.CheckParityConfig, 'output_dir'))
+  tool_flags.define_check_parity_flags()
 
 
 def console_main():

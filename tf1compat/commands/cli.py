@@ -66,14 +66,14 @@ def _parse_flags(argv):
     fail(errors.EXIT_USAGE, f'{e} (see --helpfull)')
   except UnicodeDecodeError as e:
     # absl reads flag files as UTF-8 and lets the decoding error through.
-    fail(errors.EXIT_USAGE, f'--flagfile={_undecodable_flagfile(argv)}: not UTF-8 text ({e.reason} at '
-                     f'byte {e.start}); save it as UTF-8')
+    fail(errors.EXIT_USAGE, f'--flagfile={_undecodable_flagfile(argv)}: not UTF-8 text '
+         f'({e.reason} at byte {e.start}); save it as UTF-8')
   empty = _empty_flag()
   if empty:
     # absl takes --data_dir= (often `--data_dir=$DIR` with DIR unset) as the flag unset: the
     # run trained on the embedded dataset, --save_init_weights= trained instead of saving.
     fail(errors.EXIT_USAGE, f'--{empty}= is empty (an unset shell variable?); give it a value, or '
-                     'leave the flag out for its default')
+         'leave the flag out for its default')
   return remaining
 
 

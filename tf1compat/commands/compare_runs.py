@@ -12,7 +12,7 @@ from absl import logging
 
 from tf1compat.commands import cli
 from tf1compat.runs import errors
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import tool_flags
 from tf1compat.runs import folders
 from tf1compat.judge import parity
 from tf1compat.judge import replay_runs
@@ -29,7 +29,7 @@ def main(argv):
   maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, controls)
   if maps:
     weight_map.check_aligned(run_dirs + controls, maps)
-  tolerances = tf1compat_flags.tolerances(flags.FLAGS)
+  tolerances = tool_flags.tolerances(flags.FLAGS)
   report = parity.compare(run_dirs, tolerances, controls=controls, weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
   output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
@@ -51,7 +51,7 @@ def main(argv):
 
 def define_flags():
   """Defines the compare_runs flags (also read by flag_reference)."""
-  tf1compat_flags.define_parity_flags()
+  tool_flags.define_parity_flags()
   flags.DEFINE_multi_string(
       'control', None,
       'Run directory of a control run of the first run, its command again: from initial '

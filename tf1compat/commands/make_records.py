@@ -6,7 +6,7 @@ from absl import flags
 from tf1compat.commands import cli
 from tf1compat.runs import interrupts
 from tf1compat.runs import config
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import tool_flags
 from tf1compat.data import record_folder
 
 
@@ -16,15 +16,15 @@ def main(argv):
   # Where it would write is checked before TensorFlow's start, which takes seconds.
   old_files = record_folder.check_output_dir(cfg.output_dir, cfg.overwrite, cfg.image_dir)
   with interrupts.signals_interrupt('nothing was half-written: --output_dir holds its old records '
-                             'or the new ones whole, the images are untouched; rerun the '
-                             'same command (with --overwrite if it holds the new ones)'):
+                                    'or the new ones whole, the images are untouched; rerun the '
+                                    'same command (with --overwrite if it holds the new ones)'):
     from tf1compat.data import records  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
     records.run(cfg, old_files)
 
 
 def define_flags():
   """Defines the make_records flags (also read by flag_reference)."""
-  tf1compat_flags.define_records_flags()
+  tool_flags.define_records_flags()
 
 
 def console_main():

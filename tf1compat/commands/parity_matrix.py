@@ -12,7 +12,7 @@ from absl import flags
 from tf1compat.commands import cli
 from tf1compat.runs import errors
 from tf1compat.runs import config
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import tool_flags
 from tf1compat.judge import matrix
 
 
@@ -27,7 +27,7 @@ def main(argv):
 
 def define_flags():
   """Defines the parity_matrix flags (also read by flag_reference)."""
-  tf1compat_flags.define_matrix_flags()
+  tool_flags.define_matrix_flags()
 
 
 def console_main():

@@ -57,24 +57,24 @@ def _team_example(serialized, parse):
   result = parse(serialized)
   if not isinstance(result, (tuple, list)) or len(result) != 2:
     raise record_schema.PluginError(f'{where}: the parser returned a {type(result).__name__}; '
-                              'return a pair (image, label)')
+                                    'return a pair (image, label)')
   image, label = (tf.convert_to_tensor(value) for value in result)
   if image.dtype == tf.string:
     if image.shape.rank not in (None, 0):
       raise record_schema.PluginError(f'{where}: its image is {image.shape} strings; return the '
-                                'bytes of one encoded image (a scalar) or a decoded image')
+                                      'bytes of one encoded image (a scalar) or a decoded image')
     image = tf.ensure_shape(image, [])
   elif image.dtype.is_floating or image.dtype.is_integer:
     if not image.shape.is_compatible_with([None, None, 3]):
       raise record_schema.PluginError(f'{where}: its image has shape {image.shape}; return a '
-                                'decoded image [height, width, 3] or encoded image bytes')
+                                      'decoded image [height, width, 3] or encoded image bytes')
     image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
   else:
     raise record_schema.PluginError(f'{where}: its image is {image.dtype.name}; return encoded '
-                              'image bytes (tf.string) or a decoded image of numbers')
+                                    'image bytes (tf.string) or a decoded image of numbers')
   if not label.dtype.is_integer or not label.shape.is_compatible_with([]):
     raise record_schema.PluginError(f'{where}: its label is {label.dtype.name} {label.shape}; '
-                              'return one integer class index')
+                                    'return one integer class index')
   return image, tf.ensure_shape(label, [])
 
 

@@ -18,7 +18,7 @@ from tf1compat.runs import config
 from tf1compat.data import data_folder
 from tf1compat.runs import errors
 from tf1compat.runs import folders
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 from tf1compat.data import tfrecord
 
 _FLOAT32_BYTES = 4
@@ -35,7 +35,7 @@ def check(cfg):
                                     cfg.allow_num_classes_mismatch)
   check_memory(cfg, cfg.num_classes or info.get('num_classes', config.CALTECH256_CLASSES))
   if cfg.init_weights:
-    runlog.load_weights(cfg.init_weights)
+    run_files.load_weights(cfg.init_weights)
 
 
 def check_memory(cfg, num_classes):
@@ -99,7 +99,7 @@ def check_paths(cfg):
     folders.check_output(cfg.model_dir, '--model_dir', folder=True, data_dirs=[cfg.data_dir])
     if cfg.overwrite:
       # RunLog.open checks it again under the folder's lock.
-      runlog.refuse_foreign(cfg.model_dir, overwrite=True)
+      run_files.refuse_foreign(cfg.model_dir, overwrite=True)
     return
   path = cfg.save_init_weights
   if not path.endswith('.npz'):

@@ -143,7 +143,7 @@ def measure_bn_variance(reference, other):
   keys = [k for k in a if k.endswith('moving_variance')]
   return {'step': common[0],
           'max_relative_difference': max(calibration.variable_difference(a[k], b[k])
-                                     for k in keys)}
+                                         for k in keys)}
 
 
 def _envelope_ratio(tier, index=None):

@@ -30,6 +30,7 @@ from tf1compat.runtime import process
 from tf1compat.runtime import progress
 from tf1compat.judge import replay_runs
 from tf1compat.judge import report as parity_report
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 STATE_JSON = 'check_parity.json'
@@ -145,13 +146,13 @@ def check_pitfall_requirements(cfg):
     what = ' or '.join(_NEEDS[n][0] for n in pitfall.needs)
     wanted = ' or '.join(_NEEDS[n][1] for n in pitfall.needs)
     raise errors.UsageError(f'--pitfall={cfg.pitfall} shows only in a run with {what}: '
-                         f'add {wanted}')
+                            f'add {wanted}')
   derived = pitfall.args_from_config(cfg) if pitfall.args_from_config else ()
   if derived and set(derived) <= set(forwarded_args(cfg)):
     names = ', '.join(arg.split('=')[0] for arg in derived)
     raise errors.UsageError(f'--pitfall={cfg.pitfall} would give the port {" ".join(derived)}, '
-                         f'which every runner has already: it cannot show; choose another '
-                         f'{names}')
+                            f'which every runner has already: it cannot show; choose another '
+                            f'{names}')
 
 
 def forwarded_args(cfg):
@@ -235,7 +236,7 @@ def _init_weights_paths(cfg, output_dir):
   file per model shape and seed, written by the legacy runner (_write_init_weights)."""
   if cfg.init_weights:
     # Named by the given file's content: another file must not reuse an old control.
-    digest = runlog.file_sha256(cfg.init_weights)[:12]
+    digest = run_files.file_sha256(cfg.init_weights)[:12]
     return cfg.init_weights, os.path.join(output_dir, f'init_weights-given-{digest}-ulp.npz')
   shape = {name: getattr(cfg, name) for name in _INIT_FIELDS}
   if cfg.model:  # a team's model has its own initial weights; the seed's digests stay
@@ -254,7 +255,7 @@ def _write_init_weights(path, nudged, common):
     if code:
       raise process.runner_error('init', code, path + '.log')
   if nudged and not os.path.exists(nudged):
-    runlog.save_weights(nudged, nudge.nudge_weights(runlog.load_weights(path)))
+    run_files.save_weights(nudged, nudge.nudge_weights(run_files.load_weights(path)))
 
 
 def _read_state(path, overwrite):
@@ -273,7 +274,7 @@ def _read_state(path, overwrite):
     return {}
   what = state if isinstance(state, ValueError) else 'not a JSON object'
   raise errors.UsageError(f'{path} is damaged ({what}); pass --overwrite to train every run '
-                       'again, or choose another --output_dir')
+                          'again, or choose another --output_dir')
 
 
 def _flag_values(args):
@@ -307,17 +308,17 @@ def _refuse_replacing(cfg, job_name, model_dir, old, new):
   """Raises errors.UsageError when the run of `job_name` in `model_dir`, made with the recorded
   arguments `old` (None: unrecorded), would be replaced by a run with arguments `new`
   without --overwrite: it may be a complete or resumable run the user still wants."""
-  if cfg.overwrite or old == new or not runlog.content(model_dir):
+  if cfg.overwrite or old == new or not run_files.content(model_dir):
     return
   way_out = 'pass --overwrite to replace it, or choose another --output_dir'
   if old is None:
     raise errors.UsageError(f'--output_dir={cfg.output_dir}: {model_dir} holds a run that '
-                         f'{STATE_JSON} does not record; {way_out}')
+                            f'{STATE_JSON} does not record; {way_out}')
   changes = _changed_arguments(old, new)
   listed = '; '.join(changes[:3]) + (f'; and {len(changes) - 3} more' if len(changes) > 3
                                      else '')
   raise errors.UsageError(f'--output_dir={cfg.output_dir}: its {job_name} run was made with other '
-                       f'arguments ({listed}); {way_out}')
+                          f'arguments ({listed}); {way_out}')
 
 
 def _run(job, args, log_path, total_steps, model_dir=None, append=False, package_parent=None):
@@ -332,7 +333,7 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False, package
   env = process.child_env(job.env, package_parent or process.PACKAGE_PARENT)
   # The log file is for everything: TensorFlow's own start-up lines included.
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
-  steps_csv = os.path.join(model_dir, runlog.STEPS_CSV) if model_dir else None
+  steps_csv = os.path.join(model_dir, run_files.STEPS_CSV) if model_dir else None
   bar = progress.RunProgress(f'{job.name}: {ROLES.get(job.name, "")}', total_steps, log_path)
   started = time.monotonic()
   with open(log_path, 'a' if append else 'w') as log:
@@ -390,7 +391,7 @@ def _train(cfg, planned, previous, state, state_path, legacy_source):
     progress.say(f'{job.name}: reusing the complete run in {model_dir}')
     return model_dir
   os.makedirs(model_dir, exist_ok=True)
-  log_path = os.path.join(model_dir, runlog.RUNNER_LOG)
+  log_path = os.path.join(model_dir, run_files.RUNNER_LOG)
   code = _run(job, args + ([] if same else ['--overwrite']), log_path, cfg.total_steps,
               model_dir, append=same,
               package_parent=legacy_source if job.python else None)
@@ -415,7 +416,7 @@ def run(cfg, tolerances, reuse=None):
   output_dir = cfg.output_dir
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[cfg.data_dir])
   if cfg.init_weights:
-    runlog.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
+    run_files.load_weights(cfg.init_weights)  # missing, unreadable or not finite: exit 2
   if cfg.legacy_python:
     found = legacy_env.check(cfg.legacy_python)
     progress.say(f'{LEGACY}: {cfg.legacy_python}: Python {found["python"]}, TensorFlow '

@@ -93,18 +93,18 @@ def create(folder, python=None):
   python = python or find_python37()
   if python is None:
     raise errors.UsageError('no Python 3.7 found (python3.7 on PATH, or pyenv\'s under '
-                         '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) '
-                         'or pass --python=PATH')
+                            '$(pyenv root)/versions/3.7.*); install one (pyenv install 3.7.16) '
+                            'or pass --python=PATH')
   target = venv_python(folder)
   # Under a file, in a read-only folder, among the data or the package: refused before
   # venv fails on it (exit 4).
   folders.check_output(folder, 'legacy_env DIR', folder=True)
   if os.path.exists(folder) and not os.path.isdir(folder):
     raise errors.UsageError(f'{folder} is a file, not a folder; pass a new or empty folder to make '
-                         'the environment in')
+                            'the environment in')
   if os.path.exists(folder) and os.listdir(folder) and not os.path.exists(target):
     raise errors.UsageError(f'{folder} holds files but no virtual environment; choose an empty '
-                         'or new folder')
+                            'or new folder')
   if not os.path.exists(target):
     _check_version(python)
     progress.say(f'python: {python}')
@@ -125,7 +125,7 @@ def _check_version(python):
   if version != PYTHON_VERSION:
     found = 'it does not run' if version is None else 'it is Python {}.{}'.format(*version)
     raise errors.UsageError(f'{python} is not a Python 3.7 ({found}); pass the path of one with '
-                         '--python')
+                            '--python')
 
 
 def check(python):
@@ -149,17 +149,17 @@ def check(python):
   if done.returncode:
     last = (done.stderr.strip().splitlines() or ['no output'])[-1]
     raise errors.UsageError(f'--legacy_python={python}: it cannot import what the graph runner '
-                         f'needs ({last}); {fix}')
+                            f'needs ({last}); {fix}')
   found = _probe_answer(done.stdout)
   if found is None:
     # It ran and exited 0 without the probe's answer: /bin/true, a wrapper script, a
     # program that prints its own version.
     said = (done.stdout.strip().splitlines() or ['nothing'])[-1][:80]
     raise errors.UsageError(f'--legacy_python={python} ran but is not a Python interpreter (it '
-                         f'printed {said!r} for a Python script); {fix}')
+                            f'printed {said!r} for a Python script); {fix}')
   if not found['tensorflow'].startswith('1.'):
     raise errors.UsageError(f'--legacy_python={python} runs TensorFlow {found["tensorflow"]}, not '
-                         f'1.x; {fix}')
+                            f'1.x; {fix}')
   return found
 
 

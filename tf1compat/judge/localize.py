@@ -24,7 +24,7 @@ from tf1compat.judge import calibration
 from tf1compat.runs import errors
 from tf1compat.judge import pitfalls
 from tf1compat.runs import probes
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 
 # A gradient stage whose variables all differ by one factor (within this, relative) is
 # a scaled gradient: a loss summed where it is averaged, replicas counted twice.
@@ -43,9 +43,9 @@ def load(path, run_dir=None, weight_map=None):
   from the snapshots of `run_dir` around its step."""
   probe = probes.load(path)
   step = probe.meta.get('step')
-  snapshots = runlog.snapshot_steps_in(run_dir) if run_dir else []
+  snapshots = run_files.snapshot_steps_in(run_dir) if run_dir else []
   if not probe.items('update') and step and {step - 1, step} <= set(snapshots):
-    before, after = (runlog.load_weights(runlog.snapshot_path(run_dir, s))
+    before, after = (run_files.load_weights(run_files.snapshot_path(run_dir, s))
                      for s in (step - 1, step))
     changes = {key: after[key].astype(np.float64) - before[key] for key in before}
     trained = probe.items('gradients')

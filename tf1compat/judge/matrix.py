@@ -49,7 +49,8 @@ CASES = (
     Case('default', ()),
     Case('batch_norm', ('--batch_norm',), ('batch_norm',)),
     Case('dropout', ('--dropout=0.3',), ('dropout',)),
-    Case('resnet_small', ('--model=tf1compat.train.models.resnet:resnet_small', '--lr_decay_steps=40'),
+    Case('resnet_small',
+         ('--model=tf1compat.train.models.resnet:resnet_small', '--lr_decay_steps=40'),
          ('batch_norm', 'regularization', 'lr_schedule', 'batch_norm_momentum')),
     Case('image_32', ('--image_size=32',)),
     Case('image_96', ('--image_size=96',)),
@@ -89,8 +90,9 @@ def write_digits_folder(folder):
     from PIL import Image  # pylint: disable=g-import-not-at-top
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise errors.UsageError(f'the {REAL_DATA} case needs scikit-learn and pillow: '
-                         "pip install -e '.[matrix]' (or leave the case out with --cases)") from e
+    raise errors.UsageError(
+        f'the {REAL_DATA} case needs scikit-learn and pillow: '
+        "pip install -e '.[matrix]' (or leave the case out with --cases)") from e
   digits = datasets.load_digits()
   names = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
   counts = {}
@@ -118,7 +120,7 @@ def real_data_dir(output_dir):
       capture_output=True, text=True, env=process.child_env(), check=False)
   if result.returncode:
     raise errors.UsageError(f'make_records failed on {images_dir}: '
-                         f'{result.stderr.strip().splitlines()[-1:]}')
+                            f'{result.stderr.strip().splitlines()[-1:]}')
   return records_dir
 
 

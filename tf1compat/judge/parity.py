@@ -18,6 +18,7 @@ import numpy as np
 from tf1compat.judge import calibration
 from tf1compat.runs import errors
 from tf1compat.judge import diagnosis
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.judge import tiers
 from tf1compat.runs import user_files
@@ -62,7 +63,7 @@ class Run:
     return self.manifest.get('flags', {}).get(name, default)
 
   def snapshot(self, step):
-    path = runlog.snapshot_path(self.path, step)
+    path = run_files.snapshot_path(self.path, step)
     weights = user_files.load_npz(path, '', "rerun the run's command with --overwrite to "
                                   'write it again')
     return self.weight_map.apply(weights, self.path) if self.weight_map else weights
@@ -95,26 +96,27 @@ def load_run(path, weight_map=None):
     raise errors.UsageError(f'{path}: no such run directory')
   manifest = runlog.read_manifest(path)
   if manifest is None:
-    raise errors.UsageError(f'{path}: no {runlog.RUN_JSON}; it is not a run directory written by '
-                         'train_graph or train_eager')
+    raise errors.UsageError(
+        f'{path}: no {run_files.RUN_JSON}; it is not a run directory written by '
+        'train_graph or train_eager')
   status = manifest.get('status')
   if status != runlog.STATUS_COMPLETE:
     raise errors.UsageError(f'{path}: run is {status}, not complete; rerun its command to finish '
-                         'it before comparing')
-  steps = runlog.read_csv(os.path.join(path, runlog.STEPS_CSV))
+                            'it before comparing')
+  steps = runlog.read_csv(os.path.join(path, run_files.STEPS_CSV))
   if not steps:
-    raise errors.UsageError(f'{path}: {runlog.STEPS_CSV} is missing or empty')
+    raise errors.UsageError(f'{path}: {run_files.STEPS_CSV} is missing or empty')
   problem = diagnosis.kernels_problem(manifest)
   if problem:
-    raise errors.UsageError(f'{path}: {runlog.RUN_JSON} does not say which kernels the run '
-                         f'computed with ({problem}); rerun its command with this version')
-  run = Run(path, manifest, steps, runlog.read_csv(os.path.join(path, runlog.EPOCHS_CSV)),
-            runlog.snapshot_steps_in(path), weight_map)
+    raise errors.UsageError(f'{path}: {run_files.RUN_JSON} does not say which kernels the run '
+                            f'computed with ({problem}); rerun its command with this version')
+  run = Run(path, manifest, steps, runlog.read_csv(os.path.join(path, run_files.EPOCHS_CSV)),
+            run_files.snapshot_steps_in(path), weight_map)
   missing = _missing_records(run)
   if missing:
     raise errors.UsageError(f'{path}: an incomplete run: run.json says complete at step '
-                         f'{manifest.get("global_step")}, but {missing}; rerun its command '
-                         'with --overwrite to train it again')
+                            f'{manifest.get("global_step")}, but {missing}; rerun its command '
+                            'with --overwrite to train it again')
   return run
 
 
@@ -145,15 +147,15 @@ def _missing_records(run):
   spe, epochs = run.flag('steps_per_epoch'), run.flag('epochs')
   if spe and epochs and step != spe * epochs:
     return f'its flags ask for {epochs} epochs of {spe} steps ({spe * epochs} steps)'
-  problem = _numbering_problem(runlog.STEPS_CSV, 'step', run.steps['step'], step)
+  problem = _numbering_problem(run_files.STEPS_CSV, 'step', run.steps['step'], step)
   if problem is None and spe:
-    problem = _numbering_problem(runlog.EPOCHS_CSV, 'epoch', run.epochs.get('epoch', []),
+    problem = _numbering_problem(run_files.EPOCHS_CSV, 'epoch', run.epochs.get('epoch', []),
                                  step // spe)
   if problem is None and run.flag('snapshot_steps') is not None:
     wanted = {s for s in run.flag('snapshot_steps') if s <= step} | {step}
     absent = sorted(wanted - set(run.snapshot_steps))
     if absent:
-      name = os.path.relpath(runlog.snapshot_path(run.path, absent[0]), run.path)
+      name = os.path.relpath(run_files.snapshot_path(run.path, absent[0]), run.path)
       problem = f'{name} is missing ({len(absent)} of its {len(wanted)} weight snapshots are)'
   return problem
 
@@ -175,11 +177,11 @@ def measure_envelope(reference, control, tol):
   if different or control.manifest.get('runner') != reference.manifest.get('runner'):
     what = ', '.join(different) or 'runner'
     raise errors.UsageError(f'{control.path}: not a control of {reference.path} ({what} '
-                         'differ); a control is the reference command run again with '
-                         '--init_weights nudged by one ulp (check_parity makes one)')
+                            'differ); a control is the reference command run again with '
+                            '--init_weights nudged by one ulp (check_parity makes one)')
   if len(control.steps['loss']) < len(reference.steps['loss']):
     raise errors.UsageError(f'{control.path}: the control has fewer steps than the reference; '
-                         'run it as long')
+                            'run it as long')
   common = sorted(set(reference.snapshot_steps) & set(control.snapshot_steps))
   weight_diffs = calibration.weight_divergence(reference.snapshot, control.snapshot, common)
   return calibration.measure(control.label, reference.steps['loss'], control.steps['loss'],

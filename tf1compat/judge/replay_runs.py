@@ -12,6 +12,7 @@ import subprocess
 from tf1compat.judge import localize
 from tf1compat.runs import errors
 from tf1compat.runs import probes
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
@@ -31,8 +32,8 @@ def _current(path, run_dir, fed_digest):
     meta = probes.load(path).meta
   except errors.UsageError:
     return False
-  return (meta.get('run_json_sha256') == runlog.file_sha256(
-      os.path.join(run_dir, runlog.RUN_JSON)) and meta.get('fed_batch_sha256') == fed_digest)
+  return (meta.get('run_json_sha256') == run_files.file_sha256(
+      os.path.join(run_dir, run_files.RUN_JSON)) and meta.get('fed_batch_sha256') == fed_digest)
 
 
 def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
@@ -51,10 +52,11 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
   log_path = os.path.join(out_dir, f'{name}.log')
   python, package_parent = interpreter or (None, process.PACKAGE_PARENT)
   with open(log_path, 'w') as log:
-    code = subprocess.run(process.command(replay_mode.RUNNER_COMMANDS[runner], *args, python=python),
-                          stdout=log, stderr=subprocess.STDOUT,
-                          env=process.child_env(package_parent=package_parent),
-                          check=False).returncode
+    code = subprocess.run(
+        process.command(replay_mode.RUNNER_COMMANDS[runner], *args, python=python),
+        stdout=log, stderr=subprocess.STDOUT,
+        env=process.child_env(package_parent=package_parent),
+        check=False).returncode
   if code:
     raise process.runner_error(f'{name} replay', code, log_path)
   return out
@@ -106,7 +108,7 @@ def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpre
       found[run_dir] = recorded
       continue
     why = replay_mode.replayable(runlog.read_manifest(run_dir) or {})
-    if why is None and 0 not in runlog.snapshot_steps_in(run_dir):
+    if why is None and 0 not in run_files.snapshot_steps_in(run_dir):
       why = 'it holds no step-0 snapshot: rerun it with 0 in --snapshot_steps'
     if why:
       found[run_dir] = errors.UsageError(f'{run_dir} has no probe: {why}')

@@ -11,6 +11,7 @@ from tf1compat.runs import atomic
 from tf1compat.judge import calibration
 from tf1compat.judge import diagnosis
 from tf1compat.judge import events
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 
@@ -256,7 +257,7 @@ def _markdown(report):
     out += [f'| {s} | {loss[s - 1]:.2e} |' for s in shown]
     out += ['', '| snapshot step | control weight divergence (running max) |', '|---|---|']
     out += [f'| {s} | {v:.2e} |' for s, v in sorted(envelope['weights'].items(),
-                                                       key=lambda kv: int(kv[0]))]
+                                                    key=lambda kv: int(kv[0]))]
     out.append('')
   out += ['Tolerances: ' + ', '.join(f'{k}={v}' for k, v in tol.items()), '']
   out += _ladder_section(report)
@@ -329,7 +330,7 @@ def _plot(report, path):
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
   figure, (curves, diffs) = pyplot.subplots(1, 2, figsize=(12, 4.5))
   for entry in report['runs']:
-    steps = runlog.read_csv(os.path.join(entry['path'], runlog.STEPS_CSV))
+    steps = runlog.read_csv(os.path.join(entry['path'], run_files.STEPS_CSV))
     curves.plot(steps['step'], steps['loss'], label=entry['label'], linewidth=1)
   curves.set_xlabel('step')
   curves.set_ylabel('batch loss')

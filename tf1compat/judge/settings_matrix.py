@@ -23,6 +23,7 @@ from tf1compat.runs import atomic
 from tf1compat.runtime import cpu_info
 from tf1compat.judge import harness
 from tf1compat.runtime import progress
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 MARKDOWN = 'settings_matrix.md'
@@ -60,7 +61,7 @@ def rows_after_defaults(port_manifest):
 
 
 def _median_step_seconds(model_dir):
-  seconds = runlog.read_csv(os.path.join(model_dir, runlog.STEPS_CSV))['seconds']
+  seconds = runlog.read_csv(os.path.join(model_dir, run_files.STEPS_CSV))['seconds']
   # The first step traces (and compiles) the step: not what a step costs.
   return statistics.median(float(s) for s in seconds[1:]) if len(seconds) > 1 else None
 

@@ -142,7 +142,8 @@ class GraphConfig(TrainingConfig):
   update_ops: bool = True
   reset_metrics: str = 'epoch'
   dropout_seed: int | None = None
-  # check_parity's controls: every weight one ulp up or down after each step (train/graph/model_fn.py).
+  # check_parity's controls: every weight one ulp up or down after each step
+  # (train/graph/model_fn.py).
   nudge_seed: int | None = None
   feed_learning_phase: bool = True
   strategy: str = 'default'

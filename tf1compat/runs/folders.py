@@ -64,7 +64,7 @@ def check_placement(path, flag, data_dirs=()):
     else:
       continue
     raise errors.UsageError(f'{flag}={path} {relation} {what}: tf1compat never writes there '
-                         f'(--overwrite would delete what it holds); choose a {flag} outside it')
+                            f'(--overwrite would delete what it holds); choose a {flag} outside it')
 
 
 def check_output(path, flag, *, folder, data_dirs=(), read_runs=(), overwrite=None,
@@ -138,7 +138,7 @@ def lock_folder(folder, flag):
     holder = lock.read().strip() or 'unknown'
     lock.close()
     raise errors.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
-                         f'for it to end, or choose another {flag}') from None
+                            f'for it to end, or choose another {flag}') from None
   lock.truncate(0)
   lock.write(f'{os.getpid()}\n')
   lock.flush()

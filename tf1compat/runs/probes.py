@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from tf1compat.runs import errors
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 from tf1compat.runs import user_files
 
 STAGES = ('input', 'forward', 'loss', 'gradients', 'update', 'state')
@@ -56,7 +56,7 @@ def save(path, stages, meta):
   meta = {**meta, 'order': {stage: [str(name) for name in items]
                             for stage, items in stages.items()}}
   arrays[META] = np.array(json.dumps(meta, sort_keys=True))
-  runlog.save_weights(path, arrays)
+  run_files.save_weights(path, arrays)
 
 
 def load(path):
@@ -85,13 +85,13 @@ def layer_kinds(layer):
 
 def path_in(run_dir, step):
   """Where a recorded loop's probe of `step` lies in its run directory."""
-  return os.path.join(run_dir, runlog.PROBE_DIR, f'step-{step:06d}.npz')
+  return os.path.join(run_dir, run_files.PROBE_DIR, f'step-{step:06d}.npz')
 
 
 def recorded(run_dir):
   """The path of the probe a recorded loop wrote into `run_dir` (RunRecorder.probe), or
   None when it wrote none."""
-  folder = os.path.join(run_dir, runlog.PROBE_DIR)
+  folder = os.path.join(run_dir, run_files.PROBE_DIR)
   names = sorted(name for name in os.listdir(folder) if name.endswith('.npz')) if (
       os.path.isdir(folder)) else []
   return os.path.join(folder, names[0]) if names else None

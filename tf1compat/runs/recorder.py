@@ -48,6 +48,7 @@ except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
 from tf1compat.runs import config as tf1compat_config
 from tf1compat.runs import errors
 from tf1compat.runs import probes
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runs import weight_map as weight_maps
 
@@ -114,7 +115,7 @@ class RunConfig:
   def __post_init__(self):
     if self.framework not in FRAMEWORK_DEFAULTS:
       raise errors.UsageError(f'RunConfig(framework={self.framework!r}): give one of '
-                           f'{", ".join(FRAMEWORK_DEFAULTS)}')
+                              f'{", ".join(FRAMEWORK_DEFAULTS)}')
     # Frozen: the defaults are filled in once, as the run records them.
     for name, default in FRAMEWORK_DEFAULTS[self.framework].items():
       if getattr(self, name) is None:
@@ -122,16 +123,16 @@ class RunConfig:
     for name, known in _KNOWN_KERNELS.items():
       if getattr(self, name) not in known:
         raise errors.UsageError(f'RunConfig({name}={getattr(self, name)!r}): give one of '
-                             f'{", ".join(known)} (runlog)')
+                                f'{", ".join(known)} (runlog)')
     if not (self.data_fingerprint or self.data_id):
       raise errors.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
-                           'data_id: the config lint compares the data of two runs')
+                              'data_id: the config lint compares the data of two runs')
     if self.batch_norm and not self.image_size:
       raise errors.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
-                           "BatchNorm's moving-variance factor from it")
+                              "BatchNorm's moving-variance factor from it")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
       raise errors.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
-                           'least 1, or None to end epochs with record_epoch()')
+                              'least 1, or None to end epochs with record_epoch()')
     object.__setattr__(self, 'snapshot_steps', tuple(int(s) for s in self.snapshot_steps))
 
   def flags(self):
@@ -151,7 +152,7 @@ class RunConfig:
         deterministic=self.deterministic,
         data={'fingerprint': self.data_fingerprint or self.data_id, 'data_id': self.data_id,
               'num_classes': self.num_classes},
-        init_weights_sha256=(runlog.file_sha256(self.init_weights) if self.init_weights
+        init_weights_sha256=(run_files.file_sha256(self.init_weights) if self.init_weights
                              else None))
 
 
@@ -227,7 +228,7 @@ class RunRecorder:
     self.log.truncate_after(start_step, config.steps_per_epoch or 1)
     self.log.update(**config.manifest())
     self.step = start_step
-    epochs = runlog.read_csv(self.log.path(runlog.EPOCHS_CSV))
+    epochs = runlog.read_csv(self.log.path(run_files.EPOCHS_CSV))
     self._epochs = len(epochs.get('epoch', ()))
     self._final_metrics = ({name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
                            if self._epochs else {})
@@ -249,7 +250,7 @@ class RunRecorder:
     return self._epochs + 1
 
   def _rows_of_epoch(self, epoch):
-    steps = runlog.read_csv(self.log.path(runlog.STEPS_CSV))
+    steps = runlog.read_csv(self.log.path(run_files.STEPS_CSV))
     if not steps:
       return []
     mask = steps['epoch'] == epoch
@@ -280,13 +281,13 @@ class RunRecorder:
     number = self.step + 1
     if step is not None and int(step) != number:
       raise errors.UsageError(f'record_step(step={step}) after step {self.step}: record every '
-                           'training step once, in order, from step 1')
+                              'training step once, in order, from step 1')
     loss, batch_accuracy = float(loss), float(batch_accuracy)
     if not math.isfinite(loss):
       self.log.update(status=runlog.STATUS_FAILED, global_step=self.step,
                       failure=f'loss is {loss} at step {number}')
       raise errors.NumericFault(f'loss is {loss} at step {number}; {self.model_dir} is marked '
-                             'failed. Lower the learning rate or check the data.')
+                                'failed. Lower the learning rate or check the data.')
     epoch = self._epoch_of(number)
     if number > 1 and epoch != self._epoch_of(number - 1):
       self._epoch_rows = []
@@ -316,11 +317,11 @@ class RunRecorder:
     """
     if not self._epoch_rows:
       raise errors.UsageError(f'record_epoch() with no step recorded since epoch {self._epochs}: '
-                           'call it once after each epoch\'s steps')
+                              'call it once after each epoch\'s steps')
     spe = self.config.steps_per_epoch
     if spe and self.step % spe:
       raise errors.UsageError(f'record_epoch() at step {self.step}, inside an epoch of '
-                           f'steps_per_epoch={spe}: call it after the epoch\'s last step')
+                              f'steps_per_epoch={spe}: call it after the epoch\'s last step')
     epoch = self._epoch_of(self.step)
     last = self._epoch_rows[-1]
     row = {'epoch': epoch,
@@ -345,14 +346,14 @@ class RunRecorder:
     initial weights). Every snapshot of a run holds the same names."""
     if not 0 <= step <= self.step:
       raise errors.UsageError(f'snapshot(step={step}) with {self.step} steps recorded: a '
-                           'snapshot holds the weights after a recorded step (0: initial)')
+                              'snapshot holds the weights after a recorded step (0: initial)')
     arrays = {str(name): np.asarray(value) for name, value in weights.items()}
     if not arrays:
       raise errors.UsageError(f'snapshot(step={step}) of no weights; pass {{name: array}}')
     keys = sorted(arrays)
     if self.config.batch_norm and not any(k.endswith('moving_variance') for k in keys):
       raise errors.UsageError(f'snapshot(step={step}) holds no BatchNorm moving_variance, yet '
-                           'RunConfig says batch_norm=True; snapshot the moving statistics too')
+                              'RunConfig says batch_norm=True; snapshot the moving statistics too')
     if self._keys is not None and keys != self._keys:
       raise errors.UsageError(
           f'snapshot(step={step}) names other weights than the earlier snapshots (new: '
@@ -379,7 +380,7 @@ class RunRecorder:
     """
     if not 1 <= step <= self.step + 1:
       raise errors.UsageError(f'probe(step={step}) with {self.step} steps recorded: probe a step '
-                           'recorded or the one about to be')
+                              'recorded or the one about to be')
     inputs, labels = batch
     loss_parts = {'data': data_loss, 'regularization': regularization_loss, 'total': loss}
     stages = {'input': {'images': inputs, 'labels': labels},
@@ -388,7 +389,7 @@ class RunRecorder:
               'gradients': dict(gradients)}
     if not stages['forward'] or not stages['gradients']:
       raise errors.UsageError(f'probe(step={step}) needs the layer outputs and the gradients of '
-                           'the step ({name: array} each)')
+                              'the step ({name: array} each)')
     probes.save(probes.path_in(self.model_dir, step),
                 {stage: {str(name): _array(value) for name, value in items.items()}
                  for stage, items in stages.items()},
@@ -400,14 +401,14 @@ class RunRecorder:
     last step's snapshot unless it has one. Returns the final metrics."""
     if not self.step or not self._epochs:
       raise errors.UsageError(f'finish() with {self.step} steps and {self._epochs} epochs '
-                           'recorded: compare_runs needs steps and at least one epoch '
-                           '(record_step, record_epoch)')
-    if weights is not None and self.step not in runlog.snapshot_steps_in(self.model_dir):
+                              'recorded: compare_runs needs steps and at least one epoch '
+                              '(record_step, record_epoch)')
+    if weights is not None and self.step not in run_files.snapshot_steps_in(self.model_dir):
       self.snapshot(self.step, weights)
     # A team's loop snapshots when it can, not always when snapshot_due() says: the
     # record names the snapshots it holds (compare_runs checks a run holds what it names).
     flags = {**self.log.manifest['flags'],
-             'snapshot_steps': runlog.snapshot_steps_in(self.model_dir)}
+             'snapshot_steps': run_files.snapshot_steps_in(self.model_dir)}
     self.log.update(flags=flags, status=runlog.STATUS_COMPLETE, global_step=self.step,
                     final_metrics=self._final_metrics, finished=runlog.now(),
                     seconds=round(time.time() - self._started, 3))

@@ -1,25 +1,11 @@
-"""The run-directory contract: what every runner writes and compare_runs reads.
-
-    MODEL_DIR/run.json                 manifest, written atomically
-    MODEL_DIR/steps.csv                one row per training step
-    MODEL_DIR/epochs.csv               one row per epoch
-    MODEL_DIR/weights/step-NNNNNN.npz  all weights after that step (0 = initial)
-    MODEL_DIR/probe/step-NNNNNN.npz    what a recorded loop's step computed (probes.py)
-    MODEL_DIR/checkpoints/             framework checkpoints (the runners' own)
-    MODEL_DIR/events.*                 TensorBoard scalars (the runners' own)
-    MODEL_DIR/export/                  SavedModel (the runners' own)
-    MODEL_DIR/runner.log               the runner's whole output, when check_parity ran it
-    MODEL_DIR/.lock                    the lock of the process writing it (folders.lock_folder)
-
-This module is TensorFlow-free so that the parity harness can read runs cheaply.
+"""The run's log: run.json and the steps and epochs CSV files, written as the run goes
+(RunLog) and read back (read_manifest, read_csv), on the run directory's layout
+(run_files.py). TensorFlow-free, so that the parity harness can read runs cheaply.
 """
-
 import csv
 import datetime
-import hashlib
 import os
 import platform
-import re
 
 import numpy as np
 
@@ -27,44 +13,8 @@ from tf1compat.runs import atomic
 from tf1compat.runs import errors
 from tf1compat.runs import folders
 from tf1compat.runs import held_stderr
+from tf1compat.runs import run_files
 from tf1compat.runs import user_files
-
-RUN_JSON = 'run.json'
-STEPS_CSV = 'steps.csv'
-EPOCHS_CSV = 'epochs.csv'
-WEIGHTS_DIR = 'weights'
-# A recorded loop's probes (RunRecorder.probe; probes.py reads and writes them).
-PROBE_DIR = 'probe'
-CHECKPOINTS_DIR = 'checkpoints'
-EXPORT_DIR = 'export'
-KERAS_FILE = 'model.keras'
-# Written by whoever started the runner (check_parity), not by the runner: a run
-# directory holding only this file is still empty, and --overwrite keeps it.
-RUNNER_LOG = 'runner.log'
-_NOT_CONTENT = frozenset({RUNNER_LOG, folders.LOCK_FILE})
-# What a runner writes into its run directory, by kind: --overwrite deletes these names
-# (and the temporaries of atomic writes) and nothing else.
-_OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
-# TensorBoard's event files (tf.compat.v1.summary.FileWriter and tf.summary alike).
-_EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
-# What the writers of each of those folders name the files below it (the path under the
-# folder, '/'-separated): weight snapshots and probes; TensorFlow's checkpoints (a Saver's
-# model.ckpt-N, a CheckpointManager's ckpt-N), their state file, the temporaries of a save
-# in progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
-# atomic writes, are a run's: --overwrite deletes no other file there.
-_STEP_FILE = re.compile(r'step-\d+\.npz')
-_CHECKPOINT_PART = r'(?:\.index|\.meta|\.data-\d{5}-of-\d{5})(?:\.tempstate\d+)?'
-_OWN_BELOW = {
-    WEIGHTS_DIR: _STEP_FILE,
-    PROBE_DIR: _STEP_FILE,
-    CHECKPOINTS_DIR: re.compile(
-        r'checkpoint(?:\.tmp\w+)?'
-        rf'|(?:model\.)?ckpt-\d+{_CHECKPOINT_PART}'
-        rf'|(?:model\.)?ckpt-\d+_temp\w*/part-\d{{5}}-of-\d{{5}}{_CHECKPOINT_PART}'
-        r'|backup/(?:latest\.weights\.h5|training_metadata\.json)(?:\.bkp)?'),
-    EXPORT_DIR: re.compile(r'saved_model\.pb|fingerprint\.pb|keras_metadata\.pb'
-                           r'|variables/variables(?:\.index|\.data-\d{5}-of-\d{5})'),
-}
 
 STEP_COLUMNS = ('step', 'epoch', 'loss', 'batch_accuracy', 'mean_loss', 'accuracy',
                 'learning_rate', 'seconds')
@@ -118,9 +68,6 @@ STATUS_COMPLETE = 'complete'
 STATUS_INTERRUPTED = 'interrupted'
 STATUS_FAILED = 'failed'
 
-# Weight snapshot file names; the temporary files save_weights renames start with '.'.
-_SNAPSHOT_NAME = re.compile(r'step-(\d+)\.npz')
-
 # Flags that do not change what a run computes: a run directory may be resumed with
 # different values of these.
 OPERATIONAL_FLAGS = frozenset({
@@ -129,136 +76,9 @@ OPERATIONAL_FLAGS = frozenset({
 })
 
 
-def content(folder):
-  """The names in `folder` other than runner.log and the lock ([] when it does not exist)."""
-  if not os.path.isdir(folder):
-    return []
-  return [name for name in os.listdir(folder) if name not in _NOT_CONTENT]
-
-
-def written_by_a_run(folder, name):
-  """Whether `name` in `folder` is something a runner writes into a run directory (what
-  --overwrite may delete): its files by kind, event files and temporaries, and its
-  folders when all below them is what their writers name so (_OWN_BELOW). A link is
-  never ours."""
-  return not foreign_below(folder, name)
-
-
-def foreign_below(folder, name):
-  """What of `name` in the run directory `folder` no runner wrote: [] when it all is a
-  run's (written_by_a_run), else the paths relative to `folder` that are not."""
-  path = os.path.join(folder, name)
-  if os.path.islink(path):
-    return [name]
-  if name in _OWN_BELOW and os.path.isdir(path):
-    foreign = []
-    for root, dirs, files in os.walk(path):
-      for entry in dirs + files:
-        entry_path = os.path.join(root, entry)
-        below = os.path.relpath(entry_path, path).replace(os.sep, '/')
-        # A folder below is the run's when all below it is (a link never).
-        ours = (not os.path.islink(entry_path) and (
-            entry in dirs or _OWN_BELOW[name].fullmatch(below)
-            or atomic.TEMPORARY_NAME.fullmatch(entry)))
-        if not ours:
-          foreign.append(f'{name}/{below}')
-    return sorted(foreign)
-  if name in _OWN_FILES or _EVENTS_NAME.fullmatch(name):
-    return [] if os.path.isfile(path) else [name]
-  return [] if atomic.TEMPORARY_NAME.fullmatch(name) else [name]
-
-
-def refuse_foreign(model_dir, overwrite):
-  """Raises errors.UsageError when `model_dir` holds anything a run does not write
-  (foreign_below), which --overwrite (`overwrite`) never deletes."""
-  foreign = sorted(path for name in content(model_dir) for path in foreign_below(model_dir, name))
-  if foreign:
-    listed = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
-    deleted = 'nothing was deleted' if overwrite else 'neither would --overwrite delete them'
-    raise errors.UsageError(
-        f'--model_dir={model_dir} holds files no tf1compat run wrote ({listed}), and {deleted}; '
-        'move them away or choose another --model_dir')
-
-
 def now():
   """UTC time stamp as written into manifests."""
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
-
-def file_sha256(path):
-  """sha256 hex digest of a file's bytes."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def snapshot_path(model_dir, step):
-  """Path of the weight snapshot taken after `step`."""
-  return os.path.join(model_dir, WEIGHTS_DIR, f'step-{step:06d}.npz')
-
-
-def snapshot_steps_in(model_dir):
-  """Steps that have a weight snapshot in `model_dir`, sorted."""
-  return _steps_in(os.path.join(model_dir, WEIGHTS_DIR))
-
-
-def _steps_in(folder):
-  """The steps of the step-NNNNNN.npz files in `folder`, sorted."""
-  if not os.path.isdir(folder):
-    return []
-  steps = []
-  for name in os.listdir(folder):
-    match = _SNAPSHOT_NAME.fullmatch(name)
-    if match:
-      steps.append(int(match.group(1)))
-  return sorted(steps)
-
-
-def save_weights(path, weights):
-  """Writes {key: array} as .npz atomically (`atomic_path`)."""
-  # Into an open file: given a name, numpy appends .npz where it is missing and writes
-  # beside the temporary that atomic_path removes on an error.
-  with atomic.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-    np.savez(f, **weights)
-
-
-def load_weights(path, expected_shapes=None):
-  """Reads a weights .npz as {key: array}, checked against {key: shape} when given.
-
-  Raises errors.UsageError naming the file and the first mismatch (missing or extra
-  key, wrong shape) or the first variable holding a NaN or Inf, so a file from a
-  different model never loads half-way and a run never starts from non-finite weights.
-  """
-  if not os.path.exists(path):
-    raise errors.UsageError(f'{path}: no such weights file (write one with --save_init_weights)')
-  weights = user_files.load_npz(path, '', 'write the weights again (--save_init_weights '
-                                'writes a run\'s initial weights)')
-  for key, value in weights.items():
-    if value.dtype.kind not in 'biufc':
-      raise errors.UsageError(f'{path}: {key} holds {value.dtype} values, not numbers; write '
-                              'the weights again as numeric arrays')
-  if expected_shapes is not None:
-    missing = sorted(set(expected_shapes) - set(weights))
-    extra = sorted(set(weights) - set(expected_shapes))
-    if missing or extra:
-      raise errors.UsageError(
-          f'{path}: weights do not fit this model (missing {missing[:3]}, unexpected '
-          f'{extra[:3]}); check --batch_norm, --dropout and --num_classes')
-    for key, shape in expected_shapes.items():
-      if tuple(weights[key].shape) != tuple(shape):
-        raise errors.UsageError(
-            f'{path}: {key} has shape {tuple(weights[key].shape)}, the model expects '
-            f'{tuple(shape)}; check --num_classes and the model flags')
-  for key, value in weights.items():
-    finite = np.isfinite(value) if value.dtype.kind in 'fc' else True
-    if not np.all(finite):
-      raise errors.UsageError(
-          f'{path}: {key} holds {np.size(value) - np.count_nonzero(finite)} NaN or Inf '
-          'value(s); a run cannot train from them: write finite initial weights (e.g. with '
-          '--save_init_weights)')
-  return weights
 
 
 def read_csv(path):
@@ -278,7 +98,7 @@ def read_csv(path):
             for name in rows[0]}
   except (TypeError, ValueError) as e:
     raise errors.UsageError(f'{path} is damaged ({e}); rerun the run\'s command with --overwrite '
-                         'to write it again') from e
+                            'to write it again') from e
 
 
 def count_rows(path):
@@ -296,7 +116,7 @@ def read_manifest(model_dir):
   Raises errors.UsageError naming a run.json that is not a JSON object (a damaged disk, a
   cut-off copy, a hand edit) and the way out.
   """
-  path = os.path.join(model_dir, RUN_JSON)
+  path = os.path.join(model_dir, run_files.RUN_JSON)
   if not os.path.exists(path):
     return None
   fix = "rerun the run's command with --overwrite to train it again, or use another --model_dir"
@@ -378,10 +198,10 @@ class RunLog:
     """Checks the directory, then starts a new manifest or resumes the existing one.
 
     Takes the folder's lock first (folders.lock_folder). `overwrite` empties the folder, but
-    only when all it holds is what a run writes (written_by_a_run). Without it, a
+    only when all it holds is what a run writes (run_files.written_by_a_run). Without it, a
     complete run is kept; an unfinished run of the same runner, flags and data is
     resumed (what a killed process left half-written is removed); anything else, a
-    folder with content but no run.json included, is a UsageError naming the difference.
+    folder with run_files.content but no run.json included, is a UsageError naming the difference.
     Returns True when resuming.
     """
     folders.lock_folder(self.model_dir, '--model_dir')
@@ -390,8 +210,8 @@ class RunLog:
       previous = None
     else:
       previous = read_manifest(self.model_dir)
-      if previous is None and content(self.model_dir):
-        refuse_foreign(self.model_dir, self.overwrite)
+      if previous is None and run_files.content(self.model_dir):
+        run_files.refuse_foreign(self.model_dir, self.overwrite)
         raise errors.UsageError(
             f'--model_dir={self.model_dir} holds the files of a run but no run.json; pass '
             '--overwrite to replace them or choose another --model_dir')
@@ -403,8 +223,8 @@ class RunLog:
     else:
       self.manifest = {'runner': self.runner, 'flags': self.flags, 'started': now(),
                        'global_step': 0}
-    os.makedirs(self.path(WEIGHTS_DIR), exist_ok=True)
-    os.makedirs(self.path(CHECKPOINTS_DIR), exist_ok=True)
+    os.makedirs(self.path(run_files.WEIGHTS_DIR), exist_ok=True)
+    os.makedirs(self.path(run_files.CHECKPOINTS_DIR), exist_ok=True)
     self.update(status=STATUS_RUNNING)
     # The run has started: what the runner held back until now (cli.run_main) goes out.
     held_stderr.release()
@@ -412,12 +232,13 @@ class RunLog:
 
   def _clear(self):
     # Everything or nothing: one file the run did not write keeps the whole folder.
-    refuse_foreign(self.model_dir, self.overwrite)
-    for name in content(self.model_dir):
+    run_files.refuse_foreign(self.model_dir, self.overwrite)
+    for name in run_files.content(self.model_dir):
       atomic.remove(os.path.join(self.model_dir, name))
 
   def _remove_temporaries(self):
-    for folder in (self.model_dir, self.path(WEIGHTS_DIR), self.path(PROBE_DIR)):
+    for folder in (self.model_dir, self.path(
+        run_files.WEIGHTS_DIR), self.path(run_files.PROBE_DIR)):
       if not os.path.isdir(folder):
         continue
       for name in os.listdir(folder):
@@ -428,10 +249,10 @@ class RunLog:
     where = f'--model_dir={self.model_dir}'
     if previous.get('status') == STATUS_COMPLETE:
       raise errors.UsageError(f'{where} holds a complete {previous.get("runner")} run; pass '
-                           '--overwrite to replace it or choose another --model_dir')
+                              '--overwrite to replace it or choose another --model_dir')
     if previous.get('runner') != self.runner:
       raise errors.UsageError(f'{where} holds a {previous.get("runner")} run, not a {self.runner} '
-                           'run; choose another --model_dir or pass --overwrite')
+                              'run; choose another --model_dir or pass --overwrite')
     old_flags = previous.get('flags', {})
     for name in sorted(set(old_flags) | set(self.flags)):
       if name in OPERATIONAL_FLAGS:
@@ -454,7 +275,7 @@ class RunLog:
       raise ValueError(f'run.json has no field {", ".join(sorted(unknown))} (MANIFEST_FIELDS)')
     self.manifest.update(fields)
     self.manifest['updated'] = now()
-    atomic.atomic_write_json(self.path(RUN_JSON), self.manifest)
+    atomic.atomic_write_json(self.path(run_files.RUN_JSON), self.manifest)
 
   def check_rows(self, step, steps_per_epoch):
     """Refuses to resume at the checkpoint of `step` when steps.csv or epochs.csv lacks a row
@@ -467,8 +288,9 @@ class RunLog:
     done_epochs = step // steps_per_epoch
     evaluated = ({done_epochs, done_epochs - 1} if step % steps_per_epoch == 0
                  else {done_epochs})
-    for name, column, columns, wanted in ((STEPS_CSV, 'step', STEP_COLUMNS, {step}),
-                                          (EPOCHS_CSV, 'epoch', EPOCH_COLUMNS, evaluated)):
+    for name, column, columns, wanted in (
+        (run_files.STEPS_CSV, 'step', STEP_COLUMNS, {step}),
+        (run_files.EPOCHS_CSV, 'epoch', EPOCH_COLUMNS, evaluated)):
       numbers = [number for number in self._numbers(name, column, columns)
                  if number <= max(wanted)]
       if not any(numbers == list(range(1, last + 1)) for last in wanted):
@@ -488,15 +310,16 @@ class RunLog:
 
   def truncate_after(self, step, steps_per_epoch):
     """Drops rows a restored checkpoint at `step` has not seen (they will be redone)."""
-    self._truncate(STEPS_CSV, STEP_COLUMNS, lambda row: int(row['step']) <= step)
+    self._truncate(run_files.STEPS_CSV, STEP_COLUMNS, lambda row: int(row['step']) <= step)
     done_epochs = step // steps_per_epoch
-    self._truncate(EPOCHS_CSV, EPOCH_COLUMNS, lambda row: int(row['epoch']) <= done_epochs)
-    for old in snapshot_steps_in(self.model_dir):
+    self._truncate(
+        run_files.EPOCHS_CSV, EPOCH_COLUMNS, lambda row: int(row['epoch']) <= done_epochs)
+    for old in run_files.snapshot_steps_in(self.model_dir):
       if old > step:
-        os.remove(snapshot_path(self.model_dir, old))
-    for old in _steps_in(self.path(PROBE_DIR)):
+        os.remove(run_files.snapshot_path(self.model_dir, old))
+    for old in run_files.steps_in(self.path(run_files.PROBE_DIR)):
       if old > step:
-        os.remove(self.path(PROBE_DIR, f'step-{old:06d}.npz'))
+        os.remove(self.path(run_files.PROBE_DIR, f'step-{old:06d}.npz'))
 
   def _truncate(self, name, columns, keep):
     path = self.path(name)
@@ -522,12 +345,12 @@ class RunLog:
 
   def append_step(self, row):
     """Appends one steps.csv row; `row` has every STEP_COLUMNS key."""
-    self._append(STEPS_CSV, STEP_COLUMNS, row)
+    self._append(run_files.STEPS_CSV, STEP_COLUMNS, row)
 
   def append_epoch(self, row):
     """Appends one epochs.csv row; `row` has every EPOCH_COLUMNS key (NaN for no val)."""
-    self._append(EPOCHS_CSV, EPOCH_COLUMNS, row)
+    self._append(run_files.EPOCHS_CSV, EPOCH_COLUMNS, row)
 
   def save_snapshot(self, step, weights):
     """Writes weights/step-NNNNNN.npz with {key: array}."""
-    save_weights(snapshot_path(self.model_dir, step), weights)
+    run_files.save_weights(run_files.snapshot_path(self.model_dir, step), weights)

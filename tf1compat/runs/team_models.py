@@ -14,7 +14,7 @@ import re
 
 from tf1compat.runs import nudge
 from tf1compat.runs import errors
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 from tf1compat.runs import weight_map as weight_maps
 
 # Float32 hyper-parameters read back as float64 carry noise past the 7th digit
@@ -40,7 +40,7 @@ def _hyper_parameter(name, value):
     # A Keras learning-rate schedule, as its get_config() has it.
     return value
   raise errors.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
-                       f'not a number; declare RunConfig({name}=...) yourself')
+                          f'not a number; declare RunConfig({name}=...) yourself')
 
 
 def optimizer_fields(optimizer):
@@ -93,7 +93,7 @@ def _checked_names(names, weights, where):
   problems = [f'{what}: {weight_maps.listed(sorted(keys))}' for what, keys in unmatched if keys]
   if problems:
     raise errors.UsageError(f'{where}: {"; ".join(problems)}; load the weights under these '
-                         'names with a weight map (team_models.load_weights(path, weight_map))')
+                            'names with a weight map (team_models.load_weights(path, weight_map))')
 
 
 def set_keras_weights(model, weights):
@@ -130,13 +130,13 @@ def assign_session_weights(session, weights, variables=None):
 
 
 # Initial weights are written as weight snapshots are, {name: array} in an .npz.
-save_weights = runlog.save_weights
+save_weights = run_files.save_weights
 
 
 def load_weights(path, weight_map=None):
   """{name: array} of an initial-weights .npz; with `weight_map` (a weight_map.WeightMap,
   or a file or inline rules) renamed to this loop's names."""
-  weights = runlog.load_weights(path)
+  weights = run_files.load_weights(path)
   if weight_map is None:
     return weights
   if not isinstance(weight_map, weight_maps.WeightMap):
@@ -152,5 +152,5 @@ def control_start(path, control_path=None):
   divergence calibrates the tolerances.
   """
   control_path = control_path or f'{os.path.splitext(path)[0]}-ulp.npz'
-  save_weights(control_path, nudge.nudge_weights(runlog.load_weights(path)))
+  save_weights(control_path, nudge.nudge_weights(run_files.load_weights(path)))
   return control_path

@@ -25,7 +25,7 @@ import re
 
 
 from tf1compat.runs import errors
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 from tf1compat.runs import user_files
 
 ARROW = '->'
@@ -60,19 +60,19 @@ def _rule(text, where, source):
   pattern, replacement = pattern.strip(), replacement.strip()
   if not arrow or not pattern:
     raise errors.UsageError(f'weight map {source}, {where}: {text.strip()!r} is not a rule '
-                         f'"PATTERN {ARROW} REPLACEMENT" (e.g. "hidden/(.*) {ARROW} dense/\\1")')
+                            f'"PATTERN {ARROW} REPLACEMENT" (e.g. "hidden/(.*) {ARROW} dense/\\1")')
   try:
     compiled = re.compile(pattern)
   except re.error as e:
     raise errors.UsageError(f'weight map {source}, {where}: {pattern!r} is not a regular '
-                         f'expression ({e}); fix the pattern') from e
+                            f'expression ({e}); fix the pattern') from e
   for number, name in _GROUP_REFERENCE.findall(replacement):
     reference = number or name
     known = (int(reference) <= compiled.groups if reference.isdigit()
              else reference in compiled.groupindex)
     if not known:
       raise errors.UsageError(f'weight map {source}, {where}: the replacement {replacement!r} '
-                           f'refers to group {reference}, which {pattern!r} does not have')
+                              f'refers to group {reference}, which {pattern!r} does not have')
   return Rule(compiled, replacement, where)
 
 
@@ -105,7 +105,7 @@ class WeightMap:
       return cls._checked(rules, 'given inline')
     if not os.path.isfile(spec):
       raise errors.UsageError(f'weight map {spec}: no such file; give a file of rules '
-                           f'"PATTERN {ARROW} REPLACEMENT", one per line, or the rules inline')
+                              f'"PATTERN {ARROW} REPLACEMENT", one per line, or the rules inline')
     text = user_files.read_text(spec, 'weight map ', f'write it as UTF-8 text, one rule '
                                 f'"PATTERN {ARROW} REPLACEMENT" per line')
     return cls.parse(text, spec)
@@ -114,7 +114,7 @@ class WeightMap:
   def _checked(cls, rules, source):
     if not rules:
       raise errors.UsageError(f'weight map {source} holds no rules; write one '
-                           f'"PATTERN {ARROW} REPLACEMENT" per line')
+                              f'"PATTERN {ARROW} REPLACEMENT" per line')
     return cls(rules, source)
 
   def rename(self, key):
@@ -141,7 +141,7 @@ class WeightMap:
     for key, new in sorted(renamed.items()):
       if new in seen:
         raise errors.UsageError(f'weight map {self.source}: {seen[new]} and {key} of {owner} both '
-                             f'become {new}; make the rules tell them apart')
+                                f'become {new}; make the rules tell them apart')
       seen[new] = key
     return renamed
 
@@ -167,11 +167,11 @@ def maps_for_runs(specs, run_dirs, controls=()):
     run_dir, equals, map_spec = spec.partition('=')
     if not equals or not run_dir or not map_spec:
       raise errors.UsageError(f'--weight_map={spec}: give RUN_DIR=MAP, MAP a file of rules or '
-                           f'rules inline ("PATTERN {ARROW} REPLACEMENT; ...")')
+                              f'rules inline ("PATTERN {ARROW} REPLACEMENT; ...")')
     path = by_real_path.get(os.path.realpath(run_dir))
     if path is None:
       raise errors.UsageError(f'--weight_map={spec}: {run_dir} is none of the runs compared '
-                           f'({", ".join(given)}); name one of them')
+                              f'({", ".join(given)}); name one of them')
     if path in maps:
       raise errors.UsageError(f'--weight_map names {run_dir} twice; give each run one map')
     maps[path] = WeightMap.load(map_spec)
@@ -183,10 +183,10 @@ def maps_for_runs(specs, run_dirs, controls=()):
 
 def snapshot_keys(run_dir):
   """The weight keys of the first snapshot of `run_dir` (as written), or None without one."""
-  steps = runlog.snapshot_steps_in(run_dir)
+  steps = run_files.snapshot_steps_in(run_dir)
   if not steps:
     return None
-  return list(user_files.load_npz(runlog.snapshot_path(run_dir, steps[0]), '',
+  return list(user_files.load_npz(run_files.snapshot_path(run_dir, steps[0]), '',
                                   "rerun the run's command with --overwrite to write it again"))
 
 

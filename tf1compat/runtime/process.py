@@ -165,7 +165,7 @@ def runner_error(name, code, log_path):
     return errors.NumericFault(f'{name} runner: {message} (log: {log_path})')
   if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
     return errors.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same '
-                           'command to resume')
+                              'command to resume')
   how = f'killed by signal {-code}' if code < 0 else f'exit code {code}'
   return errors.Fault(f'{name} runner: internal or device fault ({how}): {message} (log: '
-                   f'{log_path})')
+                      f'{log_path})')

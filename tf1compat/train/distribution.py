@@ -69,7 +69,7 @@ def read_tf_config(environ=None):
     raise errors.UsageError(f'{TF_CONFIG} is not a cluster description ({e!r}): {fix}') from e
   if task_type not in members or not 0 <= task_id < len(members[task_type]):
     raise errors.UsageError(f'{TF_CONFIG}: task {task_type}:{task_id} is not in its cluster '
-                         f'{members}; only chief and worker tasks train')
+                            f'{members}; only chief and worker tasks train')
   if len(members['chief']) > 1:
     raise errors.UsageError(f'{TF_CONFIG}: a cluster has at most one chief')
   return Task(task_type, task_id, len(members['chief']) + len(members['worker']),
@@ -127,7 +127,7 @@ def _mirrored_devices(cfg):
     missing = [d for d in wanted if d not in known]
     if missing:
       raise errors.UsageError(f'--devices: {", ".join(missing)} not found on this host; it has '
-                           f'{", ".join(sorted(known))}')
+                              f'{", ".join(sorted(known))}')
     return tuple(wanted)
   gpus = [d.name for d in tf.config.list_logical_devices('GPU')]
   return tuple(gpus or [d.name for d in tf.config.list_logical_devices('CPU')])

@@ -32,6 +32,7 @@ import numpy as np
 from tf1compat.runs import errors
 from tf1compat.runs import folders
 from tf1compat.runs import probes
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
 # The command that replays a run of each runner (its run.json 'runner').
@@ -69,22 +70,22 @@ def run_config(config_class, replay_cfg, runner_names):
                        data_dirs=[(manifest or {}).get('flags', {}).get('data_dir')],
                        read_runs=[model_dir], replaceable=_is_probe)
   if manifest is None:
-    raise errors.UsageError(f'--model_dir={model_dir}: no {runlog.RUN_JSON}; --replay_out '
-                         'replays a run our runners made')
+    raise errors.UsageError(f'--model_dir={model_dir}: no {run_files.RUN_JSON}; --replay_out '
+                            'replays a run our runners made')
   runner = manifest.get('runner')
   if runner not in runner_names:
     raise errors.UsageError(f'--model_dir={model_dir} holds a {runner} run; replay it with '
-                         f'{RUNNER_COMMANDS.get(runner, "its own loop (RunRecorder.probe)")}')
+                            f'{RUNNER_COMMANDS.get(runner, "its own loop (RunRecorder.probe)")}')
   if manifest.get('status') != runlog.STATUS_COMPLETE:
     raise errors.UsageError(f'--model_dir={model_dir}: the run is {manifest.get("status")}, not '
-                         'complete; rerun its command to finish it before replaying it')
+                            'complete; rerun its command to finish it before replaying it')
   why_not = replayable(manifest)
   if why_not:
     raise errors.UsageError(f'--model_dir={model_dir} cannot be replayed: {why_not}')
-  start = runlog.snapshot_path(model_dir, 0)
+  start = run_files.snapshot_path(model_dir, 0)
   if not os.path.exists(start):
     raise errors.UsageError(f'--model_dir={model_dir} holds no step-0 snapshot ({start}); '
-                         'rerun it with 0 in --snapshot_steps to replay it')
+                            'rerun it with 0 in --snapshot_steps to replay it')
   fields = {field.name for field in dataclasses.fields(config_class)}
   values = {name: tuple(value) if isinstance(value, list) else value
             for name, value in manifest.get('flags', {}).items() if name in fields}
@@ -128,7 +129,7 @@ def read_batch(path):
   batch = probes.load(path).items('input')
   if set(batch) != {'images', 'labels'}:
     raise errors.UsageError(f'--replay_batch={path}: the probe holds no batch (input/images, '
-                         'input/labels); give another run\'s replay')
+                            'input/labels); give another run\'s replay')
   return batch['images'], batch['labels']
 
 
@@ -139,8 +140,8 @@ def write_probe(replay_cfg, runner, stages, meta):
   fed = read_batch(replay_cfg.batch) if replay_cfg.batch else None
   probes.save(replay_cfg.output, stages, {
       **meta, 'runner': runner, 'step': 1, 'replayed_run': replay_cfg.model_dir,
-      'run_json_sha256': runlog.file_sha256(os.path.join(replay_cfg.model_dir,
-                                                         runlog.RUN_JSON)),
+      'run_json_sha256': run_files.file_sha256(os.path.join(replay_cfg.model_dir,
+                                                            run_files.RUN_JSON)),
       'batch_sha256': batch_digest(images, labels),
       'fed_batch_sha256': batch_digest(*fed) if fed else None})
 

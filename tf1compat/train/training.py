@@ -23,6 +23,7 @@ from tf1compat.runs import config
 from tf1compat.data import data_check
 from tf1compat.runtime import progress
 from tf1compat.data import records
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import stacks
 
@@ -147,7 +148,7 @@ class Recorder:
                     failure=f'{what} at step {step}', last_checkpoint=self.last_checkpoint)
     where = self.last_checkpoint or 'none written yet'
     return errors.NumericFault(f'{what} at step {step}; stopped. Last good checkpoint: {where}. '
-                            'Lower --learning_rate or check the data.')
+                               'Lower --learning_rate or check the data.')
 
   def check_weights(self, step):
     """Raises NumericFault when a weight is NaN or Inf after `step`.
@@ -192,7 +193,7 @@ class Recorder:
                     last_checkpoint=checkpoint)
     where = checkpoint or 'none yet, the rerun starts from the beginning'
     return errors.Interrupted(signum, f'interrupted at step {step}; checkpoint: {where}. Rerun '
-                           'the same command to resume.')
+                              'the same command to resume.')
 
   def begin(self, step, checkpoint):
     """Starts recording at `step`, restored from `checkpoint` (0 and None: a new run).
@@ -222,7 +223,7 @@ class Recorder:
     A signal caught by then leaves the run unfinished: the export is whole, but the
     rerun restores the final checkpoint and only exports again.
     """
-    export_dir = self.log.path(runlog.EXPORT_DIR)
+    export_dir = self.log.path(run_files.EXPORT_DIR)
     export(export_dir)
     if signals.caught:
       raise self.interrupted(signals.signum, step, self.last_checkpoint)
@@ -235,7 +236,7 @@ class Recorder:
 
 def last_epoch_metrics(log):
   """The final metrics as the run's last epochs.csv row has them ({} before any epoch)."""
-  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
+  epochs = runlog.read_csv(log.path(run_files.EPOCHS_CSV))
   if not epochs:
     return {}
   return {name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
@@ -252,8 +253,8 @@ def check_device(cfg):
   logging.info('device: %s', device)
   if cfg.require_gpu and device == 'CPU':
     raise errors.UsageError('--require_gpu: TensorFlow sees no GPU here (it would train on the '
-                         'CPU); check the NVIDIA driver and install with '
-                         "pip install '.[and-cuda]', or drop --require_gpu")
+                            'CPU); check the NVIDIA driver and install with '
+                            "pip install '.[and-cuda]', or drop --require_gpu")
   return device
 
 
@@ -275,7 +276,7 @@ def check_data(cfg):
 
 def save_init_weights(cfg, weights):
   """--save_init_weights: writes the initial `weights`; the stats of a run that trains not."""
-  runlog.save_weights(cfg.save_init_weights, weights)
+  run_files.save_weights(cfg.save_init_weights, weights)
   logging.info('initial weights written to %s', cfg.save_init_weights)
   return {'init_weights': cfg.save_init_weights}
 
@@ -307,7 +308,7 @@ def start_manifest(cfg, spec, *, versions, device, kernels, optimizer_name, epsi
       final_activation=cfg.final_activation,
       batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed,
       deterministic=cfg.deterministic, data=spec.manifest(),
-      init_weights_sha256=(runlog.file_sha256(cfg.init_weights) if cfg.init_weights
+      init_weights_sha256=(run_files.file_sha256(cfg.init_weights) if cfg.init_weights
                            else None),
       **runner_fields)
 
@@ -399,10 +400,10 @@ def _unevaluated_epoch(log, step, steps_per_epoch):
   epoch = step // steps_per_epoch
   if not step or step % steps_per_epoch:
     return None
-  epochs = runlog.read_csv(log.path(runlog.EPOCHS_CSV))
+  epochs = runlog.read_csv(log.path(run_files.EPOCHS_CSV))
   if epochs and int(epochs['epoch'][-1]) >= epoch:
     return None
-  steps = runlog.read_csv(log.path(runlog.STEPS_CSV))
+  steps = runlog.read_csv(log.path(run_files.STEPS_CSV))
   if not steps or int(steps['step'][-1]) != step:
     return None
   in_epoch = steps['epoch'] == epoch

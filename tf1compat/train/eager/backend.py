@@ -34,6 +34,7 @@ from tensorflow.core.framework import summary_pb2
 from tf1compat.data import pipeline
 from tf1compat.data import preflight
 from tf1compat.runs import interrupts
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import numerics
 from tf1compat.train import checkpoints
@@ -175,8 +176,10 @@ class EagerBackend(replay.ReplayStep, training.Backend):
     return training.start_manifest(
         self._cfg, self._spec,
         versions=runlog.versions(tf.__version__, runlog.KERAS_3, keras.__version__),
-        device=device, kernels=model_fn.kernels(self._cfg), optimizer_name=model_fn.optimizer_name(self._cfg),
-        epsilon=model_fn.adam_epsilon(self._cfg), lr_schedule=model_fn.lr_schedule_manifest(self._cfg),
+        device=device, kernels=model_fn.kernels(self._cfg),
+        optimizer_name=model_fn.optimizer_name(self._cfg),
+        epsilon=model_fn.adam_epsilon(self._cfg),
+        lr_schedule=model_fn.lr_schedule_manifest(self._cfg),
         **self.distribution.manifest(),
         dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),
         jit_compile=self._cfg.jit_compile,
@@ -214,7 +217,7 @@ class EagerBackend(replay.ReplayStep, training.Backend):
         metrics=[*self._train_loss.variables, *self._train_accuracy.variables],
         **iterator_state)
     self._manager = tf.train.CheckpointManager(
-        self._checkpoint, self._log.path(runlog.CHECKPOINTS_DIR),
+        self._checkpoint, self._log.path(run_files.CHECKPOINTS_DIR),
         max_to_keep=checkpoints.CHECKPOINTS_KEPT)
 
   def _step_loss(self, labels, outputs):
@@ -280,7 +283,7 @@ class EagerBackend(replay.ReplayStep, training.Backend):
     # The other workers resume from the chief's checkpoints.
     path = checkpoints.restore_newest(
         self._manager.directory if self.distribution.is_chief else
-        os.path.join(self._cfg.model_dir, runlog.CHECKPOINTS_DIR),
+        os.path.join(self._cfg.model_dir, run_files.CHECKPOINTS_DIR),
         lambda path: self._checkpoint.restore(path).assert_existing_objects_matched())
     if path is not None:
       logging.info('restored checkpoint %s', path)
@@ -328,7 +331,7 @@ class EagerBackend(replay.ReplayStep, training.Backend):
 
   def export(self, export_dir):
     self._scalars.flush()
-    model_fn.export(self.model, export_dir, self._log.path(runlog.KERAS_FILE))
+    model_fn.export(self.model, export_dir, self._log.path(run_files.KERAS_FILE))
 
 
 def run(cfg, dataset_hook=None):

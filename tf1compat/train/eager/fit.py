@@ -17,7 +17,7 @@ import numpy as np
 
 from tf1compat.data import pipeline
 from tf1compat.runtime import progress
-from tf1compat.runs import runlog
+from tf1compat.runs import run_files
 from tf1compat.train import training
 
 RUNNER = 'fit'
@@ -180,7 +180,7 @@ def train(backend, cfg, spec, log, schedule, signals):
   """
   model = backend.model
   spe = schedule.steps_per_epoch
-  backup_dir = log.path(runlog.CHECKPOINTS_DIR, BACKUP_DIR)
+  backup_dir = log.path(run_files.CHECKPOINTS_DIR, BACKUP_DIR)
   step = resume_step(backup_dir, spe)
   recorder = training.Recorder(log, schedule, backend.weights)
   # model.fit resumes at epoch ends: the checkpoint is the backup of the last one.

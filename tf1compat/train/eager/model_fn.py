@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from tf1compat.runs import atomic
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.train import distribution as distribution_lib
 from tf1compat.train import tf1_kernels
@@ -159,6 +160,6 @@ def load_init_weights(model, path, model_spec=None):
   `model_spec`: the run's --model, whose key mismatches plugins names."""
   items = keras_facts.weight_items(model)
   plugins.check_weight_file(model_spec, path, [key for key, _ in items], keras)
-  weights = runlog.load_weights(path, {key: tuple(v.shape) for key, v in items})
+  weights = run_files.load_weights(path, {key: tuple(v.shape) for key, v in items})
   for key, variable in items:
     variable.assign(weights[key])

@@ -35,6 +35,7 @@ from tf1compat.data import pipeline
 from tf1compat.data import preflight
 from tf1compat.runs import errors
 from tf1compat.runs import interrupts
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import stacks
 from tf1compat.train import checkpoints
@@ -137,7 +138,7 @@ class GraphBackend(replay.ReplayStep, training.Backend):
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
     (_, self._mean_loss_update, _, self._accuracy_update, self._train_metric_variables,
      self._reset_train_metrics) = model_fn.running_metrics('metrics', self._loss, label_classes,
-                                                   predicted_classes)
+                                                           predicted_classes)
 
     self._global_step = tf.compat.v1.train.get_or_create_global_step()
     # Read in the same run as the train op, before it increments the global step: the
@@ -150,8 +151,9 @@ class GraphBackend(replay.ReplayStep, training.Backend):
       self._train_op = optimizer.apply_gradients(self._gradients,
                                                  global_step=self._global_step)
     if cfg.nudge_seed is not None:
-      self._train_op = model_fn.nudge_each_step(keras_facts.weight_items(self.model), self._train_op,
-                                       self._global_step, cfg.nudge_seed)
+      self._train_op = model_fn.nudge_each_step(
+          keras_facts.weight_items(self.model), self._train_op,
+          self._global_step, cfg.nudge_seed)
     self._train_feed = {self._learning_phase: True} if cfg.feed_learning_phase else {}
 
   def _build_evaluation(self):
@@ -172,7 +174,7 @@ class GraphBackend(replay.ReplayStep, training.Backend):
               + model_fn.regularization_loss(self.model))
     (self._val_loss, self._val_loss_update, self._val_accuracy, self._val_accuracy_update,
      _, self._reset_val_metrics) = model_fn.running_metrics('validation', losses,
-                                                    *model_fn.classes(labels, logits))
+                                                            *model_fn.classes(labels, logits))
 
   def _build_weight_loader(self):
     self._weight_items = keras_facts.weight_items(self.model)
@@ -188,7 +190,7 @@ class GraphBackend(replay.ReplayStep, training.Backend):
   def _load_weights(self, path):
     shapes = {key: tuple(v.shape.as_list()) for key, v in self._weight_items}
     plugins.check_weight_file(self._cfg.model, path, list(shapes), tf.keras)
-    weights = runlog.load_weights(path, shapes)
+    weights = run_files.load_weights(path, shapes)
     self._sess.run(self._assign_weights,
                    {self._weight_placeholders[key]: value for key, value in weights.items()})
     logging.info('initial weights loaded from %s', path)
@@ -212,12 +214,12 @@ class GraphBackend(replay.ReplayStep, training.Backend):
 
   def attach(self, log):
     """Points checkpoints and TensorBoard events at the (open) run directory of `log`."""
-    self._checkpoint_dir = log.path(runlog.CHECKPOINTS_DIR)
+    self._checkpoint_dir = log.path(run_files.CHECKPOINTS_DIR)
     self._writer = tf.compat.v1.summary.FileWriter(log.model_dir, graph=self.graph)
 
   def restore(self):
     latest = checkpoints.restore_newest(self._checkpoint_dir,
-                                     lambda path: self._saver.restore(self._sess, path))
+                                        lambda path: self._saver.restore(self._sess, path))
     if latest is None:
       return 0, None
     step = int(self._sess.run(self._global_step))

@@ -4,7 +4,8 @@ The flag names a function as `package.module:function`, loaded as --features' pa
 (data/record_schema.py: importable in every runner process; a builder that cannot be used
 ends the run before it starts with exit 2 and one line naming the fix, PluginError).
 
-The model builder (--model; unset: the seed's ConvNet, `tf1compat.train.models.convnet:build_model`):
+The model builder (--model; unset: the seed's ConvNet,
+`tf1compat.train.models.convnet:build_model`):
 
     def build(keras, *, num_classes, image_size, input_tensor=None, **switches)
         -> keras.Model
@@ -92,9 +93,10 @@ def _declared(builder, where):
   names = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
   missing = [name for name in REQUIRED_ARGS if name not in names]
   if missing:
-    raise record_schema.PluginError(f'{where}: the builder takes no {", ".join(missing)}; its signature '
-                      'must be build(keras, *, num_classes, image_size, input_tensor=None, '
-                      '...) (docs/own-migration.md, "Your own model")')
+    raise record_schema.PluginError(
+        f'{where}: the builder takes no {", ".join(missing)}; its signature '
+        'must be build(keras, *, num_classes, image_size, input_tensor=None, '
+        '...) (docs/own-migration.md, "Your own model")')
   return names
 
 
@@ -103,15 +105,18 @@ def _refused_switch(where, name):
   default, flag = SWITCHES[name]
   add = f'add a {name}={default!r} parameter'
   if name == 'batch_norm_layer':
-    return record_schema.PluginError(f'{where}: its model holds BatchNormalization layers, and {flag} '
-                       f'needs them built from the batch_norm_layer class it passes; {add} '
-                       'and build them with (batch_norm_layer or '
-                       'keras.layers.BatchNormalization)')
+    return record_schema.PluginError(
+        f'{where}: its model holds BatchNormalization layers, and {flag} '
+        f'needs them built from the batch_norm_layer class it passes; {add} '
+        'and build them with (batch_norm_layer or '
+        'keras.layers.BatchNormalization)')
   if name == 'logits_dtype':
-    return record_schema.PluginError(f'{where}: its output is not float32 under {flag}, and the loss needs '
-                       f'float32 logits; {add} and pass it as the last layer\'s dtype=')
-  return record_schema.PluginError(f'{where}: the builder takes no {name} argument, so {flag} would change '
-                     f'nothing; {add} that honours it, or run without {flag}')
+    return record_schema.PluginError(
+        f'{where}: its output is not float32 under {flag}, and the loss needs '
+        f'float32 logits; {add} and pass it as the last layer\'s dtype=')
+  return record_schema.PluginError(
+      f'{where}: the builder takes no {name} argument, so {flag} would change '
+      f'nothing; {add} that honours it, or run without {flag}')
 
 
 def _dims(shape):
@@ -135,40 +140,48 @@ def check_model(model, keras, where, *, num_classes, image_size, input_tensor=No
   label = keras_label(keras)
   if not isinstance(model, keras.Model):
     kind = type(model)
-    raise record_schema.PluginError(f'{where}: the builder returned a {kind.__module__}.{kind.__qualname__},'
-                      f' not a {label} Model; return keras.Model(inputs, outputs) built from '
-                      'the keras module it is given')
+    raise record_schema.PluginError(
+        f'{where}: the builder returned a {kind.__module__}.{kind.__qualname__},'
+        f' not a {label} Model; return keras.Model(inputs, outputs) built from '
+        'the keras module it is given')
   inputs, outputs = getattr(model, 'inputs', None), getattr(model, 'outputs', None)
   if not inputs or not outputs:
-    raise record_schema.PluginError(f'{where}: the builder returned a subclassed model (no inputs and '
-                      'outputs); build a functional keras.Model(inputs, outputs)')
+    raise record_schema.PluginError(
+        f'{where}: the builder returned a subclassed model (no inputs and '
+        'outputs); build a functional keras.Model(inputs, outputs)')
   if len(inputs) != 1 or len(outputs) != 1:
-    raise record_schema.PluginError(f'{where}: its model has {len(inputs)} input(s) and {len(outputs)} '
-                      'output(s); the pipeline feeds one image batch and the loss takes one '
-                      'logits tensor')
+    raise record_schema.PluginError(
+        f'{where}: its model has {len(inputs)} input(s) and {len(outputs)} '
+        'output(s); the pipeline feeds one image batch and the loss takes one '
+        'logits tensor')
   if input_tensor is not None and inputs[0] is not input_tensor:
-    raise record_schema.PluginError(f'{where}: its model ignores input_tensor; build its input with '
-                      'keras.Input(shape=(image_size, image_size, 3), tensor=input_tensor)')
+    raise record_schema.PluginError(
+        f'{where}: its model ignores input_tensor; build its input with '
+        'keras.Input(shape=(image_size, image_size, 3), tensor=input_tensor)')
   image_shape = _dims(inputs[0].shape)[1:]
   if image_shape != (image_size, image_size, 3):
-    raise record_schema.PluginError(f'{where}: its input is [batch, {", ".join(map(str, image_shape))}]; the '
-                      f'pipeline feeds [batch, {image_size}, {image_size}, 3] (--image_size): '
-                      'build the input from image_size')
+    raise record_schema.PluginError(
+        f'{where}: its input is [batch, {", ".join(map(str, image_shape))}]; the '
+        f'pipeline feeds [batch, {image_size}, {image_size}, 3] (--image_size): '
+        'build the input from image_size')
   output_shape = _dims(outputs[0].shape)
   if len(output_shape) != 2 or output_shape[1] != num_classes:
-    raise record_schema.PluginError(f'{where}: its output is [{", ".join(map(str, output_shape))}]; the '
-                      f'labels are one-hot over --num_classes={num_classes}: end with '
-                      'logits [batch, num_classes]')
+    raise record_schema.PluginError(
+        f'{where}: its output is [{", ".join(map(str, output_shape))}]; the '
+        f'labels are one-hot over --num_classes={num_classes}: end with '
+        'logits [batch, num_classes]')
   if not model.trainable_weights:
-    raise record_schema.PluginError(f'{where}: its model has no trainable weights; there is nothing to '
-                      'train or compare')
+    raise record_schema.PluginError(
+        f'{where}: its model has no trainable weights; there is nothing to '
+        'train or compare')
   repeated = sorted(key for key, count in collections.Counter(weight_keys(model)).items()
                     if count > 1)
   if repeated:
-    raise record_schema.PluginError(f'{where}: {len(repeated)} weight key(s) name more than one weight '
-                      f'({weight_map.listed(repeated)}); give every layer that has weights a '
-                      'unique name= (a nested model\'s or a sublayer\'s weights are keyed by '
-                      'the outer layer\'s name)')
+    raise record_schema.PluginError(
+        f'{where}: {len(repeated)} weight key(s) name more than one weight '
+        f'({weight_map.listed(repeated)}); give every layer that has weights a '
+        'unique name= (a nested model\'s or a sublayer\'s weights are keyed by '
+        'the outer layer\'s name)')
 
 
 def build_model(spec, keras, *, num_classes, image_size, input_tensor=None, **switches):
@@ -189,9 +202,10 @@ def build_model(spec, keras, *, num_classes, image_size, input_tensor=None, **sw
   refused = sorted(left_out - _CHECKED_AFTER_BUILD)
   if refused:
     raise _refused_switch(where, refused[0])
-  record_schema.check_call(builder, where, 'build(keras, *, num_classes, image_size, input_tensor=None, '
-              '...)', keras, num_classes=num_classes, image_size=image_size,
-              input_tensor=input_tensor, **passed)
+  record_schema.check_call(
+      builder, where, 'build(keras, *, num_classes, image_size, input_tensor=None, '
+      '...)', keras, num_classes=num_classes, image_size=image_size,
+      input_tensor=input_tensor, **passed)
   try:
     model = builder(keras, num_classes=num_classes, image_size=image_size,
                     input_tensor=input_tensor, **passed)
@@ -216,16 +230,17 @@ def check_stable_names(spec, build):
     return
   changed = next(((a, b) for a, b in zip(first, second) if a != b), None)
   how = f'{changed[0]} became {changed[1]}' if changed else 'the number of weights changed'
-  raise record_schema.PluginError(f'--model={spec or DEFAULT_MODEL}: its weight keys change from build to '
-                    f'build ({how} when built again), as Keras\' automatic layer names do, '
-                    f'and they would differ between the two Kerases; {_FIX_NAMES}')
+  raise record_schema.PluginError(
+      f'--model={spec or DEFAULT_MODEL}: its weight keys change from build to '
+      f'build ({how} when built again), as Keras\' automatic layer names do, '
+      f'and they would differ between the two Kerases; {_FIX_NAMES}')
 
 
 def check_weight_file(spec, path, keys, keras):
   """PluginError when the .npz at `path` holds other weight keys than the model of
   --model=`spec` (`keys`, as built with `keras`): the two Kerases named its layers
   differently, or the file is another model's. The seed's ConvNet (spec None) is left to
-  runlog.load_weights, which names the flags to check."""
+  run_files.load_weights, which names the flags to check."""
   if spec is None:
     return
   stored = set(user_files.load_npz(path, '--init_weights=', 'write the weights again '
