@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, TINY_IMAGE_SIZE, at_once, run_entry
 from tf1compat.runs import errors
 from tf1compat.runs import config
+from tf1compat.judge import runner_jobs
 from tf1compat.judge import harness
 from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
@@ -83,7 +84,7 @@ def _ulp_distances(out, step):
   per-step control's at snapshot `step`, over the non-zero ones; 'zeros kept': whether
   every zero stayed zero}."""
   runs = [run_files.snapshot_path(os.path.join(out, name), step)
-          for name in ('graph', harness.PER_STEP_CONTROL)]
+          for name in ('graph', runner_jobs.PER_STEP_CONTROL)]
   with np.load(runs[0]) as reference, np.load(runs[1]) as nudged:
     distances = {'zeros kept': all(np.all(nudged[k][reference[k] == 0] == 0)
                                    for k in reference.files)}
@@ -115,7 +116,7 @@ def _batch_norm_checks(tiny_data_dir, out, base):
   with open(os.path.join(out, harness.STATE_JSON)) as f:
     port_args = [a for a in json.load(f)['eager'] if not a.startswith('--model_dir=')]
   other = str(base / 'eager_other_rounding')
-  threads = {'TF_NUM_INTRAOP_THREADS': str(harness.control_threads())}
+  threads = {'TF_NUM_INTRAOP_THREADS': str(runner_jobs.control_threads())}
   trained = run_entry('train_eager', *port_args, f'--model_dir={other}', env=threads)
   report_dir = base / 'other_rounding_report'
   compared = run_entry('compare_runs', os.path.join(out, 'graph'), other,
@@ -352,10 +353,10 @@ def test_a_fail_on_numbers_alone_asks_for_the_other_controls(checks):
   assert result.stdout.count('the FAIL rests on numbers alone') == 2
   out = os.path.dirname(report['controls'][0])
   assert report['controls'] == [os.path.join(out, name) for name in (
-      'control', harness.PER_STEP_CONTROL, harness.KERNELS_CONTROL)]
+      'control', runner_jobs.PER_STEP_CONTROL, runner_jobs.KERNELS_CONTROL)]
   assert ('controls graph:control, graph:control_per_step, graph:control_kernels (the '
           'widest at each step)') in result.stdout
-  with open(os.path.join(out, harness.KERNELS_CONTROL, 'run.json')) as f:
+  with open(os.path.join(out, runner_jobs.KERNELS_CONTROL, 'run.json')) as f:
     kernels = json.load(f)['settings']['onednn']
   with open(os.path.join(out, 'graph', 'run.json')) as f:
     assert kernels != json.load(f)['settings']['onednn']
@@ -381,7 +382,7 @@ def test_port_strategy_and_precision_reach_the_port_only():
   cfg = config.CheckParityConfig(adam_epsilon=None, pitfall=None, with_fit=True, exact=True,
                                  strategy='mirrored', cpu_devices=2, mixed_precision=True,
                                  calibrate=True, dropout=0.0, seed=0)
-  args = {job.name: job.args for job in harness.jobs(cfg)}
+  args = {job.name: job.args for job in runner_jobs.jobs(cfg)}
   port = ('--strategy=mirrored', '--cpu_devices=2', '--mixed_precision')
   for name in ('eager', 'fit'):
     assert set(port) <= set(args[name]), args[name]
@@ -395,31 +396,31 @@ def test_every_runner_gets_the_given_adam_epsilon_even_zero():
   """--adam_epsilon=0 is an epsilon, not 'unset' (which means the legacy 1e-8)."""
   for given, passed in ((0.0, '--adam_epsilon=0.0'), (None, '--adam_epsilon=1e-08')):
     cfg = config.CheckParityConfig(adam_epsilon=given, with_fit=True)
-    for job in harness.jobs(cfg):
+    for job in runner_jobs.jobs(cfg):
       assert passed in job.args, (given, job)
-  jobs = harness.jobs(config.CheckParityConfig(pitfall='adam_epsilon'))
+  jobs = runner_jobs.jobs(config.CheckParityConfig(pitfall='adam_epsilon'))
   assert [job.name for job in jobs if '--adam_epsilon=1e-08' not in job.args] == ['eager']
 
 
 def test_keep_prob_as_rate_gives_the_port_one_minus_the_rate():
   cfg = config.CheckParityConfig(pitfall='keep_prob_as_rate', dropout=0.3, with_fit=True)
-  args = {job.name: job.args for job in harness.jobs(cfg)}
+  args = {job.name: job.args for job in runner_jobs.jobs(cfg)}
   for name in ('eager', 'fit'):
     # After the forwarded --dropout=0.3 (absl: the last value wins): 1 - 0.3.
     assert args[name][-1] == '--dropout=0.7', args[name]
   assert not any(a.startswith('--dropout=') for a in args['graph'] + args['control'])
-  harness.check_pitfall_requirements(cfg)
+  runner_jobs.check_pitfall_requirements(cfg)
   for dropout, message in ((0.5, 'which every runner has already'), (0.0, '--dropout=0.3')):
     with pytest.raises(errors.UsageError, match=message):
-      harness.check_pitfall_requirements(config.CheckParityConfig(
+      runner_jobs.check_pitfall_requirements(config.CheckParityConfig(
           pitfall='keep_prob_as_rate', dropout=dropout))
 
 
 def test_a_pitfall_made_in_model_fit_checks_model_fit():
   """Without --with_fit the fit loop takes the custom loop's place as the port."""
-  jobs = harness.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class'))
+  jobs = runner_jobs.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class'))
   assert [job.name for job in jobs] == ['graph', 'control', 'fit']
   assert '--fit_accuracy=Accuracy' in jobs[2].args and '--loop=fit' in jobs[2].args
-  jobs = harness.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class', with_fit=True))
+  jobs = runner_jobs.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class', with_fit=True))
   assert [job.name for job in jobs if '--fit_accuracy=Accuracy' in job.args] == ['fit']
   assert [job.name for job in jobs] == ['graph', 'control', 'eager', 'fit']

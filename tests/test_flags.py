@@ -31,12 +31,13 @@ def test_check_parity_forwards_the_flags_as_given():
 import sys
 from absl import flags
 from tf1compat.runs import config
-from tf1compat.judge import harness
+from tf1compat.judge import runner_jobs
 from tf1compat.commands import check_parity
 check_parity.define_flags()
 flags.FLAGS(sys.argv)
-given = [flags.FLAGS[n].serialize() for n in harness.FORWARDED if flags.FLAGS[n].value is not None]
-forwarded = harness.forwarded_args(config.from_flags(config.CheckParityConfig, flags.FLAGS))
+given = [flags.FLAGS[n].serialize() for n in runner_jobs.FORWARDED
+         if flags.FLAGS[n].value is not None]
+forwarded = runner_jobs.forwarded_args(config.from_flags(config.CheckParityConfig, flags.FLAGS))
 print(given == forwarded, given, forwarded)
 '''
   for args in ([], ['--learning_rate=3e-05', '--dropout=0.3', '--snapshot_steps=0,1,2,5',

@@ -21,7 +21,7 @@ from test_data import bad_records_dir
 from test_parity import make_run
 from tf1compat.runs import errors
 from tf1compat.runs import config
-from tf1compat.judge import harness
+from tf1compat.judge import runner_jobs
 from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
 from tf1compat.runs import probes
@@ -124,27 +124,27 @@ def test_tf115_and_tf2_runs_are_compared_step_wise_over_every_pass(tmp_path):
 def test_the_legacy_pitfall_goes_into_the_tf115_run_and_the_reference_stays_correct():
   cfg = config.CheckParityConfig(legacy_python='/envs/tf115/bin/python',
                                  pitfall='metrics_never_reset')
-  jobs = {job.name: job for job in harness.jobs(cfg)}
-  assert list(jobs) == ['graph', harness.CONTROL, harness.LEGACY, 'eager']
-  assert '--reset_metrics=never' in jobs[harness.LEGACY].args
-  assert jobs[harness.LEGACY].python == '/envs/tf115/bin/python'
-  for name in ('graph', harness.CONTROL, 'eager'):
+  jobs = {job.name: job for job in runner_jobs.jobs(cfg)}
+  assert list(jobs) == ['graph', runner_jobs.CONTROL, runner_jobs.LEGACY, 'eager']
+  assert '--reset_metrics=never' in jobs[runner_jobs.LEGACY].args
+  assert jobs[runner_jobs.LEGACY].python == '/envs/tf115/bin/python'
+  for name in ('graph', runner_jobs.CONTROL, 'eager'):
     assert '--reset_metrics=never' not in jobs[name].args and jobs[name].python is None
   # The first rung gets the legacy loop's own arguments: no port flag, the legacy epsilon.
-  assert not set(harness.EXACT_PORT_ARGS) & set(jobs[harness.LEGACY].args)
-  assert '--adam_epsilon=1e-08' in jobs[harness.LEGACY].args
-  without = {job.name: job for job in harness.jobs(config.CheckParityConfig(
+  assert not set(runner_jobs.EXACT_PORT_ARGS) & set(jobs[runner_jobs.LEGACY].args)
+  assert '--adam_epsilon=1e-08' in jobs[runner_jobs.LEGACY].args
+  without = {job.name: job for job in runner_jobs.jobs(config.CheckParityConfig(
       pitfall='metrics_never_reset'))}
-  assert harness.LEGACY not in without and '--reset_metrics=never' in without['graph'].args
+  assert runner_jobs.LEGACY not in without and '--reset_metrics=never' in without['graph'].args
 
 
 def test_with_dropout_both_legacy_runs_draw_seeded_masks_and_the_control_others():
-  jobs = {job.name: job for job in harness.jobs(config.CheckParityConfig(
+  jobs = {job.name: job for job in runner_jobs.jobs(config.CheckParityConfig(
       legacy_python='/envs/tf115/bin/python', dropout=0.3, seed=5))}
   seeds = {name: [a for a in job.args if a.startswith('--dropout_seed=')]
            for name, job in jobs.items()}
-  assert seeds['graph'] == seeds[harness.LEGACY] == ['--dropout_seed=5']
-  assert seeds[harness.CONTROL][-1] == '--dropout_seed=6' and seeds['eager'] == []
+  assert seeds['graph'] == seeds[runner_jobs.LEGACY] == ['--dropout_seed=5']
+  assert seeds[runner_jobs.CONTROL][-1] == '--dropout_seed=6' and seeds['eager'] == []
 
 
 def test_graph_runs_seeded_alike_draw_the_same_dropout_masks(tmp_path):
@@ -338,7 +338,7 @@ def test_the_ladder_passes_on_tiny_data(ladder_checks):
       ('graph:tf115', 'graph:graph'), ('graph:graph', 'eager:eager')]
   assert 'migration ladder' in result.stdout and 'rung 1: graph:tf115 -> graph:graph' in (
       result.stdout)
-  manifest = runlog.read_manifest(os.path.join(out, harness.LEGACY))
+  manifest = runlog.read_manifest(os.path.join(out, runner_jobs.LEGACY))
   assert manifest['versions']['tensorflow'] == '1.15.0'
   assert manifest['versions']['python'].startswith('3.7.')
   assert manifest['versions']['keras_implementation'] == runlog.KERAS_BUNDLED

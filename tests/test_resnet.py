@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry
 from tf1compat.runs import errors
 from tf1compat.runs import config
-from tf1compat.judge import harness
+from tf1compat.judge import runner_jobs
 from tf1compat.judge import pitfalls
 from tf1compat.train.models import resnet
 from tf1compat.runs import runlog
@@ -171,7 +171,7 @@ def test_earlier_pitfalls_fail_on_it_too(tiny_data_dir, output_dir, pitfall):
 ])
 def test_pitfall_that_cannot_show_is_a_usage_error(pitfall, message):
   with pytest.raises(errors.UsageError, match=message):
-    harness.check_pitfall_requirements(config.CheckParityConfig(pitfall=pitfall))
+    runner_jobs.check_pitfall_requirements(config.CheckParityConfig(pitfall=pitfall))
   # With what it needs, it runs.
-  harness.check_pitfall_requirements(config.CheckParityConfig(
+  runner_jobs.check_pitfall_requirements(config.CheckParityConfig(
       pitfall=pitfall, model=MODEL, lr_decay_steps=DECAY_STEPS))

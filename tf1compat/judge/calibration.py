@@ -10,10 +10,10 @@ of the widest envelope of its controls.
 
 Three kinds of control, because correct runs part in more than one way (docs/parity.md
 has the measurements). One differs once: its start one ulp away (runs/nudge.py), under
-another reduction order and with other Dropout masks (harness.control_job). The others,
-run before a FAIL on numbers alone stands (harness.escalation_jobs), differ at every step:
-each weight one ulp up or down after every step, or oneDNN turned the other way, as a port
-whose kernels round differently does. On real images the trajectories can fork at a
+another reduction order and with other Dropout masks (runner_jobs.control_job). The
+others, run before a FAIL on numbers alone stands (runner_jobs.escalation_jobs), differ at
+every step: each weight one ulp up or down after every step, or oneDNN turned the other
+way, as a port whose kernels round differently does. On real images the trajectories can fork at a
 single step (a ReLU whose input sits at zero over a whole flat region, an Adam update of
 a gradient that is rounding noise), and which branch a run takes is a coin toss between
 correct runs: one control alone often took the reference's branch while a correct port
