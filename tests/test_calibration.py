@@ -5,10 +5,10 @@ import pytest
 
 from test_parity import EPOCHS, STEPS_PER_EPOCH, _losses, make_run
 from tf1compat.judge import calibration
-from tf1compat.runs import nudge
-from tf1compat.runs import errors
 from tf1compat.judge import parity
 from tf1compat.judge import report as parity_report
+from tf1compat.runs import errors
+from tf1compat.runs import nudge
 
 N = EPOCHS * STEPS_PER_EPOCH
 # A control that parts from the reference like a chaotic float run: 1e-7 at step 1,

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_IMAGE_SIZE, at_once, run_entry
-from tf1compat.runs import errors
-from tf1compat.runs import config
-from tf1compat.judge import runner_jobs
 from tf1compat.judge import harness
 from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
+from tf1compat.judge import runner_jobs
+from tf1compat.runs import config
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',

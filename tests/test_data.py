@@ -25,8 +25,8 @@ if mode == 'graph':
   tf.compat.v1.set_random_seed(7)
 else:
   tf.random.set_seed(7)
-from tf1compat.data import pipeline
 from tf1compat.data import data_check
+from tf1compat.data import pipeline
 spec = data_check.check_data_dir(data_dir, 4, on_bad_record)
 dataset = pipeline.make_dataset(spec.train_files, image_size=%(size)d, num_classes=4, batch_size=8,
                             seed=7, shuffle_buffer=20, skip=spec.skip('train'))
@@ -158,8 +158,8 @@ def test_skip_gives_identical_batches_in_both_modes_without_bad_records(tiny_dat
 
 def test_skip_reads_exactly_the_good_records_and_changes_nothing_without_bad_ones(
     tiny_data_dir, tmp_path):
-  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top
+  from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
   data_dir = bad_records_dir(tiny_data_dir, tmp_path / 'data')
   spec = data_check.check_data_dir(data_dir, 4, 'skip')
   assert spec.train_check.good_records == 64 + 3

@@ -29,9 +29,9 @@ from conftest import (KILL_FLAGS, REFERENCE_RUNNERS, REPO, TINY, at_once, read_r
 from tf1compat.data import data_folder
 from tf1compat.data import image_bytes
 from tf1compat.data import records
+from tf1compat.data import tfrecord
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
-from tf1compat.data import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
 TRAIN_RECORDS = TINY['train_per_class'] * NUM_CLASSES

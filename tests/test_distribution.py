@@ -22,11 +22,11 @@ import pytest
 from conftest import (REPO, at_once, csv_rows, read_run_csv, read_snapshot, run_entry,
                       run_python, signal_after, tiny_run_flags)
 from tf1compat.judge import calibration
-from tf1compat.runs import errors
-from tf1compat.train import distribution
 from tf1compat.judge import parity
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.train import distribution
 
 TOL = parity.Tolerances()
 TOTAL_STEPS = 12  # tiny_run_flags: 2 epochs of 6 steps

@@ -356,8 +356,8 @@ os.environ['TF_USE_LEGACY_KERAS'] = '1'
 import numpy as np
 import tensorflow as tf
 tf.compat.v1.disable_v2_behavior()
-from tf1compat.train.models import keras_facts
 from tf1compat.train.models import convnet
+from tf1compat.train.models import keras_facts
 
 net = convnet.build_model(tf.keras, num_classes=int(sys.argv[2]), image_size=int(sys.argv[3]),
                         batch_norm=True)

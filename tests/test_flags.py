@@ -9,8 +9,8 @@ def test_runner_flags_are_the_fields_of_its_config():
   code = r'''
 import dataclasses
 from absl import flags
-from tf1compat.runs import config
 from tf1compat.commands import flags as f
+from tf1compat.runs import config
 f.define_data_flags(config.GraphConfig)
 f.define_training_flags(config.GraphConfig)
 f.define_graph_flags()
@@ -30,9 +30,9 @@ def test_check_parity_forwards_the_flags_as_given():
   code = r'''
 import sys
 from absl import flags
-from tf1compat.runs import config
-from tf1compat.judge import runner_jobs
 from tf1compat.commands import check_parity
+from tf1compat.judge import runner_jobs
+from tf1compat.runs import config
 check_parity.define_flags()
 flags.FLAGS(sys.argv)
 given = [flags.FLAGS[n].serialize() for n in runner_jobs.FORWARDED

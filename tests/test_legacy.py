@@ -19,15 +19,15 @@ import pytest
 from conftest import REPO, TINY_IMAGE_SIZE, run_entry
 from test_data import bad_records_dir
 from test_parity import make_run
-from tf1compat.runs import errors
-from tf1compat.runs import config
-from tf1compat.judge import runner_jobs
 from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
+from tf1compat.judge import runner_jobs
+from tf1compat.judge import tiers
+from tf1compat.runs import config
+from tf1compat.runs import errors
 from tf1compat.runs import probes
 from tf1compat.runs import runlog
 from tf1compat.runs import team_models
-from tf1compat.judge import tiers
 
 # Three passes through the tiny training set (64 records, 8 batches of 8 a pass): both
 # TensorFlows read the same batches at every step, whatever the pass.
@@ -236,8 +236,8 @@ def _batches_snippet(data_dir, out, batches, on_bad_record):
 import numpy as np
 from tf1compat.runtime import process
 tf = process.use_legacy_keras()
-from tf1compat.data import pipeline
 from tf1compat.data import data_check
+from tf1compat.data import pipeline
 parse_example = pipeline.parse_example
 pipeline.parse_example = lambda record, *args: (*parse_example(record, *args),
                                             tf.strings.to_hash_bucket_fast(record, 2**62))

@@ -9,14 +9,14 @@ import pytest
 
 from conftest import run_entry
 from tf1compat.judge import calibration
-from tf1compat.runs import errors
-from tf1compat.runs import config
 from tf1compat.judge import localize
 from tf1compat.judge import parity
+from tf1compat.runs import config
+from tf1compat.runs import errors
 from tf1compat.runs import probes
 from tf1compat.runs import recorder
-from tf1compat.train import replay_mode
 from tf1compat.runs import run_files
+from tf1compat.train import replay_mode
 
 LAYERS = ('conv', 'bn', 'logits')
 KINDS = {'conv': ['Conv2D', 'Layer'], 'bn': ['BatchNormalization', 'Layer'],

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
-from tf1compat.runs import errors
 from tf1compat.judge import parity
 from tf1compat.judge import report as parity_report
+from tf1compat.judge import tiers
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
-from tf1compat.judge import tiers
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 2

@@ -13,8 +13,8 @@ from conftest import read_run_csv
 from conftest import read_snapshot
 from conftest import run_entry
 from conftest import run_python
-from tf1compat.runs import errors
 from tf1compat.judge import parity
+from tf1compat.runs import errors
 from tf1compat.runs import recorder
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog

@@ -197,8 +197,8 @@ def test_synthetic_is_learnable(tmp_path):
   """The seed's ConvNet (Keras 3, in this process) learns it far above chance."""
   import keras  # pylint: disable=g-import-not-at-top
   from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top
-  from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top
   from tf1compat.data import records  # pylint: disable=g-import-not-at-top
+  from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / 'synthetic')
   records.write_synthetic(out, num_classes=10, train_per_class=32, val_per_class=8)
   keras.utils.set_random_seed(0)

@@ -22,14 +22,14 @@ import tensorflow as tf
 
 from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, csv_rows,
                       read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
-from tf1compat.runs import atomic
-from tf1compat.data import pipeline
 from tf1compat.data import data_folder
-from tf1compat.runs import errors
+from tf1compat.data import pipeline
 from tf1compat.data import records
+from tf1compat.data import tfrecord
+from tf1compat.runs import atomic
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
-from tf1compat.data import tfrecord
 
 NUM_CLASSES = TINY['num_classes']
 # Runs that get interrupted take conftest's KILL_FLAGS, as its `references` do.

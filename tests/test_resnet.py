@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY_IMAGE_SIZE, read_run_csv, read_snapshot, run_entry
-from tf1compat.runs import errors
-from tf1compat.runs import config
-from tf1compat.judge import runner_jobs
 from tf1compat.judge import pitfalls
-from tf1compat.train.models import resnet
+from tf1compat.judge import runner_jobs
+from tf1compat.runs import config
+from tf1compat.runs import errors
 from tf1compat.runs import runlog
+from tf1compat.train.models import resnet
 
 MODEL = 'tf1compat.train.models.resnet:resnet_small'
 STEPS_PER_EPOCH = 6

@@ -6,9 +6,9 @@ import os
 import pytest
 
 from conftest import run_entry, run_python, tiny_run_flags
-from tf1compat.runtime import cpu_info
-from tf1compat.runs import runlog
 from tf1compat.judge import settings_matrix
+from tf1compat.runs import runlog
+from tf1compat.runtime import cpu_info
 
 
 def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,

@@ -22,10 +22,10 @@ from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 
-from tf1compat.runs import config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.runs import config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.runtime import stacks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags = dict(arg[2:].split('=', 1) for arg in sys.argv[5:] if '=' in arg)

@@ -11,8 +11,8 @@ from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 
-from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.data import data_check  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf1compat.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.data import records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 data_dir = records.embedded_data_dir() if sys.argv[1] == '-' else sys.argv[1]

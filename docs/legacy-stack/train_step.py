@@ -16,9 +16,9 @@ from tf1compat.runtime import process
 
 tf = process.use_legacy_keras()
 
+from tf1compat.runs import run_files
 from tf1compat.train.models import convnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf1compat.train.models import keras_facts  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tf1compat.runs import run_files
 
 init, batch, out_path = sys.argv[1:4]
 with np.load(batch) as given:

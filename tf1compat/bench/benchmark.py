@@ -62,14 +62,14 @@ import time
 
 from absl import logging
 
-from tf1compat.runs import atomic
 from tf1compat.bench import benchmark_figures
+from tf1compat.runs import atomic
 from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import folders
-from tf1compat.runtime import process
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.runtime import process
 
 # Workers run by module name, each on the spec file in its work folder.
 _WORKER_MODULE = 'tf1compat.commands.benchmark_worker'

@@ -29,8 +29,8 @@ import os
 import time
 
 
-from tf1compat.runs import config
 from tf1compat.data import data_folder
+from tf1compat.runs import config
 from tf1compat.runtime import process
 
 # The benchmark's synthetic records use 10 of the seed's Caltech256 classes.
@@ -193,8 +193,8 @@ def _model_flops(cfg):
   """The FLOPs per image of the eager runner's model on `cfg`: the layer walk, with
   TensorFlow's own count of the traced forward pass and step beside it."""
   import keras  # pylint: disable=g-import-not-at-top
-  from tf1compat.train.eager import model_fn  # pylint: disable=g-import-not-at-top
   from tf1compat.bench import roofline  # pylint: disable=g-import-not-at-top
+  from tf1compat.train.eager import model_fn  # pylint: disable=g-import-not-at-top
   model = model_fn.build_model(cfg, cfg.num_classes)
   flops = roofline.layer_flops(keras, model)
   flops['tensorflow'] = roofline.tensorflow_flops(

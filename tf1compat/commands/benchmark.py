@@ -17,9 +17,9 @@ from absl import logging
 from tf1compat.bench import benchmark
 from tf1compat.bench import benchmark_figures
 from tf1compat.commands import cli
-from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.commands import tool_flags
+from tf1compat.runs import config
 
 
 def main(argv):

@@ -12,13 +12,13 @@ import sys
 from absl import flags
 
 from tf1compat.commands import cli
-from tf1compat.runs import errors
-from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.commands import tool_flags
 from tf1compat.judge import harness
 from tf1compat.judge import report
 from tf1compat.judge import settings_matrix
+from tf1compat.runs import config
+from tf1compat.runs import errors
 
 
 def main(argv):

@@ -11,12 +11,12 @@ from absl import flags
 from absl import logging
 
 from tf1compat.commands import cli
-from tf1compat.runs import errors
 from tf1compat.commands import tool_flags
-from tf1compat.runs import folders
 from tf1compat.judge import parity
 from tf1compat.judge import replay_runs
 from tf1compat.judge import report as parity_report
+from tf1compat.runs import errors
+from tf1compat.runs import folders
 from tf1compat.runs import runlog
 from tf1compat.runs import weight_map
 

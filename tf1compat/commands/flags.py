@@ -13,10 +13,10 @@ import math
 
 from absl import flags
 
-from tf1compat.runs import errors
-from tf1compat.runs import config
-from tf1compat.train.models import convnet
 from tf1compat.data import record_schema
+from tf1compat.runs import config
+from tf1compat.runs import errors
+from tf1compat.train.models import convnet
 from tf1compat.train.models import plugins
 
 

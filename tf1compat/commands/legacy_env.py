@@ -9,8 +9,8 @@ One line per phase; exit 2 with one line when no Python 3.7 is found.
 from absl import flags
 
 from tf1compat.commands import cli
-from tf1compat.runs import errors
 from tf1compat.judge import legacy_env
+from tf1compat.runs import errors
 
 
 def main(argv):

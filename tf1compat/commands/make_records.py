@@ -4,10 +4,10 @@ synthetic dataset."""
 from absl import flags
 
 from tf1compat.commands import cli
-from tf1compat.runs import interrupts
-from tf1compat.runs import config
 from tf1compat.commands import tool_flags
 from tf1compat.data import record_folder
+from tf1compat.runs import config
+from tf1compat.runs import interrupts
 
 
 def main(argv):

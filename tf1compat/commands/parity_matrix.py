@@ -10,10 +10,10 @@ import sys
 from absl import flags
 
 from tf1compat.commands import cli
-from tf1compat.runs import errors
-from tf1compat.runs import config
 from tf1compat.commands import tool_flags
 from tf1compat.judge import matrix
+from tf1compat.runs import config
+from tf1compat.runs import errors
 
 
 def main(argv):

@@ -5,9 +5,9 @@ from absl import flags
 from absl import logging
 
 from tf1compat.commands import cli
-from tf1compat.runs import config
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.data import preflight
+from tf1compat.runs import config
 from tf1compat.runtime import process
 from tf1compat.train import replay_mode
 

@@ -25,12 +25,12 @@ from absl import logging
 from google.protobuf import message as protobuf_message
 import tensorflow as tf
 
-from tf1compat.runs import config
-from tf1compat.data import pipeline
 from tf1compat.data import data_folder
 from tf1compat.data import image_bytes
+from tf1compat.data import pipeline
 from tf1compat.data import record_schema
 from tf1compat.data import tfrecord
+from tf1compat.runs import config
 
 _FIX_DATA = ('rewrite the records with bin/make_records, or pass --on_bad_record=skip to '
              'train without the bad ones')

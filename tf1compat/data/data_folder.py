@@ -15,9 +15,9 @@ import os
 import re
 import struct
 
+from tf1compat.data import tfrecord
 from tf1compat.runs import config
 from tf1compat.runs import errors
-from tf1compat.data import tfrecord
 from tf1compat.runs import user_files
 
 TRAIN_PATTERN = 'train-*.tfrecord'

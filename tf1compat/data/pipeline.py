@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from tf1compat.data import data_folder
 from tf1compat.data import record_schema
-from tf1compat.runtime import stacks
 from tf1compat.data import tfrecord
+from tf1compat.runtime import stacks
 
 # The seed's schema: what `bin/make_records` writes and what a Caltech256 TFRecord
 # export from the seed's era holds. The pipeline never reads `filename`, so records

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 
-from tf1compat.runs import config
 from tf1compat.data import data_folder
+from tf1compat.data import tfrecord
+from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import folders
 from tf1compat.runs import run_files
-from tf1compat.data import tfrecord
 
 _FLOAT32_BYTES = 4
 

@@ -19,12 +19,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tf1compat.runs import atomic
 from tf1compat.data import data_folder
-from tf1compat.runs import folders
-from tf1compat.runs import held_stderr
 from tf1compat.data import image_bytes
 from tf1compat.data import record_folder
+from tf1compat.runs import atomic
+from tf1compat.runs import folders
+from tf1compat.runs import held_stderr
 
 # Bump when the synthetic generator changes, so stale caches are not reused.
 SYNTHETIC_VERSION = 1

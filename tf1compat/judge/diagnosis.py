@@ -9,11 +9,11 @@ TensorFlow-free.
 import numpy as np
 
 from tf1compat.judge import calibration
-from tf1compat.runs import config
-from tf1compat.train.models import convnet
 from tf1compat.judge import pitfalls
-from tf1compat.runs import runlog
 from tf1compat.judge import tiers
+from tf1compat.runs import config
+from tf1compat.runs import runlog
+from tf1compat.train.models import convnet
 
 FRAMEWORK_DIFFERENCES = {
     'adam_rounding': "Keras 3's Adam computes TF1's formula with separate ops and beta ** t, "

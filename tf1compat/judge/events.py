@@ -14,8 +14,8 @@ import time
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 
-from tf1compat.judge import calibration
 from tf1compat.data import tfrecord
+from tf1compat.judge import calibration
 
 COMPARISON_DIR = 'comparison'
 _EVENTS_PREFIX = 'events.out.tfevents.'

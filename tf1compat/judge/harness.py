@@ -16,19 +16,19 @@ import signal
 import subprocess
 import time
 
-from tf1compat.runs import atomic
-from tf1compat.runs import nudge
-from tf1compat.runs import errors
-from tf1compat.runs import folders
 from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
-from tf1compat.runtime import process
-from tf1compat.runtime import progress
 from tf1compat.judge import replay_runs
-from tf1compat.judge import runner_jobs
 from tf1compat.judge import report as parity_report
+from tf1compat.judge import runner_jobs
+from tf1compat.runs import atomic
+from tf1compat.runs import errors
+from tf1compat.runs import folders
+from tf1compat.runs import nudge
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.runtime import process
+from tf1compat.runtime import progress
 
 STATE_JSON = 'check_parity.json'
 # What the initial weights depend on (the data_dir only through num_classes).

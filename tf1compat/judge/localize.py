@@ -21,8 +21,8 @@ import math
 import numpy as np
 
 from tf1compat.judge import calibration
-from tf1compat.runs import errors
 from tf1compat.judge import pitfalls
+from tf1compat.runs import errors
 from tf1compat.runs import probes
 from tf1compat.runs import run_files
 

@@ -14,9 +14,9 @@ import json
 import os
 import subprocess
 
+from tf1compat.judge import pitfalls
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
-from tf1compat.judge import pitfalls
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
 

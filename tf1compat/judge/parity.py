@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from tf1compat.judge import calibration
-from tf1compat.runs import errors
 from tf1compat.judge import diagnosis
+from tf1compat.judge import tiers
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
-from tf1compat.judge import tiers
 from tf1compat.runs import user_files
 
 

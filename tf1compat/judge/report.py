@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
-from tf1compat.runs import atomic
 from tf1compat.judge import calibration
 from tf1compat.judge import diagnosis
 from tf1compat.judge import events
+from tf1compat.runs import atomic
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 

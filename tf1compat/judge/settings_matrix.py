@@ -19,12 +19,12 @@ import dataclasses
 import os
 import statistics
 
-from tf1compat.runs import atomic
-from tf1compat.runtime import cpu_info
 from tf1compat.judge import harness
-from tf1compat.runtime import progress
+from tf1compat.runs import atomic
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.runtime import cpu_info
+from tf1compat.runtime import progress
 
 MARKDOWN = 'settings_matrix.md'
 JSON = 'settings_matrix.json'

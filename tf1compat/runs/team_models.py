@@ -12,8 +12,8 @@ import numbers
 import os
 import re
 
-from tf1compat.runs import nudge
 from tf1compat.runs import errors
+from tf1compat.runs import nudge
 from tf1compat.runs import run_files
 from tf1compat.runs import weight_map as weight_maps
 

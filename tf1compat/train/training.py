@@ -18,13 +18,13 @@ import time
 from absl import logging
 import numpy as np
 
-from tf1compat.runs import errors
-from tf1compat.runs import config
 from tf1compat.data import data_check
-from tf1compat.runtime import progress
 from tf1compat.data import records
+from tf1compat.runs import config
+from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.runtime import progress
 from tf1compat.runtime import stacks
 
 

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from tf1compat.data import pipeline
-from tf1compat.runtime import progress
 from tf1compat.runs import run_files
+from tf1compat.runtime import progress
 from tf1compat.train import training
 
 RUNNER = 'fit'

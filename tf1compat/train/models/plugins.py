@@ -50,9 +50,9 @@ import inspect
 import sys
 
 from tf1compat.data import record_schema
-from tf1compat.train.models import keras_facts
 from tf1compat.runs import user_files
 from tf1compat.runs import weight_map
+from tf1compat.train.models import keras_facts
 
 DEFAULT_MODEL = 'tf1compat.train.models.convnet:build_model'
 # What every builder takes besides the Keras module.
