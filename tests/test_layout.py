@@ -4,7 +4,12 @@ library never imports the command line."""
 import ast
 import os
 
+import pytest
+
 from conftest import REPO, run_python
+from tf1compat.data import record_schema
+from tf1compat.train.models import convnet
+from tf1compat.train.models import resnet
 
 PACKAGE = os.path.join(REPO, 'tf1compat')
 # Each wing may import the wings of a lower rank, never one of its own rank or above:
@@ -108,3 +113,10 @@ def test_team_loops_import_the_recorder_from_the_package():
                       'print(recorder.__name__, team_models.__name__)\n')
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == ['tf1compat.runs.recorder', 'tf1compat.runs.team_models']
+
+
+def test_the_built_in_models_load_under_the_paths_the_docs_gave_before_the_wings():
+  assert record_schema.load('model', 'tf1compat.resnet:resnet_small') is resnet.resnet_small
+  assert record_schema.load('model', 'tf1compat.model:build_model') is convnet.build_model
+  with pytest.raises(record_schema.PluginError, match="no module named 'tf1compat.runlog'"):
+    record_schema.load('model', 'tf1compat.runlog:RunLog')
