@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO, run_python
 from tf1compat.data import record_schema
+from tf1compat.judge import legacy_env
+from tf1compat.runtime import process
 from tf1compat.train.models import convnet
 from tf1compat.train.models import resnet
 
@@ -120,3 +122,10 @@ def test_the_built_in_models_load_under_the_paths_the_docs_gave_before_the_wings
   assert record_schema.load('model', 'tf1compat.model:build_model') is convnet.build_model
   with pytest.raises(record_schema.PluginError, match="no module named 'tf1compat.runlog'"):
     record_schema.load('model', 'tf1compat.runlog:RunLog')
+
+
+def test_the_package_is_found_from_its_wings(tmp_path):
+  """What a module finds from its own file is its wing's folder, not the package's."""
+  assert process.PACKAGE_PARENT == REPO
+  link = os.path.join(legacy_env.source_path(str(tmp_path)), 'tf1compat')
+  assert os.path.samefile(link, PACKAGE)

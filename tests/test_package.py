@@ -23,8 +23,11 @@ def _run(command, **kwargs):
 def test_installed_wheel_runs_check_parity_outside_the_checkout(tmp_path, tiny_data_dir):
   # Built from a copy: a build leaves build/ and *.egg-info beside the sources.
   source = tmp_path / 'source'
-  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
-      '.git', '.venv', 'runs', 'build', '*.egg-info', '__pycache__', '.pytest_cache'))
+  everywhere = shutil.ignore_patterns('.git', '.venv', 'build', '*.egg-info', '__pycache__',
+                                      '.pytest_cache')
+  # The checkout's runs/ output folder, not the package's runs/ wing.
+  shutil.copytree(REPO, source, ignore=lambda folder, names: everywhere(folder, names) | (
+      {'runs'} if os.path.samefile(folder, REPO) else set()))
   # Nothing of the checkout may leak into the installed environment.
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   wheels = tmp_path / 'wheels'

@@ -107,8 +107,9 @@ def _placements(data):
                             'contains the data folder'),
       'inside_the_cache': ('train_eager', os.path.join(cache, 'runs'), (),
                            'lies inside the dataset cache'),
-      'inside_the_package': ('train_graph', os.path.join(package, 'runs'), ('--overwrite',),
-                             'lies inside the tf1compat package'),
+      # Inside one of its wings, not only at its top.
+      'inside_the_package': ('train_graph', os.path.join(package, 'train', 'runs'),
+                             ('--overwrite',), 'lies inside the tf1compat package'),
   }
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 
+import tf1compat
 from tf1compat.runs import errors
 from tf1compat.runs import folders
 from tf1compat.runtime import progress
@@ -180,7 +181,7 @@ def source_path(folder):
   """A folder to put on the legacy interpreter's PYTHONPATH that holds this tf1compat and
   nothing else (a link in `folder`): the folder above the package may be a Python 3.10+
   site-packages, whose compiled modules a Python 3.7 must not import."""
-  package = os.path.dirname(os.path.abspath(__file__))
+  package = os.path.dirname(os.path.abspath(tf1compat.__file__))
   link = os.path.join(folder, 'tf1compat')
   os.makedirs(folder, exist_ok=True)
   if os.path.islink(link) and os.readlink(link) == package:

@@ -8,6 +8,7 @@ process at a time a folder (a run directory, check_parity's output). TensorFlow-
 import fcntl
 import os
 
+import tf1compat
 from tf1compat.runs import errors
 
 # The lock of the process writing a folder (lock_folder): no content either, and kept.
@@ -15,7 +16,7 @@ LOCK_FILE = '.lock'
 # Not content: a folder holding only these is empty, and --overwrite keeps them.
 
 # The tf1compat package, and the folder holding it (a checkout, or site-packages).
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(tf1compat.__file__))
 _PACKAGE_PARENT = os.path.dirname(_PACKAGE_DIR)
 # Folders this process holds the lock of (lock_folder), open until it ends.
 _LOCKS = {}

@@ -17,11 +17,12 @@ import signal
 import sys
 import tempfile
 
+import tf1compat
 from tf1compat.runs import errors
 
 COMMANDS_PACKAGE = 'tf1compat.commands'
 # The folder that holds the tf1compat package: a checkout's root or site-packages.
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tf1compat.__file__)))
 # The temporary folder of each TensorFlow process of ours (use_private_temp_folder).
 _TEMP_FOLDER = re.compile(r'tf1compat-(\d+)-[^/]+')
 
