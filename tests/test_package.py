@@ -81,3 +81,15 @@ def test_every_entry_point_has_version_and_help():
   result = run_entry('check_parity', '--helpfull')
   assert result.returncode == 0
   assert '--envelope_multiple' in result.stdout
+
+
+def test_ci_builds_its_own_environment_and_leaves_the_users_alone():
+  """.ci/run makes and removes .ci/venv only: a user who runs it keeps the .venv the README
+  told them to make."""
+  with open(os.path.join(REPO, '.ci', 'run')) as f:
+    script = f.read()
+  commands = [line for line in script.splitlines() if not line.startswith('#')]
+  assert 'venv=.ci/venv' in commands and 'rm -rf "$venv"' in commands
+  assert not [line for line in commands if '.venv' in line.replace('.ci/venv', '')]
+  with open(os.path.join(REPO, '.gitignore')) as f:
+    assert '/.ci/venv/' in f.read().split()
