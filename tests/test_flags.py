@@ -80,3 +80,19 @@ def test_a_crashed_runner_is_a_fault_not_a_verdict(tmp_path):
                                  'failed')
   assert isinstance(process.runner_error('eager', 143, str(log)), errors.Interrupted)
   assert isinstance(process.runner_error('eager', 2, str(log)), errors.UsageError)
+
+
+def test_paths_take_a_tilde_as_a_shell_user_writes_it(tmp_path):
+  """After `=` the shell leaves `~` as it is: every path flag and path argument expands it."""
+  home = {'HOME': str(tmp_path)}
+  legacy = run_entry('check_parity', '--legacy_python=~/envs/tf115/bin/python', env=home)
+  assert legacy.returncode == errors.EXIT_USAGE
+  assert legacy.stderr.strip().splitlines()[-1].startswith(
+      f'check_parity: --legacy_python={tmp_path}/envs/tf115/bin/python: no such interpreter')
+  written = run_entry('train_graph', '--save_init_weights=~/init.npz', '--image_size=32',
+                      env=home)
+  assert written.returncode == 0, written.stderr[-2000:]
+  assert (tmp_path / 'init.npz').is_file()
+  compared = run_entry('compare_runs', '~/a', '~/b', '--control=~/c', env=home)
+  assert compared.returncode == errors.EXIT_USAGE
+  assert f'{tmp_path}/a' in compared.stderr.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 
 from tf1compat.commands import cli
+from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.commands import tool_flags
 from tf1compat.judge import parity
 from tf1compat.judge import replay_runs
@@ -22,11 +23,11 @@ from tf1compat.runs import weight_map
 
 
 def main(argv):
-  run_dirs = argv[1:]
+  run_dirs = tf1compat_flags.expand_user(argv[1:])
   if len(run_dirs) < 2:
     raise errors.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
-  controls = flags.FLAGS.control or []
-  maps = weight_map.maps_for_runs(flags.FLAGS.weight_map, run_dirs, controls)
+  controls = tf1compat_flags.expand_user(flags.FLAGS.control)
+  maps = weight_map.maps_for_runs(_expand_weight_maps(flags.FLAGS.weight_map), run_dirs, controls)
   if maps:
     weight_map.check_aligned(run_dirs + controls, maps)
   tolerances = tool_flags.tolerances(flags.FLAGS)
@@ -49,6 +50,18 @@ def main(argv):
   return errors.EXIT_OK if report['verdict'] == 'PASS' else errors.EXIT_PARITY_FAIL
 
 
+def _expand_weight_maps(specs):
+  """--weight_map's RUN_DIR=MAP values with `~` expanded in the run directory and in a MAP
+  that names a file."""
+  out = []
+  for spec in specs or ():
+    run_dir, equals, map_spec = spec.partition('=')
+    if equals and map_spec.startswith('~'):
+      map_spec = tf1compat_flags.expand_user([map_spec])[0]
+    out.append(f'{tf1compat_flags.expand_user([run_dir])[0]}{equals}{map_spec}')
+  return out
+
+
 def define_flags():
   """Defines the compare_runs flags (also read by flag_reference)."""
   tool_flags.define_parity_flags()
@@ -60,8 +73,8 @@ def define_flags():
       'once, by the widest of the controls at each step (the first is the one the '
       'localization replays).')
   flags.DEFINE_bool('localize', False,
-                    'Say where inside one training step each pair parts (README, "Where the '
-                    'codes part"): replay the first step of runs our runners made (into '
+                    'Say where inside one training step each pair parts '
+                    '(docs/localization.md): replay the first step of runs our runners made (into '
                     'OUTPUT_DIR/localize), or read the probe a recorded loop wrote '
                     '(RunRecorder.probe), and judge them stage by stage against the '
                     'control\'s.')

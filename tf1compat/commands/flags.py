@@ -10,6 +10,7 @@ class whose defaults they show.
 
 import dataclasses
 import math
+import os
 
 from absl import flags
 
@@ -40,6 +41,28 @@ def define_float(name, default, help_text, lower_bound=None, upper_bound=None, b
                              message=f'--{name} must be below {below}')
 
 
+class _PathParser(flags.ArgumentParser):
+  """A path as a shell user writes it: `~` and `~user` expanded (after `=` the shell leaves
+  them, and `--legacy_python=~/envs/tf115/bin/python` named no interpreter)."""
+
+  def parse(self, argument):
+    return os.path.expanduser(argument)
+
+  def flag_type(self):
+    return 'path'
+
+
+def define_path(name, default, help_text):
+  """absl.flags.DEFINE_string for a file or folder path, with `~` expanded."""
+  flags.DEFINE(_PathParser(), name, default, help_text, serializer=flags.ArgumentSerializer())
+
+
+def expand_user(paths):
+  """`paths` (command-line arguments or a multi flag's values, None for none) with `~`
+  expanded as in define_path's flags."""
+  return [os.path.expanduser(path) for path in paths or ()]
+
+
 def register_int_list_validator(name):
   """Refuses a --`name` list that holds anything but non-negative integers."""
   def check(values):
@@ -54,11 +77,11 @@ def register_int_list_validator(name):
 def define_data_flags(defaults=config.DataConfig):
   """Flags that select and shape the data: both runners, check_parity and benchmark."""
   default = lambda name: config.default(defaults, name)
-  flags.DEFINE_string('data_dir', default('data_dir'),
-                      'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
-                      '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
-                      'generated once into a cache folder ($TF1COMPAT_CACHE or '
-                      '~/.cache/tf1compat).')
+  define_path('data_dir', default('data_dir'),
+              'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
+              '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
+              'generated once into a cache folder ($TF1COMPAT_CACHE or '
+              '~/.cache/tf1compat).')
   define_integer('num_classes', default('num_classes'),
                  'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
                  lower_bound=2)
@@ -89,7 +112,7 @@ def define_training_flags(defaults):
   """
   default = lambda name: config.default(defaults, name)
   if 'model_dir' in defaults.__dataclass_fields__:
-    flags.DEFINE_string('model_dir', default('model_dir'), 'The run directory.')
+    define_path('model_dir', default('model_dir'), 'The run directory.')
   define_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
   define_integer('steps_per_epoch', default('steps_per_epoch'),
                  'Training steps per epoch.', lower_bound=1)
@@ -129,11 +152,11 @@ def define_training_flags(defaults):
   define_float('dropout', default('dropout'),
                'Dropout rate before the logits (0: no Dropout layer).',
                lower_bound=0.0, upper_bound=0.99)
-  flags.DEFINE_string('init_weights', default('init_weights'),
-                      '.npz of initial weights (keys as in weight snapshots).')
-  flags.DEFINE_string('save_init_weights', default('save_init_weights'),
-                      'Write the initial weights to this .npz and exit without training (an '
-                      'existing file is replaced only with --overwrite).')
+  define_path('init_weights', default('init_weights'),
+              '.npz of initial weights (keys as in weight snapshots).')
+  define_path('save_init_weights', default('save_init_weights'),
+              'Write the initial weights to this .npz and exit without training (an '
+              'existing file is replaced only with --overwrite).')
   flags.DEFINE_list('snapshot_steps', [str(s) for s in default('snapshot_steps')],
                     'Steps after which all weights are saved (0: initial); the last step is '
                     'always saved.')
@@ -310,16 +333,16 @@ def define_runner_flags(runner_config):
 
 def define_replay_flags():
   """The runners' replay mode (train/replay_mode.py): config.ReplayConfig, with --model_dir."""
-  flags.DEFINE_string('replay_out', None,
-                      'Replay mode: run the first training step of the complete run in '
-                      '--model_dir once more, with its own flags, from its step-0 snapshot, '
-                      'and write what the step computes (every layer\'s output, the loss and '
-                      'its regularization part, the gradients, the update, the state) to this '
-                      '.npz; nothing of the run changes. check_parity and compare_runs '
-                      '--localize do it (docs/localization.md).')
-  flags.DEFINE_string('replay_batch', None,
-                      'Replay mode: compute on the batch of this replay (another run\'s '
-                      '--replay_out) instead of the pipeline\'s first batch.')
+  define_path('replay_out', None,
+              'Replay mode: run the first training step of the complete run in '
+              '--model_dir once more, with its own flags, from its step-0 snapshot, '
+              'and write what the step computes (every layer\'s output, the loss and '
+              'its regularization part, the gradients, the update, the state) to this '
+              '.npz; nothing of the run changes. check_parity and compare_runs '
+              '--localize do it (docs/localization.md).')
+  define_path('replay_batch', None,
+              'Replay mode: compute on the batch of this replay (another run\'s '
+              '--replay_out) instead of the pipeline\'s first batch.')
 
 
 def replay_config(flag_values, runner_config):

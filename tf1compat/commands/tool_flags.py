@@ -22,11 +22,11 @@ SYNTHETIC_MAX_IMAGES = 2_000_000
 def define_records_flags():
   """Flags of bin/make_records."""
   default = lambda name: config.default(config.RecordsConfig, name)
-  flags.DEFINE_string('output_dir', default('output_dir'),
-                      'Folder to write the shards and dataset.json into.')
-  flags.DEFINE_string('image_dir', default('image_dir'),
-                      'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
-                      '001.ak47/001_0001.jpg) to convert.')
+  tf1compat_flags.define_path('output_dir', default('output_dir'),
+                              'Folder to write the shards and dataset.json into.')
+  tf1compat_flags.define_path('image_dir', default('image_dir'),
+                              'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
+                              '001.ak47/001_0001.jpg) to convert.')
   flags.DEFINE_bool('synthetic', default('synthetic'),
                     'Write the embedded synthetic dataset instead.')
   tf1compat_flags.define_float('val_fraction', default('val_fraction'),
@@ -65,8 +65,8 @@ def define_parity_flags(output_dir=None):
   """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances);
   `output_dir` is --output_dir's default."""
   defaults = parity.Tolerances()
-  flags.DEFINE_string('output_dir', output_dir,
-                      'Folder for parity.md, parity.json and parity.png.')
+  tf1compat_flags.define_path('output_dir', output_dir,
+                              'Folder for parity.md, parity.json and parity.png.')
   tf1compat_flags.define_integer(
       'parity_steps', defaults.parity_steps,
       'Without a control run: the steps (and snapshot steps) the step tier '
@@ -131,11 +131,12 @@ def define_check_parity_flags():
   flags.register_validator('port_flags', lambda v: all(f.startswith('--') for f in v),
                            message='--port_flags takes train_eager flags, e.g. '
                                    '--port_flags=--jit_compile,--nodeterministic')
-  flags.DEFINE_string('legacy_python', default('legacy_python'),
-                      'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '
-                      'loop also runs there (run directory tf115), the first rung of the '
-                      'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
-                      'the port; a pitfall of the legacy loop goes into that run.')
+  tf1compat_flags.define_path(
+      'legacy_python', default('legacy_python'),
+      'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '
+      'loop also runs there (run directory tf115), the first rung of the '
+      'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
+      'the port; a pitfall of the legacy loop goes into that run.')
   flags.DEFINE_bool('localize', default('localize'),
                     'Replay the first step in every runner and say where inside it the codes '
                     'part (docs/localization.md). Unset: on a FAIL; --localize: on a '
@@ -151,8 +152,9 @@ def define_check_parity_flags():
 def define_matrix_flags():
   """Flags of bin/parity_matrix."""
   default = lambda name: config.default(config.MatrixConfig, name)
-  flags.DEFINE_string('output_dir', default('output_dir'),
-                      "Folder for each case's check_parity output, matrix.md and matrix.json.")
+  tf1compat_flags.define_path(
+      'output_dir', default('output_dir'),
+      "Folder for each case's check_parity output, matrix.md and matrix.json.")
   flags.DEFINE_list('cases', default('cases'),
                     f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
   flags.register_validator('cases', lambda v: not v or set(v) <= set(matrix.CASE_NAMES),
@@ -164,10 +166,10 @@ def define_matrix_flags():
 def define_benchmark_flags():
   """Flags of bin/benchmark, besides define_data_flags (image size, batch, buffer, seed)."""
   default = lambda name: config.default(config.BenchmarkConfig, name)
-  flags.DEFINE_string('output_dir', 'runs/benchmark',
-                      "Folder for the measurements' run directories and worker logs.")
-  flags.DEFINE_string('json', None, 'Also write the figures to this JSON file (an existing '
-                      "file only when it holds a benchmark's figures).")
+  tf1compat_flags.define_path('output_dir', 'runs/benchmark',
+                              "Folder for the measurements' run directories and worker logs.")
+  tf1compat_flags.define_path('json', None, 'Also write the figures to this JSON file (an existing '
+                              "file only when it holds a benchmark's figures).")
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')
