@@ -1,6 +1,13 @@
 """Shared flag definitions: the forwarded list and the validators' one-line errors."""
 
-from conftest import run_entry, run_python
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_entry, run_python
 from tf1compat.runs import errors
 from tf1compat.runtime import process
 
@@ -96,3 +103,30 @@ def test_paths_take_a_tilde_as_a_shell_user_writes_it(tmp_path):
   compared = run_entry('compare_runs', '~/a', '~/b', '--control=~/c', env=home)
   assert compared.returncode == errors.EXIT_USAGE
   assert f'{tmp_path}/a' in compared.stderr.strip().splitlines()[-1]
+
+
+def _documented_flags(command):
+  """The flags docs/flags.md lists for `command`."""
+  with open(os.path.join(REPO, 'docs', 'flags.md')) as f:
+    section = f.read().split(f'\n## {command}\n')[1].split('\n## ')[0]
+  return re.findall(r'^\| `--(\w+)` \|', section, re.M)
+
+
+@pytest.mark.parametrize('started', [('bin', 'check_parity'), ('bin', 'compare_runs'),
+                                     ('module', 'train_graph')])
+def test_help_is_the_commands_own_manual(started):
+  """--help lists the command's own flags with their defaults, none of absl's, on a screen
+  or two, however the command is started."""
+  way, command = started
+  if way == 'bin':
+    result = run_entry(command, '--help')
+  else:
+    result = subprocess.run([sys.executable, '-m', f'{process.COMMANDS_PACKAGE}.{command}',
+                             '--help'], capture_output=True, text=True, check=False,
+                            env=process.child_env(), timeout=300)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) < 150 and all(len(line) <= 100 for line in lines)
+  listed = re.findall(r'^  --(?:\[no\])?(\w+) \[', result.stdout, re.M)
+  assert listed == _documented_flags(command)
+  assert not {'flagfile', 'verbosity', 'helpfull', 'logtostderr'} & set(listed)

@@ -4,9 +4,11 @@
 into exit codes and one line on stderr.
 """
 
+import functools
 import os
 import platform
 import sys
+import textwrap
 import traceback
 
 try:
@@ -54,11 +56,55 @@ def version_line():
 
 
 _HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+# What asks for the command's own manual; --helpfull and --helpxml keep absl's, every flag.
+_SHORT_HELP_FLAGS = ('-h', '-?', '--help', '--helpshort')
+_HELP_WIDTH = 100
+# A flag's lines in --help: its name, default and the start of its text (docs/flags.md and
+# --helpfull hold the whole), so that the longest command's manual fits a screen or two.
+_HELP_LINES_PER_FLAG = 2
 
 
-def _parse_flags(argv):
+def _own_flags():
+  """The flags the command defined (absl's own left out), sorted by name."""
+  return sorted((flag for owner, defined in flags.FLAGS.flags_by_module_dict().items()
+                 if not owner.startswith('absl') for flag in defined),
+                key=lambda flag: flag.name)
+
+
+def _default_text(flag):
+  if flag.default is None:
+    return 'unset'
+  if flag.boolean:
+    return 'on' if flag.default else 'off'
+  if isinstance(flag.default, (list, tuple)):
+    return ','.join(map(str, flag.default)) or 'empty'
+  return str(flag.default)
+
+
+def command_help(description):
+  """What --help prints: the command's `description` and its own flags, each with its
+  default and the start of its text, in docs/flags.md's order."""
+  lines = [*textwrap.wrap(' '.join(description.split()), _HELP_WIDTH), '',
+           'Flags, default in brackets (the whole text: docs/flags.md; absl\'s flags too: '
+           '--helpfull):']
+  for flag in _own_flags():
+    name = f'--[no]{flag.name}' if flag.boolean else f'--{flag.name}'
+    text = ' '.join(flag.help.split())
+    wrapped = textwrap.wrap(f'{name} [{_default_text(flag)}]  {text}', _HELP_WIDTH,
+                            initial_indent='  ', subsequent_indent='      ')
+    if len(wrapped) > _HELP_LINES_PER_FLAG:
+      wrapped = wrapped[:_HELP_LINES_PER_FLAG]
+      wrapped[-1] = wrapped[-1][:_HELP_WIDTH - len(' ...')].rsplit(' ', 1)[0] + ' ...'
+    lines += wrapped
+  return '\n'.join(lines) + '\n'
+
+
+def _parse_flags(argv, description=''):
   if '--version' in argv[1:]:
     sys.stdout.write(version_line() + '\n')
+    sys.exit(errors.EXIT_OK)
+  if any(arg in _SHORT_HELP_FLAGS for arg in argv[1:]):
+    sys.stdout.write(command_help(description))
     sys.exit(errors.EXIT_OK)
   try:
     remaining = flags.FLAGS(argv)
@@ -182,8 +228,10 @@ def _run(main, define_flags, quiet_tensorflow, hold_stderr):
     finally:
       held_stderr.release()
 
+  # The command's summary: the first paragraph of its module's docstring.
+  description = (sys.modules[main.__module__].__doc__ or '').split('\n\n')[0]
   try:
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, flags_parser=functools.partial(_parse_flags, description=description))
   except SystemExit as e:
     # absl exits 1 after printing help; help asked for is a success, and 1 means FAIL.
     if e.code == 1 and any(arg.split('=')[0] in _HELP_FLAGS for arg in sys.argv[1:]):
