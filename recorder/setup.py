@@ -6,8 +6,8 @@ numpy): a TensorFlow 1.15 Session loop included.
 
 It installs the checkout's tf1compat/runs/ (the run-directory contract) and the package's
 __init__.py, the same files the full distribution holds, so the two never disagree on the
-contract: install one or the other in an environment, not both. README: "Your own loops";
-docs/legacy-stack.md.
+contract: install one or the other in an environment, not both. README: "Check your own
+migration"; docs/legacy-stack.md.
 """
 
 import os

@@ -204,3 +204,35 @@ def test_the_manual_keeps_its_shape():
     assert opening[0].isalpha(), f'{path}: open with a paragraph saying what it is for'
     if path != 'docs/README.md':
       assert f'({os.path.basename(path)})' in index, f'docs/README.md does not list {path}'
+
+
+def _sources_that_point():
+  """README, docs, setup files, the package and the examples: whatever names a README
+  section or a file of the checkout."""
+  patterns = ('README.md', 'docs/*.md', 'setup.py', 'setup.cfg', 'recorder/setup.py',
+              'tf1compat/**/*.py', 'examples/*.py')
+  for pattern in patterns:
+    for path in sorted(glob.glob(os.path.join(REPO, pattern), recursive=True)):
+      with open(path) as f:
+        yield os.path.relpath(path, REPO), f.read()
+
+
+def test_every_readme_section_and_checkout_path_named_exists():
+  """A pointer that drifted (a section renamed, a module moved, a test file that never was)
+  sends the reader nowhere."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    sections = {' '.join(h.split()) for h in re.findall(r'^#+ (.+)$', f.read(), re.M)}
+  missing = []
+  for name, text in _sources_that_point():
+    for match in re.finditer(r'README[^"\n]{0,20}?"([^"]+)"', text):
+      if ' '.join(match.group(1).split()) not in sections:
+        missing.append(f'{name}: README section "{match.group(1)}"')
+    for match in re.finditer(r'(?<![\w/.])((?:tests|tf1compat|examples|docs|recorder|bin|\.ci)'
+                             r'/[\w./-]*[\w/])', text):
+      path = match.group(1)
+      # Placeholders (bin/NAME) and what a command makes (.ci/venv) are no files of it.
+      if re.search(r'\b[A-Z]{3,}\b', path) or path.startswith('.ci/venv'):
+        continue
+      if not os.path.exists(os.path.join(REPO, path)):
+        missing.append(f'{name}: {path}')
+  assert not missing

@@ -3,7 +3,7 @@
 Also the roofline: the device's matmul peak and the FLOPs of a training step, so that
 each loop's throughput is a fraction of the peak. Prints a table to stdout and, with
 --json=PATH, writes the figures. Every measurement runs in a subprocess of its own
-(tf1compat/benchmark_workers.py, started by tf1compat/benchmark.py). The default run
+(tf1compat/bench/workers.py, started by tf1compat/bench/benchmark.py). The default run
 (224-pixel images, batch 32, 10240 records) takes about 9 minutes on 2 quiet CPU cores;
 --image_size, --steps, --repetitions, --shuffle_buffer, --records and --measurements
 shrink it.

@@ -33,7 +33,7 @@ def main(argv):
   tolerances = tool_flags.tolerances(flags.FLAGS)
   report = parity.compare(run_dirs, tolerances, controls=controls, weight_maps=maps)
   report['weight_maps'] = {path: m.source for path, m in maps.items()}
-  output_dir = flags.FLAGS.output_dir or os.path.join('runs', 'parity')
+  output_dir = flags.FLAGS.output_dir
   # The runs are loaded: their run.json names the data folders the report must stay out
   # of, as it must stay out of the runs themselves.
   compared = run_dirs + controls
@@ -64,7 +64,7 @@ def _expand_weight_maps(specs):
 
 def define_flags():
   """Defines the compare_runs flags (also read by flag_reference)."""
-  tool_flags.define_parity_flags()
+  tool_flags.define_parity_flags(os.path.join('runs', 'parity'))
   flags.DEFINE_multi_string(
       'control', None,
       'Run directory of a control run of the first run, its command again: from initial '
