@@ -424,3 +424,17 @@ def test_a_pitfall_made_in_model_fit_checks_model_fit():
   jobs = runner_jobs.jobs(config.CheckParityConfig(pitfall='accuracy_metric_class', with_fit=True))
   assert [job.name for job in jobs if '--fit_accuracy=Accuracy' in job.args] == ['fit']
   assert [job.name for job in jobs] == ['graph', 'control', 'eager', 'fit']
+
+
+def test_a_refused_replacement_names_the_flags_the_user_changed():
+  """Not what check_parity derives from them (the initial weights' file), and a switch
+  recorded as --noNAME reads off, not as a flag of its own."""
+  old = ['--nobatch_norm', '--learning_rate=0.001', '--init_weights=runs/a.npz',
+         '--adam_epsilon=1e-08']
+  new = ['--batch_norm', '--learning_rate=0.001', '--init_weights=runs/b.npz',
+         '--adam_epsilon=1e-08']
+  assert harness._changed_arguments(old, new) == ['--batch_norm was off, now on']
+  derived_only = ['--nobatch_norm', '--learning_rate=0.001', '--init_weights=runs/c.npz',
+                  '--adam_epsilon=1e-08']
+  assert harness._changed_arguments(old, derived_only) == [
+      '--init_weights was runs/a.npz, now runs/c.npz']

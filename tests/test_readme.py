@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, at_once, run_python
 from tf1compat.commands import flag_reference
+from tf1compat.commands import tool_flags
 from tf1compat.judge import pitfalls
 
 # absl's own flags every command has, and TensorBoard's --logdir in its command line.
@@ -32,6 +33,7 @@ _READ_AND_PARSE = r'''
 import json, sys
 from absl import flags
 from tf1compat.commands import flag_reference
+from tf1compat.commands import tool_flags
 name, argvs = sys.argv[1], json.loads(sys.argv[2])
 out = {'flags': flag_reference.defined_flags(name), 'errors': []}
 for argv in argvs:
@@ -236,3 +238,71 @@ def test_every_readme_section_and_checkout_path_named_exists():
       if not os.path.exists(os.path.join(REPO, path)):
         missing.append(f'{name}: {path}')
   assert not missing
+
+
+# In a fresh process: for each argv of ARGVS, the folder command NAME writes (its
+# output_folder) and the flags that shape its runs, parsed as the command parses them.
+_RESOLVE_FOLDERS = r'''
+import importlib, json, sys
+from absl import flags
+from tf1compat.commands import output_folders
+name, argvs, left_out = sys.argv[1], json.loads(sys.argv[2]), set(json.loads(sys.argv[3]))
+module = importlib.import_module(f'tf1compat.commands.{name}')
+module.define_flags()
+out = []
+for argv in argvs:
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS([name, *argv])
+  out.append([module.output_folder(flags.FLAGS),
+              output_folders.exploration_name(flags.FLAGS, left_out)])
+print(json.dumps(out))
+'''
+# The commands that keep runs in their folder and refuse to replace one made otherwise.
+_KEEPING_RUNS = ('check_parity', 'train_graph', 'train_eager')
+# What changes neither a run nor its numbers (the folder flags themselves included).
+_NOT_ARGUMENTS = ('output_dir', 'model_dir', 'overwrite', 'localize', 'log_every',
+                  'checkpoint_every', 'require_gpu', 'allow_num_classes_mismatch',
+                  *tool_flags.TOLERANCE_NAMES)
+
+
+def _commands_of(text):
+  """The commands of a document's sh blocks and unlabelled ones (docs/ fences commands
+  without a language), as _readme_commands reads the README's; a line that is no shell
+  command (program output, unbalanced quotes) is passed over."""
+  commands = []
+  for language, body in _FENCE.findall(text):
+    if language not in ('sh', ''):
+      continue
+    for line in body.replace('\\\n', ' ').splitlines():
+      try:
+        tokens = shlex.split(line)
+      except ValueError:
+        continue
+      for is_and, group in itertools.groupby(tokens, lambda token: token == '&&'):
+        if not is_and:
+          commands.append(list(itertools.dropwhile(lambda t: re.fullmatch(r'\w+=.*', t), group)))
+  return commands
+
+
+def test_the_docs_commands_followed_in_order_never_meet_in_one_folder():
+  """From a fresh clone, every command of the README and docs/, one after another: no two
+  with other arguments write one folder (which check_parity and the runners would refuse)."""
+  index = _read('docs/README.md')
+  order = ['README.md', *(f'docs/{name}' for name in re.findall(r'\]\((\w[\w-]*\.md)\)', index))]
+  shown = [(path, argv[0].removeprefix('bin/'), argv[1:])
+           for path in dict.fromkeys(order) for argv in _commands_of(_read(path))
+           if argv and argv[0].removeprefix('bin/') in _KEEPING_RUNS]
+  resolved = {}
+  for name in _KEEPING_RUNS:
+    argvs = [args for _, command, args in shown if command == name]
+    result = run_python(_RESOLVE_FOLDERS, name, json.dumps(argvs), json.dumps(_NOT_ARGUMENTS))
+    assert result.returncode == 0, result.stderr
+    resolved[name] = iter(json.loads(result.stdout))
+  made = {}
+  for path, command, args in shown:
+    folder, arguments = next(resolved[command])
+    first = made.setdefault(folder, (path, command, args, arguments))
+    assert first[3] == arguments, (
+        f'{path}: {command} {" ".join(args)} writes {folder}, where {first[0]}\'s '
+        f'{first[1]} {" ".join(first[2])} made runs with other arguments')
+  assert made['runs/check_parity'][3] == '', 'the main job is no longer among the commands found'

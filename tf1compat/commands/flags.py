@@ -14,9 +14,11 @@ import os
 
 from absl import flags
 
+from tf1compat.commands import output_folders
 from tf1compat.data import record_schema
 from tf1compat.runs import config
 from tf1compat.runs import errors
+from tf1compat.runs import runlog
 from tf1compat.train.models import convnet
 from tf1compat.train.models import plugins
 
@@ -112,7 +114,11 @@ def define_training_flags(defaults):
   """
   default = lambda name: config.default(defaults, name)
   if 'model_dir' in defaults.__dataclass_fields__:
-    define_path('model_dir', default('model_dir'), 'The run directory.')
+    define_path('model_dir', default('model_dir'),
+                f'The run directory. Default: {default("model_dir")} (train_eager --loop=fit: '
+                'runs/fit) with every flag at its default, else that followed by -NAME, NAME the '
+                'flags set otherwise (e.g. -batch_norm), so that other flags never meet in one '
+                'run directory.')
   define_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
   define_integer('steps_per_epoch', default('steps_per_epoch'),
                  'Training steps per epoch.', lower_bound=1)
@@ -343,6 +349,17 @@ def define_replay_flags():
   define_path('replay_batch', None,
               'Replay mode: compute on the batch of this replay (another run\'s '
               '--replay_out) instead of the pipeline\'s first batch.')
+
+
+# What changes neither a run nor its numbers: the run directory's name leaves them out.
+_NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'replay_out', 'replay_batch', 'loop'})
+
+
+def runner_model_dir(flag_values, default=None):
+  """--model_dir, or the run directory of this exploration: `default` (None: the flag's)
+  followed by the flags set otherwise (output_folders.py)."""
+  return output_folders.resolve('model_dir', _NOT_IN_FOLDER_NAME, default,
+                                flag_values=flag_values)
 
 
 def replay_config(flag_values, runner_config):

@@ -61,12 +61,17 @@ def define_records_flags():
       message='pass exactly one of --image_dir=FOLDER or --synthetic')
 
 
-def define_parity_flags(output_dir=None):
+def define_parity_flags(output_dir=None, explorations=False):
   """Tolerances and output of compare_runs and check_parity (defaults: parity.Tolerances);
-  `output_dir` is --output_dir's default."""
+  `output_dir` is --output_dir's default, followed by the flags set otherwise where
+  `explorations` (output_folders.py)."""
   defaults = parity.Tolerances()
-  tf1compat_flags.define_path('output_dir', output_dir,
-                              'Folder for parity.md, parity.json and parity.png.')
+  where = ('Folder for the runs, parity.md, parity.json and parity.png. Default: '
+           f'{output_dir} with every flag at its default, else {output_dir}-NAME, NAME the '
+           f'flags set otherwise (e.g. {output_dir}-batch_norm), so that other arguments never '
+           'meet in one folder' if explorations
+           else 'Folder for parity.md, parity.json and parity.png.')
+  tf1compat_flags.define_path('output_dir', output_dir, where)
   tf1compat_flags.define_integer(
       'parity_steps', defaults.parity_steps,
       'Without a control run: the steps (and snapshot steps) the step tier '
@@ -92,6 +97,10 @@ _TOLERANCE_FLAGS = (
     ('curve_multiple', 1.0, "With a control run: the curve band is this many times the "
      "control's curve difference where that is wider than --curve_rtol/--accuracy_atol."),
 )
+
+
+# The flags that judge the runs without changing them: check_parity's folder leaves them out.
+TOLERANCE_NAMES = ('parity_steps', *(name for name, _, _ in _TOLERANCE_FLAGS))
 
 
 def tolerances(parsed_flags):

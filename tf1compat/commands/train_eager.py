@@ -20,11 +20,7 @@ def main(argv):
   if replay_cfg:
     _replay(replay_cfg)
     return
-  overrides = {}
-  if flags.FLAGS.loop == 'fit' and not flags.FLAGS['model_dir'].present:
-    # runs/<runner>, as for every runner: fit must not share the custom loop's folder.
-    overrides['model_dir'] = os.path.join('runs', 'fit')
-  cfg = config.from_flags(config.EagerConfig, flags.FLAGS, **overrides)
+  cfg = config.from_flags(config.EagerConfig, flags.FLAGS, model_dir=output_folder(flags.FLAGS))
   # A mistake in its paths, data folder or initial weights ends the run before
   # TensorFlow's start, which takes seconds.
   preflight.check(cfg)
@@ -46,6 +42,13 @@ def _replay(replay_cfg):
   process.use_keras3()
   from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
   backend.replay_run(cfg, replay_cfg)
+
+
+def output_folder(flag_values):
+  """--model_dir, or the run directory of this exploration (output_folders.py): runs/<runner>,
+  as for every runner, so that fit never shares the custom loop's folder."""
+  default = os.path.join('runs', 'fit') if flag_values.loop == 'fit' else None
+  return tf1compat_flags.runner_model_dir(flag_values, default)
 
 
 def define_flags():

@@ -18,7 +18,7 @@ def main(argv):
   if replay_cfg:
     _replay(replay_cfg)
     return
-  cfg = config.from_flags(config.GraphConfig, flags.FLAGS)
+  cfg = config.from_flags(config.GraphConfig, flags.FLAGS, model_dir=output_folder(flags.FLAGS))
   # A mistake in its paths, data folder or initial weights ends the run before
   # TensorFlow's start, which takes seconds.
   preflight.check(cfg)
@@ -39,6 +39,11 @@ def _replay(replay_cfg):
   process.use_legacy_keras()
   from tf1compat.train.graph import backend  # pylint: disable=g-import-not-at-top
   backend.replay_run(cfg, replay_cfg)
+
+
+def output_folder(flag_values):
+  """--model_dir, or the run directory of this exploration (output_folders.py)."""
+  return tf1compat_flags.runner_model_dir(flag_values)
 
 
 def define_flags():

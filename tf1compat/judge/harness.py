@@ -93,6 +93,7 @@ def _flag_values(args):
   """{flag or environment variable: value} of a runner's recorded arguments, the last one
   winning as in absl; a boolean --name is 'on', --noname 'off' where --name occurs too."""
   booleans = {arg[2:] for arg in args if arg.startswith('--') and '=' not in arg}
+  booleans |= set(runner_jobs.FORWARDED)
   values = {}
   for arg in args:
     if arg.startswith('--'):
@@ -108,12 +109,16 @@ def _flag_values(args):
 
 
 def _changed_arguments(old, new):
-  """'NAME was OLD, now NEW' for each flag or environment variable that differs between
-  the recorded arguments `old` and `new`, in the order of `new`."""
+  """'NAME was OLD, now NEW' for each of check_parity's own flags that differs between the
+  recorded arguments `old` and `new`, in the order of `new`; what check_parity derives from
+  them (the initial weights' file, a pitfall's or the port's arguments, the environment)
+  only where no flag of the user's differs."""
   old_values, new_values = _flag_values(old), _flag_values(new)
   names = list(new_values) + [name for name in old_values if name not in new_values]
+  changed = [name for name in names if old_values.get(name) != new_values.get(name)]
+  users = [name for name in changed if name[2:] in runner_jobs.FORWARDED]
   return [f'{name} was {old_values.get(name, "unset")}, now {new_values.get(name, "unset")}'
-          for name in names if old_values.get(name) != new_values.get(name)]
+          for name in users or changed]
 
 
 def _refuse_replacing(cfg, job_name, model_dir, old, new):

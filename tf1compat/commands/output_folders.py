@@ -1,0 +1,71 @@
+"""Where a command writes when its folder flag (--output_dir, --model_dir) is not given: one
+folder per exploration.
+
+The defaults' folder is the flag's default (runs/check_parity); a run with other flags gets
+that name followed by what differs from the defaults (runs/check_parity-batch_norm,
+runs/check_parity-pitfall-metrics_never_reset), so that the commands of the docs, followed
+one after another, never meet in one folder with other arguments, and a command run again
+reuses its own. A folder given explicitly keeps the guard: another command's runs there are
+replaced only with --overwrite.
+"""
+
+import hashlib
+import os
+import re
+
+from absl import flags
+
+# The longest name a folder gets from its flags; past it, a readable start and a digest.
+_MAX_NAME = 60
+_DIGEST = 8
+
+
+def _own_flags(flag_values):
+  """The flags the command defined (absl's own left out)."""
+  return [flag for owner, defined in flag_values.flags_by_module_dict().items()
+          if not owner.startswith('absl') for flag in defined]
+
+
+def _text(flag):
+  """The flag's value, short and safe in a folder name: a spec's function, a path's last
+  part, a list joined by dots."""
+  if flag.boolean:
+    return ''
+  value = flag.value
+  if isinstance(value, (list, tuple)):
+    value = '.'.join(map(str, value))
+  value = str(value)
+  if ':' in value:
+    value = value.rsplit(':', 1)[1]
+  value = os.path.basename(value.rstrip('/')) or value
+  return re.sub(r'[^A-Za-z0-9._]+', '_', value)
+
+
+def exploration_name(flag_values, left_out):
+  """The flags set to other than their defaults, as a folder's name ('' for none): `name`
+  or `noname` for a switch, `name-value` for the rest, sorted, joined by '+'."""
+  parts = []
+  for flag in sorted(_own_flags(flag_values), key=lambda flag: flag.name):
+    if flag.name in left_out or not flag.present or flag.value == flag.default:
+      continue
+    if flag.boolean:
+      parts.append(flag.name if flag.value else f'no{flag.name}')
+    else:
+      parts.append(f'{flag.name}-{_text(flag)}')
+  name = '+'.join(parts)
+  if len(name) > _MAX_NAME:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:_DIGEST]
+    name = f'{name[:_MAX_NAME - _DIGEST - 1].rstrip("+-_.")}+{digest}'
+  return name
+
+
+def resolve(folder_flag, left_out, default=None, flag_values=flags.FLAGS):
+  """The folder the command writes: --`folder_flag` where given, else `default` (None: the
+  flag's) followed by exploration_name; `left_out`: the flags that change neither the runs
+  nor their numbers."""
+  flag = flag_values[folder_flag]
+  if flag.present or flag.value != flag.default:
+    return flag.value
+  default = default or flag.default
+  name = exploration_name(flag_values, {folder_flag, *left_out})
+  return f'{default}-{name}' if name else default
