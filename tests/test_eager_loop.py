@@ -255,16 +255,18 @@ def test_nan_loss_in_fit_exits_3_and_marks_the_run_failed(fit_nan_run):
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert 'loss is nan at step 2' in last_line(proc.stderr)
-  assert runlog.read_manifest(str(cwd / 'runs' / 'fit'))['status'] == runlog.STATUS_FAILED
+  (run_dir,) = (cwd / 'runs').iterdir()
+  assert runlog.read_manifest(str(run_dir))['status'] == runlog.STATUS_FAILED
 
 
 def test_fit_without_model_dir_writes_runs_fit(fit_nan_run):
-  """Every runner's default run directory is runs/<runner>: fit's is not the custom
-  loop's runs/eager."""
+  """Every runner's default run directory is runs/<runner>, followed by the flags set
+  otherwise than their defaults: fit's is not the custom loop's runs/eager."""
   proc, cwd = fit_nan_run
   assert proc.returncode == 3, proc.stderr[-2000:]
-  assert runlog.read_manifest(str(cwd / 'runs' / 'fit'))['runner'] == 'fit'
-  assert not (cwd / 'runs' / 'eager').exists()
+  (run_dir,) = (cwd / 'runs').iterdir()
+  assert run_dir.name.startswith('fit-batch_size-8+data_dir-')
+  assert runlog.read_manifest(str(run_dir))['runner'] == 'fit'
 
 
 def test_label_out_of_range_is_a_usage_error(tiny_data_dir, workdir):

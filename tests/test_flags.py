@@ -130,3 +130,32 @@ def test_help_is_the_commands_own_manual(started):
   listed = re.findall(r'^  --(?:\[no\])?(\w+) \[', result.stdout, re.M)
   assert listed == _documented_flags(command)
   assert not {'flagfile', 'verbosity', 'helpfull', 'logtostderr'} & set(listed)
+
+
+def test_an_exploration_folder_names_what_differs_and_stays_short():
+  code = r'''
+from absl import flags
+from tf1compat.commands import check_parity
+check_parity.define_flags()
+for argv in ([], ['--nobatch_norm', '--curve_rtol=0.2'], ['--batch_norm'],
+             ['--model=tf1compat.train.models.resnet:resnet_small', '--lr_decay_steps=40'],
+             ['--data_dir=~/data/caltech256', '--image_size=224', '--batch_size=64',
+              '--steps_per_epoch=1000', '--learning_rate=0.01'],
+             ['--data_dir=~/data/caltech256', '--image_size=224', '--batch_size=64',
+              '--steps_per_epoch=1000', '--learning_rate=0.02'],
+             ['--batch_norm', '--output_dir=runs/mine']):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['check_parity', *argv])
+  print(check_parity.output_folder(flags.FLAGS))
+'''
+  result = run_python(code)
+  assert result.returncode == 0, result.stderr
+  folders = result.stdout.split()
+  assert folders[:4] == ['runs/check_parity', 'runs/check_parity', 'runs/check_parity-batch_norm',
+                         'runs/check_parity-lr_decay_steps-40+model-resnet_small']
+  assert folders[4] != folders[5]
+  for long_name in folders[4:6]:
+    name = long_name.removeprefix('runs/check_parity-')
+    assert name.startswith('batch_size-64+data_dir-caltech256+')
+    assert len(name) <= 60 and re.fullmatch(r'[0-9a-f]{8}', name.split('+')[-1])
+  assert folders[6] == 'runs/mine'

@@ -53,10 +53,13 @@ def exploration_name(flag_values, left_out):
     else:
       parts.append(f'{flag.name}-{_text(flag)}')
   name = '+'.join(parts)
-  if len(name) > _MAX_NAME:
-    digest = hashlib.sha256(name.encode()).hexdigest()[:_DIGEST]
-    name = f'{name[:_MAX_NAME - _DIGEST - 1].rstrip("+-_.")}+{digest}'
-  return name
+  if len(name) <= _MAX_NAME:
+    return name
+  # The whole flags that fit, then a digest of all of them.
+  kept = []
+  while parts and len('+'.join([*kept, parts[0]])) + 1 + _DIGEST <= _MAX_NAME:
+    kept.append(parts.pop(0))
+  return '+'.join([*kept, hashlib.sha256(name.encode()).hexdigest()[:_DIGEST]])
 
 
 def resolve(folder_flag, left_out, default=None, flag_values=flags.FLAGS):
