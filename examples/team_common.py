@@ -51,6 +51,9 @@ def parse_args(argv, description, add_arguments=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--overwrite', action='store_true',
                       help='replace a complete run in --model_dir')
+  parser.add_argument('--nudge_seed', type=int, default=None,
+                      help='a per-step control: every weight one ulp up or down after every '
+                           'step (team_models.nudge_session), from this seed')
   if add_arguments is not None:
     add_arguments(parser)
   args = parser.parse_args(argv)

@@ -14,7 +14,9 @@ gradients) for compare_runs --localize.
 does not exist yet, the loop writes its own freshly initialized weights there first,
 under its TF1 variable names ('hidden/kernel'). A control run, for a calibrated
 verdict, is this loop again from those weights moved by one ulp each
-(tf1compat.runs.team_models.control_start writes them beside the file).
+(tf1compat.runs.team_models.control_start writes them beside the file); a second, per-step
+control is this loop again from the same weights with --nudge_seed, every weight moved by
+one ulp after every step (team_models.nudge_session).
 """
 
 import os
@@ -97,6 +99,8 @@ def main(argv):
                probed], {g['x']: x_train[index], g['y']: y_train[index]})
           step = rec.record_step(loss, batch_accuracy, mean_loss=mean_loss,  # recorder
                                  accuracy=accuracy)
+          if args.nudge_seed is not None:  # a per-step control, before the step's snapshot
+            team_models.nudge_session(sess, step, seed=args.nudge_seed)
           if probe:  # recorder
             rec.probe(step, batch=(x_train[index], y_train[index]), **probe)
           if rec.snapshot_due(step):  # recorder

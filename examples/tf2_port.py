@@ -110,6 +110,8 @@ def main(argv):
                                accuracy=accuracy.result())
         if step == 1:  # recorder: the first step's probe
           rec.probe(step, batch=(x_train[index], y_train[index]), **probe)
+        if args.nudge_seed is not None:  # a per-step control, before the step's snapshot
+          team_models.nudge_keras_model(model, step, seed=args.nudge_seed)
         if rec.snapshot_due(step):  # recorder
           rec.snapshot(step, team_models.keras_weights(model))
       logits = model(x_val, training=False)

@@ -182,3 +182,16 @@ def test_dropout_that_never_acted_is_named(tmp_path):
   pair = parity.compare([reference, port], parity.Tolerances(), controls=[active])['pairs'][0]
   assert pair['semantics_tier']['reference_dropout']['active']
   assert 'no_learning_phase' not in [p['name'] for p in pair['pitfalls']]
+
+
+def test_a_per_step_nudge_draws_anew_at_every_step_and_the_same_on_a_rerun():
+  weights = {'w': np.linspace(-1, 1, 101, dtype=np.float32), 'step': np.array([3])}
+  step_1, step_2 = (nudge.nudge_weights(weights, (nudge.NUDGE_SEED, step)) for step in (1, 2))
+  again = nudge.nudge_weights(weights, (nudge.NUDGE_SEED, 1))
+  np.testing.assert_array_equal(step_1['w'], again['w'])
+  assert not np.array_equal(step_1['w'] > weights['w'], step_2['w'] > weights['w'])
+  up, down = np.nextafter(weights['w'], np.inf), np.nextafter(weights['w'], -np.inf)
+  for nudged in (step_1, step_2):
+    one_ulp = (nudged['w'] == up) | (nudged['w'] == down)
+    np.testing.assert_array_equal(one_ulp, weights['w'] != 0)
+    np.testing.assert_array_equal(nudged['step'], weights['step'])

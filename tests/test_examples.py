@@ -23,6 +23,7 @@ WEIGHT_MAP = os.path.join(EXAMPLES, 'tf1_to_port.map')
 # Two short epochs: the runs take a second each, the processes' start the rest.
 SHORT = ('--epochs=2', '--steps_per_epoch=8')
 MISTAKES = ('adam_epsilon', 'metrics_never_reset')
+PER_STEP_SEED = 7
 # The map in tf1_to_port.map, written out by hand: TF1 names -> the Keras 3 port's.
 TF1_TO_PORT = {'hidden/kernel': 'sequential/dense/kernel',
                'hidden/bias': 'sequential/dense/bias',
@@ -49,11 +50,14 @@ def runs(tmp_path_factory):
   """{name: run directory}: the TF1 loop (which writes the initial weights), then its
   control, the port and the port with each mistake, side by side."""
   base = tmp_path_factory.mktemp('examples')
-  paths = {name: str(base / name) for name in ('tf1', 'control', 'port', *MISTAKES)}
+  paths = {name: str(base / name)
+           for name in ('tf1', 'control', 'control_per_step', 'port', *MISTAKES)}
   paths['init'] = str(base / 'init.npz')
   _finished(_example('tf1_session_loop.py', paths['tf1'], paths['init']))
   control_init = team_models.control_start(paths['init'])
   procs = [_example('tf1_session_loop.py', paths['control'], control_init),
+           _example('tf1_session_loop.py', paths['control_per_step'], paths['init'],
+                    f'--nudge_seed={PER_STEP_SEED}'),
            _example('tf2_port.py', paths['port'], paths['init'])]
   procs += [_example('tf2_port.py', paths[name], paths['init'], f'--mistake={name}')
             for name in MISTAKES]
@@ -128,3 +132,24 @@ def test_each_mistake_of_the_port_fails_and_is_named_first(runs, tmp_path):
   epsilons = [runlog.read_manifest(runs[name])['optimizer']['epsilon']
               for name in ('tf1', 'port', 'adam_epsilon')]
   assert epsilons == [1e-8, 1e-8, 1e-7]
+
+
+def test_a_per_step_control_of_a_teams_loop_widens_the_envelope_and_the_port_passes(runs,
+                                                                                   tmp_path):
+  """The legacy loop again from the same start, every weight one ulp away after every step
+  (team_models.nudge_session): the same first loss, then its own rounding at every step."""
+  reference, per_step = (read_run_csv(runs[name])['loss'] for name in ('tf1', 'control_per_step'))
+  assert per_step[0] == reference[0] and not np.array_equal(per_step[1:], reference[1:])
+  step_1 = read_snapshot(runs['control_per_step'], 1)
+  for name, value in read_snapshot(runs['tf1'], 1).items():
+    one_ulp = ((step_1[name] == np.nextafter(value, np.inf)) |
+               (step_1[name] == np.nextafter(value, -np.inf)))
+    assert np.all(one_ulp[value != 0]), name
+  args = [runs['tf1'], runs['port'], f'--output_dir={tmp_path}', f'--control={runs["control"]}',
+          f'--control={runs["control_per_step"]}', f'--weight_map={runs["tf1"]}={WEIGHT_MAP}']
+  result = run_entry('compare_runs', *args)
+  assert result.returncode == 0, result.stdout + result.stderr
+  with open(os.path.join(tmp_path, 'parity.json')) as f:
+    report = json.load(f)
+  assert report['verdict'] == 'PASS'
+  assert report['controls'] == [runs['control'], runs['control_per_step']]

@@ -10,7 +10,8 @@ NUDGE_SEED = 20261125
 
 
 def nudge_weights(weights, seed=NUDGE_SEED):
-  """{key: array} with every non-zero float moved by one ulp, up or down at random.
+  """{key: array} with every non-zero float moved by one ulp, up or down at random (from
+  `seed`, an int or a sequence of ints: (seed, step) for a nudge after each step).
 
   This is the smallest change any correct port brings (one rounding difference in
   each weight). Zeros stay zero: the next representable number beside 0 is a

@@ -129,6 +129,24 @@ def assign_session_weights(session, weights, variables=None):
     variable.load(weights[variable_name(variable)], session)
 
 
+def nudge_session(session, step, variables=None, seed=nudge.NUDGE_SEED):
+  """A per-step control's nudge, for a loop to call after training step `step`: every
+  non-zero weight of a TF1 Session's `variables` (default: as session_weights) one ulp up
+  or down at random, drawn from (`seed`, `step`) so that a resumed run draws the same.
+
+  The legacy loop run again with it rounds apart from the reference at every step, as a
+  port with other kernels does, which a control that differs only at its start does not
+  measure (docs/parity.md, "Three kinds of control"); pass it to compare_runs as a second
+  --control."""
+  weights = session_weights(session, variables)
+  assign_session_weights(session, nudge.nudge_weights(weights, (seed, step)), variables)
+
+
+def nudge_keras_model(model, step, seed=nudge.NUDGE_SEED):
+  """nudge_session for a Keras model's weights (keras_weights)."""
+  set_keras_weights(model, nudge.nudge_weights(keras_weights(model), (seed, step)))
+
+
 # Initial weights are written as weight snapshots are, {name: array} in an .npz.
 save_weights = run_files.save_weights
 
