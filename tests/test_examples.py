@@ -134,8 +134,7 @@ def test_each_mistake_of_the_port_fails_and_is_named_first(runs, tmp_path):
   assert epsilons == [1e-8, 1e-8, 1e-7]
 
 
-def test_a_per_step_control_of_a_teams_loop_widens_the_envelope_and_the_port_passes(runs,
-                                                                                   tmp_path):
+def test_a_teams_loop_with_a_per_step_control_passes_against_both_controls(runs, tmp_path):
   """The legacy loop again from the same start, every weight one ulp away after every step
   (team_models.nudge_session): the same first loss, then its own rounding at every step."""
   reference, per_step = (read_run_csv(runs[name])['loss'] for name in ('tf1', 'control_per_step'))
