@@ -29,8 +29,6 @@ def _own_flags(flag_values):
 def _text(flag):
   """The flag's value, short and safe in a folder name: a spec's function, a path's last
   part, a list joined by dots."""
-  if flag.boolean:
-    return ''
   value = flag.value
   if isinstance(value, (list, tuple)):
     value = '.'.join(map(str, value))
@@ -43,23 +41,29 @@ def _text(flag):
 
 def exploration_name(flag_values, left_out):
   """The flags set to other than their defaults, as a folder's name ('' for none): `name`
-  or `noname` for a switch, `name-value` for the rest, sorted, joined by '+'."""
-  parts = []
+  or `noname` for a switch, `name-value` for the rest, sorted, joined by '+', and a digest
+  of the values where one was shortened or the name grew long."""
+  parts, given, shortened = [], [], False
   for flag in sorted(_own_flags(flag_values), key=lambda flag: flag.name):
     if flag.name in left_out or not flag.present or flag.value == flag.default:
       continue
+    given.append(f'{flag.name}={flag.value!r}')
     if flag.boolean:
       parts.append(flag.name if flag.value else f'no{flag.name}')
     else:
-      parts.append(f'{flag.name}-{_text(flag)}')
+      text = _text(flag)
+      shortened |= text != str(flag.value)
+      parts.append(f'{flag.name}-{text}')
   name = '+'.join(parts)
-  if len(name) <= _MAX_NAME:
+  # Shortened values could meet (data/x and other/x both read x): a digest of them all
+  # then ends the name, as it does past _MAX_NAME.
+  if not shortened and len(name) <= _MAX_NAME:
     return name
-  # The whole flags that fit, then a digest of all of them.
+  # The whole flags that fit, then the digest.
   kept = []
   while parts and len('+'.join([*kept, parts[0]])) + 1 + _DIGEST <= _MAX_NAME:
     kept.append(parts.pop(0))
-  return '+'.join([*kept, hashlib.sha256(name.encode()).hexdigest()[:_DIGEST]])
+  return '+'.join([*kept, hashlib.sha256('+'.join(given).encode()).hexdigest()[:_DIGEST]])
 
 
 def resolve(folder_flag, left_out, default=None, flag_values=flags.FLAGS):
