@@ -60,17 +60,7 @@ def _documents():
 def _readme_commands():
   """Every command of the README's sh blocks as an argv: continued lines joined, `&&`
   chains split, leading VAR=value assignments dropped."""
-  commands = []
-  for language, body in _FENCE.findall(_read('README.md')):
-    if language != 'sh':
-      continue
-    for line in body.replace('\\\n', ' ').splitlines():
-      tokens = shlex.split(line)
-      for is_and, group in itertools.groupby(tokens, lambda token: token == '&&'):
-        if not is_and:
-          argv = list(itertools.dropwhile(lambda t: re.fullmatch(r'\w+=.*', t), group))
-          commands.append(argv)
-  return commands
+  return _commands_of(_read('README.md'), languages=('sh',))
 
 
 def _ours(argv):
@@ -265,18 +255,21 @@ _NOT_ARGUMENTS = ('output_dir', 'model_dir', 'overwrite', 'localize', 'log_every
                   *tool_flags.TOLERANCE_NAMES)
 
 
-def _commands_of(text):
-  """The commands of a document's sh blocks and unlabelled ones (docs/ fences commands
-  without a language), as _readme_commands reads the README's; a line that is no shell
-  command (program output, unbalanced quotes) is passed over."""
+def _commands_of(text, languages=('sh', '')):
+  """The commands of a document's fenced blocks in `languages` as argvs: continued lines
+  joined, `&&` chains split, leading VAR=value assignments dropped; docs/ fences commands
+  without a language, and a line there that is no shell command (program output,
+  unbalanced quotes) is passed over."""
   commands = []
   for language, body in _FENCE.findall(text):
-    if language not in ('sh', ''):
+    if language not in languages:
       continue
     for line in body.replace('\\\n', ' ').splitlines():
       try:
         tokens = shlex.split(line)
       except ValueError:
+        if language:
+          raise
         continue
       for is_and, group in itertools.groupby(tokens, lambda token: token == '&&'):
         if not is_and:

@@ -64,21 +64,23 @@ _HELP_WIDTH = 100
 _HELP_LINES_PER_FLAG = 2
 
 
-def _own_flags():
-  """The flags the command defined (absl's own left out), sorted by name."""
-  return sorted((flag for owner, defined in flags.FLAGS.flags_by_module_dict().items()
+def own_flags(flag_values=flags.FLAGS):
+  """The flags the command defined (absl's own left out: --helpfull, --flagfile,
+  --verbosity, ...), sorted by name."""
+  return sorted((flag for owner, defined in flag_values.flags_by_module_dict().items()
                  if not owner.startswith('absl') for flag in defined),
                 key=lambda flag: flag.name)
 
 
-def _default_text(flag):
-  if flag.default is None:
+def default_text(default, boolean):
+  """A flag's default as --help and docs/flags.md show it."""
+  if default is None:
     return 'unset'
-  if flag.boolean:
-    return 'on' if flag.default else 'off'
-  if isinstance(flag.default, (list, tuple)):
-    return ','.join(map(str, flag.default)) or 'empty'
-  return str(flag.default)
+  if boolean:
+    return 'on' if default else 'off'
+  if isinstance(default, (list, tuple)):
+    return ','.join(map(str, default)) or 'empty'
+  return str(default)
 
 
 def command_help(description):
@@ -87,10 +89,11 @@ def command_help(description):
   lines = [*textwrap.wrap(' '.join(description.split()), _HELP_WIDTH), '',
            'Flags, default in brackets (the whole text: docs/flags.md; absl\'s flags too: '
            '--helpfull):']
-  for flag in _own_flags():
+  for flag in own_flags():
     name = f'--[no]{flag.name}' if flag.boolean else f'--{flag.name}'
     text = ' '.join(flag.help.split())
-    wrapped = textwrap.wrap(f'{name} [{_default_text(flag)}]  {text}', _HELP_WIDTH,
+    default = default_text(flag.default, flag.boolean)
+    wrapped = textwrap.wrap(f'{name} [{default}]  {text}', _HELP_WIDTH,
                             initial_indent='  ', subsequent_indent='      ')
     if len(wrapped) > _HELP_LINES_PER_FLAG:
       wrapped = wrapped[:_HELP_LINES_PER_FLAG]

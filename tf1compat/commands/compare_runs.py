@@ -57,8 +57,8 @@ def _expand_weight_maps(specs):
   for spec in specs or ():
     run_dir, equals, map_spec = spec.partition('=')
     if equals and map_spec.startswith('~'):
-      map_spec = tf1compat_flags.expand_user([map_spec])[0]
-    out.append(f'{tf1compat_flags.expand_user([run_dir])[0]}{equals}{map_spec}')
+      map_spec = os.path.expanduser(map_spec)
+    out.append(f'{os.path.expanduser(run_dir)}{equals}{map_spec}')
   return out
 
 

@@ -11,33 +11,22 @@ import json
 import subprocess
 import sys
 
+from tf1compat.commands import cli
 from tf1compat.runtime import process
 
 COMMANDS = ('make_records', 'train_graph', 'train_eager', 'compare_runs', 'check_parity',
             'parity_matrix', 'benchmark', 'legacy_env')
 BEGIN = '<!-- flag reference: python -m tf1compat.commands.flag_reference -->'
 END = '<!-- end of flag reference -->'
-# absl's own flags every command has (--helpfull, --flagfile, --verbosity, ...) are left
-# out; docs/flags.md names them once.
-_ABSL_MODULES = 'absl'
-
-
 def defined_flags(name):
   """[{name, default, boolean, help}] of the flags command `name` defines, defined and read
   in this process, which must be a fresh one (see the module docstring)."""
   import importlib  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   importlib.import_module(f'{process.COMMANDS_PACKAGE}.{name}').define_flags()
-  out = []
-  for owner, defined in flags.FLAGS.flags_by_module_dict().items():
-    if owner.startswith(_ABSL_MODULES):
-      continue
-    for flag in defined:
-      default = flag.default
-      out.append({'name': flag.name,
-                  'default': list(default) if isinstance(default, tuple) else default,
-                  'boolean': flag.boolean, 'help': flag.help})
-  return sorted(out, key=lambda f: f['name'])
+  return [{'name': flag.name,
+           'default': list(flag.default) if isinstance(flag.default, tuple) else flag.default,
+           'boolean': flag.boolean, 'help': flag.help} for flag in cli.own_flags(flags.FLAGS)]
 
 
 def command_flags(name):
@@ -49,17 +38,6 @@ def command_flags(name):
   return json.loads(result.stdout)
 
 
-def _default(flag):
-  value = flag['default']
-  if value is None:
-    return 'unset'
-  if flag['boolean']:
-    return 'on' if value else 'off'
-  if isinstance(value, list):
-    return ','.join(map(str, value)) or 'empty'
-  return str(value)
-
-
 def markdown(flags_of=command_flags):
   """The reference: a table of flag, default and meaning for every command. `flags_of(name)`
   gives a command's flags as command_flags does (a caller that read them already passes its
@@ -69,7 +47,8 @@ def markdown(flags_of=command_flags):
     out += ['', f'## {name}', '', '| flag | default | meaning |', '|---|---|---|']
     for flag in flags_of(name):
       meaning = ' '.join(flag['help'].split()).replace('|', '\\|')
-      out.append(f'| `--{flag["name"]}` | `{_default(flag)}` | {meaning} |')
+      default = cli.default_text(flag['default'], flag['boolean'])
+      out.append(f'| `--{flag["name"]}` | `{default}` | {meaning} |')
   return '\n'.join([BEGIN, *out, '', END])
 
 

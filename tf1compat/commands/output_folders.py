@@ -15,15 +15,11 @@ import re
 
 from absl import flags
 
+from tf1compat.commands import cli
+
 # The longest name a folder gets from its flags; past it, a readable start and a digest.
 _MAX_NAME = 60
 _DIGEST = 8
-
-
-def _own_flags(flag_values):
-  """The flags the command defined (absl's own left out)."""
-  return [flag for owner, defined in flag_values.flags_by_module_dict().items()
-          if not owner.startswith('absl') for flag in defined]
 
 
 def _text(flag):
@@ -44,7 +40,7 @@ def exploration_name(flag_values, left_out):
   or `noname` for a switch, `name-value` for the rest, sorted, joined by '+', and a digest
   of the values where one was shortened or the name grew long."""
   parts, given, shortened = [], [], False
-  for flag in sorted(_own_flags(flag_values), key=lambda flag: flag.name):
+  for flag in cli.own_flags(flag_values):
     if flag.name in left_out or not flag.present or flag.value == flag.default:
       continue
     given.append(f'{flag.name}={flag.value!r}')

@@ -29,7 +29,8 @@ _PYENV_PATTERN = os.path.join('versions', '3.7.*', 'bin', 'python3.7')
 _INSTALL_TIMEOUT = 1800
 _CHECK_TIMEOUT = 300
 
-# Asked of an interpreter by check(): its versions and what the graph runner imports.
+# Asked of an interpreter by check(), run in that interpreter's own process: its print is the
+# answer, its versions and what the graph runner imports.
 _PROBE = """
 import json, platform
 import absl, numpy, tqdm
@@ -43,6 +44,7 @@ def _version(python):
   """(major, minor) of the interpreter `python`, or None when it does not run (a pyenv
   shim whose version is not selected, a missing file)."""
   try:
+    # The print runs in the interpreter asked, not here.
     done = subprocess.run([python, '-c', 'import sys; print(*sys.version_info[:2])'],
                           capture_output=True, text=True, timeout=60, check=False)
   except (OSError, subprocess.TimeoutExpired):

@@ -74,6 +74,7 @@ def summary(description):
           f'AMX: {" ".join(amx) if amx else "no"}')
 
 
+# Run in a child process (a fresh TensorFlow start); its print is that process's answer.
 _ONEDNN_PROBE = ('from tensorflow.python.util import _pywrap_util_port; '
                  'print(int(_pywrap_util_port.IsMklEnabled()))')
 
