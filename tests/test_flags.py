@@ -63,6 +63,11 @@ def test_bad_flag_values_exit_2_with_one_line():
     assert result.returncode == 2, (args, result.stderr)
     assert message in result.stderr
     assert 'Traceback' not in result.stderr
+  result = run_entry('train_eager', '--mixed_precision', '--mixed_bfloat16')
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      '--mixed_precision (float16) and --mixed_bfloat16 are two policies; pick one '
+      '(see --helpfull)')
 
 
 def test_an_internal_fault_exits_4_not_1():

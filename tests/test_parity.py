@@ -204,10 +204,11 @@ def test_bn_moving_variance_is_a_framework_difference(tmp_path):
 
 @pytest.mark.parametrize('name,manifest', [
     ('mixed_precision', {'dtype_policy': 'mixed_float16'}),
+    ('mixed_precision', {'dtype_policy': 'mixed_bfloat16'}),
     ('replica_reduction', {'strategy': 'mirrored', 'replicas': 2}),
 ])
 def test_mixed_precision_and_replicas_are_judged_on_the_curves(name, manifest, tmp_path):
-  """float16 round-off (or another summation order) from step 1 on: the step tier is
+  """16-bit round-off (or another summation order) from step 1 on: the step tier is
   reported with its numbers, the verdict comes from the curves."""
   losses = _losses()
   drift = 1.0 + 1e-3 * np.arange(1, len(losses) + 1)

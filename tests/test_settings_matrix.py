@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 
 import pytest
 
@@ -27,10 +28,20 @@ def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
   defaults_onednn = runlog.read_manifest(os.path.join(out, 'defaults', 'eager'))[
       'settings']['onednn']
   onednn_row = 'onednn_off' if defaults_onednn else 'onednn_on'
-  # No GPU here: the GPU rows (TF32, mixed precision) do not apply.
-  assert sorted(rows) == sorted(['defaults', 'jit_compile', 'nodeterministic', onednn_row])
+  # No GPU here: the GPU rows (TF32, mixed precision) do not apply; the bfloat16 rows only
+  # where this CPU multiplies in bfloat16.
+  bfloat16_rows = [row.name for row in settings_matrix.BFLOAT16_ROWS] if (
+      settings_matrix.bfloat16_pays({'device': 'CPU'}, cpu_info.describe()['vector_extensions'])
+  ) else []
+  assert sorted(rows) == sorted(['defaults', 'jit_compile', 'nodeterministic', onednn_row,
+                                 *bfloat16_rows])
   assert rows['defaults']['verdict'] == 'PASS' and rows['defaults']['settings_named'] == []
   assert rows['defaults']['step_time_vs_defaults'] == 1.0
+  # The speed column: every row's port step over the shared legacy run's, from steps.csv.
+  legacy_steps = [float(s) for s in runlog.read_csv(os.path.join(
+      out, 'defaults', 'graph', 'steps.csv'))['seconds'][1:]]
+  assert rows['defaults']['step_time_vs_session'] == pytest.approx(
+      rows['defaults']['port_step_seconds'] / statistics.median(legacy_steps))
   # Each row's port really ran with its setting (its own run.json), and the lint named it.
   ports = {name: runlog.read_manifest(os.path.join(out, name, 'eager')) for name in rows}
   assert ports['nodeterministic']['deterministic'] is False
@@ -53,15 +64,51 @@ def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
   assert cpu_info.describe()['model'] in table
   assert f'the port ran with it {"on" if defaults_onednn else "off"} in the defaults row' in table
   assert 'table: ' in result.stdout
+  fastest = settings_matrix.fastest_passing(rows)
+  assert f'fastest setting that PASSes: {rows[fastest]["label"]} ({fastest})' in table
 
 
 @pytest.mark.parametrize('default_on', [True, False])
 def test_the_onednn_row_changes_what_the_defaults_row_ran_with(default_on):
   port = {'device': 'CPU', 'settings': {'onednn': default_on}}
-  rows = [row.name for row in settings_matrix.rows_after_defaults(port)]
+  rows = [row.name for row in settings_matrix.rows_after_defaults(port, ['avx2', 'fma'])]
   assert rows == ['nodeterministic', 'onednn_off' if default_on else 'onednn_on', 'jit_compile']
-  on_gpu = [row.name for row in settings_matrix.rows_after_defaults({**port, 'device': 'GPU:0'})]
-  assert on_gpu[-2:] == ['tf32_off', 'mixed_precision']
+  gpu_port = {**port, 'device': 'GPU:0'}
+  on_gpu = [row.name for row in settings_matrix.rows_after_defaults(gpu_port, ['avx2'])]
+  assert on_gpu[-4:] == ['tf32_off', 'mixed_precision', 'mixed_bfloat16', 'mixed_bfloat16_jit']
+
+
+@pytest.mark.parametrize('extensions,offered', [
+    (['avx2', 'avx512f', 'avx512_vnni'], False),
+    (['avx2', 'avx512f', 'avx512_bf16'], True),
+    (['avx2', 'amx_bf16', 'amx_tile'], True),
+])
+def test_the_bfloat16_rows_run_where_the_cpu_multiplies_in_bfloat16(extensions, offered):
+  port = {'device': 'CPU', 'settings': {'onednn': True}}
+  rows = {row.name: row.port_flags
+          for row in settings_matrix.rows_after_defaults(port, extensions)}
+  assert ('mixed_bfloat16' in rows) is offered and ('mixed_bfloat16_jit' in rows) is offered
+  assert 'mixed_precision' not in rows and 'tf32_off' not in rows
+  if offered:
+    assert rows['mixed_bfloat16_jit'] == ('--mixed_bfloat16', '--jit_compile')
+
+
+def _row(verdict, port_step, session_step=0.02):
+  return {'label': 'l', 'verdict': verdict, 'envelope_ratio': 0.5, 'pitfalls': [],
+          'settings_named': [], 'port_step_seconds': port_step,
+          'step_time_vs_defaults': None,
+          'step_time_vs_session': port_step / session_step if port_step else None}
+
+
+def test_the_report_names_the_fastest_row_that_passes_and_its_speed_over_the_session():
+  results = {'defaults': _row('PASS', 0.021), 'jit_compile': _row('FAIL', 0.005),
+             'mixed_bfloat16': _row('PASS', 0.0125), 'nodeterministic': _row('PASS', None)}
+  assert settings_matrix.fastest_passing(results) == 'mixed_bfloat16'
+  # 0.02 s a Session step over 0.0125 s: 1.6 times its speed.
+  assert settings_matrix.fastest_line(results).endswith("(mixed_bfloat16): 1.60x the legacy "
+                                                        "Session's speed")
+  assert '| l | PASS | 0.5 | 0.013 | - | 0.62 | - |' in settings_matrix.table_lines(results)
+  assert settings_matrix.fastest_passing({'jit_compile': _row('FAIL', 0.005)}) is None
 
 
 @pytest.mark.parametrize('forced', ['0', '1'])

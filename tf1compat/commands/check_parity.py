@@ -34,6 +34,7 @@ def main(argv):
   if cfg.settings_matrix:
     results = settings_matrix.run(cfg, tool_flags.tolerances(flags.FLAGS))
     sys.stdout.write('\n'.join(settings_matrix.table_lines(results)) + '\n')
+    sys.stdout.write(settings_matrix.fastest_line(results) + '\n')
     sys.stdout.write(f'table: {os.path.join(cfg.output_dir, settings_matrix.MARKDOWN)}\n')
     # A setting that fails is what the table is for; the port itself must pass.
     passed = results['defaults']['verdict'] == 'PASS'

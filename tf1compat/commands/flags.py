@@ -256,6 +256,15 @@ def define_eager_flags():
                     'Compile the train and eval steps with XLA.')
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     'mixed_float16 policy (float32 logits and variables) with loss scaling.')
+  flags.DEFINE_bool('mixed_bfloat16', default('mixed_bfloat16'),
+                    'mixed_bfloat16 policy (float32 logits and variables), no loss scaling: '
+                    "bfloat16 has float32's range. Pays where the hardware computes in "
+                    'bfloat16 (GPUs, CPUs with AVX512_BF16 or AMX); elsewhere TensorFlow '
+                    'emulates it, slower than float32.')
+  flags.register_multi_flags_validator(
+      ['mixed_precision', 'mixed_bfloat16'],
+      lambda v: not (v['mixed_precision'] and v['mixed_bfloat16']),
+      message='--mixed_precision (float16) and --mixed_bfloat16 are two policies; pick one')
   flags.DEFINE_enum('strategy', default('strategy'), config.STRATEGIES,
                     'tf.distribute strategy. default: one device; mirrored: '
                     'MirroredStrategy over the local GPUs (or --devices); multi_worker: '

@@ -154,8 +154,10 @@ def define_check_parity_flags():
                     'Run the matched check once per setting that applies on this device '
                     '(the port without op determinism, with oneDNN turned the other way than this '
                     'CPU runs it by default, with XLA; on a GPU also '
-                    'TF32 off and mixed precision) and write settings_matrix.md: the verdict, '
-                    'the divergence over the envelope and the step time of each.')
+                    'TF32 off and mixed precision; mixed_bfloat16, alone and with XLA, on a '
+                    'GPU or a CPU with AVX512_BF16 or AMX) and write settings_matrix.md: the '
+                    'verdict, the divergence over the envelope and the step time of each, '
+                    "against the legacy Session's too, and the fastest setting that PASSes.")
 
 
 def define_matrix_flags():

@@ -34,9 +34,10 @@ FRAMEWORK_DIFFERENCES = {
                          'batch: last-bit differences from the first update on, which Adam '
                          'amplifies over the steps; judged on the curve tier. Same global '
                          'batch, same batches: the first batch loss agrees to round-off.',
-    'mixed_precision': 'A mixed_float16 run computes in float16 (with loss scaling) what a '
-                       'float32 run computes in float32: expected to differ from the first '
-                       'step on by float16 round-off; judged on the curve tier.',
+    'mixed_precision': 'A mixed_float16 or mixed_bfloat16 run computes in 16 bits (float16 '
+                       'with loss scaling) what a float32 run computes in float32: expected '
+                       'to differ from the first step on by 16-bit round-off; judged on the '
+                       'curve tier.',
     'tf1_batch_norm': "TensorFlow 1.15's BatchNormalization kernels round the batch statistics "
                       "and their gradients otherwise than TensorFlow 2's, and no control of "
                       "the reference's stack rounds as they do; Adam turns a gradient near "

@@ -156,6 +156,7 @@ class EagerConfig(TrainingConfig):
   loop: str = 'custom'
   jit_compile: bool = False
   mixed_precision: bool = False
+  mixed_bfloat16: bool = False
   strategy: str = 'default'
   devices: tuple | None = None
   cpu_devices: int = 1

@@ -71,8 +71,7 @@ def configure(cfg):
                    'the cost on this host, and --nodeterministic trades reproducibility for '
                    'it')
   numerics.apply_tf32(cfg.tf32)
-  keras.mixed_precision.set_global_policy(
-      'mixed_float16' if cfg.mixed_precision else 'float32')
+  keras.mixed_precision.set_global_policy(model_fn.dtype_policy(cfg))
 
 
 class ScalarWriter:

@@ -52,11 +52,19 @@ def learning_rate_schedule(cfg):
       cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
 
 
+def dtype_policy(cfg):
+  """The Keras dtype policy the run computes under: float32, or a mixed policy (float32
+  variables, 16-bit computation)."""
+  if cfg.mixed_precision:
+    return 'mixed_float16'
+  return 'mixed_bfloat16' if cfg.mixed_bfloat16 else 'float32'
+
+
 def make_optimizer(cfg, rate):
   """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
-  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed
-  precision (with the replicas' agreement on finite gradients,
-  distribution.AgreedLossScaleOptimizer)."""
+  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed_float16
+  (with the replicas' agreement on finite gradients, distribution.AgreedLossScaleOptimizer;
+  bfloat16 has float32's range and needs no scaling)."""
   adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
   optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
                    beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
@@ -86,8 +94,8 @@ def build_model(cfg, num_classes, distributed=False):
       batch_norm=cfg.batch_norm, dropout=cfg.dropout,
       final_activation=None if cfg.final_activation == 'none' else cfg.final_activation,
       batch_norm_layer=batch_norm_layer,
-      # The loss must see float32 logits under mixed_float16.
-      logits_dtype='float32' if cfg.mixed_precision else None)
+      # The loss must see float32 logits under a mixed policy.
+      logits_dtype='float32' if dtype_policy(cfg) != 'float32' else None)
 
 
 def check_model(cfg, num_classes):

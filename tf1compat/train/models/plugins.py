@@ -65,7 +65,7 @@ SWITCHES = {
     'dropout_seed': (None, '--dropout_seed'),
     'batch_norm_layer': (None, '--tf1_bn_variance (check_parity\'s exact mode) or a '
                                'distributed strategy'),
-    'logits_dtype': (None, '--mixed_precision'),
+    'logits_dtype': (None, '--mixed_precision or --mixed_bfloat16'),
 }
 # Switches a builder may leave out as long as its model has nothing they would change.
 _CHECKED_AFTER_BUILD = frozenset({'batch_norm_layer', 'logits_dtype'})
