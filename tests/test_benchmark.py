@@ -18,6 +18,7 @@ from tf1compat.bench import benchmark_figures
 from tf1compat.bench import workers
 from tf1compat.runs import config
 from tf1compat.runtime import cpu_info
+from tf1compat.train.models import convnet
 
 TINY_ARGS = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--records=64',
              '--shuffle_buffer=32', '--repetitions=1', '--steps=2', '--warmup_steps=1',
@@ -77,6 +78,25 @@ def test_json_holds_every_figure(smoke):
   assert figures['settings']['num_classes'] == config.CALTECH256_CLASSES
   assert figures['settings']['records'] >= 64
   assert set(figures['targets']) == {t.key for t in benchmark_figures.TARGETS}
+
+
+def test_the_kernels_each_loop_ran_are_profiled_op_by_op(smoke):
+  """Against the model: the ConvNet's convolutions run once each per step forward and
+  for their filter gradients, and for their input gradients all but the first (the
+  image needs none), whichever kernels Grappler and oneDNN chose."""
+  result, figures = smoke
+  convolutions = len(convnet.CONV_FILTERS)
+  assert set(figures['kernels']) == {'graph', 'eager', 'fit'}
+  for loop, ops in figures['kernels'].items():
+    per_step = lambda part: sum(e['per_step'] for kind, e in ops.items()
+                                if 'Conv2D' in kind and part(kind))
+    assert per_step(lambda kind: 'Backprop' not in kind) == convolutions, (loop, ops)
+    assert per_step(lambda kind: 'BackpropFilter' in kind) == convolutions, (loop, ops)
+    assert per_step(lambda kind: 'BackpropInput' in kind) == convolutions - 1, (loop, ops)
+    assert all(e['ms_per_step'] >= 0 for e in ops.values())
+    # The profile is of the step's ops: no function call spans them twice, no pipeline op.
+    assert not [kind for kind in ops if kind.startswith('__inference') or 'Decode' in kind]
+  assert 'kernels: op time per step in ms' in result.stdout
 
 
 def test_json_holds_the_roofline(smoke):

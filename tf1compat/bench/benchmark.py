@@ -56,6 +56,7 @@ behaviour for the graph runner, Keras 3 otherwise) before TensorFlow is first im
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ _LOG_FILE = 'worker.log'
 # The folders run() writes into --output_dir besides one per measurement.
 _DATA_DIR = 'data'
 _ROOFLINE_DIR = 'roofline'
+_KERNELS_DIR = 'kernels'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +265,19 @@ def _measure_training(settings, data, measurement, work_dir):
   }
 
 
+def _profile_kernels(settings, data, measurement, work_dir):
+  """A training measurement's loop run once more under TensorFlow's profiler (warm-up and
+  one window, untimed): kernels.op_time_by_kernel of its timed steps."""
+  logdir = os.path.join(work_dir, 'profile')
+  if os.path.isdir(logdir):
+    shutil.rmtree(logdir)
+  spec = train_spec(dataclasses.replace(settings, repetitions=1), data, measurement,
+                    os.path.join(work_dir, 'run'))
+  spec['profile'] = {'logdir': logdir, 'skip_steps': settings.warmup_steps,
+                     'steps': settings.steps}
+  return _run_worker(work_dir, spec)['kernels']
+
+
 def _measure_pipeline(settings, data, measurement, work_dir):
   """One round of a pipeline measurement: its windows' images/s and peak memory."""
   result = _run_worker(work_dir, {
@@ -310,7 +325,7 @@ def check_outputs(settings, output_dir, json_path):
   --output_dir holding anything but the benchmark's own folders (run() replaces what they
   hold) and figures; a --json file that is not a benchmark's figures."""
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[settings.data_dir])
-  own = {_DATA_DIR, _ROOFLINE_DIR, *MEASUREMENT_NAMES}
+  own = {_DATA_DIR, _ROOFLINE_DIR, _KERNELS_DIR, *MEASUREMENT_NAMES}
   # A --json may have gone there too.
   foreign = sorted(name for name in set(run_files.content(output_dir)) - own
                    if not benchmark_figures.is_figures_file(os.path.join(output_dir, name)))
@@ -366,6 +381,12 @@ def run(settings, output_dir, measurement_names=None):
       rounds[measurement.name].append(measured)
       logging.info('%s: %s images/s', measurement.name,
                    ' '.join(f'{rate:.1f}' for rate in measured['rates']))
+  profiled = {}
+  if settings.kernels:
+    for measurement in (m for m in measurements if m.name in benchmark_figures.LOOPS):
+      logging.info('profiling %s: which kernels it runs', measurement.name)
+      profiled[measurement.name] = _profile_kernels(
+          settings, data, measurement, os.path.join(output_dir, _KERNELS_DIR, measurement.name))
   results = {m.name: benchmark_figures.pool_rounds(m.label, rounds[m.name])
              for m in measurements}
   figures = benchmark_figures.ratios(results)
@@ -375,6 +396,7 @@ def run(settings, output_dir, measurement_names=None):
       'settings': {**dataclasses.asdict(settings), 'num_classes': data['num_classes'],
                    'data_dir': data['data_dir'], 'records': data['records']},
       'measurements': results,
+      'kernels': profiled,
       'wall_seconds': round(time.time() - started, 1),
   })
   figures['targets'] = benchmark_figures.check_targets(figures)

@@ -247,6 +247,39 @@ def _roofline_lines(block):
   return lines
 
 
+# Kernel types the kernels section shows by name; the rest are summed in one line.
+KERNEL_ROWS = 12
+
+
+def _kernel_cell(entry):
+  return f'{entry["ms_per_step"]:9.2f} x{entry["per_step"]:<4g}' if entry else f'{"-":>15}'
+
+
+def _sum_cell(ops, kinds):
+  return f'{sum(ops[kind]["ms_per_step"] for kind in kinds if kind in ops):10.2f}{"":6}'
+
+
+def kernel_lines(profiled):
+  """The kernels section: per kernel type, each profiled loop's op time per step (ms) and
+  its ops per step, the most expensive first; '-' where a loop did not run that kernel."""
+  loops = [loop for loop in LOOPS if loop in profiled]
+  kinds = sorted({kind for ops in profiled.values() for kind in ops},
+                 key=lambda kind: -max(ops.get(kind, {}).get('ms_per_step', 0)
+                                       for ops in profiled.values()))
+  lines = ['kernels: op time per step in ms x ops per step (TensorFlow\'s profiler, one more '
+           'run of each loop; ops of two threads may overlap)',
+           f'  {"kernel":44}' + ''.join(f'{loop:>16}' for loop in loops)]
+  for kind in kinds[:KERNEL_ROWS]:
+    cells = [_kernel_cell(profiled[loop].get(kind)) for loop in loops]
+    lines.append(f'  {kind:44}' + ''.join(f' {cell}' for cell in cells))
+  rest = kinds[KERNEL_ROWS:]
+  if rest:
+    lines.append(f'  {f"{len(rest)} other kernel types":44}'
+                 + ''.join(_sum_cell(profiled[loop], rest) for loop in loops))
+  lines.append(f'  {"all ops":44}' + ''.join(_sum_cell(profiled[loop], kinds) for loop in loops))
+  return lines
+
+
 def format_table(figures):
   """The figures as a plain-text table: measurements, then ratios and targets.
 
@@ -280,6 +313,8 @@ def format_table(figures):
   for target in figures['targets'].values():
     lines.append(f'  {target["label"]:46}{target["value"]:6.2f}   target >= '
                  f'{target["minimum"]:<5} {"met" if target["met"] else "MISSED"}')
+  if figures.get('kernels'):
+    lines += [''] + kernel_lines(figures['kernels'])
   noisy = {name: r['other_load_cores']
            for name, r in {**results, 'roofline': figures['roofline'] or {}}.items()
            if (r.get('other_load_cores') or 0) > NOISY_OTHER_CORES}

@@ -11,10 +11,12 @@ worker writes its result to:
   'image_size', 'num_classes', 'batch_size', 'seed', 'shuffle_buffer', 'batches',
   'repetitions'}: times one input pipeline; result {'first_batch_seconds',
   'window_seconds', 'peak_rss_mb', 'baseline_rss_mb'};
-- {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config'}:
-  runs train/graph's or train/eager's `backend.run` with the config.GraphConfig or
-  config.EagerConfig whose every field 'config' holds (config.manifest_flags of it);
-  result {'peak_rss_mb'};
+- {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config',
+  'profile'}: runs train/graph's or train/eager's `backend.run` with the
+  config.GraphConfig or config.EagerConfig whose every field 'config' holds
+  (config.manifest_flags of it); result {'peak_rss_mb'}; with 'profile'
+  ({'logdir', 'skip_steps', 'steps'}) under TensorFlow's profiler, and the result's
+  'kernels' holds kernels.op_time_by_kernel of its trace;
 - {'kind': 'roofline', 'repetitions', 'model'}: times the device's matmul peak
   (roofline.measure_peak) and, where 'model' holds an eager runner's config, counts
   the FLOPs of that runner's model; result {'peak', 'flops' (or None)}.
@@ -29,6 +31,7 @@ import os
 import time
 
 
+from tf1compat.bench import kernels
 from tf1compat.data import data_folder
 from tf1compat.runs import config
 from tf1compat.runtime import process
@@ -185,8 +188,16 @@ def _train_worker(spec):
   else:
     process.use_keras3()
     from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
-  backend.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)
-  return {'peak_rss_mb': _status_mb('VmHWM')}
+  hook = one_batch_in_memory if spec['compute_only'] else None
+  profile = spec.get('profile')
+  if not profile:
+    backend.run(cfg, dataset_hook=hook)
+    return {'peak_rss_mb': _status_mb('VmHWM')}
+  with kernels.profiling(profile['logdir']):
+    backend.run(cfg, dataset_hook=hook)
+  return {'peak_rss_mb': _status_mb('VmHWM'),
+          'kernels': kernels.op_time_by_kernel(profile['logdir'], profile['skip_steps'],
+                                               profile['steps'])}
 
 
 def _model_flops(cfg):

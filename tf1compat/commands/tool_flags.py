@@ -200,6 +200,10 @@ def define_benchmark_flags():
       lower_bound=1)
   tf1compat_flags.define_integer('steps', default('steps'), 'Training steps per timed window.',
                                  lower_bound=1)
+  flags.DEFINE_bool('kernels', default('kernels'),
+                    'Run the graph, eager custom and fit loops once more (first round, '
+                    "warm-up and one window) under TensorFlow's profiler and report which "
+                    'kernels each ran and their op time per step, side by side.')
   tf1compat_flags.define_integer('warmup_steps', default('warmup_steps'),
                                  'Training steps run before timing (tracing, buffers filling).',
                                  lower_bound=0)

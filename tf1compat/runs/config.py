@@ -281,6 +281,7 @@ class BenchmarkConfig(DataConfig):
   records: int = 10240  # of the synthetic dataset written without data_dir
   deterministic: bool = True  # the runners' own default
   model: str | None = None  # the runners' --model (None: the seed's ConvNet)
+  kernels: bool = True  # each loop once more under the profiler: which kernels ran
 
   @property
   def total_steps(self):
