@@ -215,14 +215,15 @@ def test_two_runs_at_once_one_trains_the_other_names_it_and_a_sigkill_leaves_no_
   assert data.intact()
 
 
-def test_check_parity_takes_the_lock_of_its_output_folder(data, tmp_path):
+@pytest.mark.parametrize('command', ['check_parity', 'benchmark'])
+def test_a_command_takes_the_lock_of_its_output_folder(command, data, tmp_path):
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
   with open(output_dir / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     lock.write(f'{os.getpid()}\n')
     lock.flush()
-    proc = run_entry('check_parity', f'--data_dir={data.path}', f'--output_dir={output_dir}')
+    proc = run_entry(command, f'--data_dir={data.path}', f'--output_dir={output_dir}')
   _one_line(proc, 2, f'--output_dir={output_dir} is in use by another process '
             f'(pid {os.getpid()})')
   assert os.listdir(output_dir) == ['.lock']

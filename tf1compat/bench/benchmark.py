@@ -323,7 +323,8 @@ def check_outputs(settings, output_dir, json_path):
   """Refuses, before anything is measured, an --output_dir or a --json where the benchmark
   must not write (folders.check_output): among the data, the cache or the package; an
   --output_dir holding anything but the benchmark's own folders (run() replaces what they
-  hold) and figures; a --json file that is not a benchmark's figures."""
+  hold) and figures, or in use by another benchmark; a --json file that is not a
+  benchmark's figures. Then holds --output_dir's lock until this process ends."""
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[settings.data_dir])
   own = {_DATA_DIR, _ROOFLINE_DIR, _KERNELS_DIR, *MEASUREMENT_NAMES}
   # A --json may have gone there too.
@@ -335,6 +336,9 @@ def check_outputs(settings, output_dir, json_path):
   if json_path:
     folders.check_output(json_path, '--json', folder=False, data_dirs=[settings.data_dir],
                          replaceable=benchmark_figures.is_figures_file)
+  # run() replaces its folders' content: a second benchmark into the same folder would
+  # replace the first one's runs under it.
+  folders.lock_folder(output_dir, '--output_dir')
 
 
 def run(settings, output_dir, measurement_names=None):
