@@ -21,7 +21,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, csv_rows,
-                      read_run_csv, read_snapshot, run_entry, signal_after, tiny_run_flags)
+                      read_run_csv, read_snapshot, run_entry, run_python, signal_after,
+                      tiny_run_flags)
 from tf1compat.data import data_folder
 from tf1compat.data import pipeline
 from tf1compat.data import records
@@ -479,3 +480,23 @@ def test_resume_drops_what_a_killed_process_left_half_written(tmp_path):
   log.append_step({column: 4 for column in runlog.STEP_COLUMNS})
   np.testing.assert_array_equal(runlog.read_csv(log.path(run_files.STEPS_CSV))['step'],
                                 [1, 2, 3, 4])
+
+
+@pytest.mark.parametrize('ending', ['release', 'SIGKILL'])
+def test_held_stderr_is_replayed_or_leaves_nothing_behind(ending, tmp_path):
+  """What a process writes to stderr before its run starts comes out when the run starts;
+  a process killed before then leaves no file of it in $TMPDIR."""
+  proc = run_python('import os, signal\n'
+                    'from tf1compat.runs import held_stderr\n'
+                    'held_stderr.hold()\n'
+                    'os.write(2, b"a start-up line\\n")\n'
+                    'assert not os.listdir(os.environ["TMPDIR"])\n'
+                    f'if {ending == "SIGKILL"}: os.kill(os.getpid(), signal.SIGKILL)\n'
+                    'held_stderr.release()\n'
+                    'os.write(2, b"after\\n")\n',
+                    env={'TMPDIR': str(tmp_path)})
+  if ending == 'SIGKILL':
+    assert proc.returncode == -signal.SIGKILL and proc.stderr == ''
+  else:
+    assert proc.returncode == 0 and proc.stderr == 'a start-up line\nafter\n'
+  assert os.listdir(tmp_path) == []

@@ -17,12 +17,13 @@ class _HeldStderr:
   A usage error found before then (bad data, a bad --init_weights, a run directory in
   the way) is then the only line on stderr; once the run starts, or when the process
   ends otherwise, what was held is written out in order, so nothing is lost. The held
-  text lives in a temporary file, which a process killed meanwhile leaves in $TMPDIR.
+  text lives in a temporary file without a name (unlinked at once where the platform can),
+  so that a process killed meanwhile leaves nothing behind in $TMPDIR.
   """
 
   def __init__(self):
     sys.stderr.flush()
-    self._file = tempfile.NamedTemporaryFile(prefix='tf1compat-stderr-', delete=False)
+    self._file = tempfile.TemporaryFile(prefix='tf1compat-stderr-')
     self._saved = os.dup(2)
     os.dup2(self._file.fileno(), 2)
 
@@ -33,7 +34,6 @@ class _HeldStderr:
     self._file.seek(0)
     held = self._file.read()
     self._file.close()
-    os.remove(self._file.name)
     if replay and held:
       os.write(2, held)
 
