@@ -26,6 +26,7 @@ This module imports no TensorFlow at import time: each worker sets its process u
 TensorFlow is first imported, inside the worker's function.
 """
 
+import contextlib
 import functools
 import os
 import time
@@ -188,16 +189,14 @@ def _train_worker(spec):
   else:
     process.use_keras3()
     from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
-  hook = one_batch_in_memory if spec['compute_only'] else None
   profile = spec.get('profile')
-  if not profile:
-    backend.run(cfg, dataset_hook=hook)
-    return {'peak_rss_mb': _status_mb('VmHWM')}
-  with kernels.profiling(profile['logdir']):
-    backend.run(cfg, dataset_hook=hook)
-  return {'peak_rss_mb': _status_mb('VmHWM'),
-          'kernels': kernels.op_time_by_kernel(profile['logdir'], profile['skip_steps'],
-                                               profile['steps'])}
+  with kernels.profiling(profile['logdir']) if profile else contextlib.nullcontext():
+    backend.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)
+  result = {'peak_rss_mb': _status_mb('VmHWM')}
+  if profile:
+    result['kernels'] = kernels.op_time_by_kernel(profile['logdir'], profile['skip_steps'],
+                                                  profile['steps'])
+  return result
 
 
 def _model_flops(cfg):

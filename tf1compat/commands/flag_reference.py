@@ -18,6 +18,8 @@ COMMANDS = ('make_records', 'train_graph', 'train_eager', 'compare_runs', 'check
             'parity_matrix', 'benchmark', 'legacy_env')
 BEGIN = '<!-- flag reference: python -m tf1compat.commands.flag_reference -->'
 END = '<!-- end of flag reference -->'
+
+
 def defined_flags(name):
   """[{name, default, boolean, help}] of the flags command `name` defines, defined and read
   in this process, which must be a fresh one (see the module docstring)."""

@@ -61,21 +61,23 @@ BFLOAT16_ROWS = (
 BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
+def _ran_on_gpu(port_manifest):
+  return (port_manifest.get('device') or '').startswith('GPU')
+
+
 def bfloat16_pays(port_manifest, vector_extensions):
   """Whether the port's device computes in bfloat16 natively: a GPU, or a CPU whose
   `vector_extensions` (cpu_info.describe) include AVX512_BF16 or AMX."""
-  on_gpu = (port_manifest.get('device') or '').startswith('GPU')
-  return on_gpu or bool(set(BFLOAT16_CPU_FLAGS) & set(vector_extensions))
+  return _ran_on_gpu(port_manifest) or bool(set(BFLOAT16_CPU_FLAGS) & set(vector_extensions))
 
 
 def rows_after_defaults(port_manifest, vector_extensions):
   """The rows to run after the defaults row, given its port's run.json and the CPU's
   vector extensions: the oneDNN row that changes the port's oneDNN as it ran, the GPU rows
   where it ran on a GPU, and the bfloat16 rows where bfloat16 pays."""
-  on_gpu = (port_manifest.get('device') or '').startswith('GPU')
   onednn = ONEDNN_ROWS[bool(port_manifest['settings']['onednn'])]
   return [OTHER_ROWS[0], onednn,
-          *(row for row in OTHER_ROWS[1:] if on_gpu or not row.gpu_only),
+          *(row for row in OTHER_ROWS[1:] if _ran_on_gpu(port_manifest) or not row.gpu_only),
           *(BFLOAT16_ROWS if bfloat16_pays(port_manifest, vector_extensions) else ())]
 
 
@@ -130,7 +132,8 @@ def run(cfg, tolerances):
   progress.say(f'settings matrix: the defaults row ran with oneDNN '
                f'{"on" if onednn_default else "off"}; its row turns it '
                f'{"off" if onednn_default else "on"}')
-  extensions = cpu_info.describe()['vector_extensions']
+  cpu = cpu_info.describe()
+  extensions = cpu['vector_extensions']
   for row in rows_after_defaults(port, extensions):
     run_row(row)
   defaults_step = results['defaults']['port_step_seconds']
@@ -141,7 +144,7 @@ def run(cfg, tolerances):
     result['step_time_vs_defaults'] = step / defaults_step if step and defaults_step else None
     result['step_time_vs_session'] = step / session_step if step and session_step else None
   atomic.atomic_write_json(os.path.join(cfg.output_dir, JSON), results)
-  machine = [f'Measured on {cpu_info.summary(cpu_info.describe())}.',
+  machine = [f'Measured on {cpu_info.summary(cpu)}.',
              f'oneDNN: TensorFlow\'s default on this CPU is '
              f'{"on" if cpu_info.onednn_default() else "off"}; the port ran with it '
              f'{"on" if onednn_default else "off"} in the defaults row'
