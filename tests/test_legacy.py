@@ -8,24 +8,29 @@ sessions); without a Python 3.7 they skip, saying so.
 """
 
 import ast
+import functools
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_IMAGE_SIZE, run_entry
+from conftest import REPO, TINY_IMAGE_SIZE, at_once, run_entry
 from test_data import bad_records_dir
 from test_parity import make_run
 from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
 from tf1compat.judge import runner_jobs
 from tf1compat.judge import tiers
+from tf1compat.runs import batch_record
 from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import probes
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runs import team_models
 
@@ -463,3 +468,96 @@ def test_a_teams_session_loop_recorded_on_tensorflow_115_passes_against_tf_2(leg
     pair = json.load(f)['pairs'][0]
   assert pair['verdict'] == 'PASS' and pair['lint'] == []
   assert {v['field'] for v in pair['versions'] if not v['same']} >= {'TensorFlow', 'Python'}
+
+
+# The Estimator job's and its port's run: 3 epochs of 20 steps (the examples' defaults).
+ESTIMATOR_EPOCHS, ESTIMATOR_STEPS_PER_EPOCH = 3, 20
+
+
+def _example_job(python, script, pythonpath, *args):
+  """Starts examples/<script> with `python`, `pythonpath` importable; stdout and stderr in
+  one pipe (_example_done reads it)."""
+  return subprocess.Popen([python, os.path.join(REPO, 'examples', script), *args],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, 'PYTHONPATH': pythonpath})
+
+
+def _example_done(proc, returncode=0):
+  """The output of a job _example_job started, once it exited with `returncode`."""
+  output, _ = proc.communicate(timeout=600)
+  assert proc.returncode == returncode, output[-3000:]
+  return output
+
+
+@pytest.mark.legacy
+def test_a_teams_estimator_job_on_tensorflow_115_passes_against_its_keras_3_port(legacy_python,
+                                                                                 tmp_path):
+  """examples/tf1_estimator_job.py on TensorFlow 1.15, recorded by the session hook in its
+  EstimatorSpec's training_hooks, and its control (one ulp apart at the start); the Keras 3
+  port keras_fit_port.py on this TensorFlow, trained on the job's recorded batches:
+  compare_runs PASSes the port, and FAILs it with Keras' Adam epsilon, naming it."""
+  examples = os.path.join(REPO, 'examples')
+  legacy_path = os.pathsep.join((legacy_env.source_path(str(tmp_path / 'src')), examples))
+  here_path = os.pathsep.join((REPO, examples))
+  runs = {name: str(tmp_path / name) for name in ('tf115', 'control', 'port', 'adam_epsilon')}
+  steps = ESTIMATOR_EPOCHS * ESTIMATOR_STEPS_PER_EPOCH
+  spe = f'--steps_per_epoch={ESTIMATOR_STEPS_PER_EPOCH}'
+
+  def estimator_job(name, *args):
+    return _example_job(legacy_python, 'tf1_estimator_job.py', legacy_path,
+                        f'--model_dir={runs[name]}', f'--steps={steps}', spe, *args)
+
+  def port(name, *args):
+    return _example_job(sys.executable, 'keras_fit_port.py', here_path,
+                        f'--model_dir={runs[name]}', f'--legacy_dir={runs["tf115"]}', spe,
+                        f'--epochs={ESTIMATOR_EPOCHS}', *args)
+
+  # The reference first (the others start from its weights or train on its batches);
+  # meanwhile the job on this TensorFlow, which has no Estimator.
+  reference = estimator_job('tf115')
+  nowhere = str(tmp_path / 'tf2')
+  here = _example_job(sys.executable, 'tf1_estimator_job.py', here_path,
+                      f'--model_dir={nowhere}')
+  output = _example_done(here, errors.EXIT_USAGE)
+  assert re.match(r'tf1_estimator_job: TensorFlow 2\.\S+ has no tf\.estimator',
+                  output.strip().splitlines()[-1]), output
+  assert 'Traceback' not in output and not glob.glob(f'{nowhere}*')
+  _example_done(reference)
+  start = team_models.control_start(run_files.snapshot_path(runs['tf115'], 0),
+                                    str(tmp_path / 'control_start.npz'))
+  jobs = [estimator_job('control', f'--start_weights={start}'), port('port'),
+          port('adam_epsilon', '--mistake=adam_epsilon')]
+  for job in jobs:
+    _example_done(job)
+
+  manifest = runlog.read_manifest(runs['tf115'])
+  assert manifest['versions']['tensorflow'] == '1.15.0' and manifest['status'] == 'complete'
+  assert manifest['optimizer']['name'] == 'AdamOptimizer'
+  assert manifest['optimizer']['epsilon'] == 1e-8
+  # The Estimator's checkpoints went to a folder of their own beside the run.
+  estimator_dirs = glob.glob(f'{runs["tf115"]}.estimator-*')
+  assert len(estimator_dirs) == 1 and os.path.exists(os.path.join(estimator_dirs[0],
+                                                                  'checkpoint'))
+  assert not os.path.exists(os.path.join(runs['tf115'], 'checkpoint'))
+  # Every run trained on the reference's batches, step for step.
+  digests = batch_record.read_digests(runs['tf115'])
+  assert sorted(digests) == list(range(1, steps + 1))
+  for name in ('control', 'port', 'adam_epsilon'):
+    assert batch_record.read_digests(runs[name]) == digests, name
+
+  def compare(name):
+    out = str(tmp_path / f'report_{name}')
+    result = run_entry('compare_runs', runs['tf115'], runs[name],
+                       f'--control={runs["control"]}', f'--output_dir={out}')
+    with open(os.path.join(out, 'parity.json')) as f:
+      return result, json.load(f)['pairs'][0]
+
+  (matched, pair), (mistaken, mistaken_pair) = at_once(
+      functools.partial(compare, 'port'), functools.partial(compare, 'adam_epsilon'))
+  assert matched.returncode == 0, matched.stdout + matched.stderr
+  assert pair['verdict'] == 'PASS' and pair['pitfalls'] == []
+  assert pair['inputs']['compared_steps'] == steps and pair['inputs']['differing_steps'] == 0
+  assert {v['field'] for v in pair['versions'] if not v['same']} >= {'TensorFlow', 'Python'}
+  assert mistaken.returncode == errors.EXIT_PARITY_FAIL, mistaken.stdout + mistaken.stderr
+  assert mistaken_pair['verdict'] == 'FAIL'
+  assert mistaken_pair['pitfalls'][0]['name'] == 'adam_epsilon', mistaken_pair['pitfalls']

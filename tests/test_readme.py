@@ -107,8 +107,16 @@ def test_flag_reference_is_current(commands):
       '`python -m tf1compat.commands.flag_reference`')
 
 
+def _example_flags():
+  """The flags the example jobs define (argparse), which the docs' commands give them."""
+  names = set()
+  for path in glob.glob(os.path.join(REPO, 'examples', '*.py')):
+    names.update(re.findall(r"add_argument\(\s*'--(\w+)'", _read(path)))
+  return names
+
+
 def test_every_flag_the_docs_mention_exists(commands):
-  known, booleans = set(OTHER_FLAGS), set()
+  known, booleans = set(OTHER_FLAGS) | _example_flags(), set()
   for command in commands.values():
     for flag in command['flags']:
       known.add(flag['name'])
@@ -125,16 +133,22 @@ def test_every_flag_the_docs_mention_exists(commands):
 
 
 def _parse_example(script, args):
-  """The error an example loop's command line gives `args`, or None. Both loops parse
-  it with team_common.parse_args, read here without the loops' TensorFlow imports."""
+  """The error an example job's command line gives `args`, or None. The examples parse it
+  with their common module's parse_args and that module's flags for the job
+  (team_common.py; tabular_common.py and its job_arguments or port_arguments), read here
+  without the jobs' TensorFlow imports."""
   with open(os.path.join(REPO, script)) as f:
-    assert 'team_common.parse_args(' in f.read(), f'{script} no longer parses its flags there'
+    source = f.read()
+  common = re.search(r'\b(\w+_common)\.parse_args\(', source)
+  assert common, f'{script} no longer parses its flags with an examples/*_common.py'
+  name = common.group(1)
+  own = re.search(rf'\b{name}\.(\w+_arguments)\b', source)
   spec = importlib.util.spec_from_file_location(
-      'readme_team_common', os.path.join(REPO, 'examples', 'team_common.py'))
-  team_common = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(team_common)
+      f'readme_{name}', os.path.join(REPO, 'examples', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
   try:
-    team_common.parse_args(args, script)
+    module.parse_args(args, script, own and getattr(module, own.group(1)))
   except SystemExit:
     return f'{script} {" ".join(args)}: refused (argparse)'
   return None

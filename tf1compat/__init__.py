@@ -3,8 +3,8 @@
 Importing the package or any of its modules sets up nothing: the graph runner's entry
 point (`bin/train_graph`) does the process-wide TF1 setup before importing TensorFlow.
 The modules live in wings by concern (docs/layout.md): runs, runtime, data, train, bench,
-judge, commands. `from tf1compat import recorder, team_models`, the import the docs give
-teams for their own loops, still reaches them in runs/.
+judge, commands. `from tf1compat import recorder, team_models, session_hook,
+keras_callback`, the imports the docs give teams for their own jobs, reach them in runs/.
 """
 
 import importlib
@@ -13,7 +13,9 @@ __version__ = '0.1.0'
 
 # The names a team's own loop imports from the package itself (docs/own-migration.md).
 _TEAM_MODULES = {'recorder': 'tf1compat.runs.recorder',
-                 'team_models': 'tf1compat.runs.team_models'}
+                 'team_models': 'tf1compat.runs.team_models',
+                 'session_hook': 'tf1compat.runs.session_hook',
+                 'keras_callback': 'tf1compat.runs.keras_callback'}
 
 
 def __getattr__(name):

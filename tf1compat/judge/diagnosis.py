@@ -11,6 +11,7 @@ import numpy as np
 from tf1compat.judge import calibration
 from tf1compat.judge import pitfalls
 from tf1compat.judge import tiers
+from tf1compat.runs import batch_record
 from tf1compat.runs import config
 from tf1compat.runs import runlog
 from tf1compat.train.models import convnet
@@ -102,11 +103,13 @@ def known_differences(reference, other):
     found['adam_rounding'] = {}
   if batch_norm_layers(reference) and batch_norm_layers(other) and (
       _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
-    # Predicted from the seed's ConvNet's geometry, which only it has.
+    # Predicted from the seed's ConvNet's geometry, which only it has; a recorded model
+    # without an image size has none to predict from.
     found['bn_moving_variance'] = ({
         'predicted_factor_last_layer': bessel_factor(reference, len(convnet.CONV_FILTERS)),
         'predicted_factor_first_layer': bessel_factor(reference, 1)}
-        if reference.flag('model') is None else {})
+        if reference.flag('model') is None and (
+            reference.manifest.get('image_size') or reference.flag('image_size')) else {})
   if (reference.flag('dropout') or 0) > 0 and (other.flag('dropout') or 0) > 0 and not (
       _same_dropout_masks(reference, other)):
     found['dropout_masks'] = {'rate': other.flag('dropout')}
@@ -211,7 +214,9 @@ def _accuracy_evidence(reference, other, steps, curves):
               + (f', {s["envelope_ratio"]:.3g}x the control\'s difference'
                  if s['envelope_ratio'] is not None else '') + ')')
   accuracies = [run.steps['batch_accuracy'][0] for run in (reference, other)]
-  if steps is not None and steps['steps'] and accuracies[0] != accuracies[1]:
+  # A run without batch accuracies (NaN) has nothing to say at step 1.
+  if (steps is not None and steps['steps'] and np.all(np.isfinite(accuracies)) and
+      accuracies[0] != accuracies[1]):
     evidence += (f'; at step 1 the same weights and batch give the same loss (relative '
                  f'difference {steps["relative_difference"][0]:.1e}) but batch accuracy '
                  f'{accuracies[0]:.4g} vs {accuracies[1]:.4g}: one run\'s accuracy is not the '
@@ -302,14 +307,25 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
                   'judged_by': judged_by or problem.judged_by[0], 'margin': margin})
 
   fields = {d['field']: d for d in lint_found}
+  if tiers.INPUT_FIELD in fields:
+    # The batches themselves: named before anything measured on them.
+    d = fields[tiers.INPUT_FIELD]
+    add('different_inputs',
+        f'the input batches differ from step {d["step"]} (digests in '
+        f'{batch_record.BATCHES_DIR}/{batch_record.DIGESTS_CSV}: {d["reference"]} vs '
+        f'{d["other"]}): every loss difference from there on may come from that', True)
+  data_evidence = []
   if 'data fingerprint' in fields:
     data = [run.manifest.get('data') or {} for run in (reference, other)]
     records = [(d.get('records') or {}).get('train') for d in data]
-    add('different_data', f'the runs trained on different data ({data[0].get("data_dir")}, '
+    data_evidence.append(
+        f'the runs trained on different data ({data[0].get("data_dir")}, '
         f'{records[0]} training records vs {data[1].get("data_dir")}, {records[1]}; '
         f'fingerprints {str(fields["data fingerprint"]["reference"])[:12]} vs '
         f'{str(fields["data fingerprint"]["other"])[:12]}): every difference may come from '
-        'that', True)
+        'that')
+  if data_evidence:
+    add('different_data', '; '.join(data_evidence), True)
   if tiers.START_FIELD in fields:
     d = fields[tiers.START_FIELD]
     add('different_start', f'the runs started from different weights (step-0 snapshots '

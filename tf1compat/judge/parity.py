@@ -18,6 +18,7 @@ import numpy as np
 from tf1compat.judge import calibration
 from tf1compat.judge import diagnosis
 from tf1compat.judge import tiers
+from tf1compat.runs import batch_record
 from tf1compat.runs import errors
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
@@ -81,6 +82,11 @@ class Run:
       digest.update(key.encode())
       digest.update(np.ascontiguousarray(value).tobytes())
     return digest.hexdigest()
+
+  def input_digests(self):
+    """{step: sha256 of its input batch} of the steps a recorded loop hashed
+    (batches/digests.csv), or None where it hashed none."""
+    return batch_record.read_digests(self.path) or None
 
 
 def load_run(path, weight_map=None):
@@ -215,7 +221,8 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
       differences[name]['measured'] = _measured(steps)
   weights = tiers.weight_tier(reference, other, tol, excluded, envelope)
   curves = tiers.curve_tier(reference, other, tol, envelope)
-  semantics = {run.path: tiers.metric_semantics(run) for run in (reference, other)}
+  metrics, metrics_left_out = tiers.shared_metrics(reference, other)
+  semantics = {run.path: tiers.metric_semantics(run, metrics) for run in (reference, other)}
   bn_states = {run.path: tiers.batch_norm_state(run) for run in (reference, other)}
   semantics_ok = all(info['kind'] == tiers.METRICS_PER_EPOCH
                      for run_info in semantics.values() for info in run_info.values())
@@ -239,8 +246,11 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
       'reference': reference.path, 'other': other.path,
       'reference_label': reference.label, 'other_label': other.label,
       'lint': lint_found, 'lint_mismatches': len(mismatches),
+      'not_compared': tiers.not_compared(reference, other),
+      'inputs': tiers.inputs(reference, other),
       'step_tier': steps, 'weight_tier': weights, 'curve_tier': curves,
-      'semantics_tier': {'metrics': {run.label: semantics[run.path]
+      'semantics_tier': {'judged_metrics': metrics, 'left_out': metrics_left_out,
+                         'metrics': {run.label: semantics[run.path]
                                      for run in (reference, other)},
                          'batch_norm': {run.label: bn_states[run.path]
                                         for run in (reference, other)},

@@ -174,6 +174,13 @@ PITFALLS = {
 }
 
 SETUP_PROBLEMS = {
+    'different_inputs': Problem(
+        judged_by=('config',),
+        where=Where('input'),
+        fix='Train both jobs on the same batches: fit the port on '
+            'keras_callback.recorded_batches(LEGACY_RUN), watched, or make the two pipelines '
+            'read the same examples in the same order (files, shuffle seed, batch size); '
+            'batches/digests.csv of each run holds every step\'s digest.'),
     'different_data': Problem(
         judged_by=('config',),
         where=Where('forward'),

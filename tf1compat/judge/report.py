@@ -11,6 +11,7 @@ from tf1compat.judge import calibration
 from tf1compat.judge import diagnosis
 from tf1compat.judge import events
 from tf1compat.runs import atomic
+from tf1compat.runs import batch_record
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
@@ -49,7 +50,66 @@ def device_line(report):
   return 'devices: ' + ', '.join(f'{label} {device}' for label, device in devices.items())
 
 
+def inputs_text(inputs):
+  """What the input digests say of a pair (tiers.inputs), in a sentence."""
+  n, first, have = inputs['compared_steps'], inputs['first_differing_step'], inputs['with_digests']
+  where = f'{batch_record.BATCHES_DIR}/{batch_record.DIGESTS_CSV}'
+  if not n:
+    why = ('neither run hashed its batches' if not have else
+           f'only {have[0]} hashed its batches' if len(have) == 1 else
+           'no step hashed by both runs')
+    return f'inputs not compared ({why})'
+  if first is None:
+    return f'the same input at every one of {n} steps (digests in {where})'
+  return (f'the input batches differ from step {first} ({inputs["differing_steps"]} of {n} '
+          f'steps; digests in {where}): the runs did not train on the same data')
+
+
+def _lacking_text(left_out):
+  """'no C in either run; no D in LABEL' of {name: labels of the runs without it}."""
+  lacking = {}
+  for name, labels in left_out.items():
+    lacking.setdefault('either run' if len(labels) > 1 else labels[0], []).append(name)
+  return '; '.join(f'no {", ".join(names)} in {who}' for who, names in lacking.items())
+
+
+def judged_text(judged, left_out):
+  """'judged what both runs have: A, B (no C in either run; no D in LABEL)' of a tier's
+  judged names and left-out {name: labels of the runs without it}."""
+  text = f'judged what both runs have: {", ".join(judged) or "nothing"}'
+  return f'{text} ({_lacking_text(left_out)})' if left_out else text
+
+
+def _not_compared_text(pair):
+  """'not compared (no A in LABEL; no B, C in either run)': the lint fields of a pair that
+  one run or both do not record."""
+  left_out = {field['field']: [pair[f'{side}_label'] for side in ('reference', 'other')
+                               if field[side] is None]
+              for field in pair['not_compared']}
+  return f'not compared ({_lacking_text(left_out)})'
+
+
+def _pair_notes(pair):
+  """The console's lines on what a pair was judged on, where it is not everything: the
+  input digests where a run hashed its batches, the series and running means both runs
+  have, the lint fields one run lacks."""
+  lines = []
+  if pair['inputs']['with_digests']:
+    lines.append(f'  inputs: {inputs_text(pair["inputs"])}')
+  curves, semantics = pair['curve_tier'], pair['semantics_tier']
+  if curves['left_out']:
+    lines.append(f'  curves: {judged_text(curves["judged_series"], curves["left_out"])}')
+  if semantics['left_out']:
+    lines.append(f'  running means: '
+                 f'{judged_text(semantics["judged_metrics"], semantics["left_out"])}')
+  if pair['not_compared']:
+    lines.append(f'  config lint: {_not_compared_text(pair)}')
+  return lines
+
+
 def _lint_note(difference):
+  if 'step' in difference:
+    return f'changes the math: they differ from step {difference["step"]}'
   if difference.get('setting'):
     return 'a setting: named, the tiers decide'
   if difference.get('version_default'):
@@ -107,6 +167,7 @@ def summary_lines(report):
         f'{"ok" if tiers["curve"]["passed"] else "FAIL":>5} '
         f'{"ok" if tiers["semantics"]["passed"] else "FAIL":>9} '
         f'{"yes" if pair["bit_identical"] else "no":>9}  {pair["verdict"]}')
+    lines += _pair_notes(pair)
     for p in pair['pitfalls']:
       margin = f' [{_ratio(p["margin"])} what correct runs show]' if p['margin'] else ''
       lines.append(f'  {p["kind"]} {p["name"]}: {p["evidence"]}{margin}')
@@ -273,12 +334,17 @@ def _markdown(report):
               f'{_lint_note(d)} |' for d in pair['lint']]
     else:
       out.append('The manifests agree on every field that changes the math.')
+    if pair['not_compared']:
+      out += ['', f'Fields one run or both do not record: {_not_compared_text(pair)}.']
+    out += ['', f'Inputs: {inputs_text(pair["inputs"])}.']
     out += ['', 'Versions (recorded, not judged): ' + '; '.join(
         f'{v["field"]} {_fmt(v["reference"])}' + ('' if v['same'] else f' vs {_fmt(v["other"])}')
         for v in pair['versions']) + '.']
     out += _step_section(pair, tol)
     out += ['', '### Curve tier', '']
-    series = pair['curve_tier']['series']
+    curves = pair['curve_tier']
+    out += [f'Series: {judged_text(curves["judged_series"], curves["left_out"])}.', '']
+    series = curves['series']
     if series:
       out += ['| series | reference | other | difference | band | ok |',
               '|---|---|---|---|---|---|']
@@ -291,6 +357,9 @@ def _markdown(report):
     else:
       out.append('No common epochs.')
     out += ['', '### Semantics tier', '']
+    semantics = pair['semantics_tier']
+    out += [f'Running means: '
+            f'{judged_text(semantics["judged_metrics"], semantics["left_out"])}.', '']
     for label, info in pair['semantics_tier']['metrics'].items():
       for value_name, m in info.items():
         out.append(f'- `{label}` running {value_name}: {m["kind"]} (error vs per-epoch mean '

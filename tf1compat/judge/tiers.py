@@ -1,4 +1,5 @@
-"""The tiers that judge a pair of finished runs: config lint, step, weight, curve, semantics.
+"""The tiers that judge a pair of finished runs: config lint (and the input batches, where
+both runs hashed them), step, weight, curve, semantics; each on what both runs record.
 
 Each takes loaded runs (parity.Run) and returns its measurements and whether they pass;
 parity.compare_pair puts them together. TensorFlow-free (numpy only).
@@ -9,9 +10,11 @@ import math
 import numpy as np
 
 from tf1compat.judge import calibration
+from tf1compat.runs import config
 
 # Labels of the lint fields the diagnosis reads.
 REGULARIZATION_FIELD = 'regularization losses in the loss'
+FROM_LOGITS_FIELD = 'from_logits'
 BN_MOMENTUM_FIELD = 'BatchNorm momentum'
 # Manifest fields whose difference changes the math, as (label, path in run.json).
 LINT_FIELDS = (
@@ -20,7 +23,7 @@ LINT_FIELDS = (
     ('optimizer beta_2', ('optimizer', 'beta_2')),
     ('optimizer epsilon', ('optimizer', 'epsilon')),
     ('loss', ('loss',)),
-    ('from_logits', ('from_logits',)),
+    (FROM_LOGITS_FIELD, ('from_logits',)),
     ('final activation', ('final_activation',)),
     ('batch size', ('batch_size',)),
     ('image size', ('image_size',)),
@@ -40,6 +43,13 @@ LINT_FIELDS = (
     (BN_MOMENTUM_FIELD, ('model_summary', 'batch_norm_momentum')),
     ('BatchNorm epsilon', ('model_summary', 'batch_norm_epsilon')),
 )
+# Lint fields whose null is a value: a constant learning rate, no --init_weights file, the
+# seed's model and record parser. In every other field null says the run did not record
+# it (a team's model that is no image classifier has no image size, classes or
+# from_logits; an optimizer without Adam's betas; a loss the recorder could not read):
+# such a field is compared only where both runs record it, and listed as not compared.
+NULL_IS_A_VALUE = frozenset({'learning-rate schedule', 'init-weights sha256', 'model',
+                             'record parser'})
 # Process settings that change the numbers, not the math (numerics.py): named by the
 # lint, but a port may run with another one as long as the tiers pass (what the
 # settings matrix measures); the numbers decide.
@@ -82,6 +92,7 @@ METRICS_UNEXPLAINED = 'unexplained'
 METRIC_RTOL = 1e-4  # float32 accumulation of a running mean over a few thousand steps
 
 START_FIELD = 'initial weights (step-0 snapshot)'
+INPUT_FIELD = 'input batches'
 # One example's share of an accuracy, and the float rounding of the shares written.
 ONE_EXAMPLE = 1.0 + 1e-6
 
@@ -99,14 +110,24 @@ def lint(reference, other):
   """Differences that change the math (the config tier): [{field, reference, other, equivalent}].
 
   The weights the runs started from come first (a different start explains any later
-  difference); then the manifest fields.
+  difference), then the input batches where both runs hashed them (INPUT_FIELD, with the
+  first `step` whose batches differ), then the manifest fields both runs record
+  (not_compared lists the others).
   """
   found = []
   starts = reference.start_digest(), other.start_digest()
   if None not in starts and starts[0] != starts[1]:
     found.append({'field': START_FIELD, 'reference': starts[0][:12], 'other': starts[1][:12],
                   'equivalent': False})
+  digests = reference.input_digests(), other.input_digests()
+  _, differing = _input_steps(digests)
+  if differing:
+    step = differing[0]
+    found.append({'field': INPUT_FIELD, 'reference': digests[0][step][:12],
+                  'other': digests[1][step][:12], 'equivalent': False, 'step': step})
   for label, a, b in _differing(reference, other, LINT_FIELDS):
+    if _unrecorded(label, a, b):
+      continue
     equivalent = label == 'loss' and {a, b} <= EQUIVALENT_LOSSES
     found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
   found += [{'field': label, 'reference': a, 'other': b, 'equivalent': True, 'setting': True}
@@ -116,6 +137,56 @@ def lint(reference, other):
             for label, a, b in _differing(reference, other, VERSION_DEFAULT_FIELDS)
             if a is not None and b is not None]
   return found
+
+
+def not_compared(reference, other):
+  """The lint fields one run or both do not record (null where null is no value, or no
+  step-0 snapshot): [{field, reference, other}], never a mismatch."""
+  out = []
+  starts = ['recorded' if 0 in run.snapshot_steps else None for run in (reference, other)]
+  if None in starts:
+    out.append({'field': START_FIELD, 'reference': starts[0], 'other': starts[1]})
+  for label, keys in LINT_FIELDS:
+    a, b = _recorded(reference, label, keys), _recorded(other, label, keys)
+    if _unrecorded(label, a, b):
+      out.append({'field': label, 'reference': a, 'other': b})
+  return out
+
+
+def _unrecorded(label, a, b):
+  """Whether lint field `label`, valued `a` and `b` in the two runs, is one a run lacks."""
+  return label not in NULL_IS_A_VALUE and (a is None or b is None)
+
+
+def _recorded(run, label, keys):
+  """What `run` records for lint field `label` (path `keys` in run.json), None where it
+  records nothing."""
+  value = _get(run.manifest, keys)
+  if label == FROM_LOGITS_FIELD and value is None:
+    # The runners' losses say whether they take logits (config.LOSS_TAKES_LOGITS): a
+    # run.json naming one of them says it through its loss.
+    value = config.LOSS_TAKES_LOGITS.get(run.manifest.get('loss'))
+  return value
+
+
+def inputs(reference, other):
+  """Whether the runs trained on the same input batches, step by step, from the digests a
+  recorded loop keeps (batches/digests.csv), over the steps both hashed:
+  {compared_steps, first_differing_step, differing_steps, with_digests}. compared_steps
+  is 0 where one run or neither hashed its batches; with_digests names those that did."""
+  digests = reference.input_digests(), other.input_digests()
+  common, differing = _input_steps(digests)
+  return {'compared_steps': len(common),
+          'first_differing_step': differing[0] if differing else None,
+          'differing_steps': len(differing),
+          'with_digests': [run.label for run, d in zip((reference, other), digests) if d]}
+
+
+def _input_steps(digests):
+  """(the steps both of two runs' {step: digest} hold, those whose digests differ), in order;
+  none where either is None."""
+  common = sorted(set(digests[0]) & set(digests[1])) if all(digests) else []
+  return common, [step for step in common if digests[0][step] != digests[1][step]]
 
 
 def versions(reference, other):
@@ -149,7 +220,7 @@ def parting(steps, weights):
 def _differing(reference, other, fields):
   """(label, reference value, other value) of each of `fields` the two manifests differ in."""
   for label, keys in fields:
-    a, b = _get(reference.manifest, keys), _get(other.manifest, keys)
+    a, b = _recorded(reference, label, keys), _recorded(other, label, keys)
     if a != b:
       yield label, a, b
 
@@ -249,22 +320,60 @@ def model_order(weights):
 
 
 CURVE_SERIES = ('train_loss', 'val_loss', 'train_accuracy', 'val_accuracy')
+# The per-step values the semantics tier judges, each with the running mean a run shows
+# of it (steps.csv columns).
+METRICS = (('loss', 'mean_loss'), ('batch_accuracy', 'accuracy'))
+
+
+def _has(columns, name):
+  """Whether the CSV `columns` (runlog.read_csv) hold a value of `name` in some row: a model
+  without an accuracy, or a run without validation, leaves its column NaN."""
+  values = columns.get(name)
+  return values is not None and bool(np.any(~np.isnan(values)))
+
+
+def _has_metric(run, value_name):
+  return _has(run.steps, value_name) and _has(run.steps, dict(METRICS)[value_name])
+
+
+def _shared(reference, other, names, has):
+  """(judged, left_out) of `names`: those both runs have (has(run, name)), in order, and
+  {name: labels of the runs without it} of the others, which are left out, not failed."""
+  judged, left_out = [], {}
+  for name in names:
+    lacking = [run.label for run in (reference, other) if not has(run, name)]
+    if lacking:
+      left_out[name] = lacking
+    else:
+      judged.append(name)
+  return judged, left_out
+
+
+def shared_series(reference, other):
+  """_shared() of the epochs.csv series the curve tier judges."""
+  return _shared(reference, other, CURVE_SERIES, lambda run, name: _has(run.epochs, name))
+
+
+def shared_metrics(reference, other):
+  """_shared() of the per-step values whose running means the semantics tier judges."""
+  return _shared(reference, other, [name for name, _ in METRICS], _has_metric)
 
 
 def curve_differences(reference, other):
-  """{series: per-epoch difference} in the curve tier's units (NaN-free series only).
+  """{series: per-epoch difference} in the curve tier's units, of the series both runs
+  have (shared_series); a NaN where one has a value is an infinite difference.
 
   Loss differences are taken relative to the reference's initial loss (its first batch,
   about ln(classes)): a converged run's small losses would turn harmless round-off
   chaos into large relative numbers. Accuracies are compared absolutely.
   """
   n = min(len(reference.epochs.get('epoch', [])), len(other.epochs.get('epoch', [])))
+  if n == 0:
+    return {}
   initial = abs(float(reference.steps['loss'][0]))
   out = {}
-  for name in CURVE_SERIES:
+  for name in shared_series(reference, other)[0]:
     a, b = reference.epochs[name][:n], other.epochs[name][:n]
-    if n == 0 or (np.all(np.isnan(a)) and np.all(np.isnan(b))):
-      continue
     diff = np.abs(np.asarray(a) - np.asarray(b))
     if name.endswith('loss'):
       diff = diff / initial
@@ -283,7 +392,8 @@ def _examples(run, series):
 
 
 def curve_tier(reference, other, tol, envelope=None):
-  """Per-epoch train/val loss and accuracy within a band.
+  """Per-epoch train/val loss and accuracy within a band, for the series both runs have
+  (`judged_series`; `left_out`: {series: labels of the runs without it}).
 
   The band is the fixed tolerance (curve_rtol; accuracy_atol, or one example's share of
   an epoch's accuracy where that is more) or, with an envelope,
@@ -294,8 +404,10 @@ def curve_tier(reference, other, tol, envelope=None):
   step tier's divergence over the envelope.
   """
   n = min(len(reference.epochs.get('epoch', [])), len(other.epochs.get('epoch', [])))
+  judged, left_out = shared_series(reference, other)
   result = {'epochs': n, 'series': {}, 'passed': n > 0,
-            'initial_loss': float(reference.steps['loss'][0])}
+            'initial_loss': float(reference.steps['loss'][0]),
+            'judged_series': judged if n else [], 'left_out': left_out}
   for name, diff in curve_differences(reference, other).items():
     examples = _examples(reference, name)
     floor = (tol.curve_rtol if name.endswith('loss') else
@@ -318,17 +430,21 @@ def curve_tier(reference, other, tol, envelope=None):
   return result
 
 
-def metric_semantics(run):
-  """How the run's shown running mean loss and accuracy relate to its own step values.
+def metric_semantics(run, value_names=None):
+  """How the run's shown running means relate to its own step values (METRICS), of
+  `value_names` (default: those the run records; a pair judges what both have,
+  shared_metrics).
 
-  Returns {'loss': kind, 'accuracy': kind, 'error_per_epoch': x, 'error_since_start': y}
+  Returns {value name: {'kind': kind, 'error_per_epoch': x, 'error_since_start': y}}
   with kind one of METRICS_PER_EPOCH, METRICS_SINCE_START, METRICS_UNEXPLAINED.
   """
   steps = run.steps
   epoch = steps['epoch'].astype(int)
+  if value_names is None:
+    value_names = [name for name, _ in METRICS if _has_metric(run, name)]
   out = {}
-  for shown_name, value_name in (('mean_loss', 'loss'), ('accuracy', 'batch_accuracy')):
-    values, shown = steps[value_name], steps[shown_name]
+  for value_name in value_names:
+    values, shown = steps[value_name], steps[dict(METRICS)[value_name]]
     per_epoch = np.empty_like(values)
     for e in np.unique(epoch):
       mask = epoch == e

@@ -45,6 +45,7 @@ try:
 except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
   metadata = None
 
+from tf1compat.runs import batch_record
 from tf1compat.runs import config as tf1compat_config
 from tf1compat.runs import errors
 from tf1compat.runs import probes
@@ -86,15 +87,15 @@ class RunConfig:
   loop's own settings, recorded in run.json's flags block and not compared.
   """
   framework: str
-  batch_size: int
+  batch_size: Optional[int] = None
   optimizer: str = 'adam'
   learning_rate: float = 0.001
   beta_1: float = 0.9
   beta_2: float = 0.999
   epsilon: Optional[float] = None
-  loss: str = 'softmax_cross_entropy'
-  from_logits: bool = True
-  final_activation: str = 'none'
+  loss: Optional[str] = 'softmax_cross_entropy'
+  from_logits: Optional[bool] = True
+  final_activation: Optional[str] = 'none'
   image_size: Optional[int] = None
   num_classes: Optional[int] = None
   seed: Optional[int] = None
@@ -118,6 +119,9 @@ class RunConfig:
                               f'{", ".join(FRAMEWORK_DEFAULTS)}')
     # Frozen: the defaults are filled in once, as the run records them.
     for name, default in FRAMEWORK_DEFAULTS[self.framework].items():
+      if name == 'epsilon' and 'adam' not in str(self.optimizer).lower():
+        # Adam's epsilon; another optimizer records its own, or none.
+        continue
       if getattr(self, name) is None:
         object.__setattr__(self, name, default)
     for name, known in _KNOWN_KERNELS.items():
@@ -188,9 +192,12 @@ def _device():
   """'CPU' or 'GPU (name)' as TensorFlow sees it where the loop imported it, else 'unknown'."""
   tf = sys.modules.get('tensorflow')
   config = getattr(tf, 'config', None)
-  if not hasattr(config, 'list_physical_devices'):
+  # TensorFlow 1.15 has it under config.experimental only.
+  lister = getattr(config, 'list_physical_devices', None) or getattr(
+      getattr(config, 'experimental', None), 'list_physical_devices', None)
+  if lister is None:
     return 'unknown'
-  gpus = config.list_physical_devices('GPU')
+  gpus = lister('GPU')
   if not gpus:
     return 'CPU'
   details = getattr(config.experimental, 'get_device_details', lambda device: {})(gpus[0])
@@ -214,7 +221,9 @@ class RunRecorder:
   (the initial weights) and wherever snapshot_due() says; finish() marks it complete.
   """
 
-  def __init__(self, model_dir, config, *, overwrite=False, start_step=0):
+  def __init__(self, model_dir, config, *, overwrite=False, start_step=0,
+               stored_batches=batch_record.DEFAULT_STORED_STEPS,
+               max_batch_bytes=batch_record.DEFAULT_MAX_BYTES):
     self.config = config
     if start_step:
       previous = runlog.read_manifest(model_dir) or {}
@@ -228,6 +237,8 @@ class RunRecorder:
     self.log.truncate_after(start_step, config.steps_per_epoch or 1)
     self.log.update(**config.manifest())
     self.step = start_step
+    self.batches = batch_record.BatchWriter(model_dir, stored_batches, max_batch_bytes,
+                                            start_step)
     epochs = runlog.read_csv(self.log.path(run_files.EPOCHS_CSV))
     self._epochs = len(epochs.get('epoch', ()))
     self._final_metrics = ({name: float(epochs[name][-1]) for name in runlog.EPOCH_METRICS}
@@ -243,6 +254,11 @@ class RunRecorder:
   def model_dir(self):
     """The run directory."""
     return self.log.model_dir
+
+  @property
+  def epoch_open(self):
+    """Whether steps were recorded since the last epoch's row."""
+    return bool(self._epoch_rows)
 
   def _epoch_of(self, step):
     if self.config.steps_per_epoch:
@@ -267,22 +283,26 @@ class RunRecorder:
       self.fail(f'{kind.__name__}: {error}')
     return False
 
-  def record_step(self, loss, batch_accuracy, *, mean_loss=None, accuracy=None,
-                  learning_rate=None, step=None):
+  def record_step(self, loss, batch_accuracy=None, *, mean_loss=None, accuracy=None,
+                  learning_rate=None, step=None, batch=None):
     """Appends the steps.csv row of the next step; returns its number (1 first).
 
-    `loss` and `batch_accuracy`: of this step's batch. `mean_loss` and `accuracy`: the
-    running metrics the loop shows its user, if it shows any (the semantics tier
-    checks that they restart every epoch); without them the recorder writes the means
-    since the epoch's first step. `learning_rate`: this step's, when it has a schedule.
-    `step`, when given, must be the next one. Raises errors.NumericFault for a NaN or Inf
-    loss, after marking the run failed.
+    `loss` and `batch_accuracy`: of this step's batch (a model without an accuracy
+    leaves it out: its columns hold NaN, and compare_runs judges what both runs have).
+    `mean_loss` and `accuracy`: the running metrics the loop shows its user, if it shows
+    any (the semantics tier checks that they restart every epoch); without them the
+    recorder writes the means since the epoch's first step. `learning_rate`: this
+    step's, when it has a schedule. `step`, when given, must be the next one. `batch`:
+    (features, labels) the step trained on, arrays or dicts of arrays: hashed, and
+    stored for the first steps (batch_record.py). Raises errors.NumericFault for a NaN or
+    Inf loss, after marking the run failed.
     """
     number = self.step + 1
     if step is not None and int(step) != number:
       raise errors.UsageError(f'record_step(step={step}) after step {self.step}: record every '
                               'training step once, in order, from step 1')
-    loss, batch_accuracy = float(loss), float(batch_accuracy)
+    loss = float(loss)
+    batch_accuracy = math.nan if batch_accuracy is None else float(batch_accuracy)
     if not math.isfinite(loss):
       self.log.update(status=runlog.STATUS_FAILED, global_step=self.step,
                       failure=f'loss is {loss} at step {number}')
@@ -304,6 +324,8 @@ class RunRecorder:
                           'accuracy': accuracy, 'learning_rate': float(learning_rate),
                           'seconds': now - self._last_time})
     self._last_time = now
+    if batch is not None:
+      self.batches.add(number, *batch)
     self._epoch_rows.append((loss, batch_accuracy, mean_loss, accuracy))
     self.step = number
     return number
@@ -383,7 +405,14 @@ class RunRecorder:
                               'recorded or the one about to be')
     inputs, labels = batch
     loss_parts = {'data': data_loss, 'regularization': regularization_loss, 'total': loss}
-    stages = {'input': {'images': inputs, 'labels': labels},
+    # A model of named inputs has each under its name; the images of the seed's kind.
+    batch_stage = dict(inputs) if isinstance(inputs, dict) else (
+        {} if inputs is None else {'images': inputs})
+    if isinstance(labels, dict):
+      batch_stage.update({f'labels/{name}': value for name, value in labels.items()})
+    elif labels is not None:
+      batch_stage['labels'] = labels
+    stages = {'input': batch_stage,
               'forward': dict(outputs),
               'loss': {part: value for part, value in loss_parts.items() if value is not None},
               'gradients': dict(gradients)}

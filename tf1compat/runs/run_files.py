@@ -33,6 +33,9 @@ EPOCHS_CSV = 'epochs.csv'
 WEIGHTS_DIR = 'weights'
 # A recorded loop's probes (RunRecorder.probe; probes.py reads and writes them).
 PROBE_DIR = 'probe'
+# A recorded loop's input batches: their digests and the first steps' arrays
+# (batch_record.py).
+BATCHES_DIR = 'batches'
 CHECKPOINTS_DIR = 'checkpoints'
 EXPORT_DIR = 'export'
 KERAS_FILE = 'model.keras'
@@ -55,6 +58,7 @@ _CHECKPOINT_PART = r'(?:\.index|\.meta|\.data-\d{5}-of-\d{5})(?:\.tempstate\d+)?
 _OWN_BELOW = {
     WEIGHTS_DIR: _STEP_FILE,
     PROBE_DIR: _STEP_FILE,
+    BATCHES_DIR: re.compile(r'step-\d+\.npz|digests\.csv'),
     CHECKPOINTS_DIR: re.compile(
         r'checkpoint(?:\.tmp\w+)?'
         rf'|(?:model\.)?ckpt-\d+{_CHECKPOINT_PART}'

@@ -238,7 +238,7 @@ class RunLog:
 
   def _remove_temporaries(self):
     for folder in (self.model_dir, self.path(
-        run_files.WEIGHTS_DIR), self.path(run_files.PROBE_DIR)):
+        run_files.WEIGHTS_DIR), self.path(run_files.PROBE_DIR), self.path(run_files.BATCHES_DIR)):
       if not os.path.isdir(folder):
         continue
       for name in os.listdir(folder):

@@ -11,6 +11,7 @@ TensorFlow themselves, so the recorder still runs beside a legacy loop.
 import numbers
 import os
 import re
+import sys
 
 from tf1compat.runs import errors
 from tf1compat.runs import nudge
@@ -31,6 +32,17 @@ _MOVING_STATISTICS = ('moving_mean', 'moving_variance')
 # is "<layer>/<variable>" (runlog's contract), without the output index.
 _OUTPUT_INDEX = re.compile(r':\d+$')
 
+
+
+def loaded_module(name, who):
+  """The module `name` as the team's process imported it (TensorFlow, Keras): the recorder
+  works with the team's own and imports none. errors.UsageError for `who` where it is
+  not imported yet."""
+  module = sys.modules.get(name)
+  if module is None:
+    raise errors.UsageError(f'{who}: import {name} and build the model first; the recorder '
+                            'reads what the job built')
+  return module
 
 
 def _hyper_parameter(name, value):
@@ -160,6 +172,15 @@ def load_weights(path, weight_map=None):
   if not isinstance(weight_map, weight_maps.WeightMap):
     weight_map = weight_maps.WeightMap.load(weight_map)
   return weight_map.apply(weights, path)
+
+
+def start_from(model, run_dir, weight_map=None):
+  """Sets a Keras model's weights to the step-0 snapshot of the recorded run `run_dir`
+  (the legacy job's initial weights), renamed by `weight_map` (a file or rules) to the
+  model's names; returns them."""
+  weights = load_weights(run_files.snapshot_path(run_dir, 0), weight_map)
+  set_keras_weights(model, weights)
+  return weights
 
 
 def control_start(path, control_path=None):

@@ -1,0 +1,257 @@
+"""A team's own job recorded the way teams instrument training: a SessionRunHook in a
+MonitoredTrainingSession job (tf.compat.v1 on this TensorFlow), a Keras Callback in its
+Keras 3 port trained with model.fit on the legacy job's recorded batches; a plain
+Session loop and a custom loop with their one-line wrappers. The model has a dict of
+non-image features, two heads, a summed loss and no accuracy. Each job runs as its own
+subprocess: graph mode and Keras 3 never share a process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from conftest import read_run_csv
+from conftest import run_entry
+from conftest import run_python
+from tf1compat.runs import batch_record
+from tf1compat.runs import errors
+from tf1compat.runs import run_files
+from tf1compat.runs import runlog
+from tf1compat.runs import team_models
+
+EXAMPLES = os.path.join(REPO, 'examples')
+STEPS = 30
+SHORT = {'tf1_monitored_job.py': (f'--steps={STEPS}', '--steps_per_epoch=10'),
+         'keras_fit_port.py': ('--epochs=3', '--steps_per_epoch=10')}
+
+
+def _job(script, model_dir, *args):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(EXAMPLES, script), *SHORT[script],
+       f'--model_dir={model_dir}', *args],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'PYTHONPATH': REPO})
+
+
+def _finished(*procs):
+  for proc in procs:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+
+
+@pytest.fixture(scope='module')
+def jobs(tmp_path_factory):
+  """{name: run directory}: the legacy job, then side by side its control (one ulp
+  apart at the start), its port and the port with Keras' Adam epsilon."""
+  base = tmp_path_factory.mktemp('own_job')
+  paths = {name: str(base / name) for name in ('tf1', 'control', 'port', 'adam_epsilon')}
+  _finished(_job('tf1_monitored_job.py', paths['tf1']))
+  control_start = team_models.control_start(run_files.snapshot_path(paths['tf1'], 0),
+                                            str(base / 'control_start.npz'))
+  _finished(
+      _job('tf1_monitored_job.py', paths['control'], f'--start_weights={control_start}'),
+      _job('keras_fit_port.py', paths['port'], f'--legacy_dir={paths["tf1"]}'),
+      _job('keras_fit_port.py', paths['adam_epsilon'], f'--legacy_dir={paths["tf1"]}',
+           '--mistake=adam_epsilon'))
+  return paths
+
+
+def _compare(jobs, out, *names):
+  result = run_entry('compare_runs', *(jobs[name] for name in names),
+                     f'--control={jobs["control"]}', f'--output_dir={out}')
+  with open(os.path.join(out, 'parity.json')) as f:
+    return result, json.load(f)
+
+
+def test_the_port_trained_on_the_legacy_jobs_batches_bit_for_bit(jobs):
+  legacy = list(batch_record.stored_batches(jobs['tf1']))
+  port = list(batch_record.stored_batches(jobs['port']))
+  assert len(legacy) == len(port) == STEPS
+  for (step, features, labels), (port_step, port_features, port_labels) in zip(legacy, port):
+    assert step == port_step
+    assert sorted(features) == ['category', 'numeric'] and sorted(labels) == [
+        'clicked', 'price']
+    for mine, theirs in ((features, port_features), (labels, port_labels)):
+      for name in mine:
+        assert mine[name].dtype == theirs[name].dtype
+        np.testing.assert_array_equal(mine[name], theirs[name])
+  assert batch_record.read_digests(jobs['port']) == batch_record.read_digests(jobs['tf1'])
+  # Not one batch again and again: the legacy pipeline shuffled, the port took them in order.
+  assert len(set(batch_record.read_digests(jobs['tf1']).values())) == STEPS
+
+
+def test_the_hook_reads_the_job_off_its_graph_and_invents_nothing(jobs):
+  manifest = runlog.read_manifest(jobs['tf1'])
+  assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == STEPS
+  assert manifest['optimizer'] == {'name': 'AdamOptimizer', 'learning_rate': 0.01,
+                                   'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-8}
+  assert manifest['flags']['extra']['optimizer_slots'] == ['m', 'v']
+  assert manifest['batch_size'] == 32
+  # An image classifier's fields: none, not made up.
+  for field in ('image_size', 'from_logits', 'final_activation', 'loss'):
+    assert manifest[field] is None, field
+  assert manifest['data']['num_classes'] is None
+  steps = read_run_csv(jobs['tf1'])
+  assert np.all(np.isnan(steps['batch_accuracy'])) and np.all(np.isnan(steps['accuracy']))
+  assert np.all(steps['learning_rate'] == np.float32(0.01))
+  snapshot = team_models.load_weights(run_files.snapshot_path(jobs['tf1'], 0))
+  assert sorted(snapshot) == sorted(f'{layer}/{name}' for layer in ('hidden', 'price', 'clicked')
+                                    for name in ('kernel', 'bias'))
+  assert run_files.snapshot_steps_in(jobs['tf1'])[-1] == STEPS
+  # Step 1's probe: the layers named by the job, the gradients the train op applied.
+  probe = np.load(os.path.join(jobs['tf1'], run_files.PROBE_DIR, 'step-000001.npz'))
+  assert {'input/numeric', 'input/category', 'input/labels/price', 'forward/hidden',
+          'gradients/hidden/kernel'} <= set(probe.files)
+
+
+def test_the_port_starts_from_the_legacy_jobs_weights(jobs):
+  legacy = team_models.load_weights(run_files.snapshot_path(jobs['tf1'], 0))
+  port = team_models.load_weights(run_files.snapshot_path(jobs['port'], 0))
+  assert sorted(legacy) == sorted(port)
+  for name in legacy:
+    np.testing.assert_array_equal(legacy[name], port[name])
+  first = [read_run_csv(jobs[name])['loss'][0] for name in ('tf1', 'port')]
+  assert first[1] == pytest.approx(first[0], rel=1e-6)
+
+
+def test_the_port_passes_with_a_control(jobs, tmp_path):
+  result, report = _compare(jobs, str(tmp_path), 'tf1', 'port')
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert report['verdict'] == 'PASS' and report['calibration'] is not None
+  pair = report['pairs'][0]
+  assert pair['inputs']['compared_steps'] == STEPS
+  assert pair['inputs']['first_differing_step'] is None
+  assert 'the same input at every one of 30 steps' in result.stdout
+
+
+def test_the_port_with_keras_adam_epsilon_fails_and_is_named(jobs, tmp_path):
+  result, report = _compare(jobs, str(tmp_path), 'tf1', 'adam_epsilon')
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert report['verdict'] == 'FAIL'
+  assert report['pairs'][0]['pitfalls'][0]['name'] == 'adam_epsilon', report['pairs'][0]['pitfalls']
+
+
+_SESSION_LOOP = r'''
+import os, sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+from tf1compat import session_hook
+tf.compat.v1.disable_v2_behavior()
+tf.compat.v1.set_random_seed(0)
+x = tf.compat.v1.placeholder(tf.float32, [None, 3])
+y = tf.compat.v1.placeholder(tf.float32, [None, 1])
+w = tf.compat.v1.get_variable('w', [3, 1])
+loss = tf.reduce_mean(tf.square(tf.matmul(x, w) - y))
+train_op = tf.compat.v1.train.MomentumOptimizer(0.05, 0.9, use_nesterov=True).minimize(loss)
+rng = np.random.default_rng(0)
+with tf.compat.v1.Session() as plain:
+  plain.run(tf.compat.v1.global_variables_initializer())
+  hook = session_hook.recording_hook(sys.argv[1], loss, features=x, labels=y,
+                                     steps_per_epoch=4)
+  with session_hook.RecordedSession(plain, hook) as sess:
+    for step in range(8):
+      xs = rng.normal(size=(5, 3)).astype(np.float32)
+      _, value = sess.run([train_op, loss], {x: xs, y: xs.sum(1, keepdims=True)})
+      print(repr(float(value)))
+'''
+
+
+def test_a_plain_session_loop_is_recorded_by_wrapping_its_session(tmp_path):
+  run_dir = str(tmp_path / 'session')
+  result = run_python(_SESSION_LOOP, run_dir)
+  assert result.returncode == 0, result.stderr
+  # The loop's own fetched losses are the oracle of what the hook recorded.
+  fetched = [float(line) for line in result.stdout.split()]
+  steps = read_run_csv(run_dir)
+  assert steps['loss'].tolist() == fetched and steps['epoch'].tolist() == [1] * 4 + [2] * 4
+  manifest = runlog.read_manifest(run_dir)
+  assert manifest['status'] == runlog.STATUS_COMPLETE
+  assert manifest['optimizer']['name'] == 'MomentumOptimizer'
+  assert manifest['optimizer']['learning_rate'] == 0.05
+  assert manifest['optimizer']['beta_1'] is None and manifest['optimizer']['epsilon'] is None
+  assert manifest['flags']['extra']['momentum'] == 0.9
+  assert manifest['flags']['extra']['use_nesterov'] is True
+  assert manifest['flags']['extra']['optimizer_slots'] == ['accum']
+  assert len(batch_record.read_digests(run_dir)) == 8
+
+
+_CUSTOM_LOOP = r'''
+import os, sys
+os.environ.pop('TF_USE_LEGACY_KERAS', None)
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import keras
+import numpy as np
+import tensorflow as tf
+from tf1compat import keras_callback
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+optimizer = keras.optimizers.SGD(0.05)
+
+@tf.function
+def train_step(x, y):
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_mean(tf.square(model(x) - y))
+  optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                model.trainable_variables))
+  return loss
+
+rng = np.random.default_rng(0)
+with keras_callback.recording(sys.argv[1], model, optimizer) as rec:
+  for step in range(6):
+    xs = rng.normal(size=(5, 3)).astype(np.float32)
+    loss = train_step(xs, xs.sum(1, keepdims=True))
+    rec.record(loss, batch=(xs, xs.sum(1, keepdims=True)))
+    print(repr(float(loss)))
+'''
+
+
+def test_a_custom_loop_is_recorded_by_one_context(tmp_path):
+  run_dir = str(tmp_path / 'custom')
+  result = run_python(_CUSTOM_LOOP, run_dir)
+  assert result.returncode == 0, result.stderr
+  fetched = [float(line) for line in result.stdout.split()]
+  steps = read_run_csv(run_dir)
+  assert steps['loss'].tolist() == fetched
+  manifest = runlog.read_manifest(run_dir)
+  assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == 6
+  assert manifest['optimizer']['name'] == 'SGD' and manifest['batch_size'] is None
+  epochs = runlog.read_csv(os.path.join(run_dir, run_files.EPOCHS_CSV))
+  assert epochs['epoch'].tolist() == [1]
+  assert epochs['train_loss'][0] == pytest.approx(np.mean(fetched))
+
+
+def test_the_batches_past_the_cap_are_hashed_not_stored(tmp_path):
+  batch = {'x': np.arange(100, dtype=np.float32)}
+  writer = batch_record.BatchWriter(str(tmp_path), stored_steps=5, max_bytes=1000)
+  for step in range(1, 8):
+    writer.add(step, {'x': batch['x'] + step}, np.array([step]))
+  # Compressed, two or three batches fit under 1,000 bytes; none after the first that did not.
+  stored = batch_record.stored_steps(str(tmp_path))
+  assert 1 <= len(stored) < 5 and stored == list(range(1, len(stored) + 1))
+  assert len(batch_record.read_digests(str(tmp_path))) == 7
+  assert [step for step, _, _ in batch_record.stored_batches(str(tmp_path))] == stored
+
+
+def test_a_changed_batch_file_is_refused_by_its_digest(tmp_path):
+  writer = batch_record.BatchWriter(str(tmp_path), stored_steps=2)
+  for step in (1, 2):
+    writer.add(step, {'x': np.full(4, step, np.float32)}, np.array([step]))
+  path = batch_record.batch_path(str(tmp_path), 2)
+  np.savez(path, **{'features/x': np.zeros(4, np.float32), 'labels': np.array([2])})
+  with pytest.raises(errors.UsageError, match='step 2 does not match its digest'):
+    list(batch_record.stored_batches(str(tmp_path)))
+
+
+def test_a_run_without_stored_batches_is_one_clear_error(tmp_path):
+  with pytest.raises(errors.UsageError, match='stores no batches'):
+    list(batch_record.stored_batches(str(tmp_path)))
+  writer = batch_record.BatchWriter(str(tmp_path), stored_steps=2)
+  for step in (1, 2):
+    writer.add(step, np.ones(2), None)
+  with pytest.raises(errors.UsageError, match='stores the batches of 2 steps, not 3'):
+    list(batch_record.stored_batches(str(tmp_path), steps=3))
