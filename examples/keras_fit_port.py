@@ -7,9 +7,9 @@ legacy job's layer names, a loss for each output (Keras sums them), keras.optimi
 with TF1's epsilon passed explicitly. It needs no pipeline of its own for the
 comparison: `recorded_batches` gives the legacy job's batches in their order.
 
-The three lines marked `# recorder`: the import; the callback, which also gives the
-model the legacy job's step-0 weights when fit starts; and fit on the recorded
-batches, watched, with the callback.
+The three statements marked `# recorder` (on their first line): the import; the
+callback, which also gives the model the legacy job's step-0 weights when fit starts;
+and fit on the recorded batches, watched, with the callback.
 
     python examples/keras_fit_port.py --model_dir=runs/port --legacy_dir=runs/tf1
     bin/compare_runs runs/tf1 runs/port --control=runs/control

@@ -12,9 +12,10 @@ reads the monitored job's batches, in the same order. The Estimator left TensorF
 2.16: this job runs on TensorFlow 1.15 (a Python 3.7 that bin/legacy_env makes);
 elsewhere it says so in one line.
 
-The three lines marked `# recorder` are all it takes: the import, the hook (made inside
-model_fn, the one place where the loss and the batch's features and labels tensors
-exist), and the hook given to the EstimatorSpec as a training hook. The hook records as
+The three statements marked `# recorder` (on their first line) are all it takes: the
+import, the hook (made inside model_fn, the one place where the loss and the batch's
+features and labels tensors exist), and the hook given to the EstimatorSpec as a
+training hook. The hook records as
 under MonitoredTrainingSession (tf1_monitored_job.py): every step's loss and learning
 rate, the optimizer, the weights, the first step's probe and every step's batch, so that
 the Keras port trains on exactly these batches (keras_fit_port.py --legacy_dir=).

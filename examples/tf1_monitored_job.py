@@ -5,11 +5,11 @@ non-image features, tabular_common.py), variables made with get_variable, a mode
 two heads whose losses are summed, AdamOptimizer, and MonitoredTrainingSession with its
 hooks. No accuracy: the model has none.
 
-The three lines marked `# recorder` are all it takes: the import, the hook, and the
-hook added to the job's hooks. The hook records every step's loss and learning rate,
-the optimizer as the train op applies it, the weights, the first step's probe, and
-every step's input batch (hashed; the first 200 stored), so that the port trains on
-exactly these batches (keras_fit_port.py).
+The three statements marked `# recorder` (on their first line) are all it takes: the
+import, the hook, and the hook added to the job's hooks. The hook records every step's
+loss and learning rate, the optimizer as the train op applies it, the weights, the first
+step's probe, and every step's input batch (hashed; the first 200 stored), so that the
+port trains on exactly these batches (keras_fit_port.py).
 
     python examples/tf1_monitored_job.py --model_dir=runs/tf1
 

@@ -87,7 +87,7 @@ def main(argv):
         deterministic=True, steps_per_epoch=args.steps_per_epoch,
         data_fingerprint=recorder.data_fingerprint(x_train, y_train, x_val, y_val),
         init_weights=args.init_weights, extra=vars(args))
-    with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:
+    with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:  # recorder
       rec.snapshot(0, team_models.session_weights(sess))  # recorder
       for epoch in range(1, args.epochs + 1):
         sess.run(g['reset_metrics'])

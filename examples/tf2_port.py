@@ -97,7 +97,7 @@ def main(argv):
       data_fingerprint=recorder.data_fingerprint(x_train, y_train, x_val, y_val),
       init_weights=args.init_weights, extra=vars(args))
   started = time.perf_counter()
-  with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:
+  with recorder.RunRecorder(args.model_dir, config, overwrite=args.overwrite) as rec:  # recorder
     rec.snapshot(0, team_models.keras_weights(model))  # recorder
     for epoch in range(1, args.epochs + 1):
       if args.mistake != 'metrics_never_reset':

@@ -255,3 +255,49 @@ def test_a_run_without_stored_batches_is_one_clear_error(tmp_path):
     writer.add(step, np.ones(2), None)
   with pytest.raises(errors.UsageError, match='stores the batches of 2 steps, not 3'):
     list(batch_record.stored_batches(str(tmp_path), steps=3))
+
+
+_CHECKPOINTED_JOB = r'''
+import os, sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+from tf1compat import session_hook
+run_dir, checkpoint_dir, crash_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tf.compat.v1.disable_v2_behavior()
+tf.compat.v1.set_random_seed(0)
+step = tf.compat.v1.train.get_or_create_global_step()
+# The batch is a function of the step, so a resumed job reads what an unbroken one does.
+x = tf.sin(tf.reshape(tf.cast(step, tf.float32) + tf.range(12.0), [4, 3]))
+w = tf.compat.v1.get_variable('w', [3, 1])
+loss = tf.reduce_mean(tf.square(tf.matmul(x, w) - 1.0))
+train_op = tf.compat.v1.train.AdamOptimizer(0.1).minimize(loss, global_step=step)
+hook = session_hook.recording_hook(run_dir, loss, features=x, steps_per_epoch=2)
+with tf.compat.v1.train.MonitoredTrainingSession(
+    checkpoint_dir=checkpoint_dir, save_checkpoint_steps=2, save_summaries_steps=None,
+    hooks=[tf.compat.v1.train.StopAtStepHook(last_step=8), hook]) as sess:
+  runs = 0
+  while not sess.should_stop():
+    sess.run(train_op)
+    runs += 1
+    if runs == crash_after:
+      sys.exit(3)  # the job dies: no end() for its hooks
+'''
+
+
+def test_a_job_restored_from_its_checkpoint_records_on_from_its_step(tmp_path):
+  whole, broken = str(tmp_path / 'whole'), str(tmp_path / 'broken')
+  # The same job run through, and dying after step 5 (its checkpoint: step 4), then rerun.
+  whole_job = run_python(_CHECKPOINTED_JOB, whole, str(tmp_path / 'ckpt_whole'), '0')
+  died = run_python(_CHECKPOINTED_JOB, broken, str(tmp_path / 'ckpt_broken'), '5')
+  assert died.returncode == 3, died.stderr
+  assert runlog.read_manifest(broken)['status'] == runlog.STATUS_RUNNING
+  rerun = run_python(_CHECKPOINTED_JOB, broken, str(tmp_path / 'ckpt_broken'), '0')
+  for result in (whole_job, rerun):
+    assert result.returncode == 0, result.stderr
+  steps = {name: read_run_csv(path) for name, path in (('whole', whole), ('broken', broken))}
+  assert steps['broken']['step'].tolist() == list(range(1, 9))
+  np.testing.assert_array_equal(steps['broken']['loss'], steps['whole']['loss'])
+  assert batch_record.read_digests(broken) == batch_record.read_digests(whole)
+  assert run_files.snapshot_steps_in(broken) == run_files.snapshot_steps_in(whole)
+  assert runlog.read_manifest(broken)['status'] == runlog.STATUS_COMPLETE

@@ -142,6 +142,7 @@ class _RecordingHook:
     self._optimizer = None
     self._rec = None
     self._start = None
+    self._start_step = 0
     self._values = {}
 
   @property
@@ -155,13 +156,20 @@ class _RecordingHook:
 
   def after_create_session(self, session, coord=None):
     """Loads `start_weights` where given, then keeps step 0's weights and the optimizer's
-    hyperparameters (the constants and the schedules' first values)."""
+    hyperparameters (the constants and the schedules' first values); a job restored at
+    step k records on from step k + 1."""
     del coord
-    if self._options['start_weights']:
-      team_models.assign_session_weights(
-          session, team_models.load_weights(self._options['start_weights'],
-                                            self._options['weight_map']))
-    self._start = team_models.session_weights(session)
+    # A job restored from its checkpoint resumes its record at the checkpoint's step
+    # (the rows after it are redone; RunRecorder needs steps_per_epoch for that) and keeps
+    # the weights it restored.
+    global_step = _tensorflow().compat.v1.train.get_global_step(self._loss.graph)
+    self._start_step = int(session.run(global_step)) if global_step is not None else 0
+    if not self._start_step:
+      if self._options['start_weights']:
+        team_models.assign_session_weights(
+            session, team_models.load_weights(self._options['start_weights'],
+                                              self._options['weight_map']))
+      self._start = team_models.session_weights(session)
     if self._optimizer is not None:
       self._values = dict(zip(self._optimizer['hyperparameters'], session.run(
           list(self._optimizer['hyperparameters'].values()))))
@@ -174,19 +182,17 @@ class _RecordingHook:
     if self._accuracy is not None:
       fetches['accuracy'] = self._accuracy
     if self._features is not None:
-      fetches['batch'] = (self._features, self._labels)
+      fetches['features'] = self._features
+    if self._labels is not None:
+      fetches['labels'] = self._labels
     if self._optimizer is not None and self._optimizer['learning_rate'] is not None:
       fetches['learning_rate'] = self._optimizer['learning_rate']
-    if self._outputs and self._optimizer is not None and self._step == 0:
+    if self._outputs and self._optimizer is not None and self._rec is None and (
+        not self._start_step):
       fetches['probe'] = {'outputs': self._outputs, 'gradients': self._optimizer['gradients']}
     return tf.compat.v1.train.SessionRunArgs(fetches)
 
-  @property
-  def _step(self):
-    return self._rec.step if self._rec is not None else 0
-
-  def _open(self, values):
-    batch = values.get('batch')
+  def _open(self, batch):
     batch_size = None
     if batch is not None:
       arrays = batch_record.flatten(*batch)
@@ -195,26 +201,26 @@ class _RecordingHook:
                          self._options)
     self._rec = recorder.RunRecorder(
         self.model_dir, config, overwrite=self._options['overwrite'],
-        stored_batches=self._options['stored_batches'],
+        start_step=self._start_step, stored_batches=self._options['stored_batches'],
         max_batch_bytes=self._options['max_batch_bytes'])
-    self._rec.snapshot(0, self._start)
+    if not self._start_step:
+      self._rec.snapshot(0, self._start)
 
   def after_run(self, run_context, run_values):
     """Records the step; snapshots the weights when due, probes step 1."""
     values = run_values.results
+    batch = ((values['features'], values.get('labels')) if 'features' in values else None)
     if self._rec is None:
-      self._open(values)
+      self._open(batch)
     rec = self._rec
     try:
       step = rec.record_step(values['loss'], values.get('accuracy'),
-                             learning_rate=values.get('learning_rate'),
-                             batch=values.get('batch'))
+                             learning_rate=values.get('learning_rate'), batch=batch)
     except errors.NumericFault:
       run_context.request_stop()
       raise
     if 'probe' in values:
-      features, labels = values['batch'] if 'batch' in values else (None, None)
-      rec.probe(step, batch=(features, labels), loss=values['loss'], **values['probe'])
+      rec.probe(step, batch=batch or (None, None), loss=values['loss'], **values['probe'])
     if rec.snapshot_due(step):
       rec.snapshot(step, team_models.session_weights(run_context.session))
     spe = rec.config.steps_per_epoch
