@@ -252,13 +252,15 @@ def test_the_lint_compares_only_what_both_runs_record(tmp_path, init):
   assert not_compared == {'loss': ('mean_squared_error', None),
                           'from_logits': (None, None), 'final activation': (None, 'linear'),
                           'image size': (None, None), 'number of classes': (None, None),
-                          'shuffle buffer': (None, None),
+                          'shuffle buffer': (None, None), 'batch_norm': (None, None),
+                          'dropout': (None, None),
                           'regularization losses in the loss': (None, None),
                           'regularization losses': (None, None),
                           'BatchNorm momentum': (None, None), 'BatchNorm epsilon': (None, None)}
   lines = parity_report.summary_lines(_compare(tf1, port))
   assert ('  config lint: not compared (no loss in keras3:port; no from_logits, image size, '
-          'number of classes, shuffle buffer, regularization losses in the loss, '
+          'number of classes, batch_norm, dropout, shuffle buffer, regularization losses in the '
+          'loss, '
           'regularization losses, BatchNorm momentum, BatchNorm epsilon in either run; no final '
           'activation in tf1:tf1)') in lines
   # Recorded by both, they are compared as ever.

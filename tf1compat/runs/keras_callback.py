@@ -51,9 +51,11 @@ def _keras_module(keras):
   return team_models.loaded_module(keras, _WHO)
 
 
-def _config(optimizer, options, steps_per_epoch):
-  """RunConfig of a Keras port: the optimizer as it really is, the team's options."""
+def _config(model, optimizer, options, steps_per_epoch):
+  """RunConfig of a Keras port: the optimizer and the model's BatchNorm and Dropout as
+  they really are, the team's options."""
   fields = team_models.optimizer_fields(optimizer)
+  layers = team_models.keras_model_fields(model)
   if fields['optimizer'] != 'Adam':
     # Adam's fields mean nothing for another optimizer: recorded as absent.
     fields = {**fields, 'beta_1': None, 'beta_2': None}
@@ -61,7 +63,8 @@ def _config(optimizer, options, steps_per_epoch):
   if batch_size is None and options['inputs_from']:
     batch_size = (runlog.read_manifest(options['inputs_from']) or {}).get('batch_size')
   return recorder.RunConfig(
-      framework='keras3', batch_size=batch_size, loss=options['loss_name'], from_logits=None,
+      framework='keras3', batch_norm=layers['batch_norm'], dropout=layers['dropout'],
+      batch_size=batch_size, loss=options['loss_name'], from_logits=None,
       final_activation=None, seed=options['seed'], steps_per_epoch=steps_per_epoch,
       data_id=options['data_id'], extra=dict(options['extra'] or {}), **fields)
 
@@ -168,7 +171,7 @@ class _RecordingCallback:
     if self._options['start_from']:
       team_models.start_from(self.model, self._options['start_from'],
                              self._options['weight_map'])
-    config = _config(self.model.optimizer, self._options, self.params.get('steps'))
+    config = _config(self.model, self.model.optimizer, self._options, self.params.get('steps'))
     self._rec = _open(self.model_dir, config, self._options,
                       team_models.keras_weights(self.model))
 
@@ -255,7 +258,7 @@ class recording:  # pylint: disable=invalid-name
     self.recorder = None
 
   def __enter__(self):
-    config = _config(self._optimizer, self._options, self._steps_per_epoch)
+    config = _config(self._model, self._optimizer, self._options, self._steps_per_epoch)
     self.recorder = _open(self.model_dir, config, self._options,
                           team_models.keras_weights(self._model))
     self._rate = self._current_rate()

@@ -80,8 +80,11 @@ class RunConfig:
   declared values say what the code was meant to do, not what it does.
 
   The data: `data_fingerprint` (data_fingerprint()) or a free-text `data_id`, one of
-  them required. `image_size`: the input's side or size. `batch_norm`, `dropout`,
-  `steps_per_epoch` and `shuffle_buffer` are compared like our runners' flags.
+  them required. `image_size`: the input's side or size (an image model's; with
+  BatchNorm, compare_runs predicts its moving-variance factor from it). `batch_norm`,
+  `dropout`, `steps_per_epoch` and `shuffle_buffer` are compared like our runners'
+  flags. A field left None is one the loop does not know: compare_runs compares a field
+  only where both runs record it.
   `init_weights`: the initial-weights file both loops start from (its sha256 is
   recorded). `snapshot_steps`: the steps snapshot_due() says yes to. `extra`: the
   loop's own settings, recorded in run.json's flags block and not compared.
@@ -102,8 +105,8 @@ class RunConfig:
   deterministic: Optional[bool] = None
   adam_kernel: Optional[str] = None
   batch_norm_variance: Optional[str] = None
-  batch_norm: bool = False
-  dropout: float = 0.0
+  batch_norm: Optional[bool] = None
+  dropout: Optional[float] = None
   steps_per_epoch: Optional[int] = None
   shuffle_buffer: Optional[int] = None
   data_fingerprint: Optional[str] = None
@@ -131,9 +134,6 @@ class RunConfig:
     if not (self.data_fingerprint or self.data_id):
       raise errors.UsageError('RunConfig needs data_fingerprint (recorder.data_fingerprint) or a '
                               'data_id: the config lint compares the data of two runs')
-    if self.batch_norm and not self.image_size:
-      raise errors.UsageError('RunConfig(batch_norm=True) needs image_size: compare_runs predicts '
-                              "BatchNorm's moving-variance factor from it")
     if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
       raise errors.UsageError(f'RunConfig(steps_per_epoch={self.steps_per_epoch}): give at '
                               'least 1, or None to end epochs with record_epoch()')

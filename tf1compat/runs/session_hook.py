@@ -100,8 +100,12 @@ def graph_optimizer(graph):
           'learning_rate': hyperparameters.get('learning_rate')}
 
 
-def _run_config(optimizer, values, batch_size, graph_seed, options):
-  """RunConfig of a hooked job: the optimizer as its kernels read, the team's options."""
+def _run_config(optimizer, values, batch_size, graph, options):
+  """RunConfig of a hooked job: the optimizer as its kernels read, whether the graph holds
+  BatchNorm's moving statistics, the team's options."""
+  graph_seed = graph.seed
+  batch_norm = any(team_models.variable_name(v).endswith('moving_variance')
+                   for v in graph.get_collection('variables'))
   fields = {}
   extra = {}
   if optimizer is not None:
@@ -121,8 +125,9 @@ def _run_config(optimizer, values, batch_size, graph_seed, options):
     fields.update(beta_1=None, beta_2=None, epsilon=fields.get('epsilon'))
   seed = options['seed'] if options['seed'] is not None else graph_seed
   return recorder.RunConfig(
-      framework='tf1', batch_size=batch_size, loss=options['loss_name'], from_logits=None,
-      final_activation=None, seed=seed, steps_per_epoch=options['steps_per_epoch'],
+      framework='tf1', batch_norm=batch_norm, batch_size=batch_size, loss=options['loss_name'],
+      from_logits=None, final_activation=None, seed=seed,
+      steps_per_epoch=options['steps_per_epoch'],
       data_id=options['data_id'], init_weights=options['start_weights'],
       extra={**extra, **(options['extra'] or {})}, **fields)
 
@@ -197,7 +202,7 @@ class _RecordingHook:
     if batch is not None:
       arrays = batch_record.flatten(*batch)
       batch_size = int(np.shape(next(iter(arrays.values())))[0])
-    config = _run_config(self._optimizer, self._values, batch_size, self._loss.graph.seed,
+    config = _run_config(self._optimizer, self._values, batch_size, self._loss.graph,
                          self._options)
     self._rec = recorder.RunRecorder(
         self.model_dir, config, overwrite=self._options['overwrite'],
