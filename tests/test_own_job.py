@@ -301,3 +301,45 @@ def test_a_job_restored_from_its_checkpoint_records_on_from_its_step(tmp_path):
   assert batch_record.read_digests(broken) == batch_record.read_digests(whole)
   assert run_files.snapshot_steps_in(broken) == run_files.snapshot_steps_in(whole)
   assert runlog.read_manifest(broken)['status'] == runlog.STATUS_COMPLETE
+
+
+_TF_KERAS_FIT = r'''
+import os, sys
+os.environ['TF_USE_LEGACY_KERAS'] = '1'
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from tf1compat import keras_callback
+tf_keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(24, 3)).astype(np.float32)
+y = x.sum(1, keepdims=True)
+model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(1)])
+model.compile(tf_keras.optimizers.SGD(0.05), 'mse')
+first = float(np.mean((model.predict(x[:8], verbose=0) - y[:8]) ** 2))
+callback = keras_callback.recording_callback(sys.argv[1], keras='tf_keras')
+dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+model.fit(callback.watch(dataset), epochs=2, callbacks=[callback], verbose=0)
+print(repr(first))
+'''
+
+
+def test_a_tf_keras_port_is_recorded_by_the_same_callback(tmp_path):
+  run_dir = str(tmp_path / 'tf_keras')
+  result = run_python(_TF_KERAS_FIT, run_dir)
+  assert result.returncode == 0, result.stderr
+  manifest = runlog.read_manifest(run_dir)
+  assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == 6
+  assert manifest['versions']['keras_implementation'] == runlog.KERAS_TF_KERAS
+  steps = read_run_csv(run_dir)
+  assert steps['epoch'].tolist() == [1, 1, 1, 2, 2, 2]
+  # Step 1's loss is the initial model's on the first batch, computed before fit.
+  assert steps['loss'][0] == pytest.approx(float(result.stdout.split()[-1]), rel=1e-5)
+  # The watched batches: the dataset's three, once per epoch, as fit consumed them.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(24, 3)).astype(np.float32)
+  y = x.sum(1, keepdims=True)
+  expected = [batch_record.batch_digest(batch_record.flatten(x[i:i + 8], y[i:i + 8]))
+              for i in (0, 8, 16)]
+  assert list(batch_record.read_digests(run_dir).values()) == expected * 2

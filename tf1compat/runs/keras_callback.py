@@ -63,10 +63,11 @@ def _config(model, optimizer, options, steps_per_epoch):
   if batch_size is None and options['inputs_from']:
     batch_size = (runlog.read_manifest(options['inputs_from']) or {}).get('batch_size')
   return recorder.RunConfig(
-      framework='keras3', batch_norm=layers['batch_norm'], dropout=layers['dropout'],
-      batch_size=batch_size, loss=options['loss_name'], from_logits=None,
-      final_activation=None, seed=options['seed'], steps_per_epoch=steps_per_epoch,
-      data_id=options['data_id'], extra=dict(options['extra'] or {}), **fields)
+      framework='tf_keras' if options['keras'] == 'tf_keras' else 'keras3',
+      batch_norm=layers['batch_norm'], dropout=layers['dropout'], batch_size=batch_size,
+      loss=options['loss_name'], from_logits=None, final_activation=None, seed=options['seed'],
+      steps_per_epoch=steps_per_epoch, data_id=options['data_id'],
+      extra=dict(options['extra'] or {}), **fields)
 
 
 def _data_id(data_id, inputs_from):
@@ -229,7 +230,8 @@ def recording_callback(model_dir, *, start_from=None, weight_map=None, inputs_fr
   """
   base = _keras_module(keras).callbacks.Callback
   return _callback_class(base)(model_dir, _options(
-      start_from=start_from, weight_map=weight_map, batch_size=batch_size, data_id=data_id,
+      keras=keras, start_from=start_from, weight_map=weight_map, batch_size=batch_size,
+      data_id=data_id,
       inputs_from=inputs_from, loss_name=loss_name, seed=seed, overwrite=overwrite,
       stored_batches=stored_batches, max_batch_bytes=max_batch_bytes, extra=extra))
 
@@ -241,19 +243,20 @@ class recording:  # pylint: disable=invalid-name
   Snapshots step 0 on entering, the due steps as they come and the end on leaving; an
   epoch ends every `steps_per_epoch` steps (default: the whole loop is one), or at
   `rec.end_epoch(val_loss=...)`. An exception leaving the block marks the run failed.
+  `keras`: the Keras the model is built with, 'keras' (Keras 3) or 'tf_keras'.
   """
 
   def __init__(self, model_dir, model, optimizer, *, steps_per_epoch=None, inputs_from=None,
-               batch_size=None, data_id=None, loss_name=None, seed=None, overwrite=False,
-               stored_batches=batch_record.DEFAULT_STORED_STEPS,
+               batch_size=None, data_id=None, loss_name=None, seed=None, keras='keras',
+               overwrite=False, stored_batches=batch_record.DEFAULT_STORED_STEPS,
                max_batch_bytes=batch_record.DEFAULT_MAX_BYTES, extra=None):
     self.model_dir = model_dir
     self._model = model
     self._optimizer = optimizer
     self._steps_per_epoch = steps_per_epoch
     self._options = _options(
-        batch_size=batch_size, data_id=data_id, inputs_from=inputs_from, loss_name=loss_name,
-        seed=seed, overwrite=overwrite, stored_batches=stored_batches,
+        keras=keras, batch_size=batch_size, data_id=data_id, inputs_from=inputs_from,
+        loss_name=loss_name, seed=seed, overwrite=overwrite, stored_batches=stored_batches,
         max_batch_bytes=max_batch_bytes, extra=extra)
     self.recorder = None
 

@@ -64,14 +64,17 @@ FRAMEWORK_DEFAULTS = {
     'keras3': {'epsilon': KERAS_ADAM_EPSILON, 'adam_kernel': runlog.ADAM_KERAS,
                'batch_norm_variance': runlog.BN_VARIANCE_BIASED},
 }
+# A port on tf-keras (Keras 2) computes with Keras' own kernels too.
+FRAMEWORK_DEFAULTS['tf_keras'] = FRAMEWORK_DEFAULTS['keras3']
 _KNOWN_KERNELS = {'adam_kernel': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
                   'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What a loop computes with: run.json's fields that the config lint compares.
 
-  `framework` is 'tf1' (a Session loop with tf.compat.v1.train.AdamOptimizer) or
-  'keras3' (a TF2 port with keras.optimizers.Adam); it sets the defaults of
+  `framework` is 'tf1' (a Session loop with tf.compat.v1.train.AdamOptimizer),
+  'keras3' (a TF2 port with keras.optimizers.Adam) or 'tf_keras' (a port still on
+  Keras 2, tf_keras.optimizers.Adam); it sets the defaults of
   `epsilon` (1e-8 or Keras' 1e-7) and of the kernels the run computes with,
   `adam_kernel` (runlog.ADAM_TF1_FUSED or ADAM_KERAS) and `batch_norm_variance`
   (runlog.BN_VARIANCE_BESSEL or BN_VARIANCE_BIASED), which tell compare_runs what
@@ -180,6 +183,8 @@ def _versions(framework):
     return runlog.versions(None, None, None)
   if framework == 'keras3':
     return runlog.versions(tf_version, runlog.KERAS_3, _module_version('keras'))
+  if framework == 'tf_keras':
+    return runlog.versions(tf_version, runlog.KERAS_TF_KERAS, _module_version('tf_keras'))
   if tf_version and tf_version.startswith('1.'):
     # TensorFlow 1.x: the Keras of a TF1 loop is the one bundled as tf.keras.
     bundled = getattr(sys.modules.get('tensorflow'), 'keras', None)

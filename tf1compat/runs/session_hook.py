@@ -92,8 +92,8 @@ def graph_optimizer(graph):
     inputs = dict(zip(args, op.inputs))
     variable = team_models.variable_name(inputs['var'].op)
     gradients[variable] = next(inputs[arg] for arg in _GRADIENT_INPUTS if arg in inputs)
-  nesterov = ops[0].node_def.attr['use_nesterov'].b if 'use_nesterov' in ops[0].node_def.attr \
-      else None
+  attributes = ops[0].node_def.attr
+  nesterov = attributes['use_nesterov'].b if 'use_nesterov' in attributes else None
   return {'name': _OPTIMIZERS[kind], 'kernel': ops[0].type, 'use_nesterov': nesterov,
           'centered': kind == 'ApplyCenteredRMSProp', 'slots': slots,
           'hyperparameters': hyperparameters, 'gradients': gradients,
