@@ -161,15 +161,19 @@ with tf.compat.v1.Session() as plain:
 '''
 
 
+def _recorded_loop(script, run_dir):
+  """(the losses the loop `script` printed, its steps.csv, its run.json): the loop's own
+  values are the oracle of what was recorded."""
+  result = run_python(script, run_dir)
+  assert result.returncode == 0, result.stderr
+  fetched = [float(line) for line in result.stdout.split()]
+  return fetched, read_run_csv(run_dir), runlog.read_manifest(run_dir)
+
+
 def test_a_plain_session_loop_is_recorded_by_wrapping_its_session(tmp_path):
   run_dir = str(tmp_path / 'session')
-  result = run_python(_SESSION_LOOP, run_dir)
-  assert result.returncode == 0, result.stderr
-  # The loop's own fetched losses are the oracle of what the hook recorded.
-  fetched = [float(line) for line in result.stdout.split()]
-  steps = read_run_csv(run_dir)
+  fetched, steps, manifest = _recorded_loop(_SESSION_LOOP, run_dir)
   assert steps['loss'].tolist() == fetched and steps['epoch'].tolist() == [1] * 4 + [2] * 4
-  manifest = runlog.read_manifest(run_dir)
   assert manifest['status'] == runlog.STATUS_COMPLETE
   assert manifest['optimizer']['name'] == 'MomentumOptimizer'
   assert manifest['optimizer']['learning_rate'] == 0.05
@@ -212,12 +216,8 @@ with keras_callback.recording(sys.argv[1], model, optimizer) as rec:
 
 def test_a_custom_loop_is_recorded_by_one_context(tmp_path):
   run_dir = str(tmp_path / 'custom')
-  result = run_python(_CUSTOM_LOOP, run_dir)
-  assert result.returncode == 0, result.stderr
-  fetched = [float(line) for line in result.stdout.split()]
-  steps = read_run_csv(run_dir)
+  fetched, steps, manifest = _recorded_loop(_CUSTOM_LOOP, run_dir)
   assert steps['loss'].tolist() == fetched
-  manifest = runlog.read_manifest(run_dir)
   assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == 6
   assert manifest['optimizer']['name'] == 'SGD' and manifest['batch_size'] is None
   epochs = runlog.read_csv(os.path.join(run_dir, run_files.EPOCHS_CSV))
