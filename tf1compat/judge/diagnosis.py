@@ -314,18 +314,14 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
         f'the input batches differ from step {d["step"]} (digests in '
         f'{batch_record.BATCHES_DIR}/{batch_record.DIGESTS_CSV}: {d["reference"]} vs '
         f'{d["other"]}): every loss difference from there on may come from that', True)
-  data_evidence = []
   if 'data fingerprint' in fields:
     data = [run.manifest.get('data') or {} for run in (reference, other)]
     records = [(d.get('records') or {}).get('train') for d in data]
-    data_evidence.append(
-        f'the runs trained on different data ({data[0].get("data_dir")}, '
+    add('different_data', f'the runs trained on different data ({data[0].get("data_dir")}, '
         f'{records[0]} training records vs {data[1].get("data_dir")}, {records[1]}; '
         f'fingerprints {str(fields["data fingerprint"]["reference"])[:12]} vs '
         f'{str(fields["data fingerprint"]["other"])[:12]}): every difference may come from '
-        'that')
-  if data_evidence:
-    add('different_data', '; '.join(data_evidence), True)
+        'that', True)
   if tiers.START_FIELD in fields:
     d = fields[tiers.START_FIELD]
     add('different_start', f'the runs started from different weights (step-0 snapshots '
