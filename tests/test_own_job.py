@@ -230,7 +230,8 @@ def test_the_batches_past_the_cap_are_hashed_not_stored(tmp_path):
   writer = batch_record.BatchWriter(str(tmp_path), stored_steps=5, max_bytes=1000)
   for step in range(1, 8):
     writer.add(step, {'x': batch['x'] + step}, np.array([step]))
-  # Compressed, two or three batches fit under 1,000 bytes; none after the first that did not.
+  # One 400-byte float batch and its header fit under 1,000 bytes; none after the first that
+  # did not.
   stored = batch_record.stored_steps(str(tmp_path))
   assert 1 <= len(stored) < 5 and stored == list(range(1, len(stored) + 1))
   assert len(batch_record.read_digests(str(tmp_path))) == 7

