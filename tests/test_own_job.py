@@ -315,14 +315,18 @@ from tf1compat import keras_callback
 tf_keras.utils.set_random_seed(0)
 rng = np.random.default_rng(0)
 x = rng.normal(size=(24, 3)).astype(np.float32)
-y = x.sum(1, keepdims=True)
-model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(1)])
-model.compile(tf_keras.optimizers.SGD(0.05), 'mse')
-first = float(np.mean((model.predict(x[:8], verbose=0) - y[:8]) ** 2))
+y = (x.sum(1) > 0).astype(np.int64)
+model = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2)])
+model.compile(tf_keras.optimizers.SGD(0.05),
+              tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
+logits = model.predict(x[:8], verbose=0).astype(np.float64)
+log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+print(repr(float(-log_softmax[np.arange(8), y[:8]].mean())))
+print(repr(float(np.mean(logits.argmax(1) == y[:8]))))
 callback = keras_callback.recording_callback(sys.argv[1], keras='tf_keras')
 dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
 model.fit(callback.watch(dataset), epochs=2, callbacks=[callback], verbose=0)
-print(repr(first))
 '''
 
 
@@ -335,12 +339,16 @@ def test_a_tf_keras_port_is_recorded_by_the_same_callback(tmp_path):
   assert manifest['versions']['keras_implementation'] == runlog.KERAS_TF_KERAS
   steps = read_run_csv(run_dir)
   assert steps['epoch'].tolist() == [1, 1, 1, 2, 2, 2]
-  # Step 1's loss is the initial model's on the first batch, computed before fit.
-  assert steps['loss'][0] == pytest.approx(float(result.stdout.split()[-1]), rel=1e-5)
+  # Step 1's loss and accuracy are the initial model's on the first batch, computed before
+  # fit with numpy; every batch accuracy is a share of its 8 examples.
+  first_loss, first_accuracy = map(float, result.stdout.split()[-2:])
+  assert steps['loss'][0] == pytest.approx(first_loss, rel=1e-5)
+  assert steps['batch_accuracy'][0] == first_accuracy
+  np.testing.assert_array_equal(steps['batch_accuracy'] * 8, np.round(steps['batch_accuracy'] * 8))
   # The watched batches: the dataset's three, once per epoch, as fit consumed them.
   rng = np.random.default_rng(0)
   x = rng.normal(size=(24, 3)).astype(np.float32)
-  y = x.sum(1, keepdims=True)
+  y = (x.sum(1) > 0).astype(np.int64)
   expected = [batch_record.batch_digest(batch_record.flatten(x[i:i + 8], y[i:i + 8]))
               for i in (0, 8, 16)]
   assert list(batch_record.read_digests(run_dir).values()) == expected * 2

@@ -92,6 +92,12 @@ def _open(model_dir, config, options, weights):
   return rec
 
 
+def _learning_rate(optimizer):
+  """The rate `optimizer` applies at its next step (a schedule's value at its iterations)."""
+  rate = optimizer.learning_rate
+  return float(np.asarray(rate.numpy() if hasattr(rate, 'numpy') else rate))
+
+
 class BatchWatch:
   """The batches a tf.data pipeline hands its consumer, in order, as numpy arrays.
 
@@ -182,8 +188,7 @@ class _RecordingCallback:
 
   def on_train_batch_begin(self, batch, logs=None):
     # Before the step's update: the rate it applies.
-    rate = self.model.optimizer.learning_rate
-    self._learning_rate = float(np.asarray(rate.numpy() if hasattr(rate, 'numpy') else rate))
+    self._learning_rate = _learning_rate(self.model.optimizer)
 
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
@@ -194,10 +199,16 @@ class _RecordingCallback:
     previous_loss, previous_accuracy = self._previous
     self._previous = (mean_loss, accuracy if accuracy is not None else 0.0)
     loss = k * mean_loss - (k - 1) * previous_loss
-    batch_accuracy = (None if accuracy is None else
-                      k * accuracy - (k - 1) * previous_accuracy)
+    batch = self._watch.pop()
+    batch_accuracy = None
+    if accuracy is not None:
+      batch_accuracy = k * accuracy - (k - 1) * previous_accuracy
+      if batch is not None:
+        # A share of the batch's examples: rounding to it removes the float32 error.
+        examples = len(next(iter(batch_record.flatten(*batch).values())))
+        batch_accuracy = round(batch_accuracy * examples) / examples
     step = self._rec.record_step(loss, batch_accuracy, mean_loss=mean_loss, accuracy=accuracy,
-                                 learning_rate=self._learning_rate, batch=self._watch.pop())
+                                 learning_rate=self._learning_rate, batch=batch)
     if self._rec.snapshot_due(step):
       self._rec.snapshot(step, team_models.keras_weights(self.model))
 
@@ -264,12 +275,8 @@ class recording:  # pylint: disable=invalid-name
     config = _config(self._model, self._optimizer, self._options, self._steps_per_epoch)
     self.recorder = _open(self.model_dir, config, self._options,
                           team_models.keras_weights(self._model))
-    self._rate = self._current_rate()
+    self._rate = _learning_rate(self._optimizer)
     return self
-
-  def _current_rate(self):
-    rate = self._optimizer.learning_rate
-    return float(np.asarray(rate.numpy() if hasattr(rate, 'numpy') else rate))
 
   def record(self, loss, batch=None, accuracy=None):
     """Records the step just trained: its `loss` (computed before its update), the
@@ -277,7 +284,7 @@ class recording:  # pylint: disable=invalid-name
     one. Returns the step's number."""
     rec = self.recorder
     step = rec.record_step(loss, accuracy, learning_rate=self._rate, batch=batch)
-    self._rate = self._current_rate()
+    self._rate = _learning_rate(self._optimizer)
     if rec.snapshot_due(step):
       rec.snapshot(step, team_models.keras_weights(self._model))
     if self._steps_per_epoch and step % self._steps_per_epoch == 0:
