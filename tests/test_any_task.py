@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
+from tf1compat.judge import config_lint
 from tf1compat.judge import parity
 from tf1compat.judge import report as parity_report
 from tf1compat.judge import tiers
@@ -315,7 +316,7 @@ def test_input_digests_differing_at_step_3_fail_and_are_named_first(tmp_path, in
   assert differing == [3, 4, 7, 8]
   assert pair['inputs'] == {'compared_steps': STEPS, 'first_differing_step': 3,
                             'differing_steps': 4, 'with_digests': [_label(tf1), _label(port)]}
-  assert pair['lint'][0] == {'field': tiers.INPUT_FIELD, 'reference': ours[3][:12],
+  assert pair['lint'][0] == {'field': config_lint.INPUT_FIELD, 'reference': ours[3][:12],
                              'other': theirs[3][:12], 'equivalent': False, 'step': 3}
   first = pair['pitfalls'][0]
   assert (first['name'], first['kind']) == ('different_inputs', 'setup')

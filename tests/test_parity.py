@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_entry
+from tf1compat.judge import config_lint
 from tf1compat.judge import parity
 from tf1compat.judge import report as parity_report
 from tf1compat.judge import tiers
@@ -281,7 +282,7 @@ def test_a_different_start_is_named_first(tmp_path):
   b = make_run(str(tmp_path / 'b'), runner='eager', epsilon=1e-7,
                weight_offsets={('conv1/kernel', 0): 0.1})
   pair = _compare(a, b)['pairs'][0]
-  assert pair['lint'][0]['field'] == tiers.START_FIELD
+  assert pair['lint'][0]['field'] == config_lint.START_FIELD
   assert pair['verdict'] == 'FAIL'
   assert [p['name'] for p in pair['pitfalls']][:2] == ['different_start', 'adam_epsilon']
   assert pair['pitfalls'][0]['kind'] == 'setup'

@@ -9,6 +9,7 @@ TensorFlow-free.
 import numpy as np
 
 from tf1compat.judge import calibration
+from tf1compat.judge import config_lint
 from tf1compat.judge import pitfalls
 from tf1compat.judge import tiers
 from tf1compat.runs import batch_record
@@ -307,9 +308,9 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
                   'judged_by': judged_by or problem.judged_by[0], 'margin': margin})
 
   fields = {d['field']: d for d in lint_found}
-  if tiers.INPUT_FIELD in fields:
+  if config_lint.INPUT_FIELD in fields:
     # The batches themselves: named before anything measured on them.
-    d = fields[tiers.INPUT_FIELD]
+    d = fields[config_lint.INPUT_FIELD]
     add('different_inputs',
         f'the input batches differ from step {d["step"]} (digests in '
         f'{batch_record.BATCHES_DIR}/{batch_record.DIGESTS_CSV}: {d["reference"]} vs '
@@ -322,8 +323,8 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
         f'fingerprints {str(fields["data fingerprint"]["reference"])[:12]} vs '
         f'{str(fields["data fingerprint"]["other"])[:12]}): every difference may come from '
         'that', True)
-  if tiers.START_FIELD in fields:
-    d = fields[tiers.START_FIELD]
+  if config_lint.START_FIELD in fields:
+    d = fields[config_lint.START_FIELD]
     add('different_start', f'the runs started from different weights (step-0 snapshots '
         f'{d["reference"]} vs {d["other"]}): every later difference may come from that',
         True)
@@ -362,7 +363,7 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
     evidence = _keep_prob_evidence(reference, other, fields['dropout'])
     if evidence:
       add('keep_prob_as_rate', evidence, True)
-  if tiers.REGULARIZATION_FIELD in fields:
+  if config_lint.REGULARIZATION_FIELD in fields:
     for run, twin in ((other, reference), (reference, other)):
       terms = (run.manifest.get('model_summary') or {}).get('regularization_losses')
       if run.manifest.get('regularization_in_loss') is False and terms:
@@ -370,9 +371,9 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
             f'{run.label} leaves its model\'s {terms} regularization losses (model.losses) '
             f'out of its loss, {twin.label} adds them{first_losses}', True)
         break
-  if tiers.BN_MOMENTUM_FIELD in fields:
+  if config_lint.BN_MOMENTUM_FIELD in fields:
     add('bn_momentum_default',
-        _bn_momentum_evidence(reference, other, fields[tiers.BN_MOMENTUM_FIELD]), True)
+        _bn_momentum_evidence(reference, other, fields[config_lint.BN_MOMENTUM_FIELD]), True)
   lr_evidence = _lr_per_epoch_evidence(reference, other)
   if lr_evidence:
     evidence, run = lr_evidence
@@ -411,7 +412,7 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
             for run in (reference, other)), margin, judged_by=tier)
   # A config difference in what the forward pass or the loss computes explains it.
   if first_step_differs and not {'final activation', 'from_logits',
-                                 tiers.REGULARIZATION_FIELD} & set(fields):
+                                 config_lint.REGULARIZATION_FIELD} & set(fields):
     for run in (reference, other):
       if batch_norm_layers(run) or (run.flag('dropout') or 0) > 0:
         add('no_learning_phase',

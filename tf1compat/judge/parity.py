@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from tf1compat.judge import calibration
+from tf1compat.judge import config_lint
 from tf1compat.judge import diagnosis
 from tf1compat.judge import tiers
 from tf1compat.runs import batch_record
@@ -169,7 +170,7 @@ def _missing_records(run):
 # How a control may differ from its reference: its start is nudged by one ulp, and the
 # harness turns op determinism off in it (a reduction-order change, as on a GPU); the
 # per-step control's nudges are a flag (--nudge_seed) the lint does not read.
-CONTROL_DIFFERENCES = frozenset({tiers.START_FIELD, 'init-weights sha256', 'deterministic'})
+CONTROL_DIFFERENCES = frozenset({config_lint.START_FIELD, 'init-weights sha256', 'deterministic'})
 
 
 def measure_envelope(reference, control, tol):
@@ -178,7 +179,7 @@ def measure_envelope(reference, control, tol):
   Raises errors.UsageError when the control is not the reference's own run again (a
   field that changes the math differs, or it is shorter).
   """
-  different = [d['field'] for d in tiers.lint(reference, control)
+  different = [d['field'] for d in config_lint.lint(reference, control)
                if not d['equivalent'] and d['field'] not in CONTROL_DIFFERENCES]
   if different or control.manifest.get('runner') != reference.manifest.get('runner'):
     what = ', '.join(different) or 'runner'
@@ -207,7 +208,7 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   `dropout_state` is tiers.dropout_in_training() of the reference, judged in the
   semantics tier.
   """
-  lint_found = tiers.lint(reference, other)
+  lint_found = config_lint.lint(reference, other)
   differences = diagnosis.known_differences(reference, other)
   excluded = set()
   if 'bn_moving_variance' in differences:
@@ -246,8 +247,8 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
       'reference': reference.path, 'other': other.path,
       'reference_label': reference.label, 'other_label': other.label,
       'lint': lint_found, 'lint_mismatches': len(mismatches),
-      'not_compared': tiers.not_compared(reference, other),
-      'inputs': tiers.inputs(reference, other),
+      'not_compared': config_lint.not_compared(reference, other),
+      'inputs': config_lint.inputs(reference, other),
       'step_tier': steps, 'weight_tier': weights, 'curve_tier': curves,
       'semantics_tier': {'judged_metrics': metrics, 'left_out': metrics_left_out,
                          'metrics': {run.label: semantics[run.path]
@@ -256,7 +257,7 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
                                         for run in (reference, other)},
                          'reference_dropout': dropout_state},
       'tiers': verdicts, 'framework_differences': differences,
-      'versions': tiers.versions(reference, other),
+      'versions': config_lint.versions(reference, other),
       'parting': tiers.parting(steps, weights),
       # divergence / envelope at the worst judged step (the limit is envelope_multiple).
       'envelope_ratio': max(ratios) if ratios else None,

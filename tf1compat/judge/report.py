@@ -51,7 +51,7 @@ def device_line(report):
 
 
 def inputs_text(inputs):
-  """What the input digests say of a pair (tiers.inputs), in a sentence."""
+  """What the input digests say of a pair (config_lint.inputs), in a sentence."""
   n, first, have = inputs['compared_steps'], inputs['first_differing_step'], inputs['with_digests']
   where = f'{batch_record.BATCHES_DIR}/{batch_record.DIGESTS_CSV}'
   if not n:
