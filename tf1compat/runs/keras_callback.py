@@ -56,9 +56,6 @@ def _config(model, optimizer, options, steps_per_epoch):
   they really are, the team's options."""
   fields = team_models.optimizer_fields(optimizer)
   layers = team_models.keras_model_fields(model)
-  if fields['optimizer'] != 'Adam':
-    # Adam's fields mean nothing for another optimizer: recorded as absent.
-    fields = {**fields, 'beta_1': None, 'beta_2': None}
   batch_size = options['batch_size']
   if batch_size is None and options['inputs_from']:
     batch_size = (runlog.read_manifest(options['inputs_from']) or {}).get('batch_size')

@@ -106,7 +106,8 @@ def _run_config(optimizer, values, batch_size, graph, options):
   graph_seed = graph.seed
   batch_norm = any(team_models.variable_name(v).endswith('moving_variance')
                    for v in graph.get_collection('variables'))
-  fields = {}
+  # Without an optimizer the graph applies, nothing of one is recorded.
+  fields = {'optimizer': None, 'learning_rate': None}
   extra = {}
   if optimizer is not None:
     fields['optimizer'] = optimizer['name']
@@ -120,9 +121,6 @@ def _run_config(optimizer, values, batch_size, graph, options):
     for flag in ('use_nesterov', 'centered'):
       if optimizer[flag]:
         extra[flag] = True
-  if fields.get('optimizer') != 'AdamOptimizer':
-    # Adam's fields mean nothing for another optimizer: recorded as absent.
-    fields.update(beta_1=None, beta_2=None, epsilon=fields.get('epsilon'))
   seed = options['seed'] if options['seed'] is not None else graph_seed
   return recorder.RunConfig(
       framework='tf1', batch_norm=batch_norm, batch_size=batch_size, loss=options['loss_name'],
