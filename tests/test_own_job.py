@@ -352,3 +352,35 @@ def test_a_tf_keras_port_is_recorded_by_the_same_callback(tmp_path):
   expected = [batch_record.batch_digest(batch_record.flatten(x[i:i + 8], y[i:i + 8]))
               for i in (0, 8, 16)]
   assert list(batch_record.read_digests(run_dir).values()) == expected * 2
+
+
+_WATCHED = r'''
+import json, os
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+from tf1compat import keras_callback
+watch = keras_callback.BatchWatch()
+out = {}
+alone = tf.data.Dataset.from_tensor_slices({'a': np.arange(4.0), 'b': np.arange(4)}).batch(2)
+element = next(iter(watch.watch(alone)))
+features, labels = watch.pop()
+out['alone'] = [sorted(element), features['a'].tolist(), labels]
+# A watch of its own: tf.data may run ahead, and the first one's queue holds its second.
+watch = keras_callback.BatchWatch()
+weighted = tf.data.Dataset.from_tensor_slices((np.arange(4.0), np.arange(4), np.ones(4))).batch(2)
+element = next(iter(watch.watch(weighted)))
+features, labels = watch.pop()
+out['weighted'] = [len(element), features.tolist(), labels.tolist()]
+print(json.dumps(out))
+'''
+
+
+def test_the_watch_hands_on_each_element_as_it_came_and_keeps_its_batch():
+  result = run_python(_WATCHED)
+  assert result.returncode == 0, result.stderr
+  out = json.loads(result.stdout.split('\n')[-2])
+  # A lone dict stays a dict; a (features, labels, sample weights) element keeps its three
+  # parts, and the weights are no part of the batch kept.
+  assert out['alone'] == [['a', 'b'], [0.0, 1.0], None]
+  assert out['weighted'] == [3, [0.0, 1.0], [0, 1]]

@@ -112,39 +112,25 @@ class BatchWatch:
     tf = _tensorflow()
 
     def tap(*element):
-      features, labels = element[0], (element[1] if len(element) > 1 else None)
-      parts = {'features': features, 'labels': labels}
-      flat = tf.nest.flatten(parts)
-      paths = [path for path, _ in _named_leaves(parts)]
+      # Labels where the element has them; a sample weight is not part of the batch.
+      parts = dict(zip(('features', 'labels'), element[:2]))
 
       def copy(*tensors):
-        arrays = {path: tensor.numpy() for path, tensor in zip(paths, tensors)}
-        self._queue.append(batch_record.unflatten(arrays))
+        arrays = tf.nest.pack_sequence_as(parts, [tensor.numpy() for tensor in tensors])
+        self._queue.append((arrays['features'], arrays.get('labels')))
         return np.int64(len(self._queue))
 
-      token = tf.py_function(copy, flat, tf.int64)
+      token = tf.py_function(copy, tf.nest.flatten(parts), tf.int64)
       with tf.control_dependencies([token]):
-        return tf.nest.map_structure(tf.identity, element)
+        passed = tf.nest.map_structure(tf.identity, element)
+      # map() hands a lone tensor (or dict) as one argument: give it back alone.
+      return passed if len(element) > 1 else passed[0]
 
     return dataset.map(tap)
 
   def pop(self):
     """(features, labels) of the oldest batch not yet taken, or None."""
     return self._queue.popleft() if self._queue else None
-
-
-def _named_leaves(parts):
-  """(path, leaf) in tf.nest's order for {'features': x, 'labels': y}, a path being
-  'features', 'features/NAME', 'labels' or 'labels/NAME' (batch_record's keys)."""
-  for part in sorted(parts):
-    value = parts[part]
-    if value is None:
-      continue
-    if isinstance(value, dict):
-      for name in sorted(value):
-        yield f'{part}/{name}', value[name]
-    else:
-      yield part, value
 
 
 class _RecordingCallback:
