@@ -134,7 +134,7 @@ def stored_steps(model_dir):
   return [step for step, _, stored in _read_rows(model_dir) or () if stored]
 
 
-def load_batch(model_dir, step, digest):
+def _load_batch(model_dir, step, digest):
   """{key: array} of the stored batch of `step`, checked against its `digest`."""
   path = batch_path(model_dir, step)
   arrays = user_files.load_npz(path, '', 'record the run again')
@@ -166,7 +166,7 @@ def stored_batches(model_dir, steps=None):
                               f'{steps}: record with a larger stored_steps or train fewer steps')
     stored = stored[:steps]
   for step, digest in stored:
-    features, labels = unflatten(load_batch(model_dir, step, digest))
+    features, labels = unflatten(_load_batch(model_dir, step, digest))
     yield step, features, labels
 
 
