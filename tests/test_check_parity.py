@@ -379,7 +379,7 @@ def test_pitfall_that_needs_layer_updates_is_a_usage_error(tiny_data_dir, tmp_pa
 
 
 def test_port_strategy_and_precision_reach_the_port_only():
-  cfg = config.CheckParityConfig(adam_epsilon=None, pitfall=None, with_fit=True, exact=True,
+  cfg = config.CheckParityConfig(epsilon=None, pitfall=None, with_fit=True, exact=True,
                                  strategy='mirrored', cpu_devices=2, mixed_precision=True,
                                  calibrate=True, dropout=0.0, seed=0)
   args = {job.name: job.args for job in runner_jobs.jobs(cfg)}
@@ -392,14 +392,14 @@ def test_port_strategy_and_precision_reach_the_port_only():
   assert args['control'][len(args['graph']):] == ('--nodeterministic',)
 
 
-def test_every_runner_gets_the_given_adam_epsilon_even_zero():
-  """--adam_epsilon=0 is an epsilon, not 'unset' (which means the legacy 1e-8)."""
-  for given, passed in ((0.0, '--adam_epsilon=0.0'), (None, '--adam_epsilon=1e-08')):
-    cfg = config.CheckParityConfig(adam_epsilon=given, with_fit=True)
+def test_every_runner_gets_the_given_epsilon_even_zero():
+  """--epsilon=0 is an epsilon, not "unset" (which means the legacy 1e-8)."""
+  for given, passed in ((0.0, '--epsilon=0.0'), (None, '--epsilon=1e-08')):
+    cfg = config.CheckParityConfig(epsilon=given, with_fit=True)
     for job in runner_jobs.jobs(cfg):
       assert passed in job.args, (given, job)
   jobs = runner_jobs.jobs(config.CheckParityConfig(pitfall='adam_epsilon'))
-  assert [job.name for job in jobs if '--adam_epsilon=1e-08' not in job.args] == ['eager']
+  assert [job.name for job in jobs if '--epsilon=1e-08' not in job.args] == ['eager']
 
 
 def test_keep_prob_as_rate_gives_the_port_one_minus_the_rate():
@@ -430,11 +430,11 @@ def test_a_refused_replacement_names_the_flags_the_user_changed():
   """Not what check_parity derives from them (the initial weights' file), and a switch
   recorded as --noNAME reads off, not as a flag of its own."""
   old = ['--nobatch_norm', '--learning_rate=0.001', '--init_weights=runs/a.npz',
-         '--adam_epsilon=1e-08']
+         '--epsilon=1e-08']
   new = ['--batch_norm', '--learning_rate=0.001', '--init_weights=runs/b.npz',
-         '--adam_epsilon=1e-08']
+         '--epsilon=1e-08']
   assert harness._changed_arguments(old, new) == ['--batch_norm was off, now on']
   derived_only = ['--nobatch_norm', '--learning_rate=0.001', '--init_weights=runs/c.npz',
-                  '--adam_epsilon=1e-08']
+                  '--epsilon=1e-08']
   assert harness._changed_arguments(old, derived_only) == [
       '--init_weights was runs/a.npz, now runs/c.npz']

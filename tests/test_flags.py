@@ -22,7 +22,7 @@ f.define_data_flags(config.GraphConfig)
 f.define_training_flags(config.GraphConfig)
 f.define_graph_flags()
 defined = flags.FLAGS.get_flags_for_module('tf1compat.commands.flags')
-print(','.join(sorted(fl.name for fl in defined)))
+print(','.join(sorted(fl.name for fl in defined if fl.name not in f.ALIASES)))
 print(','.join(sorted(field.name for field in dataclasses.fields(config.GraphConfig))))
 '''
   result = run_python(code)

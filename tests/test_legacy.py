@@ -137,7 +137,7 @@ def test_the_legacy_pitfall_goes_into_the_tf115_run_and_the_reference_stays_corr
     assert '--reset_metrics=never' not in jobs[name].args and jobs[name].python is None
   # The first rung gets the legacy loop's own arguments: no port flag, the legacy epsilon.
   assert not set(runner_jobs.EXACT_PORT_ARGS) & set(jobs[runner_jobs.LEGACY].args)
-  assert '--adam_epsilon=1e-08' in jobs[runner_jobs.LEGACY].args
+  assert '--epsilon=1e-08' in jobs[runner_jobs.LEGACY].args
   without = {job.name: job for job in runner_jobs.jobs(config.CheckParityConfig(
       pitfall='metrics_never_reset'))}
   assert runner_jobs.LEGACY not in without and '--reset_metrics=never' in without['graph'].args

@@ -302,8 +302,8 @@ def test_optimizer_fields_read_what_the_optimizer_really_has():
               'beta_2': 0.999, 'epsilon': 1e-7, 'amsgrad': False}
 
   tf1, keras = team_models.optimizer_fields(AdamOptimizer()), team_models.optimizer_fields(Adam())
-  assert tf1 == {'optimizer': 'AdamOptimizer', 'learning_rate': 0.001, 'beta_1': 0.9,
-                 'beta_2': 0.999, 'epsilon': 1e-8}
+  assert tf1 == {'optimizer': 'AdamOptimizer', 'algorithm': 'adam', 'learning_rate': 0.001,
+                 'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-8}
   assert keras['learning_rate'] == 0.001 and keras['epsilon'] == 1e-7
 
 

@@ -18,10 +18,15 @@ from tf1compat.commands import output_folders
 from tf1compat.data import record_schema
 from tf1compat.runs import config
 from tf1compat.runs import errors
+from tf1compat.runs import optimizers
 from tf1compat.runs import runlog
 from tf1compat.train.models import convnet
 from tf1compat.train.models import plugins
 
+
+
+# Former flag names that still work: --adam_epsilon was Adam's epsilon before --optimizer.
+ALIASES = {'adam_epsilon': 'epsilon'}
 
 
 def define_integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
@@ -123,27 +128,62 @@ def define_training_flags(defaults):
   define_integer('steps_per_epoch', default('steps_per_epoch'),
                  'Training steps per epoch.', lower_bound=1)
   define_float('learning_rate', default('learning_rate'),
-               'Adam learning rate.', lower_bound=0.0)
+               'The learning rate (the schedule\'s initial rate).', lower_bound=0.0)
+  flags.DEFINE_enum('optimizer', default('optimizer'), optimizers.OPTIMIZERS,
+                    'tf.compat.v1.train\'s optimizer in the graph runner, its Keras 3 twin in '
+                    'the port (docs/optimizers.md): adam, sgd (GradientDescent), momentum and '
+                    'nesterov (Momentum, --momentum), rmsprop, rmsprop_momentum (--momentum), '
+                    'rmsprop_centered, adagrad, adadelta, ftrl.')
+  define_float('momentum', default('momentum'),
+               'momentum, nesterov, rmsprop_momentum: the momentum, in [0, 1). Default 0.9.',
+               lower_bound=0.0, below=1.0)
+  define_float('rho', default('rho'),
+               'rmsprop*: the mean square\'s decay (TF1\'s decay, Keras\' rho); adadelta: '
+               'rho. In [0, 1). Default: each framework\'s (0.9 and 0.95 in both).',
+               lower_bound=0.0, below=1.0)
+  define_float('epsilon', default('epsilon'),
+               'adam, rmsprop*, adadelta, adagrad: epsilon. Default: each framework\'s own '
+               '(graph: 1e-8, rmsprop 1e-10, adagrad none; eager: Keras\' 1e-7); check_parity '
+               'passes the graph runner\'s to every runner.', lower_bound=0.0)
+  for alias, name in ALIASES.items():
+    flags.DEFINE_alias(alias, name)
+  flags.register_multi_flags_validator(
+      ['optimizer', *optimizers.OPTIMIZER_FLAGS],
+      lambda v: optimizers.flag_problem(v['optimizer'], [
+          name for name in optimizers.OPTIMIZER_FLAGS if v[name] is not None]) is None,
+      message='an optimizer flag for an --optimizer without it: --momentum applies to '
+              'momentum, nesterov and rmsprop_momentum, --rho to rmsprop* and adadelta, '
+              '--epsilon to adam, rmsprop*, adagrad and adadelta')
+  flags.DEFINE_enum('lr_schedule', default('lr_schedule'), optimizers.SCHEDULES,
+                    'The learning-rate schedule on the step counter: '
+                    'tf.compat.v1.train\'s exponential_decay, piecewise_constant, '
+                    'polynomial_decay, cosine_decay on the global step (graph) and their '
+                    'keras.optimizers.schedules twins on optimizer.iterations (eager). '
+                    'Default: exponential under --lr_decay_steps, else constant.')
   define_integer('lr_decay_steps', default('lr_decay_steps'),
-                 'Decay the learning rate exponentially on the step counter: '
-                 'learning_rate * lr_decay_rate ** (step / lr_decay_steps), as '
-                 'tf.compat.v1.train.exponential_decay on the global step (graph) and '
-                 'keras.optimizers.schedules.ExponentialDecay on optimizer.iterations '
-                 '(eager). 0: a constant rate.', lower_bound=0)
+                 'exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps); '
+                 'polynomial and cosine: the steps they decay over. 0: a constant rate '
+                 'without --lr_schedule, the whole run with it.', lower_bound=0)
   define_float('lr_decay_rate', default('lr_decay_rate'),
-               'The learning rate\'s factor per --lr_decay_steps steps.',
+               'exponential: the learning rate\'s factor per --lr_decay_steps steps; '
+               'piecewise: its factor at each boundary.',
                lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_bool('lr_staircase', default('lr_staircase'),
-                    'Decay in whole steps of --lr_decay_steps (an integer exponent).')
+                    'exponential: decay in whole steps of --lr_decay_steps (an integer exponent).')
+  flags.DEFINE_list('lr_boundaries', [str(s) for s in default('lr_boundaries')],
+                    'piecewise: the steps after which the rate is multiplied by --lr_decay_rate '
+                    '(the rate of a boundary step is the one before it, as in both '
+                    'frameworks). Default: the run\'s middle step.')
+  flags.register_validator(
+      'lr_boundaries', lambda v: all(s.isdigit() and 0 < int(s) <= config.INT_MAX for s in v)
+      and [int(s) for s in v] == sorted({int(s) for s in v}),
+      message='--lr_boundaries takes increasing positive steps, e.g. 40,80')
   # Adam divides by 1 - beta1**t and scales by sqrt(1 - beta2**t): a beta of 1 trained to
   # a NaN loss (beta1, exit 3) or left every weight where it was (beta2).
   define_float('adam_beta1', default('adam_beta1'),
                'Adam beta1, in [0, 1).', lower_bound=0.0, below=1.0)
   define_float('adam_beta2', default('adam_beta2'),
                'Adam beta2, in [0, 1).', lower_bound=0.0, below=1.0)
-  define_float('adam_epsilon', default('adam_epsilon'),
-               "Adam epsilon. Default: each framework's own (graph 1e-8, eager 1e-7).",
-               lower_bound=0.0)
   flags.DEFINE_enum('loss', default('loss'), config.LOSSES,
                     'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
                     "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
@@ -245,6 +285,11 @@ def define_graph_flags():
       'strategy', lambda value: value == 'default',
       message='train_graph is the single-device TF1 loop; tf.distribute strategies are for '
               'the TF2 port: bin/train_eager --strategy=mirrored|multi_worker')
+  flags.register_multi_flags_validator(
+      ['optimizer', 'epsilon'],
+      lambda v: v['optimizer'] != 'adagrad' or not v['epsilon'],
+      message='train_graph --optimizer=adagrad: tf.compat.v1.train.AdagradOptimizer has no '
+              'epsilon (0 is its only value; Keras\' Adagrad adds 1e-7)')
 
 
 def define_eager_flags():
@@ -319,6 +364,15 @@ def define_eager_flags():
                     'Build BatchNormalization with the momentum the model gives it; false builds '
                     "it with Keras' default 0.99 (the bn_momentum_default mistake: TF1 "
                     "contrib/slim batch norm's decay was 0.999).")
+  flags.DEFINE_bool('tf1_momentum', default('tf1_momentum'),
+                    '--optimizer=momentum|nesterov: keep TF1\'s accumulator, the sum of '
+                    'gradients times the current rate (a keras.optimizers.SGD subclass); false: '
+                    'Keras\' SGD, whose accumulator keeps each step\'s own rate (the '
+                    'momentum_rate_change mistake, shown once the rate changes).')
+  flags.DEFINE_bool('tf1_rmsprop_start', default('tf1_rmsprop_start'),
+                    '--optimizer=rmsprop*: start the mean square at one, as TF1\'s '
+                    'RMSPropOptimizer does; false: at Keras\' zero (the rmsprop_zero_start '
+                    'mistake: the first steps are up to sqrt(1 / (1 - rho)) = 3.2x larger).')
   flags.register_multi_flags_validator(
       ['loop', 'fit_lr_schedule', 'add_regularization_losses'],
       lambda v: (v['loop'] == 'fit' or v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0]) and (
@@ -326,9 +380,11 @@ def define_eager_flags():
       message='--fit_lr_schedule applies to --loop=fit only, and --noadd_regularization_losses '
               'to --loop=custom only (fit adds model.losses itself)')
   flags.register_multi_flags_validator(
-      ['fit_lr_schedule', 'lr_decay_steps'],
-      lambda v: v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0] or v['lr_decay_steps'] > 0,
-      message='--fit_lr_schedule=epoch_callback needs a schedule to apply: --lr_decay_steps')
+      ['fit_lr_schedule', 'lr_schedule', 'lr_decay_steps'],
+      lambda v: v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0] or (
+          v['lr_schedule'] not in (None, 'constant') or v['lr_decay_steps'] > 0),
+      message='--fit_lr_schedule=epoch_callback needs a schedule to apply: --lr_schedule or '
+              '--lr_decay_steps')
   flags.register_multi_flags_validator(
       ['loop', 'fit_accuracy'],
       lambda v: v['loop'] == 'fit' or v['fit_accuracy'] == config.FIT_ACCURACY_METRICS[0],

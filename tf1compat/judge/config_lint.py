@@ -5,18 +5,42 @@ the input batches they trained on, where both hashed them; the versions, reporte
 Takes loaded runs (parity.Run); TensorFlow-free.
 """
 
+import numpy as np
+
 from tf1compat.runs import config
 
 # Labels of the lint fields the diagnosis reads.
 REGULARIZATION_FIELD = 'regularization losses in the loss'
 FROM_LOGITS_FIELD = 'from_logits'
 BN_MOMENTUM_FIELD = 'BatchNorm momentum'
-# Manifest fields whose difference changes the math, as (label, path in run.json).
-LINT_FIELDS = (
+ALGORITHM_FIELD = 'optimizer'
+EPSILON_FIELD = 'optimizer epsilon'
+MEAN_SQUARE_START_FIELD = 'optimizer mean-square start'
+MOMENTUM_FORM_FIELD = 'optimizer momentum accumulates'
+# What an optimizer computes with (optimizers.FIELDS): null in both runs where their
+# algorithm has no such value, which is no field left unrecorded.
+OPTIMIZER_FIELDS = (
+    (ALGORITHM_FIELD, ('optimizer', 'algorithm')),
     ('optimizer learning_rate', ('optimizer', 'learning_rate')),
     ('optimizer beta_1', ('optimizer', 'beta_1')),
     ('optimizer beta_2', ('optimizer', 'beta_2')),
-    ('optimizer epsilon', ('optimizer', 'epsilon')),
+    (EPSILON_FIELD, ('optimizer', 'epsilon')),
+    ('optimizer momentum', ('optimizer', 'momentum')),
+    ('optimizer nesterov', ('optimizer', 'nesterov')),
+    (MOMENTUM_FORM_FIELD, ('optimizer', 'momentum_accumulates')),
+    ('optimizer rho', ('optimizer', 'rho')),
+    ('optimizer centered', ('optimizer', 'centered')),
+    (MEAN_SQUARE_START_FIELD, ('optimizer', 'mean_square_start')),
+    ('optimizer initial accumulator', ('optimizer', 'initial_accumulator_value')),
+    ('optimizer learning_rate_power', ('optimizer', 'learning_rate_power')),
+    ('optimizer l1', ('optimizer', 'l1')),
+    ('optimizer l2', ('optimizer', 'l2')),
+    ('optimizer l2_shrinkage', ('optimizer', 'l2_shrinkage')),
+    ('optimizer beta', ('optimizer', 'beta')),
+)
+# Manifest fields whose difference changes the math, as (label, path in run.json).
+LINT_FIELDS = (
+    *OPTIMIZER_FIELDS,
     ('loss', ('loss',)),
     (FROM_LOGITS_FIELD, ('from_logits',)),
     ('final activation', ('final_activation',)),
@@ -80,6 +104,10 @@ VERSION_DEFAULT_FIELDS = (
 # numerically. Listed, but not a mismatch.
 EQUIVALENT_LOSSES = frozenset({'softmax_cross_entropy', 'keras_categorical'})
 
+# Two learning rates within this relative difference are one rate (float32 evaluations of
+# one schedule by two frameworks differ by an ulp).
+LR_RTOL = 1e-5
+
 START_FIELD = 'initial weights (step-0 snapshot)'
 INPUT_FIELD = 'input batches'
 def _get(manifest, keys):
@@ -110,10 +138,13 @@ def lint(reference, other):
     step = differing[0]
     found.append({'field': INPUT_FIELD, 'reference': digests[0][step][:12],
                   'other': digests[1][step][:12], 'equivalent': False, 'step': step})
+  constant_rate = all(_constant_rate(run) for run in (reference, other))
   for label, a, b in _differing(reference, other, LINT_FIELDS):
     if _unrecorded(label, a, b):
       continue
-    equivalent = label == 'loss' and {a, b} <= EQUIVALENT_LOSSES
+    # TF1's and Keras' momentum forms are one algorithm under one constant rate.
+    equivalent = (label == 'loss' and {a, b} <= EQUIVALENT_LOSSES) or (
+        label == MOMENTUM_FORM_FIELD and constant_rate)
     found.append({'field': label, 'reference': a, 'other': b, 'equivalent': equivalent})
   found += [{'field': label, 'reference': a, 'other': b, 'equivalent': True, 'setting': True}
             for label, a, b in _differing(reference, other, SETTING_FIELDS)]
@@ -124,6 +155,16 @@ def lint(reference, other):
   return found
 
 
+def _constant_rate(run):
+  """Whether `run` trained at one learning rate: steps.csv's rates where it has them (a
+  recorded loop names no schedule), else its schedule."""
+  rates = np.asarray(run.steps.get('learning_rate', []), np.float64)
+  rates = rates[np.isfinite(rates)]
+  if rates.size:
+    return bool(np.allclose(rates, rates[0], rtol=LR_RTOL, atol=0))
+  return _get(run.manifest, ('optimizer', 'schedule')) is None
+
+
 def not_compared(reference, other):
   """The lint fields one run or both do not record (null where null is no value, or no
   step-0 snapshot): [{field, reference, other}], never a mismatch."""
@@ -131,9 +172,10 @@ def not_compared(reference, other):
   starts = ['recorded' if 0 in run.snapshot_steps else None for run in (reference, other)]
   if None in starts:
     out.append({'field': START_FIELD, 'reference': starts[0], 'other': starts[1]})
+  optimizer_labels = {label for label, _ in OPTIMIZER_FIELDS[1:]}
   for label, keys in LINT_FIELDS:
     a, b = _recorded(reference, label, keys), _recorded(other, label, keys)
-    if _unrecorded(label, a, b):
+    if _unrecorded(label, a, b) and not (label in optimizer_labels and a is None and b is None):
       out.append({'field': label, 'reference': a, 'other': b})
   return out
 

@@ -87,7 +87,10 @@ def kernels_problem(manifest):
   kernels = manifest.get(runlog.KERNELS)
   if not isinstance(kernels, dict):
     return f'no {runlog.KERNELS!r} block'
+  algorithm = (manifest.get('optimizer') or {}).get('algorithm', 'adam')
   for name, known in KERNELS.items():
+    if name == 'adam' and algorithm != 'adam' and kernels.get(name) is None:
+      continue  # A run without Adam has no Adam kernel.
     if kernels.get(name) not in known:
       return f'{runlog.KERNELS}.{name} is {kernels.get(name)!r}, not one of {", ".join(known)}'
   return None
@@ -100,7 +103,8 @@ def _kernel(run, name):
 def known_differences(reference, other):
   """Framework differences these two runs are expected to show, by name, with details."""
   found = {}
-  if _kernel(reference, 'adam') != _kernel(other, 'adam'):
+  adam = [_kernel(run, 'adam') for run in (reference, other)]
+  if None not in adam and adam[0] != adam[1]:
     found['adam_rounding'] = {}
   if batch_norm_layers(reference) and batch_norm_layers(other) and (
       _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
@@ -283,6 +287,48 @@ def _bn_momentum_evidence(reference, other, field):
           f'(1 - {momenta[1][0]:g}) / (1 - {momenta[0][0]:g}) = {predicted:.3g} predicts it')
 
 
+# The epsilon mistake of each algorithm (run.json's optimizer.algorithm).
+EPSILON_PITFALLS = {'adam': 'adam_epsilon', 'rmsprop': 'rmsprop_epsilon',
+                    'adadelta': 'adadelta_epsilon', 'adagrad': 'adagrad_epsilon'}
+ALGORITHM_WORDS = {'adam': 'Adam', 'rmsprop': 'RMSProp', 'adadelta': 'Adadelta',
+                   'adagrad': 'Adagrad'}
+
+
+def _algorithm(reference, other):
+  """The algorithm both runs train with (run.json's optimizer.algorithm; Adam for runs
+  from before it was recorded), or None where they differ."""
+  names = {(run.manifest.get('optimizer') or {}).get('algorithm', 'adam')
+           for run in (reference, other)}
+  return names.pop() if len(names) == 1 else None
+
+
+def _update_evidence(steps, weights, first_step_differs):
+  """What the step tier says of a difference in the optimizer's update: where the loss
+  parts after an equal first batch loss, and by how much over the control's envelope."""
+  if steps is None:
+    return ''
+  words = ''
+  if not first_step_differs and steps['first_step_over']:
+    k = steps['first_step_over']
+    words += (f'; the first batch loss matches, the loss parts from step {k} (relative '
+              f'difference {steps["relative_difference"][k - 1]:.1e}), after the first update')
+  ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
+  if ratios:
+    words += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'
+  return words
+
+
+def _rate_change_words(run):
+  """Where the learning rate of `run` first changes (steps.csv), as words."""
+  rates = np.asarray(run.steps['learning_rate'], np.float64)
+  changed = np.flatnonzero(~np.isclose(rates, rates[0], rtol=LR_RTOL, atol=0))
+  if not changed.size:
+    return ''
+  step = int(changed[0])
+  return (f' ({rates[0]:.4g} until step {step}, {rates[step]:.4g} at step {step + 1}: '
+          'from there TF1 multiplies every past gradient by the new rate)')
+
+
 def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
              dropout_state=None, curves=None):
   """Catalogued pitfalls and setup problems that fit the evidence, best fit first.
@@ -332,19 +378,23 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
   first_step_differs = steps is not None and bool(steps['relative_difference']) and (
       steps['relative_difference'][0] > steps['limit'][0])
   first_step_margin = _envelope_ratio(steps, 0) if first_step_differs else None
-  if 'optimizer epsilon' in fields:
-    d = fields['optimizer epsilon']
-    evidence = f'Adam epsilon {d["reference"]} vs {d["other"]}'
-    if steps is not None and not first_step_differs and steps['first_step_over']:
-      k = steps['first_step_over']
-      evidence += (f'; the first batch loss matches, the loss parts from step {k} (relative '
-                   f'difference {steps["relative_difference"][k - 1]:.1e}), after the first '
-                   'update')
-    if steps is not None:
-      ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
-      if ratios:
-        evidence += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'
-    add('adam_epsilon', evidence, True)
+  algorithm = _algorithm(reference, other)
+  update = _update_evidence(steps, weights, first_step_differs)
+  if config_lint.EPSILON_FIELD in fields and algorithm in EPSILON_PITFALLS:
+    d = fields[config_lint.EPSILON_FIELD]
+    add(EPSILON_PITFALLS[algorithm],
+        f'{ALGORITHM_WORDS[algorithm]} epsilon {d["reference"]} vs {d["other"]}{update}', True)
+  if config_lint.MEAN_SQUARE_START_FIELD in fields:
+    d = fields[config_lint.MEAN_SQUARE_START_FIELD]
+    add('rmsprop_zero_start', f'RMSProp\'s mean square starts at {d["reference"]:g} vs '
+        f'{d["other"]:g} (run.json optimizer.mean_square_start){update}', True)
+  if config_lint.MOMENTUM_FORM_FIELD in fields and not fields[
+      config_lint.MOMENTUM_FORM_FIELD]['equivalent']:
+    d = fields[config_lint.MOMENTUM_FORM_FIELD]
+    add('momentum_rate_change',
+        f'the momentum accumulates {d["reference"]} vs {d["other"]} (run.json '
+        f'optimizer.momentum_accumulates) under a changing learning rate'
+        f'{_rate_change_words(reference)}{update}', True)
   first_losses = (f'; the first batch loss already differs ({steps["reference_loss"][0]:.6g} '
                   f'vs {steps["other_loss"][0]:.6g})' if first_step_differs else '')
   softmax_runs = [run for run in (reference, other)

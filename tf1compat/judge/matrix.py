@@ -17,6 +17,7 @@ import subprocess
 from tf1compat.judge import pitfalls
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
+from tf1compat.runs import optimizers
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
 
@@ -43,6 +44,19 @@ class Case:
   has: tuple = ()
   # Trains on the real digits (real_data_dir) instead of the embedded dataset.
   real_data: bool = False
+  # Checks only its optimizer's own pitfalls (the others are checked on Adam's cases).
+  optimizer_pitfalls_only: bool = False
+
+
+# Each optimizer (Adam is every other case's) and each schedule, under Momentum, whose
+# accumulator is where TF1 and Keras part when the rate changes.
+OPTIMIZER_CASES = tuple(
+    Case(f'optimizer_{name}', (f'--optimizer={name}',), optimizer_pitfalls_only=True)
+    for name in optimizers.OPTIMIZERS if name != 'adam')
+SCHEDULE_CASES = tuple(
+    Case(f'schedule_{name}', ('--optimizer=momentum', f'--lr_schedule={name}'),
+         ('lr_schedule',), optimizer_pitfalls_only=True)
+    for name in optimizers.SCHEDULES if name != 'constant')
 
 
 CASES = (
@@ -72,14 +86,24 @@ CASES = (
     Case(f'{REAL_DATA}_300_onednn_port_off',
          ('--image_size=32', '--epochs=10', '--steps_per_epoch=30', *CROSS_KERNELS[1][1]),
          real_data=True),
+    *OPTIMIZER_CASES,
+    *SCHEDULE_CASES,
 )
 CASE_NAMES = tuple(case.name for case in CASES)
 
 
+def case_optimizer(case):
+  """The --optimizer of a case (adam unless its args say another)."""
+  given = [arg.split('=', 1)[1] for arg in case.args if arg.startswith('--optimizer=')]
+  return given[-1] if given else 'adam'
+
+
 def applicable_pitfalls(case):
-  """The catalogued pitfalls that can show in this case's model."""
+  """The catalogued pitfalls that can show in this case's model and optimizer."""
   names = [name for name, pitfall in sorted(pitfalls.PITFALLS.items())
-           if not pitfall.needs or set(case.has) & set(pitfall.needs)]
+           if (not pitfall.needs or set(case.has) & set(pitfall.needs))
+           and pitfalls.applies_to(pitfall, case_optimizer(case))
+           and (pitfall.optimizers or not case.optimizer_pitfalls_only)]
   # Port-side pitfalls first: the legacy run and its control are then reused by them.
   return sorted(names, key=lambda n: 'graph' in pitfalls.PITFALLS[n].runners)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from tf1compat.runs import config
+from tf1compat.runs import optimizers
 
 @dataclasses.dataclass(frozen=True)
 class Where:
@@ -21,11 +22,15 @@ class Where:
   `stage`: the first stage outside the envelope (probes.STAGES), or None for a mistake
   that acts outside one step (running metrics, later steps' learning rates). `layers`
   (forward): the first layer of one of these kinds ('output': the model's output
-  layer). `part` (loss): the part of the loss that differs first.
+  layer). `part` (loss): the part of the loss that differs first. `first_step`: whether
+  the mistake shows in the first step's replay; False for one that parts the codes only
+  from a later step (a slot that has decayed, a rate that has changed), whose replay
+  must start from the snapshot before the first step where the runs part.
   """
   stage: str | None
   layers: tuple = ()
   part: str | None = None
+  first_step: bool = True
 
 
 @dataclasses.dataclass(frozen=True, **config.KEYWORD_ONLY)
@@ -53,6 +58,13 @@ class Pitfall(Problem):
   # check_parity's config -> more arguments for those runners, made from the values every
   # runner gets (None: none).
   args_from_config: object = None
+  # The algorithms (optimizers.ALGORITHMS) whose mistake it is; () for any.
+  optimizers: tuple = ()
+
+
+def applies_to(pitfall, optimizer):
+  """Whether `pitfall` can be made with --optimizer `optimizer`."""
+  return not pitfall.optimizers or optimizers.ALGORITHMS[optimizer][0] in pitfall.optimizers
 
 
 def _keep_prob_args(cfg):
@@ -63,10 +75,64 @@ def _keep_prob_args(cfg):
 PITFALLS = {
     'adam_epsilon': Pitfall(
         # The port keeps Keras' own epsilon.
-        runners=('eager', 'fit'), omits=('adam_epsilon',), judged_by=('config',),
-        where=Where('update'),
+        runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
+        where=Where('update'), optimizers=('adam',),
         fix='Pass the legacy epsilon explicitly: keras.optimizers.Adam(epsilon=1e-8) '
             '(TF1 AdamOptimizer default) instead of Keras\' 1e-7.'),
+    # The optimizers' own differences (docs/optimizers.md): each read in TensorFlow's
+    # training_ops and tf.compat.v1.train sources and Keras 3's optimizers, and measured
+    # one step at a time before it entered the catalogue.
+    'rmsprop_zero_start': Pitfall(
+        # rmsprop.py's _create_slots: the `rms` slot starts at ones (init_ops.ones_initializer);
+        # Keras 3's RMSprop adds its velocity with zeros: at rho 0.9 its first update is
+        # sqrt(1 / (1 - rho)) = 3.2x TF1's for a small gradient (google-deepmind/optax#49:
+        # papers tuned on TF1's RMSProp replicated only with its ones start;
+        # tensorflow/tensorflow#40670, huggingface/pytorch-image-models#225).
+        runners=('eager', 'fit'), args=('--notf1_rmsprop_start',), judged_by=('config',),
+        where=Where('update'), optimizers=('rmsprop',),
+        fix='Start the mean square at one, as TF1\'s RMSPropOptimizer does: build the '
+            'optimizer (optimizer.build(model.trainable_variables)) and assign ones to its '
+            '`velocity` variables before the first step (tf1compat.train.tf1_kernels.TF1RMSprop '
+            'does it in build); Keras starts them at zero (google-deepmind/optax#49).'),
+    'rmsprop_epsilon': Pitfall(
+        # RMSPropOptimizer(epsilon=1e-10) vs keras.optimizers.RMSprop(epsilon=1e-7), both
+        # inside the square root: invisible while the mean square is near its start of one,
+        # it shows as the mean square decays towards (1 - rho) g^2 (tensorflow/tensorflow#58412,
+        # keras-team/keras#17391: where each framework puts epsilon).
+        runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
+        where=Where('update', first_step=False), optimizers=('rmsprop',),
+        fix='Pass the legacy epsilon explicitly: keras.optimizers.RMSprop(epsilon=1e-10) '
+            '(TF1 RMSPropOptimizer default) instead of Keras\' 1e-7.'),
+    'adadelta_epsilon': Pitfall(
+        # AdadeltaOptimizer(epsilon=1e-8) vs keras.optimizers.Adadelta(epsilon=1e-7), inside
+        # both square roots of the update: the first update is sqrt(10) = 3.2x TF1's
+        # (tensorflow/tensorflow#36785: Keras' Adadelta defaults).
+        runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
+        where=Where('update'), optimizers=('adadelta',),
+        fix='Pass the legacy epsilon explicitly: keras.optimizers.Adadelta(epsilon=1e-8) '
+            '(TF1 AdadeltaOptimizer default) instead of Keras\' 1e-7.'),
+    'adagrad_epsilon': Pitfall(
+        # TF1's ApplyAdagrad divides by sqrt(accum); Keras 3's Adagrad by sqrt(accum + 1e-7).
+        # With the accumulator starting at 0.1 the update differs by 5e-7 relative: the
+        # config tier names it, the numbers barely can (keras-team/keras#17391).
+        runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
+        where=Where('update', first_step=False), optimizers=('adagrad',),
+        fix='Pass epsilon=0 to keras.optimizers.Adagrad: TF1\'s AdagradOptimizer has no '
+            'epsilon, Keras adds 1e-7 to the accumulator.'),
+    'momentum_rate_change': Pitfall(
+        # TF1's ApplyMomentum: accum = m * accum + g; var -= lr * accum. Keras' SGD:
+        # m = m * momentum - lr * g; var += m. Equal under one rate; once the schedule
+        # changes the rate, TF1 rescales every past gradient by the new rate
+        # (cjlin1/simpleNN#7: Keras' SGD for MomentumOptimizer, equal only under a constant
+        # rate; keras-team/keras#13971: the two forms).
+        runners=('eager', 'fit'), args=('--notf1_momentum',), needs=('lr_schedule',),
+        judged_by=('config',),
+        where=Where('update', first_step=False), optimizers=('momentum',),
+        fix='Apply TF1\'s momentum form under a changing rate: a keras.optimizers.SGD '
+            'subclass whose update_step runs tf.raw_ops.ResourceApplyMomentum (accum = '
+            'momentum * accum + g; var -= lr * accum), as tf1compat.train.tf1_kernels.'
+            'TF1Momentum does; Keras\' SGD keeps each step\'s own rate in its momentum '
+            '(cjlin1/simpleNN#7).'),
     'metrics_never_reset': Pitfall(
         runners=('graph',), args=('--reset_metrics=never',), judged_by=('semantics',),
         where=Where(None),

@@ -10,6 +10,7 @@ from tf1compat.judge import pitfalls
 from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import nudge
+from tf1compat.runs import optimizers
 from tf1compat.runs import runlog
 from tf1compat.train.models import plugins
 
@@ -17,7 +18,7 @@ from tf1compat.train.models import plugins
 # "Exact mode").
 EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
 # Training fields check_parity sets itself for every runner instead of forwarding them.
-_NOT_FORWARDED = frozenset({'init_weights', 'save_init_weights', 'overwrite', 'adam_epsilon'})
+_NOT_FORWARDED = frozenset({'init_weights', 'save_init_weights', 'overwrite', 'epsilon'})
 # The training fields every runner gets as check_parity was given them.
 FORWARDED = tuple(field.name for field in dataclasses.fields(config.TrainingConfig)
                   if field.name not in _NOT_FORWARDED)
@@ -112,10 +113,15 @@ def check_pitfall_requirements(cfg):
   if not cfg.pitfall:
     return
   pitfall = pitfalls.PITFALLS[cfg.pitfall]
+  if not pitfalls.applies_to(pitfall, cfg.optimizer):
+    names = ', '.join(name for name in optimizers.OPTIMIZERS
+                      if pitfalls.applies_to(pitfall, name))
+    raise errors.UsageError(f'--pitfall={cfg.pitfall} is a mistake of another optimizer: run it '
+                            f'with --optimizer={names.replace(", ", " or ")}')
   own_model = cfg.model not in (None, plugins.DEFAULT_MODEL)
   has = {'batch_norm': bool(cfg.batch_norm) or own_model, 'dropout': cfg.dropout > 0,
          'regularization': own_model, 'batch_norm_momentum': own_model,
-         'lr_schedule': cfg.lr_decay_steps > 0}
+         'lr_schedule': optimizers.schedule_name(cfg) != 'constant'}
   if pitfall.needs and not any(has[n] for n in pitfall.needs):
     what = ' or '.join(_NEEDS[n][0] for n in pitfall.needs)
     wanted = ' or '.join(_NEEDS[n][1] for n in pitfall.needs)
@@ -147,6 +153,13 @@ def port_args(cfg):
   return args + list(cfg.port_flags)
 
 
+def legacy_epsilon(cfg):
+  """The epsilon every runner gets: --epsilon, else the legacy optimizer's (TF1's
+  AdagradOptimizer has none: Keras' Adagrad gets 0); None for an optimizer without one."""
+  values = optimizers.hyperparameters(cfg, 'tf1')
+  return values.get('epsilon')
+
+
 def _makes(cfg, name):
   """Which runner's mistakes the run `name` carries: under --legacy_python the legacy
   loop's go into its TensorFlow 1.15 run, never into the reference."""
@@ -163,7 +176,7 @@ def jobs(cfg):
   with the same arguments; a pitfall of the legacy loop goes there, the team's
   production loop, and the reference on this TensorFlow and its control stay correct.
   """
-  epsilon = config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
+  epsilon = legacy_epsilon(cfg)
   pitfall = pitfalls.PITFALLS.get(cfg.pitfall)
   out = []
   ports = [('eager', 'train_eager', ('--loop=custom',)), ('fit', 'train_eager', ('--loop=fit',))]
@@ -187,8 +200,8 @@ def jobs(cfg):
       # masks, and the first rung is judged step by step (the control redraws them).
       args.append(f'--dropout_seed={cfg.seed}')
     injected = pitfall is not None and _makes(cfg, name) in pitfall.runners
-    if not (injected and 'adam_epsilon' in pitfall.omits):
-      args.append(f'--adam_epsilon={epsilon!r}')
+    if epsilon is not None and not (injected and 'epsilon' in pitfall.omits):
+      args.append(f'--epsilon={epsilon!r}')
     if injected:
       args.extend(pitfall.args)
       if pitfall.args_from_config:

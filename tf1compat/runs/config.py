@@ -21,8 +21,8 @@ KEYWORD_ONLY = {'kw_only': True} if sys.version_info >= (3, 10) else {}
 CALTECH256_CLASSES = 257
 DEFAULT_SNAPSHOT_STEPS = (0, 1, 2, 5, 10, 20, 50, 100)
 # tf.compat.v1.train.AdamOptimizer's default epsilon; Keras' Adam uses 1e-7. The legacy
-# loop runs with it, so it is what a port must match (check_parity passes it to every
-# runner unless --pitfall=adam_epsilon).
+# loop runs with it, so it is what a port must match (check_parity passes each optimizer's
+# legacy epsilon, optimizers.DEFAULTS, to every runner unless a pitfall leaves it out).
 LEGACY_ADAM_EPSILON = 1e-8
 
 # The largest value of every integer flag (flags.py) and of dataset.json's num_classes,
@@ -85,15 +85,24 @@ class TrainingConfig(DataConfig):
   epochs: int = 3
   steps_per_epoch: int = 1000
   learning_rate: float = 0.001
-  # Exponential decay of the learning rate on the step counter, as
-  # tf.compat.v1.train.exponential_decay: lr * rate ** (step / decay_steps), floored with
-  # staircase. 0 decay steps: a constant rate.
+  # optimizers.OPTIMIZERS: tf.compat.v1.train's in the graph runner, Keras 3's twin in the
+  # port; momentum, rho and epsilon None: each framework's default (optimizers.DEFAULTS).
+  optimizer: str = 'adam'
+  momentum: float | None = None
+  rho: float | None = None
+  epsilon: float | None = None
+  # optimizers.SCHEDULES, on the step counter (None: exponential under lr_decay_steps, else
+  # constant, as before --lr_schedule). exponential: lr * rate ** (step / decay_steps),
+  # floored with staircase; polynomial and cosine decay over lr_decay_steps (0: the whole
+  # run); piecewise: lr times lr_decay_rate after each of lr_boundaries (none: the run's
+  # middle step).
+  lr_schedule: str | None = None
   lr_decay_steps: int = 0
   lr_decay_rate: float = 0.5
   lr_staircase: bool = False
+  lr_boundaries: tuple = ()
   adam_beta1: float = 0.9
   adam_beta2: float = 0.999
-  adam_epsilon: float | None = None
   loss: str = 'softmax_cross_entropy'
   final_activation: str = 'none'
   batch_norm: bool = False
@@ -119,14 +128,6 @@ class TrainingConfig(DataConfig):
   @property
   def total_steps(self):
     return self.epochs * self.steps_per_epoch
-
-  def lr_schedule(self):
-    """run.json's description of the learning-rate schedule (None: a constant rate)."""
-    if not self.lr_decay_steps:
-      return None
-    return {'name': 'exponential_decay', 'decay_steps': self.lr_decay_steps,
-            'decay_rate': self.lr_decay_rate, 'staircase': self.lr_staircase,
-            'updated': 'per_step'}
 
   def snapshot_steps_within(self):
     """The sorted snapshot steps within the run, the last step included."""
@@ -170,6 +171,13 @@ class EagerConfig(TrainingConfig):
   # BatchNormalization is built with the momentum the model gives it; False builds it with
   # Keras' default 0.99 (the bn_momentum_default mistake).
   keep_bn_momentum: bool = True
+  # Momentum and Nesterov keep TF1's accumulator, the sum of gradients times the current
+  # rate (tf1_kernels.TF1Momentum); False: Keras' SGD, whose accumulator keeps each step's
+  # own rate (the momentum_rate_change mistake, which shows once the rate changes).
+  tf1_momentum: bool = True
+  # RMSProp's mean square starts at one, as TF1's (tf1_kernels.TF1RMSprop); False: at
+  # Keras' zero (the rmsprop_zero_start mistake).
+  tf1_rmsprop_start: bool = True
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
@@ -243,8 +251,9 @@ def from_flags(cls, flag_values, **overrides):
       values[field.name] = overrides[field.name]
     elif field.name in flag_values:
       values[field.name] = _typed(flag_values[field.name].value)
-  if 'snapshot_steps' in values:
-    values['snapshot_steps'] = tuple(int(s) for s in values['snapshot_steps'])
+  for name in ('snapshot_steps', 'lr_boundaries'):
+    if name in values:
+      values[name] = tuple(int(s) for s in values[name])
   return cls(**values)
 
 

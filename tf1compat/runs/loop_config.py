@@ -17,37 +17,39 @@ except ImportError:  # Python 3.7: a TensorFlow 1.15 loop's environment
 
 from tf1compat.runs import config as tf1compat_config
 from tf1compat.runs import errors
+from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 
-# keras.optimizers.Adam's default epsilon (Keras 3 and tf-keras alike).
-KERAS_ADAM_EPSILON = 1e-7
-# What a loop of each framework computes with unless it says otherwise: a TF1 loop
-# TF1's AdamOptimizer (fused ApplyAdam) and fused BatchNorm, a Keras 3 loop Keras' own.
+# The kernels a loop of each framework computes with unless it says otherwise: a TF1 loop
+# TF1's AdamOptimizer (fused ApplyAdam) and fused BatchNorm, a Keras 3 loop Keras' own;
+# and whose optimizer defaults (optimizers.DEFAULTS) fill in what it leaves out.
 FRAMEWORK_DEFAULTS = {
-    'tf1': {'epsilon': tf1compat_config.LEGACY_ADAM_EPSILON,
-            'adam_kernel': runlog.ADAM_TF1_FUSED,
-            'batch_norm_variance': runlog.BN_VARIANCE_BESSEL},
-    'keras3': {'epsilon': KERAS_ADAM_EPSILON, 'adam_kernel': runlog.ADAM_KERAS,
-               'batch_norm_variance': runlog.BN_VARIANCE_BIASED},
+    'tf1': {'adam_kernel': runlog.ADAM_TF1_FUSED,
+            'batch_norm_variance': runlog.BN_VARIANCE_BESSEL, 'optimizers': 'tf1'},
+    'keras3': {'adam_kernel': runlog.ADAM_KERAS,
+               'batch_norm_variance': runlog.BN_VARIANCE_BIASED, 'optimizers': 'keras'},
 }
-# Adam's betas, the same default in TF1 and Keras.
-ADAM_BETAS = {'beta_1': 0.9, 'beta_2': 0.999}
 # A port on tf-keras (Keras 2) computes with Keras' own kernels too.
 FRAMEWORK_DEFAULTS['tf_keras'] = FRAMEWORK_DEFAULTS['keras3']
 _KNOWN_KERNELS = {'adam_kernel': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
                   'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
+_OPTIMIZER_FIELDS = ('beta_1', 'beta_2', 'epsilon')
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What a loop computes with: run.json's fields that the config lint compares.
 
-  `framework` is 'tf1' (a Session loop with tf.compat.v1.train.AdamOptimizer),
-  'keras3' (a TF2 port with keras.optimizers.Adam) or 'tf_keras' (a port still on
-  Keras 2, tf_keras.optimizers.Adam); it sets the defaults of
-  `epsilon` (1e-8 or Keras' 1e-7) and of the kernels the run computes with,
+  `framework` is 'tf1' (a Session loop with tf.compat.v1.train's optimizers), 'keras3'
+  (a TF2 port with keras.optimizers) or 'tf_keras' (a port still on Keras 2); it sets
+  the defaults of what the optimizer leaves out (optimizers.DEFAULTS: Adam's epsilon 1e-8
+  or Keras' 1e-7, RMSProp's mean square starting at one or at zero...) and of the kernels
+  the run computes with,
   `adam_kernel` (runlog.ADAM_TF1_FUSED or ADAM_KERAS) and `batch_norm_variance`
   (runlog.BN_VARIANCE_BESSEL or BN_VARIANCE_BIASED), which tell compare_runs what
-  rounding differences to expect. Read the optimizer's values from the optimizer
+  rounding differences to expect. `optimizer` is the class name (its algorithm,
+  optimizers.algorithm_of, unless `algorithm` says it); `hyperparameters` the
+  algorithm's values besides the learning rate, Adam's betas and the epsilon
+  (optimizers.FIELDS). Read the optimizer's values from the optimizer
   itself (optimizer_fields) and a Keras model's from the model (keras_model_fields):
   declared values say what the code was meant to do, not what it does.
 
@@ -68,6 +70,8 @@ class RunConfig:
   beta_1: Optional[float] = None
   beta_2: Optional[float] = None
   epsilon: Optional[float] = None
+  algorithm: Optional[str] = None
+  hyperparameters: dict = dataclasses.field(default_factory=dict)
   loss: Optional[str] = 'softmax_cross_entropy'
   from_logits: Optional[bool] = True
   final_activation: Optional[str] = 'none'
@@ -92,17 +96,23 @@ class RunConfig:
     if self.framework not in FRAMEWORK_DEFAULTS:
       raise errors.UsageError(f'RunConfig(framework={self.framework!r}): give one of '
                               f'{", ".join(FRAMEWORK_DEFAULTS)}')
-    # Frozen: the defaults are filled in once, as the run records them. Adam's betas and
-    # epsilon only for an Adam: another optimizer records its own, or none.
-    adam = 'adam' in str(self.optimizer).lower()
-    defaults = {**(ADAM_BETAS if adam else {}), **FRAMEWORK_DEFAULTS[self.framework]}
-    for name, default in defaults.items():
-      if name == 'epsilon' and not adam:
-        continue
-      if getattr(self, name) is None:
-        object.__setattr__(self, name, default)
+    # Frozen: the defaults are filled in once, as the run records them, each only for an
+    # optimizer that has it.
+    framework = FRAMEWORK_DEFAULTS[self.framework]
+    algorithm = self.algorithm or optimizers.algorithm_of(self.optimizer)
+    object.__setattr__(self, 'algorithm', algorithm)
+    values = optimizers.DEFAULTS[framework['optimizers']].get(algorithm, {})
+    for name in _OPTIMIZER_FIELDS:
+      if getattr(self, name) is None and name in values:
+        object.__setattr__(self, name, values[name])
+    object.__setattr__(self, 'hyperparameters', {
+        **{name: value for name, value in values.items() if name not in _OPTIMIZER_FIELDS},
+        **self.hyperparameters})
+    for name in _KNOWN_KERNELS:
+      if getattr(self, name) is None and (name != 'adam_kernel' or algorithm == 'adam'):
+        object.__setattr__(self, name, framework[name])
     for name, known in _KNOWN_KERNELS.items():
-      if getattr(self, name) not in known:
+      if getattr(self, name) not in (*known, *([None] if name == 'adam_kernel' else [])):
         raise errors.UsageError(f'RunConfig({name}={getattr(self, name)!r}): give one of '
                                 f'{", ".join(known)} (runlog)')
     if not (self.data_fingerprint or self.data_id):
@@ -123,8 +133,9 @@ class RunConfig:
     return runlog.start_fields(
         versions=_versions(self.framework), device=self.device or _device(),
         kernels={'adam': self.adam_kernel, 'batch_norm_variance': self.batch_norm_variance},
-        optimizer={'name': self.optimizer, 'learning_rate': self.learning_rate,
-                   'beta_1': self.beta_1, 'beta_2': self.beta_2, 'epsilon': self.epsilon},
+        optimizer={'name': self.optimizer, 'algorithm': self.algorithm,
+                   'learning_rate': self.learning_rate, 'beta_1': self.beta_1,
+                   'beta_2': self.beta_2, 'epsilon': self.epsilon, **self.hyperparameters},
         loss=self.loss, from_logits=self.from_logits, final_activation=self.final_activation,
         batch_size=self.batch_size, image_size=self.image_size, seed=self.seed,
         deterministic=self.deterministic,

@@ -15,12 +15,15 @@ import sys
 
 from tf1compat.runs import errors
 from tf1compat.runs import nudge
+from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import weight_map as weight_maps
 
 # Float32 hyper-parameters read back as float64 carry noise past the 7th digit
 # (Keras' get_config gives 0.0010000000474974513 for 0.001): what the lint compares.
 _FLOAT32_DIGITS = 7
+# RunConfig's own optimizer fields; every other value goes into its hyperparameters.
+_ADAM_FIELDS = ('beta_1', 'beta_2', 'epsilon')
 # tf.compat.v1.GraphKeys' TRAINABLE_VARIABLES and GLOBAL_VARIABLES, named without
 # importing TensorFlow.
 _TRAINABLE_VARIABLES = 'trainable_variables'
@@ -57,21 +60,28 @@ def _hyper_parameter(name, value):
 
 def optimizer_fields(optimizer):
   """RunConfig's optimizer fields as `optimizer` really has them: a Keras optimizer
-  (Keras 3 or tf-keras) or a tf.compat.v1.train optimizer such as AdamOptimizer.
+  (Keras 3 or tf-keras) or a tf.compat.v1.train optimizer such as AdamOptimizer, read by
+  optimizers.describe (what the framework fixes without an argument included).
 
-  Returns {optimizer, learning_rate, beta_1, beta_2, epsilon} (those it has).
+  Returns {optimizer, algorithm, learning_rate, beta_1, beta_2, epsilon (those it has),
+  hyperparameters (the algorithm's other values)}.
   """
-  if hasattr(optimizer, '_lr'):
-    # TF1 optimizers keep their constructor's arguments as private attributes.
-    values = {name: getattr(optimizer, attribute) for name, attribute in (
-        ('learning_rate', '_lr'), ('beta_1', '_beta1'), ('beta_2', '_beta2'),
-        ('epsilon', '_epsilon')) if hasattr(optimizer, attribute)}
+  block = optimizers.describe(optimizer)
+  fields = {'optimizer': block['name'], 'algorithm': block['algorithm']}
+  if hasattr(optimizer, 'get_config'):
+    rate = optimizer.get_config().get('learning_rate')
   else:
-    values = optimizer.get_config()
-  fields = {'optimizer': type(optimizer).__name__}
-  for name in ('learning_rate', 'beta_1', 'beta_2', 'epsilon'):
-    if name in values:
-      fields[name] = _hyper_parameter(name, values[name])
+    rate = next((getattr(optimizer, name) for name in ('_learning_rate', '_lr')
+                 if hasattr(optimizer, name)), None)
+  if rate is not None:
+    fields['learning_rate'] = _hyper_parameter('learning_rate', rate)
+  for name in _ADAM_FIELDS:
+    if block.get(name) is not None:
+      fields[name] = block[name]
+  others = {name: value for name, value in block.items()
+            if name not in ('name', 'algorithm', 'learning_rate', *_ADAM_FIELDS)}
+  if others:
+    fields['hyperparameters'] = others
   return fields
 
 

@@ -1,10 +1,13 @@
-"""TF1's kernels in Keras 3: the port's switches that remove the framework differences.
+"""TF1's kernels in Keras 3: the port's switches that remove the framework differences, and
+the optimizers that compute what TF1's do where no Keras argument can say it.
 
 A matched port still differs from the legacy loop by float rounding in two places
 (docs/parity.md, "Exact mode"): Keras 3's Adam and its BatchNormalization compute TF1's formulas
 with other ops. `TF1Adam` (`--tf1_adam`) and `TF1BatchNormalization`
 (`--tf1_bn_variance`) run TF1's own kernels from a Keras 3 model, so that a matched
-comparison with the graph runner is bit for bit on CPU. Keras 3 only.
+comparison with the graph runner is bit for bit on CPU. `TF1Momentum` and `TF1RMSprop` are
+the exact port of TF1's MomentumOptimizer under a changing rate and of its RMSPropOptimizer
+(docs/optimizers.md). Keras 3 only.
 """
 
 import keras
@@ -114,3 +117,49 @@ class TF1Adam(keras.optimizers.Adam):
     # After every variable's update, as TF1's AdamOptimizer._finish does.
     self._beta_1_power.assign(self._beta_1_power * self.beta_1)
     self._beta_2_power.assign(self._beta_2_power * self.beta_2)
+
+
+class TF1Momentum(keras.optimizers.SGD):
+  """Keras 3 SGD with momentum applied as TF1's MomentumOptimizer (`--tf1_momentum`).
+
+  TF1's `ApplyMomentum` accumulates gradients and multiplies the sum by the current rate
+  (`accum = momentum * accum + g; var -= lr * accum`, Nesterov `var -= lr * g + lr *
+  momentum * accum`); Keras' SGD accumulates steps already scaled by their own rate (`m =
+  momentum * m - lr * g; var += m`). Under one constant rate the two are the same
+  algorithm; once a schedule changes the rate, TF1 rescales every past gradient by the
+  new rate and Keras does not (the momentum_rate_change pitfall). This class runs TF1's
+  kernel on Keras' accumulator variables.
+  """
+
+  momentum_accumulates = 'gradients'
+
+  def update_step(self, gradient, variable, learning_rate):
+    index = self._get_variable_index(variable)
+    dtype = variable.dtype
+    tf.raw_ops.ResourceApplyMomentum(
+        var=variable.handle, accum=self.momentums[index].value.handle,
+        lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+        momentum=tf.constant(self.momentum, dtype), use_locking=False,
+        use_nesterov=self.nesterov)
+
+
+class TF1RMSprop(keras.optimizers.RMSprop):
+  """Keras 3 RMSprop whose mean square starts at one, as TF1's RMSPropOptimizer's does
+  (`--tf1_rmsprop_start`).
+
+  TF1 creates the `rms` slot with ones_initializer, Keras its `velocity` with zeros: the
+  first steps of Keras' are up to sqrt(1 / (1 - rho)) = 3.2x larger (rho 0.9), and the
+  difference fades as rho ** t (the rmsprop_zero_start pitfall). The update is Keras'
+  own, which is TF1's formula (epsilon inside the square root, the centered variant's
+  mean gradient, the momentum accumulating rate-scaled steps).
+  """
+
+  mean_square_start = 1.0
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    for velocity in self._velocities:
+      if velocity is not None:
+        velocity.assign(tf.ones(velocity.shape, velocity.dtype))

@@ -293,17 +293,16 @@ def open_run(cfg, spec, runner, model_dir=None):
   return log
 
 
-def start_manifest(cfg, spec, *, versions, device, kernels, optimizer_name, epsilon,
-                   lr_schedule, **runner_fields):
+def start_manifest(cfg, spec, *, versions, device, kernels, optimizer, lr_schedule,
+                   **runner_fields):
   """The run.json fields every runner writes at start (runlog.MANIFEST_FIELDS; the config
-  lint compares them); `lr_schedule`: the learning-rate schedule as the runner applies it
-  (cfg.lr_schedule(), or None); `runner_fields` are the runner's own (distribution, dtype
-  policy, model summary, its block)."""
+  lint compares them); `optimizer`: the optimizer as optimizers.describe reads it;
+  `lr_schedule`: the learning-rate schedule as the runner applies it
+  (optimizers.schedule_manifest(cfg), or None); `runner_fields` are the runner's own
+  (distribution, dtype policy, model summary, its block)."""
   return runlog.start_fields(
       versions=versions, device=device, kernels=kernels,
-      optimizer={'name': optimizer_name, 'learning_rate': cfg.learning_rate,
-                 'beta_1': cfg.adam_beta1, 'beta_2': cfg.adam_beta2, 'epsilon': epsilon,
-                 'schedule': lr_schedule},
+      optimizer={**optimizer, 'schedule': lr_schedule},
       loss=cfg.loss, from_logits=config.LOSS_TAKES_LOGITS[cfg.loss],
       final_activation=cfg.final_activation,
       batch_size=cfg.batch_size, image_size=cfg.image_size, seed=cfg.seed,

@@ -34,6 +34,7 @@ from tensorflow.core.framework import summary_pb2
 from tf1compat.data import pipeline
 from tf1compat.data import preflight
 from tf1compat.runs import interrupts
+from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import numerics
@@ -176,8 +177,8 @@ class EagerBackend(replay.ReplayStep, training.Backend):
         self._cfg, self._spec,
         versions=runlog.versions(tf.__version__, runlog.KERAS_3, keras.__version__),
         device=device, kernels=model_fn.kernels(self._cfg),
-        optimizer_name=model_fn.optimizer_name(self._cfg),
-        epsilon=model_fn.adam_epsilon(self._cfg),
+        optimizer={**optimizers.describe(self.optimizer, learning_rate=self._cfg.learning_rate),
+                   'name': model_fn.optimizer_name(self._cfg, self.optimizer)},
         lr_schedule=model_fn.lr_schedule_manifest(self._cfg),
         **self.distribution.manifest(),
         dtype_policy=keras.mixed_precision.global_policy().name, settings=numerics.settings(),

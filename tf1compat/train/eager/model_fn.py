@@ -2,19 +2,20 @@
 
 The model (--model, by default the seed's ConvNet) with the exact mode's BatchNorm when
 asked, the per-example loss and the regularization losses a custom loop adds itself,
-Keras' Adam (or TF1's fused ApplyAdam, --tf1_adam) and its ExponentialDecay schedule, the
+--optimizer's Keras 3 twin set to compute what TF1's does (Adam through TF1's fused
+ApplyAdam with --tf1_adam) and --lr_schedule's keras.optimizers.schedules twin, the
 weights in and out, and the SavedModel and .keras export. train/graph/model_fn.py is its
 twin: the same names, in the same order, for what both compute; what only the port has
 (the schedule under fit, the weights' I/O) follows.
 """
 
 import functools
-import inspect
 
 import keras
 import tensorflow as tf
 
 from tf1compat.runs import atomic
+from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.train import distribution as distribution_lib
@@ -24,32 +25,40 @@ from tf1compat.train.models import plugins
 
 
 def kernels(cfg):
-  """Which Adam and BatchNorm moving-variance kernels the run computes with (run.json)."""
-  return {'adam': runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS,
+  """Which Adam (None without Adam) and BatchNorm moving-variance kernels the run computes
+  with (run.json)."""
+  adam = runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS
+  return {'adam': adam if cfg.optimizer == 'adam' else None,
           'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if cfg.tf1_bn_variance
                                   else runlog.BN_VARIANCE_BIASED)}
 
 
-def optimizer_name(cfg):
-  """The optimizer as run.json names it."""
-  name = 'keras.optimizers.Adam'
-  return f'{name} (TF1 fused ApplyAdam)' if cfg.tf1_adam else name
-
-
-def adam_epsilon(cfg):
-  """The epsilon the optimizer really uses: --adam_epsilon, else Keras' Adam default."""
-  if cfg.adam_epsilon is not None:
-    return cfg.adam_epsilon
-  return inspect.signature(keras.optimizers.Adam).parameters['epsilon'].default
+def optimizer_name(cfg, optimizer):
+  """The optimizer as run.json names it (a loss-scale wrapper by the optimizer it wraps)."""
+  optimizer = getattr(optimizer, 'inner_optimizer', optimizer)
+  name = f'keras.optimizers.{type(optimizer).__name__}'
+  return f'{name} (TF1 fused ApplyAdam)' if cfg.tf1_adam and cfg.optimizer == 'adam' else name
 
 
 def learning_rate_schedule(cfg):
-  """keras.optimizers.schedules.ExponentialDecay of --lr_decay_steps, the twin of the
-  graph loop's exponential_decay on the global step; None for a constant rate."""
-  if not cfg.lr_decay_steps:
+  """--lr_schedule as keras.optimizers.schedules has it, the twin of the graph loop's
+  schedule on the global step; None for a constant rate."""
+  name = optimizers.schedule_name(cfg)
+  schedules = keras.optimizers.schedules
+  if name == 'constant':
     return None
-  return keras.optimizers.schedules.ExponentialDecay(
-      cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+  if name == 'exponential':
+    return schedules.ExponentialDecay(cfg.learning_rate, optimizers.decay_steps(cfg),
+                                      cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+  if name == 'piecewise':
+    return schedules.PiecewiseConstantDecay(list(optimizers.boundaries(cfg)),
+                                            list(optimizers.piecewise_values(cfg)))
+  if name == 'polynomial':
+    return schedules.PolynomialDecay(cfg.learning_rate, optimizers.decay_steps(cfg),
+                                     end_learning_rate=optimizers.POLYNOMIAL_END_RATE,
+                                     power=optimizers.POLYNOMIAL_POWER)
+  return schedules.CosineDecay(cfg.learning_rate, optimizers.decay_steps(cfg),
+                               alpha=optimizers.COSINE_ALPHA)
 
 
 def dtype_policy(cfg):
@@ -61,13 +70,41 @@ def dtype_policy(cfg):
 
 
 def make_optimizer(cfg, rate):
-  """Keras 3 Adam with the run's hyper-parameters at learning rate `rate` (a schedule on
-  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under mixed_float16
-  (with the replicas' agreement on finite gradients, distribution.AgreedLossScaleOptimizer;
-  bfloat16 has float32's range and needs no scaling)."""
-  adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
-  optimizer = adam(learning_rate=rate, beta_1=cfg.adam_beta1,
-                   beta_2=cfg.adam_beta2, epsilon=adam_epsilon(cfg))
+  """--optimizer's Keras 3 twin with the run's hyper-parameters (the flags where given, else
+  Keras' defaults: optimizers.hyperparameters) at learning rate `rate` (a schedule on
+  optimizer.iterations, learning_rate_schedule(), or a float), loss-scaled under
+  mixed_float16 (with the replicas' agreement on finite gradients,
+  distribution.AgreedLossScaleOptimizer; bfloat16 has float32's range and needs no
+  scaling). The exact port computes TF1's algorithm: TF1's Momentum accumulator
+  (--tf1_momentum) and RMSProp's mean square starting at one (--tf1_rmsprop_start)."""
+  values = optimizers.hyperparameters(cfg, 'keras')
+  algorithm = values['algorithm']
+  if algorithm == 'adam':
+    adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
+    optimizer = adam(learning_rate=rate, beta_1=values['beta_1'], beta_2=values['beta_2'],
+                     epsilon=values['epsilon'])
+  elif algorithm in ('sgd', 'momentum'):
+    sgd = tf1_kernels.TF1Momentum if cfg.tf1_momentum and algorithm == 'momentum' else (
+        keras.optimizers.SGD)
+    optimizer = sgd(learning_rate=rate, momentum=values.get('momentum', 0.0),
+                    nesterov=values.get('nesterov', False))
+  elif algorithm == 'rmsprop':
+    rmsprop = tf1_kernels.TF1RMSprop if cfg.tf1_rmsprop_start else keras.optimizers.RMSprop
+    optimizer = rmsprop(learning_rate=rate, rho=values['rho'], momentum=values['momentum'],
+                        epsilon=values['epsilon'], centered=values['centered'])
+  elif algorithm == 'adagrad':
+    optimizer = keras.optimizers.Adagrad(
+        learning_rate=rate, initial_accumulator_value=values['initial_accumulator_value'],
+        epsilon=values['epsilon'])
+  elif algorithm == 'adadelta':
+    optimizer = keras.optimizers.Adadelta(learning_rate=rate, rho=values['rho'],
+                                          epsilon=values['epsilon'])
+  else:
+    optimizer = keras.optimizers.Ftrl(
+        learning_rate=rate, learning_rate_power=values['learning_rate_power'],
+        initial_accumulator_value=values['initial_accumulator_value'],
+        l1_regularization_strength=values['l1'], l2_regularization_strength=values['l2'],
+        l2_shrinkage_regularization_strength=values['l2_shrinkage'], beta=values['beta'])
   if cfg.mixed_precision:
     optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
   return optimizer
@@ -143,7 +180,7 @@ def lr_per_epoch(cfg):
 
 def lr_schedule_manifest(cfg):
   """run.json's optimizer.schedule: the run's schedule as this runner applies it."""
-  schedule = cfg.lr_schedule()
+  schedule = optimizers.schedule_manifest(cfg)
   if schedule and lr_per_epoch(cfg):
     schedule['updated'] = 'per_epoch'
   return schedule

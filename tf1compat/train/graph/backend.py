@@ -36,6 +36,7 @@ from tf1compat.data import preflight
 from tf1compat.runs import errors
 from tf1compat.runs import interrupts
 from tf1compat.runs import run_files
+from tf1compat.runs import optimizers
 from tf1compat.runs import runlog
 from tf1compat.runtime import stacks
 from tf1compat.train import checkpoints
@@ -132,7 +133,7 @@ class GraphBackend(replay.ReplayStep, training.Backend):
     self._loss = self._data_loss + self._regularization_loss
     # model.losses builds the regularizers' ops when read: read before the graph is final.
     self.model_summary = keras_facts.summary(self.model, tf.keras)
-    self.kernels = model_fn.kernels(self.model)
+    self.kernels = model_fn.kernels(cfg, self.model)
     label_classes, predicted_classes = model_fn.classes(labels, logits)
     self._batch_accuracy = tf.reduce_mean(
         tf.cast(tf.equal(label_classes, predicted_classes), tf.float32))
@@ -147,6 +148,9 @@ class GraphBackend(replay.ReplayStep, training.Backend):
     with tf.control_dependencies(update_ops):
       # minimize() in its two halves, so that a replay can fetch the gradients.
       optimizer = model_fn.make_optimizer(cfg, self._learning_rate)
+      self.optimizer_manifest = {
+          **optimizers.describe(optimizer, learning_rate=cfg.learning_rate),
+          'name': model_fn.optimizer_name(cfg)}
       self._gradients = optimizer.compute_gradients(self._loss)
       self._train_op = optimizer.apply_gradients(self._gradients,
                                                  global_step=self._global_step)
@@ -346,8 +350,8 @@ def run(cfg, dataset_hook=None):
         backend.attach(log)
         log.update(**training.start_manifest(
             cfg, spec, versions=runlog.versions(tf.__version__, *stacks.graph_keras()),
-            device=device, kernels=backend.kernels, optimizer_name=model_fn.optimizer_name(cfg),
-            epsilon=model_fn.adam_epsilon(cfg), lr_schedule=cfg.lr_schedule(), strategy='default',
+            device=device, kernels=backend.kernels, optimizer=backend.optimizer_manifest,
+            lr_schedule=optimizers.schedule_manifest(cfg), strategy='default',
             replicas=1, workers=1, devices=[], dtype_policy='float32', jit_compile=False,
             settings=stacks.settings(), model_summary=backend.model_summary,
             regularization_in_loss=True,

@@ -1,8 +1,8 @@
 """What the legacy graph loop computes, built the TF1 way (`tf.compat.v1`, tf-keras).
 
 The model (--model, by default the seed's ConvNet) and how it is wired onto the iterator's
-batch, the loss with the model's regularization losses added by hand, AdamOptimizer and
-its `exponential_decay` schedule, the `tf.compat.v1.metrics` running metrics, and the
+batch, the loss with the model's regularization losses added by hand, --optimizer's
+tf.compat.v1.train optimizer and --lr_schedule's schedule on the global step, the `tf.compat.v1.metrics` running metrics, and the
 SavedModel export. Every function builds ops in the caller's default graph.
 train/eager/model_fn.py is its twin: the same names, in the same order, for what both
 compute; what only TF1 has (the wiring, the per-step nudge, the metrics' scopes) follows.
@@ -12,7 +12,7 @@ from absl import logging
 import tensorflow as tf
 
 from tf1compat.runs import atomic
-from tf1compat.runs import config
+from tf1compat.runs import optimizers
 from tf1compat.runs import runlog
 from tf1compat.train.models import keras_facts
 from tf1compat.train.models import plugins
@@ -20,44 +20,79 @@ from tf1compat.train.models import plugins
 SERVING_SIGNATURE = 'serving_default'
 
 
-def kernels(keras_model):
-  """run.json's kernels block: ApplyAdam with beta-power accumulators, and BatchNorm's
-  moving-variance rule as the built layers compute it. Fused BatchNorm (what tf.keras
-  and tf-keras choose where they can) takes the Bessel-corrected batch variance; the
-  unfused layer the biased one."""
+def kernels(cfg, keras_model):
+  """run.json's kernels block: ApplyAdam with beta-power accumulators (None without Adam),
+  and BatchNorm's moving-variance rule as the built layers compute it. Fused BatchNorm
+  (what tf.keras and tf-keras choose where they can) takes the Bessel-corrected batch
+  variance; the unfused layer the biased one."""
   fused = [getattr(layer, 'fused', True)
            for layer in keras_facts.batch_norm_layers(keras_model, tf.keras)]
   variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
-  return {'adam': runlog.ADAM_TF1_FUSED, 'batch_norm_variance': variance}
+  return {'adam': runlog.ADAM_TF1_FUSED if cfg.optimizer == 'adam' else None,
+          'batch_norm_variance': variance}
+
+
+# tf.compat.v1.train's class of each algorithm.
+_OPTIMIZER_CLASSES = {'adam': 'AdamOptimizer', 'sgd': 'GradientDescentOptimizer',
+                      'momentum': 'MomentumOptimizer', 'rmsprop': 'RMSPropOptimizer',
+                      'adagrad': 'AdagradOptimizer', 'adadelta': 'AdadeltaOptimizer',
+                      'ftrl': 'FtrlOptimizer'}
 
 
 def optimizer_name(cfg):
   """The optimizer as run.json names it."""
-  del cfg  # One optimizer in the legacy loop.
-  return 'tf.compat.v1.train.AdamOptimizer'
-
-
-def adam_epsilon(cfg):
-  """The epsilon the optimizer really uses: --adam_epsilon, else AdamOptimizer's default."""
-  return config.LEGACY_ADAM_EPSILON if cfg.adam_epsilon is None else cfg.adam_epsilon
+  algorithm = optimizers.ALGORITHMS[cfg.optimizer][0]
+  return f'tf.compat.v1.train.{_OPTIMIZER_CLASSES[algorithm]}'
 
 
 def learning_rate_schedule(cfg, global_step):
-  """The learning rate of the step `global_step` counts: --learning_rate, decayed by
-  tf.compat.v1.train.exponential_decay on the global step under --lr_decay_steps."""
-  if not cfg.lr_decay_steps:
+  """The learning rate of the step `global_step` counts: --learning_rate under
+  --lr_schedule, tf.compat.v1.train's schedule of that name on the global step."""
+  name = optimizers.schedule_name(cfg)
+  train = tf.compat.v1.train
+  if name == 'constant':
     return tf.constant(cfg.learning_rate, tf.float32)
-  return tf.compat.v1.train.exponential_decay(
-      cfg.learning_rate, global_step, cfg.lr_decay_steps, cfg.lr_decay_rate,
-      staircase=cfg.lr_staircase)
+  if name == 'exponential':
+    return train.exponential_decay(cfg.learning_rate, global_step, optimizers.decay_steps(cfg),
+                                   cfg.lr_decay_rate, staircase=cfg.lr_staircase)
+  if name == 'piecewise':
+    return train.piecewise_constant(global_step, list(optimizers.boundaries(cfg)),
+                                    list(optimizers.piecewise_values(cfg)))
+  if name == 'polynomial':
+    return train.polynomial_decay(cfg.learning_rate, global_step, optimizers.decay_steps(cfg),
+                                  end_learning_rate=optimizers.POLYNOMIAL_END_RATE,
+                                  power=optimizers.POLYNOMIAL_POWER)
+  return train.cosine_decay(cfg.learning_rate, global_step, optimizers.decay_steps(cfg),
+                            alpha=optimizers.COSINE_ALPHA)
 
 
 def make_optimizer(cfg, rate):
-  """tf.compat.v1.train.AdamOptimizer with the run's hyper-parameters at learning rate
-  `rate` (learning_rate_schedule())."""
-  return tf.compat.v1.train.AdamOptimizer(
-      learning_rate=rate, beta1=cfg.adam_beta1, beta2=cfg.adam_beta2,
-      epsilon=adam_epsilon(cfg))
+  """--optimizer as tf.compat.v1.train has it, with the run's hyper-parameters (the flags
+  where given, else TF1's defaults: optimizers.hyperparameters) at learning rate `rate`
+  (learning_rate_schedule())."""
+  values = optimizers.hyperparameters(cfg, 'tf1')
+  train = tf.compat.v1.train
+  algorithm = values['algorithm']
+  if algorithm == 'adam':
+    return train.AdamOptimizer(learning_rate=rate, beta1=values['beta_1'],
+                               beta2=values['beta_2'], epsilon=values['epsilon'])
+  if algorithm == 'sgd':
+    return train.GradientDescentOptimizer(rate)
+  if algorithm == 'momentum':
+    return train.MomentumOptimizer(rate, values['momentum'], use_nesterov=values['nesterov'])
+  if algorithm == 'rmsprop':
+    return train.RMSPropOptimizer(rate, decay=values['rho'], momentum=values['momentum'],
+                                  epsilon=values['epsilon'], centered=values['centered'])
+  if algorithm == 'adagrad':
+    return train.AdagradOptimizer(
+        rate, initial_accumulator_value=values['initial_accumulator_value'])
+  if algorithm == 'adadelta':
+    return train.AdadeltaOptimizer(rate, rho=values['rho'], epsilon=values['epsilon'])
+  return train.FtrlOptimizer(
+      rate, learning_rate_power=values['learning_rate_power'],
+      initial_accumulator_value=values['initial_accumulator_value'],
+      l1_regularization_strength=values['l1'], l2_regularization_strength=values['l2'],
+      l2_shrinkage_regularization_strength=values['l2_shrinkage'])
 
 
 def build_model(cfg, num_classes, **wiring):
