@@ -346,6 +346,11 @@ def define_eager_flags():
                     "accumulators: Keras' formula, TF1's float rounding. Keras' own Adam rounds "
                     'differently by an ulp, and Adam amplifies that chaotically; with this switch '
                     'a matched comparison with the graph runner is bit for bit on CPU.')
+  flags.DEFINE_bool('tf1_optimizer_kernel', default('tf1_optimizer_kernel'),
+                    'Apply every other --optimizer through TF1\'s fused kernel (ApplyRMSProp, '
+                    'ApplyAdagrad, ApplyAdadelta, ApplyFtrl, ApplyGradientDescent; Momentum '
+                    'always runs ApplyMomentum): Keras\' formula as the port sets it, TF1\'s '
+                    'float rounding, so that a matched comparison can be bit for bit.')
   flags.DEFINE_enum('fit_accuracy', default('fit_accuracy'), config.FIT_ACCURACY_METRICS,
                     '--loop=fit: the keras.metrics class model.fit compiles as its accuracy. '
                     'CategoricalAccuracy compares argmaxes, as the legacy tf.metrics.accuracy '

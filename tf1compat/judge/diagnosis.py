@@ -23,6 +23,13 @@ FRAMEWORK_DIFFERENCES = {
                      'weights differ by an ulp after the first step, and Adam amplifies that '
                      'chaotically, so step-wise values part within a few steps; judged on the '
                      'curve tier. Remove it with train_eager --tf1_adam.',
+    'optimizer_rounding': "TF1 applies its optimizers (RMSProp, Adagrad, Adadelta, FTRL, "
+                          'gradient descent) with one fused kernel, Keras 3 the same formula '
+                          'with separate ops: last-bit differences at every step, which the '
+                          "step tier judges against the controls; a run's fast transition can "
+                          'amplify them past the curve band (measured: RMSProp at '
+                          "check_parity's defaults, val_loss 5.5% apart at epoch 3). Remove "
+                          'it with train_eager --tf1_optimizer_kernel.',
     'bn_moving_variance': 'TF1 fused BatchNormalization updates the moving variance with the '
                           'Bessel-corrected batch variance (x n/(n-1)), Keras 3 with the biased '
                           'one, and the unfused Keras 3 ops round differently; judged on the '
@@ -106,6 +113,9 @@ def known_differences(reference, other):
   adam = [_kernel(run, 'adam') for run in (reference, other)]
   if None not in adam and adam[0] != adam[1]:
     found['adam_rounding'] = {}
+  applied = [run.manifest[runlog.KERNELS].get('optimizer') for run in (reference, other)]
+  if None not in applied and applied[0] != applied[1]:
+    found['optimizer_rounding'] = {'kernels': applied}
   if batch_norm_layers(reference) and batch_norm_layers(other) and (
       _kernel(reference, 'batch_norm_variance') != _kernel(other, 'batch_norm_variance')):
     # Predicted from the seed's ConvNet's geometry, which only it has; a recorded model

@@ -16,7 +16,7 @@ from tf1compat.train.models import plugins
 
 # The port's switches that remove the known framework differences (docs/parity.md,
 # "Exact mode").
-EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_bn_variance')
+EXACT_PORT_ARGS = ('--tf1_adam', '--tf1_optimizer_kernel', '--tf1_bn_variance')
 # Training fields check_parity sets itself for every runner instead of forwarding them.
 _NOT_FORWARDED = frozenset({'init_weights', 'save_init_weights', 'overwrite', 'epsilon'})
 # The training fields every runner gets as check_parity was given them.

@@ -163,6 +163,8 @@ class EagerConfig(TrainingConfig):
   cpu_devices: int = 1
   tf1_bn_variance: bool = False
   tf1_adam: bool = False
+  # Every other optimizer through TF1's fused kernel (tf1_kernels), as --tf1_adam does Adam.
+  tf1_optimizer_kernel: bool = False
   fit_accuracy: str = 'CategoricalAccuracy'
   fit_lr_schedule: str = 'optimizer'
   # The custom loop adds the model's regularization losses (model.losses) to its loss;

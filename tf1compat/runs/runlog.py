@@ -27,6 +27,9 @@ EPOCH_METRICS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
 KERNELS = 'kernels'
 ADAM_TF1_FUSED = 'tf1_fused_apply_adam'
 ADAM_KERAS = 'keras'
+# Any other optimizer: TF1's fused Apply* kernel, or Keras' separate ops.
+OPTIMIZER_TF1_FUSED = 'tf1_fused'
+OPTIMIZER_KERAS = 'keras_ops'
 BN_VARIANCE_BESSEL = 'bessel_corrected'
 BN_VARIANCE_BIASED = 'biased'
 
@@ -43,7 +46,8 @@ MANIFEST_FIELDS = {
     'device': "'CPU' or 'GPU (name)'",
     'optimizer': 'name, learning_rate, beta_1, beta_2, the epsilon really used and the '
                  'learning-rate schedule (null: constant)',
-    KERNELS: "'adam' and 'batch_norm_variance': the kernels' rounding (parity reads them)",
+    KERNELS: "'adam', 'optimizer' (any other) and 'batch_norm_variance': the kernels' "
+             'rounding (parity reads them)',
     'loss': '--loss', 'from_logits': 'the loss takes logits',
     'final_activation': '--final_activation', 'batch_size': 'the global batch',
     'image_size': '--image_size', 'seed': '--seed', 'deterministic': 'op determinism on',

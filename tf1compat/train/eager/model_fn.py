@@ -25,10 +25,16 @@ from tf1compat.train.models import plugins
 
 
 def kernels(cfg):
-  """Which Adam (None without Adam) and BatchNorm moving-variance kernels the run computes
-  with (run.json)."""
+  """Which Adam (None without Adam), other optimizer and BatchNorm moving-variance kernels
+  the run computes with (run.json)."""
   adam = runlog.ADAM_TF1_FUSED if cfg.tf1_adam else runlog.ADAM_KERAS
-  return {'adam': adam if cfg.optimizer == 'adam' else None,
+  algorithm = optimizers.ALGORITHMS[cfg.optimizer][0]
+  fused = {'adam': False, 'momentum': cfg.tf1_momentum,
+           'rmsprop': cfg.tf1_rmsprop_start and cfg.tf1_optimizer_kernel}.get(
+               algorithm, cfg.tf1_optimizer_kernel)
+  return {'adam': adam if algorithm == 'adam' else None,
+          'optimizer': None if algorithm == 'adam' else (
+              runlog.OPTIMIZER_TF1_FUSED if fused else runlog.OPTIMIZER_KERAS),
           'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL if cfg.tf1_bn_variance
                                   else runlog.BN_VARIANCE_BIASED)}
 
@@ -83,28 +89,34 @@ def make_optimizer(cfg, rate):
     adam = tf1_kernels.TF1Adam if cfg.tf1_adam else keras.optimizers.Adam
     optimizer = adam(learning_rate=rate, beta_1=values['beta_1'], beta_2=values['beta_2'],
                      epsilon=values['epsilon'])
-  elif algorithm in ('sgd', 'momentum'):
-    sgd = tf1_kernels.TF1Momentum if cfg.tf1_momentum and algorithm == 'momentum' else (
-        keras.optimizers.SGD)
-    optimizer = sgd(learning_rate=rate, momentum=values.get('momentum', 0.0),
-                    nesterov=values.get('nesterov', False))
+  elif algorithm == 'momentum':
+    sgd = tf1_kernels.TF1Momentum if cfg.tf1_momentum else keras.optimizers.SGD
+    optimizer = sgd(learning_rate=rate, momentum=values['momentum'],
+                    nesterov=values['nesterov'])
   elif algorithm == 'rmsprop':
-    rmsprop = tf1_kernels.TF1RMSprop if cfg.tf1_rmsprop_start else keras.optimizers.RMSprop
+    if cfg.tf1_rmsprop_start:
+      rmsprop = functools.partial(tf1_kernels.TF1RMSprop, fused=cfg.tf1_optimizer_kernel)
+    else:
+      rmsprop = keras.optimizers.RMSprop
     optimizer = rmsprop(learning_rate=rate, rho=values['rho'], momentum=values['momentum'],
                         epsilon=values['epsilon'], centered=values['centered'])
-  elif algorithm == 'adagrad':
-    optimizer = keras.optimizers.Adagrad(
-        learning_rate=rate, initial_accumulator_value=values['initial_accumulator_value'],
-        epsilon=values['epsilon'])
-  elif algorithm == 'adadelta':
-    optimizer = keras.optimizers.Adadelta(learning_rate=rate, rho=values['rho'],
-                                          epsilon=values['epsilon'])
   else:
-    optimizer = keras.optimizers.Ftrl(
-        learning_rate=rate, learning_rate_power=values['learning_rate_power'],
-        initial_accumulator_value=values['initial_accumulator_value'],
-        l1_regularization_strength=values['l1'], l2_regularization_strength=values['l2'],
-        l2_shrinkage_regularization_strength=values['l2_shrinkage'], beta=values['beta'])
+    fused = cfg.tf1_optimizer_kernel
+    if algorithm == 'sgd':
+      optimizer = (tf1_kernels.TF1SGD if fused else keras.optimizers.SGD)(learning_rate=rate)
+    elif algorithm == 'adagrad':
+      optimizer = (tf1_kernels.TF1Adagrad if fused else keras.optimizers.Adagrad)(
+          learning_rate=rate, initial_accumulator_value=values['initial_accumulator_value'],
+          epsilon=values['epsilon'])
+    elif algorithm == 'adadelta':
+      optimizer = (tf1_kernels.TF1Adadelta if fused else keras.optimizers.Adadelta)(
+          learning_rate=rate, rho=values['rho'], epsilon=values['epsilon'])
+    else:
+      optimizer = (tf1_kernels.TF1Ftrl if fused else keras.optimizers.Ftrl)(
+          learning_rate=rate, learning_rate_power=values['learning_rate_power'],
+          initial_accumulator_value=values['initial_accumulator_value'],
+          l1_regularization_strength=values['l1'], l2_regularization_strength=values['l2'],
+          l2_shrinkage_regularization_strength=values['l2_shrinkage'], beta=values['beta'])
   if cfg.mixed_precision:
     optimizer = distribution_lib.AgreedLossScaleOptimizer(optimizer)
   return optimizer

@@ -22,13 +22,15 @@ SERVING_SIGNATURE = 'serving_default'
 
 def kernels(cfg, keras_model):
   """run.json's kernels block: ApplyAdam with beta-power accumulators (None without Adam),
-  and BatchNorm's moving-variance rule as the built layers compute it. Fused BatchNorm
+  every other optimizer's fused Apply kernel, and BatchNorm's moving-variance rule as the built layers compute it. Fused BatchNorm
   (what tf.keras and tf-keras choose where they can) takes the Bessel-corrected batch
   variance; the unfused layer the biased one."""
   fused = [getattr(layer, 'fused', True)
            for layer in keras_facts.batch_norm_layers(keras_model, tf.keras)]
   variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
-  return {'adam': runlog.ADAM_TF1_FUSED if cfg.optimizer == 'adam' else None,
+  adam = cfg.optimizer == 'adam'
+  return {'adam': runlog.ADAM_TF1_FUSED if adam else None,
+          'optimizer': None if adam else runlog.OPTIMIZER_TF1_FUSED,
           'batch_norm_variance': variance}
 
 
