@@ -3,16 +3,22 @@ against tf.compat.v1.train's, each catalogued difference shown one step at a tim
 optimizer block read off both frameworks' objects."""
 
 import json
+import os
 
+import numpy as np
 import pytest
 
 from conftest import run_python
+from tf1compat.judge import config_lint
 from tf1compat.judge import matrix
+from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
 from tf1compat.judge import runner_jobs
 from tf1compat.runs import config
 from tf1compat.runs import errors
 from tf1compat.runs import optimizers
+from tf1compat.runs import run_files
+from tf1compat.runs import runlog
 
 # Three steps of each tf.compat.v1.train optimizer (eager apply_gradients), of the port's
 # exact twin (train/eager/model_fn.make_optimizer with the legacy epsilon) and of the port
@@ -252,3 +258,82 @@ def test_every_optimizer_pitfall_has_a_matrix_case_where_it_applies():
   optimizer_pitfalls = {name for name, p in pitfalls.PITFALLS.items() if p.optimizers}
   assert optimizer_pitfalls <= applied
   assert {matrix.case_optimizer(case) for case in matrix.CASES} == set(optimizers.OPTIMIZERS)
+
+
+_RMSPROP_JOB = r'''
+import os, sys
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import numpy as np
+import tensorflow as tf
+from tf1compat import session_hook
+tf.compat.v1.disable_v2_behavior()
+tf.compat.v1.set_random_seed(0)
+x = tf.compat.v1.placeholder(tf.float32, [None, 3])
+y = tf.compat.v1.placeholder(tf.float32, [None, 1])
+with tf.compat.v1.variable_scope('dense'):
+  kernel = tf.compat.v1.get_variable('kernel', [3, 1])
+  bias = tf.compat.v1.get_variable('bias', [1], initializer=tf.compat.v1.zeros_initializer())
+loss = tf.reduce_mean(tf.square(tf.matmul(x, kernel) + bias - y))
+global_step = tf.compat.v1.train.get_or_create_global_step()
+rate = tf.compat.v1.train.piecewise_constant(global_step, [10], [0.01, 0.005])
+train_op = tf.compat.v1.train.RMSPropOptimizer(rate).minimize(loss, global_step=global_step)
+rng = np.random.default_rng(0)
+hook = session_hook.recording_hook(sys.argv[1], loss, features=x, labels=y, steps_per_epoch=10)
+with tf.compat.v1.Session() as plain:
+  plain.run(tf.compat.v1.global_variables_initializer())
+  with session_hook.RecordedSession(plain, hook) as sess:
+    for step in range(20):
+      xs = rng.normal(size=(8, 3)).astype(np.float32)
+      sess.run(train_op, {x: xs, y: xs @ np.array([[1.0], [-2.0], [0.5]], np.float32)})
+'''
+
+# The Keras 3 port, fit on the legacy job's batches from its start: naive (Keras' RMSprop
+# as it comes) or exact (the mean square started at one, TF1's epsilon).
+_RMSPROP_PORT = r'''
+import os, sys
+os.environ.pop('TF_USE_LEGACY_KERAS', None)
+os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
+import keras
+import tensorflow as tf
+from tf1compat import keras_callback
+run_dir, legacy, exact = sys.argv[1], sys.argv[2], sys.argv[3] == 'exact'
+inputs = keras.Input((3,))
+model = keras.Model(inputs, keras.layers.Dense(1, name='dense')(inputs))
+schedule = keras.optimizers.schedules.PiecewiseConstantDecay([10], [0.01, 0.005])
+optimizer = keras.optimizers.RMSprop(schedule, **({'epsilon': 1e-10} if exact else {}))
+if exact:
+  optimizer.build(model.trainable_variables)
+  for velocity in optimizer._velocities:
+    velocity.assign(tf.ones_like(velocity))
+model.compile(optimizer, loss='mse')
+callback = keras_callback.recording_callback(run_dir, start_from=legacy, inputs_from=legacy,
+                                             seed=0)
+model.fit(callback.watch(keras_callback.recorded_batches(legacy)), epochs=2,
+          steps_per_epoch=10, callbacks=[callback], shuffle=False, verbose=0)
+'''
+
+
+def test_a_recorded_rmsprop_job_names_a_naive_keras_port(tmp_path):
+  """A TF1 Session loop with RMSProp under a piecewise schedule, recorded by the hook; its
+  Keras 3 port with RMSprop's defaults FAILs with RMSProp's start named first, the port
+  that sets TF1's start and epsilon PASSes."""
+  legacy = str(tmp_path / 'tf1')
+  result = run_python(_RMSPROP_JOB, legacy)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in ('naive', 'exact'):
+    result = run_python(_RMSPROP_PORT, str(tmp_path / name), legacy, name)
+    assert result.returncode == 0, result.stderr[-3000:]
+  naive = parity.compare([legacy, str(tmp_path / 'naive')], parity.Tolerances())['pairs'][0]
+  assert naive['verdict'] == 'FAIL'
+  named = [p['name'] for p in naive['pitfalls']]
+  assert named[:2] == ['rmsprop_zero_start', 'rmsprop_epsilon'], naive['pitfalls']
+  assert 'starts at 1 vs 0' in naive['pitfalls'][0]['evidence']
+  lint = {d['field']: (d['reference'], d['other']) for d in naive['lint']}
+  assert lint[config_lint.MEAN_SQUARE_START_FIELD] == (1.0, 0.0)
+  assert lint[config_lint.EPSILON_FIELD] == (1e-10, 1e-7)
+  assert 'optimizer learning_rate' not in lint
+  exact = parity.compare([legacy, str(tmp_path / 'exact')], parity.Tolerances())['pairs'][0]
+  assert exact['verdict'] == 'PASS', exact['tiers']
+  rates = runlog.read_csv(os.path.join(str(tmp_path / 'exact'), run_files.STEPS_CSV))
+  assert rates['learning_rate'][9] == np.float32(0.01)
+  assert rates['learning_rate'][11] == np.float32(0.005)

@@ -19,6 +19,7 @@ from conftest import run_entry
 from conftest import run_python
 from tf1compat.runs import batch_record
 from tf1compat.runs import errors
+from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runs import team_models
@@ -87,8 +88,9 @@ def test_the_port_trained_on_the_legacy_jobs_batches_bit_for_bit(jobs):
 def test_the_hook_reads_the_job_off_its_graph_and_invents_nothing(jobs):
   manifest = runlog.read_manifest(jobs['tf1'])
   assert manifest['status'] == runlog.STATUS_COMPLETE and manifest['global_step'] == STEPS
-  assert manifest['optimizer'] == {'name': 'AdamOptimizer', 'learning_rate': 0.01,
-                                   'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-8}
+  assert manifest['optimizer'] == {'name': 'AdamOptimizer', 'algorithm': 'adam',
+                                   'learning_rate': 0.01, 'beta_1': 0.9, 'beta_2': 0.999,
+                                   'epsilon': 1e-8}
   assert manifest['flags']['extra']['optimizer_slots'] == ['m', 'v']
   assert manifest['batch_size'] == 32
   # An image classifier's fields: none, not made up.
@@ -178,8 +180,9 @@ def test_a_plain_session_loop_is_recorded_by_wrapping_its_session(tmp_path):
   assert manifest['optimizer']['name'] == 'MomentumOptimizer'
   assert manifest['optimizer']['learning_rate'] == 0.05
   assert manifest['optimizer']['beta_1'] is None and manifest['optimizer']['epsilon'] is None
-  assert manifest['flags']['extra']['momentum'] == 0.9
-  assert manifest['flags']['extra']['use_nesterov'] is True
+  assert manifest['optimizer']['algorithm'] == 'momentum'
+  assert manifest['optimizer']['momentum'] == 0.9 and manifest['optimizer']['nesterov'] is True
+  assert manifest['optimizer']['momentum_accumulates'] == optimizers.GRADIENTS
   assert manifest['flags']['extra']['optimizer_slots'] == ['accum']
   assert len(batch_record.read_digests(run_dir)) == 8
 

@@ -390,14 +390,15 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
   first_step_margin = _envelope_ratio(steps, 0) if first_step_differs else None
   algorithm = _algorithm(reference, other)
   update = _update_evidence(steps, weights, first_step_differs)
-  if config_lint.EPSILON_FIELD in fields and algorithm in EPSILON_PITFALLS:
-    d = fields[config_lint.EPSILON_FIELD]
-    add(EPSILON_PITFALLS[algorithm],
-        f'{ALGORITHM_WORDS[algorithm]} epsilon {d["reference"]} vs {d["other"]}{update}', True)
+  # The start first: it parts the first update, Keras' epsilon only a decayed one.
   if config_lint.MEAN_SQUARE_START_FIELD in fields:
     d = fields[config_lint.MEAN_SQUARE_START_FIELD]
     add('rmsprop_zero_start', f'RMSProp\'s mean square starts at {d["reference"]:g} vs '
         f'{d["other"]:g} (run.json optimizer.mean_square_start){update}', True)
+  if config_lint.EPSILON_FIELD in fields and algorithm in EPSILON_PITFALLS:
+    d = fields[config_lint.EPSILON_FIELD]
+    add(EPSILON_PITFALLS[algorithm],
+        f'{ALGORITHM_WORDS[algorithm]} epsilon {d["reference"]} vs {d["other"]}{update}', True)
   if config_lint.MOMENTUM_FORM_FIELD in fields and not fields[
       config_lint.MOMENTUM_FORM_FIELD]['equivalent']:
     d = fields[config_lint.MOMENTUM_FORM_FIELD]

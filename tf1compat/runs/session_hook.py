@@ -29,6 +29,7 @@ import numpy as np
 
 from tf1compat.runs import batch_record
 from tf1compat.runs import errors
+from tf1compat.runs import optimizers
 from tf1compat.runs import recorder
 from tf1compat.runs import team_models
 
@@ -47,12 +48,14 @@ _OPTIMIZERS = {
     'ApplyFtrlV2': 'FtrlOptimizer',
     'ApplyProximalAdagrad': 'ProximalAdagradOptimizer',
     'ApplyProximalGradientDescent': 'ProximalGradientDescentOptimizer',
+    # tf-keras' SGD with momentum in a graph-mode job.
+    'ApplyKerasMomentum': 'SGD',
 }
 # The kernels' scalar inputs, named as run.json's optimizer block names them.
 _HYPERPARAMETERS = {'lr': 'learning_rate', 'alpha': 'learning_rate', 'beta1': 'beta_1',
                     'beta2': 'beta_2', 'epsilon': 'epsilon', 'momentum': 'momentum',
                     'rho': 'rho', 'l1': 'l1', 'l2': 'l2', 'l2_shrinkage': 'l2_shrinkage',
-                    'lr_power': 'lr_power'}
+                    'lr_power': 'learning_rate_power'}
 # The inputs that are neither the variable, a hyperparameter nor the gradient: Adam's
 # beta powers are variables too, not slots.
 _NOT_SLOTS = frozenset({'var', 'grad', 'delta', 'beta1_power', 'beta2_power'})
@@ -101,8 +104,9 @@ def graph_optimizer(graph):
 
 
 def _run_config(optimizer, values, batch_size, graph, options):
-  """RunConfig of a hooked job: the optimizer as its kernels read, whether the graph holds
-  BatchNorm's moving statistics, the team's options."""
+  """RunConfig of a hooked job: the optimizer as its kernels read (what no kernel input says,
+  such as RMSProp's mean square starting at one, is the framework's: optimizers.DEFAULTS),
+  whether the graph holds BatchNorm's moving statistics, the team's options."""
   graph_seed = graph.seed
   batch_norm = any(team_models.variable_name(v).endswith('moving_variance')
                    for v in graph.get_collection('variables'))
@@ -111,16 +115,23 @@ def _run_config(optimizer, values, batch_size, graph, options):
   extra = {}
   if optimizer is not None:
     fields['optimizer'] = optimizer['name']
+    hyperparameters = {}
     for name, value in values.items():
-      value = float(f'{float(value):.7g}')
+      value = optimizers.short(float(value))
       if name in ('learning_rate', 'beta_1', 'beta_2', 'epsilon'):
         fields[name] = value
       else:
-        extra[name] = value
+        hyperparameters[name] = value
+    fields['algorithm'] = optimizers.algorithm_of(optimizer['name'])
+    if optimizer['kernel'].endswith('ApplyKerasMomentum'):
+      fields['algorithm'] = 'momentum'
+      hyperparameters['momentum_accumulates'] = optimizers.STEPS
+    if fields['algorithm'] == 'momentum' and optimizer['use_nesterov'] is not None:
+      hyperparameters['nesterov'] = optimizer['use_nesterov']
+    if fields['algorithm'] == 'rmsprop':
+      hyperparameters['centered'] = optimizer['centered']
+    fields['hyperparameters'] = hyperparameters
     extra.update(optimizer_kernel=optimizer['kernel'], optimizer_slots=optimizer['slots'])
-    for flag in ('use_nesterov', 'centered'):
-      if optimizer[flag]:
-        extra[flag] = True
   seed = options['seed'] if options['seed'] is not None else graph_seed
   return recorder.RunConfig(
       framework='tf1', batch_norm=batch_norm, batch_size=batch_size, loss=options['loss_name'],

@@ -51,9 +51,6 @@ def loaded_module(name, who):
 def _hyper_parameter(name, value):
   if isinstance(value, numbers.Real):
     return float(f'{float(value):.{_FLOAT32_DIGITS}g}')
-  if isinstance(value, dict):
-    # A Keras learning-rate schedule, as its get_config() has it.
-    return value
   raise errors.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
                           f'not a number; declare RunConfig({name}=...) yourself')
 
@@ -70,6 +67,10 @@ def optimizer_fields(optimizer):
   fields = {'optimizer': block['name'], 'algorithm': block['algorithm']}
   if hasattr(optimizer, 'get_config'):
     rate = optimizer.get_config().get('learning_rate')
+    if isinstance(rate, dict):
+      # A Keras schedule: its rate at the optimizer's step, as a TF1 job's hook reads the
+      # rate its kernel applies first.
+      rate = float(optimizer.learning_rate)
   else:
     rate = next((getattr(optimizer, name) for name in ('_learning_rate', '_lr')
                  if hasattr(optimizer, name)), None)
