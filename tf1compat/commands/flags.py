@@ -410,19 +410,24 @@ def define_runner_flags(runner_config):
 def define_replay_flags():
   """The runners' replay mode (train/replay_mode.py): config.ReplayConfig, with --model_dir."""
   define_path('replay_out', None,
-              'Replay mode: run the first training step of the complete run in '
-              '--model_dir once more, with its own flags, from its step-0 snapshot, '
+              'Replay mode: run a training step (--replay_step) of the complete run in '
+              '--model_dir once more, with its own flags, from its snapshot before it, '
               'and write what the step computes (every layer\'s output, the loss and '
               'its regularization part, the gradients, the update, the state) to this '
               '.npz; nothing of the run changes. check_parity and compare_runs '
               '--localize do it (docs/localization.md).')
   define_path('replay_batch', None,
               'Replay mode: compute on the batch of this replay (another run\'s '
-              '--replay_out) instead of the pipeline\'s first batch.')
+              '--replay_out) instead of the pipeline\'s batch of the step.')
+  define_integer('replay_step', 1,
+                 'Replay mode: the step to replay, from the latest snapshot before it that '
+                 'holds the optimizer\'s state, the steps between trained as the run trained '
+                 'them (1: from the step-0 snapshot).', lower_bound=1)
 
 
 # What changes neither a run nor its numbers: the run directory's name leaves them out.
-_NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'replay_out', 'replay_batch', 'loop'})
+_NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'replay_out', 'replay_batch',
+                                 'replay_step', 'loop'})
 
 
 def runner_model_dir(flag_values, default=None):
@@ -439,8 +444,9 @@ def replay_config(flag_values, runner_config):
   given with it: a replay takes the run's own flags from its run.json.
   """
   if not flag_values.replay_out:
-    if flag_values.replay_batch:
-      raise errors.UsageError('--replay_batch applies to a replay: add --replay_out=PATH')
+    if flag_values.replay_batch or flag_values['replay_step'].present:
+      raise errors.UsageError('--replay_batch and --replay_step apply to a replay: add '
+                              '--replay_out=PATH')
     return None
   given = [name for name in (field.name for field in dataclasses.fields(runner_config))
            if name != 'model_dir' and flag_values[name].present]
@@ -448,4 +454,4 @@ def replay_config(flag_values, runner_config):
     raise errors.UsageError(f'--replay_out replays the run in --model_dir with its own flags; '
                             f'leave out --{given[0]}')
   return config.ReplayConfig(model_dir=flag_values.model_dir, output=flag_values.replay_out,
-                             batch=flag_values.replay_batch)
+                             batch=flag_values.replay_batch, step=flag_values.replay_step)

@@ -321,7 +321,8 @@ def _update_evidence(steps, weights, first_step_differs):
   if not first_step_differs and steps['first_step_over']:
     k = steps['first_step_over']
     words += (f'; the first batch loss matches, the loss parts from step {k} (relative '
-              f'difference {steps["relative_difference"][k - 1]:.1e}), after the first update')
+              f'difference {steps["relative_difference"][k - 1]:.1e}), after the update of '
+              f'step {k - 1}')
   ratios = [r for r in (_envelope_ratio(steps), _envelope_ratio(weights or {})) if r]
   if ratios:
     words += f'; the step tier sees it at {max(ratios):.3g}x the control\'s envelope'

@@ -1,8 +1,11 @@
 """The replays of check_parity's and compare_runs' runs, and the localization built on them.
 
-For each run a FAIL names, the probe of its first step: the one its loop recorded
+For each run a FAIL names, the probe of one step: the one its loop recorded
 (RunRecorder.probe), else a replay by the runner that trained it (`--replay_out`,
-train/replay_mode.py), started here two at a time, on the reference's batch.
+train/replay_mode.py), started here two at a time, on the reference's batch. The step
+is the first (replay_step): a mistake that parts the codes only later
+(pitfalls.Where.first_step) is replayed at the update before the first step whose
+batch loss the step tier finds apart.
 """
 
 import concurrent.futures
@@ -10,6 +13,7 @@ import os
 import subprocess
 
 from tf1compat.judge import localize
+from tf1compat.judge import pitfalls
 from tf1compat.runs import errors
 from tf1compat.runs import probes
 from tf1compat.runs import run_files
@@ -24,8 +28,9 @@ REPLAY_DIR = 'localize'
 _AT_ONCE = 2
 
 
-def _current(path, run_dir, fed_digest):
-  """Whether the replay at `path` replays the run now in `run_dir` on the batch `fed_digest`."""
+def _current(path, run_dir, fed_digest, step):
+  """Whether the replay at `path` replays step `step` of the run now in `run_dir` on the
+  batch `fed_digest`."""
   if not os.path.exists(path):
     return False
   try:
@@ -33,20 +38,22 @@ def _current(path, run_dir, fed_digest):
   except errors.UsageError:
     return False
   return (meta.get('run_json_sha256') == run_files.file_sha256(
-      os.path.join(run_dir, run_files.RUN_JSON)) and meta.get('fed_batch_sha256') == fed_digest)
+      os.path.join(run_dir, run_files.RUN_JSON)) and meta.get('fed_batch_sha256') == fed_digest
+          and meta.get('step') == step)
 
 
-def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
-  """The probe path of run `name`'s replay in `out_dir`, made unless a current one is there,
-  by `interpreter` ((python, the folder it imports tf1compat from); None: this one's)."""
-  out = os.path.join(out_dir, f'{name}.npz')
+def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
+  """The probe path of run `name`'s replay of `step` in `out_dir`, made unless a current
+  one is there, by `interpreter` ((python, the folder it imports tf1compat from); None:
+  this one's)."""
+  out = os.path.join(out_dir, f'{name}.npz' if step == 1 else f'{name}-step{step}.npz')
   fed_digest = probes.load(batch_path).meta['batch_sha256'] if batch_path else None
-  if _current(out, run_dir, fed_digest):
-    progress.say(f'{name}: reusing its replay of step 1 ({out})')
+  if _current(out, run_dir, fed_digest, step):
+    progress.say(f'{name}: reusing its replay of step {step} ({out})')
     return out
-  progress.say(f'{name}: replaying step 1')
+  progress.say(f'{name}: replaying step {step}')
   runner = runlog.read_manifest(run_dir)['runner']
-  args = [f'--model_dir={run_dir}', f'--replay_out={out}']
+  args = [f'--model_dir={run_dir}', f'--replay_out={out}', f'--replay_step={step}']
   if batch_path:
     args.append(f'--replay_batch={batch_path}')
   log_path = os.path.join(out_dir, f'{name}.log')
@@ -62,10 +69,10 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None):
   return out
 
 
-def replay_runs(runs, out_dir, interpreters=None):
-  """{name: probe path}: the replays of `runs` ({name: run directory}, the reference
-  first) in `out_dir`. The reference is replayed on its pipeline's first batch, the
-  others on the same batch (its probe's); a replay of the same run on the same batch
+def replay_runs(runs, out_dir, interpreters=None, step=1):
+  """{name: probe path}: the replays of step `step` of `runs` ({name: run directory}, the
+  reference first) in `out_dir`. The reference is replayed on its pipeline's batch, the
+  others on the same batch (its probe's); a replay of the same run, step and batch
   already there is reused. A run in `interpreters` ({run directory: (python, the folder
   it imports tf1compat from)}) is replayed by the interpreter that trained it: a TF 1.15
   run on TF 1.15 itself."""
@@ -73,10 +80,10 @@ def replay_runs(runs, out_dir, interpreters=None):
   os.makedirs(out_dir, exist_ok=True)
   names = list(runs)
   reference = _replay(names[0], runs[names[0]], out_dir,
-                      interpreter=interpreters.get(runs[names[0]]))
+                      interpreter=interpreters.get(runs[names[0]]), step=step)
   with concurrent.futures.ThreadPoolExecutor(_AT_ONCE) as pool:
     others = {name: pool.submit(_replay, name, runs[name], out_dir, reference,
-                                interpreters.get(runs[name]))
+                                interpreters.get(runs[name]), step)
               for name in names[1:]}
     return {names[0]: reference, **{name: job.result() for name, job in others.items()}}
 
@@ -90,15 +97,34 @@ def _names(run_dirs):
   return names
 
 
+def replay_step(pair):
+  """The step whose replay localizes `pair` (a parity report's): 1, or for a pair whose
+  first-named pitfall parts the codes only later (pitfalls.Where.first_step), the update
+  before the first step whose batch loss the step tier finds over its limit."""
+  named = pair.get('pitfalls') or []
+  problems = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}
+  if not named or problems[named[0]['name']].where.first_step:
+    return 1
+  first_over = (pair.get('step_tier') or {}).get('first_step_over')
+  return first_over - 1 if first_over and first_over > 1 else 1
+
+
 def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None):
   """Adds 'where' (localize.py) to the pairs of parity report `report` whose indices are
   in `pairs` (None: all), from the probes of the reference, the control and those pairs'
-  other runs: a loop's recorded probe (RunRecorder.probe), else a replay of our runner's
-  first step, written into `out_dir`/localize. `weight_maps` as parity.compare's;
-  `interpreters` as replay_runs'."""
+  other runs at each pair's replay_step: a loop's recorded probe (RunRecorder.probe),
+  else a replay by our runner, written into `out_dir`/localize. `weight_maps` as
+  parity.compare's; `interpreters` as replay_runs'."""
   chosen = range(len(report['pairs'])) if pairs is None else sorted(pairs)
-  if not chosen:
-    return
+  by_step = {}
+  for index in chosen:
+    by_step.setdefault(replay_step(report['pairs'][index]), []).append(index)
+  for step, indices in sorted(by_step.items()):
+    _localize_at(report, tol, out_dir, weight_maps, indices, interpreters, step)
+
+
+def _localize_at(report, tol, out_dir, weight_maps, chosen, interpreters, step):
+  """localize_report for the pairs `chosen`, on the probes of step `step`."""
   run_dirs = [report['pairs'][0]['reference'], *report.get('controls', [])[:1],
               *(report['pairs'][index]['other'] for index in chosen)]
   found, to_replay = {}, {}
@@ -116,8 +142,8 @@ def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpre
       to_replay[name] = run_dir
   if to_replay:
     try:
-      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR), interpreters)
+      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR), interpreters, step)
     except errors.UsageError as e:
       replayed = {name: e for name in to_replay}
     found.update({to_replay[name]: path for name, path in replayed.items()})
-  localize.localize_report(report, found, tol, weight_maps, pairs)
+  localize.localize_report(report, found, tol, weight_maps, set(chosen))

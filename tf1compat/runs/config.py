@@ -184,12 +184,14 @@ class EagerConfig(TrainingConfig):
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class ReplayConfig:
-  """A runner's replay mode (--replay_out): the first step of the complete run in
-  `model_dir`, replayed with the run's own flags and written as a probe to `output`;
-  `batch`: a probe whose batch the step takes instead of the pipeline's (train/replay_mode.py)."""
+  """A runner's replay mode (--replay_out): step `step` of the complete run in `model_dir`,
+  replayed with the run's own flags from its snapshot before it and written as a probe to
+  `output`; `batch`: a probe whose batch the step takes instead of the pipeline's
+  (train/replay_mode.py)."""
   model_dir: str
   output: str
   batch: str | None = None
+  step: int = 1
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)

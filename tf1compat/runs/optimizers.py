@@ -80,6 +80,30 @@ _CLASSES = {'AdamOptimizer': 'adam', 'Adam': 'adam', 'GradientDescentOptimizer':
             'Ftrl': 'ftrl'}
 _ALGORITHM_OF = {**{name.lower(): algorithm for name, algorithm in _CLASSES.items()},
                  **{algorithm: algorithm for algorithm in FIELDS}}
+# Each algorithm's slots under one name for both frameworks: (name, TF1's slot name
+# (get_slot_names), Keras 3's attributes holding them, the first non-empty one). An
+# optimizer state (run_files.save_optimizer_state) names a slot 'slot/NAME/VARIABLE KEY'.
+SLOTS = {
+    'adam': (('m', 'm', ('_momentums',)), ('v', 'v', ('_velocities',))),
+    'sgd': (),
+    'momentum': (('accum', 'momentum', ('momentums',)),),
+    'rmsprop': (('ms', 'rms', ('_velocities',)), ('mom', 'momentum', ('_momentums',
+                                                                    '_tf1_momentums')),
+                ('mg', 'mg', ('_average_gradients',))),
+    'adagrad': (('accum', 'accumulator', ('_accumulators',)),),
+    'adadelta': (('accum', 'accum', ('_accumulated_grads',)),
+                 ('accum_update', 'accum_update', ('_accumulated_delta_vars',))),
+    'ftrl': (('accum', 'accum', ('_accumulators',)), ('linear', 'linear', ('_linears',))),
+}
+# Adam's beta powers, the scalars TF1's AdamOptimizer (and tf1_kernels.TF1Adam) keep.
+BETA_POWERS = ('beta_1_power', 'beta_2_power')
+
+
+def slot_name(algorithm, tf1_name):
+  """The one name of TF1's slot `tf1_name` of `algorithm`, or None."""
+  return next((name for name, tf1, _ in SLOTS.get(algorithm, ()) if tf1 == tf1_name), None)
+
+
 # TF1 optimizers keep their constructor's arguments as private attributes.
 _TF1_ATTRIBUTES = {'learning_rate': ('_learning_rate', '_lr'), 'beta_1': ('_beta1',),
                    'beta_2': ('_beta2',), 'epsilon': ('_epsilon',), 'momentum': ('_momentum',),

@@ -137,6 +137,12 @@ def snapshot_path(model_dir, step):
   return os.path.join(model_dir, WEIGHTS_DIR, f'step-{step:06d}.npz')
 
 
+def optimizer_state_path(model_dir, step):
+  """Path of the optimizer state (its slots, in optimizers.SLOTS' names, and its step)
+  after `step`, beside the weight snapshot."""
+  return os.path.join(model_dir, WEIGHTS_DIR, f'optimizer-{step:06d}.npz')
+
+
 def snapshot_steps_in(model_dir):
   """Steps that have a weight snapshot in `model_dir`, sorted."""
   return steps_in(os.path.join(model_dir, WEIGHTS_DIR))
@@ -160,6 +166,16 @@ def save_weights(path, weights):
   # beside the temporary that atomic_path removes on an error.
   with atomic.atomic_path(path) as tmp, open(tmp, 'wb') as f:
     np.savez(f, **weights)
+
+
+def load_optimizer_state(path):
+  """An optimizer state .npz as {'step': int, 'slot/NAME/KEY': array, 'scalar/NAME':
+  array}; errors.UsageError where it is not one."""
+  state = user_files.load_npz(path, '', 'rerun the run to write its snapshots again')
+  if 'step' not in state:
+    raise errors.UsageError(f'{path}: no optimizer state (no step); rerun the run to write '
+                            'its snapshots again')
+  return {**state, 'step': int(state['step'])}
 
 
 def load_weights(path, expected_shapes=None):

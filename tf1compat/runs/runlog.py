@@ -321,6 +321,8 @@ class RunLog:
     for old in run_files.snapshot_steps_in(self.model_dir):
       if old > step:
         os.remove(run_files.snapshot_path(self.model_dir, old))
+        if os.path.exists(run_files.optimizer_state_path(self.model_dir, old)):
+          os.remove(run_files.optimizer_state_path(self.model_dir, old))
     for old in run_files.steps_in(self.path(run_files.PROBE_DIR)):
       if old > step:
         os.remove(self.path(run_files.PROBE_DIR, f'step-{old:06d}.npz'))
@@ -355,6 +357,10 @@ class RunLog:
     """Appends one epochs.csv row; `row` has every EPOCH_COLUMNS key (NaN for no val)."""
     self._append(run_files.EPOCHS_CSV, EPOCH_COLUMNS, row)
 
-  def save_snapshot(self, step, weights):
-    """Writes weights/step-NNNNNN.npz with {key: array}."""
+  def save_snapshot(self, step, weights, optimizer_state=None):
+    """Writes weights/step-NNNNNN.npz with {key: array}, and the optimizer's state beside
+    it (run_files.optimizer_state_path) where given."""
     run_files.save_weights(run_files.snapshot_path(self.model_dir, step), weights)
+    if optimizer_state is not None:
+      run_files.save_weights(run_files.optimizer_state_path(self.model_dir, step),
+                             optimizer_state)

@@ -1,20 +1,22 @@
-"""The runners' replay mode: a finished run's first step once more, as a probe for the
-judge's localization (judge/replay_runs.py starts the replays, judge/localize.py reads them).
+"""The runners' replay mode: a finished run's step once more, as a probe for the judge's
+localization (judge/replay_runs.py starts the replays, judge/localize.py reads them).
 
-    train_graph|train_eager --model_dir=RUN --replay_out=PROBE.npz [--replay_batch=REF.npz]
+    train_graph|train_eager --model_dir=RUN --replay_out=PROBE.npz [--replay_step=K]
+        [--replay_batch=REF.npz]
 
 rebuilds RUN's model from RUN's own run.json (its flags, its thread counts), loads its
-step-0 snapshot and runs its first training step once more as the run ran it (the
-learning phase as fed, the same kernels and loss), on the batch of REF.npz (the
-reference's probe) or on its own pipeline's first batch, and writes the step's probe
-(probes.py). The run directory is only read; the step updates the replay's own copy.
+latest snapshot before step K (weights, and the optimizer's state: its slots in one form
+for both frameworks, optimizers.SLOTS, and its step), trains the steps between as the
+run trained them, and runs step K once more as the run ran it (the learning phase as
+fed, the same kernels, loss and learning rate), on the batch of REF.npz (the reference's
+probe) or on its own pipeline's batch of step K, and writes the step's probe (probes.py).
+The run directory is only read; the steps update the replay's own copy.
 
-Why the first step: a snapshot holds the model's weights, not the optimizer's slots,
-and the two frameworks keep those in incompatible checkpoints; at step 0 every code's
-slots are zero, so each replay starts from exactly the state its run started from,
-without converting anything. Every mistake that acts inside one step shows there; a
-mistake that acts only later (a schedule held per epoch, running metrics) leaves the
-replay of step 1 inside the envelope, and the localization says so.
+Step 1 starts from the step-0 snapshot and the optimizer's own fresh state, which is
+the state its run started from. A later step needs the optimizer's state at a snapshot:
+a mistake that acts only from a later step (a rate that changed, a slot that decayed,
+pitfalls.Where.first_step) shows where the runs part, not at step 1. Dropout masks are
+drawn anew after the snapshot (a stateful op whose position no snapshot holds).
 
 Model.fit's replay is the custom loop's step on the same Keras 3 model, with the
 regularization losses added as fit adds them: fit's own train_step computes the same
@@ -56,8 +58,8 @@ def replayable(manifest):
 
 def run_config(config_class, replay_cfg, runner_names):
   """The config of the complete run that replay_cfg (config.ReplayConfig) replays (its
-  run.json's flags), set up to replay its first step: its step-0 snapshot as the initial
-  weights, nothing written.
+  run.json's flags), set up to replay its step: the snapshot it starts from (start())
+  as the initial weights, nothing written.
 
   Raises errors.UsageError when the run directory holds no complete run of one of
   `runner_names` with a step-0 snapshot, or one that is not replayable, and when the
@@ -82,16 +84,46 @@ def run_config(config_class, replay_cfg, runner_names):
   why_not = replayable(manifest)
   if why_not:
     raise errors.UsageError(f'--model_dir={model_dir} cannot be replayed: {why_not}')
-  start = run_files.snapshot_path(model_dir, 0)
-  if not os.path.exists(start):
-    raise errors.UsageError(f'--model_dir={model_dir} holds no step-0 snapshot ({start}); '
-                            'rerun it with 0 in --snapshot_steps to replay it')
+  if replay_cfg.step > manifest.get('global_step', 0):
+    raise errors.UsageError(f'--replay_step={replay_cfg.step}: the run in --model_dir={model_dir} '
+                            f'trained {manifest.get("global_step", 0)} steps')
+  start_step, _ = start(model_dir, replay_cfg.step)
   fields = {field.name for field in dataclasses.fields(config_class)}
+  flags = manifest.get('flags', {})
+  if 'adam_epsilon' in flags and 'epsilon' not in flags:
+    # Runs from before --optimizer named Adam's epsilon so.
+    flags = {**flags, 'epsilon': flags['adam_epsilon']}
   values = {name: tuple(value) if isinstance(value, list) else value
-            for name, value in manifest.get('flags', {}).items() if name in fields}
-  cfg = dataclasses.replace(config_class(**values), model_dir=model_dir, init_weights=start,
+            for name, value in flags.items() if name in fields}
+  cfg = dataclasses.replace(config_class(**values), model_dir=model_dir,
+                            init_weights=run_files.snapshot_path(model_dir, start_step),
                             save_init_weights=None, overwrite=False)
   return cfg
+
+
+def start(model_dir, step):
+  """(the snapshot step a replay of `step` starts from, the optimizer state's path there or
+  None at step 0): the latest snapshot before `step` that holds the optimizer's state, or
+  step 0. Raises errors.UsageError without a step-0 snapshot."""
+  for snapshot in reversed(run_files.snapshot_steps_in(model_dir)):
+    state = run_files.optimizer_state_path(model_dir, snapshot)
+    if 0 < snapshot < step and os.path.exists(state):
+      return snapshot, state
+  first = run_files.snapshot_path(model_dir, 0)
+  if not os.path.exists(first):
+    raise errors.UsageError(f'--model_dir={model_dir} holds no step-0 snapshot ({first}); '
+                            'rerun it with 0 in --snapshot_steps to replay it')
+  return 0, None
+
+
+def load_start(backend, replay_cfg):
+  """Puts `backend` (built from run_config()'s config, the snapshot's weights loaded) where
+  the run was just before replay_cfg.step: the optimizer's state of the snapshot, the
+  pipeline past it, the steps between trained."""
+  start_step, state = start(replay_cfg.model_dir, replay_cfg.step)
+  if state:
+    backend.load_optimizer_state(run_files.load_optimizer_state(state))
+  backend.advance(start_step, replay_cfg.step)
 
 
 def _is_probe(path):
@@ -139,7 +171,7 @@ def write_probe(replay_cfg, runner, stages, meta):
   images, labels = stages['input']['images'], stages['input']['labels']
   fed = read_batch(replay_cfg.batch) if replay_cfg.batch else None
   probes.save(replay_cfg.output, stages, {
-      **meta, 'runner': runner, 'step': 1, 'replayed_run': replay_cfg.model_dir,
+      **meta, 'runner': runner, 'step': replay_cfg.step, 'replayed_run': replay_cfg.model_dir,
       'run_json_sha256': run_files.file_sha256(os.path.join(replay_cfg.model_dir,
                                                             run_files.RUN_JSON)),
       'batch_sha256': batch_digest(images, labels),

@@ -67,6 +67,17 @@ class Backend:
     """{weight key: numpy array} of every model weight."""
     raise NotImplementedError
 
+  def optimizer_state(self):
+    """The optimizer's state in one form for both runners: {'step': the global step,
+    'slot/NAME/KEY': each slot of each trained weight (optimizers.SLOTS), 'scalar/NAME':
+    its other variables (Adam's beta powers)}."""
+    raise NotImplementedError
+
+  def load_optimizer_state(self, state):
+    """Sets the optimizer's slots, scalars and the global step from `state`
+    (optimizer_state()'s form, as the same runner wrote it)."""
+    raise NotImplementedError
+
   def save_checkpoint(self, step):
     """Writes a checkpoint (weights, optimizer, step, iterator, metrics); returns its path."""
     raise NotImplementedError
@@ -105,10 +116,11 @@ def _inside(path, folder):
 class Recorder:
   """Writes a run's per-step and per-epoch records, snapshots, and failure states."""
 
-  def __init__(self, log, schedule, weights_fn):
+  def __init__(self, log, schedule, weights_fn, optimizer_state_fn=None):
     self.log = log
     self.schedule = schedule
     self._weights_fn = weights_fn
+    self._optimizer_state_fn = optimizer_state_fn or (lambda: None)
     self.last_checkpoint = None
     self.checkpoint_step = None
     self._started = time.time()
@@ -137,7 +149,7 @@ class Recorder:
       scalars_fn(step, {'train/batch_loss': result.loss, 'train/mean_loss': result.mean_loss,
                         'train/accuracy': result.accuracy})
     if step in self.schedule.snapshot_steps:
-      self.log.save_snapshot(step, self._weights_fn())
+      self.log.save_snapshot(step, self._weights_fn(), self._optimizer_state_fn())
 
   def numeric_fault(self, step, what):
     """Marks the run failed by a non-finite `what` at `step`; returns the exception to raise.
@@ -213,7 +225,7 @@ class Recorder:
       self.checkpoint_step = step
       logging.info('resuming %s from step %d', self.log.model_dir, step)
     elif 0 in self.schedule.snapshot_steps:
-      self.log.save_snapshot(0, self._weights_fn())
+      self.log.save_snapshot(0, self._weights_fn(), self._optimizer_state_fn())
     return last_epoch_metrics(self.log)
 
   def finish(self, step, final_metrics, export, signals):
@@ -312,6 +324,16 @@ def start_manifest(cfg, spec, *, versions, device, kernels, optimizer, lr_schedu
       **runner_fields)
 
 
+def check_optimizer_state(state, variables):
+  """Raises errors.UsageError when an optimizer state (run_files.load_optimizer_state)
+  does not hold exactly the state `variables` ({name: variable}) of this optimizer."""
+  missing, extra = sorted(set(variables) - set(state)), sorted(set(state) - set(variables))
+  if missing or extra:
+    raise errors.UsageError(f'the optimizer state does not fit this run\'s optimizer (missing '
+                            f'{missing[:3]}, unexpected {extra[:3]}); was it written by '
+                            'another --optimizer?')
+
+
 @contextlib.contextmanager
 def marking_failures(log):
   """Marks run.json failed when the run stops on an error the driver does not record.
@@ -339,7 +361,7 @@ def train(backend, log, schedule, signals):
   metrics, model_dir). Raises errors.NumericFault on a NaN/Inf loss or weight, each after
   the run directory says so.
   """
-  recorder = Recorder(log, schedule, backend.weights)
+  recorder = Recorder(log, schedule, backend.weights, backend.optimizer_state)
   step, checkpoint = backend.restore()
   final_metrics = recorder.begin(step, checkpoint)
   spe = schedule.steps_per_epoch

@@ -135,6 +135,8 @@ class EagerBackend(replay.ReplayStep, training.Backend):
     self._val_accuracy = keras.metrics.CategoricalAccuracy(name='val_accuracy')
     self._val_dataset = self.val_batches()
     self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name='global_step')
+    # The batches a replay trains and probes on (advance, replay.py).
+    self._replay_batches = None
     self._train_fn = tf.function(self._train_step, jit_compile=cfg.jit_compile)
     self._eval_fn = tf.function(self._eval_step, jit_compile=cfg.jit_compile)
 
@@ -318,6 +320,31 @@ class EagerBackend(replay.ReplayStep, training.Backend):
   def weights(self):
     return model_fn.model_weights(self.model)
 
+  def optimizer_state(self):
+    self.optimizer.build(self.model.trainable_variables)
+    return {name: keras.ops.convert_to_numpy(variable) for name, variable in
+            model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
+                                               self._step).items()}
+
+  def load_optimizer_state(self, state):
+    self.optimizer.build(self.model.trainable_variables)
+    variables = model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
+                                                   self._step)
+    training.check_optimizer_state(state, variables)
+    for name, variable in variables.items():
+      variable.assign(state[name])
+    self.optimizer.iterations.assign(state['step'])
+
+  def advance(self, start, step):
+    """Moves a backend loaded with a run's snapshot of `start` to just before `step`: its
+    pipeline past the first `start` batches, then steps `start` + 1 to `step` - 1
+    trained as the custom loop trains them (replay_mode)."""
+    self._replay_batches = iter(self.train_batches(skip_batches=start))
+    for _ in range(start + 1, step):
+      with pipeline.input_errors(self._spec):
+        images, labels = next(self._replay_batches)
+      self._train_fn(images, labels, tf.constant(0.0, tf.float32))
+
   def save_checkpoint(self, step):
     self._scalars.flush()
     return self._manager.save(checkpoint_number=step)
@@ -376,7 +403,8 @@ def run(cfg, dataset_hook=None):
 
 
 def replay_run(cfg, replay_cfg):
-  """Replays the first step of the run `cfg` describes (replay_mode.run_config), as
+  """Replays a step (replay_cfg.step, by default the first) of the run `cfg` describes
+  (replay_mode.run_config), as
   replay_cfg (config.ReplayConfig) says, and writes its probe. A fit run's step is the
   custom loop's on the same model, with the regularization losses fit adds (replay.py)."""
   # One replica (replay_mode.replayable): its step is one device's, without a strategy.
@@ -390,9 +418,11 @@ def replay_run(cfg, replay_cfg):
   configure(cfg)
   with distribution.strategy.scope():
     backend = EagerBackend(cfg, spec, distribution)
+    replay_mode.load_start(backend, replay_cfg)
     batch = replay_mode.read_batch(replay_cfg.batch) if replay_cfg.batch else None
     stages, learning_rate = backend.replay_step(batch)
     replay_mode.write_probe(replay_cfg, runner(cfg), stages, {
         **backend.layer_meta(), 'learning_rate': learning_rate, 'training': True,
         'settings': numerics.settings(), 'tensorflow': tf.__version__})
-  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)
+  logging.info('step %d of %s replayed into %s', replay_cfg.step, replay_cfg.model_dir,
+               replay_cfg.output)

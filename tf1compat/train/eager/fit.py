@@ -182,7 +182,7 @@ def train(backend, cfg, spec, log, schedule, signals):
   spe = schedule.steps_per_epoch
   backup_dir = log.path(run_files.CHECKPOINTS_DIR, BACKUP_DIR)
   step = resume_step(backup_dir, spe)
-  recorder = training.Recorder(log, schedule, backend.weights)
+  recorder = training.Recorder(log, schedule, backend.weights, backend.optimizer_state)
   # model.fit resumes at epoch ends: the checkpoint is the backup of the last one.
   recorder.begin(step, backup_dir if step else None)
   # jit_compile explicitly: fit's 'auto' would turn XLA on on a GPU without op

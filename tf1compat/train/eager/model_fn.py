@@ -122,6 +122,28 @@ def make_optimizer(cfg, rate):
   return optimizer
 
 
+def optimizer_state_variables(cfg, optimizer, model, global_step):
+  """{optimizer state name: variable} (training.Backend.optimizer_state's names) of the
+  built `optimizer`: the global step, each slot of each trained weight under
+  optimizers.SLOTS' name (Keras keeps them in lists in the order of the variables it was
+  built on), TF1Adam's beta powers."""
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  algorithm = optimizers.ALGORITHMS[cfg.optimizer][0]
+  out = {'step': global_step}
+  trainable = {id(variable) for variable in model.trainable_variables}
+  for key, variable in keras_facts.weight_items(model):
+    if id(variable) not in trainable:
+      continue
+    index = inner._get_variable_index(variable)  # pylint: disable=protected-access
+    for name, _, attributes in optimizers.SLOTS[algorithm]:
+      slots = next((getattr(inner, a) for a in attributes if getattr(inner, a, None)), None)
+      if slots and slots[index] is not None:
+        out[f'slot/{name}/{key}'] = slots[index]
+  if isinstance(inner, tf1_kernels.TF1Adam):
+    out.update({f'scalar/{name}': getattr(inner, f'_{name}') for name in optimizers.BETA_POWERS})
+  return out
+
+
 def build_model(cfg, num_classes, distributed=False):
   """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
   model fields, checked by plugins.build_model.

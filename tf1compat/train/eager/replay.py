@@ -24,9 +24,11 @@ class ReplayStep:
     on `batch` ((images, labels), or None: the pipeline's next one), the model called
     through a probe model that also returns every layer's output; returns its probe
     stages (probes.STAGES) with the step's learning rate. Meant for a backend loaded with
-    a run's step-0 snapshot: the step updates these variables as training would."""
+    a run's snapshot (and advance()d past it): the step updates these variables as
+    training would."""
+    batches = self._replay_batches or iter(self.train_batches())
     with pipeline.input_errors(self._spec):
-      own = [tensor.numpy() for tensor in next(iter(self.train_batches()))]
+      own = [tensor.numpy() for tensor in next(batches)]
     images, labels = own if batch is None else batch
     layers = [layer for layer in self.model.layers
               if not isinstance(layer, keras.layers.InputLayer)]

@@ -154,6 +154,14 @@ class GraphBackend(replay.ReplayStep, training.Backend):
       self._gradients = optimizer.compute_gradients(self._loss)
       self._train_op = optimizer.apply_gradients(self._gradients,
                                                  global_step=self._global_step)
+    self._optimizer_state = model_fn.optimizer_state_variables(
+        cfg, optimizer, self.model, self._global_step)
+    self._state_placeholders = {
+        name: tf.compat.v1.placeholder(variable.dtype.base_dtype, variable.shape)
+        for name, variable in self._optimizer_state.items()}
+    self._assign_state = tf.group(*[
+        tf.compat.v1.assign(self._optimizer_state[name], placeholder)
+        for name, placeholder in self._state_placeholders.items()])
     if cfg.nudge_seed is not None:
       self._train_op = model_fn.nudge_each_step(
           keras_facts.weight_items(self.model), self._train_op,
@@ -279,6 +287,24 @@ class GraphBackend(replay.ReplayStep, training.Backend):
   def weights(self):
     return self._sess.run({key: variable for key, variable in self._weight_items})
 
+  def optimizer_state(self):
+    return self._sess.run(self._optimizer_state)
+
+  def load_optimizer_state(self, state):
+    training.check_optimizer_state(state, self._optimizer_state)
+    self._sess.run(self._assign_state, {placeholder: state[name] for name, placeholder
+                                        in self._state_placeholders.items()})
+
+  def advance(self, start, step):
+    """Moves a backend loaded with a run's snapshot of `start` to just before `step`: its
+    pipeline past the first `start` batches, then steps `start` + 1 to `step` - 1
+    trained as the run trained them (replay_mode)."""
+    with pipeline.input_errors(self._spec):
+      for _ in range(start):
+        self._sess.run(self._batch)
+    for _ in range(start + 1, step):
+      self.train_step()
+
   def save_checkpoint(self, step):
     path = self._saver.save(self._sess, os.path.join(self._checkpoint_dir, CHECKPOINT_PREFIX),
                             global_step=step)
@@ -363,7 +389,7 @@ def run(cfg, dataset_hook=None):
 
 
 def replay_run(cfg, replay_cfg):
-  """Replays the first step of the run `cfg` describes (replay_mode.run_config), as
+  """Replays a step (replay_cfg.step, by default the first) of the run `cfg` describes (replay_mode.run_config), as
   replay_cfg (config.ReplayConfig) says, and writes its probe. Assumes the process setup
   described in the module docstring and the run's thread counts (replay_mode.apply_settings)."""
   device = training.check_device(cfg)
@@ -375,6 +401,7 @@ def replay_run(cfg, replay_cfg):
   # The run checked its model's names when it trained; the replay builds the same one.
   backend = GraphBackend(cfg, spec)
   try:
+    replay_mode.load_start(backend, replay_cfg)
     batch = replay_mode.read_batch(replay_cfg.batch) if replay_cfg.batch else None
     stages, learning_rate = backend.replay_step(batch)
     meta = backend.layer_meta()
@@ -383,4 +410,5 @@ def replay_run(cfg, replay_cfg):
   replay_mode.write_probe(replay_cfg, RUNNER, stages, {
       **meta, 'learning_rate': learning_rate, 'training': cfg.feed_learning_phase,
       'settings': stacks.settings(), 'tensorflow': tf.__version__})
-  logging.info('step 1 of %s replayed into %s', replay_cfg.model_dir, replay_cfg.output)
+  logging.info('step %d of %s replayed into %s', replay_cfg.step, replay_cfg.model_dir,
+               replay_cfg.output)

@@ -97,6 +97,23 @@ def make_optimizer(cfg, rate):
       l2_shrinkage_regularization_strength=values['l2_shrinkage'])
 
 
+def optimizer_state_variables(cfg, optimizer, keras_model, global_step):
+  """{optimizer state name: variable} (training.Backend.optimizer_state's names): the
+  global step, each slot of each trained weight under optimizers.SLOTS' name, Adam's beta
+  powers."""
+  algorithm = optimizers.ALGORITHMS[cfg.optimizer][0]
+  out = {'step': global_step}
+  for key, variable in keras_facts.weight_items(keras_model):
+    for tf1_name in optimizer.get_slot_names():
+      slot = optimizer.get_slot(variable, tf1_name)
+      if slot is not None:
+        out[f'slot/{optimizers.slot_name(algorithm, tf1_name)}/{key}'] = slot
+  if algorithm == 'adam':
+    out.update({f'scalar/{name}': variable for name, variable in
+                zip(optimizers.BETA_POWERS, optimizer._get_beta_accumulators())})  # pylint: disable=protected-access
+  return out
+
+
 def build_model(cfg, num_classes, **wiring):
   """The run's model (--model, by default the seed's ConvNet) in tf-keras with the run's
   model fields, checked by plugins.build_model; `wiring`: input_tensor and dropout_seed

@@ -17,8 +17,8 @@ class ReplayStep:
   def replay_step(self, batch=None):
     """Runs the next training step as train_step does, on `batch` ((images, labels), or
     None: the pipeline's next one), and returns its probe stages (probes.STAGES) with the
-    step's learning rate. Meant for a backend loaded with a run's step-0 snapshot: the
-    step updates these variables as training would."""
+    step's learning rate. Meant for a backend loaded with a run's snapshot (and
+    advance()d past it): the step updates these variables as training would."""
     own = self._sess.run(self._batch)
     images, labels = own if batch is None else batch
     # Fed in place of the iterator's output: the model and the loss read these tensors.
