@@ -99,9 +99,9 @@ def test_loop_writes_a_complete_run_directory(runs, init_weights, loop, runner):
   assert manifest['runner'] == runner
   assert manifest['status'] == runlog.STATUS_COMPLETE
   assert manifest['global_step'] == TOTAL_STEPS
-  assert manifest['optimizer'] == {'name': 'keras.optimizers.Adam', 'learning_rate': 0.001,
-                                   'beta_1': 0.9, 'beta_2': 0.999, 'epsilon': 1e-7,
-                                   'schedule': None}
+  assert manifest['optimizer'] == {'name': 'keras.optimizers.Adam', 'algorithm': 'adam',
+                                   'learning_rate': 0.001, 'beta_1': 0.9, 'beta_2': 0.999,
+                                   'epsilon': 1e-7, 'schedule': None}
   assert manifest['versions']['keras'].startswith('3.')
   assert manifest['flags']['loop'] == loop
   assert manifest['init_weights_sha256'] == run_files.file_sha256(init_weights)

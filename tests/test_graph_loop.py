@@ -85,7 +85,15 @@ def test_short_run_completes_with_a_well_formed_run_directory(base_run):
   assert manifest['global_step'] == TOTAL_STEPS
   assert manifest['optimizer']['name'] == 'tf.compat.v1.train.AdamOptimizer'
   assert manifest['optimizer']['epsilon'] == 1e-8
-  assert manifest['flags']['adam_epsilon'] is None
+  assert manifest['flags']['epsilon'] is None
+  # The optimizer's state beside the weights: Adam's slots of every trained weight, its
+  # beta powers and the step.
+  state = run_files.load_optimizer_state(run_files.optimizer_state_path(base_run, 2))
+  weights = run_files.load_weights(run_files.snapshot_path(base_run, 2))
+  assert state['step'] == 2
+  assert state['scalar/beta_1_power'] == pytest.approx(0.9 ** 3)
+  assert {key for key in state if key.startswith('slot/m/')} == {
+      f'slot/m/{key}' for key in weights if not key.endswith(('moving_mean', 'moving_variance'))}
   assert manifest['settings']['tf32'] is True and manifest['settings']['op_determinism'] is True
   assert manifest['graph']['update_ops_in_train_op'] == 8  # 2 per BatchNormalization layer
   assert manifest['versions']['keras'].startswith('2.')
