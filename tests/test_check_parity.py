@@ -26,7 +26,9 @@ from tf1compat.runs import run_files
 
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
         '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
-KINDS = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3']}
+KINDS = {'plain': [], 'batch_norm': ['--batch_norm'], 'dropout': ['--dropout=0.3'],
+         # The rate halves after step 6 (the run's middle): Momentum's forms part from step 8.
+         'momentum': ['--optimizer=momentum', '--lr_schedule=piecewise']}
 # In an order where each case retrains few runners: the port-side cases of a folder
 # reuse its legacy run and control.
 PITFALL_CASES = [
@@ -40,6 +42,7 @@ PITFALL_CASES = [
     ('no_learning_phase', 'batch_norm'),
     ('keep_prob_as_rate', 'dropout'),
     ('no_learning_phase', 'dropout'),
+    ('momentum_rate_change', 'momentum'),
 ]
 # Where the replay of step 1 finds each case part: (stage, first item outside), the item
 # named by hand from the seed's ConvNet. The cases of mistakes that act outside one step,
@@ -53,6 +56,8 @@ WHERE = {
     ('model_call_wiring', 'batch_norm'): ('state', 'bn1/moving_mean'),
     ('no_learning_phase', 'batch_norm'): ('forward', 'bn1'),
     ('no_learning_phase', 'dropout'): ('forward', 'dropout'),
+    # Replayed at the update before the first step apart, from the snapshot of step 5.
+    ('momentum_rate_change', 'momentum'): ('update', 'conv1/kernel'),
 }
 # A port with a mistake no catalogue holds (tests/team_model.py): conv3 activates with ELU.
 # It runs in the plain folder after the port-side pitfalls, beside their legacy run.
@@ -144,7 +149,8 @@ def checks(tiny_data_dir, base, output_dirs):
   ('other_rounding'); then every (pitfall, kind) of PITFALL_CASES in its kind's folder,
   with --overwrite: the folder holds the runs of the previous case, which check_parity
   does not replace unasked; UNCATALOGUED after from_logits_lost."""
-  first = {'plain': _plain_checks, 'batch_norm': _batch_norm_checks}
+  first = {'plain': _plain_checks, 'batch_norm': _batch_norm_checks,
+           'momentum': lambda data, out, _: {'momentum': _check(data, out, *KINDS['momentum'])}}
 
   def folder(kind):
     done = first[kind](tiny_data_dir, output_dirs[kind], base) if kind in first else {}
@@ -319,6 +325,27 @@ def test_adam_epsilon_parts_the_update_with_equal_gradients(checks):
   assert stages['gradients']['outside'] == []
   # The epsilon matters most where gradients are small: every variable's update moves.
   assert len(stages['update']['outside']) == 10
+
+
+def test_every_optimizer_state_is_snapshot_and_a_later_step_is_replayed(checks, output_dirs):
+  """Momentum under a piecewise rate: the matched port is TF1's kernel on Keras'
+  accumulator (bit for bit); Keras' SGD parts once the rate has changed, and the replay
+  that localizes it starts from a snapshot after step 1, each runner's optimizer state
+  loaded (the accumulators are the same name in both)."""
+  result, report = checks['momentum']
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert report['pairs'][0]['bit_identical']
+  _, report = checks['momentum_rate_change', 'momentum']
+  pair = report['pairs'][0]
+  first_over = pair['step_tier']['first_step_over']
+  assert first_over > 7, pair['step_tier']  # the rate changes at step 7
+  assert pair['where']['step'] == first_over - 1
+  out = output_dirs['momentum']
+  for runner in ('graph', 'eager'):
+    state = run_files.load_optimizer_state(run_files.optimizer_state_path(
+        os.path.join(out, runner), 5))
+    assert state['step'] == 5
+    assert 'slot/accum/conv1/kernel' in state
 
 
 def test_skipped_update_ops_part_the_state_with_equal_updates(checks):

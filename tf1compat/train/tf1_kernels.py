@@ -165,14 +165,19 @@ class TF1RMSprop(keras.optimizers.RMSprop):
     self.fused = fused
 
   def build(self, var_list):
+    # RMSprop.build's slots, the mean square created at one: an assign after Keras' build
+    # would run inside fit's traced step, which builds the optimizer, at every step.
     if self.built:
       return
-    super().build(var_list)
-    for velocity in self._velocities:
-      if velocity is not None:
-        velocity.assign(tf.ones(velocity.shape, velocity.dtype))
-    if self.fused and not self._momentums:
-      self._tf1_momentums = self.add_optimizer_variables(var_list, 'momentum')
+    keras.optimizers.Optimizer.build(self, var_list)
+    self._velocities = self.add_optimizer_variables(var_list, 'velocity', initializer='ones')
+    self._momentums = (self.add_optimizer_variables(var_list, 'momentum')
+                       if self.momentum > 0 else [])
+    self._average_gradients = (self.add_optimizer_variables(var_list, 'average_gradient')
+                               if self.centered else [])
+    # TF1's kernel keeps a momentum slot even at momentum 0.
+    self._tf1_momentums = (self.add_optimizer_variables(var_list, 'momentum')
+                           if self.fused and not self._momentums else [])
 
   def update_step(self, gradient, variable, learning_rate):
     if not self.fused:
