@@ -32,7 +32,7 @@ def main(argv):
 
 
 def _replay(replay_cfg):
-  """The replay mode: the run's own settings, then its first step (train/replay_mode.py)."""
+  """The replay mode: the run's own settings, then its step (train/replay_mode.py)."""
   cfg = replay_mode.run_config(config.GraphConfig, replay_cfg, ('graph',))
   replay_mode.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)

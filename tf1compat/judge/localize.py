@@ -1,8 +1,8 @@
 """Where inside one training step two codes part: their probes judged stage by stage.
 
 Each run of a pair gives the probe of the same step (probes.py): our runners by a
-replay of their first step on one batch (train/replay_mode.py), a team's loop by the recorder's
-probe. The control, the reference's code again from weights one ulp apart under another
+replay of that step on one batch (train/replay_mode.py; the first, or where a later-acting
+mistake parts the runs), a team's loop by the recorder's probe. The control, the reference's code again from weights one ulp apart under another
 reduction order, gives its probe too: its difference from the reference, item by item
 (each layer's output, each loss part, each variable's gradient, update and state
 change), is what correct code shows at that item. The other's difference is judged by

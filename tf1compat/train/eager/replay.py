@@ -1,4 +1,4 @@
-"""The eager backend's replay of a run's first step (train_eager --replay_out).
+"""The eager backend's replay of a run's step (train_eager --replay_out).
 
 train/replay_mode.py says what a replay is and writes its probe; this is how the port
 computes one: the custom loop's step in a `tf.function`, through a probe model that also

@@ -12,7 +12,7 @@ iterator's position and the running metrics, so a rerun resumes exactly where th
 last one stopped (Dropout masks excepted: TF1's stateful random ops keep their position
 outside any checkpoint). `GraphBackend` exposes that graph and its Session to the
 shared driver in `training.py`; what the graph computes is model_fn.py, the replay of a
-run's first step replay.py. train/eager/backend.py is the twin.
+run's step replay.py. train/eager/backend.py is the twin.
 
 Process setup is the caller's job and must happen before TensorFlow is imported
 (`bin/train_graph` does it): `TF_USE_LEGACY_KERAS=1`, so that `tf.keras` is Keras 2

@@ -1,4 +1,4 @@
-"""The graph backend's replay of a run's first step (train_graph --replay_out).
+"""The graph backend's replay of a run's step (train_graph --replay_out).
 
 train/replay_mode.py says what a replay is and writes its probe; this is how the graph
 runner computes one: the next training step in its Session, every stage fetched
