@@ -241,9 +241,8 @@ def _accuracy_evidence(reference, other, steps, curves):
   return evidence, margin, 'curve'
 
 
-# Two learning rates within this relative difference are the same rate (float32
-# evaluations of one schedule by the two frameworks differ by an ulp, 3e-7 measured).
-LR_RTOL = 1e-5
+# Two learning rates within this relative difference are the same rate.
+LR_RTOL = config_lint.LR_RTOL
 
 
 def _lr_per_epoch_evidence(reference, other):

@@ -2,10 +2,11 @@
 
 Each run of a pair gives the probe of the same step (probes.py): our runners by a
 replay of that step on one batch (train/replay_mode.py; the first, or where a later-acting
-mistake parts the runs), a team's loop by the recorder's probe. The control, the reference's code again from weights one ulp apart under another
-reduction order, gives its probe too: its difference from the reference, item by item
-(each layer's output, each loss part, each variable's gradient, update and state
-change), is what correct code shows at that item. The other's difference is judged by
+mistake parts the runs), a team's loop by the recorder's probe. The control, the
+reference's code again from weights one ulp apart under another reduction order, gives
+its probe too: its difference from the reference, item by item (each layer's output,
+each loss part, each variable's gradient, update and state change), is what correct
+code shows at that item. The other's difference is judged by
 the step tier's rule: inside while at most envelope_multiple x max(the control's,
 float32's rounding step); without a control, at most step_rtol. In the step's order
 (input, forward layer by layer, loss, gradients, update, state), the first item outside

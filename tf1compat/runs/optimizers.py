@@ -87,8 +87,8 @@ SLOTS = {
     'adam': (('m', 'm', ('_momentums',)), ('v', 'v', ('_velocities',))),
     'sgd': (),
     'momentum': (('accum', 'momentum', ('momentums',)),),
-    'rmsprop': (('ms', 'rms', ('_velocities',)), ('mom', 'momentum', ('_momentums',
-                                                                    '_tf1_momentums')),
+    'rmsprop': (('ms', 'rms', ('_velocities',)),
+                ('mom', 'momentum', ('_momentums', '_tf1_momentums')),
                 ('mg', 'mg', ('_average_gradients',))),
     'adagrad': (('accum', 'accumulator', ('_accumulators',)),),
     'adadelta': (('accum', 'accum', ('_accumulated_grads',)),
@@ -146,8 +146,7 @@ def framework(optimizer):
 
 
 def _keras_config(optimizer):
-  get_config = getattr(optimizer, 'get_config', None)
-  return get_config() if get_config and framework(optimizer) == 'keras' else {}
+  return optimizer.get_config() if framework(optimizer) == 'keras' else {}
 
 
 def short(value):
@@ -180,7 +179,7 @@ def describe(optimizer, learning_rate=None):
   else:
     config = _keras_config(optimizer)
     values = {field: config[_KERAS_NAMES.get(field, field)]
-              for field in (*_TF1_ATTRIBUTES, 'rho')
+              for field in _TF1_ATTRIBUTES
               if isinstance(config.get(_KERAS_NAMES.get(field, field)), (numbers.Real, bool))}
   block = {'name': type(optimizer).__name__, 'algorithm': name,
            'learning_rate': short(learning_rate if learning_rate is not None

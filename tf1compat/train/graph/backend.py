@@ -389,9 +389,10 @@ def run(cfg, dataset_hook=None):
 
 
 def replay_run(cfg, replay_cfg):
-  """Replays a step (replay_cfg.step, by default the first) of the run `cfg` describes (replay_mode.run_config), as
-  replay_cfg (config.ReplayConfig) says, and writes its probe. Assumes the process setup
-  described in the module docstring and the run's thread counts (replay_mode.apply_settings)."""
+  """Replays a step (replay_cfg.step, by default the first) of the run `cfg` describes
+  (replay_mode.run_config), as replay_cfg (config.ReplayConfig) says, and writes its probe.
+  Assumes the process setup described in the module docstring and the run's thread counts
+  (replay_mode.apply_settings)."""
   device = training.check_device(cfg)
   cfg = _determinism_for(cfg, device)
   if cfg.deterministic:

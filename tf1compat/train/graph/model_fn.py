@@ -2,9 +2,9 @@
 
 The model (--model, by default the seed's ConvNet) and how it is wired onto the iterator's
 batch, the loss with the model's regularization losses added by hand, --optimizer's
-tf.compat.v1.train optimizer and --lr_schedule's schedule on the global step, the `tf.compat.v1.metrics` running metrics, and the
-SavedModel export. Every function builds ops in the caller's default graph.
-train/eager/model_fn.py is its twin: the same names, in the same order, for what both
+tf.compat.v1.train optimizer and --lr_schedule's schedule on the global step, the
+`tf.compat.v1.metrics` running metrics, and the SavedModel export. Every function builds
+ops in the caller's default graph. train/eager/model_fn.py is its twin: the same names, in the same order, for what both
 compute; what only TF1 has (the wiring, the per-step nudge, the metrics' scopes) follows.
 """
 
@@ -22,9 +22,9 @@ SERVING_SIGNATURE = 'serving_default'
 
 def kernels(cfg, keras_model):
   """run.json's kernels block: ApplyAdam with beta-power accumulators (None without Adam),
-  every other optimizer's fused Apply kernel, and BatchNorm's moving-variance rule as the built layers compute it. Fused BatchNorm
-  (what tf.keras and tf-keras choose where they can) takes the Bessel-corrected batch
-  variance; the unfused layer the biased one."""
+  every other optimizer's fused Apply kernel, and BatchNorm's moving-variance rule as the
+  built layers compute it. Fused BatchNorm (what tf.keras and tf-keras choose where they
+  can) takes the Bessel-corrected batch variance; the unfused layer the biased one."""
   fused = [getattr(layer, 'fused', True)
            for layer in keras_facts.batch_norm_layers(keras_model, tf.keras)]
   variance = runlog.BN_VARIANCE_BESSEL if all(fused) else runlog.BN_VARIANCE_BIASED
@@ -109,8 +109,9 @@ def optimizer_state_variables(cfg, optimizer, keras_model, global_step):
       if slot is not None:
         out[f'slot/{optimizers.slot_name(algorithm, tf1_name)}/{key}'] = slot
   if algorithm == 'adam':
-    out.update({f'scalar/{name}': variable for name, variable in
-                zip(optimizers.BETA_POWERS, optimizer._get_beta_accumulators())})  # pylint: disable=protected-access
+    powers = optimizer._get_beta_accumulators()  # pylint: disable=protected-access
+    out.update({f'scalar/{name}': variable
+                for name, variable in zip(optimizers.BETA_POWERS, powers)})
   return out
 
 
