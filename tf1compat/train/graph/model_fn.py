@@ -4,8 +4,9 @@ The model (--model, by default the seed's ConvNet) and how it is wired onto the 
 batch, the loss with the model's regularization losses added by hand, --optimizer's
 tf.compat.v1.train optimizer and --lr_schedule's schedule on the global step, the
 `tf.compat.v1.metrics` running metrics, and the SavedModel export. Every function builds
-ops in the caller's default graph. train/eager/model_fn.py is its twin: the same names, in the same order, for what both
-compute; what only TF1 has (the wiring, the per-step nudge, the metrics' scopes) follows.
+ops in the caller's default graph. train/eager/model_fn.py is its twin: the same names,
+in the same order, for what both compute; what only TF1 has (the wiring, the per-step
+nudge, the metrics' scopes) follows.
 """
 
 from absl import logging
