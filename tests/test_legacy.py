@@ -19,9 +19,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_IMAGE_SIZE, at_once, run_entry
+from conftest import REPO, TINY_IMAGE_SIZE, at_once, read_run_csv, run_entry
 from test_data import bad_records_dir
 from test_parity import make_run
+import test_optimizers
 from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
 from tf1compat.judge import runner_jobs
@@ -561,3 +562,28 @@ def test_a_teams_estimator_job_on_tensorflow_115_passes_against_its_keras_3_port
   assert mistaken.returncode == errors.EXIT_PARITY_FAIL, mistaken.stdout + mistaken.stderr
   assert mistaken_pair['verdict'] == 'FAIL'
   assert mistaken_pair['pitfalls'][0]['name'] == 'adam_epsilon', mistaken_pair['pitfalls']
+
+
+@pytest.mark.legacy
+def test_the_hook_reads_rmsprop_and_its_schedule_alike_on_tensorflow_115(legacy_python, tmp_path):
+  """The same TF1 job with RMSProp (mean square at one, epsilon 1e-10) under a piecewise
+  schedule, hooked on TensorFlow 1.15 and on tf.compat.v1 here: the optimizer block, read
+  off the graph's kernels, and every step's learning rate are the same."""
+  source = legacy_env.source_path(str(tmp_path / 'src'))
+  runs = {}
+  for name, python in (('tf115', legacy_python), ('tf2', sys.executable)):
+    runs[name] = str(tmp_path / name)
+    done = subprocess.run([python, '-c', test_optimizers.RMSPROP_JOB, runs[name]],
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, 'PYTHONPATH': source})
+    assert done.returncode == 0, done.stderr[-3000:]
+  manifests = {name: runlog.read_manifest(run) for name, run in runs.items()}
+  assert manifests['tf115']['versions']['tensorflow'] == '1.15.0'
+  optimizer = manifests['tf115']['optimizer']
+  assert optimizer == manifests['tf2']['optimizer']
+  assert (optimizer['algorithm'], optimizer['mean_square_start'], optimizer['epsilon']) == (
+      'rmsprop', 1.0, 1e-10)
+  rates = [read_run_csv(run)['learning_rate'] for run in runs.values()]
+  np.testing.assert_array_equal(rates[0], rates[1])
+  # The boundary step keeps the earlier rate (global step 10 is step 11).
+  assert rates[0][10] == np.float32(0.01) and rates[0][11] == np.float32(0.005)

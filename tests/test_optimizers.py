@@ -260,7 +260,7 @@ def test_every_optimizer_pitfall_has_a_matrix_case_where_it_applies():
   assert {matrix.case_optimizer(case) for case in matrix.CASES} == set(optimizers.OPTIMIZERS)
 
 
-_RMSPROP_JOB = r'''
+RMSPROP_JOB = r'''
 import os, sys
 os.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'
 import numpy as np
@@ -318,7 +318,7 @@ def test_a_recorded_rmsprop_job_names_a_naive_keras_port(tmp_path):
   Keras 3 port with RMSprop's defaults FAILs with RMSProp's start named first, the port
   that sets TF1's start and epsilon PASSes."""
   legacy = str(tmp_path / 'tf1')
-  result = run_python(_RMSPROP_JOB, legacy)
+  result = run_python(RMSPROP_JOB, legacy)
   assert result.returncode == 0, result.stderr[-3000:]
   for name in ('naive', 'exact'):
     result = run_python(_RMSPROP_PORT, str(tmp_path / name), legacy, name)
