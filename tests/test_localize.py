@@ -249,7 +249,7 @@ def test_the_replay_mode_takes_the_runs_own_flags():
   for script, args, message in (
       ('train_graph', ['--replay_out=x.npz', '--epochs=3'], 'leave out --epochs'),
       ('train_eager', ['--replay_batch=x.npz'],
-       '--replay_batch and --replay_step apply to a replay')):
+       '--replay_batch, --replay_step and --replay_start apply to a replay')):
     result = run_entry(script, *args)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()

@@ -423,11 +423,15 @@ def define_replay_flags():
                  'Replay mode: the step to replay, from the latest snapshot before it that '
                  'holds the optimizer\'s state, the steps between trained as the run trained '
                  'them (1: from the step-0 snapshot).', lower_bound=1)
+  define_path('replay_start', None,
+              'Replay mode: start the step from the state another run\'s replay of the same '
+              'step started from (its --replay_out; the files beside it), instead of this '
+              'run\'s own snapshot.')
 
 
 # What changes neither a run nor its numbers: the run directory's name leaves them out.
 _NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'replay_out', 'replay_batch',
-                                 'replay_step', 'loop'})
+                                 'replay_step', 'replay_start', 'loop'})
 
 
 def runner_model_dir(flag_values, default=None):
@@ -444,9 +448,10 @@ def replay_config(flag_values, runner_config):
   given with it: a replay takes the run's own flags from its run.json.
   """
   if not flag_values.replay_out:
-    if flag_values.replay_batch or flag_values['replay_step'].present:
-      raise errors.UsageError('--replay_batch and --replay_step apply to a replay: add '
-                              '--replay_out=PATH')
+    if (flag_values.replay_batch or flag_values.replay_start
+        or flag_values['replay_step'].present):
+      raise errors.UsageError('--replay_batch, --replay_step and --replay_start apply to a '
+                              'replay: add --replay_out=PATH')
     return None
   given = [name for name in (field.name for field in dataclasses.fields(runner_config))
            if name != 'model_dir' and flag_values[name].present]
@@ -454,4 +459,5 @@ def replay_config(flag_values, runner_config):
     raise errors.UsageError(f'--replay_out replays the run in --model_dir with its own flags; '
                             f'leave out --{given[0]}')
   return config.ReplayConfig(model_dir=flag_values.model_dir, output=flag_values.replay_out,
-                             batch=flag_values.replay_batch, step=flag_values.replay_step)
+                             batch=flag_values.replay_batch, step=flag_values.replay_step,
+                             start=flag_values.replay_start)

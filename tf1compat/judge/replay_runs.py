@@ -45,7 +45,8 @@ def _current(path, run_dir, fed_digest, step):
 def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
   """The probe path of run `name`'s replay of `step` in `out_dir`, made unless a current
   one is there, by `interpreter` ((python, the folder it imports tf1compat from); None:
-  this one's)."""
+  this one's). `batch_path`: the reference's replay, whose batch it computes on and, for
+  a step after the first, whose start state it starts from."""
   out = os.path.join(out_dir, f'{name}.npz' if step == 1 else f'{name}-step{step}.npz')
   fed_digest = probes.load(batch_path).meta['batch_sha256'] if batch_path else None
   if _current(out, run_dir, fed_digest, step):
@@ -56,6 +57,8 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
   args = [f'--model_dir={run_dir}', f'--replay_out={out}', f'--replay_step={step}']
   if batch_path:
     args.append(f'--replay_batch={batch_path}')
+    if step > 1:
+      args.append(f'--replay_start={batch_path}')
   log_path = os.path.join(out_dir, f'{name}.log')
   python, package_parent = interpreter or (None, process.PACKAGE_PARENT)
   with open(log_path, 'w') as log:
@@ -72,8 +75,8 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
 def replay_runs(runs, out_dir, interpreters=None, step=1):
   """{name: probe path}: the replays of step `step` of `runs` ({name: run directory}, the
   reference first) in `out_dir`. The reference is replayed on its pipeline's batch, the
-  others on the same batch (its probe's); a replay of the same run, step and batch
-  already there is reused. A run in `interpreters` ({run directory: (python, the folder
+  others on the same batch (its probe's) and, after the first step, from the state its
+  replay started from; a replay of the same run, step and batch already there is reused. A run in `interpreters` ({run directory: (python, the folder
   it imports tf1compat from)}) is replayed by the interpreter that trained it: a TF 1.15
   run on TF 1.15 itself."""
   interpreters = interpreters or {}
@@ -100,13 +103,16 @@ def _names(run_dirs):
 def replay_step(pair):
   """The step whose replay localizes `pair` (a parity report's): 1, or for a pair whose
   first-named pitfall parts the codes only later (pitfalls.Where.first_step), the update
-  before the first step whose batch loss the step tier finds over its limit."""
+  before the first step whose batch loss the step tier finds over its limit, else (a
+  difference that accumulates under the limit) the pair's last common snapshot step."""
   named = pair.get('pitfalls') or []
   problems = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}
   if not named or problems[named[0]['name']].where.first_step:
     return 1
   first_over = (pair.get('step_tier') or {}).get('first_step_over')
-  return first_over - 1 if first_over and first_over > 1 else 1
+  if first_over and first_over > 1:
+    return first_over - 1
+  return max([1, *((pair.get('weight_tier') or {}).get('common_steps') or [])])
 
 
 def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None):

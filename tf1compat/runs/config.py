@@ -186,12 +186,14 @@ class EagerConfig(TrainingConfig):
 class ReplayConfig:
   """A runner's replay mode (--replay_out): step `step` of the complete run in `model_dir`,
   replayed with the run's own flags from its snapshot before it and written as a probe to
-  `output`; `batch`: a probe whose batch the step takes instead of the pipeline's
-  (train/replay_mode.py)."""
+  `output`; `batch`: a probe whose batch the step takes instead of the pipeline's;
+  `start`: a probe of the same step whose start state the step starts from instead of the
+  run's own (train/replay_mode.py)."""
   model_dir: str
   output: str
   batch: str | None = None
   step: int = 1
+  start: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)

@@ -2,7 +2,7 @@
 localization (judge/replay_runs.py starts the replays, judge/localize.py reads them).
 
     train_graph|train_eager --model_dir=RUN --replay_out=PROBE.npz [--replay_step=K]
-        [--replay_batch=REF.npz]
+        [--replay_batch=REF.npz] [--replay_start=REF.npz]
 
 rebuilds RUN's model from RUN's own run.json (its flags, its thread counts), loads its
 latest snapshot before step K (weights, and the optimizer's state: its slots in one form
@@ -15,8 +15,13 @@ The run directory is only read; the steps update the replay's own copy.
 Step 1 starts from the step-0 snapshot and the optimizer's own fresh state, which is
 the state its run started from. A later step needs the optimizer's state at a snapshot:
 a mistake that acts only from a later step (a rate that changed, a slot that decayed,
-pitfalls.Where.first_step) shows where the runs part, not at step 1. Dropout masks are
-drawn anew after the snapshot (a stateful op whose position no snapshot holds).
+pitfalls.Where.first_step) shows where the runs part, not at step 1. By then the runs
+have parted a little; so the reference's replay of a later step also writes the state it
+reached just before it (start_paths: the weights, and the optimizer's state in one form
+for both frameworks), and the others start from that state (--replay_start=REF.npz), each
+loading the slots into its own optimizer (TF1's Momentum accumulator is Keras' divided by
+minus the last rate), so that the step differs only by what the codes compute. Dropout
+masks are drawn anew after the snapshot (a stateful op whose position no snapshot holds).
 
 Model.fit's replay is the custom loop's step on the same Keras 3 model, with the
 regularization losses added as fit adds them: fit's own train_step computes the same
@@ -87,7 +92,13 @@ def run_config(config_class, replay_cfg, runner_names):
   if replay_cfg.step > manifest.get('global_step', 0):
     raise errors.UsageError(f'--replay_step={replay_cfg.step}: the run in --model_dir={model_dir} '
                             f'trained {manifest.get("global_step", 0)} steps')
-  start_step, _ = start(model_dir, replay_cfg.step)
+  if replay_cfg.start:
+    weights = start_paths(replay_cfg.start)[0]
+    if not os.path.exists(weights):
+      raise errors.UsageError(f'--replay_start={replay_cfg.start}: no start state beside it '
+                              f'({weights}); give a replay of a step after the first')
+  else:
+    weights = run_files.snapshot_path(model_dir, start(model_dir, replay_cfg.step)[0])
   fields = {field.name for field in dataclasses.fields(config_class)}
   flags = manifest.get('flags', {})
   if 'adam_epsilon' in flags and 'epsilon' not in flags:
@@ -95,10 +106,16 @@ def run_config(config_class, replay_cfg, runner_names):
     flags = {**flags, 'epsilon': flags['adam_epsilon']}
   values = {name: tuple(value) if isinstance(value, list) else value
             for name, value in flags.items() if name in fields}
-  cfg = dataclasses.replace(config_class(**values), model_dir=model_dir,
-                            init_weights=run_files.snapshot_path(model_dir, start_step),
+  cfg = dataclasses.replace(config_class(**values), model_dir=model_dir, init_weights=weights,
                             save_init_weights=None, overwrite=False)
   return cfg
+
+
+def start_paths(probe_path):
+  """(weights .npz, optimizer state .npz) of the state the replay written to `probe_path`
+  started its step from, beside it."""
+  stem = os.path.splitext(probe_path)[0]
+  return f'{stem}-start-weights.npz', f'{stem}-start-optimizer.npz'
 
 
 def start(model_dir, step):
@@ -117,13 +134,26 @@ def start(model_dir, step):
 
 
 def load_start(backend, replay_cfg):
-  """Puts `backend` (built from run_config()'s config, the snapshot's weights loaded) where
+  """Puts `backend` (built from run_config()'s config, the start's weights loaded) where
   the run was just before replay_cfg.step: the optimizer's state of the snapshot, the
-  pipeline past it, the steps between trained."""
+  pipeline past it, the steps between trained; or, with replay_cfg.start, the state the
+  reference's replay started from (start_paths), its pipeline past the steps before. A
+  replay of a later step from its own snapshot writes the state it reached beside its
+  probe."""
+  if replay_cfg.start:
+    # The reference's state just before the step, its weights already loaded.
+    backend.load_optimizer_state(
+        run_files.load_optimizer_state(start_paths(replay_cfg.start)[1]))
+    backend.advance(replay_cfg.step - 1, replay_cfg.step)
+    return
   start_step, state = start(replay_cfg.model_dir, replay_cfg.step)
   if state:
     backend.load_optimizer_state(run_files.load_optimizer_state(state))
   backend.advance(start_step, replay_cfg.step)
+  if replay_cfg.step > 1:
+    weights_path, state_path = start_paths(replay_cfg.output)
+    run_files.save_weights(weights_path, backend.weights())
+    run_files.save_weights(state_path, backend.optimizer_state())
 
 
 def _is_probe(path):

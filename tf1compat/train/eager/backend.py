@@ -322,18 +322,23 @@ class EagerBackend(replay.ReplayStep, training.Backend):
 
   def optimizer_state(self):
     self.optimizer.build(self.model.trainable_variables)
-    return {name: keras.ops.convert_to_numpy(variable) for name, variable in
-            model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
-                                               self._step).items()}
+    scale = model_fn.slot_scale(self._cfg, self.optimizer)
+    values = {name: keras.ops.convert_to_numpy(variable) for name, variable in
+              model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
+                                                 self._step).items()}
+    return {name: value / scale if name.startswith('slot/') else value
+            for name, value in values.items()}
 
   def load_optimizer_state(self, state):
     self.optimizer.build(self.model.trainable_variables)
     variables = model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
                                                    self._step)
     training.check_optimizer_state(state, variables)
-    for name, variable in variables.items():
-      variable.assign(state[name])
+    # The step first: the slots' scale may read the rate of the step before it.
     self.optimizer.iterations.assign(state['step'])
+    scale = model_fn.slot_scale(self._cfg, self.optimizer)
+    for name, variable in variables.items():
+      variable.assign(state[name] * scale if name.startswith('slot/') else state[name])
 
   def advance(self, start, step):
     """Moves a backend loaded with a run's snapshot of `start` to just before `step`: its

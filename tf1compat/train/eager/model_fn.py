@@ -144,6 +144,20 @@ def optimizer_state_variables(cfg, optimizer, model, global_step):
   return out
 
 
+def slot_scale(cfg, optimizer):
+  """The factor from a slot's one form (optimizers.SLOTS) to the built `optimizer`'s own:
+  Keras' SGD keeps its momentum as minus the rate times TF1's accumulator of gradients,
+  the rate of the last step applied (exact while the rate held); 1 for every other."""
+  inner = getattr(optimizer, 'inner_optimizer', optimizer)
+  if (optimizers.ALGORITHMS[cfg.optimizer][0] != 'momentum'
+      or getattr(inner, 'momentum_accumulates', optimizers.STEPS) != optimizers.STEPS):
+    return 1.0
+  rate = inner._learning_rate  # pylint: disable=protected-access
+  if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+    rate = rate(max(int(inner.iterations.numpy()) - 1, 0))
+  return -float(keras.ops.convert_to_numpy(rate))
+
+
 def build_model(cfg, num_classes, distributed=False):
   """The run's model (--model, by default the seed's ConvNet) in Keras 3 with the run's
   model fields, checked by plugins.build_model.
