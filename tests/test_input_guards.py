@@ -99,7 +99,7 @@ def test_every_numeric_flag_of_every_command_is_bounded_and_finite():
     ('train_graph', '--seed=4294967296', 'not an integer in the range [0, 4294967295]'),
     ('train_eager', '--shuffle_buffer=99999999999999', 'not an integer in the range'),
     ('train_eager', '--learning_rate=nan', '--learning_rate takes a finite number'),
-    ('check_parity', '--adam_epsilon=inf', '--adam_epsilon takes a finite number'),
+    ('check_parity', '--epsilon=inf', '--epsilon takes a finite number'),
     ('make_records', '--val_fraction=nan', '--val_fraction takes a finite number'),
     ('train_graph', '--adam_beta1=1', '--adam_beta1 must be below 1.0'),
     ('check_parity', '--adam_beta2=1', '--adam_beta2 must be below 1.0'),

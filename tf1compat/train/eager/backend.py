@@ -28,6 +28,7 @@ import os
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -323,7 +324,8 @@ class EagerBackend(replay.ReplayStep, training.Backend):
   def optimizer_state(self):
     self.optimizer.build(self.model.trainable_variables)
     scale = model_fn.slot_scale(self._cfg, self.optimizer)
-    values = {name: keras.ops.convert_to_numpy(variable) for name, variable in
+    # .numpy(), which reads a mirrored variable too (converting it fails).
+    values = {name: np.asarray(variable.numpy()) for name, variable in
               model_fn.optimizer_state_variables(self._cfg, self.optimizer, self.model,
                                                  self._step).items()}
     return {name: value / scale if name.startswith('slot/') else value
