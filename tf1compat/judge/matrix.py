@@ -256,7 +256,7 @@ def markdown(result):
                f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} |')
   if result['pitfalls']:
     out += ['', '| case | pitfall | verdict | named first | judged by | margin over correct runs '
-            '| where (replay of step 1) | x control | catalogue |',
+            '| where (the replayed step) | x control | catalogue |',
             '|---|---|---|---|---|---|---|---|---|']
     for r in result['pitfalls']:
       out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '

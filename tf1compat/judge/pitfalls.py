@@ -22,15 +22,15 @@ class Where:
   `stage`: the first stage outside the envelope (probes.STAGES), or None for a mistake
   that acts outside one step (running metrics, later steps' learning rates). `layers`
   (forward): the first layer of one of these kinds ('output': the model's output
-  layer). `part` (loss): the part of the loss that differs first. `first_step`: whether
-  the mistake shows in the first step's replay; False for one that parts the codes only
-  from a later step (a slot that has decayed, a rate that has changed), whose replay
-  must start from the snapshot before the first step where the runs part.
+  layer). `part` (loss): the part of the loss that differs first. `at`: the step whose
+  replay shows it: 'first'; 'rate_change', the first step whose learning rate differs
+  from the step before's (a mistake in how the rate is applied); 'late', the last
+  common snapshot step (an epsilon that matters once a slot has decayed or grown).
   """
   stage: str | None
   layers: tuple = ()
   part: str | None = None
-  first_step: bool = True
+  at: str = 'first'
 
 
 @dataclasses.dataclass(frozen=True, **config.KEYWORD_ONLY)
@@ -100,7 +100,7 @@ PITFALLS = {
         # it shows as the mean square decays towards (1 - rho) g^2 (tensorflow/tensorflow#58412,
         # keras-team/keras#17391: where each framework puts epsilon).
         runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
-        where=Where('update', first_step=False), optimizers=('rmsprop',),
+        where=Where('update', at='late'), optimizers=('rmsprop',),
         fix='Pass the legacy epsilon explicitly: keras.optimizers.RMSprop(epsilon=1e-10) '
             '(TF1 RMSPropOptimizer default) instead of Keras\' 1e-7.'),
     'adadelta_epsilon': Pitfall(
@@ -116,7 +116,7 @@ PITFALLS = {
         # With the accumulator starting at 0.1 the update differs by 5e-7 relative: the
         # config tier names it, the numbers barely can (keras-team/keras#17391).
         runners=('eager', 'fit'), omits=('epsilon',), judged_by=('config',),
-        where=Where('update', first_step=False), optimizers=('adagrad',),
+        where=Where('update', at='late'), optimizers=('adagrad',),
         fix='Pass epsilon=0 to keras.optimizers.Adagrad: TF1\'s AdagradOptimizer has no '
             'epsilon, Keras adds 1e-7 to the accumulator.'),
     'momentum_rate_change': Pitfall(
@@ -127,7 +127,7 @@ PITFALLS = {
         # rate; keras-team/keras#13971: the two forms).
         runners=('eager', 'fit'), args=('--notf1_momentum',), needs=('lr_schedule',),
         judged_by=('config',),
-        where=Where('update', first_step=False), optimizers=('momentum',),
+        where=Where('update', at='rate_change'), optimizers=('momentum',),
         fix='Apply TF1\'s momentum form under a changing rate: a keras.optimizers.SGD '
             'subclass whose update_step runs tf.raw_ops.ResourceApplyMomentum (accum = '
             'momentum * accum + g; var -= lr * accum), as tf1compat.train.tf1_kernels.'

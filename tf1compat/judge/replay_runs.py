@@ -3,15 +3,16 @@
 For each run a FAIL names, the probe of one step: the one its loop recorded
 (RunRecorder.probe), else a replay by the runner that trained it (`--replay_out`,
 train/replay_mode.py), started here two at a time, on the reference's batch. The step
-is the first (replay_step): a mistake that parts the codes only later
-(pitfalls.Where.first_step) is replayed at the update before the first step whose
-batch loss the step tier finds apart.
+is the first, or where the first-named pitfall shows (pitfalls.Where.at, replay_step).
 """
 
 import concurrent.futures
 import os
 import subprocess
 
+import numpy as np
+
+from tf1compat.judge import config_lint
 from tf1compat.judge import localize
 from tf1compat.judge import pitfalls
 from tf1compat.runs import errors
@@ -26,6 +27,7 @@ from tf1compat.train import replay_mode
 REPLAY_DIR = 'localize'
 # Replays run two at a time: each spends most of its seconds starting TensorFlow.
 _AT_ONCE = 2
+LR_RTOL = config_lint.LR_RTOL
 
 
 def _current(path, run_dir, fed_digest, step):
@@ -101,18 +103,21 @@ def _names(run_dirs):
 
 
 def replay_step(pair):
-  """The step whose replay localizes `pair` (a parity report's): 1, or for a pair whose
-  first-named pitfall parts the codes only later (pitfalls.Where.first_step), the update
-  before the first step whose batch loss the step tier finds over its limit, else (a
-  difference that accumulates under the limit) the pair's last common snapshot step."""
+  """The step whose replay localizes `pair` (a parity report's): where its first-named
+  pitfall shows (pitfalls.Where.at): 1; the first step whose learning rate (the
+  reference's steps.csv) differs from the step before's; the pair's last common snapshot
+  step. 1 where none is named, or the rate never changes."""
   named = pair.get('pitfalls') or []
   problems = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}
-  if not named or problems[named[0]['name']].where.first_step:
-    return 1
-  first_over = (pair.get('step_tier') or {}).get('first_step_over')
-  if first_over and first_over > 1:
-    return first_over - 1
-  return max([1, *((pair.get('weight_tier') or {}).get('common_steps') or [])])
+  at = problems[named[0]['name']].where.at if named else 'first'
+  if at == 'late':
+    return max([1, *((pair.get('weight_tier') or {}).get('common_steps') or [])])
+  if at == 'rate_change':
+    rates = runlog.read_csv(os.path.join(pair['reference'], run_files.STEPS_CSV))[
+        'learning_rate']
+    changed = np.flatnonzero(~np.isclose(rates[1:], rates[:-1], rtol=LR_RTOL, atol=0))
+    return int(changed[0]) + 2 if changed.size else 1
+  return 1
 
 
 def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None):

@@ -15,7 +15,7 @@ The run directory is only read; the steps update the replay's own copy.
 Step 1 starts from the step-0 snapshot and the optimizer's own fresh state, which is
 the state its run started from. A later step needs the optimizer's state at a snapshot:
 a mistake that acts only from a later step (a rate that changed, a slot that decayed,
-pitfalls.Where.first_step) shows where the runs part, not at step 1. By then the runs
+pitfalls.Where.at) shows where the runs part, not at step 1. By then the runs
 have parted a little; so the reference's replay of a later step also writes the state it
 reached just before it (start_paths: the weights, and the optimizer's state in one form
 for both frameworks), and the others start from that state (--replay_start=REF.npz), each
