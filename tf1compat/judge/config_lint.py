@@ -155,13 +155,23 @@ def lint(reference, other):
   return found
 
 
+def first_rate_change(rates):
+  """The index of the first of `rates` (steps.csv's learning rates, NaN where a run records
+  none) that is another rate than the first finite one (LR_RTOL), or None."""
+  rates = np.asarray(rates, np.float64)
+  finite = np.isfinite(rates)
+  if not finite.any():
+    return None
+  changed = np.flatnonzero(finite & ~np.isclose(rates, rates[finite][0], rtol=LR_RTOL, atol=0))
+  return int(changed[0]) if changed.size else None
+
+
 def _constant_rate(run):
   """Whether `run` trained at one learning rate: steps.csv's rates where it has them (a
   recorded loop names no schedule), else its schedule."""
   rates = np.asarray(run.steps.get('learning_rate', []), np.float64)
-  rates = rates[np.isfinite(rates)]
-  if rates.size:
-    return bool(np.allclose(rates, rates[0], rtol=LR_RTOL, atol=0))
+  if np.isfinite(rates).any():
+    return first_rate_change(rates) is None
   return _get(run.manifest, ('optimizer', 'schedule')) is None
 
 

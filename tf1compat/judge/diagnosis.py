@@ -331,10 +331,9 @@ def _update_evidence(steps, weights, first_step_differs):
 def _rate_change_words(run):
   """Where the learning rate of `run` first changes (steps.csv), as words."""
   rates = np.asarray(run.steps['learning_rate'], np.float64)
-  changed = np.flatnonzero(~np.isclose(rates, rates[0], rtol=LR_RTOL, atol=0))
-  if not changed.size:
+  step = config_lint.first_rate_change(rates)
+  if step is None:
     return ''
-  step = int(changed[0])
   return (f' ({rates[0]:.4g} until step {step}, {rates[step]:.4g} at step {step + 1}: '
           'from there TF1 multiplies every past gradient by the new rate)')
 

@@ -10,8 +10,6 @@ import concurrent.futures
 import os
 import subprocess
 
-import numpy as np
-
 from tf1compat.judge import config_lint
 from tf1compat.judge import localize
 from tf1compat.judge import pitfalls
@@ -27,7 +25,6 @@ from tf1compat.train import replay_mode
 REPLAY_DIR = 'localize'
 # Replays run two at a time: each spends most of its seconds starting TensorFlow.
 _AT_ONCE = 2
-LR_RTOL = config_lint.LR_RTOL
 
 
 def _current(path, run_dir, fed_digest, step):
@@ -78,9 +75,10 @@ def replay_runs(runs, out_dir, interpreters=None, step=1):
   """{name: probe path}: the replays of step `step` of `runs` ({name: run directory}, the
   reference first) in `out_dir`. The reference is replayed on its pipeline's batch, the
   others on the same batch (its probe's) and, after the first step, from the state its
-  replay started from; a replay of the same run, step and batch already there is reused. A run in `interpreters` ({run directory: (python, the folder
-  it imports tf1compat from)}) is replayed by the interpreter that trained it: a TF 1.15
-  run on TF 1.15 itself."""
+  replay started from; a replay of the same run, step and batch already there is reused.
+  A run in `interpreters` ({run directory: (python, the folder it imports tf1compat
+  from)}) is replayed by the interpreter that trained it: a TF 1.15 run on TF 1.15
+  itself."""
   interpreters = interpreters or {}
   os.makedirs(out_dir, exist_ok=True)
   names = list(runs)
@@ -105,7 +103,7 @@ def _names(run_dirs):
 def replay_step(pair):
   """The step whose replay localizes `pair` (a parity report's): where its first-named
   pitfall shows (pitfalls.Where.at): 1; the first step whose learning rate (the
-  reference's steps.csv) differs from the step before's; the pair's last common snapshot
+  reference's steps.csv) differs from the first step's; the pair's last common snapshot
   step. 1 where none is named, or the rate never changes."""
   named = pair.get('pitfalls') or []
   problems = {**pitfalls.SETUP_PROBLEMS, **pitfalls.PITFALLS}
@@ -113,10 +111,9 @@ def replay_step(pair):
   if at == 'late':
     return max([1, *((pair.get('weight_tier') or {}).get('common_steps') or [])])
   if at == 'rate_change':
-    rates = runlog.read_csv(os.path.join(pair['reference'], run_files.STEPS_CSV))[
-        'learning_rate']
-    changed = np.flatnonzero(~np.isclose(rates[1:], rates[:-1], rtol=LR_RTOL, atol=0))
-    return int(changed[0]) + 2 if changed.size else 1
+    changed = config_lint.first_rate_change(runlog.read_csv(
+        os.path.join(pair['reference'], run_files.STEPS_CSV))['learning_rate'])
+    return 1 if changed is None else changed + 1
   return 1
 
 

@@ -116,7 +116,9 @@ _TF1_ATTRIBUTES = {'learning_rate': ('_learning_rate', '_lr'), 'beta_1': ('_beta
 # Keras' get_config() names, where they are not the block's.
 _KERAS_NAMES = {'l1': 'l1_regularization_strength', 'l2': 'l2_regularization_strength',
                 'l2_shrinkage': 'l2_shrinkage_regularization_strength'}
-# Values as float32 holds them, printed short (Keras keeps its hyperparameters in float32).
+# Float32 hyper-parameters read back as float64 carry noise past the 7th digit (Keras'
+# get_config gives 0.0010000000474974513 for 0.001): run.json holds, and the lint
+# compares, 7 significant digits.
 _FLOAT32_DIGITS = 7
 
 

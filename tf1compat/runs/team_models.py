@@ -19,9 +19,6 @@ from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import weight_map as weight_maps
 
-# Float32 hyper-parameters read back as float64 carry noise past the 7th digit
-# (Keras' get_config gives 0.0010000000474974513 for 0.001): what the lint compares.
-_FLOAT32_DIGITS = 7
 # RunConfig's own optimizer fields; every other value goes into its hyperparameters.
 _ADAM_FIELDS = ('beta_1', 'beta_2', 'epsilon')
 # tf.compat.v1.GraphKeys' TRAINABLE_VARIABLES and GLOBAL_VARIABLES, named without
@@ -50,7 +47,7 @@ def loaded_module(name, who):
 
 def _hyper_parameter(name, value):
   if isinstance(value, numbers.Real):
-    return float(f'{float(value):.{_FLOAT32_DIGITS}g}')
+    return optimizers.short(value)
   raise errors.UsageError(f'optimizer_fields: the optimizer\'s {name} is a {type(value).__name__}, '
                           f'not a number; declare RunConfig({name}=...) yourself')
 
