@@ -301,7 +301,7 @@ def agreement(named, where, reference):
 
 def excluded_items(differences, reference):
   """(stage, name) of the items a pair's known framework differences
-  (diagnosis.known_differences) change, reported not judged.
+  (framework_differences.known_differences) change, reported not judged.
 
   bn_moving_variance: the moving variances' change. adam_rounding: every update (two Adam
   kernels round the step apart, as the step tier reports and does not judge; a port's

@@ -18,6 +18,7 @@ import numpy as np
 from tf1compat.judge import calibration
 from tf1compat.judge import config_lint
 from tf1compat.judge import diagnosis
+from tf1compat.judge import framework_differences
 from tf1compat.judge import tiers
 from tf1compat.runs import batch_record
 from tf1compat.runs import errors
@@ -113,7 +114,7 @@ def load_run(path, weight_map=None):
   steps = runlog.read_csv(os.path.join(path, run_files.STEPS_CSV))
   if not steps:
     raise errors.UsageError(f'{path}: {run_files.STEPS_CSV} is missing or empty')
-  problem = diagnosis.kernels_problem(manifest)
+  problem = framework_differences.kernels_problem(manifest)
   if problem:
     raise errors.UsageError(f'{path}: {run_files.RUN_JSON} does not say which kernels the run '
                             f'computed with ({problem}); rerun its command with this version')
@@ -209,15 +210,15 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   semantics tier.
   """
   lint_found = config_lint.lint(reference, other)
-  differences = diagnosis.known_differences(reference, other)
+  differences = framework_differences.known_differences(reference, other)
   excluded = set()
   if 'bn_moving_variance' in differences:
     excluded = {k for k in reference.snapshot(reference.snapshot_steps[0])
                 if k.endswith('moving_variance')}
-    differences['bn_moving_variance']['measured'] = diagnosis.measure_bn_variance(
+    differences['bn_moving_variance']['measured'] = framework_differences.measure_bn_variance(
         reference, other)
   steps = tiers.step_tier(reference, other, tol, envelope)
-  for name in diagnosis.STEP_BREAKING & set(differences):
+  for name in framework_differences.STEP_BREAKING & set(differences):
     if steps['steps'] and not differences[name].get('measured'):
       differences[name]['measured'] = _measured(steps)
   weights = tiers.weight_tier(reference, other, tol, excluded, envelope)
@@ -228,7 +229,7 @@ def compare_pair(reference, other, tol, envelope=None, dropout_state=None):
   semantics_ok = all(info['kind'] == tiers.METRICS_PER_EPOCH
                      for run_info in semantics.values() for info in run_info.values())
   bn_ok = all(state is None or state['all_moved'] for state in bn_states.values())
-  step_judged = not diagnosis.STEP_BREAKING & set(differences)
+  step_judged = not framework_differences.STEP_BREAKING & set(differences)
   mismatches = [d for d in lint_found if not d['equivalent']]
   verdicts = {
       'config': {'judged': True, 'passed': not mismatches},

@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from tf1compat.judge import calibration
-from tf1compat.judge import diagnosis
 from tf1compat.judge import events
+from tf1compat.judge import framework_differences
 from tf1compat.runs import atomic
 from tf1compat.runs import batch_record
 from tf1compat.runs import run_files
@@ -137,7 +137,7 @@ def ladder_lines(report):
               False: 'outside the envelope'}[rung['inside_envelope']]
     if not rung['step_tier_judged']:
       inside += ' (step tier reported, not judged: ' + ', '.join(
-          sorted(set(rung['framework_differences']) & diagnosis.STEP_BREAKING)) + ')'
+          sorted(set(rung['framework_differences']) & framework_differences.STEP_BREAKING)) + ')'
     lines.append(
         f'  rung {number}: {rung["from"]} -> {rung["to"]} (TensorFlow '
         f'{versions["TensorFlow"][0]} -> {versions["TensorFlow"][1]}, '
@@ -377,7 +377,7 @@ def _markdown(report):
     if pair['framework_differences']:
       out += ['', '### Known framework differences (not mistakes)', '']
       for name, details in pair['framework_differences'].items():
-        out.append(f'- **{name}**: {diagnosis.FRAMEWORK_DIFFERENCES[name]} Measured: '
+        out.append(f'- **{name}**: {framework_differences.FRAMEWORK_DIFFERENCES[name]} Measured: '
                    f'{_fmt(details)}')
     if pair['pitfalls']:
       out += ['', '### Pitfalls that fit the evidence', '']
