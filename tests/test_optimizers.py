@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_python
 from tf1compat.judge import config_lint
-from tf1compat.judge import matrix
+from tf1compat.judge import matrix_cases
 from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
 from tf1compat.judge import runner_jobs
@@ -254,10 +254,12 @@ def test_a_pitfall_of_another_optimizer_is_refused():
 
 
 def test_every_optimizer_pitfall_has_a_matrix_case_where_it_applies():
-  applied = {name for case in matrix.CASES for name in matrix.applicable_pitfalls(case)}
+  applied = {name for case in matrix_cases.CASES
+             for name in matrix_cases.applicable_pitfalls(case)}
   optimizer_pitfalls = {name for name, p in pitfalls.PITFALLS.items() if p.optimizers}
   assert optimizer_pitfalls <= applied
-  assert {matrix.case_optimizer(case) for case in matrix.CASES} == set(optimizers.OPTIMIZERS)
+  assert ({matrix_cases.case_optimizer(case) for case in matrix_cases.CASES}
+          == set(optimizers.OPTIMIZERS))
 
 
 RMSPROP_JOB = r'''

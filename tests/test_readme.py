@@ -18,10 +18,10 @@ from tf1compat.commands import flag_reference
 from tf1compat.commands import tool_flags
 from tf1compat.judge import pitfalls
 
-# absl's own flags every command has, TensorBoard's --logdir in its command line, and XLA's
-# --xla_dump_to (set through XLA_FLAGS).
+# absl's own flags every command has, TensorBoard's --logdir in its command line, XLA's
+# --xla_dump_to (set through XLA_FLAGS) and sbatch's --array.
 OTHER_FLAGS = {'help', 'helpshort', 'helpfull', 'flagfile', 'verbosity', 'version', 'logdir',
-               'xla_dump_to'}
+               'xla_dump_to', 'array'}
 # Programs the README's commands run that are not ours: their arguments are not checked.
 NOT_OURS = {'python3', 'pip', 'pytest', '.', 'apt-get', 'tensorboard'}
 # Fenced blocks of the README: commands (checked), program output, code.

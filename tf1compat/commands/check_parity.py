@@ -23,7 +23,7 @@ from tf1compat.runs import errors
 from tf1compat.runs import runlog
 
 # What changes neither the runs nor their numbers: the same folder serves.
-_NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'localize',
+_NOT_IN_FOLDER_NAME = frozenset({*runlog.OPERATIONAL_FLAGS, 'localize', 'reuse_from',
                                  *tool_flags.TOLERANCE_NAMES})
 
 

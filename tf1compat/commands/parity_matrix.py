@@ -1,7 +1,9 @@
-"""parity_matrix: check_parity over the false-alarm matrix, matched and with each pitfall.
+"""parity_matrix: check_parity over a matrix of cases, one case per job or all here.
 
-Exit codes: 0 every matched case PASSes and every pitfall FAILs and is named first,
-1 otherwise (matrix.md says where), 2 usage error.
+Exit codes: one case (a case index): its check_parity code. Otherwise 0 when every case
+finished as expected (matched ports PASS, each pitfall FAILs and is named first), 1 when
+not or when cases are unfinished (matrix.md says which), 2 usage error, 130/143
+interrupted (rerun to resume).
 """
 
 import os
@@ -13,16 +15,16 @@ from tf1compat.commands import cli
 from tf1compat.commands import tool_flags
 from tf1compat.judge import matrix
 from tf1compat.runs import config
-from tf1compat.runs import errors
 
 
 def main(argv):
   cli.flags_only(argv)
   cfg = config.from_flags(config.MatrixConfig, flags.FLAGS)
-  result = matrix.run(cfg)
-  sys.stdout.write(matrix.markdown(result))
-  sys.stdout.write(f'matrix: {os.path.join(cfg.output_dir, "matrix.md")}\n')
-  return errors.EXIT_OK if result['passed'] else errors.EXIT_PARITY_FAIL
+  code, result = matrix.run(cfg, os.environ)
+  if result is not None:
+    sys.stdout.write(matrix.markdown(result))
+    sys.stdout.write(f'matrix: {os.path.join(cfg.output_root, matrix.MARKDOWN)}\n')
+  return code
 
 
 def define_flags():

@@ -10,7 +10,7 @@ from absl import flags
 from tf1compat.bench import benchmark
 from tf1compat.commands import flags as tf1compat_flags
 from tf1compat.data import record_schema
-from tf1compat.judge import matrix
+from tf1compat.judge import matrix_cases
 from tf1compat.judge import parity
 from tf1compat.judge import pitfalls
 from tf1compat.runs import config
@@ -150,6 +150,10 @@ def define_check_parity_flags():
                     'Replay the first step in every runner and say where inside it the codes '
                     'part (docs/localization.md). Unset: on a FAIL; --localize: on a '
                     'PASS too; --nolocalize: never.')
+  flags.DEFINE_list('reuse_from', list(default('reuse_from')),
+                    'Other check_parity output folders, or folders that hold them (a '
+                    "parity_matrix output root): a runner's complete run made there with this "
+                    "check's arguments is copied into --output_dir instead of trained again.")
   flags.DEFINE_bool('settings_matrix', default('settings_matrix'),
                     'Run the matched check once per setting that applies on this device '
                     '(the port without op determinism, with oneDNN turned the other way than this '
@@ -164,14 +168,41 @@ def define_matrix_flags():
   """Flags of bin/parity_matrix."""
   default = lambda name: config.default(config.MatrixConfig, name)
   tf1compat_flags.define_path(
-      'output_dir', default('output_dir'),
-      "Folder for each case's check_parity output, matrix.md and matrix.json.")
+      'output_root', default('output_root'),
+      'Folder for the matrix: each case\'s check_parity output in a folder of its name, '
+      'matrix.md and matrix.json. On a cluster, storage every job sees.')
+  flags.DEFINE_alias('output_dir', 'output_root')
   flags.DEFINE_list('cases', default('cases'),
-                    f'Cases to run (default: all): {", ".join(matrix.CASE_NAMES)}.')
-  flags.register_validator('cases', lambda v: not v or set(v) <= set(matrix.CASE_NAMES),
-                           message=f'--cases takes names from {", ".join(matrix.CASE_NAMES)}')
+                    'A folder of case files (NAME.flags, check_parity flags, one case each), or '
+                    f'built-in cases by name (default: all): {", ".join(matrix_cases.CASE_NAMES)}.')
+  flags.register_validator(
+      'cases', lambda v: not v or len(v) == 1 or set(v) <= set(matrix_cases.CASE_NAMES),
+      message=f'--cases takes one folder of case files, or names from '
+              f'{", ".join(matrix_cases.CASE_NAMES)}')
   flags.DEFINE_bool('pitfalls', default('pitfalls'),
-                    'Also run each applicable pitfall in every case.')
+                    'Built-in cases: also each applicable pitfall of every case.')
+  tf1compat_flags.define_integer(
+      'case_index', default('case_index'),
+      'Run the case of this index (0 for the first file of --cases in name order) and exit '
+      'with its check_parity exit code. Default: JOB_COMPLETION_INDEX (a Kubernetes Indexed '
+      'Job) or SLURM_ARRAY_TASK_ID (a Slurm array) where set; without one, every case.',
+      lower_bound=0)
+  flags.DEFINE_bool('merge', default('merge'),
+                    'Write matrix.md and matrix.json from what has finished under '
+                    '--output_root and exit 0 only if every case finished as expected.')
+  tf1compat_flags.define_path(
+      'write_cases', default('write_cases'),
+      'Write the built-in cases (--cases names, --pitfalls) into this folder as case files, '
+      'then exit.')
+  tf1compat_flags.define_integer(
+      'parallel', default('parallel'), 'Without a case index: cases run at a time here.',
+      lower_bound=1, upper_bound=256)
+  flags.DEFINE_bool('overwrite', default('overwrite'),
+                    "Replace a case's runs made with other arguments (its case file changed).")
+  flags.register_multi_flags_validator(
+      ['merge', 'write_cases', 'case_index'],
+      lambda v: sum((v['merge'], v['write_cases'] is not None, v['case_index'] is not None)) <= 1,
+      message='--merge, --write_cases and --case_index are three different jobs: pass one')
 
 
 def define_benchmark_flags():

@@ -20,6 +20,7 @@ from tf1compat.judge import legacy_env
 from tf1compat.judge import parity
 from tf1compat.judge import replay_runs
 from tf1compat.judge import report as parity_report
+from tf1compat.judge import run_reuse
 from tf1compat.judge import runner_jobs
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
@@ -30,7 +31,7 @@ from tf1compat.runs import runlog
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
 
-STATE_JSON = 'check_parity.json'
+STATE_JSON = run_reuse.STATE_JSON
 # What the initial weights depend on (the data_dir only through num_classes).
 _INIT_FIELDS = ('num_classes', 'image_size', 'batch_norm', 'dropout', 'seed', 'data_dir')
 # The folder from which the legacy run's interpreter imports tf1compat
@@ -197,17 +198,22 @@ def _plan(cfg, job, common, output_dir, init_weights, nudged, previous):
   return job, model_dir, args, recorded
 
 
-def _train(cfg, planned, previous, state, state_path, legacy_source):
-  """Trains (or resumes, or reuses) one planned runner job, its arguments recorded in
-  check_parity.json first; returns its run directory."""
+def _train(cfg, planned, previous, state, state_path, legacy_source, donors):
+  """Trains (or resumes, or reuses, or copies from one of `donors`) one planned runner
+  job, its arguments recorded in check_parity.json first; returns its run directory."""
   job, model_dir, args, recorded = planned
   # --overwrite replaces the runs whose arguments changed; the others are reused or
   # resumed as without it (a pitfall then retrains only the runner it is injected in).
   same = previous.get(job.name) == recorded
+  donor = None
+  if not same and not run_files.content(model_dir) and donors:
+    donor = run_reuse.copy_run(job.name, recorded, model_dir, donors)
+    same = donor is not None
   state[job.name] = recorded
   atomic.atomic_write_json(state_path, {**previous, **state})
   if same and _complete(model_dir):
-    progress.say(f'{job.name}: reusing the complete run in {model_dir}')
+    progress.say(f'{job.name}: copied the complete run with these arguments from {donor}'
+                 if donor else f'{job.name}: reusing the complete run in {model_dir}')
     return model_dir
   os.makedirs(model_dir, exist_ok=True)
   log_path = os.path.join(model_dir, run_files.RUNNER_LOG)
@@ -256,6 +262,10 @@ def run(cfg, tolerances, reuse=None):
     if not _complete(model_dir):
       raise RuntimeError(f'{model_dir} is not a complete run to reuse')
   controls = any(job.name == runner_jobs.CONTROL for job, _, _, _ in planned)
+  donors = run_reuse.donor_folders(cfg.reuse_from, output_dir)
+  for path in (init_weights, nudged if controls else None):
+    if path:
+      run_reuse.copy_file(path, donors)
   _write_init_weights(init_weights, nudged if controls else None, common)
   # The legacy interpreter imports this tf1compat from a folder that holds it alone.
   legacy_source = (legacy_env.source_path(os.path.join(output_dir, LEGACY_SOURCE))
@@ -263,7 +273,8 @@ def run(cfg, tolerances, reuse=None):
   state = {}
   run_dirs = dict(reuse)
   for item in planned:
-    run_dirs[item[0].name] = _train(cfg, item, previous, state, state_path, legacy_source)
+    run_dirs[item[0].name] = _train(cfg, item, previous, state, state_path, legacy_source,
+                                    donors)
   compared = [run_dirs[job.name] for job in all_jobs if job.name != runner_jobs.CONTROL]
   report = parity.compare(compared, tolerances, controls=_controls(run_dirs))
   # A PASS judged by some controls passes the widest of more as well; a FAIL on numbers
@@ -280,7 +291,7 @@ def run(cfg, tolerances, reuse=None):
     if not made:
       progress.say('the FAIL rests on numbers alone: another kind of control before it '
                    'stands')
-    run_dirs[job.name] = _train(cfg, item, previous, state, state_path, legacy_source)
+    run_dirs[job.name] = _train(cfg, item, previous, state, state_path, legacy_source, donors)
     report = parity.compare(compared, tolerances, controls=_controls(run_dirs))
   report['pitfall_injected'] = cfg.pitfall
   report['init_weights'] = init_weights

@@ -1,168 +1,75 @@
-"""bin/parity_matrix: the false-alarm matrix of the calibrated verdict.
+"""parity_matrix --merge: the matrix's table from every case folder of an output root.
 
-Runs check_parity on a set of cases (model switches, image and batch sizes, seeds, fit,
-Keras' own kernels, a long run, real images) with the matched port, where every case
-must PASS, and with each catalogued pitfall that applies, where every one must FAIL
-and be named first. Writes `matrix.md` and `matrix.json` with the port's divergence
-over the envelope and each pitfall's margin. Each case has its own check_parity
-output folder, so its runs are reused between the matched check and the pitfalls
-and across reruns of the matrix. TensorFlow-free: everything runs in subprocesses.
+Each case (matrix_cases) ran, or runs, or never ran, as a job of its own (matrix_jobs)
+in ROOT/NAME. The merge reads what is there: a finished case's parity.json (its verdict,
+whether it is the expected one, the port's divergence over the envelope or the pitfall's
+margin and where the replay finds it), and for every other case what became of it:
+running (its folder is locked), interrupted or stopped (a rerun of its job resumes),
+failed as a fault (its exit code and the last line it wrote), changed since it ran, or
+missing. It writes matrix.md and matrix.json; the matrix is green when every case
+finished as expected. TensorFlow-free.
 """
 
-import dataclasses
-import json
+import fcntl
 import os
-import subprocess
 
-from tf1compat.judge import pitfalls
+from tf1compat.judge import matrix_cases
+from tf1compat.judge import matrix_jobs
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
-from tf1compat.runs import optimizers
-from tf1compat.runtime import process
+from tf1compat.runs import folders
 from tf1compat.runtime import progress
 
-# The real-image cases: scikit-learn's scanned handwritten digits (1,797 8x8 grey images
-# of 10 classes, shipped inside the package), written as a Caltech-layout image folder
-# and converted by make_records like any user's folder.
-REAL_DATA = 'real_digits'
-REAL_ARGS = ('--image_size=32', '--epochs=2', '--steps_per_epoch=30')
-# Correct ports whose kernels round differently from the reference's at every step:
-# oneDNN turned the other way, one intra-op thread instead of one per core, XLA. The
-# references run with oneDNN forced, so each case means the same on every CPU whatever
-# TensorFlow's default there.
-CROSS_KERNELS = (('onednn_port_on', ('--onednn=off', '--port_flags=--onednn=on')),
-                 ('onednn_port_off', ('--onednn=on', '--port_flags=--onednn=off')),
-                 ('threads_port_1', ('--port_flags=--intra_op_threads=1',)),
-                 ('xla_port', ('--port_flags=--jit_compile',)))
+MARKDOWN = 'matrix.md'
+JSON = 'matrix.json'
+FINISHED = 'finished'
+# What each state of an unfinished case means, for the table.
+UNFINISHED = {
+    'running': 'running (its folder is locked by a job)',
+    'interrupted': 'interrupted by SIGINT/SIGTERM after a checkpoint: rerun its job to resume',
+    'stopped': 'stopped without a word (killed, or its host lost): rerun its job to resume',
+    'fault': 'failed',
+    'changed': 'its case file changed since it ran: rerun its job',
+    'missing': 'not started',
+}
+_EXIT_MEANINGS = {errors.EXIT_USAGE: 'usage or data error', errors.EXIT_NUMERIC: 'numeric fault',
+                  errors.EXIT_FAULT: 'internal or device fault'}
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-  name: str
-  args: tuple
-  # What the args give the run: the pitfalls that need one of these (their `needs`) apply.
-  has: tuple = ()
-  # Trains on the real digits (real_data_dir) instead of the embedded dataset.
-  real_data: bool = False
-  # Checks only its optimizer's own pitfalls (the others are checked on Adam's cases).
-  optimizer_pitfalls_only: bool = False
+def _locked(case_dir):
+  """Whether a process holds the lock of `case_dir` (checks it for an instant)."""
+  path = os.path.join(case_dir, folders.LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path, 'a+') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+    fcntl.flock(lock, fcntl.LOCK_UN)
+  return False
 
 
-# Each optimizer (Adam is every other case's) and each schedule, under Momentum, whose
-# accumulator is where TF1 and Keras part when the rate changes.
-OPTIMIZER_CASES = tuple(
-    Case(f'optimizer_{name}', (f'--optimizer={name}',), optimizer_pitfalls_only=True)
-    for name in optimizers.OPTIMIZERS if name != 'adam')
-SCHEDULE_CASES = tuple(
-    Case(f'schedule_{name}', ('--optimizer=momentum', f'--lr_schedule={name}'),
-         ('lr_schedule',), optimizer_pitfalls_only=True)
-    for name in optimizers.SCHEDULES if name != 'constant')
-
-
-CASES = (
-    Case('default', ()),
-    Case('batch_norm', ('--batch_norm',), ('batch_norm',)),
-    Case('dropout', ('--dropout=0.3',), ('dropout',)),
-    Case('resnet_small',
-         ('--model=tf1compat.train.models.resnet:resnet_small', '--lr_decay_steps=40'),
-         ('batch_norm', 'regularization', 'lr_schedule', 'batch_norm_momentum')),
-    Case('image_32', ('--image_size=32',)),
-    Case('image_96', ('--image_size=96',)),
-    Case('batch_8', ('--batch_size=8',)),
-    Case('batch_64', ('--batch_size=64',)),
-    Case('seed_1', ('--seed=1',)),
-    Case('seed_2', ('--seed=2',)),
-    Case('with_fit', ('--with_fit',)),
-    Case('noexact', ('--noexact',)),
-    Case('steps_300', ('--steps_per_epoch=100',)),
-    Case(REAL_DATA, REAL_ARGS, real_data=True),
-    *(Case(name, args) for name, args in CROSS_KERNELS),
-    *(Case(f'{REAL_DATA}_{name}', REAL_ARGS + args, real_data=True)
-      for name, args in CROSS_KERNELS),
-    # Longer runs, where a per-step difference has the time to grow.
-    Case(f'{REAL_DATA}_120_onednn_port_on',
-         ('--image_size=32', '--epochs=4', '--steps_per_epoch=30', *CROSS_KERNELS[0][1]),
-         real_data=True),
-    Case(f'{REAL_DATA}_300_onednn_port_off',
-         ('--image_size=32', '--epochs=10', '--steps_per_epoch=30', *CROSS_KERNELS[1][1]),
-         real_data=True),
-    *OPTIMIZER_CASES,
-    *SCHEDULE_CASES,
-)
-CASE_NAMES = tuple(case.name for case in CASES)
-
-
-def case_optimizer(case):
-  """The --optimizer of a case (adam unless its args say another)."""
-  given = [arg.split('=', 1)[1] for arg in case.args if arg.startswith('--optimizer=')]
-  return given[-1] if given else 'adam'
-
-
-def applicable_pitfalls(case):
-  """The catalogued pitfalls that can show in this case's model and optimizer."""
-  names = [name for name, pitfall in sorted(pitfalls.PITFALLS.items())
-           if (not pitfall.needs or set(case.has) & set(pitfall.needs))
-           and pitfalls.applies_to(pitfall, case_optimizer(case))
-           and (pitfall.optimizers or not case.optimizer_pitfalls_only)]
-  # Port-side pitfalls first: the legacy run and its control are then reused by them.
-  return sorted(names, key=lambda n: 'graph' in pitfalls.PITFALLS[n].runners)
-
-
-def write_digits_folder(folder):
-  """scikit-learn's digits as PNG files in Caltech layout (`001.zero/001_0001.png`)."""
-  try:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise errors.UsageError(
-        f'the {REAL_DATA} case needs scikit-learn and pillow: '
-        "pip install -e '.[matrix]' (or leave the case out with --cases)") from e
-  digits = datasets.load_digits()
-  names = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
-  counts = {}
-  for image, label in zip(digits.images, digits.target):
-    class_dir = os.path.join(folder, f'{label + 1:03d}.{names[label]}')
-    os.makedirs(class_dir, exist_ok=True)
-    counts[label] = counts.get(label, 0) + 1
-    pixels = (image * (255.0 / 16.0)).round().astype('uint8')
-    Image.fromarray(pixels, mode='L').save(
-        os.path.join(class_dir, f'{label + 1:03d}_{counts[label]:04d}.png'))
-
-
-def real_data_dir(output_dir):
-  """The converted digits records (made once under `output_dir`)."""
-  records_dir = os.path.join(output_dir, 'data', 'digits_records')
-  if os.path.exists(os.path.join(records_dir, 'dataset.json')):
-    return records_dir
-  images_dir = os.path.join(output_dir, 'data', 'digits_images')
-  if not os.path.isdir(images_dir):
-    write_digits_folder(images_dir + '.tmp')
-    os.replace(images_dir + '.tmp', images_dir)
-  result = subprocess.run(
-      process.command('make_records', f'--image_dir={images_dir}',
-                      f'--output_dir={records_dir}', '--overwrite'),
-      capture_output=True, text=True, env=process.child_env(), check=False)
-  if result.returncode:
-    raise errors.UsageError(f'make_records failed on {images_dir}: '
-                            f'{result.stderr.strip().splitlines()[-1:]}')
-  return records_dir
-
-
-def _check(args, output_dir):
-  """Runs check_parity; returns (exit code, parity.json content or None).
-
-  --overwrite: a case's pitfalls run in its folder one after the other, each replacing
-  the runs of the one before (check_parity refuses to unasked).
-  """
-  result = subprocess.run(process.command('check_parity', f'--output_dir={output_dir}',
-                                          '--overwrite', *args),
-                          capture_output=True, text=True, env=process.child_env(), check=False)
-  if result.returncode not in (errors.EXIT_OK, errors.EXIT_PARITY_FAIL):
-    error = errors.UsageError if result.returncode == errors.EXIT_USAGE else errors.Fault
-    raise error(f'check_parity {" ".join(args)} stopped with exit code {result.returncode}: '
-                f'{result.stderr.strip()[-400:]}')
-  with open(os.path.join(output_dir, 'parity.json')) as f:
-    return result.returncode, json.load(f)
+def case_state(case, root):
+  """(state, the case's record or None): FINISHED or a key of UNFINISHED."""
+  case_dir = os.path.join(root, case.name)
+  if not os.path.isdir(case_dir):
+    return 'missing', None
+  if _locked(case_dir):
+    return 'running', None
+  record = matrix_jobs.read_json(os.path.join(case_dir, matrix_jobs.CASE_JSON))
+  if record is None:
+    return 'stopped', None
+  if record.get('digest') != case.digest:
+    return 'changed', record
+  code = record.get('exit_code')
+  if code in matrix_jobs.VERDICT_CODES:
+    if matrix_jobs.read_json(os.path.join(case_dir, matrix_jobs.PARITY_JSON)) is None:
+      return 'stopped', record
+    return FINISHED, record
+  if code in matrix_jobs.INTERRUPTED_CODES:
+    return 'interrupted', record
+  return 'fault', record
 
 
 def _matched_row(case, report):
@@ -170,6 +77,7 @@ def _matched_row(case, report):
   ratios = [p['envelope_ratio'] for p in report['pairs'] if p['envelope_ratio'] is not None]
   return {
       'case': case.name, 'verdict': report['verdict'],
+      'as_expected': report['verdict'] == 'PASS',
       'envelope_ratio': max(ratios) if ratios else None,
       'bit_identical': all(p['bit_identical'] for p in report['pairs']),
       'step_judged': all(p['tiers']['step']['judged'] for p in report['pairs']),
@@ -194,51 +102,165 @@ def _where(report, pitfall):
   return found, first['ratio'] if first else None, verdicts.get(pitfall)
 
 
-def _pitfall_row(case, pitfall, report):
+def _pitfall_row(case, report):
+  pitfall = case.pitfall
   named = [p for pair in report['pairs'] for p in pair['pitfalls']]
   first = named[0] if named else None
   where, where_ratio, agreement = _where(report, pitfall)
+  named_first = bool(first and first['name'] == pitfall)
   return {'case': case.name, 'pitfall': pitfall, 'verdict': report['verdict'],
-          'named_first': bool(first and first['name'] == pitfall),
+          'as_expected': report['verdict'] == 'FAIL' and named_first,
+          'named_first': named_first,
           'judged_by': first['judged_by'] if first else None,
           'margin': first['margin'] if first else None,
           'named': [p['name'] for p in named],
           'where': where, 'where_ratio': where_ratio, 'where_agreement': agreement}
 
 
-def run(cfg):
-  """Runs the cases config.MatrixConfig `cfg` selects; returns {'matched': [...],
-  'pitfalls': [...], 'passed'}."""
-  output_dir = cfg.output_dir
-  os.makedirs(output_dir, exist_ok=True)
-  selected = [case for case in CASES if not cfg.cases or case.name in cfg.cases]
-  matched, pitfall_rows = [], []
-  for case in selected:
-    args = list(case.args)
-    if case.real_data:
-      args.append(f'--data_dir={real_data_dir(output_dir)}')
-    case_dir = os.path.join(output_dir, case.name)
-    _, report = _check(args, case_dir)
-    row = _matched_row(case, report)
-    matched.append(row)
-    progress.say(f'{case.name}: matched port {row["verdict"]} '
-                 f'({_num(row["envelope_ratio"])}x envelope, curves at '
-                 f'{_num(row["curve_band_ratio"])}x their band)')
-    if not cfg.pitfalls:
-      continue
-    for pitfall in applicable_pitfalls(case):
-      _, report = _check(args + [f'--pitfall={pitfall}'], case_dir)
-      row = _pitfall_row(case, pitfall, report)
-      pitfall_rows.append(row)
-      margin = 'exact' if row['margin'] is None else f'{row["margin"]:.3g}x'
-      progress.say(f'{case.name}: {pitfall} {row["verdict"]}, named first: '
-                   f'{"yes" if row["named_first"] else "no"} (margin {margin})')
-  passed = (all(r['verdict'] == 'PASS' for r in matched) and
-            all(r['verdict'] == 'FAIL' and r['named_first'] for r in pitfall_rows))
-  result = {'matched': matched, 'pitfalls': pitfall_rows, 'passed': passed}
-  atomic.atomic_write_json(os.path.join(output_dir, 'matrix.json'), result)
-  atomic.atomic_write_text(os.path.join(output_dir, 'matrix.md'), markdown(result))
+def listed_cases(root):
+  """The cases the jobs under `root` recorded (ROOT/cases.json) as CaseFiles without
+  their flags; errors.UsageError where no job recorded them."""
+  listed = matrix_jobs.read_json(os.path.join(root, matrix_jobs.CASES_JSON))
+  if not listed:
+    raise errors.UsageError(f'--output_root={root} holds no {matrix_jobs.CASES_JSON}: no job '
+                            'of a matrix started there; pass --cases=FOLDER to say which '
+                            'cases to expect')
+  return [matrix_cases.CaseFile(c['name'], c['file'], (), c['pitfall'], c['digest'])
+          for c in listed['cases']]
+
+
+def _row(case, root):
+  """(state, the case's row): the finished case's, else the unfinished one's."""
+  state, record = case_state(case, root)
+  if state != FINISHED:
+    code = (record or {}).get('exit_code') if state in ('fault', 'interrupted') else None
+    return state, {
+        'case': case.name, 'pitfall': case.pitfall, 'state': state, 'exit_code': code,
+        'meaning': _EXIT_MEANINGS.get(code, UNFINISHED[state]),
+        'last_line': (record or {}).get('last_line') if code is not None else None,
+        'log': os.path.join(root, case.name, matrix_jobs.LOG)}
+  report = matrix_jobs.read_json(os.path.join(root, case.name, matrix_jobs.PARITY_JSON))
+  row = _pitfall_row(case, report) if case.pitfall else _matched_row(case, report)
+  row['seconds'] = record.get('seconds')
+  return state, row
+
+
+def case_line(case, root):
+  """One console line on how `case` ended."""
+  state, row = _row(case, root)
+  if state != FINISHED:
+    return f'{case.name}: {state}, {row["meaning"]}' + (
+        f' ({row["last_line"]})' if row['last_line'] else '')
+  named = f', named: {", ".join(row["named"]) or "nothing"}' if case.pitfall else ''
+  return (f'{case.name}: {row["verdict"]}{named}, '
+          f'{"as" if row["as_expected"] else "NOT as"} expected ({case.expected}) '
+          f'in {row["seconds"]:.0f} s')
+
+
+def merge(root, cases):
+  """The matrix of `cases` (matrix_cases.CaseFile) under `root` as it stands, written to
+  ROOT/matrix.md and ROOT/matrix.json: {'matched': rows, 'pitfalls': rows,
+  'unfinished': rows, 'cases', 'finished', 'complete', 'green'}."""
+  matched, pitfall_rows, unfinished = [], [], []
+  for case in cases:
+    state, row = _row(case, root)
+    if state != FINISHED:
+      unfinished.append(row)
+    else:
+      (pitfall_rows if case.pitfall else matched).append(row)
+  finished = len(matched) + len(pitfall_rows)
+  result = {'matched': matched, 'pitfalls': pitfall_rows, 'unfinished': unfinished,
+            'cases': len(cases), 'finished': finished, 'complete': not unfinished,
+            'green': not unfinished and all(r['as_expected'] for r in matched + pitfall_rows)}
+  atomic.atomic_write_json(os.path.join(root, JSON), result)
+  atomic.atomic_write_text(os.path.join(root, MARKDOWN), markdown(result))
   return result
+
+
+def summary_line(result):
+  """One line: how many cases finished, how many as expected, what is left."""
+  off = [r['case'] for r in result['matched'] + result['pitfalls'] if not r['as_expected']]
+  line = (f'{result["finished"]} of {result["cases"]} cases finished, '
+          f'{result["finished"] - len(off)} as expected')
+  if off:
+    line += f'; not as expected: {", ".join(off)}'
+  by_state = {}
+  for row in result['unfinished']:
+    by_state.setdefault(row['state'], []).append(row['case'])
+  for state, names in by_state.items():
+    line += f'; {state}: {", ".join(names)}'
+  return line + ('; green' if result['green'] else '')
+
+
+
+def selected_builtin(names):
+  """The built-in cases named (all for None)."""
+  return [case for case in matrix_cases.CASES if not names or case.name in names]
+
+
+def _case_folder(cfg):
+  """The folder of case files --cases names, or None for built-in cases."""
+  names = cfg.cases or ()
+  if len(names) == 1 and names[0] not in matrix_cases.CASE_NAMES:
+    return names[0]
+  return None
+
+
+def run(cfg, environ):
+  """parity_matrix for config.MatrixConfig `cfg` and the scheduler's `environ`; returns
+  (exit code, the merged matrix or None).
+
+  --write_cases: the built-in cases as flag files. --merge: the table of what has
+  finished. A case index (--case_index, JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID): that
+  case of the --cases folder, its exit code. Otherwise every case here, then the table.
+  """
+  folder = _case_folder(cfg)
+  root = cfg.output_root
+  if cfg.write_cases:
+    if folder:
+      raise errors.UsageError('--write_cases writes the built-in cases: --cases names them '
+                              f'({", ".join(matrix_cases.CASE_NAMES[:3])}, ...), not a folder')
+    folders.check_output(cfg.write_cases, '--write_cases', folder=True)
+    written = matrix_cases.write_cases(cfg.write_cases, selected_builtin(cfg.cases),
+                                       cfg.pitfalls)
+    progress.say(f'wrote {len(written)} cases to {cfg.write_cases}: indexes 0 to '
+                 f'{len(written) - 1} (Kubernetes: completions: {len(written)}; Slurm: '
+                 f'--array=0-{len(written) - 1})')
+    return errors.EXIT_OK, None
+  if cfg.merge:
+    cases = matrix_cases.read_cases(folder) if folder else listed_cases(root)
+    result = merge(root, cases)
+    return (errors.EXIT_OK if result['green'] else errors.EXIT_PARITY_FAIL), result
+  folders.check_output(root, '--output_root', folder=True)
+  index, source = matrix_jobs.scheduler_index(cfg.case_index, environ)
+  if index is not None:
+    if not folder:
+      raise errors.UsageError(
+          f'{source}={index} runs one case of a folder of case files: write the built-in '
+          'matrix with parity_matrix --write_cases=FOLDER, then pass --cases=FOLDER')
+    cases = matrix_cases.read_cases(folder)
+    case = matrix_jobs.pick(cases, index, source)
+    matrix_jobs.record_case_list(cases, root)
+    progress.say(f'case {index} ({source}) of {len(cases)}: {case.name}, '
+                 f'expected {case.expected}; folder {os.path.join(root, case.name)}')
+    children = matrix_jobs.Children()
+    with children.forwarding():
+      return matrix_jobs.run_case(case, root, children, cfg.overwrite), None
+  folders.lock_folder(root, '--output_root')
+  cases = (matrix_cases.read_cases(folder) if folder else matrix_cases.write_cases(
+      os.path.join(root, 'cases'), selected_builtin(cfg.cases), cfg.pitfalls, replace=True))
+  matrix_jobs.record_case_list(cases, root)
+  progress.say(f'{len(cases)} cases, {cfg.parallel} at a time, into {root}')
+  done = []
+  def on_done(case, _):
+    done.append(case)
+    progress.say(f'[{len(done)}/{len(cases)}] {case_line(case, root)}')
+  codes = matrix_jobs.run_local(cases, root, cfg.parallel, on_done, cfg.overwrite)
+  result = merge(root, cases)
+  interrupted = [code for code in codes.values() if code in matrix_jobs.INTERRUPTED_CODES]
+  if interrupted:
+    return interrupted[0], result
+  return (errors.EXIT_OK if result['green'] else errors.EXIT_PARITY_FAIL), result
 
 
 def _num(value, fmt='{:.2g}'):
@@ -246,23 +268,34 @@ def _num(value, fmt='{:.2g}'):
 
 
 def markdown(result):
-  """The matrix as Markdown tables (what docs/parity.md shows)."""
-  out = ['| case | steps | verdict | port x envelope | bit-identical | step tier | '
-         'horizon (loss/weights) | curves x band |', '|---|---|---|---|---|---|---|---|']
+  """The matrix as Markdown: its summary line, then the matched cases, the pitfall
+  cases and the unfinished ones, a table each (what docs/false-alarms.md shows)."""
+  out = [summary_line(result), '']
+  if result['matched']:
+    out += ['| case | steps | verdict | port x envelope | bit-identical | step tier | '
+            'horizon (loss/weights) | curves x band | seconds |',
+            '|---|---|---|---|---|---|---|---|---|']
   for r in result['matched']:
     out.append(f'| {r["case"]} | {r["steps"]} | {r["verdict"]} | {_num(r["envelope_ratio"])} | '
                f'{"yes" if r["bit_identical"] else "no"} | '
                f'{"judged" if r["step_judged"] else "reported"} | '
-               f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} |')
+               f'{r["loss_horizon"]}/{r["weight_horizon"]} | {_num(r["curve_band_ratio"])} | '
+               f'{_num(r.get("seconds"), "{:.0f}")} |')
   if result['pitfalls']:
     out += ['', '| case | pitfall | verdict | named first | judged by | margin over correct runs '
-            '| where (the replayed step) | x control | catalogue |',
-            '|---|---|---|---|---|---|---|---|---|']
-    for r in result['pitfalls']:
-      out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '
-                 f'{"yes" if r["named_first"] else "no: " + ", ".join(r["named"])} | '
-                 f'{r["judged_by"] or "-"} | '
-                 f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} | '
-                 f'{r["where"]} | {_num(r["where_ratio"], "{:.3g}x")} | '
-                 f'{r["where_agreement"] or "-"} |')
+            '| where (the replayed step) | x control | catalogue | seconds |',
+            '|---|---|---|---|---|---|---|---|---|---|']
+  for r in result['pitfalls']:
+    out.append(f'| {r["case"]} | {r["pitfall"]} | {r["verdict"]} | '
+               f'{"yes" if r["named_first"] else "no: " + ", ".join(r["named"])} | '
+               f'{r["judged_by"] or "-"} | '
+               f'{_num(r["margin"], "{:.3g}x") if r["margin"] is not None else "exact"} | '
+               f'{r["where"]} | {_num(r["where_ratio"], "{:.3g}x")} | '
+               f'{r["where_agreement"] or "-"} | {_num(r.get("seconds"), "{:.0f}")} |')
+  if result['unfinished']:
+    out += ['', '| case | state | exit code | what it means | last line |', '|---|---|---|---|---|']
+  for r in result['unfinished']:
+    last = (r['last_line'] or '-').replace('|', '\\|')
+    out.append(f'| {r["case"]} | {r["state"]} | {_num(r["exit_code"], "{}")} | {r["meaning"]} | '
+               f'{last} |')
   return '\n'.join(out) + '\n'

@@ -222,6 +222,9 @@ class CheckParityConfig(TrainingConfig):
   # Where inside one step the codes part (localize.py): None on a FAIL, True for every
   # pair, False never.
   localize: bool | None = None
+  # Other checks' folders (or folders of them) whose complete runs with these arguments
+  # are copied instead of trained again (run_reuse.py).
+  reuse_from: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
@@ -306,7 +309,13 @@ class BenchmarkConfig(DataConfig):
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)
 class MatrixConfig:
-  """bin/parity_matrix: which cases of the false-alarm matrix to run, and where."""
-  output_dir: str = 'runs/parity_matrix'
-  cases: tuple | None = None  # None: every case
-  pitfalls: bool = True
+  """bin/parity_matrix: which cases of a matrix to run, how, and where."""
+  output_root: str = 'runs/parity_matrix'
+  # Built-in case names (None: every one), or one folder of case files.
+  cases: tuple | None = None
+  pitfalls: bool = True  # the built-in cases' pitfalls too
+  case_index: int | None = None  # None: the scheduler's (JOB_COMPLETION_INDEX, ...) or all
+  merge: bool = False
+  write_cases: str | None = None
+  parallel: int = 2  # cases at a time on this host
+  overwrite: bool = False
