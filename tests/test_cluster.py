@@ -126,8 +126,17 @@ def test_jobs_by_index_killed_rerun_and_merged_equal_a_local_run(cases_dir, tmp_
   code, out, _ = _finish(_job(cases_dir, root, 3))
   assert code == 1 and 'nothing to run' in out
 
-  # The same cases run here, two at a time, give the same table.
+  # The same cases run here, two at a time. A SIGTERM to the first process only (what a
+  # scheduler sends) stops the cases running after a checkpoint and starts no other; the
+  # rerun resumes. The table is the jobs' one.
   local_root = str(tmp_path / 'local')
+  local = _job(cases_dir, local_root, None, '--parallel=2')
+  _wait_for_rows(os.path.join(local_root, 'a_matched', 'eager', 'steps.csv'), 5, local)
+  local.send_signal(signal.SIGTERM)
+  code, out, err = _finish(local)
+  assert code == 128 + signal.SIGTERM, out[-3000:] + err[-3000:]
+  states = {r['case']: r['state'] for r in _table(local_root)[0]['unfinished']}
+  assert states['a_matched'] == 'interrupted' and states['e_from_logits_lost'] == 'missing'
   code, out, err = _finish(_job(cases_dir, local_root, None, '--parallel=2'))
   assert code == 0, out[-3000:] + err[-3000:]
   assert f'[{len(NAMES)}/{len(NAMES)}]' in out

@@ -304,7 +304,7 @@ def run(cfg, tolerances, reuse=None):
         index for index, pair in enumerate(report['pairs'])
         if cfg.localize or (cfg.localize is None and pair['verdict'] == 'FAIL')],
         interpreters={run_dirs[runner_jobs.LEGACY]: (cfg.legacy_python, legacy_source)}
-        if runner_jobs.LEGACY in run_dirs else None)
+        if runner_jobs.LEGACY in run_dirs else None, donors=donors)
   finally:
     parity_report.write_report(report, output_dir)
   return report

@@ -1,13 +1,14 @@
-"""parity_matrix --merge: the matrix's table from every case folder of an output root.
+"""bin/parity_matrix's library: which job a call is (`run`), and the merge of what finished.
 
-Each case (matrix_cases) ran, or runs, or never ran, as a job of its own (matrix_jobs)
-in ROOT/NAME. The merge reads what is there: a finished case's parity.json (its verdict,
-whether it is the expected one, the port's divergence over the envelope or the pitfall's
-margin and where the replay finds it), and for every other case what became of it:
-running (its folder is locked), interrupted or stopped (a rerun of its job resumes),
-failed as a fault (its exit code and the last line it wrote), changed since it ran, or
-missing. It writes matrix.md and matrix.json; the matrix is green when every case
-finished as expected. TensorFlow-free.
+A call writes the built-in cases as flag files (matrix_cases), runs the one case its
+scheduler's index names, or every case here (matrix_jobs), or merges. Each case ran, or
+runs, or never ran, in ROOT/NAME. The merge reads what is there: a finished case's
+parity.json (its verdict, whether it is the expected one, the port's divergence over the
+envelope or the pitfall's margin and where the replay finds it), and for every other case
+what became of it: running (its folder is locked), interrupted or stopped (a rerun of its
+job resumes), failed as a fault (its exit code and the last line it wrote), changed since
+it ran, or missing. It writes matrix.md and matrix.json; the matrix is green when every
+case finished as expected. TensorFlow-free.
 """
 
 import fcntl
@@ -190,7 +191,6 @@ def summary_line(result):
   for state, names in by_state.items():
     line += f'; {state}: {", ".join(names)}'
   return line + ('; green' if result['green'] else '')
-
 
 
 def selected_builtin(names):

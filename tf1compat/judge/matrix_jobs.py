@@ -104,11 +104,13 @@ def check_parity_args(case, root, overwrite):
 
 class Children:
   """The check_parity processes this job started: SIGINT and SIGTERM go on to each (a
-  scheduler signals only its job's first process), which checkpoints and exits."""
+  scheduler signals only its job's first process), which checkpoints and exits; after
+  one, no case starts (`stopped`: its number)."""
 
   def __init__(self):
     self._live = set()
     self._lock = threading.Lock()
+    self.stopped = None
 
   @contextlib.contextmanager
   def forwarding(self):
@@ -124,11 +126,15 @@ class Children:
 
   def send(self, signum):
     with self._lock:
+      self.stopped = self.stopped or signum
       for child in self._live:
         child.send_signal(signum)
 
   def start(self, command, **kwargs):
+    """The started process, or None after a signal."""
     with self._lock:
+      if self.stopped:
+        return None
       child = subprocess.Popen(command, **kwargs)  # pylint: disable=consider-using-with
       self._live.add(child)
       return child
@@ -161,6 +167,8 @@ def run_case(case, root, children, overwrite=False, echo=True):
       progress.say(f'{case.name}: finished before ({record.get("verdict")}, '
                    f'{os.path.join(case_dir, PARITY_JSON)}); nothing to run')
     return record['exit_code']
+  if children.stopped:  # interrupted before this case started: it stays missing
+    return 128 + children.stopped
   os.makedirs(case_dir, exist_ok=True)
   started = time.monotonic()
   last_line = ''
@@ -169,6 +177,9 @@ def run_case(case, root, children, overwrite=False, echo=True):
     log.flush()
     child = children.start(process.command('check_parity', *args), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, env=process.child_env())
+    if child is None:
+      log.write('# not started: this job was interrupted\n')
+      return 128 + children.stopped
     try:
       for line in child.stdout:
         log.write(line)

@@ -13,6 +13,7 @@ import subprocess
 from tf1compat.judge import config_lint
 from tf1compat.judge import localize
 from tf1compat.judge import pitfalls
+from tf1compat.judge import run_reuse
 from tf1compat.runs import errors
 from tf1compat.runs import probes
 from tf1compat.runs import run_files
@@ -41,9 +42,10 @@ def _current(path, run_dir, fed_digest, step):
           and meta.get('step') == step)
 
 
-def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
+def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1, donors=()):
   """The probe path of run `name`'s replay of `step` in `out_dir`, made unless a current
-  one is there, by `interpreter` ((python, the folder it imports tf1compat from); None:
+  one is there or in a donor's replays (check_parity --reuse_from: its run was copied
+  from there), by `interpreter` ((python, the folder it imports tf1compat from); None:
   this one's). `batch_path`: the reference's replay, whose batch it computes on and, for
   a step after the first, whose start state it starts from."""
   out = os.path.join(out_dir, f'{name}.npz' if step == 1 else f'{name}-step{step}.npz')
@@ -51,6 +53,12 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
   if _current(out, run_dir, fed_digest, step):
     progress.say(f'{name}: reusing its replay of step {step} ({out})')
     return out
+  for donor in donors:
+    theirs = os.path.join(donor, REPLAY_DIR, os.path.basename(out))
+    if _current(theirs, run_dir, fed_digest, step):
+      run_reuse.link_file(theirs, out)
+      progress.say(f'{name}: copied its replay of step {step} from {donor}')
+      return out
   progress.say(f'{name}: replaying step {step}')
   runner = runlog.read_manifest(run_dir)['runner']
   args = [f'--model_dir={run_dir}', f'--replay_out={out}', f'--replay_step={step}']
@@ -71,22 +79,22 @@ def _replay(name, run_dir, out_dir, batch_path=None, interpreter=None, step=1):
   return out
 
 
-def replay_runs(runs, out_dir, interpreters=None, step=1):
+def replay_runs(runs, out_dir, interpreters=None, step=1, donors=()):
   """{name: probe path}: the replays of step `step` of `runs` ({name: run directory}, the
   reference first) in `out_dir`. The reference is replayed on its pipeline's batch, the
   others on the same batch (its probe's) and, after the first step, from the state its
   replay started from; a replay of the same run, step and batch already there is reused.
   A run in `interpreters` ({run directory: (python, the folder it imports tf1compat
   from)}) is replayed by the interpreter that trained it: a TF 1.15 run on TF 1.15
-  itself."""
+  itself. `donors`: check_parity folders whose current replays serve (run_reuse)."""
   interpreters = interpreters or {}
   os.makedirs(out_dir, exist_ok=True)
   names = list(runs)
   reference = _replay(names[0], runs[names[0]], out_dir,
-                      interpreter=interpreters.get(runs[names[0]]), step=step)
+                      interpreter=interpreters.get(runs[names[0]]), step=step, donors=donors)
   with concurrent.futures.ThreadPoolExecutor(_AT_ONCE) as pool:
     others = {name: pool.submit(_replay, name, runs[name], out_dir, reference,
-                                interpreters.get(runs[name]), step)
+                                interpreters.get(runs[name]), step, donors)
               for name in names[1:]}
     return {names[0]: reference, **{name: job.result() for name, job in others.items()}}
 
@@ -117,21 +125,22 @@ def replay_step(pair):
   return 1
 
 
-def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None):
+def localize_report(report, tol, out_dir, weight_maps=None, pairs=None, interpreters=None,
+                    donors=()):
   """Adds 'where' (localize.py) to the pairs of parity report `report` whose indices are
   in `pairs` (None: all), from the probes of the reference, the control and those pairs'
   other runs at each pair's replay_step: a loop's recorded probe (RunRecorder.probe),
   else a replay by our runner, written into `out_dir`/localize. `weight_maps` as
-  parity.compare's; `interpreters` as replay_runs'."""
+  parity.compare's; `interpreters` and `donors` as replay_runs'."""
   chosen = range(len(report['pairs'])) if pairs is None else sorted(pairs)
   by_step = {}
   for index in chosen:
     by_step.setdefault(replay_step(report['pairs'][index]), []).append(index)
   for step, indices in sorted(by_step.items()):
-    _localize_at(report, tol, out_dir, weight_maps, indices, interpreters, step)
+    _localize_at(report, tol, out_dir, weight_maps, indices, interpreters, step, donors)
 
 
-def _localize_at(report, tol, out_dir, weight_maps, chosen, interpreters, step):
+def _localize_at(report, tol, out_dir, weight_maps, chosen, interpreters, step, donors):
   """localize_report for the pairs `chosen`, on the probes of step `step`."""
   run_dirs = [report['pairs'][0]['reference'], *report.get('controls', [])[:1],
               *(report['pairs'][index]['other'] for index in chosen)]
@@ -150,7 +159,8 @@ def _localize_at(report, tol, out_dir, weight_maps, chosen, interpreters, step):
       to_replay[name] = run_dir
   if to_replay:
     try:
-      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR), interpreters, step)
+      replayed = replay_runs(to_replay, os.path.join(out_dir, REPLAY_DIR), interpreters, step,
+                             donors)
     except errors.UsageError as e:
       replayed = {name: e for name in to_replay}
     found.update({to_replay[name]: path for name, path in replayed.items()})

@@ -110,6 +110,13 @@ def copy_run(job_name, recorded, model_dir, donors):
   return None
 
 
+def link_file(source, path):
+  """Puts the file `source` at `path`, atomically: a hard link where `source` is one that
+  no writer changes in place (a .npz), else a copy."""
+  with atomic.atomic_path(path) as tmp:
+    _copy_function(os.path.dirname(source))(source, tmp)
+
+
 def copy_file(path, donors):
   """Links `path` (a file whose name is its content's digest, the initial weights) from
   the first of `donors` that holds a file of its name; returns that donor or None."""
@@ -118,7 +125,6 @@ def copy_file(path, donors):
   for donor in donors:
     source = os.path.join(donor, os.path.basename(path))
     if os.path.isfile(source):
-      with atomic.atomic_path(path) as tmp:
-        _copy_function(donor)(source, tmp)
+      link_file(source, path)
       return donor
   return None
