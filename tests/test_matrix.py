@@ -110,11 +110,12 @@ def test_builtin_cases_written_as_files_and_rewritten(tmp_path):
   assert matrix_cases.write_cases(folder, chosen, True) == written
   with pytest.raises(errors.UsageError, match='holds other case files'):
     matrix_cases.write_cases(folder, chosen[:1], False)
-  _write(folder, 'ours.flags', '--seed=3\n')
-  with pytest.raises(errors.UsageError, match=r'\(ours.flags\); choose an empty folder'):
-    matrix_cases.write_cases(folder, chosen, True)
   assert [c.name for c in matrix_cases.write_cases(folder, chosen[:1], False, replace=True)] == [
       'default']
+  _write(folder, 'ours.flags', '--seed=3\n')
+  for replace in (False, True):
+    with pytest.raises(errors.UsageError, match=r'\(ours.flags\); choose an empty folder'):
+      matrix_cases.write_cases(folder, chosen, True, replace=replace)
 
 
 def _record(root, case, **fields):

@@ -227,11 +227,11 @@ def run(cfg, environ):
                  f'{len(written) - 1} (Kubernetes: completions: {len(written)}; Slurm: '
                  f'--array=0-{len(written) - 1})')
     return errors.EXIT_OK, None
+  folders.check_output(root, '--output_root', folder=True)
   if cfg.merge:
     cases = matrix_cases.read_cases(folder) if folder else listed_cases(root)
     result = merge(root, cases)
     return (errors.EXIT_OK if result['green'] else errors.EXIT_PARITY_FAIL), result
-  folders.check_output(root, '--output_root', folder=True)
   index, source = matrix_jobs.scheduler_index(cfg.case_index, environ)
   if index is not None:
     if not folder:

@@ -259,8 +259,9 @@ def write_cases(folder, cases, with_pitfalls, replace=False):
   cases' records made under it; returns the CaseFiles there, in index order.
 
   errors.UsageError, before anything is written, where `folder` holds another case
-  file, or one of these names with other flags: a team's or an earlier selection's.
-  With `replace` (the local run's own folder under its output root) those go instead.
+  file, or one of these names with other flags: an earlier selection's or a team's.
+  With `replace` (the local run's own folder under its output root) an earlier
+  selection's go instead; a file the built-in matrix did not write never does.
   """
   existing = sorted(name for name in os.listdir(folder) if name.endswith(SUFFIX)) if (
       os.path.isdir(folder)) else []
@@ -268,10 +269,12 @@ def write_cases(folder, cases, with_pitfalls, replace=False):
               if any(c.real_data for c in cases) else None)
   files = builtin_files(cases, with_pitfalls, data_dir)
   other = [name for name in existing if name not in files or _text(folder, name) != files[name]]
-  if other and not replace:
+  kept = [name for name in other if not (replace and _text(folder, name).startswith(
+      BUILTIN_HEADER))]
+  if kept:
     raise errors.UsageError(
-        f'--write_cases={folder} holds other case files ({", ".join(other[:3])}'
-        f'{", ..." if len(other) > 3 else ""}); choose an empty folder')
+        f'{folder} holds other case files ({", ".join(kept[:3])}'
+        f'{", ..." if len(kept) > 3 else ""}); choose an empty folder')
   os.makedirs(folder, exist_ok=True)
   if data_dir:
     real_data_dir(folder)
