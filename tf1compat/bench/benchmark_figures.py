@@ -5,11 +5,11 @@ TensorFlow-free: it reads what the workers measured, as benchmark.run collects i
 """
 
 import dataclasses
-import json
 import os
 import statistics
 
 from tf1compat.runs import atomic
+from tf1compat.runs import user_files
 from tf1compat.runtime import cpu_info
 
 # Other processes busy on more than this many cores, on average, during a measurement
@@ -331,12 +331,7 @@ _FIGURES_KEYS = frozenset({'device', 'settings', 'measurements'})
 
 def is_figures_file(path):
   """Whether `path` holds the figures of a benchmark (what --json may replace)."""
-  try:
-    with open(path) as f:
-      figures = json.load(f)
-  except (OSError, ValueError):
-    return False
-  return isinstance(figures, dict) and _FIGURES_KEYS <= set(figures)
+  return _FIGURES_KEYS <= set(user_files.read_json_object(path) or {})
 
 
 def write_json(path, figures):

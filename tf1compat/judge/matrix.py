@@ -19,6 +19,7 @@ from tf1compat.judge import matrix_jobs
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
 from tf1compat.runs import folders
+from tf1compat.runs import user_files
 from tf1compat.runtime import progress
 
 MARKDOWN = 'matrix.md'
@@ -58,14 +59,14 @@ def case_state(case, root):
     return 'missing', None
   if _locked(case_dir):
     return 'running', None
-  record = matrix_jobs.read_json(os.path.join(case_dir, matrix_jobs.CASE_JSON))
+  record = user_files.read_json_object(os.path.join(case_dir, matrix_jobs.CASE_JSON))
   if record is None:
     return 'stopped', None
   if record.get('digest') != case.digest:
     return 'changed', record
   code = record.get('exit_code')
   if code in matrix_jobs.VERDICT_CODES:
-    if matrix_jobs.read_json(os.path.join(case_dir, matrix_jobs.PARITY_JSON)) is None:
+    if user_files.read_json_object(os.path.join(case_dir, matrix_jobs.PARITY_JSON)) is None:
       return 'stopped', record
     return FINISHED, record
   if code in matrix_jobs.INTERRUPTED_CODES:
@@ -121,7 +122,7 @@ def _pitfall_row(case, report):
 def listed_cases(root):
   """The cases the jobs under `root` recorded (ROOT/cases.json) as CaseFiles without
   their flags; errors.UsageError where no job recorded them."""
-  listed = matrix_jobs.read_json(os.path.join(root, matrix_jobs.CASES_JSON))
+  listed = user_files.read_json_object(os.path.join(root, matrix_jobs.CASES_JSON))
   if not listed:
     raise errors.UsageError(f'--output_root={root} holds no {matrix_jobs.CASES_JSON}: no job '
                             'of a matrix started there; pass --cases=FOLDER to say which '
@@ -140,7 +141,7 @@ def _row(case, root):
         'meaning': _EXIT_MEANINGS.get(code, UNFINISHED[state]),
         'last_line': (record or {}).get('last_line') if code is not None else None,
         'log': os.path.join(root, case.name, matrix_jobs.LOG)}
-  report = matrix_jobs.read_json(os.path.join(root, case.name, matrix_jobs.PARITY_JSON))
+  report = user_files.read_json_object(os.path.join(root, case.name, matrix_jobs.PARITY_JSON))
   row = _pitfall_row(case, report) if case.pitfall else _matched_row(case, report)
   row['seconds'] = record.get('seconds')
   return state, row

@@ -25,6 +25,7 @@ import time
 
 from tf1compat.runs import atomic
 from tf1compat.runs import errors
+from tf1compat.runs import user_files
 from tf1compat.runtime import process
 from tf1compat.runtime import progress
 
@@ -72,7 +73,7 @@ def record_case_list(cases, root):
   listed = {'cases': [{'name': c.name, 'file': c.path, 'digest': c.digest,
                        'pitfall': c.pitfall} for c in cases]}
   path = os.path.join(root, CASES_JSON)
-  if read_json(path) == listed:
+  if user_files.read_json_object(path) == listed:
     return
   os.makedirs(root, exist_ok=True)
   handle, tmp = tempfile.mkstemp(dir=root, prefix=f'.{CASES_JSON}.', suffix='.tmp')
@@ -83,16 +84,6 @@ def record_case_list(cases, root):
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-
-
-def read_json(path):
-  """The JSON object in `path`; None where it is missing or damaged."""
-  try:
-    with open(path) as f:
-      value = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return value if isinstance(value, dict) else None
 
 
 def check_parity_args(case, root, overwrite):
@@ -148,7 +139,7 @@ def finished_record(case, root, args):
   """The record of `case`'s finished run with these arguments (a verdict and its
   parity.json), or None."""
   case_dir = os.path.join(root, case.name)
-  record = read_json(os.path.join(case_dir, CASE_JSON))
+  record = user_files.read_json_object(os.path.join(case_dir, CASE_JSON))
   if (record and record.get('digest') == case.digest and record.get('args') == args
       and record.get('exit_code') in VERDICT_CODES
       and os.path.isfile(os.path.join(case_dir, PARITY_JSON))):
@@ -190,7 +181,8 @@ def run_case(case, root, children, overwrite=False, echo=True):
       code = child.wait()
     finally:
       children.done(child)
-  report = read_json(os.path.join(case_dir, PARITY_JSON)) if code in VERDICT_CODES else None
+  report = (user_files.read_json_object(os.path.join(case_dir, PARITY_JSON))
+            if code in VERDICT_CODES else None)
   atomic.atomic_write_json(os.path.join(case_dir, CASE_JSON), {
       'name': case.name, 'file': case.path, 'digest': case.digest, 'pitfall': case.pitfall,
       'args': args, 'exit_code': code, 'verdict': (report or {}).get('verdict'),

@@ -10,12 +10,13 @@ but the weight snapshots and checkpoints, which writers only ever replace by ren
 delete, are hard links: the matrix's pitfall checks would otherwise copy 80 MB each.
 """
 
-import json
 import os
 import shutil
 
 from tf1compat.runs import atomic
+from tf1compat.runs import run_files
 from tf1compat.runs import runlog
+from tf1compat.runs import user_files
 
 # check_parity's record of each runner's arguments (in its --output_dir).
 STATE_JSON = 'check_parity.json'
@@ -40,12 +41,7 @@ def donor_folders(given, output_dir):
 
 
 def _recorded(donor):
-  try:
-    with open(os.path.join(donor, STATE_JSON)) as f:
-      state = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  return state if isinstance(state, dict) else {}
+  return user_files.read_json_object(os.path.join(donor, STATE_JSON)) or {}
 
 
 def _rebased(args, job_name, output_dir):
@@ -61,8 +57,8 @@ def _rebased(args, job_name, output_dir):
 
 
 def _complete(model_dir):
-  manifest = runlog.read_manifest(model_dir)
-  return manifest is not None and manifest.get('status') == runlog.STATUS_COMPLETE
+  manifest = user_files.read_json_object(os.path.join(model_dir, run_files.RUN_JSON)) or {}
+  return manifest.get('status') == runlog.STATUS_COMPLETE
 
 
 def _copy_function(run_dir):

@@ -50,6 +50,17 @@ def read_json(path, what, fix):
     raise errors.UsageError(f'{what}{path}: not JSON ({e}); {fix}') from e
 
 
+def read_json_object(path):
+  """The JSON object in the file at `path`; None where it is missing, unreadable or not
+  one: a record another process writes, whose absence or damage is an answer, not an error."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
 def load_npz(path, what, fix):
   """{key: array} of the .npz file at `path`, every member read.
 
