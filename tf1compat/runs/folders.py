@@ -7,12 +7,16 @@ process at a time a folder (a run directory, check_parity's output). TensorFlow-
 
 import fcntl
 import os
+import time
 
 import tf1compat
 from tf1compat.runs import errors
 
 # The lock of the process writing a folder (lock_folder): no content either, and kept.
 LOCK_FILE = '.lock'
+# Seconds lock_folder waits for a lock held for an instant (parity_matrix --merge checks
+# whether a case runs by taking its lock), before it names the process that holds it.
+LOCK_PATIENCE = 1.0
 # Not content: a folder holding only these is empty, and --overwrite keeps them.
 
 # The tf1compat package, and the folder holding it (a checkout, or site-packages).
@@ -121,8 +125,8 @@ def lock_folder(folder, flag):
 
   flock on folder/.lock, which holds the holder's pid: the kernel releases the lock when
   its process dies, SIGKILL included, so a lock is never stale. Raises errors.UsageError
-  naming the holder's pid when another process holds it; a second call from this
-  process keeps the lock it has.
+  naming the holder's pid when another process holds it longer than LOCK_PATIENCE; a
+  second call from this process keeps the lock it has.
   """
   if os.path.exists(folder) and not os.path.isdir(folder):
     raise errors.UsageError(f'{flag}={folder} is a file, not a folder; choose another {flag}')
@@ -132,14 +136,20 @@ def lock_folder(folder, flag):
     return
   # 'a+' opens without truncating: the holder's pid stays readable until we hold the lock.
   lock = open(os.path.join(folder, LOCK_FILE), 'a+')  # pylint: disable=consider-using-with
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    lock.seek(0)
-    holder = lock.read().strip() or 'unknown'
-    lock.close()
-    raise errors.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); wait '
-                            f'for it to end, or choose another {flag}') from None
+  deadline = time.monotonic() + LOCK_PATIENCE
+  while True:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      break
+    except BlockingIOError:
+      if time.monotonic() < deadline:
+        time.sleep(0.05)
+        continue
+      lock.seek(0)
+      holder = lock.read().strip() or 'unknown'
+      lock.close()
+      raise errors.UsageError(f'{flag}={folder} is in use by another process (pid {holder}); '
+                              f'wait for it to end, or choose another {flag}') from None
   lock.truncate(0)
   lock.write(f'{os.getpid()}\n')
   lock.flush()
