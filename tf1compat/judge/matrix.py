@@ -11,7 +11,6 @@ it ran, or missing. It writes matrix.md and matrix.json; the matrix is green whe
 case finished as expected. TensorFlow-free.
 """
 
-import fcntl
 import os
 
 from tf1compat.judge import matrix_cases
@@ -38,26 +37,12 @@ _EXIT_MEANINGS = {errors.EXIT_USAGE: 'usage or data error', errors.EXIT_NUMERIC:
                   errors.EXIT_FAULT: 'internal or device fault'}
 
 
-def _locked(case_dir):
-  """Whether a process holds the lock of `case_dir` (checks it for an instant)."""
-  path = os.path.join(case_dir, folders.LOCK_FILE)
-  if not os.path.exists(path):
-    return False
-  with open(path, 'a+') as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-      return True
-    fcntl.flock(lock, fcntl.LOCK_UN)
-  return False
-
-
 def case_state(case, root):
   """(state, the case's record or None): FINISHED or a key of UNFINISHED."""
   case_dir = os.path.join(root, case.name)
   if not os.path.isdir(case_dir):
     return 'missing', None
-  if _locked(case_dir):
+  if folders.held(case_dir):
     return 'running', None
   record = user_files.read_json_object(os.path.join(case_dir, matrix_jobs.CASE_JSON))
   if record is None:

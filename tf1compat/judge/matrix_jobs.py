@@ -200,7 +200,7 @@ def run_local(cases, root, parallel, on_done, overwrite=False):
   """Runs every case on this host, `parallel` at a time, the matched ones first (the
   pitfalls then copy their runs), calling `on_done(case, exit code)` as each ends;
   returns {case name: exit code}."""
-  order = sorted(cases, key=lambda c: (c.pitfall is not None, cases.index(c)))
+  order = sorted(cases, key=lambda c: c.pitfall is not None)  # stable: index order kept
   children = Children()
   codes = {}
   with children.forwarding(), concurrent.futures.ThreadPoolExecutor(parallel) as pool:

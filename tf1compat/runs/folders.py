@@ -14,8 +14,8 @@ from tf1compat.runs import errors
 
 # The lock of the process writing a folder (lock_folder): no content either, and kept.
 LOCK_FILE = '.lock'
-# Seconds lock_folder waits for a lock held for an instant (parity_matrix --merge checks
-# whether a case runs by taking its lock), before it names the process that holds it.
+# Seconds lock_folder waits for a lock held for an instant (`held`, which parity_matrix
+# --merge asks of every case), before it names the process that holds it.
 LOCK_PATIENCE = 1.0
 # Not content: a folder holding only these is empty, and --overwrite keeps them.
 
@@ -154,3 +154,18 @@ def lock_folder(folder, flag):
   lock.write(f'{os.getpid()}\n')
   lock.flush()
   _LOCKS[key] = lock
+
+
+def held(folder):
+  """Whether a process holds the lock of `folder` (lock_folder's), tried for an instant:
+  how parity_matrix --merge tells a running case from a stopped one."""
+  path = os.path.join(folder, LOCK_FILE)
+  if not os.path.exists(path):
+    return False
+  with open(path, 'a+') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+    fcntl.flock(lock, fcntl.LOCK_UN)
+  return False
