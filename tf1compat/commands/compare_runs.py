@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 
 from tf1compat.commands import cli
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import flag_kinds
 from tf1compat.commands import tool_flags
 from tf1compat.judge import parity
 from tf1compat.judge import replay_runs
@@ -23,10 +23,10 @@ from tf1compat.runs import weight_map
 
 
 def main(argv):
-  run_dirs = tf1compat_flags.expand_user(argv[1:])
+  run_dirs = flag_kinds.expand_user(argv[1:])
   if len(run_dirs) < 2:
     raise errors.UsageError('pass at least two run directories: compare_runs RUN_DIR RUN_DIR ...')
-  controls = tf1compat_flags.expand_user(flags.FLAGS.control)
+  controls = flag_kinds.expand_user(flags.FLAGS.control)
   maps = weight_map.maps_for_runs(_expand_weight_maps(flags.FLAGS.weight_map), run_dirs, controls)
   if maps:
     weight_map.check_aligned(run_dirs + controls, maps)

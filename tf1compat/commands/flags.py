@@ -1,23 +1,21 @@
 """absl flag definitions of the runners (train_graph, train_eager), which check_parity
-forwards, and the bounded flag kinds every command's flags use (docs/commands.md).
+forwards (docs/commands.md).
 
-tool_flags.py holds the other commands' flags. Each command module calls the
-`define_*_flags` functions it needs; its `main` turns the parsed flags into a frozen
+flag_kinds.py holds the bounded flag kinds every command's flags use, replay_flags.py the
+runners' replay mode, tool_flags.py the other commands' flags. Each command module calls
+the `define_*_flags` functions it needs; its `main` turns the parsed flags into a frozen
 config (config.py) once and passes that to the library, which never reads flags. Every
 flag's default is the default of its config field, so `define_*_flags` take the config
 class whose defaults they show.
 """
 
-import dataclasses
-import math
-import os
-
 from absl import flags
 
+from tf1compat.commands import flag_kinds
 from tf1compat.commands import output_folders
+from tf1compat.commands import replay_flags
 from tf1compat.data import record_schema
 from tf1compat.runs import config
-from tf1compat.runs import errors
 from tf1compat.runs import optimizers
 from tf1compat.runs import runlog
 from tf1compat.train.models import convnet
@@ -29,77 +27,30 @@ from tf1compat.train.models import plugins
 ALIASES = {'adam_epsilon': 'epsilon'}
 
 
-def define_integer(name, default, help_text, lower_bound, upper_bound=config.INT_MAX):
-  """absl.flags.DEFINE_integer with an upper bound always (config.INT_MAX unless given)."""
-  flags.DEFINE_integer(name, default, help_text, lower_bound=lower_bound,
-                       upper_bound=upper_bound)
-
-
-def define_float(name, default, help_text, lower_bound=None, upper_bound=None, below=None):
-  """absl.flags.DEFINE_float that refuses NaN and infinity too: absl's bounds are
-  comparisons, which NaN passes, and --learning_rate=nan trained to a NaN loss (exit 3).
-  `below`: an exclusive upper bound, which absl's bounds cannot say."""
-  flags.DEFINE_float(name, default, help_text, lower_bound=lower_bound,
-                     upper_bound=upper_bound)
-  flags.register_validator(name, lambda value: value is None or math.isfinite(value),
-                           message=f'--{name} takes a finite number, not nan or inf')
-  if below is not None:
-    flags.register_validator(name, lambda value: value is None or value < below,
-                             message=f'--{name} must be below {below}')
-
-
-class _PathParser(flags.ArgumentParser):
-  """A path as a shell user writes it: `~` and `~user` expanded (after `=` the shell leaves
-  them, and `--legacy_python=~/envs/tf115/bin/python` named no interpreter)."""
-
-  def parse(self, argument):
-    return os.path.expanduser(argument)
-
-  def flag_type(self):
-    return 'path'
-
-
-def define_path(name, default, help_text):
-  """absl.flags.DEFINE_string for a file or folder path, with `~` expanded."""
-  flags.DEFINE(_PathParser(), name, default, help_text, serializer=flags.ArgumentSerializer())
-
-
-def expand_user(paths):
-  """`paths` (command-line arguments or a multi flag's values, None for none) with `~`
-  expanded as in define_path's flags."""
-  return [os.path.expanduser(path) for path in paths or ()]
-
-
-def register_int_list_validator(name):
-  """Refuses a --`name` list that holds anything but non-negative integers."""
-  def check(values):
-    try:
-      return all(int(v) >= 0 for v in values)
-    except ValueError:
-      return False
-  flags.register_validator(name, check, message=f'--{name} takes non-negative integers '
-                           'separated by commas, e.g. 0,1,2,5,10')
-
-
 def define_data_flags(defaults=config.DataConfig):
   """Flags that select and shape the data: both runners, check_parity and benchmark."""
   default = lambda name: config.default(defaults, name)
-  define_path('data_dir', default('data_dir'),
-              'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
-              '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
-              'generated once into a cache folder ($TF1COMPAT_CACHE or '
-              '~/.cache/tf1compat).')
-  define_integer('num_classes', default('num_classes'),
-                 'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
-                 lower_bound=2)
-  define_integer('image_size', default('image_size'), 'Side of the square input images.',
-                 lower_bound=convnet.MIN_IMAGE_SIZE)
-  define_integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
-  define_integer('seed', default('seed'),
-                 'Seeds every random op, shuffles included.', lower_bound=0,
-                 upper_bound=config.SEED_MAX)
-  define_integer('shuffle_buffer', default('shuffle_buffer'),
-                 'Records in the shuffle buffer.', lower_bound=1)
+  flag_kinds.define_path(
+      'data_dir', default('data_dir'),
+      'Folder of train-*.tfrecord (and optional val-*.tfrecord) files; plain '
+      '*.tfrecord means all training data. Unset: the embedded synthetic dataset, '
+      'generated once into a cache folder ($TF1COMPAT_CACHE or '
+      '~/.cache/tf1compat).')
+  flag_kinds.define_integer(
+      'num_classes', default('num_classes'),
+      'Number of classes. Default: from dataset.json, else 257 (Caltech256).',
+      lower_bound=2)
+  flag_kinds.define_integer(
+      'image_size', default('image_size'), 'Side of the square input images.',
+      lower_bound=convnet.MIN_IMAGE_SIZE)
+  flag_kinds.define_integer('batch_size', default('batch_size'), 'Batch size.', lower_bound=1)
+  flag_kinds.define_integer(
+      'seed', default('seed'),
+      'Seeds every random op, shuffles included.', lower_bound=0,
+      upper_bound=config.SEED_MAX)
+  flag_kinds.define_integer(
+      'shuffle_buffer', default('shuffle_buffer'),
+      'Records in the shuffle buffer.', lower_bound=1)
   flags.DEFINE_enum('on_bad_record', default('on_bad_record'), config.ON_BAD_RECORD,
                     'What to do with a bad record (truncated, not a tf.train.Example, without '
                     'image or label, label outside [0, num_classes), image bytes that do not '
@@ -119,32 +70,38 @@ def define_training_flags(defaults):
   """
   default = lambda name: config.default(defaults, name)
   if 'model_dir' in defaults.__dataclass_fields__:
-    define_path('model_dir', default('model_dir'),
-                f'The run directory. Default: {default("model_dir")} (train_eager --loop=fit: '
-                'runs/fit) with every flag at its default, else that followed by -NAME, NAME the '
-                'flags set otherwise (e.g. -batch_norm), so that other flags never meet in one '
-                'run directory.')
-  define_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
-  define_integer('steps_per_epoch', default('steps_per_epoch'),
-                 'Training steps per epoch.', lower_bound=1)
-  define_float('learning_rate', default('learning_rate'),
-               'The learning rate (the schedule\'s initial rate).', lower_bound=0.0)
+    flag_kinds.define_path(
+        'model_dir', default('model_dir'),
+        f'The run directory. Default: {default("model_dir")} (train_eager --loop=fit: '
+        'runs/fit) with every flag at its default, else that followed by -NAME, NAME the '
+        'flags set otherwise (e.g. -batch_norm), so that other flags never meet in one '
+        'run directory.')
+  flag_kinds.define_integer('epochs', default('epochs'), 'Epochs to train.', lower_bound=1)
+  flag_kinds.define_integer(
+      'steps_per_epoch', default('steps_per_epoch'),
+      'Training steps per epoch.', lower_bound=1)
+  flag_kinds.define_float(
+      'learning_rate', default('learning_rate'),
+      'The learning rate (the schedule\'s initial rate).', lower_bound=0.0)
   flags.DEFINE_enum('optimizer', default('optimizer'), optimizers.OPTIMIZERS,
                     'tf.compat.v1.train\'s optimizer in the graph runner, its Keras 3 twin in '
                     'the port (docs/optimizers.md): adam, sgd (GradientDescent), momentum and '
                     'nesterov (Momentum, --momentum), rmsprop, rmsprop_momentum (--momentum), '
                     'rmsprop_centered, adagrad, adadelta, ftrl.')
-  define_float('momentum', default('momentum'),
-               'momentum, nesterov, rmsprop_momentum: the momentum, in [0, 1). Default 0.9.',
+  flag_kinds.define_float(
+      'momentum', default('momentum'),
+      'momentum, nesterov, rmsprop_momentum: the momentum, in [0, 1). Default 0.9.',
                lower_bound=0.0, below=1.0)
-  define_float('rho', default('rho'),
-               'rmsprop*: the mean square\'s decay (TF1\'s decay, Keras\' rho); adadelta: '
-               'rho. In [0, 1). Default: each framework\'s (0.9 and 0.95 in both).',
+  flag_kinds.define_float(
+      'rho', default('rho'),
+      'rmsprop*: the mean square\'s decay (TF1\'s decay, Keras\' rho); adadelta: '
+      'rho. In [0, 1). Default: each framework\'s (0.9 and 0.95 in both).',
                lower_bound=0.0, below=1.0)
-  define_float('epsilon', default('epsilon'),
-               'adam, rmsprop*, adadelta, adagrad: epsilon. Default: each framework\'s own '
-               '(graph: 1e-8, rmsprop 1e-10, adagrad none; eager: Keras\' 1e-7); check_parity '
-               'passes the graph runner\'s to every runner.', lower_bound=0.0)
+  flag_kinds.define_float(
+      'epsilon', default('epsilon'),
+      'adam, rmsprop*, adadelta, adagrad: epsilon. Default: each framework\'s own '
+      '(graph: 1e-8, rmsprop 1e-10, adagrad none; eager: Keras\' 1e-7); check_parity '
+      'passes the graph runner\'s to every runner.', lower_bound=0.0)
   for alias, name in ALIASES.items():
     flags.DEFINE_alias(alias, name)
   flags.register_multi_flags_validator(
@@ -160,14 +117,16 @@ def define_training_flags(defaults):
                     'polynomial_decay, cosine_decay on the global step (graph) and their '
                     'keras.optimizers.schedules twins on optimizer.iterations (eager). '
                     'Default: exponential under --lr_decay_steps, else constant.')
-  define_integer('lr_decay_steps', default('lr_decay_steps'),
-                 'exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps); '
-                 'polynomial and cosine: the steps they decay over. 0: a constant rate '
-                 'without --lr_schedule, the whole run with it.', lower_bound=0)
-  define_float('lr_decay_rate', default('lr_decay_rate'),
-               'exponential: the learning rate\'s factor per --lr_decay_steps steps; '
-               'piecewise: its factor at each boundary.',
-               lower_bound=0.0, upper_bound=1.0)
+  flag_kinds.define_integer(
+      'lr_decay_steps', default('lr_decay_steps'),
+      'exponential: learning_rate * lr_decay_rate ** (step / lr_decay_steps); '
+      'polynomial and cosine: the steps they decay over. 0: a constant rate '
+      'without --lr_schedule, the whole run with it.', lower_bound=0)
+  flag_kinds.define_float(
+      'lr_decay_rate', default('lr_decay_rate'),
+      'exponential: the learning rate\'s factor per --lr_decay_steps steps; '
+      'piecewise: its factor at each boundary.',
+      lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_bool('lr_staircase', default('lr_staircase'),
                     'exponential: decay in whole steps of --lr_decay_steps (an integer exponent).')
   flags.DEFINE_list('lr_boundaries', [str(s) for s in default('lr_boundaries')],
@@ -180,10 +139,12 @@ def define_training_flags(defaults):
       message='--lr_boundaries takes increasing positive steps, e.g. 40,80')
   # Adam divides by 1 - beta1**t and scales by sqrt(1 - beta2**t): a beta of 1 trained to
   # a NaN loss (beta1, exit 3) or left every weight where it was (beta2).
-  define_float('adam_beta1', default('adam_beta1'),
-               'Adam beta1, in [0, 1).', lower_bound=0.0, below=1.0)
-  define_float('adam_beta2', default('adam_beta2'),
-               'Adam beta2, in [0, 1).', lower_bound=0.0, below=1.0)
+  flag_kinds.define_float(
+      'adam_beta1', default('adam_beta1'),
+      'Adam beta1, in [0, 1).', lower_bound=0.0, below=1.0)
+  flag_kinds.define_float(
+      'adam_beta2', default('adam_beta2'),
+      'Adam beta2, in [0, 1).', lower_bound=0.0, below=1.0)
   flags.DEFINE_enum('loss', default('loss'), config.LOSSES,
                     'softmax_cross_entropy: tf.nn.softmax_cross_entropy_with_logits on logits; '
                     "keras_categorical: keras categorical_crossentropy(from_logits=True), the "
@@ -195,18 +156,21 @@ def define_training_flags(defaults):
                     'reproduces the double-softmax mistake.')
   flags.DEFINE_bool('batch_norm', default('batch_norm'),
                     'Add BatchNormalization after each convolution.')
-  define_float('dropout', default('dropout'),
-               'Dropout rate before the logits (0: no Dropout layer).',
-               lower_bound=0.0, upper_bound=0.99)
-  define_path('init_weights', default('init_weights'),
-              '.npz of initial weights (keys as in weight snapshots).')
-  define_path('save_init_weights', default('save_init_weights'),
-              'Write the initial weights to this .npz and exit without training (an '
-              'existing file is replaced only with --overwrite).')
+  flag_kinds.define_float(
+      'dropout', default('dropout'),
+      'Dropout rate before the logits (0: no Dropout layer).',
+      lower_bound=0.0, upper_bound=0.99)
+  flag_kinds.define_path(
+      'init_weights', default('init_weights'),
+      '.npz of initial weights (keys as in weight snapshots).')
+  flag_kinds.define_path(
+      'save_init_weights', default('save_init_weights'),
+      'Write the initial weights to this .npz and exit without training (an '
+      'existing file is replaced only with --overwrite).')
   flags.DEFINE_list('snapshot_steps', [str(s) for s in default('snapshot_steps')],
                     'Steps after which all weights are saved (0: initial); the last step is '
                     'always saved.')
-  register_int_list_validator('snapshot_steps')
+  flag_kinds.register_int_list_validator('snapshot_steps')
   flags.DEFINE_bool('deterministic', default('deterministic'),
                     'Deterministic ops (same flags, same numbers).')
   flags.DEFINE_enum('tf32', default('tf32'), config.TF32_MODES,
@@ -218,20 +182,23 @@ def define_training_flags(defaults):
                     'depends on the CPU (on x86 with AVX512_VNNI, AVX512_BF16, AVX_VNNI or AMX, '
                     'off on others; run.json records it); on/off: forced. They sum in another '
                     'order than the plain kernels.')
-  define_integer('intra_op_threads', default('intra_op_threads'),
-                 "Threads of one op (TF_NUM_INTRAOP_THREADS; 0: TensorFlow's, one per core). "
-                 'Another count sums in another order.', lower_bound=0, upper_bound=1024)
+  flag_kinds.define_integer(
+      'intra_op_threads', default('intra_op_threads'),
+      "Threads of one op (TF_NUM_INTRAOP_THREADS; 0: TensorFlow's, one per core). "
+      'Another count sums in another order.', lower_bound=0, upper_bound=1024)
   flags.DEFINE_bool('require_gpu', default('require_gpu'),
                     'Stop with exit 2 when TensorFlow sees no GPU, instead of training on the '
                     'CPU (what a CUDA driver or library mismatch silently does).')
   flags.DEFINE_bool('overwrite', default('overwrite'),
                     'Replace a completed run directory (an interrupted one is resumed), or the '
                     'file --save_init_weights names.')
-  define_integer('log_every', default('log_every'),
-                 'Without a terminal, log progress every this many steps.', lower_bound=1)
-  define_integer('checkpoint_every', default('checkpoint_every'),
-                 'Write a checkpoint every this many steps (and at every epoch end).',
-                 lower_bound=1)
+  flag_kinds.define_integer(
+      'log_every', default('log_every'),
+      'Without a terminal, log progress every this many steps.', lower_bound=1)
+  flag_kinds.define_integer(
+      'checkpoint_every', default('checkpoint_every'),
+      'Write a checkpoint every this many steps (and at every epoch end).',
+      lower_bound=1)
   flags.DEFINE_string('model', default('model'),
                       'Your own model: a builder named as package.module:function, importable '
                       '(on PYTHONPATH), called with the Keras module of the runner and the '
@@ -264,16 +231,18 @@ def define_graph_flags():
   flags.DEFINE_enum('reset_metrics', default('reset_metrics'), ('epoch', 'never'),
                     'epoch: reset tf.metrics local variables at each epoch start and before '
                     'evaluation; never: the seed\'s loop.')
-  define_integer('dropout_seed', default('dropout_seed'),
-                 "Op seed of the Dropout masks (default: from --seed). check_parity's "
-                 'control run draws other masks with it, as every port does.',
-                 lower_bound=0, upper_bound=config.OP_SEED_MAX)
-  define_integer('nudge_seed', default('nudge_seed'),
-                 'After every training step, move every non-zero weight by one ulp, up or down '
-                 'at random from this seed and the step (default: never). check_parity\'s '
-                 'controls use it to measure how far rounding that differs at every step, as a '
-                 'port\'s kernels do, carries a run.',
-                 lower_bound=0, upper_bound=config.OP_SEED_MAX)
+  flag_kinds.define_integer(
+      'dropout_seed', default('dropout_seed'),
+      "Op seed of the Dropout masks (default: from --seed). check_parity's "
+      'control run draws other masks with it, as every port does.',
+      lower_bound=0, upper_bound=config.OP_SEED_MAX)
+  flag_kinds.define_integer(
+      'nudge_seed', default('nudge_seed'),
+      'After every training step, move every non-zero weight by one ulp, up or down '
+      'at random from this seed and the step (default: never). check_parity\'s '
+      'controls use it to measure how far rounding that differs at every step, as a '
+      'port\'s kernels do, carries a run.',
+      lower_bound=0, upper_bound=config.OP_SEED_MAX)
   flags.DEFINE_bool('feed_learning_phase', default('feed_learning_phase'),
                     'Feed keras learning_phase()=1 when training (Dropout/BatchNorm behave as '
                     'in training).')
@@ -319,10 +288,11 @@ def define_eager_flags():
   flags.DEFINE_list('devices', default('devices'),
                     '--strategy=mirrored: the devices to mirror over, e.g. GPU:0,GPU:1. '
                     'Default: every local GPU, else every (logical) CPU.')
-  define_integer('cpu_devices', default('cpu_devices'),
-                 'Split the host CPU into this many logical devices, so that '
-                 '--strategy=mirrored can run (and be tested) without GPUs.',
-                 lower_bound=1)
+  flag_kinds.define_integer(
+      'cpu_devices', default('cpu_devices'),
+      'Split the host CPU into this many logical devices, so that '
+      '--strategy=mirrored can run (and be tested) without GPUs.',
+      lower_bound=1)
   flags.register_multi_flags_validator(
       ['strategy', 'devices', 'cpu_devices'],
       lambda v: (not v['devices'] or v['strategy'] == 'mirrored') and (
@@ -404,29 +374,7 @@ def define_runner_flags(runner_config):
   define_training_flags(runner_config)
   own = {config.GraphConfig: define_graph_flags, config.EagerConfig: define_eager_flags}
   own[runner_config]()
-  define_replay_flags()
-
-
-def define_replay_flags():
-  """The runners' replay mode (train/replay_mode.py): config.ReplayConfig, with --model_dir."""
-  define_path('replay_out', None,
-              'Replay mode: run a training step (--replay_step) of the complete run in '
-              '--model_dir once more, with its own flags, from its snapshot before it, '
-              'and write what the step computes (every layer\'s output, the loss and '
-              'its regularization part, the gradients, the update, the state) to this '
-              '.npz; nothing of the run changes. check_parity and compare_runs '
-              '--localize do it (docs/localization.md).')
-  define_path('replay_batch', None,
-              'Replay mode: compute on the batch of this replay (another run\'s '
-              '--replay_out) instead of the pipeline\'s batch of the step.')
-  define_integer('replay_step', 1,
-                 'Replay mode: the step to replay, from the latest snapshot before it that '
-                 'holds the optimizer\'s state, the steps between trained as the run trained '
-                 'them (1: from the step-0 snapshot).', lower_bound=1)
-  define_path('replay_start', None,
-              'Replay mode: start the step from the state another run\'s replay of the same '
-              'step started from (its --replay_out; the files beside it), instead of this '
-              'run\'s own snapshot.')
+  replay_flags.define_replay_flags()
 
 
 # What changes neither a run nor its numbers: the run directory's name leaves them out.
@@ -439,25 +387,3 @@ def runner_model_dir(flag_values, default=None):
   followed by the flags set otherwise (output_folders.py)."""
   return output_folders.resolve('model_dir', _NOT_IN_FOLDER_NAME, default,
                                 flag_values=flag_values)
-
-
-def replay_config(flag_values, runner_config):
-  """config.ReplayConfig of a runner's replay mode, or None without --replay_out.
-
-  Raises errors.UsageError for --replay_batch without --replay_out, and for a training flag
-  given with it: a replay takes the run's own flags from its run.json.
-  """
-  if not flag_values.replay_out:
-    if (flag_values.replay_batch or flag_values.replay_start
-        or flag_values['replay_step'].present):
-      raise errors.UsageError('--replay_batch, --replay_step and --replay_start apply to a '
-                              'replay: add --replay_out=PATH')
-    return None
-  given = [name for name in (field.name for field in dataclasses.fields(runner_config))
-           if name != 'model_dir' and flag_values[name].present]
-  if given:
-    raise errors.UsageError(f'--replay_out replays the run in --model_dir with its own flags; '
-                            f'leave out --{given[0]}')
-  return config.ReplayConfig(model_dir=flag_values.model_dir, output=flag_values.replay_out,
-                             batch=flag_values.replay_batch, step=flag_values.replay_step,
-                             start=flag_values.replay_start)

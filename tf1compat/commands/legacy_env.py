@@ -9,7 +9,7 @@ One line per phase; exit 2 with one line when no Python 3.7 is found.
 from absl import flags
 
 from tf1compat.commands import cli
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import flag_kinds
 from tf1compat.judge import legacy_env
 from tf1compat.runs import errors
 
@@ -22,9 +22,9 @@ def main(argv):
 
 def define_flags():
   """Defines the legacy_env flags (also read by flag_reference)."""
-  tf1compat_flags.define_path('python', None,
-                              'The Python 3.7 to make the environment from. Default: python3.7 on '
-                              "PATH, else pyenv's newest 3.7.")
+  flag_kinds.define_path('python', None,
+                         'The Python 3.7 to make the environment from. Default: python3.7 on '
+                         "PATH, else pyenv's newest 3.7.")
 
 
 def console_main():

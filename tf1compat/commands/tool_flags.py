@@ -8,7 +8,7 @@ As in flags.py, each `define_*_flags` takes its defaults from the command's conf
 from absl import flags
 
 from tf1compat.bench import benchmark
-from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import flag_kinds
 from tf1compat.data import record_schema
 from tf1compat.judge import matrix_cases
 from tf1compat.judge import parity
@@ -22,30 +22,30 @@ SYNTHETIC_MAX_IMAGES = 2_000_000
 def define_records_flags():
   """Flags of bin/make_records."""
   default = lambda name: config.default(config.RecordsConfig, name)
-  tf1compat_flags.define_path('output_dir', default('output_dir'),
-                              'Folder to write the shards and dataset.json into.')
-  tf1compat_flags.define_path('image_dir', default('image_dir'),
-                              'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
-                              '001.ak47/001_0001.jpg) to convert.')
+  flag_kinds.define_path('output_dir', default('output_dir'),
+                         'Folder to write the shards and dataset.json into.')
+  flag_kinds.define_path('image_dir', default('image_dir'),
+                         'Image folder in Caltech256 layout (one sub-folder per class, e.g. '
+                         '001.ak47/001_0001.jpg) to convert.')
   flags.DEFINE_bool('synthetic', default('synthetic'),
                     'Write the embedded synthetic dataset instead.')
-  tf1compat_flags.define_float('val_fraction', default('val_fraction'),
-                               'Share of each class written to val-* shards.',
-                               lower_bound=0.0, upper_bound=0.9)
-  tf1compat_flags.define_integer(
-      'num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
-  tf1compat_flags.define_integer('seed', default('seed'),
-                                 'Seed of the validation split and the synthetic images.',
-                                 lower_bound=0, upper_bound=config.SEED_MAX)
-  tf1compat_flags.define_integer('synthetic_classes', default('synthetic_classes'),
-                                 'Classes of the synthetic dataset.',
-                                 lower_bound=2)
-  tf1compat_flags.define_integer('synthetic_train_per_class', default('synthetic_train_per_class'),
-                                 'Synthetic training images per class.',
-                                 lower_bound=1)
-  tf1compat_flags.define_integer('synthetic_val_per_class', default('synthetic_val_per_class'),
-                                 'Synthetic validation images per class.',
-                                 lower_bound=0)
+  flag_kinds.define_float('val_fraction', default('val_fraction'),
+                          'Share of each class written to val-* shards.',
+                          lower_bound=0.0, upper_bound=0.9)
+  flag_kinds.define_integer(
+ 'num_shards', default('num_shards'), 'Shards per split.', lower_bound=1)
+  flag_kinds.define_integer('seed', default('seed'),
+                            'Seed of the validation split and the synthetic images.',
+                            lower_bound=0, upper_bound=config.SEED_MAX)
+  flag_kinds.define_integer('synthetic_classes', default('synthetic_classes'),
+                            'Classes of the synthetic dataset.',
+                            lower_bound=2)
+  flag_kinds.define_integer('synthetic_train_per_class', default('synthetic_train_per_class'),
+                            'Synthetic training images per class.',
+                            lower_bound=1)
+  flag_kinds.define_integer('synthetic_val_per_class', default('synthetic_val_per_class'),
+                            'Synthetic validation images per class.',
+                            lower_bound=0)
   flags.DEFINE_bool('overwrite', default('overwrite'), 'Replace records already in --output_dir.')
   flags.mark_flag_as_required('output_dir')
   # Written image by image: --synthetic_classes=100000000 ran for hours before its first
@@ -71,13 +71,13 @@ def define_parity_flags(output_dir=None, explorations=False):
            f'flags set otherwise (e.g. {output_dir}-batch_norm), so that other arguments never '
            'meet in one folder' if explorations
            else 'Folder for parity.md, parity.json and parity.png.')
-  tf1compat_flags.define_path('output_dir', output_dir, where)
-  tf1compat_flags.define_integer(
-      'parity_steps', defaults.parity_steps,
-      'Without a control run: the steps (and snapshot steps) the step tier '
-      'judges.', lower_bound=1)
+  flag_kinds.define_path('output_dir', output_dir, where)
+  flag_kinds.define_integer(
+ 'parity_steps', defaults.parity_steps,
+ 'Without a control run: the steps (and snapshot steps) the step tier '
+ 'judges.', lower_bound=1)
   for name, lower_bound, meaning in _TOLERANCE_FLAGS:
-    tf1compat_flags.define_float(name, getattr(defaults, name), meaning, lower_bound=lower_bound)
+    flag_kinds.define_float(name, getattr(defaults, name), meaning, lower_bound=lower_bound)
 
 
 # The float fields of parity.Tolerances as flags: (name, lower bound, meaning).
@@ -129,9 +129,9 @@ def define_check_parity_flags():
                     "The port's tf.distribute strategy (train_eager --strategy; the graph "
                     'runner stays single-device). Multi-worker runs are started per worker and '
                     'compared with compare_runs.')
-  tf1compat_flags.define_integer('cpu_devices', default('cpu_devices'),
-                                 "The port's --cpu_devices (logical CPU devices for "
-                                 '--strategy=mirrored without GPUs).', lower_bound=1)
+  flag_kinds.define_integer('cpu_devices', default('cpu_devices'),
+                            "The port's --cpu_devices (logical CPU devices for "
+                            '--strategy=mirrored without GPUs).', lower_bound=1)
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
                     "Run the port with --mixed_precision.")
   flags.DEFINE_list('port_flags', list(default('port_flags')),
@@ -140,12 +140,12 @@ def define_check_parity_flags():
   flags.register_validator('port_flags', lambda v: all(f.startswith('--') for f in v),
                            message='--port_flags takes train_eager flags, e.g. '
                                    '--port_flags=--jit_compile,--nodeterministic')
-  tf1compat_flags.define_path(
-      'legacy_python', default('legacy_python'),
-      'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '
-      'loop also runs there (run directory tf115), the first rung of the '
-      'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
-      'the port; a pitfall of the legacy loop goes into that run.')
+  flag_kinds.define_path(
+ 'legacy_python', default('legacy_python'),
+ 'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '
+ 'loop also runs there (run directory tf115), the first rung of the '
+ 'migration ladder TensorFlow 1.15 -> tf.compat.v1 on this TensorFlow -> '
+ 'the port; a pitfall of the legacy loop goes into that run.')
   flags.DEFINE_bool('localize', default('localize'),
                     'Replay the first step in every runner and say where inside it the codes '
                     'part (docs/localization.md). Unset: on a FAIL; --localize: on a '
@@ -167,10 +167,10 @@ def define_check_parity_flags():
 def define_matrix_flags():
   """Flags of bin/parity_matrix."""
   default = lambda name: config.default(config.MatrixConfig, name)
-  tf1compat_flags.define_path(
-      'output_root', default('output_root'),
-      'Folder for the matrix: each case\'s check_parity output in a folder of its name, '
-      'matrix.md and matrix.json. On a cluster, storage every job sees.')
+  flag_kinds.define_path(
+ 'output_root', default('output_root'),
+ 'Folder for the matrix: each case\'s check_parity output in a folder of its name, '
+ 'matrix.md and matrix.json. On a cluster, storage every job sees.')
   flags.DEFINE_alias('output_dir', 'output_root')
   flags.DEFINE_list('cases', default('cases'),
                     'A folder of case files (NAME.flags, check_parity flags, one case each), or '
@@ -181,22 +181,22 @@ def define_matrix_flags():
               f'{", ".join(matrix_cases.CASE_NAMES)}')
   flags.DEFINE_bool('pitfalls', default('pitfalls'),
                     'Built-in cases: also each applicable pitfall of every case.')
-  tf1compat_flags.define_integer(
-      'case_index', default('case_index'),
-      'Run the case of this index (0 for the first file of --cases in name order) and exit '
-      'with its check_parity exit code. Default: JOB_COMPLETION_INDEX (a Kubernetes Indexed '
-      'Job) or SLURM_ARRAY_TASK_ID (a Slurm array) where set; without one, every case.',
-      lower_bound=0)
+  flag_kinds.define_integer(
+ 'case_index', default('case_index'),
+ 'Run the case of this index (0 for the first file of --cases in name order) and exit '
+ 'with its check_parity exit code. Default: JOB_COMPLETION_INDEX (a Kubernetes Indexed '
+ 'Job) or SLURM_ARRAY_TASK_ID (a Slurm array) where set; without one, every case.',
+ lower_bound=0)
   flags.DEFINE_bool('merge', default('merge'),
                     'Write matrix.md and matrix.json from what has finished under '
                     '--output_root and exit 0 only if every case finished as expected.')
-  tf1compat_flags.define_path(
-      'write_cases', default('write_cases'),
-      'Write the built-in cases (--cases names, --pitfalls) into this folder as case files, '
-      'then exit.')
-  tf1compat_flags.define_integer(
-      'parallel', default('parallel'), 'Without a case index: cases run at a time here.',
-      lower_bound=1, upper_bound=256)
+  flag_kinds.define_path(
+ 'write_cases', default('write_cases'),
+ 'Write the built-in cases (--cases names, --pitfalls) into this folder as case files, '
+ 'then exit.')
+  flag_kinds.define_integer(
+ 'parallel', default('parallel'), 'Without a case index: cases run at a time here.',
+ lower_bound=1, upper_bound=256)
   flags.DEFINE_bool('overwrite', default('overwrite'),
                     "Replace a case's runs made with other arguments (its case file changed).")
   flags.register_multi_flags_validator(
@@ -208,10 +208,10 @@ def define_matrix_flags():
 def define_benchmark_flags():
   """Flags of bin/benchmark, besides define_data_flags (image size, batch, buffer, seed)."""
   default = lambda name: config.default(config.BenchmarkConfig, name)
-  tf1compat_flags.define_path('output_dir', 'runs/benchmark',
-                              "Folder for the measurements' run directories and worker logs.")
-  tf1compat_flags.define_path('json', None, 'Also write the figures to this JSON file (an existing '
-                              "file only when it holds a benchmark's figures).")
+  flag_kinds.define_path('output_dir', 'runs/benchmark',
+                         "Folder for the measurements' run directories and worker logs.")
+  flag_kinds.define_path('json', None, 'Also write the figures to this JSON file (an existing '
+                         "file only when it holds a benchmark's figures).")
   flags.DEFINE_list('measurements', None,
                     'Measurements to run, by name (default: all): '
                     f'{", ".join(benchmark.MEASUREMENT_NAMES)}.')
@@ -219,33 +219,33 @@ def define_benchmark_flags():
   flags.register_validator('measurements', lambda names: names is None or bool(names),
                            message='--measurements= is empty; name measurements, or leave the '
                                    'flag out for all')
-  tf1compat_flags.define_integer(
-      'repetitions', default('repetitions'),
-      'Timed windows per measurement and round; figures are the median, min '
-      'and max over all windows.', lower_bound=1)
-  tf1compat_flags.define_integer(
-      'rounds', default('rounds'),
-      'Runs of the whole sequence of measurements, each in fresh processes; '
-      'the windows of all rounds are pooled. More rounds spread slow phases '
-      'of a shared machine over all measurements instead of one.',
-      lower_bound=1)
-  tf1compat_flags.define_integer('steps', default('steps'), 'Training steps per timed window.',
-                                 lower_bound=1)
+  flag_kinds.define_integer(
+ 'repetitions', default('repetitions'),
+ 'Timed windows per measurement and round; figures are the median, min '
+ 'and max over all windows.', lower_bound=1)
+  flag_kinds.define_integer(
+ 'rounds', default('rounds'),
+ 'Runs of the whole sequence of measurements, each in fresh processes; '
+ 'the windows of all rounds are pooled. More rounds spread slow phases '
+ 'of a shared machine over all measurements instead of one.',
+ lower_bound=1)
+  flag_kinds.define_integer('steps', default('steps'), 'Training steps per timed window.',
+                            lower_bound=1)
   flags.DEFINE_bool('kernels', default('kernels'),
                     'Run the graph, eager custom and fit loops once more (first round, '
                     "warm-up and one window) under TensorFlow's profiler and report which "
                     'kernels each ran and their op time per step, side by side.')
-  tf1compat_flags.define_integer('warmup_steps', default('warmup_steps'),
-                                 'Training steps run before timing (tracing, buffers filling).',
-                                 lower_bound=0)
-  tf1compat_flags.define_integer(
-      'pipeline_batches', default('pipeline_batches'),
-      'Batches per timed window of a pipeline. Default: one pass over the '
-      "training records, so that the seed pipeline's buffer drain and refill "
-      'both count.', lower_bound=1)
-  tf1compat_flags.define_integer('records', default('records'),
-                                 'Training records of the synthetic benchmark dataset (without '
-                                 '--data_dir), written once into the cache folder.', lower_bound=1)
+  flag_kinds.define_integer('warmup_steps', default('warmup_steps'),
+                            'Training steps run before timing (tracing, buffers filling).',
+                            lower_bound=0)
+  flag_kinds.define_integer(
+ 'pipeline_batches', default('pipeline_batches'),
+ 'Batches per timed window of a pipeline. Default: one pass over the '
+ "training records, so that the seed pipeline's buffer drain and refill "
+ 'both count.', lower_bound=1)
+  flag_kinds.define_integer('records', default('records'),
+                            'Training records of the synthetic benchmark dataset (without '
+                            '--data_dir), written once into the cache folder.', lower_bound=1)
   flags.DEFINE_bool('deterministic', default('deterministic'),
                     "The runners' --deterministic (their default). Keras declines XLA in "
                     'model.fit under op determinism.')

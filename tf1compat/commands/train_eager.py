@@ -8,6 +8,7 @@ from absl import logging
 
 from tf1compat.commands import cli
 from tf1compat.commands import flags as tf1compat_flags
+from tf1compat.commands import replay_flags
 from tf1compat.data import preflight
 from tf1compat.runs import config
 from tf1compat.runtime import process
@@ -16,7 +17,7 @@ from tf1compat.train import replay_mode
 
 def main(argv):
   cli.flags_only(argv)
-  replay_cfg = tf1compat_flags.replay_config(flags.FLAGS, config.EagerConfig)
+  replay_cfg = replay_flags.replay_config(flags.FLAGS, config.EagerConfig)
   if replay_cfg:
     _replay(replay_cfg)
     return
