@@ -266,6 +266,11 @@ def define_eager_flags():
   default = lambda name: config.default(config.EagerConfig, name)
   flags.DEFINE_enum('loop', default('loop'), config.LOOPS,
                     'custom: a tf.function train step with GradientTape; fit: Keras model.fit.')
+  flags.DEFINE_enum('backend', default('backend'), config.KERAS_BACKENDS,
+                    "Keras 3's backend the port runs on: tensorflow, or jax (pip install "
+                    "'tf1compat[jax]'): the custom loop is then a jax.jit step on "
+                    "model.stateless_call and the optimizer's stateless_apply, fit Keras' "
+                    'own on JAX; the input pipeline stays tf.data. One device, float32.')
   flags.DEFINE_bool('jit_compile', default('jit_compile'),
                     'Compile the train and eval steps with XLA.')
   flags.DEFINE_bool('mixed_precision', default('mixed_precision'),
@@ -306,6 +311,15 @@ def define_eager_flags():
       ['loop', 'strategy'], lambda v: not (v['loop'] == 'fit' and v['strategy'] == 'multi_worker'),
       message='--loop=fit does not run under --strategy=multi_worker with Keras 3.15 (fit '
               'fails on its first batch); use --loop=custom, or --strategy=mirrored for fit')
+  flags.register_multi_flags_validator(
+      ['backend', 'strategy', 'cpu_devices', 'mixed_precision', 'mixed_bfloat16',
+       'jit_compile'],
+      lambda v: v['backend'] != 'jax' or (
+          v['strategy'] == 'default' and v['cpu_devices'] == 1 and not (
+              v['mixed_precision'] or v['mixed_bfloat16'] or v['jit_compile'])),
+      message='--backend=jax trains in float32 on one device, every step compiled by XLA: '
+              '--strategy, --cpu_devices, --mixed_precision, --mixed_bfloat16 and '
+              '--jit_compile are the TensorFlow port\'s')
   flags.DEFINE_bool('tf1_bn_variance', default('tf1_bn_variance'),
                     "Update BatchNormalization's moving variance with the Bessel-corrected "
                     'batch variance (n/(n-1)), as TF1 fused batch norm does, so that a matched '

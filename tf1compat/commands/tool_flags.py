@@ -140,6 +140,10 @@ def define_check_parity_flags():
   flags.register_validator('port_flags', lambda v: all(f.startswith('--') for f in v),
                            message='--port_flags takes train_eager flags, e.g. '
                                    '--port_flags=--jit_compile,--nodeterministic')
+  flags.DEFINE_enum('port_backend', default('port_backend'), config.KERAS_BACKENDS,
+                    "Keras 3's backend the port runs on (its train_eager --backend): "
+                    "tensorflow, or jax (pip install 'tf1compat[jax]'), judged against the "
+                    'same legacy loop and controls.')
   flag_kinds.define_path(
  'legacy_python', default('legacy_python'),
  'A Python with TensorFlow 1.15 (bin/legacy_env DIR makes one): the legacy '

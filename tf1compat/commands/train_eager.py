@@ -1,6 +1,8 @@
 """train_eager: trains the seed's ConvNet the TF2 way, a custom tf.function loop or Keras
+model.fit; with --backend=jax the same port on Keras 3's JAX backend, a jax.jit loop or
 model.fit."""
 
+import importlib
 import os
 
 from absl import flags
@@ -27,11 +29,10 @@ def main(argv):
   preflight.check(cfg)
   # The TF2 port always runs on Keras 3, whatever a parent process set.
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
-  ignored = process.use_keras3()
+  ignored = process.use_keras3(cfg.backend)
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
-  from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
-  stats = backend.run(cfg)
+  stats = _backend_module(cfg).run(cfg)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 
@@ -40,9 +41,15 @@ def _replay(replay_cfg):
   cfg = replay_mode.run_config(config.EagerConfig, replay_cfg, ('eager', 'fit'))
   replay_mode.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
-  process.use_keras3()
-  from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
-  backend.replay_run(cfg, replay_cfg)
+  process.use_keras3(cfg.backend)
+  _backend_module(cfg).replay_run(cfg, replay_cfg)
+
+
+def _backend_module(cfg):
+  """train/eager/backend.py, or its twin train/jax/backend.py: imported only once Keras'
+  backend is set (process.use_keras3)."""
+  return importlib.import_module(f'tf1compat.train.{"jax" if cfg.backend == "jax" else "eager"}'
+                                 '.backend')
 
 
 def output_folder(flag_values):

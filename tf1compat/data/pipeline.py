@@ -182,6 +182,28 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   return dataset.with_options(stacks.deterministic_options())
 
 
+def fresh_each_iteration(make_dataset):
+  """`make_dataset()`, built anew for every iterator made from it.
+
+  A shuffled tf.data pipeline draws a new order for each iterator of the same dataset
+  object. Keras 3.15's fit makes one iterator to peek at a batch (under a strategy, to
+  build its metrics; on JAX, to build the model's state) and another to train on, which
+  would then train on the second order: measured on JAX, the first batch loss 10% from
+  the custom loop's on the same weights. Here every iterator starts with the run's first
+  batch. The object stays of the pipeline's own class (a subclass of it), which is what
+  fit accepts.
+  """
+  dataset = make_dataset()
+
+  class FreshDataset(type(dataset)):
+
+    def __iter__(self):
+      return iter(make_dataset())
+
+  dataset.__class__ = FreshDataset
+  return dataset
+
+
 def decode_failures(records, num_classes, parse=None):
   """{(file, index): why}: the records among `records` ({file: record indices}) that
   the pipeline's parse and decode (`labeled_image`: the seed's schema or the --features

@@ -53,14 +53,26 @@ FRAMEWORK_DIFFERENCES = {
                     'Last-bit differences at every step, as a port with other kernels has: '
                     'the step tier judges them against the widest of the controls, the '
                     'per-step and the kernels control among them (docs/parity.md).',
+    'xla_rounding': 'The JAX port runs each step as one program XLA compiled: its own CPU or '
+                    'GPU kernels for the convolutions, the reductions (the batch mean, '
+                    "BatchNorm's moments, the loss) and fused elementwise chains, and TF1's "
+                    "optimizer and BatchNorm formulas written in keras.ops (the exact "
+                    "switches) instead of TF1's kernels: last-bit differences at every step "
+                    '(measured: batch losses a few ulps apart from the first step), as a port '
+                    'with other kernels has; the step tier judges them against the widest of '
+                    'the controls, the per-step control among them (docs/parity.md).',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'tf1_batch_norm',
                            'dropout_masks', 'replica_reduction', 'mixed_precision'})
 # run.json's kernels block (runlog.KERNELS): each kernel the runners name, and the ones
 # they may have computed with.
-KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.ADAM_KERAS),
+KERNELS = {'adam': (runlog.ADAM_TF1_FUSED, runlog.TF1_FORMULA, runlog.ADAM_KERAS),
            'batch_norm_variance': (runlog.BN_VARIANCE_BESSEL, runlog.BN_VARIANCE_BIASED)}
+# The JAX port's exact switches compute TF1's formula, not its kernel: what differs from
+# TF1's kernel is XLA's rounding (xla_rounding), not the algorithm.
+_ALGORITHM = {'adam': {runlog.TF1_FORMULA: runlog.ADAM_TF1_FUSED},
+              'optimizer': {runlog.TF1_FORMULA: runlog.OPTIMIZER_TF1_FUSED}}
 
 
 def batch_norm_layers(run):
@@ -96,7 +108,13 @@ def kernels_problem(manifest):
 
 
 def _kernel(run, name):
-  return run.manifest[runlog.KERNELS][name]
+  kernel = run.manifest[runlog.KERNELS].get(name)
+  return _ALGORITHM.get(name, {}).get(kernel, kernel)
+
+
+def keras_backend(run):
+  """Keras 3's backend the run computed on: 'jax' for the JAX port, else None."""
+  return (run.manifest.get('versions') or {}).get('keras_backend')
 
 
 def known_differences(reference, other):
@@ -105,7 +123,7 @@ def known_differences(reference, other):
   adam = [_kernel(run, 'adam') for run in (reference, other)]
   if None not in adam and adam[0] != adam[1]:
     found['adam_rounding'] = {}
-  applied = [run.manifest[runlog.KERNELS].get('optimizer') for run in (reference, other)]
+  applied = [_kernel(run, 'optimizer') for run in (reference, other)]
   if None not in applied and applied[0] != applied[1]:
     found['optimizer_rounding'] = {'kernels': applied}
   if batch_norm_layers(reference) and batch_norm_layers(other) and (
@@ -128,6 +146,9 @@ def known_differences(reference, other):
   policies = [run.manifest.get('dtype_policy', 'float32') for run in (reference, other)]
   if policies[0] != policies[1]:
     found['mixed_precision'] = {'dtype_policies': policies}
+  backends = [keras_backend(run) for run in (reference, other)]
+  if backends[0] != backends[1]:
+    found['xla_rounding'] = {'keras_backends': [b or 'tensorflow' for b in backends]}
   tf_versions = [str((run.manifest.get('versions') or {}).get('tensorflow')) for run in
                  (reference, other)]
   if [v.startswith('1.') for v in tf_versions].count(True) == 1:

@@ -152,8 +152,7 @@ def _run(job, args, log_path, total_steps, model_dir=None, append=False, package
   # The log file is for everything: TensorFlow's own start-up lines included.
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '0')
   steps_csv = os.path.join(model_dir, run_files.STEPS_CSV) if model_dir else None
-  bar = progress.RunProgress(f'{job.name}: {runner_jobs.ROLES.get(job.name, "")}', total_steps,
-                             log_path)
+  bar = progress.RunProgress(f'{job.name}: {runner_jobs.role(job)}', total_steps, log_path)
   started = time.monotonic()
   with open(log_path, 'a' if append else 'w') as log:
     log.write(f'$ {" ".join(command)}\n')
@@ -221,6 +220,12 @@ def _train(cfg, planned, previous, state, state_path, legacy_source, donors):
               model_dir, append=same,
               package_parent=legacy_source if job.python else None)
   if code:
+    if not same and code not in process.INTERRUPTED_CODES:
+      # A runner that refused (a usage error, before it touched its folder) left the run
+      # made with the earlier arguments there, complete: the state must keep saying so,
+      # or the next check would reuse that run as one made with these arguments.
+      state.pop(job.name)
+      atomic.atomic_write_json(state_path, {**previous, **state})
     raise process.runner_error(job.name, code, log_path)
   return model_dir
 
@@ -238,6 +243,7 @@ def run(cfg, tolerances, reuse=None):
   """
   reuse = reuse or {}
   runner_jobs.check_pitfall_requirements(cfg)
+  process.check_keras_backend(cfg.port_backend)
   output_dir = cfg.output_dir
   folders.check_output(output_dir, '--output_dir', folder=True, data_dirs=[cfg.data_dir])
   if cfg.init_weights:

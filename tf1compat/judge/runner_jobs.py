@@ -37,6 +37,10 @@ ROLES = {'init': 'initial weights from the legacy runner',
          'eager': 'the TF2 port, custom loop', 'fit': 'the TF2 port, model.fit'}
 
 
+# The port's backend, as its train_eager argument says it (port_args).
+_JAX_PORT = '--backend=jax'
+
+
 @dataclasses.dataclass(frozen=True)
 class RunnerJob:
   name: str       # run directory name under --output_dir
@@ -44,6 +48,12 @@ class RunnerJob:
   args: tuple     # runner-specific arguments
   env: tuple = ()  # (name, value) pairs set in the runner's environment
   python: str = None  # the interpreter (None: this one), --legacy_python's for LEGACY
+
+
+def role(job):
+  """What `job` runs, in words (ROLES; the port on JAX named as such)."""
+  text = ROLES.get(job.name, '')
+  return text.replace('TF2 port', 'JAX port') if _JAX_PORT in job.args else text
 
 
 def control_threads():
@@ -141,9 +151,11 @@ def forwarded_args(cfg):
 
 
 def port_args(cfg):
-  """How check_parity's --strategy, --cpu_devices, --mixed_precision and --port_flags
-  reach the port."""
+  """How check_parity's --port_backend, --strategy, --cpu_devices, --mixed_precision and
+  --port_flags reach the port."""
   args = []
+  if cfg.port_backend == 'jax':
+    args.append(_JAX_PORT)
   if cfg.strategy != 'default':
     args.append(f'--strategy={cfg.strategy}')
   if cfg.cpu_devices > 1:

@@ -46,6 +46,9 @@ LOSS_TAKES_LOGITS = {'softmax_cross_entropy': True, 'keras_categorical': True,
                      'keras_categorical_probs': False}
 FINAL_ACTIVATIONS = ('none', 'softmax')
 LOOPS = ('custom', 'fit')
+# Keras 3's backend the port runs on (train_eager --backend): TensorFlow, or JAX (the jax
+# extra).
+KERAS_BACKENDS = ('tensorflow', 'jax')
 # --on_bad_record: stop at the first bad record, or leave bad records out and count them.
 ON_BAD_RECORD = ('fail', 'skip')
 STRATEGIES = ('default', 'mirrored', 'multi_worker')
@@ -155,6 +158,7 @@ class EagerConfig(TrainingConfig):
   """bin/train_eager: the TF2 port, a custom tf.function loop or Keras model.fit."""
   model_dir: str = 'runs/eager'
   loop: str = 'custom'
+  backend: str = 'tensorflow'
   jit_compile: bool = False
   mixed_precision: bool = False
   mixed_bfloat16: bool = False
@@ -215,6 +219,7 @@ class CheckParityConfig(TrainingConfig):
   cpu_devices: int = 1
   mixed_precision: bool = False
   port_flags: tuple = ()
+  port_backend: str = 'tensorflow'
   settings_matrix: bool = False
   # A Python with TensorFlow 1.15 (bin/legacy_env): the legacy loop also runs there, as
   # the migration ladder's first rung (None: no such rung).

@@ -37,6 +37,8 @@ PROBE_DIR = 'probe'
 # (batch_record.py).
 BATCHES_DIR = 'batches'
 CHECKPOINTS_DIR = 'checkpoints'
+# Beside the JAX port's iterator checkpoint ckpt-N: the state it resumes with (an .npz).
+CHECKPOINT_STATE_SUFFIX = '.state.npz'
 EXPORT_DIR = 'export'
 KERAS_FILE = 'model.keras'
 # Written by whoever started the runner (check_parity), not by the runner: a run
@@ -51,8 +53,8 @@ _EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
 # What the writers of each of those folders name the files below it (the path under the
 # folder, '/'-separated): weight snapshots and the optimizer's state beside them, and
 # probes; TensorFlow's checkpoints (a Saver's
-# model.ckpt-N, a CheckpointManager's ckpt-N), their state file, the temporaries of a save
-# in progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
+# model.ckpt-N, a CheckpointManager's ckpt-N, the JAX port's state beside it), their state
+# file, the temporaries of a save in progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
 # atomic writes, are a run's: --overwrite deletes no other file there.
 _STEP_FILE = re.compile(r'step-\d+\.npz')
 _CHECKPOINT_PART = r'(?:\.index|\.meta|\.data-\d{5}-of-\d{5})(?:\.tempstate\d+)?'
@@ -62,7 +64,7 @@ _OWN_BELOW = {
     BATCHES_DIR: re.compile(r'step-\d+\.npz|digests\.csv'),
     CHECKPOINTS_DIR: re.compile(
         r'checkpoint(?:\.tmp\w+)?'
-        rf'|(?:model\.)?ckpt-\d+{_CHECKPOINT_PART}'
+        rf'|(?:model\.)?ckpt-\d+{_CHECKPOINT_PART}|ckpt-\d+\.state\.npz'
         rf'|(?:model\.)?ckpt-\d+_temp\w*/part-\d{{5}}-of-\d{{5}}{_CHECKPOINT_PART}'
         r'|backup/(?:latest\.weights\.h5|training_metadata\.json)(?:\.bkp)?'),
     EXPORT_DIR: re.compile(r'saved_model\.pb|fingerprint\.pb|keras_metadata\.pb'

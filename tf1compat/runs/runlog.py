@@ -30,6 +30,9 @@ ADAM_KERAS = 'keras'
 # Any other optimizer: TF1's fused Apply* kernel, or Keras' separate ops.
 OPTIMIZER_TF1_FUSED = 'tf1_fused'
 OPTIMIZER_KERAS = 'keras_ops'
+# The JAX port's exact switches: TF1's kernel's formula in keras.ops, compiled by XLA
+# (Adam and the others alike; tf1_kernels.py), for 'adam' and 'optimizer'.
+TF1_FORMULA = 'tf1_formula_xla'
 BN_VARIANCE_BESSEL = 'bessel_corrected'
 BN_VARIANCE_BIASED = 'biased'
 

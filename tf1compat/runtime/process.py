@@ -10,6 +10,7 @@ on their path, so nothing depends on a checkout or the current folder.
 
 import atexit
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from tf1compat.runs import errors
 COMMANDS_PACKAGE = 'tf1compat.commands'
 # The folder that holds the tf1compat package: a checkout's root or site-packages.
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(tf1compat.__file__)))
+# A runner's exit after SIGINT or SIGTERM, with a checkpoint to resume from.
+INTERRUPTED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 # The temporary folder of each TensorFlow process of ours (use_private_temp_folder).
 _TEMP_FOLDER = re.compile(r'tf1compat-(\d+)-[^/]+')
 
@@ -94,15 +97,27 @@ def use_legacy_keras():
   return tf
 
 
-def use_keras3():
-  """Makes this a Keras 3 process and imports TensorFlow into it; returns an inherited
-  TF_USE_LEGACY_KERAS it removed.
+def check_keras_backend(backend):
+  """Raises errors.UsageError when Keras 3's `backend` ('tensorflow' or 'jax') is not
+  installed, without importing it."""
+  if backend == 'jax' and importlib.util.find_spec('jax') is None:
+    raise errors.UsageError("--backend=jax needs JAX, which is not installed: pip install "
+                            "'tf1compat[jax]' (or jax[cpu], jax[cuda12])")
+
+
+def use_keras3(backend='tensorflow'):
+  """Makes this a Keras 3 process on `backend` ('tensorflow' or 'jax') and imports
+  TensorFlow into it; returns an inherited TF_USE_LEGACY_KERAS it removed.
 
   The graph runner's setting, inherited from a parent process, would turn tf.keras
-  into Keras 2. GPU memory is allocated as needed (see child_env).
+  into Keras 2, and an inherited KERAS_BACKEND (or ~/.keras/keras.json) another backend:
+  Keras reads both once, when it is imported. GPU memory is allocated as needed (see
+  child_env).
   """
+  check_keras_backend(backend)
   use_private_temp_folder()
   value = os.environ.pop('TF_USE_LEGACY_KERAS', None)
+  os.environ['KERAS_BACKEND'] = backend
   os.environ.setdefault('TF_FORCE_GPU_ALLOW_GROWTH', 'true')
   # `import tensorflow` loads Keras 3, and Keras 3 loads matplotlib for its image-gallery
   # helpers: about 0.5 CPU-seconds of every eager runner, replay and benchmark worker,
@@ -164,7 +179,7 @@ def runner_error(name, code, log_path):
     return errors.UsageError(f'{name} runner: {message} (log: {log_path})')
   if code == errors.EXIT_NUMERIC:
     return errors.NumericFault(f'{name} runner: {message} (log: {log_path})')
-  if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+  if code in INTERRUPTED_CODES:
     return errors.Interrupted(code - 128, f'{name} runner was interrupted; rerun the same '
                               'command to resume')
   how = f'killed by signal {-code}' if code < 0 else f'exit code {code}'

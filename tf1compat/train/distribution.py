@@ -31,6 +31,7 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from tf1compat.data import pipeline
 from tf1compat.runs import errors
 
 TF_CONFIG = 'TF_CONFIG'
@@ -190,26 +191,11 @@ def distribute_dataset(distribution, make_dataset, global_batch):
 
 
 def fresh_distributed_dataset(distribution, make_dataset, global_batch):
-  """`distribute_dataset(...)`, built anew for every iterator made from it.
-
-  A shuffled tf.data pipeline draws a new order for each iterator of the same dataset
-  object. Under a strategy, Keras 3.15's fit makes one iterator to peek at a batch (to
-  build its metrics) and another to train on, which would then train on the second
-  order; here every iterator starts with the run's first global batch. The object
-  stays of tf.distribute's own class (a subclass of it), which is what fit accepts.
-  """
-  def make():
-    return distribute_dataset(distribution, make_dataset, global_batch)
-
-  dataset = make()
-
-  class FreshDataset(type(dataset)):
-
-    def __iter__(self):
-      return iter(make())
-
-  dataset.__class__ = FreshDataset
-  return dataset
+  """`distribute_dataset(...)`, built anew for every iterator made from it
+  (pipeline.fresh_each_iteration). The object stays of tf.distribute's own class (a
+  subclass of it), which is what fit accepts."""
+  return pipeline.fresh_each_iteration(
+      lambda: distribute_dataset(distribution, make_dataset, global_batch))
 
 
 class AgreedSignals:

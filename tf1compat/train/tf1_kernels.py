@@ -8,13 +8,31 @@ with other ops. `TF1Adam` (`--tf1_adam`) and `TF1BatchNormalization`
 comparison with the graph runner is bit for bit on CPU. `TF1Momentum` and `TF1RMSprop` are
 the exact port of TF1's MomentumOptimizer under a changing rate and of its RMSPropOptimizer
 (docs/optimizers.md). Keras 3 only.
+
+On Keras 3's other backends (the JAX port, `train_eager --backend=jax`) TensorFlow's kernels
+cannot run inside the compiled step: each class computes TF1's formula instead, in TF1's
+order of operations with keras.ops, which XLA compiles and rounds its own way
+(docs/framework-differences.md, `xla_rounding`). FTRL has no such formula here: on those
+backends TF1Ftrl is Keras' Ftrl, whose formula is TF1's with other ops.
 """
 
 import keras
+from keras import ops
 import tensorflow as tf
 
 # tf.nn.fused_batch_norm's floor on epsilon, which tf-keras' fused path goes through.
 _FUSED_BN_MIN_EPSILON = 1.001e-5
+
+
+def _complement(value, dtype):
+  """1 - `value` computed in `dtype`, as TF1's kernels compute T(1) - beta (Python's
+  1 - 0.9 rounds to another float32 than float32's 1 - float32(0.9))."""
+  return 1 - ops.cast(value, dtype)
+
+
+def on_tensorflow():
+  """Whether Keras runs on TensorFlow, where TF1's own kernels can run in the step."""
+  return keras.backend.backend() == 'tensorflow'
 
 
 class TF1BatchNormalization(keras.layers.BatchNormalization):
@@ -34,6 +52,8 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
     if mask is not None or self.renorm or len(inputs.shape) != 4 or self.axis % 4 != 3:
       return super().call(inputs, training=training, mask=mask)
     training = bool(training) and self.trainable
+    if not on_tensorflow():
+      return self._formula(inputs, training)
     x = tf.cast(inputs, tf.float32)
     gamma = self.gamma.value if self.scale else tf.ones(x.shape[-1:], tf.float32)
     beta = self.beta.value if self.center else tf.zeros(x.shape[-1:], tf.float32)
@@ -50,6 +70,23 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
     if training:
       self._update_moving_statistics(mean, variance)
     return tf.cast(outputs, self.compute_dtype)
+
+  def _formula(self, inputs, training):
+    """The fused kernel's computation in keras.ops: normalized with the batch's biased
+    variance, the moving variance fed the Bessel-corrected one."""
+    x = ops.cast(inputs, 'float32')
+    epsilon = max(self.epsilon, _FUSED_BN_MIN_EPSILON)
+    gamma = self.gamma.value if self.scale else ops.ones(x.shape[-1:], 'float32')
+    beta = self.beta.value if self.center else ops.zeros(x.shape[-1:], 'float32')
+    if not training:
+      mean, variance = self.moving_mean.value, self.moving_variance.value
+    else:
+      mean, variance = ops.moments(x, axes=[0, 1, 2])
+      count = x.shape[0] * x.shape[1] * x.shape[2]
+      self._update_moving_statistics(mean, variance * (count / (count - 1.0)))
+    outputs = ops.batch_normalization(x, mean, variance, axis=-1, offset=beta, scale=gamma,
+                                      epsilon=epsilon)
+    return ops.cast(outputs, self.compute_dtype)
 
   def _synchronized(self, x, gamma, beta, replicas):
     """Normalizes with the moments of the global batch, all replicas together.
@@ -72,7 +109,8 @@ class TF1BatchNormalization(keras.layers.BatchNormalization):
   def _update_moving_statistics(self, mean, variance):
     # In graph mode the learning phase is a placeholder, so tf-keras takes momentum
     # as a float32 tensor and computes 1 - momentum in float32, not in Python.
-    decay = tf.constant(1.0, tf.float32) - tf.constant(self.momentum, tf.float32)
+    decay = (ops.convert_to_tensor(1.0, 'float32')
+             - ops.convert_to_tensor(self.momentum, 'float32'))
     self.moving_mean.assign_sub((self.moving_mean.value - mean) * decay)
     self.moving_variance.assign_sub((self.moving_variance.value - variance) * decay)
 
@@ -103,6 +141,15 @@ class TF1Adam(keras.optimizers.Adam):
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
+    if not on_tensorflow():
+      m, v = self._momentums[index], self._velocities[index]
+      gradient = ops.cast(gradient, dtype)
+      rate = (ops.cast(learning_rate, dtype) * ops.sqrt(1 - self._beta_2_power.value)
+              / (1 - self._beta_1_power.value))
+      self.assign(m, m + (gradient - m) * _complement(self.beta_1, dtype))
+      self.assign(v, v + (ops.square(gradient) - v) * _complement(self.beta_2, dtype))
+      self.assign(variable, variable - m.value * rate / (ops.sqrt(v.value) + self.epsilon))
+      return
     tf.raw_ops.ResourceApplyAdam(
         var=variable.handle, m=self._momentums[index].value.handle,
         v=self._velocities[index].value.handle,
@@ -136,6 +183,14 @@ class TF1Momentum(keras.optimizers.SGD):
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
+    if not on_tensorflow():
+      accumulator, rate = self.momentums[index], ops.cast(learning_rate, dtype)
+      gradient = ops.cast(gradient, dtype)
+      self.assign(accumulator, accumulator * self.momentum + gradient)
+      step = (gradient * rate + accumulator.value * self.momentum * rate if self.nesterov
+              else accumulator.value * rate)
+      self.assign(variable, variable - step)
+      return
     tf.raw_ops.ResourceApplyMomentum(
         var=variable.handle, accum=self.momentums[index].value.handle,
         lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
@@ -185,6 +240,10 @@ class TF1RMSprop(keras.optimizers.RMSprop):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
     momentums = self._momentums or self._tf1_momentums
+    if not on_tensorflow():
+      self._formula_step(ops.cast(gradient, dtype), variable, ops.cast(learning_rate, dtype),
+                         index, momentums[index])
+      return
     scalars = dict(lr=tf.cast(learning_rate, dtype), rho=tf.constant(self.rho, dtype),
                    momentum=tf.constant(self.momentum, dtype),
                    epsilon=tf.constant(self.epsilon, dtype), grad=tf.cast(gradient, dtype),
@@ -198,11 +257,28 @@ class TF1RMSprop(keras.optimizers.RMSprop):
       tf.raw_ops.ResourceApplyRMSProp(var=variable.handle, ms=ms, mom=mom, **scalars)
 
 
+  def _formula_step(self, gradient, variable, rate, index, momentum):
+    """ApplyRMSProp's (ApplyCenteredRMSProp's) formula in keras.ops."""
+    mean_square = self._velocities[index]
+    decay = _complement(self.rho, gradient.dtype)
+    self.assign(mean_square, mean_square + (ops.square(gradient) - mean_square) * decay)
+    denominator = mean_square.value + self.epsilon
+    if self.centered:
+      mean_gradient = self._average_gradients[index]
+      self.assign(mean_gradient, mean_gradient + (gradient - mean_gradient) * decay)
+      denominator = mean_square.value - ops.square(mean_gradient.value) + self.epsilon
+    self.assign(momentum, momentum * self.momentum + ops.rsqrt(denominator) * rate * gradient)
+    self.assign(variable, variable - momentum.value)
+
+
 class TF1SGD(keras.optimizers.SGD):
   """Keras 3 SGD without momentum through TF1's ApplyGradientDescent kernel
   (`--tf1_optimizer_kernel`): the same formula, TF1's rounding."""
 
   def update_step(self, gradient, variable, learning_rate):
+    if not on_tensorflow():
+      # Keras' SGD without momentum is ApplyGradientDescent's formula.
+      return super().update_step(gradient, variable, learning_rate)
     dtype = variable.dtype
     tf.raw_ops.ResourceApplyGradientDescent(
         var=variable.handle, alpha=tf.cast(learning_rate, dtype),
@@ -216,6 +292,14 @@ class TF1Adagrad(keras.optimizers.Adagrad):
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
+    if not on_tensorflow():
+      accumulator, gradient = self._accumulators[index], ops.cast(gradient, dtype)
+      self.assign(accumulator, accumulator + ops.square(gradient))
+      rate = ops.cast(learning_rate, dtype)
+      step = (gradient * rate / (ops.sqrt(accumulator.value) + self.epsilon) if self.epsilon
+              else gradient * rate * ops.rsqrt(accumulator.value))
+      self.assign(variable, variable - step)
+      return
     args = dict(var=variable.handle, accum=self._accumulators[index].value.handle,
                 lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
                 use_locking=False, update_slots=True)
@@ -231,6 +315,16 @@ class TF1Adadelta(keras.optimizers.Adadelta):
   def update_step(self, gradient, variable, learning_rate):
     index = self._get_variable_index(variable)
     dtype = variable.dtype
+    if not on_tensorflow():
+      accumulator, updates = self._accumulated_grads[index], self._accumulated_delta_vars[index]
+      gradient = ops.cast(gradient, dtype)
+      decay = _complement(self.rho, dtype)
+      self.assign(accumulator, accumulator * self.rho + ops.square(gradient) * decay)
+      update = (ops.sqrt(updates + self.epsilon) * ops.rsqrt(accumulator.value + self.epsilon)
+                * gradient)
+      self.assign(variable, variable - update * ops.cast(learning_rate, dtype))
+      self.assign(updates, updates * self.rho + ops.square(update) * decay)
+      return
     tf.raw_ops.ResourceApplyAdadelta(
         var=variable.handle, accum=self._accumulated_grads[index].value.handle,
         accum_update=self._accumulated_delta_vars[index].value.handle,
@@ -244,6 +338,8 @@ class TF1Ftrl(keras.optimizers.Ftrl):
   FtrlOptimizer applies them with beta 0 (`--tf1_optimizer_kernel`)."""
 
   def update_step(self, gradient, variable, learning_rate):
+    if not on_tensorflow():
+      return super().update_step(gradient, variable, learning_rate)
     index = self._get_variable_index(variable)
     dtype = variable.dtype
     args = dict(var=variable.handle, accum=self._accumulators[index].value.handle,

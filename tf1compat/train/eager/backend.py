@@ -8,7 +8,7 @@ as the graph runner; its custom loop (`--loop=custom`, runner 'eager') is one
 the model, the optimizer, the step, the running metrics and the training-data
 iterator, so a rerun resumes mid-epoch on exactly the batches an uninterrupted run
 would see. `--loop=fit` (runner 'fit') trains the same backend's model with Keras
-`model.fit` (fit.py). What the port computes is model_fn.py, the replay of a run's first
+`model.fit` (train/fit.py). What the port computes is model_fn.py, the replay of a run's first
 step replay.py; train/graph/backend.py is the twin, with the same names for the same
 steps: `build_model`, `learning_rate_schedule`, `make_optimizer`, `regularization_loss`,
 `per_example_loss`, `train_step`, `evaluate`, `export`.
@@ -30,7 +30,6 @@ from absl import logging
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from tf1compat.data import pipeline
 from tf1compat.data import preflight
@@ -41,9 +40,10 @@ from tf1compat.runs import runlog
 from tf1compat.runtime import numerics
 from tf1compat.train import checkpoints
 from tf1compat.train import distribution as distribution_lib
+from tf1compat.train import fit
 from tf1compat.train import replay_mode
+from tf1compat.train import scalars
 from tf1compat.train import training
-from tf1compat.train.eager import fit
 from tf1compat.train.eager import model_fn
 from tf1compat.train.eager import replay
 from tf1compat.train.models import keras_facts
@@ -74,32 +74,6 @@ def configure(cfg):
                    'it')
   numerics.apply_tf32(cfg.tf32)
   keras.mixed_precision.set_global_policy(model_fn.dtype_policy(cfg))
-
-
-class ScalarWriter:
-  """TensorBoard scalars in the run directory; the events file is opened on first use.
-
-  `tf.summary.scalar` lives in the tensorboard package, which is no dependency here;
-  `tf.summary.write` with the scalars plugin's metadata writes the same event.
-  """
-
-  _METADATA = summary_pb2.SummaryMetadata(
-      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
-
-  def __init__(self, logdir):
-    self._logdir = logdir
-    self._writer = None
-
-  def __call__(self, step, scalars):
-    if self._writer is None:
-      self._writer = tf.summary.create_file_writer(self._logdir)
-    with self._writer.as_default(step=step):
-      for tag, value in scalars.items():
-        tf.summary.write(tag, tf.constant(value, tf.float32), metadata=self._METADATA)
-
-  def flush(self):
-    if self._writer is not None:
-      self._writer.flush()
 
 
 class EagerBackend(replay.ReplayStep, training.Backend):
@@ -198,7 +172,7 @@ class EagerBackend(replay.ReplayStep, training.Backend):
     """
     self._log = log
     self._agreement = agreement
-    self._scalars = ScalarWriter(log.model_dir)
+    self._scalars = scalars.ScalarWriter(log.model_dir)
 
   def loss(self, labels, outputs):
     """The run's per-example loss (what fit compiles with)."""

@@ -1,10 +1,12 @@
-"""The TF2 port's Keras path: `model.compile` + `model.fit` (`--loop=fit`, runner 'fit').
+"""The port's Keras path: `model.compile` + `model.fit` (`--loop=fit`, runner 'fit'), on
+Keras 3's TensorFlow or JAX backend.
 
-fit drives its own loop: the custom loop's backend (backend.EagerBackend) supplies
-the model, the optimizer, the loss and the pipelines, and callbacks record fit's steps
-and epochs through the same `training.Recorder` as every runner. `BackupAndRestore`
+fit drives its own loop: the custom loop's backend (eager/backend.EagerBackend, or
+jax/backend.JaxBackend) supplies the model, the optimizer, the loss and the pipelines, and
+callbacks record fit's steps and epochs through the same `training.Recorder` as every
+runner. `BackupAndRestore`
 resumes at epoch boundaries. Runs on one device or under --strategy=mirrored (one
-process, the chief). Keras 3 only.
+process, the chief; TensorFlow only). Keras 3 only.
 """
 
 import json
