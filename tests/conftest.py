@@ -6,6 +6,7 @@ the eager runner's Keras 3 must never share a process (this one included).
 
 import concurrent.futures
 import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -20,6 +21,13 @@ from tf1compat.runs import runlog
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+# The JAX port's tests need the jax extra, which the test extra installs.
+HAS_JAX = importlib.util.find_spec('jax') is not None
+requires_jax = pytest.mark.skipif(
+    not HAS_JAX, reason="JAX is not installed: pip install -e '.[test]' (or '.[jax]') runs "
+                        'the JAX port tests')
+JAX_PORT = ('train_eager', '--loop=custom', '--backend=jax')
 
 # A dataset small enough for 2-core CI: 4 classes, 16 training and 4 validation
 # images per class; runs use 32-pixel images.
@@ -108,7 +116,8 @@ KILL_FLAGS = (f'--epochs={EPOCHS}', f'--steps_per_epoch={STEPS_PER_EPOCH}',
               '--checkpoint_every=3')
 # runner -> (script, its arguments): the runs `references` holds.
 REFERENCE_RUNNERS = {'graph': ('train_graph',), 'eager': ('train_eager', '--loop=custom'),
-                     'fit': ('train_eager', '--loop=fit')}
+                     'fit': ('train_eager', '--loop=fit'),
+                     **({'jax': JAX_PORT} if HAS_JAX else {})}
 
 
 @pytest.fixture(scope='session')

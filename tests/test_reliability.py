@@ -20,9 +20,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from conftest import (KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once, csv_rows,
-                      read_run_csv, read_snapshot, run_entry, run_python, signal_after,
-                      tiny_run_flags)
+from conftest import (JAX_PORT, KILL_FLAGS, STEPS_PER_EPOCH, TINY, TOTAL_STEPS, at_once,
+                      csv_rows, read_run_csv, read_snapshot, requires_jax, run_entry,
+                      run_python, signal_after, tiny_run_flags)
 from tf1compat.data import data_folder
 from tf1compat.data import pipeline
 from tf1compat.data import records
@@ -311,14 +311,17 @@ def _resume(script, args, model_dir, log_path):
 
 
 RUNNERS = {'graph': ('train_graph',), 'eager': ('train_eager', '--loop=custom')}
+# The JAX port checkpoints its own way (train/jax/backend.py): its state beside the
+# iterator's checkpoint.
+RESUMED = [*RUNNERS, pytest.param('jax', marks=requires_jax)]
 
 
-@pytest.mark.parametrize('runner', sorted(RUNNERS))
+@pytest.mark.parametrize('runner', RESUMED)
 def test_sigkill_then_sigterm_mid_epoch_and_the_reruns_end_exactly_as_one_run(
     runner, references, tiny_data_dir, tmp_path):
   """SIGKILL after 5 steps, rerun, SIGTERM in the second epoch, rerun: nothing lost."""
   reference = references(runner)
-  script, *extra = RUNNERS[runner]
+  script, *extra = {**RUNNERS, 'jax': JAX_PORT}[runner]
   model_dir = str(tmp_path / 'run')
   args = _kill_flags(tiny_data_dir, model_dir, *extra)
   steps_csv = os.path.join(model_dir, run_files.STEPS_CSV)
