@@ -71,7 +71,10 @@ def test_every_pitfall_is_named_first_on_the_gpu(name, tiny_data_dir, tmp_path):
   needs = pitfalls.PITFALLS[name].needs
   # 0.3, not 0.5: 1 - 0.5 = 0.5 would hide keep_prob_as_rate.
   model = ['--batch_norm'] if 'batch_norm' in needs else (['--dropout=0.3'] if needs else [])
-  result, report = _check_parity(str(tmp_path / name), *flags, *model, f'--pitfall={name}')
+  backend = [f'--port_backend={pitfalls.PITFALLS[name].port_backend}'] * bool(
+      pitfalls.PITFALLS[name].port_backend)
+  result, report = _check_parity(str(tmp_path / name), *flags, *model, *backend,
+                                 f'--pitfall={name}')
   assert result.returncode == 1, result.stderr[-3000:]
   assert report['pairs'][0]['pitfalls'][0]['name'] == name
 

@@ -16,8 +16,14 @@ from conftest import REPO, TINY_IMAGE_SIZE, requires_jax, run_entry, run_python
 from tf1compat.judge import pitfalls
 from tf1compat.runs import errors
 
+# With BatchNormalization: the exact switches' formula of TF1's fused kernel, and what
+# jax_state_dropped needs.
 TINY = [f'--image_size={TINY_IMAGE_SIZE}', '--batch_size=8', '--epochs=2',
-        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5']
+        '--steps_per_epoch=6', '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5', '--batch_norm']
+# Each pitfall checked on the JAX port, and where the replay of step 1 finds it: adam_epsilon
+# as on TensorFlow, and the JAX port's own.
+JAX_PITFALLS = {'adam_epsilon': ('update', 'conv1/kernel'),
+                'jax_state_dropped': ('state', 'bn1/moving_mean')}
 
 
 def _check(tiny_data_dir, output_dir, *args):
@@ -33,13 +39,14 @@ def _check(tiny_data_dir, output_dir, *args):
 
 @pytest.fixture(scope='module')
 def checks(tiny_data_dir, tmp_path_factory):
-  """The matched check of the JAX port (custom loop and fit), then the same folder with
-  --pitfall=adam_epsilon (the legacy run and its control reused): {name: (result,
-  parity.json)}."""
+  """The matched check of the JAX port (custom loop and fit), then in the same folder
+(the legacy run and its control reused) each pitfall of JAX_PITFALLS: {name: (result,
+parity.json)}."""
   out = str(tmp_path_factory.mktemp('jax_check') / 'check')
-  matched = _check(tiny_data_dir, out)
-  return {'matched': matched,
-          'adam_epsilon': _check(tiny_data_dir, out, '--pitfall=adam_epsilon', '--overwrite')}
+  done = {'matched': _check(tiny_data_dir, out)}
+  for pitfall in JAX_PITFALLS:
+    done[pitfall] = _check(tiny_data_dir, out, f'--pitfall={pitfall}', '--overwrite')
+  return done
 
 
 @requires_jax
@@ -62,17 +69,21 @@ def test_the_matched_jax_port_passes_with_xla_rounding_named(checks):
 
 
 @requires_jax
-def test_adam_epsilon_in_the_jax_port_fails_named_and_localized(checks):
-  result, report = checks['adam_epsilon']
+@pytest.mark.parametrize('pitfall', JAX_PITFALLS)
+def test_a_pitfall_in_the_jax_port_fails_named_and_localized(checks, pitfall):
+  result, report = checks[pitfall]
   assert result.returncode == errors.EXIT_PARITY_FAIL, result.stdout[-3000:]
-  assert report['pitfalls'][0] == 'adam_epsilon'
+  assert report['pitfalls'][0] == pitfall
   assert 'reusing the complete run' in result.stdout  # the legacy run and its control
-  for pair in report['pairs']:
-    assert pair['verdict'] == 'FAIL'
-    assert pair['pitfalls'][0]['name'] == 'adam_epsilon'
-    assert pair['pitfalls'][0]['fix'] == pitfalls.PITFALLS['adam_epsilon'].fix
+  failed = [pair for pair in report['pairs'] if pair['verdict'] == 'FAIL']
+  # jax_state_dropped is the custom loop's: fit, matched, passes beside it.
+  assert [pair['other_label'].split(':')[0] for pair in failed] == (
+      ['eager'] if pitfall == 'jax_state_dropped' else ['eager', 'fit'])
+  for pair in failed:
+    assert pair['pitfalls'][0]['name'] == pitfall
+    assert pair['pitfalls'][0]['fix'] == pitfalls.PITFALLS[pitfall].fix
     where = pair['where']
-    assert (where['first']['stage'], where['first']['name']) == ('update', 'conv1/kernel')
+    assert (where['first']['stage'], where['first']['name']) == JAX_PITFALLS[pitfall]
     assert f'where: {where["summary"]}' in result.stdout
 
 

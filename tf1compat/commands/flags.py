@@ -362,6 +362,15 @@ def define_eager_flags():
                     '--optimizer=rmsprop*: start the mean square at one, as TF1\'s '
                     'RMSPropOptimizer does; false: at Keras\' zero (the rmsprop_zero_start '
                     'mistake: the first steps are up to sqrt(1 / (1 - rho)) = 3.2x larger).')
+  flags.DEFINE_bool('keep_non_trainable_state', default('keep_non_trainable_state'),
+                    '--backend=jax --loop=custom: carry the non-trainable state '
+                    "model.stateless_call returns (BatchNorm's moving statistics, the Dropout "
+                    'seed) into the next step; false drops it (the jax_state_dropped mistake).')
+  flags.register_multi_flags_validator(
+      ['backend', 'loop', 'keep_non_trainable_state'],
+      lambda v: v['keep_non_trainable_state'] or (v['backend'] == 'jax' and v['loop'] == 'custom'),
+      message='--nokeep_non_trainable_state is a mistake of the JAX custom loop: it needs '
+              '--backend=jax --loop=custom')
   flags.register_multi_flags_validator(
       ['loop', 'fit_lr_schedule', 'add_regularization_losses'],
       lambda v: (v['loop'] == 'fit' or v['fit_lr_schedule'] == config.FIT_LR_SCHEDULES[0]) and (

@@ -299,7 +299,9 @@ def diagnose(reference, other, lint_found, steps, weights, semantics, bn_states,
     if state and twin_state and not state['any_moved'] and twin_state['any_moved']:
       evidence = (f'{run.label}: BatchNorm moving statistics never changed from their initial '
                   f'values; {twin.label}: they did')
-      if run.flag('wiring') == 'model_call':
+      if run.flag('keep_non_trainable_state') is False:
+        add('jax_state_dropped', evidence, True)
+      elif run.flag('wiring') == 'model_call':
         add('model_call_wiring', evidence, True)
         add('skip_update_ops', evidence, False)
       else:

@@ -115,7 +115,9 @@ def applicable_pitfalls(case):
   names = [name for name, pitfall in sorted(pitfalls.PITFALLS.items())
            if (not pitfall.needs or set(case.has) & set(pitfall.needs))
            and pitfalls.applies_to(pitfall, case_optimizer(case))
-           and (pitfall.optimizers or not case.optimizer_pitfalls_only)]
+           and (pitfall.optimizers or not case.optimizer_pitfalls_only)
+           # The built-in cases run the TensorFlow port.
+           and not pitfall.port_backend]
   # Port-side pitfalls first: the legacy run and its control are then reused by them.
   return sorted(names, key=lambda n: 'graph' in pitfalls.PITFALLS[n].runners)
 

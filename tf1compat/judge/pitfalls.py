@@ -60,6 +60,8 @@ class Pitfall(Problem):
   args_from_config: object = None
   # The algorithms (optimizers.ALGORITHMS) whose mistake it is; () for any.
   optimizers: tuple = ()
+  # The port's Keras backend it is made on (check_parity --port_backend); None for any.
+  port_backend: str | None = None
 
 
 def applies_to(pitfall, optimizer):
@@ -237,6 +239,20 @@ PITFALLS = {
         fix='Pass the legacy decay as the momentum: keras.layers.BatchNormalization('
             'momentum=0.999) for tf.contrib.layers.batch_norm\'s default decay (Keras\' own '
             'default is 0.99; momentum = decay, keras-team/keras#6839); check epsilon too.'),
+    'jax_state_dropped': Pitfall(
+        # A JAX train step written after jax.value_and_grad's simplest form, loss alone
+        # out of the loss function: model.stateless_call also returns the new
+        # non-trainable variables (BatchNorm's moving statistics, the Dropout layers'
+        # seed), which the step must hand to the next one, as Keras' own JAX trainer does.
+        # Dropped, the moving statistics stay at their start (inference runs on them) and
+        # Dropout draws the same mask at every step.
+        runners=('eager',), args=('--nokeep_non_trainable_state',), needs=('batch_norm',),
+        port_backend='jax', judged_by=('semantics',),
+        where=Where('state'),
+        fix='Return the non-trainable state from the loss function and carry it: outputs, '
+            'non_trainable = model.stateless_call(trainable, non_trainable, x, '
+            'training=True); jax.value_and_grad(loss_fn, has_aux=True); the next step gets '
+            'the new non_trainable (BatchNorm moving statistics, the Dropout seed).'),
 }
 
 SETUP_PROBLEMS = {

@@ -128,6 +128,9 @@ def check_pitfall_requirements(cfg):
                       if pitfalls.applies_to(pitfall, name))
     raise errors.UsageError(f'--pitfall={cfg.pitfall} is a mistake of another optimizer: run it '
                             f'with --optimizer={names.replace(", ", " or ")}')
+  if pitfall.port_backend and cfg.port_backend != pitfall.port_backend:
+    raise errors.UsageError(f'--pitfall={cfg.pitfall} is a mistake of the port on '
+                            f'{pitfall.port_backend}: add --port_backend={pitfall.port_backend}')
   own_model = cfg.model not in (None, plugins.DEFAULT_MODEL)
   has = {'batch_norm': bool(cfg.batch_norm) or own_model, 'dropout': cfg.dropout > 0,
          'regularization': own_model, 'batch_norm_momentum': own_model,

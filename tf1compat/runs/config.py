@@ -184,6 +184,10 @@ class EagerConfig(TrainingConfig):
   # RMSProp's mean square starts at one, as TF1's (tf1_kernels.TF1RMSprop); False: at
   # Keras' zero (the rmsprop_zero_start mistake).
   tf1_rmsprop_start: bool = True
+  # The JAX custom loop carries the non-trainable state model.stateless_call returns
+  # (BatchNorm's moving statistics, the Dropout seed) into the next step; False drops it
+  # (the jax_state_dropped mistake).
+  keep_non_trainable_state: bool = True
 
 
 @dataclasses.dataclass(frozen=True, **KEYWORD_ONLY)

@@ -52,9 +52,9 @@ _OWN_FILES = frozenset({RUN_JSON, STEPS_CSV, EPOCHS_CSV, KERAS_FILE})
 _EVENTS_NAME = re.compile(r'events\.out\.tfevents\..+')
 # What the writers of each of those folders name the files below it (the path under the
 # folder, '/'-separated): weight snapshots and the optimizer's state beside them, and
-# probes; TensorFlow's checkpoints (a Saver's
-# model.ckpt-N, a CheckpointManager's ckpt-N, the JAX port's state beside it), their state
-# file, the temporaries of a save in progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
+# probes; TensorFlow's checkpoints (a Saver's model.ckpt-N, a CheckpointManager's ckpt-N,
+# the JAX port's state beside it), their state file, the temporaries of a save in
+# progress, and model.fit's backup; a SavedModel. Only these, and the temporaries of
 # atomic writes, are a run's: --overwrite deletes no other file there.
 _STEP_FILE = re.compile(r'step-\d+\.npz')
 _CHECKPOINT_PART = r'(?:\.index|\.meta|\.data-\d{5}-of-\d{5})(?:\.tempstate\d+)?'

@@ -262,7 +262,11 @@ class JaxBackend(replay.ReplayStep, training.Backend):
   def _run_step(self, images, labels):
     """One training step on numpy `images`, `labels`; returns (loss, correct)."""
     learning_rate = self.learning_rate()
-    state, loss, correct = self._train_fn(self._state(), images, labels)
+    before = self._state()
+    state, loss, correct = self._train_fn(before, images, labels)
+    if not self._cfg.keep_non_trainable_state:
+      # The jax_state_dropped mistake: the step's own non-trainable state stays.
+      state = (state[0], before[1], state[2])
     self._set_state(state)
     self._step += 1
     return np.float32(loss), np.float32(correct), learning_rate

@@ -66,7 +66,8 @@ class ReplayStep:
     for variable, value in zip(self.model.trainable_variables, trainable):
       variable.assign(value)
     for variable, value in zip(probe.non_trainable_variables, non_trainable):
-      variable.assign(value)
+      if self._cfg.keep_non_trainable_state:
+        variable.assign(value)
     for variable, value in zip(self.optimizer.variables, optimizer_variables):
       variable.assign(value)
     after = keras3_model_fn.model_weights(self.model)
