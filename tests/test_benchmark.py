@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from conftest import TINY_IMAGE_SIZE, at_once, run_entry, run_python
+from conftest import HAS_JAX, TINY_IMAGE_SIZE, at_once, run_entry, run_python
 from tf1compat.bench import benchmark
 from tf1compat.bench import benchmark_figures
 from tf1compat.bench import workers
@@ -61,11 +61,12 @@ def test_json_holds_every_figure(smoke):
   _, figures = smoke
   for key in ('eager_over_graph', 'fit_over_graph', 'pipeline_speedup',
               'pipeline_memory_ratio', 'eager_tf1_adam_over_graph', 'fit_tf1_adam_over_graph',
-              'jit_over_eager'):
+              'jit_over_eager', *(('jax_over_eager', 'jax_fit_over_fit') if HAS_JAX else ())):
     assert figures[key] > 0, key
   assert set(figures['loop_over_compute_only']) == {'graph', 'eager', 'fit'}
   assert all(v > 0 for v in figures['loop_over_compute_only'].values())
-  assert set(figures['measurements']) == set(benchmark.MEASUREMENT_NAMES)
+  assert set(figures['measurements']) == {
+      m.name for m in benchmark.MEASUREMENTS if HAS_JAX or m.backend != 'jax'}
   for name, measured in figures['measurements'].items():
     rates = measured['images_per_second']
     assert rates['repetitions'] and all(r > 0 for r in rates['repetitions']), name
@@ -166,6 +167,7 @@ def test_train_specs_carry_each_runner_config_through_json(tmp_path):
     assert spec['compute_only'] == measurement.compute_only
     assert (runner_config.data_dir, runner_config.num_classes) == (str(tmp_path), 4)
     assert (runner_config.epochs, runner_config.total_steps) == (1, settings.total_steps)
+    assert getattr(runner_config, 'backend', 'tensorflow') == measurement.backend
     # Only the last step is snapshotted; no checkpoint or progress line within the run.
     assert runner_config.snapshot_steps == ()
     assert runner_config.snapshot_steps_within() == (settings.total_steps,)

@@ -8,7 +8,8 @@ One invocation measures, on the same data and settings:
 2. training throughput after warm-up: the graph loop, the eager custom loop and
    `model.fit`, each with Keras' Adam and with `tf1_adam`, and each loop's compute-only
    bound: the same runner, the same step, fed one batch held in memory;
-3. the eager custom loop with `jit_compile`;
+3. the eager custom loop with `jit_compile`, and the port on Keras 3's JAX backend (its
+   jitted custom loop, its compute-only bound and fit; where JAX is installed);
 4. the roofline (issue 16.3): the device's matmul peak and the FLOPs of a training step
    (roofline.py), so each loop's images/s is also a fraction of the peak's FLOP/s;
 5. the device it ran on.
@@ -90,7 +91,8 @@ class Measurement:
   kind: 'pipeline' (variant: 'seed', 'seed_tf2' or 'optimized'; `op_determinism`: None
   for the runners' setting, --deterministic, else on or off) or 'train' (runner:
   'graph', 'eager' or 'fit'; `switches`: boolean fields of the runner's config turned
-  on; `compute_only` serves one batch from memory instead of the pipeline).
+  on; `compute_only` serves one batch from memory instead of the pipeline; `backend`:
+  Keras 3's backend the port runs on).
   """
   name: str
   label: str
@@ -100,6 +102,7 @@ class Measurement:
   switches: tuple = ()
   compute_only: bool = False
   op_determinism: bool = None
+  backend: str = 'tensorflow'
 
 
 # In the order they run: the pipelines, then each loop beside its compute-only bound.
@@ -132,6 +135,10 @@ MEASUREMENTS = (
                 switches=('tf1_adam',)),
     Measurement('eager_jit', 'eager custom --jit_compile', 'train', runner='eager',
                 switches=('jit_compile',)),
+    Measurement('jax', 'JAX custom (jax.jit)', 'train', runner='eager', backend='jax'),
+    Measurement('jax_compute_only', 'JAX custom, compute only', 'train', runner='eager',
+                backend='jax', compute_only=True),
+    Measurement('jax_fit', 'JAX fit', 'train', runner='fit', backend='jax'),
 )
 MEASUREMENT_NAMES = tuple(m.name for m in MEASUREMENTS)
 # The runner whose config the roofline's FLOP count builds the model from.
@@ -139,14 +146,22 @@ _FLOPS_RUNNER = MEASUREMENTS[MEASUREMENT_NAMES.index('eager')]
 
 
 def selected_measurements(names):
-  """The Measurements named in `names` (None or empty: all), in running order."""
+  """The Measurements named in `names` (None or empty: all, the JAX port's where JAX is
+  installed), in running order."""
   if not names:
-    return MEASUREMENTS
+    if process.keras_backend_installed('jax'):
+      return MEASUREMENTS
+    logging.warning("the JAX port's measurements are left out: JAX is not installed (pip "
+                    "install 'tf1compat[jax]')")
+    return tuple(m for m in MEASUREMENTS if m.backend != 'jax')
   unknown = sorted(set(names) - set(MEASUREMENT_NAMES))
   if unknown:
     raise errors.UsageError(f'--measurements: unknown {", ".join(unknown)}; choose from '
                             f'{",".join(MEASUREMENT_NAMES)}')
-  return tuple(m for m in MEASUREMENTS if m.name in names)
+  chosen = tuple(m for m in MEASUREMENTS if m.name in names)
+  if any(m.backend == 'jax' for m in chosen):
+    process.check_keras_backend('jax')
+  return chosen
 
 
 def _run_worker(work_dir, spec):
@@ -228,7 +243,8 @@ def train_spec(settings, data, measurement, model_dir):
     runner_config = config.GraphConfig(**fields)
   else:
     runner_config = config.EagerConfig(
-        loop='fit' if measurement.runner == 'fit' else 'custom', **fields)
+        loop='fit' if measurement.runner == 'fit' else 'custom', backend=measurement.backend,
+        **fields)
   return {'kind': 'train', 'runner': measurement.runner,
           'compute_only': measurement.compute_only,
           'config': config.manifest_flags(runner_config)}

@@ -52,6 +52,10 @@ TARGETS = (
 # Ratios without a target, shown for what they explain.
 _INFO_RATIOS = (
     ('jit_over_eager', 'eager custom --jit_compile / eager custom'),
+    ('jax_over_eager', 'JAX custom / eager custom (TensorFlow)'),
+    ('jax_over_graph', 'JAX custom / graph'),
+    ('jax_fit_over_fit', 'JAX fit / fit (TensorFlow)'),
+    ('compute_only_jax_over_eager', 'compute only: JAX custom / eager custom'),
     ('compute_only_eager_over_graph', 'compute only: eager custom / graph'),
     ('compute_only_fit_over_graph', 'compute only: fit / graph'),
     ('pipeline_speedup_over_tf2_seed', "make_dataset / seed's pipeline, TF 2 rewrites"),
@@ -107,6 +111,10 @@ def ratios(results):
       'fit_over_graph': _ratio(results, 'fit', 'graph'),
       'fit_tf1_adam_over_graph': _ratio(results, 'fit_tf1_adam', 'graph'),
       'jit_over_eager': _ratio(results, 'eager_jit', 'eager'),
+      'jax_over_eager': _ratio(results, 'jax', 'eager'),
+      'jax_over_graph': _ratio(results, 'jax', 'graph'),
+      'jax_fit_over_fit': _ratio(results, 'jax_fit', 'fit'),
+      'compute_only_jax_over_eager': _ratio(results, 'jax_compute_only', 'eager_compute_only'),
       'compute_only_eager_over_graph': _ratio(results, 'eager_compute_only',
                                               'graph_compute_only'),
       'compute_only_fit_over_graph': _ratio(results, 'fit_compute_only', 'graph_compute_only'),

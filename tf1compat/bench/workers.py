@@ -12,7 +12,8 @@ worker writes its result to:
   'repetitions'}: times one input pipeline; result {'first_batch_seconds',
   'window_seconds', 'peak_rss_mb', 'baseline_rss_mb'};
 - {'kind': 'train', 'runner' ('graph', 'eager' or 'fit'), 'compute_only', 'config',
-  'profile'}: runs train/graph's or train/eager's `backend.run` with the
+  'profile'}: runs train/graph's, train/eager's or (config 'backend' jax) train/jax's
+  `backend.run` with the
   config.GraphConfig or config.EagerConfig whose every field 'config' holds
   (config.manifest_flags of it); result {'peak_rss_mb'}; with 'profile'
   ({'logdir', 'skip_steps', 'steps'}) under TensorFlow's profiler, and the result's
@@ -36,6 +37,7 @@ from tf1compat.bench import kernels
 from tf1compat.data import data_folder
 from tf1compat.runs import config
 from tf1compat.runtime import process
+from tf1compat.train import ports
 
 # The benchmark's synthetic records use 10 of the seed's Caltech256 classes.
 SYNTHETIC_CLASSES = 10
@@ -187,8 +189,8 @@ def _train_worker(spec):
     process.use_legacy_keras()
     from tf1compat.train.graph import backend  # pylint: disable=g-import-not-at-top
   else:
-    process.use_keras3()
-    from tf1compat.train.eager import backend  # pylint: disable=g-import-not-at-top
+    process.use_keras3(cfg.backend)
+    backend = ports.port_backend(cfg.backend)
   profile = spec.get('profile')
   with kernels.profiling(profile['logdir']) if profile else contextlib.nullcontext():
     backend.run(cfg, dataset_hook=one_batch_in_memory if spec['compute_only'] else None)

@@ -2,7 +2,6 @@
 model.fit; with --backend=jax the same port on Keras 3's JAX backend, a jax.jit loop or
 model.fit."""
 
-import importlib
 import os
 
 from absl import flags
@@ -14,6 +13,7 @@ from tf1compat.commands import replay_flags
 from tf1compat.data import preflight
 from tf1compat.runs import config
 from tf1compat.runtime import process
+from tf1compat.train import ports
 from tf1compat.train import replay_mode
 
 
@@ -32,7 +32,7 @@ def main(argv):
   ignored = process.use_keras3(cfg.backend)
   if ignored:
     logging.warning('TF_USE_LEGACY_KERAS=%s ignored: train_eager always uses Keras 3', ignored)
-  stats = _backend_module(cfg).run(cfg)
+  stats = ports.port_backend(cfg.backend).run(cfg)
   logging.info('done: %s', ' '.join(f'{key}={value}' for key, value in stats.items()))
 
 
@@ -42,14 +42,7 @@ def _replay(replay_cfg):
   replay_mode.apply_settings(replay_cfg.model_dir)
   process.set_cpu_kernels(cfg.onednn, cfg.intra_op_threads)
   process.use_keras3(cfg.backend)
-  _backend_module(cfg).replay_run(cfg, replay_cfg)
-
-
-def _backend_module(cfg):
-  """train/eager/backend.py, or its twin train/jax/backend.py: imported only once Keras'
-  backend is set (process.use_keras3)."""
-  return importlib.import_module(f'tf1compat.train.{"jax" if cfg.backend == "jax" else "eager"}'
-                                 '.backend')
+  ports.port_backend(cfg.backend).replay_run(cfg, replay_cfg)
 
 
 def output_folder(flag_values):

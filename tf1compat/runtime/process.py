@@ -97,10 +97,15 @@ def use_legacy_keras():
   return tf
 
 
+def keras_backend_installed(backend):
+  """Whether Keras 3's `backend` ('tensorflow' or 'jax') is installed (not imported)."""
+  return backend != 'jax' or importlib.util.find_spec('jax') is not None
+
+
 def check_keras_backend(backend):
   """Raises errors.UsageError when Keras 3's `backend` ('tensorflow' or 'jax') is not
   installed, without importing it."""
-  if backend == 'jax' and importlib.util.find_spec('jax') is None:
+  if not keras_backend_installed(backend):
     raise errors.UsageError("--backend=jax needs JAX, which is not installed: pip install "
                             "'tf1compat[jax]' (or jax[cpu], jax[cuda12])")
 
