@@ -28,7 +28,7 @@ JAX_PITFALLS = {'adam_epsilon': ('update', 'conv1/kernel'),
 
 def _check(tiny_data_dir, output_dir, *args):
   result = run_entry('check_parity', f'--data_dir={tiny_data_dir}', f'--output_dir={output_dir}',
-                     '--port_backend=jax', '--with_fit', *TINY, *args)
+                     '--port_backend=jax', *TINY, *args)
   path = os.path.join(output_dir, 'parity.json')
   report = None
   if os.path.exists(path):
@@ -40,10 +40,10 @@ def _check(tiny_data_dir, output_dir, *args):
 @pytest.fixture(scope='module')
 def checks(tiny_data_dir, tmp_path_factory):
   """The matched check of the JAX port (custom loop and fit), then in the same folder
-(the legacy run and its control reused) each pitfall of JAX_PITFALLS: {name: (result,
-parity.json)}."""
+(the legacy run and its control reused) each pitfall of JAX_PITFALLS in the custom loop:
+{name: (result, parity.json)}."""
   out = str(tmp_path_factory.mktemp('jax_check') / 'check')
-  done = {'matched': _check(tiny_data_dir, out)}
+  done = {'matched': _check(tiny_data_dir, out, '--with_fit')}
   for pitfall in JAX_PITFALLS:
     done[pitfall] = _check(tiny_data_dir, out, f'--pitfall={pitfall}', '--overwrite')
   return done
@@ -75,16 +75,13 @@ def test_a_pitfall_in_the_jax_port_fails_named_and_localized(checks, pitfall):
   assert result.returncode == errors.EXIT_PARITY_FAIL, result.stdout[-3000:]
   assert report['pitfalls'][0] == pitfall
   assert 'reusing the complete run' in result.stdout  # the legacy run and its control
-  failed = [pair for pair in report['pairs'] if pair['verdict'] == 'FAIL']
-  # jax_state_dropped is the custom loop's: fit, matched, passes beside it.
-  assert [pair['other_label'].split(':')[0] for pair in failed] == (
-      ['eager'] if pitfall == 'jax_state_dropped' else ['eager', 'fit'])
-  for pair in failed:
-    assert pair['pitfalls'][0]['name'] == pitfall
-    assert pair['pitfalls'][0]['fix'] == pitfalls.PITFALLS[pitfall].fix
-    where = pair['where']
-    assert (where['first']['stage'], where['first']['name']) == JAX_PITFALLS[pitfall]
-    assert f'where: {where["summary"]}' in result.stdout
+  [pair] = report['pairs']
+  assert pair['other_label'] == 'eager:eager' and pair['verdict'] == 'FAIL'
+  assert pair['pitfalls'][0]['name'] == pitfall
+  assert pair['pitfalls'][0]['fix'] == pitfalls.PITFALLS[pitfall].fix
+  where = pair['where']
+  assert (where['first']['stage'], where['first']['name']) == JAX_PITFALLS[pitfall]
+  assert f'where: {where["summary"]}' in result.stdout
 
 
 @requires_jax

@@ -12,6 +12,8 @@ from tf1compat.runs import runlog
 from tf1compat.runtime import cpu_info
 
 
+# Opt-in (pytest -m matrix): a check per row, 50 s of the default suite's time.
+@pytest.mark.matrix
 def test_settings_matrix_runs_the_cpu_rows_and_writes_its_table(tiny_data_dir,
                                                                 graph_init_weights, tmp_path):
   out = str(tmp_path / 'matrix')

@@ -49,10 +49,12 @@ def _installed_version(distribution):
 
 
 def version_line():
-  """The program's, TensorFlow's and both Kerases' versions (read without importing them)."""
+  """The program's, TensorFlow's, both Kerases' and JAX's versions (read without importing
+  them)."""
   return (f'{_program()} (tf1compat {tf1compat.__version__}): TensorFlow '
           f'{_installed_version("tensorflow")}, Keras {_installed_version("keras")}, tf-keras '
-          f'{_installed_version("tf-keras")}, Python {platform.python_version()}')
+          f'{_installed_version("tf-keras")}, JAX {_installed_version("jax")}, Python '
+          f'{platform.python_version()}')
 
 
 _HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')

@@ -245,14 +245,17 @@ PITFALLS = {
         # non-trainable variables (BatchNorm's moving statistics, the Dropout layers'
         # seed), which the step must hand to the next one, as Keras' own JAX trainer does.
         # Dropped, the moving statistics stay at their start (inference runs on them) and
-        # Dropout draws the same mask at every step.
+        # Dropout draws the same mask at every step. keras.io's own guide to distributed
+        # training with JAX, BatchNorm and Dropout in its model, did not carry them
+        # (keras-team/keras#20378).
         runners=('eager',), args=('--nokeep_non_trainable_state',), needs=('batch_norm',),
         port_backend='jax', judged_by=('semantics',),
         where=Where('state'),
         fix='Return the non-trainable state from the loss function and carry it: outputs, '
             'non_trainable = model.stateless_call(trainable, non_trainable, x, '
             'training=True); jax.value_and_grad(loss_fn, has_aux=True); the next step gets '
-            'the new non_trainable (BatchNorm moving statistics, the Dropout seed).'),
+            'the new non_trainable (BatchNorm moving statistics, the Dropout seed; '
+            'keras-team/keras#20378).'),
 }
 
 SETUP_PROBLEMS = {
