@@ -257,6 +257,22 @@ def test_check_parity_refuses_to_replace_a_run_whose_arguments_changed(data, tmp
     _assert_whole(os.path.join(output_dir, name), steps=12, epochs=2)
   assert data.intact()
 
+  # A port with other arguments whose runner refuses its folder (a file no run wrote)
+  # leaves the complete run of the earlier arguments there, and check_parity.json must
+  # keep saying so: a rerun then refuses to replace it, instead of reusing it as a run of
+  # the new arguments (a false verdict).
+  foreign = os.path.join(output_dir, 'eager', 'notes.txt')
+  with open(foreign, 'w') as f:
+    f.write('mine')
+  other = ('--port_flags=--nodeterministic',)
+  refused = run_entry('check_parity', *common, *other, '--overwrite')
+  _one_line(refused, 2, 'eager runner:', 'notes.txt', 'nothing was deleted')
+  os.remove(foreign)
+  rerun = run_entry('check_parity', *common, *other)
+  _one_line(rerun, 2, f'--output_dir={output_dir}: its eager run was made with other arguments',
+            '--overwrite')
+  assert 'reusing the complete run in ' + os.path.join(output_dir, 'eager') not in rerun.stdout
+
 
 # --- 15.4 initial weights must be finite -----------------------------------------------------
 

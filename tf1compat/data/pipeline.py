@@ -182,8 +182,20 @@ def make_dataset(files, *, image_size, num_classes, batch_size, seed=0, training
   return dataset.with_options(stacks.deterministic_options())
 
 
-def fresh_each_iteration(make_dataset):
-  """`make_dataset()`, built anew for every iterator made from it.
+def run_dataset(spec, cfg, training):
+  """The pipeline every runner reads: the training (`training`) or validation records of
+  `spec` (data_check's DataSpec), batched, shuffled and seeded as the runner's config
+  `cfg` says."""
+  split = 'train' if training else 'val'
+  return make_dataset(
+      spec.train_files if training else spec.val_files, training=training,
+      skip=spec.skip(split), image_size=cfg.image_size, num_classes=spec.num_classes,
+      batch_size=cfg.batch_size, seed=cfg.seed,
+      shuffle_buffer=spec.shuffle_buffer(cfg.shuffle_buffer), parse=spec.parse)
+
+
+def fresh_each_iteration(build):
+  """`build()`, a dataset, built anew for every iterator made from it.
 
   A shuffled tf.data pipeline draws a new order for each iterator of the same dataset
   object. Keras 3.15's fit makes one iterator to peek at a batch (under a strategy, to
@@ -193,12 +205,12 @@ def fresh_each_iteration(make_dataset):
   batch. The object stays of the pipeline's own class (a subclass of it), which is what
   fit accepts.
   """
-  dataset = make_dataset()
+  dataset = build()
 
   class FreshDataset(type(dataset)):
 
     def __iter__(self):
-      return iter(make_dataset())
+      return iter(build())
 
   dataset.__class__ = FreshDataset
   return dataset

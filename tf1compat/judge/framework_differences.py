@@ -58,9 +58,11 @@ FRAMEWORK_DIFFERENCES = {
                     "BatchNorm's moments, the loss) and fused elementwise chains, and TF1's "
                     "optimizer and BatchNorm formulas written in keras.ops (the exact "
                     "switches) instead of TF1's kernels: last-bit differences at every step "
-                    '(measured: batch losses a few ulps apart from the first step), as a port '
-                    'with other kernels has; the step tier judges them against the widest of '
-                    'the controls, the per-step control among them (docs/parity.md).',
+                    '(measured: batch losses a few ulps apart from the first step; with '
+                    "BatchNorm at 64 px bn1's output 11x the one-ulp control's difference after "
+                    'step 1, its moments summed in another order), as a port with other kernels '
+                    'has; the step tier judges them against the widest of the controls, the '
+                    'per-step control among them (docs/jax-port.md).',
 }
 # Differences after which step-wise values are no longer comparable.
 STEP_BREAKING = frozenset({'adam_rounding', 'bn_moving_variance', 'tf1_batch_norm',

@@ -106,7 +106,7 @@ def check_keras_backend(backend):
   """Raises errors.UsageError when Keras 3's `backend` ('tensorflow' or 'jax') is not
   installed, without importing it."""
   if not keras_backend_installed(backend):
-    raise errors.UsageError("--backend=jax needs JAX, which is not installed: pip install "
+    raise errors.UsageError("the JAX port needs JAX, which is not installed: pip install "
                             "'tf1compat[jax]' (or jax[cpu], jax[cuda12])")
 
 

@@ -118,15 +118,8 @@ class EagerBackend(replay.ReplayStep, training.Backend):
   def _dataset(self, training_split):
     """The training or validation pipeline of global batches, seeded as in the graph
     runner (its twin)."""
-    split = 'train' if training_split else 'val'
-    dataset = pipeline.make_dataset(
-        self._spec.train_files if training_split else self._spec.val_files,
-        training=training_split, skip=self._spec.skip(split),
-        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
-        batch_size=self._cfg.batch_size, seed=self._cfg.seed,
-        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
-        parse=self._spec.parse)
-    return self._dataset_hook(dataset, training_split)
+    return self._dataset_hook(pipeline.run_dataset(self._spec, self._cfg, training_split),
+                              training_split)
 
   def train_batches(self, skip_batches=0, fresh_iterators=False):
     """The training batches after the first `skip_batches`, distributed over the replicas

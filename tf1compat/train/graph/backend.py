@@ -96,15 +96,8 @@ class GraphBackend(replay.ReplayStep, training.Backend):
 
   def _dataset(self, training_split):
     """The training or validation pipeline (the eager runner's twin reads the same)."""
-    split = 'train' if training_split else 'val'
-    dataset = pipeline.make_dataset(
-        self._spec.train_files if training_split else self._spec.val_files,
-        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
-        batch_size=self._cfg.batch_size, seed=self._cfg.seed, training=training_split,
-        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
-        skip=self._spec.skip(split),
-        parse=self._spec.parse)
-    return self._dataset_hook(dataset, training_split)
+    return self._dataset_hook(pipeline.run_dataset(self._spec, self._cfg, training_split),
+                              training_split)
 
   def _build_training(self):
     cfg = self._cfg

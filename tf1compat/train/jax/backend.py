@@ -64,9 +64,18 @@ def runner(cfg):
   return RUNNER_FIT if cfg.loop == 'fit' else RUNNER_CUSTOM
 
 
-def keep_tensorflow_on_host():
-  """TensorFlow only runs the input pipeline here: it must not take the GPU JAX computes
-  on. Precedes every TensorFlow operation."""
+# XLA's switch for deterministic GPU kernels (scatter, reductions), read when JAX starts its
+# backend; XLA on a CPU is deterministic.
+_DETERMINISTIC_XLA = '--xla_gpu_deterministic_ops=true'
+
+
+def set_up_process(cfg):
+  """What must precede JAX's first computation and TensorFlow's first operation: --deterministic
+  as XLA's flag, and TensorFlow, which only runs the input pipeline here, off the GPU JAX
+  computes on."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if cfg.deterministic and _DETERMINISTIC_XLA not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {_DETERMINISTIC_XLA}'.strip()
   tf.config.set_visible_devices([], 'GPU')
   tf.get_logger().setLevel('WARNING')
 
@@ -100,9 +109,10 @@ def check_device(cfg):
 
 
 def settings():
-  """run.json's 'settings' block: TensorFlow's (its pipeline's threads) and JAX's matmul
-  precision."""
+  """run.json's 'settings' block: TensorFlow's (its pipeline's threads), XLA's determinism
+  and JAX's matmul precision."""
   return {**numerics.settings(),
+          'op_determinism': _DETERMINISTIC_XLA in os.environ.get('XLA_FLAGS', ''),
           'jax_default_matmul_precision': jax.config.jax_default_matmul_precision or 'default'}
 
 
@@ -158,15 +168,8 @@ class JaxBackend(replay.ReplayStep, training.Backend):
 
   def _dataset(self, training_split):
     """The training or validation pipeline, seeded as in the other runners (the twin's)."""
-    split = 'train' if training_split else 'val'
-    dataset = pipeline.make_dataset(
-        self._spec.train_files if training_split else self._spec.val_files,
-        training=training_split, skip=self._spec.skip(split),
-        image_size=self._cfg.image_size, num_classes=self._spec.num_classes,
-        batch_size=self._cfg.batch_size, seed=self._cfg.seed,
-        shuffle_buffer=self._spec.shuffle_buffer(self._cfg.shuffle_buffer),
-        parse=self._spec.parse)
-    return self._dataset_hook(dataset, training_split)
+    return self._dataset_hook(pipeline.run_dataset(self._spec, self._cfg, training_split),
+                              training_split)
 
   def train_batches(self, skip_batches=0, fresh_iterators=False):
     """The training batches after the first `skip_batches` (`fresh_iterators`: each
@@ -422,7 +425,7 @@ def run(cfg, dataset_hook=None):
   trains not; the data, the model and --init_weights are checked before the run
   directory is touched)."""
   preflight.check_paths(cfg)
-  keep_tensorflow_on_host()
+  set_up_process(cfg)
   device = check_device(cfg)
   # From here on SIGINT/SIGTERM only set a flag that training honours with a checkpoint.
   with interrupts.SignalCatcher() as signals:
@@ -449,7 +452,7 @@ def replay_run(cfg, replay_cfg):
   probe. A fit run's step is the custom loop's, with the regularization losses fit adds."""
   if cfg.loop == 'fit':
     cfg = dataclasses.replace(cfg, add_regularization_losses=True)
-  keep_tensorflow_on_host()
+  set_up_process(cfg)
   check_device(cfg)
   distribution = distribution_lib.setup(cfg)
   spec = training.check_data(cfg)
