@@ -12,7 +12,7 @@ the exact port of TF1's MomentumOptimizer under a changing rate and of its RMSPr
 On Keras 3's other backends (the JAX port, `train_eager --backend=jax`) TensorFlow's kernels
 cannot run inside the compiled step: each class computes TF1's formula instead, in TF1's
 order of operations with keras.ops, which XLA compiles and rounds its own way
-(docs/framework-differences.md, `xla_rounding`). FTRL has no such formula here: on those
+(docs/jax-port.md, `xla_rounding`). FTRL has no such formula here: on those
 backends TF1Ftrl is Keras' Ftrl, whose formula is TF1's with other ops.
 """
 
