@@ -13,9 +13,11 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import HAS_JAX
 from conftest import REPO
 from conftest import read_run_csv
 from conftest import run_entry
+from conftest import requires_jax
 from conftest import run_python
 from tf1compat.runs import batch_record
 from tf1compat.runs import errors
@@ -30,12 +32,12 @@ SHORT = {'tf1_monitored_job.py': (f'--steps={STEPS}', '--steps_per_epoch=10'),
          'keras_fit_port.py': ('--epochs=3', '--steps_per_epoch=10')}
 
 
-def _job(script, model_dir, *args):
+def _job(script, model_dir, *args, env=()):
   return subprocess.Popen(
       [sys.executable, os.path.join(EXAMPLES, script), *SHORT[script],
        f'--model_dir={model_dir}', *args],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'PYTHONPATH': REPO})
+      env={**os.environ, 'PYTHONPATH': REPO, **dict(env)})
 
 
 def _finished(*procs):
@@ -47,9 +49,11 @@ def _finished(*procs):
 @pytest.fixture(scope='module')
 def jobs(tmp_path_factory):
   """{name: run directory}: the legacy job, then side by side its control (one ulp
-  apart at the start), its port and the port with Keras' Adam epsilon."""
+  apart at the start), its port, the port with Keras' Adam epsilon and, where JAX is
+  installed, the same port on Keras 3's JAX backend."""
   base = tmp_path_factory.mktemp('own_job')
-  paths = {name: str(base / name) for name in ('tf1', 'control', 'port', 'adam_epsilon')}
+  paths = {name: str(base / name)
+           for name in ('tf1', 'control', 'port', 'adam_epsilon', 'jax_port')}
   _finished(_job('tf1_monitored_job.py', paths['tf1']))
   control_start = team_models.control_start(run_files.snapshot_path(paths['tf1'], 0),
                                             str(base / 'control_start.npz'))
@@ -57,7 +61,9 @@ def jobs(tmp_path_factory):
       _job('tf1_monitored_job.py', paths['control'], f'--start_weights={control_start}'),
       _job('keras_fit_port.py', paths['port'], f'--legacy_dir={paths["tf1"]}'),
       _job('keras_fit_port.py', paths['adam_epsilon'], f'--legacy_dir={paths["tf1"]}',
-           '--mistake=adam_epsilon'))
+           '--mistake=adam_epsilon'),
+      *([_job('keras_fit_port.py', paths['jax_port'], f'--legacy_dir={paths["tf1"]}',
+              env={'KERAS_BACKEND': 'jax'})] if HAS_JAX else []))
   return paths
 
 
@@ -128,6 +134,17 @@ def test_the_port_passes_with_a_control(jobs, tmp_path):
   assert pair['inputs']['compared_steps'] == STEPS
   assert pair['inputs']['first_differing_step'] is None
   assert 'the same input at every one of 30 steps' in result.stdout
+
+
+@requires_jax
+def test_a_port_on_jax_is_recorded_by_the_same_callback_on_the_same_batches(jobs, tmp_path):
+  """keras_fit_port.py on Keras 3's JAX backend, whose fit takes a batch from a first
+  iterator of the watched dataset before it trains on a second."""
+  result, report = _compare(jobs, str(tmp_path / 'jax'), 'tf1', 'jax_port')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert f'the same input at every one of {STEPS} steps' in result.stdout
+  assert batch_record.read_digests(jobs['jax_port']) == batch_record.read_digests(jobs['tf1'])
+  assert report['verdict'] == 'PASS'
 
 
 def test_the_port_with_keras_adam_epsilon_fails_and_is_named(jobs, tmp_path):

@@ -132,6 +132,10 @@ class BatchWatch:
     """(features, labels) of the oldest batch not yet taken, or None."""
     return self._queue.popleft() if self._queue else None
 
+  def clear(self):
+    """Forgets the batches produced so far (by an iterator nobody trains on)."""
+    self._queue.clear()
+
 
 class _RecordingCallback:
   """The recording callback's work; recording_callback() makes it a Callback of the
@@ -158,6 +162,11 @@ class _RecordingCallback:
     return self._watch.watch(dataset)
 
   def on_train_begin(self, logs=None):
+    if _keras_module(self._options['keras']).backend.backend() == 'jax':
+      # Keras' JAX trainer builds the model's state on a batch from a first iterator of
+      # the dataset and trains on a second, made when the first epoch starts: the batch
+      # the first took is no step's (measured: every digest one step late without this).
+      self._watch.clear()
     if self._options['start_from']:
       team_models.start_from(self.model, self._options['start_from'],
                              self._options['weight_map'])
