@@ -44,6 +44,13 @@ PITFALL_CASES = [
     ('no_learning_phase', 'dropout'),
     ('momentum_rate_change', 'momentum'),
 ]
+# Opt-in (pytest -m matrix, beside the false-alarm matrix, which checks every pitfall on
+# every case): the cases whose evidence another default case shows too (a config
+# difference; BatchNorm's moving statistics), and the dropout folder, which trains a legacy
+# run and a control of its own for them.
+OPT_IN_CASES = [('double_softmax', 'plain'), ('no_learning_phase', 'batch_norm'),
+                ('keep_prob_as_rate', 'dropout'), ('no_learning_phase', 'dropout')]
+DEFAULT_CASES = [case for case in PITFALL_CASES if case not in OPT_IN_CASES]
 # Where the replay of step 1 finds each case part: (stage, first item outside), the item
 # named by hand from the seed's ConvNet. The cases of mistakes that act outside one step,
 # or hide in Dropout masks, are checked with --nolocalize (their replays would cost the
@@ -146,7 +153,7 @@ def checks(tiny_data_dir, base, output_dirs):
   and its rerun with --localize ('rerun'), each as (CompletedProcess, parity.json or
   None), with a copy of the folder after each ('matched_folder', 'rerun_folder'); the
   batch_norm folder's matched check ('batch_norm') and the port with other rounding
-  ('other_rounding'); then every (pitfall, kind) of PITFALL_CASES in its kind's folder,
+  ('other_rounding'); then every (pitfall, kind) of DEFAULT_CASES in its kind's folder,
   with --overwrite: the folder holds the runs of the previous case, which check_parity
   does not replace unasked; UNCATALOGUED after from_logits_lost."""
   first = {'plain': _plain_checks, 'batch_norm': _batch_norm_checks,
@@ -154,7 +161,7 @@ def checks(tiny_data_dir, base, output_dirs):
 
   def folder(kind):
     done = first[kind](tiny_data_dir, output_dirs[kind], base) if kind in first else {}
-    for pitfall, case_kind in PITFALL_CASES:
+    for pitfall, case_kind in DEFAULT_CASES:
       if case_kind == kind:
         localize = [] if (pitfall, kind) in WHERE else ['--nolocalize']
         done[pitfall, kind] = _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}',
@@ -169,9 +176,29 @@ def checks(tiny_data_dir, base, output_dirs):
     return done
 
   steps = {}
-  for done in at_once(*(functools.partial(folder, kind) for kind in KINDS)):
+  kinds = [kind for kind in KINDS if kind in first or any(k == kind for _, k in DEFAULT_CASES)]
+  for done in at_once(*(functools.partial(folder, kind) for kind in kinds)):
     steps.update(done)
   return steps
+
+
+@pytest.fixture(scope='module')
+def opt_in_checks(tiny_data_dir, output_dirs, checks):
+  """{(pitfall, kind): (CompletedProcess, parity.json)} of OPT_IN_CASES, in the folders
+  `checks` left (their legacy runs reused; the dropout folder's made here)."""
+  del checks  # Made first: its folders' legacy runs and controls.
+
+  def folder(kind):
+    return {(pitfall, kind): _check(tiny_data_dir, output_dirs[kind], f'--pitfall={pitfall}',
+                                    *KINDS[kind], '--overwrite',
+                                    *([] if (pitfall, kind) in WHERE else ['--nolocalize']))
+            for pitfall, case_kind in OPT_IN_CASES if case_kind == kind}
+
+  done = {}
+  for made in at_once(*(functools.partial(folder, kind)
+                        for kind in dict.fromkeys(kind for _, kind in OPT_IN_CASES))):
+    done.update(made)
+  return done
 
 
 def test_matched_runners_pass(checks, output_dirs):
@@ -284,9 +311,19 @@ def test_correct_port_with_other_rounding_passes(checks):
   assert pair['envelope_ratio'] <= parity.Tolerances().envelope_multiple
 
 
-@pytest.mark.parametrize('pitfall,kind', PITFALL_CASES)
+@pytest.mark.parametrize('pitfall,kind', DEFAULT_CASES)
 def test_each_pitfall_fails_and_is_named_first(checks, pitfall, kind):
-  result, report = checks[pitfall, kind]
+  _assert_named_first(*checks[pitfall, kind], pitfall, kind)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize('pitfall,kind', OPT_IN_CASES)
+def test_each_pitfall_of_the_opt_in_cases_fails_and_is_named_first(opt_in_checks, pitfall,
+                                                                    kind):
+  _assert_named_first(*opt_in_checks[pitfall, kind], pitfall, kind)
+
+
+def _assert_named_first(result, report, pitfall, kind):
   assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'VERDICT: FAIL' in result.stdout
   assert report['pitfall_injected'] == pitfall

@@ -19,13 +19,11 @@ from tf1compat.runs import runlog
 BASE = ['--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=6',
         '--shuffle_buffer=64', '--snapshot_steps=0,1,2,5', '--nocalibrate', '--nolocalize',
         '--checkpoint_every=3']
-# One matched port and five pitfalls, four of the port and one of the legacy loop. The
+# One matched port and three pitfalls, two of the port and one of the legacy loop. The
 # file names give the index order (the scheduler's index counts in it).
 CASES = {'a_matched': [], 'b_metrics_never_reset': ['--pitfall=metrics_never_reset'],
          'c_adam_epsilon': ['--pitfall=adam_epsilon'],
-         'd_double_softmax': ['--pitfall=double_softmax'],
-         'e_from_logits_lost': ['--pitfall=from_logits_lost'],
-         'f_accuracy_metric_class': ['--pitfall=accuracy_metric_class']}
+         'd_double_softmax': ['--pitfall=double_softmax']}
 NAMES = sorted(CASES)
 
 
@@ -136,7 +134,7 @@ def test_jobs_by_index_killed_rerun_and_merged_equal_a_local_run(cases_dir, tmp_
   code, out, err = _finish(local)
   assert code == 128 + signal.SIGTERM, out[-3000:] + err[-3000:]
   states = {r['case']: r['state'] for r in _table(local_root)[0]['unfinished']}
-  assert states['a_matched'] == 'interrupted' and states['e_from_logits_lost'] == 'missing'
+  assert states['a_matched'] == 'interrupted' and states['d_double_softmax'] == 'missing'
   code, out, err = _finish(_job(cases_dir, local_root, None, '--parallel=2'))
   assert code == 0, out[-3000:] + err[-3000:]
   assert f'[{len(NAMES)}/{len(NAMES)}]' in out
