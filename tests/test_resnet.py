@@ -104,6 +104,9 @@ def test_matched_port_passes_with_a_step_schedule(tiny_data_dir, output_dir):
                                rtol=1e-6)
 
 
+# Opt-in (pytest -m matrix), as the false-alarm matrix's resnet_small case checks it: the
+# default suite's time went to the JAX port's tests.
+@pytest.mark.matrix
 def test_regularization_dropped_fails_by_the_l2_penalty(tiny_data_dir, output_dir):
   result, report = _check(tiny_data_dir, output_dir, '--pitfall=regularization_dropped',
                           '--overwrite')
@@ -126,6 +129,7 @@ def test_regularization_dropped_fails_by_the_l2_penalty(tiny_data_dir, output_di
   assert sorted(stages['gradients']['outside']) == regularized
 
 
+@pytest.mark.matrix
 def test_keras_bn_momentum_fails_by_ten_times_the_moving_mean_step(tiny_data_dir, output_dir):
   result, report = _check(tiny_data_dir, output_dir, '--pitfall=bn_momentum_default',
                           '--overwrite')

@@ -235,8 +235,7 @@ class JaxBackend(replay.ReplayStep, training.Backend):
     return data_loss + regularization, (outputs, non_trainable, data_loss, regularization)
 
   def _train_step(self, state, images, labels):
-    """The pure step: (new state, the batch's loss, its correct predictions, the
-    gradients)."""
+    """The pure step: (the new state, the batch's loss, its correct predictions)."""
     trainable, non_trainable, optimizer_variables = state
     (loss, (outputs, non_trainable, _, _)), gradients = jax.value_and_grad(
         self._step_loss, has_aux=True)(trainable, non_trainable, images, labels)
@@ -263,7 +262,8 @@ class JaxBackend(replay.ReplayStep, training.Backend):
     return float(np.float32(ops.convert_to_numpy(self.lr_schedule(self._step))))
 
   def _run_step(self, images, labels):
-    """One training step on numpy `images`, `labels`; returns (loss, correct)."""
+    """One training step on numpy `images`, `labels`; returns (its loss, its correct
+    predictions, the rate it applied)."""
     learning_rate = self.learning_rate()
     before = self._state()
     state, loss, correct = self._train_fn(before, images, labels)
