@@ -318,8 +318,7 @@ def test_each_pitfall_fails_and_is_named_first(checks, pitfall, kind):
 
 @pytest.mark.matrix
 @pytest.mark.parametrize('pitfall,kind', OPT_IN_CASES)
-def test_each_pitfall_of_the_opt_in_cases_fails_and_is_named_first(opt_in_checks, pitfall,
-                                                                    kind):
+def test_each_opt_in_pitfall_fails_and_is_named_first(opt_in_checks, pitfall, kind):
   _assert_named_first(*opt_in_checks[pitfall, kind], pitfall, kind)
 
 

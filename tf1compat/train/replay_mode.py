@@ -208,6 +208,33 @@ def write_probe(replay_cfg, runner, stages, meta):
       'fed_batch_sha256': batch_digest(*fed) if fed else None})
 
 
+def probe_model(model, keras):
+  """(the layers a probe records, a keras.Model on `model`'s inputs that returns each one's
+  output, the index of the model's output among them); `keras` is Keras 3, the module the
+  model was built with."""
+  layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+  probe = keras.Model(model.inputs, [layer.output for layer in layers])
+  return layers, probe, [layer.name for layer in layers].index(model.output_names[0])
+
+
+def step_stages(batch, forward, losses, gradients, items, trainable, before, after):
+  """probes.STAGES of one replayed step, from numpy arrays: `batch` (images, labels) it
+  took, `forward` {layer name: output}, `losses` (total, data, regularization),
+  `gradients` in the order of the `trainable` variables, the weights `before` and `after`
+  it ({key: array}); `items` is keras_facts.weight_items of the model."""
+  names = {id(variable): key for key, variable in items}
+  trainable_keys = [names[id(variable)] for variable in trainable]
+  return {
+      'input': {'images': batch[0], 'labels': batch[1]},
+      'forward': forward,
+      'loss': dict(zip(('total', 'data', 'regularization'), losses)),
+      'gradients': dict(zip(trainable_keys, gradients)),
+      'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
+      'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
+                if key not in trainable_keys},
+  }
+
+
 def layer_meta(model):
   """A probe's meta on `model`: each layer's kinds and the output layer."""
   return {'layer_kinds': {layer.name: probes.layer_kinds(layer) for layer in model.layers},

@@ -7,7 +7,6 @@ the same, with the regularization losses fit adds (its backend's config says so)
 """
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from tf1compat.data import pipeline
@@ -30,10 +29,7 @@ class ReplayStep:
     with pipeline.input_errors(self._spec):
       own = [tensor.numpy() for tensor in next(batches)]
     images, labels = own if batch is None else batch
-    layers = [layer for layer in self.model.layers
-              if not isinstance(layer, keras.layers.InputLayer)]
-    probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
-    output_index = [layer.name for layer in layers].index(self.model.output_names[0])
+    layers, probe, output_index = replay_mode.probe_model(self.model, keras)
     variables = self.model.trainable_variables
     # Its slots before the step's tf.function is traced, as restore() builds them.
     self.optimizer.build(variables)
@@ -52,18 +48,10 @@ class ReplayStep:
     outputs, parts, gradients = tf.function(step, jit_compile=self._cfg.jit_compile)(
         tf.constant(images), tf.constant(labels))
     after = model_fn.model_weights(self.model)
-    names = {id(variable): key for key, variable in items}
-    trainable_keys = [names[id(variable)] for variable in variables]
-    return {
-        'input': {'images': own[0], 'labels': own[1]},
-        'forward': {layer.name: output.numpy() for layer, output in zip(layers, outputs)},
-        'loss': dict(zip(('total', 'data', 'regularization'), (p.numpy() for p in parts))),
-        'gradients': {key: tf.convert_to_tensor(gradient).numpy()
-                      for key, gradient in zip(trainable_keys, gradients)},
-        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
-        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
-                  if key not in trainable_keys},
-    }, learning_rate
+    return replay_mode.step_stages(
+        own, {layer.name: output.numpy() for layer, output in zip(layers, outputs)},
+        [p.numpy() for p in parts], [tf.convert_to_tensor(g).numpy() for g in gradients],
+        items, variables, before, after), learning_rate
 
   def layer_meta(self):
     """The probe's meta on the model: each layer's kinds and the output layer."""

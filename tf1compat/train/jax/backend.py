@@ -10,9 +10,9 @@ variables, which stay the run's state between steps (weights, snapshots, checkpo
 The running metrics are Keras' Mean and CategoricalAccuracy computed on the host in
 float32. `--loop=fit` is Keras' model.fit on JAX (train/fit.py).
 
-Checkpoints: the state (every model and optimizer variable, the step, the running
-metrics) as `ckpt-N.state.npz`, written atomically, beside a `tf.train.Checkpoint` of the
-training-data iterator (`ckpt-N`), so that a rerun resumes mid-epoch on exactly the
+Checkpoints (state.py): the state (every model and optimizer variable, the step, the
+running metrics) as `ckpt-N.state.npz`, written atomically, beside a `tf.train.Checkpoint`
+of the training-data iterator (`ckpt-N`), so that a rerun resumes mid-epoch on exactly the
 batches an uninterrupted run would see. train/eager/backend.py is the twin.
 
 One device, float32: the flags refuse --strategy, --mixed_precision and --jit_compile.
@@ -20,10 +20,8 @@ Importing this module sets nothing up; `run` seeds and configures the process.
 """
 
 import dataclasses
-import glob
 import importlib.metadata
 import os
-import zipfile
 
 from absl import logging
 import jax
@@ -41,7 +39,6 @@ from tf1compat.runs import optimizers
 from tf1compat.runs import run_files
 from tf1compat.runs import runlog
 from tf1compat.runtime import numerics
-from tf1compat.train import checkpoints
 from tf1compat.train import distribution as distribution_lib
 from tf1compat.train import fit
 from tf1compat.train import replay_mode
@@ -50,6 +47,7 @@ from tf1compat.train import training
 from tf1compat.train.eager import model_fn as keras3_model_fn
 from tf1compat.train.jax import model_fn
 from tf1compat.train.jax import replay
+from tf1compat.train.jax import state as state_lib
 from tf1compat.train.models import keras_facts
 
 RUNNER_CUSTOM = 'eager'
@@ -116,24 +114,6 @@ def settings():
           'jax_default_matmul_precision': jax.config.jax_default_matmul_precision or 'default'}
 
 
-class RunningMean:
-  """keras.metrics.Mean's arithmetic on the host: a float32 total and count."""
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self):
-    self.total = np.float32(0.0)
-    self.count = np.float32(0.0)
-
-  def add(self, total, count):
-    self.total = np.float32(self.total + np.float32(total))
-    self.count = np.float32(self.count + np.float32(count))
-
-  def result(self):
-    return float(self.total / self.count) if self.count else 0.0
-
-
 class JaxBackend(replay.ReplayStep, training.Backend):
   """The JAX port: model, optimizer, metrics, pipelines and a jitted stateless train step.
 
@@ -158,8 +138,8 @@ class JaxBackend(replay.ReplayStep, training.Backend):
     # Slots exist before a restore or the first step, which hand them to the step.
     self.optimizer.build(self.model.trainable_variables)
     self._step = 0
-    self._train_loss = RunningMean()
-    self._train_correct = RunningMean()
+    self._train_loss = state_lib.RunningMean()
+    self._train_correct = state_lib.RunningMean()
     self._val_dataset = self.val_batches()
     self._replay_batches = None
     self._iterator = None
@@ -295,7 +275,7 @@ class JaxBackend(replay.ReplayStep, training.Backend):
   def evaluate(self):
     if self._val_dataset is None:
       return None
-    loss, correct = RunningMean(), RunningMean()
+    loss, correct = state_lib.RunningMean(), state_lib.RunningMean()
     trainable, non_trainable, _ = self._state()
     with pipeline.input_errors(self._spec):
       for images, labels in self._val_dataset:
@@ -349,23 +329,9 @@ class JaxBackend(replay.ReplayStep, training.Backend):
                                                self._train_correct.count])})
     return state
 
-  def _load_checkpoint(self, path):
-    """Restores the iterator checkpoint `path` and the state beside it; raises ValueError
-    where either does not load (checkpoints.restore_newest then takes the one before)."""
-    state_path = path + run_files.CHECKPOINT_STATE_SUFFIX
-    try:
-      with np.load(state_path) as data:
-        state = {name: data[name] for name in data.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-      raise ValueError(f'{state_path}: {e}') from e
-    items = keras_facts.weight_items(self.model)
-    expected = {f'model/{key}' for key, _ in items} | {
-        f'optimizer/{index:04d}' for index in range(len(self.optimizer.variables))} | {
-            'step', 'metrics/loss', 'metrics/correct'}
-    if set(state) != expected:
-      raise ValueError(f'{state_path} holds another model or optimizer')
-    self._checkpoint.restore(path).assert_existing_objects_matched()
-    for key, variable in items:
+  def _load_checkpoint_state(self, state):
+    """Puts a checkpoint's state (_checkpoint_state()'s) into the variables and metrics."""
+    for key, variable in keras_facts.weight_items(self.model):
       variable.assign(state[f'model/{key}'])
     for index, variable in enumerate(self.optimizer.variables):
       variable.assign(state[f'optimizer/{index:04d}'])
@@ -375,28 +341,17 @@ class JaxBackend(replay.ReplayStep, training.Backend):
 
   def restore(self):
     self._iterator = iter(self.train_batches())
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
-    self._manager = tf.train.CheckpointManager(
-        self._checkpoint, self._log.path(run_files.CHECKPOINTS_DIR),
-        max_to_keep=checkpoints.CHECKPOINTS_KEPT)
-    path = checkpoints.restore_newest(self._manager.directory, self._load_checkpoint)
+    self._checkpoints = state_lib.Checkpoints(self._log.path(run_files.CHECKPOINTS_DIR),
+                                              self._iterator)
+    path = self._checkpoints.restore_newest(set(self._checkpoint_state()),
+                                            self._load_checkpoint_state)
     if path is not None:
       logging.info('restored checkpoint %s', path)
     return self._step, path
 
   def save_checkpoint(self, step):
     self._scalars.flush()
-    suffix = run_files.CHECKPOINT_STATE_SUFFIX
-    # The state first: a kill between the two leaves a state no checkpoint names yet.
-    run_files.save_weights(os.path.join(self._manager.directory, f'ckpt-{step}{suffix}'),
-                           self._checkpoint_state())
-    path = self._manager.save(checkpoint_number=step)
-    # The manager removed its oldest checkpoint: its state goes with it.
-    kept = {os.path.basename(p) for p in self._manager.checkpoints}
-    for state_file in glob.glob(os.path.join(self._manager.directory, f'ckpt-*{suffix}')):
-      if os.path.basename(state_file)[:-len(suffix)] not in kept:
-        os.remove(state_file)
-    return path
+    return self._checkpoints.save(step, self._checkpoint_state())
 
   def advance(self, start, step):
     """Moves a backend loaded with a run's snapshot of `start` to just before `step`: its

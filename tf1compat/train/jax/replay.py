@@ -8,7 +8,6 @@ with the regularization losses fit adds (its backend's config says so).
 
 import jax
 import keras
-from keras import ops
 import numpy as np
 
 from tf1compat.data import pipeline
@@ -31,10 +30,7 @@ class ReplayStep:
     with pipeline.input_errors(self._spec):
       own = [tensor.numpy() for tensor in next(batches)]
     images, labels = own if batch is None else batch
-    layers = [layer for layer in self.model.layers
-              if not isinstance(layer, keras.layers.InputLayer)]
-    probe = keras.Model(self.model.inputs, [layer.output for layer in layers])
-    output_index = [layer.name for layer in layers].index(self.model.output_names[0])
+    layers, probe, output_index = replay_mode.probe_model(self.model, keras)
     # The probe holds the model's variables, in its own order: the optimizer takes the
     # model's.
     position = {id(variable): index for index, variable in
@@ -71,19 +67,10 @@ class ReplayStep:
     for variable, value in zip(self.optimizer.variables, optimizer_variables):
       variable.assign(value)
     after = keras3_model_fn.model_weights(self.model)
-    names = {id(variable): key for key, variable in items}
-    trainable_keys = [names[id(variable)] for variable in self.model.trainable_variables]
-    return {
-        'input': {'images': own[0], 'labels': own[1]},
-        'forward': {layer.name: np.asarray(output) for layer, output in zip(layers, outputs)},
-        'loss': dict(zip(('total', 'data', 'regularization'),
-                         (np.asarray(ops.convert_to_numpy(p)) for p in parts))),
-        'gradients': {key: np.asarray(gradient)
-                      for key, gradient in zip(trainable_keys, gradients)},
-        'update': {key: after[key].astype(np.float64) - before[key] for key in trainable_keys},
-        'state': {key: after[key].astype(np.float64) - before[key] for key, _ in items
-                  if key not in trainable_keys},
-    }, learning_rate
+    return replay_mode.step_stages(
+        own, {layer.name: np.asarray(output) for layer, output in zip(layers, outputs)},
+        [np.asarray(part) for part in parts], [np.asarray(g) for g in gradients], items,
+        self.model.trainable_variables, before, after), learning_rate
 
   def layer_meta(self):
     """The probe's meta on the model: each layer's kinds and the output layer."""
